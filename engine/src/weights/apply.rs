@@ -1,0 +1,104 @@
+//! Putting a loaded [`WeightSet`] into a burn module: every parameter is matched by its module
+//! path; a missing, extra or wrong-shaped tensor is reported by name. Parameters are still
+//! lazy when this runs, so the module's random initialisation never allocates.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::Tensor;
+use thiserror::Error;
+
+use super::upload::WeightSet;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Error)]
+#[error("weights do not fit the model:{}", describe(self))]
+pub struct ApplyError {
+    /// Parameters of the module that the weights lack.
+    pub missing: Vec<String>,
+    /// Weights that no parameter of the module takes.
+    pub unexpected: Vec<String>,
+    /// `(name, weight shape, parameter shape)`.
+    pub mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+fn describe(e: &ApplyError) -> String {
+    const SHOWN: usize = 5;
+    let list = |names: &[String]| {
+        let mut s = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+        if names.len() > SHOWN {
+            s.push_str(&format!(" and {} more", names.len() - SHOWN));
+        }
+        s
+    };
+    let mut out = String::new();
+    if !e.missing.is_empty() {
+        out.push_str(&format!(" missing {};", list(&e.missing)));
+    }
+    if !e.unexpected.is_empty() {
+        out.push_str(&format!(" unexpected {};", list(&e.unexpected)));
+    }
+    for (name, got, want) in e.mismatched.iter().take(SHOWN) {
+        out.push_str(&format!(" {name} has shape {got:?}, the model expects {want:?};"));
+    }
+    out.pop();
+    out
+}
+
+/// Load `weights` into `module`, where a parameter's weight name is its module path
+/// (`encoder.layers.0.fc1.weight`).
+pub fn apply_weights<M: Module>(module: M, weights: WeightSet) -> Result<M, ApplyError> {
+    apply_weights_renamed(module, weights, |path| path.to_string())
+}
+
+/// As [`apply_weights`], with `rename` mapping a module path to the weight's name.
+pub fn apply_weights_renamed<M: Module>(
+    module: M,
+    weights: WeightSet,
+    rename: impl Fn(&str) -> String,
+) -> Result<M, ApplyError> {
+    let mut mapper = WeightMapper {
+        weights,
+        rename,
+        path: Vec::new(),
+        error: ApplyError::default(),
+    };
+    let module = module.map(&mut mapper);
+    let mut error = mapper.error;
+    error.unexpected = mapper.weights.names().map(str::to_string).collect();
+    if error.missing.is_empty() && error.unexpected.is_empty() && error.mismatched.is_empty() {
+        Ok(module)
+    } else {
+        Err(error)
+    }
+}
+
+struct WeightMapper<R> {
+    weights: WeightSet,
+    rename: R,
+    path: Vec<String>,
+    error: ApplyError,
+}
+
+impl<R: Fn(&str) -> String> ModuleMapper for WeightMapper<R> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let name = (self.rename)(&self.path.join("."));
+        let want = param.lazy_shape().to_vec();
+        let Some(stored) = self.weights.take(&name) else {
+            self.error.missing.push(name);
+            return param;
+        };
+        if stored.shape != want {
+            self.error.mismatched.push((name, stored.shape, want));
+            return param;
+        }
+        let tensor = stored.reshaped::<D>().expect("rank equals the parameter's");
+        let id = param.id;
+        param.transform_for_load(tensor, id)
+    }
+}

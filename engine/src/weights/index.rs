@@ -1,0 +1,142 @@
+//! The shard-set index: Hugging Face's `model.safetensors.index.json` (`weight_map`,
+//! `metadata.total_size`) extended with what a streaming, verifying loader needs up front:
+//! every shard's byte size and sha256, the model id/version and the model's config.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::LoadError;
+
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+pub const FORMAT: &str = "orfeas-shards/1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardIndex {
+    pub metadata: IndexMetadata,
+    /// Tensor name → shard file (the Hugging Face convention).
+    pub weight_map: BTreeMap<String, String>,
+    pub model: ModelMeta,
+    /// The model's own configuration (architecture hyper-parameters), passed through verbatim.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// Shards in load order.
+    pub shards: Vec<ShardInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexMetadata {
+    /// Sum of tensor data bytes (the Hugging Face meaning).
+    pub total_size: u64,
+    pub format: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub id: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub file: String,
+    /// Exact byte size of the shard file.
+    pub size: u64,
+    /// Lower-case hex sha256 of the whole shard file.
+    pub sha256: String,
+}
+
+impl ShardIndex {
+    pub fn from_json(bytes: &[u8]) -> Result<Self, LoadError> {
+        if looks_like_html(bytes) {
+            return Err(LoadError::Index(
+                "not an index: the server sent an HTML page".into(),
+            ));
+        }
+        let index: ShardIndex = serde_json::from_slice(bytes)
+            .map_err(|e| LoadError::Index(format!("invalid JSON: {e}")))?;
+        index.validate()?;
+        Ok(index)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("index serialises")
+    }
+
+    /// Bytes the loader will stream: the sum of shard file sizes.
+    pub fn total_bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.size).sum()
+    }
+
+    pub fn tensor_count(&self) -> usize {
+        self.weight_map.len()
+    }
+
+    /// Tensor names the index places in `file`.
+    pub fn tensors_in(&self, file: &str) -> BTreeSet<&str> {
+        self.weight_map
+            .iter()
+            .filter(|(_, f)| f.as_str() == file)
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), LoadError> {
+        let bad = |m: String| Err(LoadError::Index(m));
+        if self.metadata.format != FORMAT {
+            return bad(format!(
+                "unsupported format {:?} (expected {FORMAT:?})",
+                self.metadata.format
+            ));
+        }
+        let mut files = BTreeSet::new();
+        for shard in &self.shards {
+            if !is_plain_file_name(&shard.file) {
+                return bad(format!("shard name {:?} is not a plain file name", shard.file));
+            }
+            if !files.insert(shard.file.as_str()) {
+                return bad(format!("shard {} listed twice", shard.file));
+            }
+            if shard.size < 8 {
+                return bad(format!("shard {} has an impossible size {}", shard.file, shard.size));
+            }
+            if shard.sha256.len() != 64 || !shard.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(format!("shard {} has an invalid sha256", shard.file));
+            }
+        }
+        for (name, file) in &self.weight_map {
+            if !files.contains(file.as_str()) {
+                return bad(format!("tensor {name} maps to unknown shard {file}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A file name without directories, so a hostile index cannot point outside the model folder.
+pub fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && !name.starts_with('.')
+}
+
+/// An HTML page where data was expected (a captive portal, an SPA fallback, a 404 page with 200).
+pub fn looks_like_html(bytes: &[u8]) -> bool {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let head: Vec<u8> = bytes[start..]
+        .iter()
+        .take(16)
+        .map(|b| b.to_ascii_lowercase())
+        .collect();
+    ["<!doctype", "<html", "<head", "<body", "<!--", "<?xml", "<meta", "<title"]
+        .iter()
+        .any(|tag| {
+            // A short prefix (the loader sniffs only the first bytes) still counts.
+            head.starts_with(tag.as_bytes()) || (head.len() >= 2 && tag.as_bytes().starts_with(&head))
+        })
+}

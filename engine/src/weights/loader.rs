@@ -1,0 +1,129 @@
+//! The streaming loader: shard bytes in, verified device tensors out.
+
+use burn::tensor::{DType, Device};
+use futures::StreamExt;
+
+use super::error::{LoadError, ShardError};
+use super::index::{ShardIndex, ShardInfo};
+use super::parse::{FeedError, ShardParser};
+use super::progress::{LoadProgress, Phase, ProgressTracker};
+use super::source::ShardSource;
+use super::upload::{StoredTensor, WeightSet};
+
+/// Read and validate a source's index.
+pub async fn read_index<S: ShardSource + ?Sized>(source: &S) -> Result<ShardIndex, LoadError> {
+    let bytes = source
+        .read_index()
+        .await
+        .map_err(|e| LoadError::Index(format!("{}: {e}", source.describe())))?;
+    ShardIndex::from_json(&bytes)
+}
+
+/// A fresh progress record for loading `index`.
+pub fn initial_progress(index: &ShardIndex) -> LoadProgress {
+    LoadProgress::new(
+        &index.model.id,
+        index.total_bytes(),
+        index.shards.len(),
+        index.tensor_count(),
+    )
+}
+
+/// Stream every shard of `index` that `weights` does not hold yet onto `device` as `dtype`.
+///
+/// Each tensor is uploaded the moment its bytes are in; a shard's tensors join `weights` only
+/// after the shard's size and sha256 check out. On error, `weights` keeps every shard verified
+/// so far, so calling again resumes where it stopped.
+pub async fn load_weights<S, F>(
+    source: &S,
+    index: &ShardIndex,
+    device: &Device,
+    dtype: DType,
+    weights: &mut WeightSet,
+    tracker: &mut ProgressTracker<F>,
+) -> Result<(), LoadError>
+where
+    S: ShardSource + ?Sized,
+    F: FnMut(&LoadProgress),
+{
+    for shard in &index.shards {
+        let expected = index.tensors_in(&shard.file);
+        if weights.is_shard_verified(&shard.file) {
+            tracker.skip_shard(shard.size, expected.len());
+            continue;
+        }
+        let tensors = load_shard(source, index, shard, device, dtype, tracker)
+            .await
+            .map_err(|error| LoadError::shard(&shard.file, error))?;
+        weights.commit_shard(&shard.file, tensors);
+        tracker.shard_done();
+    }
+    tracker.set_phase(Phase::Upload);
+    #[cfg(not(target_arch = "wasm32"))]
+    device
+        .sync()
+        .map_err(|e| LoadError::Device(format!("{e:?}")))?;
+    Ok(())
+}
+
+async fn load_shard<S, F>(
+    source: &S,
+    index: &ShardIndex,
+    shard: &ShardInfo,
+    device: &Device,
+    dtype: DType,
+    tracker: &mut ProgressTracker<F>,
+) -> Result<Vec<(String, StoredTensor)>, ShardError>
+where
+    S: ShardSource + ?Sized,
+    F: FnMut(&LoadProgress),
+{
+    let expected = index.tensors_in(&shard.file);
+    tracker.set_from_cache(source.is_cached(&shard.file).await);
+    tracker.set_phase(Phase::Fetch);
+    let mut stream = source
+        .open_shard(&shard.file)
+        .await
+        .map_err(|e| ShardError::Open(e.0))?;
+
+    let mut parser = ShardParser::new(shard);
+    let mut uploaded: Vec<(String, StoredTensor)> = Vec::with_capacity(expected.len());
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ShardError::Stream {
+            received: parser.received(),
+            message: e.0,
+        })?;
+        let before = uploaded.len();
+        parser
+            .feed(&chunk, &mut |raw| {
+                if !expected.contains(raw.name) {
+                    return Err(ShardError::NotInIndex {
+                        name: raw.name.to_string(),
+                    });
+                }
+                let stored = StoredTensor::upload(raw.dtype, raw.shape, raw.bytes, device, dtype)
+                    .map_err(|message| ShardError::Upload {
+                        name: raw.name.to_string(),
+                        message,
+                    })?;
+                uploaded.push((raw.name.to_string(), stored));
+                Ok(())
+            })
+            .map_err(|e| match e {
+                FeedError::Shard(e) | FeedError::Sink(e) => e,
+            })?;
+        tracker.add_tensors(uploaded.len() - before);
+        tracker.add_bytes(chunk.len() as u64);
+    }
+
+    tracker.set_phase(Phase::Verify);
+    let summary = parser.finish()?;
+    let present: std::collections::HashSet<&str> =
+        summary.tensors.iter().map(String::as_str).collect();
+    if let Some(missing) = expected.iter().find(|name| !present.contains(*name)) {
+        return Err(ShardError::MissingTensor {
+            name: missing.to_string(),
+        });
+    }
+    Ok(uploaded)
+}

@@ -1,0 +1,336 @@
+//! Building a shard set from safetensors files: tensors converted to F16 and spread over
+//! shards of a target size, each hashed while written, then the index. One tensor at a time
+//! is in memory, whatever the model's size.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, Metadata, TensorInfo};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use super::dtype::{append_f16, is_float};
+use super::index::{FORMAT, INDEX_FILE, IndexMetadata, ModelMeta, ShardIndex, ShardInfo};
+
+pub const DEFAULT_SHARD_SIZE: u64 = 32 << 20;
+pub const MIN_SHARD_SIZE: u64 = 16 << 20;
+pub const MAX_SHARD_SIZE: u64 = 64 << 20;
+
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct PackError(pub String);
+
+#[derive(Debug, Clone)]
+pub struct PackOptions {
+    /// Target shard size in bytes; a tensor larger than this gets a shard of its own.
+    pub shard_size: u64,
+    pub model_id: String,
+    pub version: String,
+    pub config: serde_json::Value,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        Self {
+            shard_size: DEFAULT_SHARD_SIZE,
+            model_id: "model".into(),
+            version: "1".into(),
+            config: serde_json::Value::Null,
+        }
+    }
+}
+
+/// One tensor of an input file.
+struct Source {
+    name: String,
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Absolute byte range in the input file.
+    start: u64,
+    len: u64,
+}
+
+impl Source {
+    fn f16_len(&self) -> u64 {
+        self.shape.iter().product::<usize>() as u64 * 2
+    }
+}
+
+/// Safetensors files named by `inputs`: files as given, folders by their `*.safetensors`.
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, PackError> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                .map_err(|e| PackError(format!("{}: {e}", input.display())))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                return Err(PackError(format!("{}: no .safetensors files", input.display())));
+            }
+            files.extend(found);
+        } else {
+            files.push(input.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Read a safetensors file's header (only the header) and list its tensors.
+fn read_header(path: &Path, file_index: usize) -> Result<Vec<Source>, PackError> {
+    let err = |m: String| PackError(format!("{}: {m}", path.display()));
+    let mut file = File::open(path).map_err(|e| err(e.to_string()))?;
+    let file_len = file.metadata().map_err(|e| err(e.to_string()))?.len();
+    let mut len_bytes = [0u8; 8];
+    file.read_exact(&mut len_bytes)
+        .map_err(|_| err("too short to be a safetensors file".into()))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > file_len.saturating_sub(8) {
+        return Err(err(format!(
+            "header length {header_len} is larger than the file ({file_len} bytes)"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(|e| err(e.to_string()))?;
+    let metadata: Metadata =
+        serde_json::from_slice(&header).map_err(|e| err(format!("invalid header: {e}")))?;
+    let data_start = 8 + header_len;
+    if data_start + metadata.data_len() as u64 != file_len {
+        return Err(err(format!(
+            "header describes {} data bytes, the file holds {}",
+            metadata.data_len(),
+            file_len - data_start
+        )));
+    }
+    metadata
+        .offset_keys()
+        .into_iter()
+        .map(|name| {
+            let info = metadata.info(&name).expect("listed name");
+            if !is_float(info.dtype) {
+                return Err(err(format!(
+                    "tensor {name} has dtype {:?}, which cannot be stored as F16",
+                    info.dtype
+                )));
+            }
+            Ok(Source {
+                file: file_index,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                start: data_start + info.data_offsets.0 as u64,
+                len: (info.data_offsets.1 - info.data_offsets.0) as u64,
+                name,
+            })
+        })
+        .collect()
+}
+
+/// Pack `inputs` into a shard set in `out_dir`; `on_bytes` is told how many tensor bytes of
+/// the total have been written.
+pub fn pack(
+    inputs: &[PathBuf],
+    out_dir: &Path,
+    options: &PackOptions,
+    mut on_bytes: impl FnMut(u64, u64),
+) -> Result<ShardIndex, PackError> {
+    if options.shard_size == 0 {
+        return Err(PackError("shard size must be positive".into()));
+    }
+    let files = expand_inputs(inputs)?;
+    let mut tensors = Vec::new();
+    for (i, path) in files.iter().enumerate() {
+        tensors.extend(read_header(path, i)?);
+    }
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(pair) = tensors.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(PackError(format!(
+            "tensor {} appears in more than one input ({} and {})",
+            pair[0].name,
+            files[pair[0].file].display(),
+            files[pair[1].file].display()
+        )));
+    }
+
+    // Greedy split in name order: a shard closes when the next tensor would overflow it.
+    let mut groups: Vec<Vec<&Source>> = vec![Vec::new()];
+    let mut current = 0u64;
+    for tensor in &tensors {
+        let size = tensor.f16_len();
+        let group = groups.last_mut().expect("never empty");
+        if !group.is_empty() && current + size > options.shard_size {
+            groups.push(vec![tensor]);
+            current = size;
+        } else {
+            group.push(tensor);
+            current += size;
+        }
+    }
+
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| PackError(format!("{}: {e}", out_dir.display())))?;
+    let total: u64 = tensors.iter().map(Source::f16_len).sum();
+    let mut done = 0u64;
+    let mut readers: Vec<Option<File>> = files.iter().map(|_| None).collect();
+    let mut shards = Vec::new();
+    let mut weight_map = std::collections::BTreeMap::new();
+    let count = groups.len();
+    for (i, group) in groups.iter().enumerate() {
+        let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
+        let info = write_shard(out_dir, &file, group, &files, &mut readers, |n| {
+            done += n;
+            on_bytes(done, total);
+        })?;
+        for tensor in group {
+            weight_map.insert(tensor.name.clone(), file.clone());
+        }
+        shards.push(info);
+    }
+
+    let index = ShardIndex {
+        metadata: IndexMetadata {
+            total_size: total,
+            format: FORMAT.into(),
+        },
+        weight_map,
+        model: ModelMeta {
+            id: options.model_id.clone(),
+            version: options.version.clone(),
+        },
+        config: options.config.clone(),
+        shards,
+    };
+    // The index goes last and atomically: a set is never visible half-written.
+    let tmp = out_dir.join(format!(".{INDEX_FILE}.partial"));
+    std::fs::write(&tmp, index.to_json())
+        .and_then(|_| std::fs::rename(&tmp, out_dir.join(INDEX_FILE)))
+        .map_err(|e| PackError(format!("writing the index: {e}")))?;
+    Ok(index)
+}
+
+fn write_shard(
+    out_dir: &Path,
+    file_name: &str,
+    group: &[&Source],
+    files: &[PathBuf],
+    readers: &mut [Option<File>],
+    mut on_bytes: impl FnMut(u64),
+) -> Result<ShardInfo, PackError> {
+    let mut offset = 0usize;
+    let mut infos = Vec::with_capacity(group.len());
+    for tensor in group {
+        let len = tensor.f16_len() as usize;
+        infos.push((
+            tensor.name.clone(),
+            TensorInfo {
+                dtype: Dtype::F16,
+                shape: tensor.shape.clone(),
+                data_offsets: (offset, offset + len),
+            },
+        ));
+        offset += len;
+    }
+    let metadata = Metadata::new(None, infos).map_err(|e| PackError(format!("{e:?}")))?;
+    let mut header = serde_json::to_vec(&metadata).expect("metadata serialises");
+    // Pad with spaces so tensor data starts 8-byte aligned, as safetensors writers do.
+    header.resize(header.len().next_multiple_of(8), b' ');
+
+    let tmp_path = out_dir.join(format!(".{file_name}.partial"));
+    let out = File::create(&tmp_path)
+        .map_err(|e| PackError(format!("{}: {e}", tmp_path.display())))?;
+    let mut writer = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, out),
+        hasher: Sha256::new(),
+        written: 0,
+    };
+    let write_err = |e: std::io::Error| PackError(format!("{}: {e}", tmp_path.display()));
+    writer
+        .write_all(&(header.len() as u64).to_le_bytes())
+        .and_then(|_| writer.write_all(&header))
+        .map_err(write_err)?;
+
+    let mut raw = Vec::new();
+    let mut converted = Vec::new();
+    for tensor in group {
+        let path = &files[tensor.file];
+        let read_err = |e: std::io::Error| PackError(format!("{}: {e}", path.display()));
+        let reader = match &mut readers[tensor.file] {
+            Some(reader) => reader,
+            slot => slot.insert(File::open(path).map_err(read_err)?),
+        };
+        raw.resize(tensor.len as usize, 0);
+        reader
+            .seek(SeekFrom::Start(tensor.start))
+            .and_then(|_| reader.read_exact(&mut raw))
+            .map_err(read_err)?;
+        converted.clear();
+        let overflowed = append_f16(tensor.dtype, &raw, &mut converted).expect("float dtype");
+        if overflowed > 0 {
+            return Err(PackError(format!(
+                "tensor {} has {overflowed} values beyond the F16 range",
+                tensor.name
+            )));
+        }
+        writer.write_all(&converted).map_err(write_err)?;
+        on_bytes(converted.len() as u64);
+    }
+    writer.inner.flush().map_err(write_err)?;
+    let size = writer.written;
+    let sha256 = hex::encode(writer.hasher.finalize());
+    std::fs::rename(&tmp_path, out_dir.join(file_name)).map_err(write_err)?;
+    Ok(ShardInfo {
+        file: file_name.to_string(),
+        size,
+        sha256,
+    })
+}
+
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Re-hash every shard of a set on disk; `Ok` lists nothing when all verify.
+pub fn verify_dir(dir: &Path) -> Result<Vec<String>, PackError> {
+    let bytes = std::fs::read(dir.join(INDEX_FILE))
+        .map_err(|e| PackError(format!("{}: {e}", dir.join(INDEX_FILE).display())))?;
+    let index = ShardIndex::from_json(&bytes).map_err(|e| PackError(e.to_string()))?;
+    let mut problems = Vec::new();
+    for shard in &index.shards {
+        let path = dir.join(&shard.file);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                problems.push(format!("{}: {e}", shard.file));
+                continue;
+            }
+        };
+        let mut hasher = Sha256::new();
+        let size = std::io::copy(&mut file, &mut hasher)
+            .map_err(|e| PackError(format!("{}: {e}", path.display())))?;
+        let actual = hex::encode(hasher.finalize());
+        if size != shard.size {
+            problems.push(format!("{}: {size} bytes, expected {}", shard.file, shard.size));
+        } else if actual != shard.sha256 {
+            problems.push(format!("{}: sha256 mismatch", shard.file));
+        }
+    }
+    Ok(problems)
+}

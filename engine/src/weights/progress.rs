@@ -1,0 +1,191 @@
+//! Load progress: what the progress bar, the CLI and `/api/health` show, throttled so a
+//! stream of small chunks does not flood the UI.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use web_time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Bytes are streaming in (tensors are uploaded as they complete).
+    Fetch,
+    /// A shard's bytes are in; its size and sha256 are being checked.
+    Verify,
+    /// Waiting for the device to finish the queued uploads.
+    Upload,
+    /// Weights are in; the model runs once to compile its kernels.
+    Warmup,
+    Ready,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadProgress {
+    pub model: String,
+    pub phase: Phase,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub shards_done: usize,
+    pub shards_total: usize,
+    pub tensors_done: usize,
+    pub tensors_total: usize,
+    /// Smoothed throughput of this session's transfer.
+    pub bytes_per_sec: f64,
+    pub eta_s: Option<f64>,
+    pub elapsed_s: f64,
+    pub from_cache: bool,
+}
+
+impl LoadProgress {
+    pub fn new(model: &str, bytes_total: u64, shards_total: usize, tensors_total: usize) -> Self {
+        Self {
+            model: model.to_string(),
+            phase: Phase::Fetch,
+            bytes_done: 0,
+            bytes_total,
+            shards_done: 0,
+            shards_total,
+            tensors_done: 0,
+            tensors_total,
+            bytes_per_sec: 0.0,
+            eta_s: None,
+            elapsed_s: 0.0,
+            from_cache: false,
+        }
+    }
+
+    /// 0..=1, by bytes.
+    pub fn fraction(&self) -> f64 {
+        if self.bytes_total == 0 {
+            return if self.phase == Phase::Ready { 1.0 } else { 0.0 };
+        }
+        (self.bytes_done as f64 / self.bytes_total as f64).clamp(0.0, 1.0)
+    }
+}
+
+/// At most one event per this interval, except on a phase change.
+pub const MIN_EMIT_INTERVAL: Duration = Duration::from_millis(50);
+/// Throughput samples are taken at this spacing and smoothed exponentially.
+const RATE_SAMPLE: Duration = Duration::from_millis(200);
+const RATE_SMOOTHING: f64 = 0.3;
+
+pub struct ProgressTracker<F: FnMut(&LoadProgress)> {
+    progress: LoadProgress,
+    started: Instant,
+    last_emit: Option<(Instant, Phase)>,
+    sample_at: Instant,
+    sample_bytes: u64,
+    /// Bytes credited without transfer (shards verified by an earlier attempt).
+    skipped_bytes: u64,
+    sink: F,
+}
+
+impl<F: FnMut(&LoadProgress)> ProgressTracker<F> {
+    pub fn new(progress: LoadProgress, sink: F) -> Self {
+        let now = Instant::now();
+        Self {
+            progress,
+            started: now,
+            last_emit: None,
+            sample_at: now,
+            sample_bytes: 0,
+            skipped_bytes: 0,
+            sink,
+        }
+    }
+
+    pub fn progress(&self) -> &LoadProgress {
+        &self.progress
+    }
+
+    pub fn set_from_cache(&mut self, from_cache: bool) {
+        self.progress.from_cache = from_cache;
+    }
+
+    pub fn add_bytes(&mut self, n: u64) {
+        self.progress.bytes_done += n;
+        self.update_rate(false);
+        self.emit(false);
+    }
+
+    /// Credit a shard that an earlier attempt already verified.
+    pub fn skip_shard(&mut self, bytes: u64, tensors: usize) {
+        self.progress.bytes_done += bytes;
+        self.skipped_bytes += bytes;
+        self.sample_bytes += bytes;
+        self.progress.shards_done += 1;
+        self.progress.tensors_done += tensors;
+        self.emit(false);
+    }
+
+    pub fn add_tensors(&mut self, n: usize) {
+        self.progress.tensors_done += n;
+        self.emit(false);
+    }
+
+    pub fn shard_done(&mut self) {
+        self.progress.shards_done += 1;
+        self.emit(false);
+    }
+
+    pub fn set_phase(&mut self, phase: Phase) {
+        self.progress.phase = phase;
+        if matches!(phase, Phase::Ready | Phase::Failed) {
+            self.progress.eta_s = if phase == Phase::Ready { Some(0.0) } else { None };
+        }
+        self.emit(false);
+    }
+
+    /// Emit now, whatever the throttle says (e.g. at the end of a load).
+    pub fn flush(&mut self) {
+        self.update_rate(true);
+        self.emit(true);
+    }
+
+    fn update_rate(&mut self, force: bool) {
+        let now = Instant::now();
+        let dt = now.duration_since(self.sample_at);
+        if dt < RATE_SAMPLE && !force {
+            return;
+        }
+        let secs = dt.as_secs_f64();
+        if secs > 0.0 {
+            let moved = self.progress.bytes_done.saturating_sub(self.sample_bytes);
+            let instant_rate = moved as f64 / secs;
+            self.progress.bytes_per_sec = if self.progress.bytes_per_sec == 0.0 {
+                instant_rate
+            } else {
+                RATE_SMOOTHING * instant_rate + (1.0 - RATE_SMOOTHING) * self.progress.bytes_per_sec
+            };
+        }
+        self.sample_at = now;
+        self.sample_bytes = self.progress.bytes_done;
+        let remaining = self.progress.bytes_total.saturating_sub(self.progress.bytes_done);
+        if self.progress.bytes_per_sec > 0.0 {
+            self.progress.eta_s = Some(remaining as f64 / self.progress.bytes_per_sec);
+        }
+    }
+
+    fn emit(&mut self, force: bool) {
+        let now = Instant::now();
+        let due = match self.last_emit {
+            None => true,
+            Some((at, phase)) => {
+                phase != self.progress.phase || now.duration_since(at) >= MIN_EMIT_INTERVAL
+            }
+        };
+        if !(due || force) {
+            return;
+        }
+        self.progress.elapsed_s = now.duration_since(self.started).as_secs_f64();
+        self.last_emit = Some((now, self.progress.phase));
+        (self.sink)(&self.progress);
+    }
+
+    /// Bytes actually transferred in this attempt.
+    pub fn transferred_bytes(&self) -> u64 {
+        self.progress.bytes_done - self.skipped_bytes
+    }
+}

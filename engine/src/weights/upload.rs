@@ -1,0 +1,117 @@
+//! Device tensors built from raw shard bytes, and the set of them that makes a model.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use safetensors::Dtype;
+
+use super::dtype::{append_f16, to_f32};
+
+/// A weight on the device. It is kept flat (rank 1) so one map holds every rank; reshaping to
+/// the module's rank when it is applied is free.
+#[derive(Debug, Clone)]
+pub struct StoredTensor {
+    pub tensor: Tensor<1>,
+    pub shape: Vec<usize>,
+}
+
+impl StoredTensor {
+    /// Upload raw little-endian bytes of `dtype` as a tensor of `target` float dtype.
+    ///
+    /// F16 goes to the device as is when the target is F16; otherwise the host widens it to
+    /// f32 first, so devices without `shader-f16` (e.g. SwiftShader) load the same bits.
+    pub fn upload(
+        dtype: Dtype,
+        shape: &[usize],
+        bytes: &[u8],
+        device: &Device,
+        target: DType,
+    ) -> Result<Self, String> {
+        let numel: usize = shape.iter().product();
+        let data = match (dtype, target) {
+            (Dtype::F16, DType::F16) => TensorData::from_bytes_vec(bytes.to_vec(), [numel], DType::F16),
+            (Dtype::F32, DType::F32) => TensorData::from_bytes_vec(bytes.to_vec(), [numel], DType::F32),
+            (_, DType::F32) => {
+                let values = to_f32(dtype, bytes).ok_or_else(|| format!("dtype {dtype:?} is not a float"))?;
+                TensorData::new(values, [numel])
+            }
+            (_, DType::F16) => {
+                let mut half = Vec::with_capacity(numel * 2);
+                append_f16(dtype, bytes, &mut half)
+                    .ok_or_else(|| format!("dtype {dtype:?} is not a float"))?;
+                TensorData::from_bytes_vec(half, [numel], DType::F16)
+            }
+            (_, other) => return Err(format!("model dtype {other:?} is not supported")),
+        };
+        let tensor = Tensor::<1>::from_data(data, (device, target));
+        Ok(Self {
+            tensor,
+            shape: shape.to_vec(),
+        })
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The tensor with its real shape, as rank `D`.
+    pub fn reshaped<const D: usize>(&self) -> Result<Tensor<D>, String> {
+        if self.shape.len() != D {
+            return Err(format!("has rank {}, expected {D}", self.shape.len()));
+        }
+        let dims: [usize; D] = self.shape.clone().try_into().expect("rank checked");
+        Ok(self.tensor.clone().reshape(dims))
+    }
+}
+
+/// Every tensor of a model that has been loaded and verified so far, plus the shards they
+/// came from (so a retry can skip them).
+#[derive(Debug, Clone, Default)]
+pub struct WeightSet {
+    tensors: BTreeMap<String, StoredTensor>,
+    verified_shards: BTreeSet<String>,
+}
+
+impl WeightSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&StoredTensor> {
+        self.tensors.get(name)
+    }
+
+    pub fn take(&mut self, name: &str) -> Option<StoredTensor> {
+        self.tensors.remove(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    pub fn is_shard_verified(&self, file: &str) -> bool {
+        self.verified_shards.contains(file)
+    }
+
+    pub fn verified_shards(&self) -> impl Iterator<Item = &str> {
+        self.verified_shards.iter().map(String::as_str)
+    }
+
+    /// Add a shard's tensors; called only after the shard's size and hash checked out.
+    pub fn commit_shard(&mut self, file: &str, tensors: Vec<(String, StoredTensor)>) {
+        self.tensors.extend(tensors);
+        self.verified_shards.insert(file.to_string());
+    }
+
+    pub fn into_tensors(self) -> BTreeMap<String, StoredTensor> {
+        self.tensors
+    }
+}

@@ -1,0 +1,503 @@
+//! The streaming loader against real shard files: chunking invariance, every malformed-input
+//! case, resume after failure, progress events, and applying weights to a burn module.
+
+mod common;
+
+use burn::tensor::{DType, Device};
+use common::*;
+use orfeas_engine::weights::index::INDEX_FILE;
+use orfeas_engine::weights::loader::{initial_progress, read_index};
+use orfeas_engine::weights::{
+    LoadError, LoadProgress, Phase, ProgressTracker, ShardError, ShardIndex, WeightSet,
+    load_weights,
+};
+
+async fn load(
+    source: &MemSource,
+    device: &Device,
+    dtype: DType,
+    weights: &mut WeightSet,
+) -> Result<Vec<LoadProgress>, LoadError> {
+    let index = read_index(source).await?;
+    let mut events = Vec::new();
+    let mut tracker = ProgressTracker::new(initial_progress(&index), |p: &LoadProgress| {
+        events.push(p.clone())
+    });
+    load_weights(source, &index, device, dtype, weights, &mut tracker).await?;
+    tracker.set_phase(Phase::Ready);
+    drop(tracker);
+    Ok(events)
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    futures::executor::block_on(f)
+}
+
+/// A small multi-shard set: 24 tensors, shards of ~12 KiB.
+fn small_set() -> (tempfile::TempDir, ShardIndex) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = random_model(7, 24, 3000);
+    let index = packed(&model, 12 << 10, dir.path());
+    assert!(index.shards.len() >= 3, "test wants several shards");
+    (dir, index)
+}
+
+fn f16_bytes_as_f32_bytes(bytes: &[u8]) -> Vec<u8> {
+    bytes
+        .chunks_exact(2)
+        .flat_map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32().to_le_bytes())
+        .collect()
+}
+
+fn assert_bit_identical(device: &Device, dtype: DType, max_chunks: &[usize], seeds: u64) {
+    let (dir, index) = small_set();
+    let reference = reference_tensors(&shard_dir(dir.path()), &index);
+    for &max_chunk in max_chunks {
+        for seed in 0..seeds {
+            let source = MemSource::from_dir(&shard_dir(dir.path()), max_chunk, seed);
+            let mut weights = WeightSet::new();
+            block_on(load(&source, device, dtype, &mut weights)).unwrap();
+            assert_eq!(weights.len(), reference.len());
+            for (name, (shape, f16_bytes)) in &reference {
+                let stored = weights.get(name).unwrap_or_else(|| panic!("{name} missing"));
+                assert_eq!(&stored.shape, shape, "{name}");
+                let data = stored.tensor.clone().into_data();
+                let expected = match dtype {
+                    DType::F16 => f16_bytes.clone(),
+                    _ => f16_bytes_as_f32_bytes(f16_bytes),
+                };
+                assert!(
+                    data.as_bytes() == expected.as_slice(),
+                    "{name} differs (max chunk {max_chunk}, seed {seed}, {dtype:?})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn random_chunks_give_bit_identical_tensors_on_cpu() {
+    let device = orfeas_engine::device::cpu();
+    assert_bit_identical(&device, DType::F32, &[1, 7, 333, 4096, 1 << 20], 4);
+    assert_bit_identical(&device, DType::F16, &[3, 5000], 2);
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn random_chunks_give_bit_identical_tensors_on_wgpu() {
+    let Some(device) = orfeas_engine::device::gpu() else {
+        eprintln!("SKIPPED: no wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
+        return;
+    };
+    assert_bit_identical(&device, DType::F32, &[5, 65536], 2);
+    if device.supports_dtype(DType::F16) {
+        assert_bit_identical(&device, DType::F16, &[777], 1);
+    }
+}
+
+#[test]
+fn pack_rounds_f32_and_bf16_inputs_to_f16() {
+    let model = random_model(3, 6, 500);
+    for dtype in [safetensors::Dtype::F32, safetensors::Dtype::BF16] {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.safetensors");
+        write_safetensors(&model, dtype, &input);
+        let out = dir.path().join("out");
+        let index = orfeas_engine::weights::pack::pack(
+            &[input],
+            &out,
+            &Default::default(),
+            |_, _| {},
+        )
+        .unwrap();
+        let reference = reference_tensors(&out, &index);
+        for (name, shape, values) in &model {
+            let (got_shape, bytes) = &reference[name];
+            assert_eq!(got_shape, shape);
+            let expected: Vec<u8> = values
+                .iter()
+                .map(|v| match dtype {
+                    safetensors::Dtype::BF16 => half::bf16::from_f32(*v).to_f32(),
+                    _ => *v,
+                })
+                .flat_map(|v| half::f16::from_f32(v).to_le_bytes())
+                .collect();
+            assert_eq!(bytes, &expected, "{name} from {dtype:?}");
+        }
+        assert!(orfeas_engine::weights::pack::verify_dir(&out).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn pack_respects_shard_size_and_index_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = random_model(11, 40, 2000);
+    let shard_size = 10 << 10;
+    let index = packed(&model, shard_size, dir.path());
+    let out = shard_dir(dir.path());
+    let mut data_bytes = 0;
+    for shard in &index.shards {
+        let len = std::fs::metadata(out.join(&shard.file)).unwrap().len();
+        assert_eq!(len, shard.size);
+        let tensors = index.tensors_in(&shard.file);
+        let bytes: u64 = model
+            .iter()
+            .filter(|(n, _, _)| tensors.contains(n.as_str()))
+            .map(|(_, _, v)| v.len() as u64 * 2)
+            .sum();
+        assert!(bytes <= shard_size || tensors.len() == 1, "{} overfull", shard.file);
+        data_bytes += bytes;
+    }
+    assert_eq!(index.metadata.total_size, data_bytes);
+    assert_eq!(index.tensor_count(), model.len());
+}
+
+#[test]
+fn pack_rejects_non_float_tensors_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("ids.safetensors");
+    let ids = [1i64, 2, 3].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![3], &ids).unwrap();
+    safetensors::serialize_to_file(vec![("position_ids", view)], None, &input).unwrap();
+    let err = orfeas_engine::weights::pack::pack(&[input], &dir.path().join("o"), &Default::default(), |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("position_ids") && err.contains("I64"), "{err}");
+}
+
+#[test]
+fn verify_dir_finds_a_corrupted_shard() {
+    let (dir, index) = small_set();
+    let out = shard_dir(dir.path());
+    let target = out.join(&index.shards[1].file);
+    let mut bytes = std::fs::read(&target).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&target, bytes).unwrap();
+    let problems = orfeas_engine::weights::pack::verify_dir(&out).unwrap();
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].contains(&index.shards[1].file), "{problems:?}");
+}
+
+// ---- malformed input: each case fails the right shard with the right reason ----
+
+/// Load a set whose second shard was altered by `alter`, and return the error.
+fn fail_second_shard(alter: impl FnOnce(&MemSource, &str, Vec<u8>)) -> (LoadError, WeightSet, String) {
+    let (dir, index) = small_set();
+    let source = MemSource::from_dir(&shard_dir(dir.path()), 1000, 1);
+    let target = index.shards[1].file.clone();
+    alter(&source, &target, source.get(&target));
+    let mut weights = WeightSet::new();
+    let err = block_on(load(&source, &orfeas_engine::device::cpu(), DType::F32, &mut weights))
+        .expect_err("the load must fail");
+    assert_eq!(err.shard_name(), Some(target.as_str()), "error names the shard: {err}");
+    // Nothing already good is lost: the first shard stays verified and loaded.
+    assert!(weights.is_shard_verified(&index.shards[0].file));
+    assert!(!weights.is_shard_verified(&target));
+    assert_eq!(weights.len(), index.tensors_in(&index.shards[0].file).len());
+    (err, weights, target)
+}
+
+fn shard_error(err: &LoadError) -> &ShardError {
+    match err {
+        LoadError::Shard { error, .. } => error,
+        other => panic!("expected a shard error, got {other}"),
+    }
+}
+
+/// Rewrite a shard's header JSON (keeping its data) into a new shard.
+fn with_header(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    edit(&mut header);
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
+
+fn first_tensor(header: &serde_json::Value) -> String {
+    header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .min_by_key(|(_, v)| v["data_offsets"][0].as_u64().unwrap())
+        .map(|(k, _)| k.clone())
+        .unwrap()
+}
+
+#[test]
+fn truncated_shard_is_reported() {
+    let (err, _, _) = fail_second_shard(|s, f, mut b| {
+        b.truncate(b.len() - 10);
+        s.set(f, b)
+    });
+    assert!(matches!(shard_error(&err), ShardError::Truncated { .. }), "{err}");
+    assert!(err.to_string().contains("truncated"), "{err}");
+}
+
+#[test]
+fn extra_bytes_are_reported() {
+    let (err, _, _) = fail_second_shard(|s, f, mut b| {
+        b.extend_from_slice(b"trailing");
+        s.set(f, b)
+    });
+    assert!(matches!(shard_error(&err), ShardError::ExtraBytes { .. }), "{err}");
+}
+
+#[test]
+fn hash_mismatch_is_reported_and_its_tensors_unused() {
+    let (err, weights, target) = fail_second_shard(|s, f, mut b| {
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        s.set(f, b)
+    });
+    assert!(matches!(shard_error(&err), ShardError::HashMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("sha256 mismatch"), "{err}");
+    assert!(!weights.is_shard_verified(&target));
+}
+
+#[test]
+fn html_page_is_reported() {
+    let (err, _, _) = fail_second_shard(|s, f, _| {
+        s.set(f, b"<!DOCTYPE html><html><body>Sign in to the Wi-Fi</body></html>".to_vec())
+    });
+    assert_eq!(shard_error(&err), &ShardError::Html, "{err}");
+    assert!(err.to_string().contains("HTML"), "{err}");
+}
+
+#[test]
+fn header_longer_than_shard_is_reported() {
+    let (err, _, _) = fail_second_shard(|s, f, mut b| {
+        b[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        s.set(f, b)
+    });
+    assert!(matches!(shard_error(&err), ShardError::HeaderTooLong { .. }), "{err}");
+}
+
+#[test]
+fn invalid_header_json_is_reported() {
+    let (err, _, _) = fail_second_shard(|s, f, mut b| {
+        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        b[8..8 + n].fill(b'#');
+        s.set(f, b)
+    });
+    assert!(matches!(shard_error(&err), ShardError::InvalidHeader(_)), "{err}");
+}
+
+#[test]
+fn unconvertible_dtype_is_reported() {
+    let (err, _, _) = fail_second_shard(|s, f, b| {
+        s.set(
+            f,
+            with_header(&b, |h| {
+                let name = first_tensor(h);
+                // Same byte length, integer dtype: I16 for an F16 tensor.
+                h[&name]["dtype"] = "I16".into();
+            }),
+        )
+    });
+    match shard_error(&err) {
+        ShardError::UnsupportedDtype { dtype, .. } => assert_eq!(dtype, "I16"),
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn overlapping_offsets_are_reported() {
+    let (err, _, _) = fail_second_shard(|s, f, b| {
+        s.set(
+            f,
+            with_header(&b, |h| {
+                let name = first_tensor(h);
+                let end = h[&name]["data_offsets"][1].as_u64().unwrap();
+                // Start the first tensor 2 bytes into... itself shifted: overlaps the next one.
+                h[&name]["data_offsets"] = serde_json::json!([0, end + 2]);
+            }),
+        )
+    });
+    assert!(matches!(shard_error(&err), ShardError::BadOffsets(_)), "{err}");
+}
+
+#[test]
+fn out_of_range_offsets_are_reported() {
+    let (err, _, _) = fail_second_shard(|s, f, b| {
+        s.set(
+            f,
+            with_header(&b, |h| {
+                // One more tensor past the end of the data.
+                let last_end = h
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .filter_map(|v| v["data_offsets"][1].as_u64())
+                    .max()
+                    .unwrap();
+                h["zz.beyond"] = serde_json::json!({
+                    "dtype": "F16", "shape": [4], "data_offsets": [last_end, last_end + 8]
+                });
+            }),
+        )
+    });
+    assert!(matches!(shard_error(&err), ShardError::BadOffsets(_)), "{err}");
+}
+
+#[test]
+fn stream_error_midway_is_reported() {
+    let (err, _, _) = fail_second_shard(|s, f, b| {
+        s.fail_at.lock().unwrap().insert(f.to_string(), b.len() / 2);
+    });
+    match shard_error(&err) {
+        ShardError::Stream { received, message } => {
+            assert!(*received > 0);
+            assert!(message.contains("reset"));
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn html_instead_of_index_is_reported() {
+    let (dir, _) = small_set();
+    let source = MemSource::from_dir(&shard_dir(dir.path()), 100, 1);
+    source.set(INDEX_FILE, b"<html><body>404</body></html>".to_vec());
+    let err = block_on(read_index(&source)).unwrap_err();
+    assert!(err.to_string().contains("HTML"), "{err}");
+}
+
+#[test]
+fn retry_resumes_without_refetching_verified_shards() {
+    let (dir, index) = small_set();
+    let source = MemSource::from_dir(&shard_dir(dir.path()), 999, 3);
+    let target = index.shards[1].file.clone();
+    let good = source.get(&target);
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0xff;
+    source.set(&target, bad);
+
+    let device = orfeas_engine::device::cpu();
+    let mut weights = WeightSet::new();
+    block_on(load(&source, &device, DType::F32, &mut weights)).unwrap_err();
+    assert_eq!(source.opened(), vec![index.shards[0].file.clone(), target.clone()]);
+
+    source.set(&target, good);
+    source.opened.lock().unwrap().clear();
+    let events = block_on(load(&source, &device, DType::F32, &mut weights)).unwrap();
+    let expected: Vec<String> = index.shards[1..].iter().map(|s| s.file.clone()).collect();
+    assert_eq!(source.opened(), expected, "only unverified shards are fetched again");
+    assert_eq!(weights.len(), index.tensor_count());
+    let last = events.last().unwrap();
+    assert_eq!(last.bytes_done, index.total_bytes());
+    assert_eq!(last.shards_done, index.shards.len());
+}
+
+#[test]
+fn progress_is_monotonic_complete_and_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = packed(&random_model(5, 60, 20_000), 256 << 10, dir.path());
+    let source = MemSource::from_dir(&shard_dir(dir.path()), 64, 9);
+    let mut weights = WeightSet::new();
+    let started = std::time::Instant::now();
+    let events = block_on(load(&source, &orfeas_engine::device::cpu(), DType::F32, &mut weights)).unwrap();
+    let elapsed_ms = started.elapsed().as_millis() as usize;
+
+    let chunks = index.total_bytes() as usize / 32; // mean chunk size is ~32 bytes
+    let phase_changes = events.windows(2).filter(|w| w[0].phase != w[1].phase).count();
+    assert!(
+        events.len() <= elapsed_ms / 50 + phase_changes + 2,
+        "{} events in {elapsed_ms} ms for ~{chunks} chunks: not throttled",
+        events.len()
+    );
+    for pair in events.windows(2) {
+        assert!(pair[1].bytes_done >= pair[0].bytes_done);
+        assert!(pair[1].tensors_done >= pair[0].tensors_done);
+        assert!(pair[1].elapsed_s >= pair[0].elapsed_s);
+    }
+    let last = events.last().unwrap();
+    assert_eq!(last.phase, Phase::Ready);
+    assert_eq!(last.bytes_done, index.total_bytes());
+    assert_eq!(last.bytes_total, index.total_bytes());
+    assert_eq!(last.tensors_done, index.tensor_count());
+    assert_eq!(last.tensors_total, index.tensor_count());
+    assert_eq!(last.model, "test-model");
+    for phase in [Phase::Fetch, Phase::Verify, Phase::Upload, Phase::Ready] {
+        assert!(events.iter().any(|e| e.phase == phase), "no {phase:?} event");
+    }
+}
+
+// ---- applying weights to a burn module ----
+
+mod apply {
+    use super::*;
+    use burn::module::Module;
+    use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+    use orfeas_engine::weights::{StoredTensor, apply_weights};
+
+    #[derive(Module, Debug)]
+    struct Tiny {
+        fc: Linear,
+        norm: LayerNorm,
+    }
+
+    fn tiny(device: &Device) -> Tiny {
+        Tiny {
+            fc: LinearConfig::new(3, 2).init(device),
+            norm: LayerNormConfig::new(2).init(device),
+        }
+    }
+
+    fn weights(device: &Device, entries: &[(&str, Vec<usize>)]) -> WeightSet {
+        let mut set = WeightSet::new();
+        let tensors = entries
+            .iter()
+            .map(|(name, shape)| {
+                let n: usize = shape.iter().product();
+                let values: Vec<u8> = (0..n).flat_map(|i| (i as f32 + 0.5).to_le_bytes()).collect();
+                let stored = StoredTensor::upload(safetensors::Dtype::F32, shape, &values, device, DType::F32)
+                    .unwrap();
+                (name.to_string(), stored)
+            })
+            .collect();
+        set.commit_shard("s", tensors);
+        set
+    }
+
+    fn full(device: &Device) -> Vec<(&'static str, Vec<usize>)> {
+        let _ = device;
+        vec![
+            ("fc.weight", vec![3, 2]),
+            ("fc.bias", vec![2]),
+            ("norm.gamma", vec![2]),
+            ("norm.beta", vec![2]),
+        ]
+    }
+
+    #[test]
+    fn weights_land_in_the_parameters() {
+        let device = orfeas_engine::device::cpu();
+        let model = apply_weights(tiny(&device), weights(&device, &full(&device))).unwrap();
+        let w = model.fc.weight.val().into_data().to_vec::<f32>().unwrap();
+        assert_eq!(w, vec![0.5, 1.5, 2.5, 3.5, 4.5, 5.5]);
+        let b = model.norm.beta.unwrap().val().into_data().to_vec::<f32>().unwrap();
+        assert_eq!(b, vec![0.5, 1.5]);
+    }
+
+    #[test]
+    fn missing_extra_and_misshapen_weights_are_named() {
+        let device = orfeas_engine::device::cpu();
+        let mut entries = full(&device);
+        entries.retain(|(n, _)| *n != "fc.bias");
+        entries[0].1 = vec![2, 3];
+        entries.push(("fc.scale", vec![1]));
+        let err = apply_weights(tiny(&device), weights(&device, &entries)).unwrap_err();
+        assert_eq!(err.missing, vec!["fc.bias".to_string()]);
+        assert_eq!(err.unexpected, vec!["fc.scale".to_string()]);
+        assert_eq!(err.mismatched, vec![("fc.weight".to_string(), vec![2, 3], vec![3, 2])]);
+        let text = err.to_string();
+        for part in ["fc.bias", "fc.scale", "fc.weight has shape [2, 3], the model expects [3, 2]"] {
+            assert!(text.contains(part), "{text}");
+        }
+    }
+}

@@ -1,0 +1,176 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::DType;
+use clap::{Parser, Subcommand, ValueEnum};
+use orfeas_engine::weights::loader::{initial_progress, read_index};
+use orfeas_engine::weights::pack::{self, MAX_SHARD_SIZE, MIN_SHARD_SIZE, PackOptions};
+use orfeas_engine::weights::source::{DirSource, HttpSource};
+use orfeas_engine::weights::{Phase, ProgressTracker, ShardSource, WeightSet, load_weights};
+
+use crate::progress::{bytes_bar, show_load};
+
+#[derive(Parser, Debug)]
+#[command(name = "orfeas", version, about = "Orfeas image-to-3D studio: tools and server")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pack safetensors file(s) into an Orfeas shard set (F16, hashed, with an index).
+    Pack {
+        /// Input .safetensors files or folders holding them.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Output folder for the shards and model.safetensors.index.json.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Target shard size in MiB (16-64).
+        #[arg(long, default_value_t = 32)]
+        shard_size: u64,
+        /// Model id recorded in the index.
+        #[arg(long, default_value = "model")]
+        model_id: String,
+        /// Model version recorded in the index.
+        #[arg(long, default_value = "1")]
+        model_version: String,
+        /// JSON file with the model's config, stored in the index.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Re-hash every shard of a shard set and report any that do not match the index.
+    Verify {
+        /// Folder with model.safetensors.index.json.
+        dir: PathBuf,
+    },
+    /// Stream a shard set onto a device with the engine's loader (a load check, and a demo).
+    Load {
+        /// A shard-set folder, or an http:// URL of one.
+        from: String,
+        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+        backend: Backend,
+        #[arg(long, value_enum, default_value_t = Precision::F32)]
+        dtype: Precision,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Backend {
+    Cpu,
+    Wgpu,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Precision {
+    F32,
+    F16,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Pack {
+            inputs,
+            output,
+            shard_size,
+            model_id,
+            model_version,
+            config,
+        } => {
+            let shard_size = shard_size << 20;
+            if !(MIN_SHARD_SIZE..=MAX_SHARD_SIZE).contains(&shard_size) {
+                bail!("--shard-size must be between 16 and 64 (MiB)");
+            }
+            let config = match config {
+                Some(path) => serde_json::from_slice(
+                    &std::fs::read(&path).with_context(|| path.display().to_string())?,
+                )
+                .with_context(|| format!("{}: not JSON", path.display()))?,
+                None => serde_json::Value::Null,
+            };
+            let options = PackOptions {
+                shard_size,
+                model_id,
+                version: model_version,
+                config,
+            };
+            let bar = bytes_bar(0, "pack");
+            let index = pack::pack(&inputs, &output, &options, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            println!(
+                "packed {} tensors into {} shards ({} bytes) in {}",
+                index.tensor_count(),
+                index.shards.len(),
+                index.total_bytes(),
+                output.display()
+            );
+            Ok(())
+        }
+        Command::Verify { dir } => {
+            let problems = pack::verify_dir(&dir)?;
+            if problems.is_empty() {
+                println!("{}: all shards verify", dir.display());
+                Ok(())
+            } else {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                bail!("{} shard(s) failed verification", problems.len())
+            }
+        }
+        Command::Load { from, backend, dtype } => {
+            let device = orfeas_engine::device::by_name(match backend {
+                Backend::Cpu => "cpu",
+                Backend::Wgpu => "wgpu",
+            })
+            .map_err(anyhow::Error::msg)?;
+            let dtype = match dtype {
+                Precision::F32 => DType::F32,
+                Precision::F16 => DType::F16,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                if from.starts_with("http://") || from.starts_with("https://") {
+                    load(&HttpSource::new(from), &device, dtype).await
+                } else {
+                    load(&DirSource::new(from), &device, dtype).await
+                }
+            })
+        }
+    }
+}
+
+async fn load<S: ShardSource>(source: &S, device: &burn::tensor::Device, dtype: DType) -> Result<()> {
+    let index = read_index(source).await?;
+    let bar = bytes_bar(index.total_bytes(), &index.model.id);
+    let mut tracker = ProgressTracker::new(initial_progress(&index), |p| show_load(&bar, p));
+    let mut weights = WeightSet::new();
+    let result = load_weights(source, &index, device, dtype, &mut weights, &mut tracker).await;
+    match result {
+        Ok(()) => {
+            tracker.set_phase(Phase::Ready);
+            tracker.flush();
+            bar.finish();
+            let p = tracker.progress();
+            println!(
+                "loaded {} tensors ({} bytes) in {:.2} s, {:.1} MiB/s",
+                weights.len(),
+                p.bytes_done,
+                p.elapsed_s,
+                p.bytes_done as f64 / p.elapsed_s.max(1e-9) / (1 << 20) as f64
+            );
+            Ok(())
+        }
+        Err(e) => {
+            tracker.set_phase(Phase::Failed);
+            bar.abandon();
+            Err(e.into())
+        }
+    }
+}

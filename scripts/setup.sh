@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what Orfeas needs to build, test and serve on Debian/Ubuntu. Idempotent: it
+# installs only what is missing. Source it (`. scripts/setup.sh`) to get the environment.
+set -euo pipefail
+
+ORFEAS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export ORFEAS_ROOT
+# One shared target directory outside the clone: CI and repeated runs reuse every build.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/orfeas/target}
+# wgpu/Vulkan loaders want a private runtime dir; without one they print noise.
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$HOME/.cache/orfeas/xdg}
+mkdir -p "$CARGO_TARGET_DIR" "$XDG_RUNTIME_DIR"
+chmod 700 "$XDG_RUNTIME_DIR"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# System packages: Vulkan on the CPU (lavapipe) for native GPU tests, Chromium + driver for
+# the browser tests, a C toolchain for -sys crates.
+apt_packages=(mesa-vulkan-drivers libvulkan1 chromium chromium-driver pkg-config gcc libc6-dev)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: no Rust toolchain found; install rustup (stable >= 1.95) first" >&2
+  exit 1
+fi
+rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown \
+  || rustup target add wasm32-unknown-unknown
+
+# Build tools, built from crates.io (Trunk must never download binaries itself).
+install_target="$HOME/.cache/orfeas/install-target"
+wbg_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$ORFEAS_ROOT/Cargo.lock")
+if ! wasm-bindgen --version 2>/dev/null | grep -q " $wbg_version\$"; then
+  echo "setup: installing wasm-bindgen-cli $wbg_version"
+  CARGO_TARGET_DIR="$install_target" cargo install wasm-bindgen-cli --version "$wbg_version" --force --quiet
+fi
+if ! trunk --version 2>/dev/null | grep -q " 0.22.1"; then
+  echo "setup: installing trunk 0.22.1"
+  CARGO_TARGET_DIR="$install_target" cargo install trunk --locked --version 0.22.1 --ignore-rust-version --force --quiet
+fi
