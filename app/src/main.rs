@@ -28,7 +28,11 @@ fn ImageDrop() -> impl IntoView {
     let (file_name, set_file_name) = signal(None::<String>);
     let on_change = move |ev: leptos::ev::Event| {
         let name = event_target_value(&ev);
-        let name = name.rsplit(['/', '\\']).next().unwrap_or_default().to_string();
+        let name = name
+            .rsplit(['/', '\\'])
+            .next()
+            .unwrap_or_default()
+            .to_string();
         set_file_name.set((!name.is_empty()).then_some(name));
     };
     view! {

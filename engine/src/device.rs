@@ -15,7 +15,10 @@ pub fn cpu() -> Device {
 /// lavapipe), or `None` when there is none.
 #[cfg(feature = "wgpu")]
 pub fn gpu() -> Option<Device> {
-    Device::enumerate(DeviceType::Wgpu).into_vec().into_iter().next()
+    Device::enumerate(DeviceType::Wgpu)
+        .into_vec()
+        .into_iter()
+        .next()
 }
 
 /// The device for `name` ("cpu" or "wgpu"), as the CLI and tests spell it.
@@ -24,7 +27,9 @@ pub fn by_name(name: &str) -> Result<Device, String> {
         #[cfg(feature = "flex")]
         "cpu" => Ok(cpu()),
         #[cfg(feature = "wgpu")]
-        "wgpu" => gpu().ok_or_else(|| "no wgpu adapter found (install a Vulkan driver, e.g. mesa-vulkan-drivers)".to_string()),
+        "wgpu" => gpu().ok_or_else(|| {
+            "no wgpu adapter found (install a Vulkan driver, e.g. mesa-vulkan-drivers)".to_string()
+        }),
         other => Err(format!("backend {other:?} is not available in this build")),
     }
 }

@@ -16,6 +16,7 @@ use axum::routing::get;
 use burn::tensor::DType;
 use bytes::Bytes;
 use common::*;
+use futures::StreamExt;
 use orfeas_engine::weights::loader::{initial_progress, read_index};
 use orfeas_engine::weights::source::{DirSource, HttpSource};
 use orfeas_engine::weights::{
@@ -36,17 +37,23 @@ struct Shared {
 
 async fn serve(State(state): State<Shared>, Path(file): Path<String>) -> Response {
     let Ok(bytes) = std::fs::read(state.dir.join(&file)) else {
-        return Response::builder().status(StatusCode::NOT_FOUND).body(Body::empty()).unwrap();
+        return Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Body::empty())
+            .unwrap();
     };
     let fault = state.faults.lock().unwrap().get(&file).copied();
     let body = match fault {
         Some(Fault::Html) => Body::from("<!doctype html><title>Not here</title>"),
         Some(Fault::DropAtHalf) => {
             let half = Bytes::copy_from_slice(&bytes[..bytes.len() / 2]);
-            Body::from_stream(futures::stream::iter(vec![
-                Ok(half),
-                Err(std::io::Error::other("server went away")),
-            ]))
+            // Headers and half the body go out; then the connection is cut.
+            let first = futures::stream::once(async move { Ok::<_, std::io::Error>(half) });
+            let cut = futures::stream::once(async {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                Err(std::io::Error::other("server went away"))
+            });
+            Body::from_stream(first.chain(cut))
         }
         None => {
             // Odd-sized chunks, so tensors straddle them.
@@ -79,7 +86,15 @@ async fn load<S: ShardSource>(source: &S) -> Result<WeightSet, LoadError> {
     let mut tracker = ProgressTracker::new(initial_progress(&index), |_| {});
     let mut weights = WeightSet::new();
     let device = orfeas_engine::device::cpu();
-    load_weights(source, &index, &device, DType::F16, &mut weights, &mut tracker).await?;
+    load_weights(
+        source,
+        &index,
+        &device,
+        DType::F16,
+        &mut weights,
+        &mut tracker,
+    )
+    .await?;
     Ok(weights)
 }
 
@@ -123,21 +138,45 @@ async fn failing_load(fault: Option<Fault>, delete: bool) -> LoadError {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_404_names_the_status() {
     let err = failing_load(None, true).await;
-    assert!(matches!(err, LoadError::Shard { error: ShardError::Open(_), .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            LoadError::Shard {
+                error: ShardError::Open(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("404"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_html_page_with_200_is_rejected() {
     let err = failing_load(Some(Fault::Html), false).await;
-    assert!(matches!(err, LoadError::Shard { error: ShardError::Html, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            LoadError::Shard {
+                error: ShardError::Html,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_connection_dropped_midway_is_a_stream_error() {
     let err = failing_load(Some(Fault::DropAtHalf), false).await;
     assert!(
-        matches!(err, LoadError::Shard { error: ShardError::Stream { .. } | ShardError::Truncated { .. }, .. }),
+        matches!(
+            err,
+            LoadError::Shard {
+                error: ShardError::Stream { .. } | ShardError::Truncated { .. },
+                ..
+            }
+        ),
         "{err}"
     );
 }

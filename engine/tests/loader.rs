@@ -45,7 +45,11 @@ fn small_set() -> (tempfile::TempDir, ShardIndex) {
 fn f16_bytes_as_f32_bytes(bytes: &[u8]) -> Vec<u8> {
     bytes
         .chunks_exact(2)
-        .flat_map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32().to_le_bytes())
+        .flat_map(|b| {
+            half::f16::from_le_bytes([b[0], b[1]])
+                .to_f32()
+                .to_le_bytes()
+        })
         .collect()
 }
 
@@ -59,7 +63,9 @@ fn assert_bit_identical(device: &Device, dtype: DType, max_chunks: &[usize], see
             block_on(load(&source, device, dtype, &mut weights)).unwrap();
             assert_eq!(weights.len(), reference.len());
             for (name, (shape, f16_bytes)) in &reference {
-                let stored = weights.get(name).unwrap_or_else(|| panic!("{name} missing"));
+                let stored = weights
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{name} missing"));
                 assert_eq!(&stored.shape, shape, "{name}");
                 let data = stored.tensor.clone().into_data();
                 let expected = match dtype {
@@ -89,6 +95,7 @@ fn random_chunks_give_bit_identical_tensors_on_wgpu() {
         eprintln!("SKIPPED: no wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
         return;
     };
+    eprintln!("wgpu adapter: {:?}", device.identity());
     assert_bit_identical(&device, DType::F32, &[5, 65536], 2);
     if device.supports_dtype(DType::F16) {
         assert_bit_identical(&device, DType::F16, &[777], 1);
@@ -103,13 +110,9 @@ fn pack_rounds_f32_and_bf16_inputs_to_f16() {
         let input = dir.path().join("in.safetensors");
         write_safetensors(&model, dtype, &input);
         let out = dir.path().join("out");
-        let index = orfeas_engine::weights::pack::pack(
-            &[input],
-            &out,
-            &Default::default(),
-            |_, _| {},
-        )
-        .unwrap();
+        let index =
+            orfeas_engine::weights::pack::pack(&[input], &out, &Default::default(), |_, _| {})
+                .unwrap();
         let reference = reference_tensors(&out, &index);
         for (name, shape, values) in &model {
             let (got_shape, bytes) = &reference[name];
@@ -124,7 +127,11 @@ fn pack_rounds_f32_and_bf16_inputs_to_f16() {
                 .collect();
             assert_eq!(bytes, &expected, "{name} from {dtype:?}");
         }
-        assert!(orfeas_engine::weights::pack::verify_dir(&out).unwrap().is_empty());
+        assert!(
+            orfeas_engine::weights::pack::verify_dir(&out)
+                .unwrap()
+                .is_empty()
+        );
     }
 }
 
@@ -145,7 +152,11 @@ fn pack_respects_shard_size_and_index_totals() {
             .filter(|(n, _, _)| tensors.contains(n.as_str()))
             .map(|(_, _, v)| v.len() as u64 * 2)
             .sum();
-        assert!(bytes <= shard_size || tensors.len() == 1, "{} overfull", shard.file);
+        assert!(
+            bytes <= shard_size || tensors.len() == 1,
+            "{} overfull",
+            shard.file
+        );
         data_bytes += bytes;
     }
     assert_eq!(index.metadata.total_size, data_bytes);
@@ -156,12 +167,21 @@ fn pack_respects_shard_size_and_index_totals() {
 fn pack_rejects_non_float_tensors_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("ids.safetensors");
-    let ids = [1i64, 2, 3].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![3], &ids).unwrap();
+    let ids = [1i64, 2, 3]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect::<Vec<u8>>();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![3], &ids).unwrap();
     safetensors::serialize_to_file(vec![("position_ids", view)], None, &input).unwrap();
-    let err = orfeas_engine::weights::pack::pack(&[input], &dir.path().join("o"), &Default::default(), |_, _| {})
-        .unwrap_err()
-        .to_string();
+    let err = orfeas_engine::weights::pack::pack(
+        &[input],
+        &dir.path().join("o"),
+        &Default::default(),
+        |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("position_ids") && err.contains("I64"), "{err}");
 }
 
@@ -182,15 +202,26 @@ fn verify_dir_finds_a_corrupted_shard() {
 // ---- malformed input: each case fails the right shard with the right reason ----
 
 /// Load a set whose second shard was altered by `alter`, and return the error.
-fn fail_second_shard(alter: impl FnOnce(&MemSource, &str, Vec<u8>)) -> (LoadError, WeightSet, String) {
+fn fail_second_shard(
+    alter: impl FnOnce(&MemSource, &str, Vec<u8>),
+) -> (LoadError, WeightSet, String) {
     let (dir, index) = small_set();
     let source = MemSource::from_dir(&shard_dir(dir.path()), 1000, 1);
     let target = index.shards[1].file.clone();
     alter(&source, &target, source.get(&target));
     let mut weights = WeightSet::new();
-    let err = block_on(load(&source, &orfeas_engine::device::cpu(), DType::F32, &mut weights))
-        .expect_err("the load must fail");
-    assert_eq!(err.shard_name(), Some(target.as_str()), "error names the shard: {err}");
+    let err = block_on(load(
+        &source,
+        &orfeas_engine::device::cpu(),
+        DType::F32,
+        &mut weights,
+    ))
+    .expect_err("the load must fail");
+    assert_eq!(
+        err.shard_name(),
+        Some(target.as_str()),
+        "error names the shard: {err}"
+    );
     // Nothing already good is lost: the first shard stays verified and loaded.
     assert!(weights.is_shard_verified(&index.shards[0].file));
     assert!(!weights.is_shard_verified(&target));
@@ -234,7 +265,10 @@ fn truncated_shard_is_reported() {
         b.truncate(b.len() - 10);
         s.set(f, b)
     });
-    assert!(matches!(shard_error(&err), ShardError::Truncated { .. }), "{err}");
+    assert!(
+        matches!(shard_error(&err), ShardError::Truncated { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("truncated"), "{err}");
 }
 
@@ -244,7 +278,10 @@ fn extra_bytes_are_reported() {
         b.extend_from_slice(b"trailing");
         s.set(f, b)
     });
-    assert!(matches!(shard_error(&err), ShardError::ExtraBytes { .. }), "{err}");
+    assert!(
+        matches!(shard_error(&err), ShardError::ExtraBytes { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -254,7 +291,10 @@ fn hash_mismatch_is_reported_and_its_tensors_unused() {
         b[last] ^= 1;
         s.set(f, b)
     });
-    assert!(matches!(shard_error(&err), ShardError::HashMismatch { .. }), "{err}");
+    assert!(
+        matches!(shard_error(&err), ShardError::HashMismatch { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("sha256 mismatch"), "{err}");
     assert!(!weights.is_shard_verified(&target));
 }
@@ -262,7 +302,10 @@ fn hash_mismatch_is_reported_and_its_tensors_unused() {
 #[test]
 fn html_page_is_reported() {
     let (err, _, _) = fail_second_shard(|s, f, _| {
-        s.set(f, b"<!DOCTYPE html><html><body>Sign in to the Wi-Fi</body></html>".to_vec())
+        s.set(
+            f,
+            b"<!DOCTYPE html><html><body>Sign in to the Wi-Fi</body></html>".to_vec(),
+        )
     });
     assert_eq!(shard_error(&err), &ShardError::Html, "{err}");
     assert!(err.to_string().contains("HTML"), "{err}");
@@ -274,7 +317,10 @@ fn header_longer_than_shard_is_reported() {
         b[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
         s.set(f, b)
     });
-    assert!(matches!(shard_error(&err), ShardError::HeaderTooLong { .. }), "{err}");
+    assert!(
+        matches!(shard_error(&err), ShardError::HeaderTooLong { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -284,13 +330,16 @@ fn invalid_header_json_is_reported() {
         b[8..8 + n].fill(b'#');
         s.set(f, b)
     });
-    assert!(matches!(shard_error(&err), ShardError::InvalidHeader(_)), "{err}");
+    assert!(
+        matches!(shard_error(&err), ShardError::InvalidHeader(_)),
+        "{err}"
+    );
 }
 
 #[test]
 fn unconvertible_dtype_is_reported() {
     let (err, _, _) = fail_second_shard(|s, f, b| {
-        s.set(
+        s.replace_consistently(
             f,
             with_header(&b, |h| {
                 let name = first_tensor(h);
@@ -308,23 +357,34 @@ fn unconvertible_dtype_is_reported() {
 #[test]
 fn overlapping_offsets_are_reported() {
     let (err, _, _) = fail_second_shard(|s, f, b| {
-        s.set(
+        s.replace_consistently(
             f,
             with_header(&b, |h| {
-                let name = first_tensor(h);
-                let end = h[&name]["data_offsets"][1].as_u64().unwrap();
-                // Start the first tensor 2 bytes into... itself shifted: overlaps the next one.
-                h[&name]["data_offsets"] = serde_json::json!([0, end + 2]);
+                // Move the second tensor 2 bytes back, into the first one (same length).
+                let first = first_tensor(h);
+                let first_end = h[&first]["data_offsets"][1].as_u64().unwrap();
+                let second = h
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .find(|(_, v)| v["data_offsets"][0].as_u64() == Some(first_end))
+                    .map(|(k, _)| k.clone())
+                    .unwrap();
+                let end = h[&second]["data_offsets"][1].as_u64().unwrap();
+                h[&second]["data_offsets"] = serde_json::json!([first_end - 2, end - 2]);
             }),
         )
     });
-    assert!(matches!(shard_error(&err), ShardError::BadOffsets(_)), "{err}");
+    assert!(
+        matches!(shard_error(&err), ShardError::BadOffsets(_)),
+        "{err}"
+    );
 }
 
 #[test]
 fn out_of_range_offsets_are_reported() {
     let (err, _, _) = fail_second_shard(|s, f, b| {
-        s.set(
+        s.replace_consistently(
             f,
             with_header(&b, |h| {
                 // One more tensor past the end of the data.
@@ -341,7 +401,10 @@ fn out_of_range_offsets_are_reported() {
             }),
         )
     });
-    assert!(matches!(shard_error(&err), ShardError::BadOffsets(_)), "{err}");
+    assert!(
+        matches!(shard_error(&err), ShardError::BadOffsets(_)),
+        "{err}"
+    );
 }
 
 #[test]
@@ -380,13 +443,20 @@ fn retry_resumes_without_refetching_verified_shards() {
     let device = orfeas_engine::device::cpu();
     let mut weights = WeightSet::new();
     block_on(load(&source, &device, DType::F32, &mut weights)).unwrap_err();
-    assert_eq!(source.opened(), vec![index.shards[0].file.clone(), target.clone()]);
+    assert_eq!(
+        source.opened(),
+        vec![index.shards[0].file.clone(), target.clone()]
+    );
 
     source.set(&target, good);
     source.opened.lock().unwrap().clear();
     let events = block_on(load(&source, &device, DType::F32, &mut weights)).unwrap();
     let expected: Vec<String> = index.shards[1..].iter().map(|s| s.file.clone()).collect();
-    assert_eq!(source.opened(), expected, "only unverified shards are fetched again");
+    assert_eq!(
+        source.opened(),
+        expected,
+        "only unverified shards are fetched again"
+    );
     assert_eq!(weights.len(), index.tensor_count());
     let last = events.last().unwrap();
     assert_eq!(last.bytes_done, index.total_bytes());
@@ -400,11 +470,20 @@ fn progress_is_monotonic_complete_and_throttled() {
     let source = MemSource::from_dir(&shard_dir(dir.path()), 64, 9);
     let mut weights = WeightSet::new();
     let started = std::time::Instant::now();
-    let events = block_on(load(&source, &orfeas_engine::device::cpu(), DType::F32, &mut weights)).unwrap();
+    let events = block_on(load(
+        &source,
+        &orfeas_engine::device::cpu(),
+        DType::F32,
+        &mut weights,
+    ))
+    .unwrap();
     let elapsed_ms = started.elapsed().as_millis() as usize;
 
     let chunks = index.total_bytes() as usize / 32; // mean chunk size is ~32 bytes
-    let phase_changes = events.windows(2).filter(|w| w[0].phase != w[1].phase).count();
+    let phase_changes = events
+        .windows(2)
+        .filter(|w| w[0].phase != w[1].phase)
+        .count();
     assert!(
         events.len() <= elapsed_ms / 50 + phase_changes + 2,
         "{} events in {elapsed_ms} ms for ~{chunks} chunks: not throttled",
@@ -423,7 +502,10 @@ fn progress_is_monotonic_complete_and_throttled() {
     assert_eq!(last.tensors_total, index.tensor_count());
     assert_eq!(last.model, "test-model");
     for phase in [Phase::Fetch, Phase::Verify, Phase::Upload, Phase::Ready] {
-        assert!(events.iter().any(|e| e.phase == phase), "no {phase:?} event");
+        assert!(
+            events.iter().any(|e| e.phase == phase),
+            "no {phase:?} event"
+        );
     }
 }
 
@@ -454,9 +536,17 @@ mod apply {
             .iter()
             .map(|(name, shape)| {
                 let n: usize = shape.iter().product();
-                let values: Vec<u8> = (0..n).flat_map(|i| (i as f32 + 0.5).to_le_bytes()).collect();
-                let stored = StoredTensor::upload(safetensors::Dtype::F32, shape, &values, device, DType::F32)
-                    .unwrap();
+                let values: Vec<u8> = (0..n)
+                    .flat_map(|i| (i as f32 + 0.5).to_le_bytes())
+                    .collect();
+                let stored = StoredTensor::upload(
+                    safetensors::Dtype::F32,
+                    shape,
+                    &values,
+                    device,
+                    DType::F32,
+                )
+                .unwrap();
                 (name.to_string(), stored)
             })
             .collect();
@@ -478,9 +568,22 @@ mod apply {
     fn weights_land_in_the_parameters() {
         let device = orfeas_engine::device::cpu();
         let model = apply_weights(tiny(&device), weights(&device, &full(&device))).unwrap();
-        let w = model.fc.weight.val().into_data().to_vec::<f32>().unwrap();
+        let w = model
+            .fc
+            .weight
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         assert_eq!(w, vec![0.5, 1.5, 2.5, 3.5, 4.5, 5.5]);
-        let b = model.norm.beta.unwrap().val().into_data().to_vec::<f32>().unwrap();
+        let b = model
+            .norm
+            .beta
+            .unwrap()
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         assert_eq!(b, vec![0.5, 1.5]);
     }
 
@@ -494,9 +597,16 @@ mod apply {
         let err = apply_weights(tiny(&device), weights(&device, &entries)).unwrap_err();
         assert_eq!(err.missing, vec!["fc.bias".to_string()]);
         assert_eq!(err.unexpected, vec!["fc.scale".to_string()]);
-        assert_eq!(err.mismatched, vec![("fc.weight".to_string(), vec![2, 3], vec![3, 2])]);
+        assert_eq!(
+            err.mismatched,
+            vec![("fc.weight".to_string(), vec![2, 3], vec![3, 2])]
+        );
         let text = err.to_string();
-        for part in ["fc.bias", "fc.scale", "fc.weight has shape [2, 3], the model expects [3, 2]"] {
+        for part in [
+            "fc.bias",
+            "fc.scale",
+            "fc.weight has shape [2, 3], the model expects [3, 2]",
+        ] {
             assert!(text.contains(part), "{text}");
         }
     }

@@ -11,7 +11,11 @@ use orfeas_engine::weights::{Phase, ProgressTracker, ShardSource, WeightSet, loa
 use crate::progress::{bytes_bar, show_load};
 
 #[derive(Parser, Debug)]
-#[command(name = "orfeas", version, about = "Orfeas image-to-3D studio: tools and server")]
+#[command(
+    name = "orfeas",
+    version,
+    about = "Orfeas image-to-3D studio: tools and server"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -122,7 +126,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 bail!("{} shard(s) failed verification", problems.len())
             }
         }
-        Command::Load { from, backend, dtype } => {
+        Command::Load {
+            from,
+            backend,
+            dtype,
+        } => {
             let device = orfeas_engine::device::by_name(match backend {
                 Backend::Cpu => "cpu",
                 Backend::Wgpu => "wgpu",
@@ -146,7 +154,11 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn load<S: ShardSource>(source: &S, device: &burn::tensor::Device, dtype: DType) -> Result<()> {
+async fn load<S: ShardSource>(
+    source: &S,
+    device: &burn::tensor::Device,
+    dtype: DType,
+) -> Result<()> {
     let index = read_index(source).await?;
     let bar = bytes_bar(index.total_bytes(), &index.model.id);
     let mut tracker = ProgressTracker::new(initial_progress(&index), |p| show_load(&bar, p));

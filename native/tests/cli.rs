@@ -32,7 +32,12 @@ fn write_model(path: &Path) -> usize {
         .collect();
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
     tensors.len()
@@ -55,7 +60,11 @@ fn pack_verify_load_round_trip() {
         "demo",
     ]);
     assert!(packed.status.success(), "{}", text(&packed));
-    assert!(text(&packed).contains(&format!("packed {count} tensors")), "{}", text(&packed));
+    assert!(
+        text(&packed).contains(&format!("packed {count} tensors")),
+        "{}",
+        text(&packed)
+    );
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap())
             .unwrap();
@@ -67,7 +76,11 @@ fn pack_verify_load_round_trip() {
 
     let loaded = orfeas(&["load", out.to_str().unwrap(), "--backend", "cpu"]);
     assert!(loaded.status.success(), "{}", text(&loaded));
-    assert!(text(&loaded).contains(&format!("loaded {count} tensors")), "{}", text(&loaded));
+    assert!(
+        text(&loaded).contains(&format!("loaded {count} tensors")),
+        "{}",
+        text(&loaded)
+    );
 
     // Corrupt the shard: verify and load both name it.
     let shard = index["shards"][0]["file"].as_str().unwrap().to_string();
@@ -82,7 +95,10 @@ fn pack_verify_load_round_trip() {
     let loaded = orfeas(&["load", out.to_str().unwrap()]);
     assert!(!loaded.status.success());
     let message = text(&loaded);
-    assert!(message.contains(&shard) && message.contains("sha256 mismatch"), "{message}");
+    assert!(
+        message.contains(&shard) && message.contains("sha256 mismatch"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -90,10 +106,18 @@ fn pack_rejects_non_safetensors_input_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("page.safetensors");
     std::fs::write(&input, "<html><body>not a model</body></html>").unwrap();
-    let out = orfeas(&["pack", input.to_str().unwrap(), "-o", dir.path().join("o").to_str().unwrap()]);
+    let out = orfeas(&[
+        "pack",
+        input.to_str().unwrap(),
+        "-o",
+        dir.path().join("o").to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let message = text(&out);
-    assert!(message.contains("page.safetensors") && message.contains("header length"), "{message}");
+    assert!(
+        message.contains("page.safetensors") && message.contains("header length"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -101,7 +125,14 @@ fn pack_rejects_shard_sizes_outside_the_range() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("m.safetensors");
     write_model(&input);
-    let out = orfeas(&["pack", input.to_str().unwrap(), "-o", "x", "--shard-size", "4"]);
+    let out = orfeas(&[
+        "pack",
+        input.to_str().unwrap(),
+        "-o",
+        "x",
+        "--shard-size",
+        "4",
+    ]);
     assert!(!out.status.success());
     assert!(text(&out).contains("between 16 and 64"), "{}", text(&out));
 }

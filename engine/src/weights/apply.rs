@@ -22,7 +22,12 @@ pub struct ApplyError {
 fn describe(e: &ApplyError) -> String {
     const SHOWN: usize = 5;
     let list = |names: &[String]| {
-        let mut s = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+        let mut s = names
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
         if names.len() > SHOWN {
             s.push_str(&format!(" and {} more", names.len() - SHOWN));
         }
@@ -36,7 +41,9 @@ fn describe(e: &ApplyError) -> String {
         out.push_str(&format!(" unexpected {};", list(&e.unexpected)));
     }
     for (name, got, want) in e.mismatched.iter().take(SHOWN) {
-        out.push_str(&format!(" {name} has shape {got:?}, the model expects {want:?};"));
+        out.push_str(&format!(
+            " {name} has shape {got:?}, the model expects {want:?};"
+        ));
     }
     out.pop();
     out

@@ -92,13 +92,19 @@ impl ShardIndex {
         let mut files = BTreeSet::new();
         for shard in &self.shards {
             if !is_plain_file_name(&shard.file) {
-                return bad(format!("shard name {:?} is not a plain file name", shard.file));
+                return bad(format!(
+                    "shard name {:?} is not a plain file name",
+                    shard.file
+                ));
             }
             if !files.insert(shard.file.as_str()) {
                 return bad(format!("shard {} listed twice", shard.file));
             }
             if shard.size < 8 {
-                return bad(format!("shard {} has an impossible size {}", shard.file, shard.size));
+                return bad(format!(
+                    "shard {} has an impossible size {}",
+                    shard.file, shard.size
+                ));
             }
             if shard.sha256.len() != 64 || !shard.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return bad(format!("shard {} has an invalid sha256", shard.file));
@@ -133,10 +139,19 @@ pub fn looks_like_html(bytes: &[u8]) -> bool {
         .take(16)
         .map(|b| b.to_ascii_lowercase())
         .collect();
-    ["<!doctype", "<html", "<head", "<body", "<!--", "<?xml", "<meta", "<title"]
-        .iter()
-        .any(|tag| {
-            // A short prefix (the loader sniffs only the first bytes) still counts.
-            head.starts_with(tag.as_bytes()) || (head.len() >= 2 && tag.as_bytes().starts_with(&head))
-        })
+    [
+        "<!doctype",
+        "<html",
+        "<head",
+        "<body",
+        "<!--",
+        "<?xml",
+        "<meta",
+        "<title",
+    ]
+    .iter()
+    .any(|tag| {
+        // A short prefix (the loader sniffs only the first bytes) still counts.
+        head.starts_with(tag.as_bytes()) || (head.len() >= 2 && tag.as_bytes().starts_with(&head))
+    })
 }

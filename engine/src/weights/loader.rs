@@ -103,9 +103,9 @@ where
                 }
                 let stored = StoredTensor::upload(raw.dtype, raw.shape, raw.bytes, device, dtype)
                     .map_err(|message| ShardError::Upload {
-                        name: raw.name.to_string(),
-                        message,
-                    })?;
+                    name: raw.name.to_string(),
+                    message,
+                })?;
                 uploaded.push((raw.name.to_string(), stored));
                 Ok(())
             })

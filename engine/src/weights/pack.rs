@@ -70,7 +70,10 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, PackError> {
                 .collect();
             found.sort();
             if found.is_empty() {
-                return Err(PackError(format!("{}: no .safetensors files", input.display())));
+                return Err(PackError(format!(
+                    "{}: no .safetensors files",
+                    input.display()
+                )));
             }
             files.extend(found);
         } else {
@@ -95,7 +98,8 @@ fn read_header(path: &Path, file_index: usize) -> Result<Vec<Source>, PackError>
         )));
     }
     let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header).map_err(|e| err(e.to_string()))?;
+    file.read_exact(&mut header)
+        .map_err(|e| err(e.to_string()))?;
     let metadata: Metadata =
         serde_json::from_slice(&header).map_err(|e| err(format!("invalid header: {e}")))?;
     let data_start = 8 + header_len;
@@ -239,8 +243,8 @@ fn write_shard(
     header.resize(header.len().next_multiple_of(8), b' ');
 
     let tmp_path = out_dir.join(format!(".{file_name}.partial"));
-    let out = File::create(&tmp_path)
-        .map_err(|e| PackError(format!("{}: {e}", tmp_path.display())))?;
+    let out =
+        File::create(&tmp_path).map_err(|e| PackError(format!("{}: {e}", tmp_path.display())))?;
     let mut writer = HashingWriter {
         inner: BufWriter::with_capacity(1 << 20, out),
         hasher: Sha256::new(),
@@ -327,7 +331,10 @@ pub fn verify_dir(dir: &Path) -> Result<Vec<String>, PackError> {
             .map_err(|e| PackError(format!("{}: {e}", path.display())))?;
         let actual = hex::encode(hasher.finalize());
         if size != shard.size {
-            problems.push(format!("{}: {size} bytes, expected {}", shard.file, shard.size));
+            problems.push(format!(
+                "{}: {size} bytes, expected {}",
+                shard.file, shard.size
+            ));
         } else if actual != shard.sha256 {
             problems.push(format!("{}: sha256 mismatch", shard.file));
         }

@@ -201,7 +201,8 @@ impl ShardParser {
             .map_err(|e| ShardError::InvalidHeader(format!("not UTF-8 ({e})")))?;
         let metadata: Metadata = serde_json::from_str(text).map_err(|e| {
             let message = e.to_string();
-            if message.contains("InvalidOffset") || message.contains("TensorInvalidInfo") {
+            // The crate reports offset problems through serde; its messages name "offset".
+            if message.contains("offset") {
                 ShardError::BadOffsets(message)
             } else {
                 ShardError::InvalidHeader(message)

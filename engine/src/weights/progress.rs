@@ -133,7 +133,11 @@ impl<F: FnMut(&LoadProgress)> ProgressTracker<F> {
     pub fn set_phase(&mut self, phase: Phase) {
         self.progress.phase = phase;
         if matches!(phase, Phase::Ready | Phase::Failed) {
-            self.progress.eta_s = if phase == Phase::Ready { Some(0.0) } else { None };
+            self.progress.eta_s = if phase == Phase::Ready {
+                Some(0.0)
+            } else {
+                None
+            };
         }
         self.emit(false);
     }
@@ -162,7 +166,10 @@ impl<F: FnMut(&LoadProgress)> ProgressTracker<F> {
         }
         self.sample_at = now;
         self.sample_bytes = self.progress.bytes_done;
-        let remaining = self.progress.bytes_total.saturating_sub(self.progress.bytes_done);
+        let remaining = self
+            .progress
+            .bytes_total
+            .saturating_sub(self.progress.bytes_done);
         if self.progress.bytes_per_sec > 0.0 {
             self.progress.eta_s = Some(remaining as f64 / self.progress.bytes_per_sec);
         }

@@ -29,10 +29,20 @@ where
     stream
 }
 
+/// Natively a source is shared with the runtime's threads; in the browser nothing is `Send`.
+#[cfg(not(target_arch = "wasm32"))]
+pub trait MaybeSync: Send + Sync {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Send + Sync + ?Sized> MaybeSync for T {}
+#[cfg(target_arch = "wasm32")]
+pub trait MaybeSync {}
+#[cfg(target_arch = "wasm32")]
+impl<T: ?Sized> MaybeSync for T {}
+
 /// A place a shard set can be read from.
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
-pub trait ShardSource {
+pub trait ShardSource: MaybeSync {
     /// The whole index file (`model.safetensors.index.json`); it is small.
     async fn read_index(&self) -> Result<Vec<u8>, SourceError>;
     /// A stream of the shard's bytes.
@@ -129,7 +139,10 @@ mod native {
                 .await
                 .map_err(|e| SourceError(format!("GET {url}: {e}")))?;
             if !response.status().is_success() {
-                return Err(SourceError(format!("GET {url}: HTTP {}", response.status())));
+                return Err(SourceError(format!(
+                    "GET {url}: HTTP {}",
+                    response.status()
+                )));
             }
             Ok(response)
         }
@@ -202,7 +215,10 @@ mod web {
                 .map_err(|e| SourceError(format!("fetch {url}: {}", js_message(&e))))?
                 .unchecked_into();
             if !response.ok() {
-                return Err(SourceError(format!("fetch {url}: HTTP {}", response.status())));
+                return Err(SourceError(format!(
+                    "fetch {url}: HTTP {}",
+                    response.status()
+                )));
             }
             Ok(response)
         }

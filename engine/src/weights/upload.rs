@@ -29,10 +29,15 @@ impl StoredTensor {
     ) -> Result<Self, String> {
         let numel: usize = shape.iter().product();
         let data = match (dtype, target) {
-            (Dtype::F16, DType::F16) => TensorData::from_bytes_vec(bytes.to_vec(), [numel], DType::F16),
-            (Dtype::F32, DType::F32) => TensorData::from_bytes_vec(bytes.to_vec(), [numel], DType::F32),
+            (Dtype::F16, DType::F16) => {
+                TensorData::from_bytes_vec(bytes.to_vec(), [numel], DType::F16)
+            }
+            (Dtype::F32, DType::F32) => {
+                TensorData::from_bytes_vec(bytes.to_vec(), [numel], DType::F32)
+            }
             (_, DType::F32) => {
-                let values = to_f32(dtype, bytes).ok_or_else(|| format!("dtype {dtype:?} is not a float"))?;
+                let values = to_f32(dtype, bytes)
+                    .ok_or_else(|| format!("dtype {dtype:?} is not a float"))?;
                 TensorData::new(values, [numel])
             }
             (_, DType::F16) => {

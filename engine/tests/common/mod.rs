@@ -56,7 +56,10 @@ pub fn write_safetensors(model: &Model, dtype: Dtype, path: &Path) {
     let views: Vec<(String, TensorView)> = encoded
         .iter()
         .map(|(name, shape, bytes)| {
-            (name.clone(), TensorView::new(dtype, shape.clone(), bytes).unwrap())
+            (
+                name.clone(),
+                TensorView::new(dtype, shape.clone(), bytes).unwrap(),
+            )
         })
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
@@ -131,6 +134,21 @@ impl MemSource {
 
     pub fn set(&self, file: &str, bytes: Vec<u8>) {
         self.files.lock().unwrap().insert(file.to_string(), bytes);
+    }
+
+    /// Replace a shard and update its index entry to match, as a (buggy) packer would have
+    /// written it: size and hash agree, so only the content itself is wrong.
+    pub fn replace_consistently(&self, file: &str, bytes: Vec<u8>) {
+        use sha2::Digest;
+        let mut index: serde_json::Value = serde_json::from_slice(&self.get(INDEX_FILE)).unwrap();
+        for shard in index["shards"].as_array_mut().unwrap() {
+            if shard["file"] == file {
+                shard["size"] = bytes.len().into();
+                shard["sha256"] = hex::encode(sha2::Sha256::digest(&bytes)).into();
+            }
+        }
+        self.set(INDEX_FILE, serde_json::to_vec(&index).unwrap());
+        self.set(file, bytes);
     }
 
     pub fn get(&self, file: &str) -> Vec<u8> {

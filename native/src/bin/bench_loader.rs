@@ -36,12 +36,21 @@ fn main() -> Result<()> {
             other => bail!("unknown flag {other}"),
         }
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
 
     println!("# loader benchmark (shards of 32 MiB, F16 on disk, 1 MiB read chunks)");
     println!(
         "{:>9} {:>8} {:>12} {:>12} {:>7} {:>11} {:>13} {:>14}",
-        "set", "backend", "raw MiB/s", "load MiB/s", "ratio", "peak RSS", "device bytes", "loader extra"
+        "set",
+        "backend",
+        "raw MiB/s",
+        "load MiB/s",
+        "ratio",
+        "peak RSS",
+        "device bytes",
+        "loader extra"
     );
     for size in sizes {
         let dir = root.join(format!("set-{size}mib"));
@@ -54,10 +63,15 @@ fn main() -> Result<()> {
                 .args(["--child-load", dir.to_str().unwrap(), backend])
                 .output()?;
             if !child.status.success() {
-                bail!("child load failed: {}", String::from_utf8_lossy(&child.stderr));
+                bail!(
+                    "child load failed: {}",
+                    String::from_utf8_lossy(&child.stderr)
+                );
             }
             let text = String::from_utf8(child.stdout)?;
-            let mut fields = text.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+            let mut fields = text
+                .split_whitespace()
+                .map(|v| v.parse::<u64>().unwrap_or(0));
             let (base, peak, device_bytes) = (
                 fields.next().unwrap_or(0),
                 fields.next().unwrap_or(0),
@@ -95,7 +109,11 @@ fn ensure_set(dir: &Path, bytes: u64) -> Result<()> {
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
     for i in 0..count {
-        let shape = if i % 8 == 0 { vec![big / 2 - 64] } else { vec![1024, big / 1024] };
+        let shape = if i % 8 == 0 {
+            vec![big / 2 - 64]
+        } else {
+            vec![1024, big / 1024]
+        };
         let len = shape.iter().product::<usize>() * 2;
         header.insert(
             format!("blocks.{i}.weight"),
@@ -116,7 +134,9 @@ fn ensure_set(dir: &Path, bytes: u64) -> Result<()> {
     while left > 0 {
         buf.clear();
         for _ in 0..left.min(1 << 19) {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let v = ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
             buf.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
         }
@@ -127,7 +147,15 @@ fn ensure_set(dir: &Path, bytes: u64) -> Result<()> {
     drop(out);
     let final_input = dir.join("input.safetensors");
     std::fs::rename(&input, &final_input)?;
-    pack(&[final_input.clone()], dir, &PackOptions { model_id: "bench".into(), ..Default::default() }, |_, _| {})?;
+    pack(
+        &[final_input.clone()],
+        dir,
+        &PackOptions {
+            model_id: "bench".into(),
+            ..Default::default()
+        },
+        |_, _| {},
+    )?;
     std::fs::remove_file(final_input)?;
     Ok(())
 }
@@ -152,7 +180,15 @@ async fn load_once(dir: &Path, backend: &str) -> Result<(WeightSet, u64)> {
     let index = read_index(&source).await?;
     let mut tracker = ProgressTracker::new(initial_progress(&index), |_| {});
     let mut weights = WeightSet::new();
-    load_weights(&source, &index, &device, DType::F16, &mut weights, &mut tracker).await?;
+    load_weights(
+        &source,
+        &index,
+        &device,
+        DType::F16,
+        &mut weights,
+        &mut tracker,
+    )
+    .await?;
     Ok((weights, index.total_bytes()))
 }
 
@@ -172,7 +208,9 @@ fn child_load(dir: &Path, backend: &str) -> Result<()> {
     let device = orfeas_engine::device::by_name(backend).map_err(anyhow::Error::msg)?;
     let _ = burn::tensor::Tensor::<1>::zeros([1], &device).into_data();
     let before = status_kib("VmRSS")? * 1024;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (weights, _) = runtime.block_on(load_once(dir, backend))?;
     let peak = status_kib("VmHWM")? * 1024;
     let device_bytes: u64 = weights
@@ -187,6 +225,14 @@ fn status_kib(key: &str) -> Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim_start_matches(':').split_whitespace().next()?.parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(key).and_then(|v| {
+                v.trim_start_matches(':')
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        })
         .with_context(|| format!("{key} not in /proc/self/status"))
 }
