@@ -76,7 +76,7 @@ pub fn packed(model: &Model, shard_size: u64, dir: &Path) -> ShardIndex {
         version: "1".into(),
         config: serde_json::json!({"kind": "test"}),
     };
-    let index = pack(&[input.clone()], &out, &options, |_, _| {}).unwrap();
+    let index = pack(std::slice::from_ref(&input), &out, &options, |_, _| {}).unwrap();
     std::fs::remove_file(input).unwrap();
     index
 }

@@ -148,7 +148,7 @@ fn ensure_set(dir: &Path, bytes: u64) -> Result<()> {
     let final_input = dir.join("input.safetensors");
     std::fs::rename(&input, &final_input)?;
     pack(
-        &[final_input.clone()],
+        std::slice::from_ref(&final_input),
         dir,
         &PackOptions {
             model_id: "bench".into(),
