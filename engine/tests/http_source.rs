@@ -17,11 +17,9 @@ use burn::tensor::DType;
 use bytes::Bytes;
 use common::*;
 use futures::StreamExt;
-use orfeas_engine::weights::loader::{initial_progress, read_index};
+use orfeas_engine::weights::loader::read_index;
 use orfeas_engine::weights::source::{DirSource, HttpSource};
-use orfeas_engine::weights::{
-    LoadError, ProgressTracker, ShardError, ShardSource, WeightSet, load_weights,
-};
+use orfeas_engine::weights::{LoadError, ShardError, ShardSource, WeightSet, load_all};
 
 #[derive(Clone, Copy)]
 enum Fault {
@@ -82,20 +80,8 @@ async fn start(dir: PathBuf) -> (String, Shared) {
 }
 
 async fn load<S: ShardSource>(source: &S) -> Result<WeightSet, LoadError> {
-    let index = read_index(source).await?;
-    let mut tracker = ProgressTracker::new(initial_progress(&index), |_| {});
-    let mut weights = WeightSet::new();
     let device = orfeas_engine::device::cpu();
-    load_weights(
-        source,
-        &index,
-        &device,
-        DType::F16,
-        &mut weights,
-        &mut tracker,
-    )
-    .await?;
-    Ok(weights)
+    Ok(load_all(source, &device, DType::F16, |_| {}).await?.1)
 }
 
 fn fixture() -> (tempfile::TempDir, PathBuf) {

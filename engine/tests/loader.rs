@@ -92,6 +92,11 @@ fn random_chunks_give_bit_identical_tensors_on_cpu() {
 #[test]
 fn random_chunks_give_bit_identical_tensors_on_wgpu() {
     let Some(device) = orfeas_engine::device::gpu() else {
+        // scripts/test.sh installs lavapipe and sets this, so CI never skips silently.
+        assert!(
+            std::env::var_os("ORFEAS_REQUIRE_GPU").is_none(),
+            "ORFEAS_REQUIRE_GPU is set but wgpu found no adapter"
+        );
         eprintln!("SKIPPED: no wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
         return;
     };

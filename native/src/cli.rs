@@ -3,10 +3,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use clap::{Parser, Subcommand, ValueEnum};
-use orfeas_engine::weights::loader::{initial_progress, read_index};
 use orfeas_engine::weights::pack::{self, MAX_SHARD_SIZE, MIN_SHARD_SIZE, PackOptions};
 use orfeas_engine::weights::source::{DirSource, HttpSource};
-use orfeas_engine::weights::{Phase, ProgressTracker, ShardSource, WeightSet, load_weights};
+use orfeas_engine::weights::{ShardSource, load_all};
 
 use crate::progress::{bytes_bar, show_load};
 
@@ -159,28 +158,23 @@ async fn load<S: ShardSource>(
     device: &burn::tensor::Device,
     dtype: DType,
 ) -> Result<()> {
-    let index = read_index(source).await?;
-    let bar = bytes_bar(index.total_bytes(), &index.model.id);
-    let mut tracker = ProgressTracker::new(initial_progress(&index), |p| show_load(&bar, p));
-    let mut weights = WeightSet::new();
-    let result = load_weights(source, &index, device, dtype, &mut weights, &mut tracker).await;
+    let bar = bytes_bar(0, "load");
+    let started = std::time::Instant::now();
+    let result = load_all(source, device, dtype, |p| show_load(&bar, p)).await;
     match result {
-        Ok(()) => {
-            tracker.set_phase(Phase::Ready);
-            tracker.flush();
+        Ok((index, weights)) => {
             bar.finish();
-            let p = tracker.progress();
+            let secs = started.elapsed().as_secs_f64();
             println!(
-                "loaded {} tensors ({} bytes) in {:.2} s, {:.1} MiB/s",
+                "loaded {} tensors of {} ({} bytes) in {secs:.2} s, {:.1} MiB/s",
                 weights.len(),
-                p.bytes_done,
-                p.elapsed_s,
-                p.bytes_done as f64 / p.elapsed_s.max(1e-9) / (1 << 20) as f64
+                index.model.id,
+                index.total_bytes(),
+                index.total_bytes() as f64 / secs.max(1e-9) / (1 << 20) as f64
             );
             Ok(())
         }
         Err(e) => {
-            tracker.set_phase(Phase::Failed);
             bar.abandon();
             Err(e.into())
         }

@@ -18,6 +18,7 @@ pub fn bytes_bar(total: u64, label: &str) -> ProgressBar {
 
 /// Mirror loader progress events onto a bar.
 pub fn show_load(bar: &ProgressBar, p: &LoadProgress) {
+    bar.set_prefix(p.model.clone());
     bar.set_length(p.bytes_total);
     bar.set_position(p.bytes_done);
     let phase = match p.phase {

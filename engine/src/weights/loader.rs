@@ -29,6 +29,34 @@ pub fn initial_progress(index: &ShardIndex) -> LoadProgress {
     )
 }
 
+/// Read the index and stream the whole set in one call, for callers that do not resume:
+/// progress ends in `ready` or `failed`.
+pub async fn load_all<S, F>(
+    source: &S,
+    device: &Device,
+    dtype: DType,
+    on_progress: F,
+) -> Result<(ShardIndex, WeightSet), LoadError>
+where
+    S: ShardSource + ?Sized,
+    F: FnMut(&LoadProgress),
+{
+    let index = read_index(source).await?;
+    let mut tracker = ProgressTracker::new(initial_progress(&index), on_progress);
+    let mut weights = WeightSet::new();
+    match load_weights(source, &index, device, dtype, &mut weights, &mut tracker).await {
+        Ok(()) => {
+            tracker.set_phase(Phase::Ready);
+            tracker.flush();
+            Ok((index, weights))
+        }
+        Err(e) => {
+            tracker.set_phase(Phase::Failed);
+            Err(e)
+        }
+    }
+}
+
 /// Stream every shard of `index` that `weights` does not hold yet onto `device` as `dtype`.
 ///
 /// Each tensor is uploaded the moment its bytes are in; a shard's tensors join `weights` only

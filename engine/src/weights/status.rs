@@ -174,3 +174,80 @@ pub fn retry_after(progress: &LoadProgress) -> u32 {
         _ => RETRY_AFTER_DEFAULT_S,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::progress::Phase;
+
+    fn progress(done: u64, eta: Option<f64>) -> LoadProgress {
+        let mut p = LoadProgress::new("shape", 1000, 4, 40);
+        p.bytes_done = done;
+        p.eta_s = eta;
+        p
+    }
+
+    #[test]
+    fn lifecycle_with_retry_from_failed() {
+        let mut state = ModelState::<u32>::new("shape");
+        assert_eq!(state.status(), &ModelStatus::NotLoaded);
+        state.start_loading(progress(0, None)).unwrap();
+        state.update_progress(&progress(500, Some(12.2))).unwrap();
+        assert!(
+            matches!(state.status(), ModelStatus::Loading { progress } if progress.bytes_done == 500)
+        );
+        state.set_failed("shard 2: truncated").unwrap();
+        assert_eq!(state.status().name(), "failed");
+        // Retry is allowed from failed, and only from there or not_loaded.
+        state.start_loading(progress(0, None)).unwrap();
+        assert!(state.start_loading(progress(0, None)).is_err());
+        state.set_ready(7).unwrap();
+        assert_eq!(state.get(), Ok(7));
+        let err = state.start_loading(progress(0, None)).unwrap_err();
+        assert_eq!(err.status, "ready");
+        assert!(
+            state.set_failed("late").is_err(),
+            "a ready model cannot fail a load"
+        );
+    }
+
+    #[test]
+    fn guard_rejects_until_ready_with_retry_after() {
+        let mut state = ModelState::<u32>::new("shape");
+        let not_started = state.get().unwrap_err();
+        assert_eq!(not_started.kind, NotReadyKind::NotReady);
+
+        state.start_loading(progress(100, None)).unwrap();
+        let early = state.get().unwrap_err();
+        assert_eq!(early.kind, NotReadyKind::Loading);
+        assert_eq!(
+            early.retry_after_s, RETRY_AFTER_DEFAULT_S,
+            "no estimate yet"
+        );
+        assert!(early.to_string().contains("still loading"), "{early}");
+
+        state.update_progress(&progress(500, Some(12.2))).unwrap();
+        assert_eq!(state.get().unwrap_err().retry_after_s, 13, "rounded-up ETA");
+        state.update_progress(&progress(990, Some(0.01))).unwrap();
+        assert_eq!(state.get().unwrap_err().retry_after_s, RETRY_AFTER_MIN_S);
+        state.update_progress(&progress(1, Some(5000.0))).unwrap();
+        assert_eq!(state.get().unwrap_err().retry_after_s, RETRY_AFTER_MAX_S);
+
+        state.set_failed("sha256 mismatch").unwrap();
+        let failed = state.get().unwrap_err();
+        assert_eq!(failed.kind, NotReadyKind::NotReady);
+        assert!(failed.message.contains("sha256 mismatch"));
+    }
+
+    #[test]
+    fn status_serialises_for_the_app_and_server() {
+        let json = serde_json::to_value(ModelStatus::Failed { reason: "x".into() }).unwrap();
+        assert_eq!(json, serde_json::json!({"status": "failed", "reason": "x"}));
+        let mut p = progress(250, Some(3.0));
+        p.phase = Phase::Fetch;
+        let json = serde_json::to_value(ModelStatus::Loading { progress: p }).unwrap();
+        assert_eq!(json["status"], "loading");
+        assert_eq!(json["progress"]["phase"], "fetch");
+        assert_eq!(json["progress"]["bytes_done"], 250);
+    }
+}

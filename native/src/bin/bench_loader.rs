@@ -11,10 +11,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use futures::StreamExt;
-use orfeas_engine::weights::loader::{initial_progress, read_index};
+use orfeas_engine::weights::loader::read_index;
 use orfeas_engine::weights::pack::{PackOptions, pack};
 use orfeas_engine::weights::source::DirSource;
-use orfeas_engine::weights::{ProgressTracker, ShardSource, WeightSet, load_weights};
+use orfeas_engine::weights::{ShardSource, WeightSet, load_all};
 
 const MIB: u64 = 1 << 20;
 
@@ -176,19 +176,7 @@ async fn raw_read(dir: &Path) -> Result<f64> {
 
 async fn load_once(dir: &Path, backend: &str) -> Result<(WeightSet, u64)> {
     let device = orfeas_engine::device::by_name(backend).map_err(anyhow::Error::msg)?;
-    let source = DirSource::new(dir);
-    let index = read_index(&source).await?;
-    let mut tracker = ProgressTracker::new(initial_progress(&index), |_| {});
-    let mut weights = WeightSet::new();
-    load_weights(
-        &source,
-        &index,
-        &device,
-        DType::F16,
-        &mut weights,
-        &mut tracker,
-    )
-    .await?;
+    let (index, weights) = load_all(&DirSource::new(dir), &device, DType::F16, |_| {}).await?;
     Ok((weights, index.total_bytes()))
 }
 
