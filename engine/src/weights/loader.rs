@@ -1,5 +1,7 @@
 //! The streaming loader: shard bytes in, verified device tensors out.
 
+use std::collections::BTreeSet;
+
 use burn::tensor::{DType, Device};
 use futures::StreamExt;
 
@@ -80,7 +82,7 @@ where
             tracker.skip_shard(shard.size, expected.len());
             continue;
         }
-        let tensors = load_shard(source, index, shard, device, dtype, tracker)
+        let tensors = load_shard(source, shard, &expected, device, dtype, tracker)
             .await
             .map_err(|error| LoadError::shard(&shard.file, error))?;
         weights.commit_shard(&shard.file, tensors);
@@ -96,8 +98,8 @@ where
 
 async fn load_shard<S, F>(
     source: &S,
-    index: &ShardIndex,
     shard: &ShardInfo,
+    expected: &BTreeSet<&str>,
     device: &Device,
     dtype: DType,
     tracker: &mut ProgressTracker<F>,
@@ -106,7 +108,6 @@ where
     S: ShardSource + ?Sized,
     F: FnMut(&LoadProgress),
 {
-    let expected = index.tensors_in(&shard.file);
     tracker.set_from_cache(source.is_cached(&shard.file).await);
     tracker.set_phase(Phase::Fetch);
     let mut stream = source

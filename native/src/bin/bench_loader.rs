@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::DType;
+use burn::tensor::{DType, Device};
 use futures::StreamExt;
 use orfeas_engine::weights::loader::read_index;
 use orfeas_engine::weights::pack::{PackOptions, pack};
@@ -174,18 +174,22 @@ async fn raw_read(dir: &Path) -> Result<f64> {
     Ok(total as f64 / MIB as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn load_once(dir: &Path, backend: &str) -> Result<(WeightSet, u64)> {
+/// The device for `backend`, started and warmed up: device start-up is not part of a load.
+fn ready_device(backend: &str) -> Result<Device> {
     let device = orfeas_engine::device::by_name(backend).map_err(anyhow::Error::msg)?;
-    let (index, weights) = load_all(&DirSource::new(dir), &device, DType::F16, |_| {}).await?;
+    let _ = burn::tensor::Tensor::<1>::zeros([1], &device).into_data();
+    Ok(device)
+}
+
+async fn load_once(dir: &Path, device: &Device) -> Result<(WeightSet, u64)> {
+    let (index, weights) = load_all(&DirSource::new(dir), device, DType::F16, |_| {}).await?;
     Ok((weights, index.total_bytes()))
 }
 
 async fn timed_load(dir: &Path, backend: &str) -> Result<f64> {
-    // Device start-up is not part of the load.
-    let device = orfeas_engine::device::by_name(backend).map_err(anyhow::Error::msg)?;
-    let _ = burn::tensor::Tensor::<1>::zeros([1], &device).into_data();
+    let device = ready_device(backend)?;
     let start = Instant::now();
-    let (weights, bytes) = load_once(dir, backend).await?;
+    let (weights, bytes) = load_once(dir, &device).await?;
     let secs = start.elapsed().as_secs_f64();
     drop(weights);
     Ok(bytes as f64 / MIB as f64 / secs)
@@ -193,13 +197,12 @@ async fn timed_load(dir: &Path, backend: &str) -> Result<f64> {
 
 /// Runs in a fresh process: prints `rss_before peak_rss device_bytes`, in bytes.
 fn child_load(dir: &Path, backend: &str) -> Result<()> {
-    let device = orfeas_engine::device::by_name(backend).map_err(anyhow::Error::msg)?;
-    let _ = burn::tensor::Tensor::<1>::zeros([1], &device).into_data();
+    let device = ready_device(backend)?;
     let before = status_kib("VmRSS")? * 1024;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (weights, _) = runtime.block_on(load_once(dir, backend))?;
+    let (weights, _) = runtime.block_on(load_once(dir, &device))?;
     let peak = status_kib("VmHWM")? * 1024;
     let device_bytes: u64 = weights
         .names()
