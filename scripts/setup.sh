@@ -16,8 +16,10 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # System packages: Vulkan on the CPU (lavapipe) for native GPU tests, Chromium + driver for
-# the browser tests, a C toolchain for -sys crates.
+# the browser tests, a C toolchain for -sys crates, node/npm for wasm-opt.
 apt_packages=(mesa-vulkan-drivers libvulkan1 chromium chromium-driver pkg-config gcc libc6-dev)
+# The machine's own Node.js (NodeSource) provides npm; Debian's only where there is none.
+command -v npm >/dev/null || apt_packages+=(nodejs npm)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -46,3 +48,12 @@ if ! trunk --version 2>/dev/null | grep -q " 0.22.1"; then
   echo "setup: installing trunk 0.22.1"
   CARGO_TARGET_DIR="$install_target" cargo install trunk --locked --version 0.22.1 --ignore-rust-version --force --quiet
 fi
+
+# wasm-opt for the UI bundle: npm's binaryen 132 (Debian's binaryen 108 produces broken wasm).
+node_dir="$HOME/.cache/orfeas/node"
+if ! "$node_dir/node_modules/.bin/wasm-opt" --version 2>/dev/null | grep -q "version 132"; then
+  echo "setup: installing binaryen 132 (wasm-opt) from npm"
+  mkdir -p "$node_dir"
+  (cd "$node_dir" && npm install --no-audit --no-fund --silent binaryen@132.0.0 >/dev/null)
+fi
+export PATH="$node_dir/node_modules/.bin:$PATH"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check and test: format, lints (native and wasm32), native tests (CPU backend and
-# wgpu on whatever Vulkan adapter exists, lavapipe here), and the wasm build of the app.
+# Runs every check and test: format, lints (native and wasm32), the wasm build of the app, native
+# tests (CPU backend and wgpu on whatever Vulkan adapter exists, lavapipe here) and the browser
+# tests against the built app in headless Chromium.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$ORFEAS_ROOT"
@@ -13,14 +14,15 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo clippy, engine for wasm32 (the browser build of the loader)"
-cargo clippy -p orfeas-engine --target wasm32-unknown-unknown --locked -- -D warnings
+step "cargo clippy, the two browser bundles (wasm32): UI and engine worker"
+cargo clippy -p orfeas-app --target wasm32-unknown-unknown --locked -- -D warnings
+cargo clippy -p orfeas-app --target wasm32-unknown-unknown --no-default-features --features worker --locked -- -D warnings
 
-step "native tests (CPU backend + wgpu)"
+step "wasm build of the app (trunk): the browser tests run against it"
+trunk build --release
+
+step "tests: native (CPU backend + wgpu on lavapipe) and end-to-end in headless Chromium"
 # setup.sh installed lavapipe: the wgpu tests must run, not skip.
 ORFEAS_REQUIRE_GPU=1 cargo test --workspace --locked -- --test-threads=2
-
-step "wasm build of the app (trunk)"
-trunk build --release
 
 echo; echo "=== all checks passed ($(date +%T))"

@@ -12,8 +12,8 @@ use orfeas_engine::weights::{
     load_weights,
 };
 
-async fn load(
-    source: &MemSource,
+async fn load<S: orfeas_engine::weights::ShardSource>(
+    source: &S,
     device: &Device,
     dtype: DType,
     weights: &mut WeightSet,
@@ -469,6 +469,69 @@ fn retry_resumes_without_refetching_verified_shards() {
 }
 
 #[test]
+fn failed_shards_are_never_cached_and_a_reload_comes_from_cache() {
+    let (dir, index) = small_set();
+    let network = MemSource::from_dir(&shard_dir(dir.path()), 999, 4);
+    let target = index.shards[1].file.clone();
+    let good = network.get(&target);
+    network.set(&target, good[..good.len() - 10].to_vec());
+    let cache = CachingSource::new(&network);
+    let device = orfeas_engine::device::cpu();
+
+    let mut weights = WeightSet::new();
+    block_on(load(&cache, &device, DType::F32, &mut weights)).unwrap_err();
+    assert_eq!(cache.cached(), vec![index.shards[0].file.clone()]);
+
+    network.set(&target, good);
+    block_on(load(&cache, &device, DType::F32, &mut weights)).unwrap();
+    let all: Vec<String> = index.shards.iter().map(|s| s.file.clone()).collect();
+    assert_eq!(cache.cached(), all);
+
+    // A fresh session with the network gone loads everything from the cache.
+    network.opened.lock().unwrap().clear();
+    for shard in &index.shards {
+        network
+            .fail_at
+            .lock()
+            .unwrap()
+            .insert(shard.file.clone(), 0);
+    }
+    let mut fresh = WeightSet::new();
+    let events = block_on(load(&cache, &device, DType::F32, &mut fresh)).unwrap();
+    assert!(network.opened().is_empty(), "{:?}", network.opened());
+    assert_eq!(fresh.len(), index.tensor_count());
+    assert!(events.iter().any(|e| e.from_cache));
+}
+
+#[test]
+fn a_cached_shard_that_fails_verification_is_dropped_and_refetched() {
+    let (dir, index) = small_set();
+    let network = MemSource::from_dir(&shard_dir(dir.path()), 999, 5);
+    let cache = CachingSource::new(&network);
+    let device = orfeas_engine::device::cpu();
+    block_on(load(&cache, &device, DType::F32, &mut WeightSet::new())).unwrap();
+
+    let target = index.shards[2].file.clone();
+    cache.cache.lock().unwrap().get_mut(&target).unwrap()[100] ^= 0x55;
+    network.opened.lock().unwrap().clear();
+    let mut weights = WeightSet::new();
+    let events = block_on(load(&cache, &device, DType::F32, &mut weights)).unwrap();
+    assert_eq!(
+        network.opened(),
+        vec![target.clone()],
+        "only the bad shard is refetched"
+    );
+    assert_eq!(weights.len(), index.tensor_count());
+    assert_eq!(cache.cache.lock().unwrap()[&target], network.get(&target));
+    let last = events.last().unwrap();
+    assert_eq!(
+        last.bytes_done,
+        index.total_bytes(),
+        "the bad attempt's bytes are not counted twice"
+    );
+}
+
+#[test]
 fn progress_is_monotonic_complete_and_throttled() {
     let dir = tempfile::tempdir().unwrap();
     let index = packed(&random_model(5, 60, 20_000), 256 << 10, dir.path());
@@ -615,4 +678,29 @@ mod apply {
             assert!(text.contains(part), "{text}");
         }
     }
+}
+
+#[test]
+fn verifying_the_cache_drops_only_bad_shards() {
+    let (dir, index) = small_set();
+    let network = MemSource::from_dir(&shard_dir(dir.path()), 999, 6);
+    let cache = CachingSource::new(&network);
+    block_on(load(
+        &cache,
+        &orfeas_engine::device::cpu(),
+        DType::F32,
+        &mut WeightSet::new(),
+    ))
+    .unwrap();
+    let bad = index.shards[0].file.clone();
+    let gone = index.shards[1].file.clone();
+    cache.cache.lock().unwrap().get_mut(&bad).unwrap()[3] ^= 1;
+    cache.cache.lock().unwrap().remove(&gone);
+
+    let check = block_on(orfeas_engine::weights::verify_cached(&cache, &index));
+    assert_eq!(check.dropped.len(), 1);
+    assert_eq!(check.dropped[0].0, bad);
+    assert_eq!(check.missing, vec![gone]);
+    assert_eq!(check.verified.len(), index.shards.len() - 2);
+    assert!(!cache.cached().contains(&bad));
 }

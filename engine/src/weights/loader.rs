@@ -82,9 +82,31 @@ where
             tracker.skip_shard(shard.size, expected.len());
             continue;
         }
-        let tensors = load_shard(source, shard, &expected, device, dtype, tracker)
-            .await
-            .map_err(|error| LoadError::shard(&shard.file, error))?;
+        let from_cache = source.is_cached(&shard.file).await;
+        let (bytes_before, tensors_before) = {
+            let p = tracker.progress();
+            (p.bytes_done, p.tensors_done)
+        };
+        let mut result =
+            load_shard(source, shard, &expected, device, dtype, from_cache, tracker).await;
+        if let Err(error) = &result {
+            source.shard_failed(&shard.file).await;
+            if from_cache {
+                // A cached copy that does not verify is dropped; the network gets one chance.
+                tracing::warn!("cached {} is bad ({error}); fetching it again", shard.file);
+                tracker.rewind_to(bytes_before, tensors_before);
+                let refetch = !source.is_cached(&shard.file).await;
+                if refetch {
+                    result =
+                        load_shard(source, shard, &expected, device, dtype, false, tracker).await;
+                    if result.is_err() {
+                        source.shard_failed(&shard.file).await;
+                    }
+                }
+            }
+        }
+        let tensors = result.map_err(|error| LoadError::shard(&shard.file, error))?;
+        source.shard_verified(&shard.file).await;
         weights.commit_shard(&shard.file, tensors);
         tracker.shard_done();
     }
@@ -102,13 +124,14 @@ async fn load_shard<S, F>(
     expected: &BTreeSet<&str>,
     device: &Device,
     dtype: DType,
+    from_cache: bool,
     tracker: &mut ProgressTracker<F>,
 ) -> Result<Vec<(String, StoredTensor)>, ShardError>
 where
     S: ShardSource + ?Sized,
     F: FnMut(&LoadProgress),
 {
-    tracker.set_from_cache(source.is_cached(&shard.file).await);
+    tracker.set_from_cache(from_cache);
     tracker.set_phase(Phase::Fetch);
     let mut stream = source
         .open_shard(&shard.file)
@@ -155,4 +178,55 @@ where
         });
     }
     Ok(uploaded)
+}
+
+/// What checking a cache found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheCheck {
+    /// Cached shards whose size and sha256 match the index.
+    pub verified: Vec<String>,
+    /// Cached shards that did not verify; they were dropped (the next load refetches them).
+    pub dropped: Vec<(String, String)>,
+    /// Shards not in the cache.
+    pub missing: Vec<String>,
+}
+
+/// Re-hash every cached shard of `index` without uploading anything; drop the bad ones.
+pub async fn verify_cached<S: ShardSource + ?Sized>(source: &S, index: &ShardIndex) -> CacheCheck {
+    let mut check = CacheCheck::default();
+    for shard in &index.shards {
+        if !source.is_cached(&shard.file).await {
+            check.missing.push(shard.file.clone());
+            continue;
+        }
+        match verify_shard_bytes(source, shard).await {
+            Ok(()) => check.verified.push(shard.file.clone()),
+            Err(error) => {
+                source.shard_failed(&shard.file).await;
+                check.dropped.push((shard.file.clone(), error.to_string()));
+            }
+        }
+    }
+    check
+}
+
+async fn verify_shard_bytes<S: ShardSource + ?Sized>(
+    source: &S,
+    shard: &ShardInfo,
+) -> Result<(), ShardError> {
+    let mut stream = source
+        .open_shard(&shard.file)
+        .await
+        .map_err(|e| ShardError::Open(e.0))?;
+    let mut parser = ShardParser::new(shard);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ShardError::Stream {
+            received: parser.received(),
+            message: e.0,
+        })?;
+        parser.feed(&chunk, &mut |_| Ok(())).map_err(|e| match e {
+            FeedError::Shard(e) | FeedError::Sink(e) => e,
+        })?;
+    }
+    parser.finish().map(|_| ())
 }

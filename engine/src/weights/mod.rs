@@ -21,7 +21,7 @@ pub mod upload;
 pub use apply::{ApplyError, apply_weights, apply_weights_renamed};
 pub use error::{LoadError, ShardError};
 pub use index::{INDEX_FILE, ModelMeta, ShardIndex, ShardInfo};
-pub use loader::{load_all, load_weights};
+pub use loader::{CacheCheck, load_all, load_weights, verify_cached};
 pub use progress::{LoadProgress, Phase, ProgressTracker};
 pub use source::{ByteStream, ShardSource, SourceError};
 pub use status::{ModelState, ModelStatus, NotReady, NotReadyKind};

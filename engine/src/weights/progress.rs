@@ -120,6 +120,15 @@ impl<F: FnMut(&LoadProgress)> ProgressTracker<F> {
         self.emit(false);
     }
 
+    /// Take back the bytes and tensors of an attempt that is being redone (a cached shard that
+    /// failed verification and is fetched again).
+    pub fn rewind_to(&mut self, bytes_done: u64, tensors_done: usize) {
+        self.progress.bytes_done = bytes_done.min(self.progress.bytes_done);
+        self.progress.tensors_done = tensors_done.min(self.progress.tensors_done);
+        self.sample_bytes = self.sample_bytes.min(self.progress.bytes_done);
+        self.emit(false);
+    }
+
     pub fn add_tensors(&mut self, n: usize) {
         self.progress.tensors_done += n;
         self.emit(false);

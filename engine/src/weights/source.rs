@@ -51,6 +51,11 @@ pub trait ShardSource: MaybeSync {
     async fn is_cached(&self, _file: &str) -> bool {
         false
     }
+    /// The loader verified `file` (size and sha256): a caching source may now keep it.
+    async fn shard_verified(&self, _file: &str) {}
+    /// `file` failed to load or verify: a caching source must not keep it, and drops any copy
+    /// it served, so the next attempt goes to the network.
+    async fn shard_failed(&self, _file: &str) {}
     /// Where the model comes from, for messages.
     fn describe(&self) -> String;
 }
@@ -185,6 +190,24 @@ mod web {
     use super::*;
     use crate::weights::index::INDEX_FILE;
 
+    pub(super) fn body_stream(
+        response: web_sys::Response,
+        file: &str,
+    ) -> Result<ByteStream, SourceError> {
+        let body = response
+            .body()
+            .ok_or_else(|| SourceError(format!("{file}: response has no body")))?;
+        let stream = wasm_streams::ReadableStream::from_raw(body)
+            .into_stream()
+            .map(|chunk| match chunk {
+                Ok(value) => Ok(Bytes::from(
+                    value.unchecked_into::<js_sys::Uint8Array>().to_vec(),
+                )),
+                Err(e) => Err(SourceError(format!("connection: {}", js_message(&e)))),
+            });
+        Ok(Box::pin(stream))
+    }
+
     /// A shard set fetched by the browser; the body is read as a `ReadableStream`.
     #[derive(Debug, Clone)]
     pub struct FetchSource {
@@ -200,7 +223,7 @@ mod web {
             Self { base }
         }
 
-        async fn fetch(&self, file: &str) -> Result<web_sys::Response, SourceError> {
+        pub(super) async fn fetch(&self, file: &str) -> Result<web_sys::Response, SourceError> {
             let url = format!("{}{file}", self.base);
             let global = js_sys::global();
             let promise = if let Some(window) = global.dyn_ref::<web_sys::Window>() {
@@ -224,7 +247,12 @@ mod web {
         }
     }
 
-    fn js_message(value: &JsValue) -> String {
+    /// A readable message from a thrown JavaScript value (`Error.message`, `DOMException` name
+    /// and message, or the value itself).
+    pub fn js_message(value: &JsValue) -> String {
+        if let Some(e) = value.dyn_ref::<web_sys::DomException>() {
+            return format!("{}: {}", e.name(), e.message());
+        }
         value
             .dyn_ref::<js_sys::Error>()
             .map(|e| String::from(e.message()))
@@ -247,23 +275,226 @@ mod web {
         }
 
         async fn open_shard(&self, file: &str) -> Result<ByteStream, SourceError> {
-            let response = self.fetch(file).await?;
+            body_stream(self.fetch(file).await?, file)
+        }
+
+        fn describe(&self) -> String {
+            self.base.clone()
+        }
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+pub use cache::{CachedFetchSource, delete_cache};
+
+/// The browser's Cache Storage in front of [`FetchSource`]: shards are stored only after the
+/// loader verified them, served from the cache on the next visit (and offline), and dropped
+/// when they fail. When the browser refuses to store (quota), loading goes on from the network
+/// and the model lives in memory for the session.
+#[cfg(target_arch = "wasm32")]
+mod cache {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::rc::Rc;
+
+    use futures::StreamExt;
+    use wasm_bindgen::JsCast;
+    use wasm_bindgen_futures::JsFuture;
+
+    use super::web::js_message;
+    use super::*;
+    use crate::weights::index::{INDEX_FILE, looks_like_html};
+
+    type Chunks = Rc<RefCell<Vec<js_sys::Uint8Array>>>;
+
+    pub struct CachedFetchSource {
+        pub network: super::FetchSource,
+        cache_name: String,
+        /// The JavaScript chunks of shards being fetched, kept (outside the wasm heap) until
+        /// the loader's verdict.
+        pending: RefCell<HashMap<String, Chunks>>,
+        storage_error: RefCell<Option<String>>,
+    }
+
+    fn caches() -> Result<web_sys::CacheStorage, SourceError> {
+        let global = js_sys::global();
+        let caches = if let Some(window) = global.dyn_ref::<web_sys::Window>() {
+            window.caches()
+        } else if let Some(worker) = global.dyn_ref::<web_sys::WorkerGlobalScope>() {
+            worker.caches()
+        } else {
+            return Err(SourceError(
+                "no Cache Storage in this JavaScript context".into(),
+            ));
+        };
+        caches.map_err(|e| SourceError(format!("Cache Storage: {}", js_message(&e))))
+    }
+
+    async fn open_cache(name: &str) -> Result<web_sys::Cache, SourceError> {
+        let cache = JsFuture::from(caches()?.open(name))
+            .await
+            .map_err(|e| SourceError(format!("opening cache {name}: {}", js_message(&e))))?;
+        Ok(cache.unchecked_into())
+    }
+
+    /// Delete a whole cache (the "clear model cache" control).
+    pub async fn delete_cache(name: &str) -> Result<bool, SourceError> {
+        let deleted = JsFuture::from(caches()?.delete(name))
+            .await
+            .map_err(|e| SourceError(js_message(&e)))?;
+        Ok(deleted.as_bool().unwrap_or(false))
+    }
+
+    impl CachedFetchSource {
+        pub fn new(network: super::FetchSource, cache_name: impl Into<String>) -> Self {
+            Self {
+                network,
+                cache_name: cache_name.into(),
+                pending: RefCell::new(HashMap::new()),
+                storage_error: RefCell::new(None),
+            }
+        }
+
+        pub fn cache_name(&self) -> &str {
+            &self.cache_name
+        }
+
+        /// Why shards could not be stored, if the browser refused (quota, private mode).
+        pub fn storage_error(&self) -> Option<String> {
+            self.storage_error.borrow().clone()
+        }
+
+        fn url(&self, file: &str) -> String {
+            format!("{}{file}", self.network.base)
+        }
+
+        async fn cached(&self, file: &str) -> Option<web_sys::Response> {
+            let cache = open_cache(&self.cache_name).await.ok()?;
+            let found = JsFuture::from(cache.match_with_str(&self.url(file)))
+                .await
+                .ok()?;
+            found.dyn_into::<web_sys::Response>().ok()
+        }
+
+        async fn put(&self, file: &str, response: &web_sys::Response) {
+            let result = async {
+                let cache = open_cache(&self.cache_name).await?;
+                JsFuture::from(cache.put_with_str(&self.url(file), response))
+                    .await
+                    .map_err(|e| SourceError(js_message(&e)))
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::warn!("not caching {file}: {e}");
+                self.storage_error.borrow_mut().get_or_insert(e.0);
+            }
+        }
+
+        async fn delete(&self, file: &str) {
+            if let Ok(cache) = open_cache(&self.cache_name).await {
+                let _ = JsFuture::from(cache.delete_with_str(&self.url(file))).await;
+            }
+        }
+    }
+
+    fn bytes_response(bytes: &[u8]) -> Result<web_sys::Response, SourceError> {
+        let mut copy = bytes.to_vec();
+        web_sys::Response::new_with_opt_u8_array(Some(&mut copy))
+            .map_err(|e| SourceError(js_message(&e)))
+    }
+
+    #[async_trait::async_trait(?Send)]
+    impl ShardSource for CachedFetchSource {
+        /// Network first (a newer model version wins); the cached index when offline.
+        async fn read_index(&self) -> Result<Vec<u8>, SourceError> {
+            match self.network.read_index().await {
+                Ok(bytes)
+                    if !looks_like_html(&bytes)
+                        && serde_json::from_slice::<serde_json::Value>(&bytes).is_ok() =>
+                {
+                    if let Ok(response) = bytes_response(&bytes) {
+                        self.put(INDEX_FILE, &response).await;
+                    }
+                    Ok(bytes)
+                }
+                Ok(bytes) => Ok(bytes),
+                Err(network) => {
+                    let Some(response) = self.cached(INDEX_FILE).await else {
+                        return Err(network);
+                    };
+                    let buffer = JsFuture::from(
+                        response
+                            .array_buffer()
+                            .map_err(|e| SourceError(js_message(&e)))?,
+                    )
+                    .await
+                    .map_err(|e| SourceError(js_message(&e)))?;
+                    tracing::info!("offline ({network}); using the cached index");
+                    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+                }
+            }
+        }
+
+        async fn open_shard(&self, file: &str) -> Result<ByteStream, SourceError> {
+            if let Some(response) = self.cached(file).await {
+                return super::web::body_stream(response, file);
+            }
+            let response = self.network.fetch(file).await?;
             let body = response
                 .body()
                 .ok_or_else(|| SourceError(format!("{file}: response has no body")))?;
+            let chunks: Chunks = Rc::default();
+            self.pending
+                .borrow_mut()
+                .insert(file.to_string(), chunks.clone());
             let stream = wasm_streams::ReadableStream::from_raw(body)
                 .into_stream()
-                .map(|chunk| match chunk {
-                    Ok(value) => Ok(Bytes::from(
-                        value.unchecked_into::<js_sys::Uint8Array>().to_vec(),
-                    )),
+                .map(move |chunk| match chunk {
+                    Ok(value) => {
+                        let array: js_sys::Uint8Array = value.unchecked_into();
+                        let bytes = Bytes::from(array.to_vec());
+                        chunks.borrow_mut().push(array);
+                        Ok(bytes)
+                    }
                     Err(e) => Err(SourceError(format!("connection: {}", js_message(&e)))),
                 });
             Ok(Box::pin(stream))
         }
 
+        async fn is_cached(&self, file: &str) -> bool {
+            self.cached(file).await.is_some()
+        }
+
+        async fn shard_verified(&self, file: &str) {
+            let Some(chunks) = self.pending.borrow_mut().remove(file) else {
+                return; // served from the cache
+            };
+            if self.storage_error.borrow().is_some() {
+                return;
+            }
+            let parts = js_sys::Array::new();
+            for chunk in chunks.borrow_mut().drain(..) {
+                parts.push(&chunk);
+            }
+            let response = web_sys::Blob::new_with_u8_array_sequence(&parts)
+                .and_then(|blob| web_sys::Response::new_with_opt_blob(Some(&blob)));
+            match response {
+                Ok(response) => self.put(file, &response).await,
+                Err(e) => {
+                    self.storage_error
+                        .borrow_mut()
+                        .get_or_insert(js_message(&e));
+                }
+            }
+        }
+
+        async fn shard_failed(&self, file: &str) {
+            self.pending.borrow_mut().remove(file);
+            self.delete(file).await;
+        }
+
         fn describe(&self) -> String {
-            self.base.clone()
+            self.network.base.clone()
         }
     }
 }

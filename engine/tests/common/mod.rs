@@ -199,3 +199,69 @@ impl ShardSource for MemSource {
         "memory".into()
     }
 }
+
+/// A caching front for a [`MemSource`] (the network), with the contract the browser's Cache
+/// Storage source keeps: a shard is stored only once the loader verified it, and a cached copy
+/// that fails is dropped.
+pub struct CachingSource<'a> {
+    pub network: &'a MemSource,
+    pub cache: Mutex<HashMap<String, Vec<u8>>>,
+    /// Bytes seen per shard during the current attempt, kept until the verdict.
+    pending: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl<'a> CachingSource<'a> {
+    pub fn new(network: &'a MemSource) -> Self {
+        Self {
+            network,
+            cache: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn cached(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.cache.lock().unwrap().keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+#[async_trait::async_trait]
+impl ShardSource for CachingSource<'_> {
+    async fn read_index(&self) -> Result<Vec<u8>, SourceError> {
+        self.network.read_index().await
+    }
+
+    async fn open_shard(&self, file: &str) -> Result<ByteStream, SourceError> {
+        if let Some(bytes) = self.cache.lock().unwrap().get(file).cloned() {
+            return Ok(boxed(futures::stream::iter([Ok(Bytes::from(bytes))])));
+        }
+        let stream = self.network.open_shard(file).await?;
+        let items: Vec<_> = futures::StreamExt::collect(stream).await;
+        let mut seen = Vec::new();
+        for item in items.iter().flatten() {
+            seen.extend_from_slice(item);
+        }
+        self.pending.lock().unwrap().insert(file.to_string(), seen);
+        Ok(boxed(futures::stream::iter(items)))
+    }
+
+    async fn is_cached(&self, file: &str) -> bool {
+        self.cache.lock().unwrap().contains_key(file)
+    }
+
+    async fn shard_verified(&self, file: &str) {
+        if let Some(bytes) = self.pending.lock().unwrap().remove(file) {
+            self.cache.lock().unwrap().insert(file.to_string(), bytes);
+        }
+    }
+
+    async fn shard_failed(&self, file: &str) {
+        self.pending.lock().unwrap().remove(file);
+        self.cache.lock().unwrap().remove(file);
+    }
+
+    fn describe(&self) -> String {
+        "cached memory".into()
+    }
+}

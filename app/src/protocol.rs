@@ -1,0 +1,247 @@
+//! Messages between the UI thread and the engine worker, sent as JSON strings through
+//! `postMessage` (a few per second at most: progress is throttled at the source).
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ModelSpec;
+
+/// UI → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToWorker {
+    /// Acquire the GPU, then load every model in order.
+    Start { models: Vec<ModelSpec> },
+    /// Load a failed model again; shards already verified are not fetched again.
+    Retry { model: String },
+    /// Run the image-to-3D pipeline; answered by `Result` or `Error` with the same id, or by
+    /// `NotReady` while models load.
+    Generate { request_id: u64 },
+    /// Drop the stored model shards.
+    ClearCache,
+    /// Re-hash the stored shards of every model, dropping bad ones.
+    VerifyCache,
+    /// Destroy the GPU device as a driver reset would (for tests and support).
+    SimulateDeviceLoss,
+}
+
+/// Worker → UI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromWorker {
+    /// The engine bundle is downloading (sent by the worker's bootstrap script).
+    EngineFetch {
+        received: u64,
+        total: Option<u64>,
+    },
+    /// The engine bundle is running and waits for `Start`.
+    EngineLoaded,
+    /// The engine bundle could not start.
+    EngineFailed {
+        reason: String,
+    },
+    /// The GPU device is ready.
+    Gpu {
+        info: GpuReport,
+    },
+    /// No usable GPU: what is missing, in words.
+    GpuUnavailable {
+        reason: String,
+    },
+    /// Loading progress of one model.
+    Progress(ProgressReport),
+    /// A model's status changed.
+    Status {
+        model: String,
+        status: ModelStatusReport,
+    },
+    /// Something the user should know that is not an error of a request.
+    Notice {
+        level: NoticeLevel,
+        message: String,
+    },
+    /// A request needs models that are not ready yet: try again after `retry_after_s`.
+    NotReady {
+        request_id: u64,
+        retry_after_s: u32,
+        message: String,
+    },
+    Result {
+        request_id: u64,
+        message: String,
+    },
+    Error {
+        request_id: Option<u64>,
+        message: String,
+    },
+    /// Size of the engine's wasm memory (it never shrinks, so this is its peak so far).
+    Memory {
+        wasm_heap_bytes: u64,
+    },
+    /// The outcome of `VerifyCache` / `ClearCache`.
+    CacheReport {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoticeLevel {
+    Info,
+    Warning,
+}
+
+/// A model's lifecycle as the UI shows it (`data-status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ModelStatusReport {
+    Waiting,
+    Loading,
+    Ready { tensors: usize, from_cache: bool },
+    Failed { reason: String },
+}
+
+impl ModelStatusReport {
+    /// The value of the panel's `data-status` attribute.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Waiting | Self::Loading => "loading",
+            Self::Ready { .. } => "ready",
+            Self::Failed { .. } => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuReport {
+    pub adapter: String,
+    pub backend: String,
+    pub software: bool,
+    pub shader_f16: bool,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    /// The dtype the models run in: "f16" with `shader-f16`, else "f32".
+    pub dtype: String,
+}
+
+/// The engine's `LoadProgress`, mirrored so the UI bundle does not link the engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressReport {
+    pub model: String,
+    /// fetch | verify | upload | warmup | ready | failed
+    pub phase: String,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub shards_done: usize,
+    pub shards_total: usize,
+    pub tensors_done: usize,
+    pub tensors_total: usize,
+    pub bytes_per_sec: f64,
+    pub eta_s: Option<f64>,
+    pub elapsed_s: f64,
+    pub from_cache: bool,
+}
+
+impl ProgressReport {
+    /// 0..=1 by bytes (`data-progress`).
+    pub fn fraction(&self) -> f64 {
+        if self.bytes_total == 0 {
+            return if self.phase == "ready" { 1.0 } else { 0.0 };
+        }
+        (self.bytes_done as f64 / self.bytes_total as f64).clamp(0.0, 1.0)
+    }
+}
+
+/// Seconds to wait before retrying a request: the ETA when there is one, else 5, kept in
+/// 1..=30 (the old studio's `retry_after` convention).
+pub fn retry_after_s(eta_s: Option<f64>) -> u32 {
+    match eta_s {
+        Some(eta) if eta.is_finite() => (eta.ceil() as i64).clamp(1, 30) as u32,
+        _ => 5,
+    }
+}
+
+impl ToWorker {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("messages always serialise")
+    }
+}
+
+impl FromWorker {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("messages always serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_as_tagged_json() {
+        let messages = vec![
+            FromWorker::EngineFetch {
+                received: 10,
+                total: Some(20),
+            },
+            FromWorker::Status {
+                model: "isnet".into(),
+                status: ModelStatusReport::Failed {
+                    reason: "shard-00002: truncated".into(),
+                },
+            },
+            FromWorker::NotReady {
+                request_id: 3,
+                retry_after_s: 4,
+                message: "loading".into(),
+            },
+        ];
+        for message in messages {
+            let json = message.to_json();
+            assert_eq!(serde_json::from_str::<FromWorker>(&json).unwrap(), message);
+        }
+        let json = ToWorker::Retry {
+            model: "isnet".into(),
+        }
+        .to_json();
+        assert_eq!(json, r#"{"type":"retry","model":"isnet"}"#);
+    }
+
+    #[test]
+    fn the_bootstrap_scripts_messages_parse() {
+        // worker.js writes these by hand.
+        let fetch: FromWorker =
+            serde_json::from_str(r#"{"type":"engine_fetch","received":5,"total":null}"#).unwrap();
+        assert_eq!(
+            fetch,
+            FromWorker::EngineFetch {
+                received: 5,
+                total: None
+            }
+        );
+        let failed: FromWorker =
+            serde_json::from_str(r#"{"type":"engine_failed","reason":"HTTP 404"}"#).unwrap();
+        assert!(matches!(failed, FromWorker::EngineFailed { .. }));
+    }
+
+    #[test]
+    fn retry_after_follows_the_eta_within_bounds() {
+        assert_eq!(retry_after_s(None), 5);
+        assert_eq!(retry_after_s(Some(0.2)), 1);
+        assert_eq!(retry_after_s(Some(7.1)), 8);
+        assert_eq!(retry_after_s(Some(500.0)), 30);
+        assert_eq!(retry_after_s(Some(f64::NAN)), 5);
+    }
+
+    #[test]
+    fn status_names_match_the_panel_attribute() {
+        assert_eq!(ModelStatusReport::Waiting.name(), "loading");
+        assert_eq!(
+            ModelStatusReport::Ready {
+                tensors: 1,
+                from_cache: false
+            }
+            .name(),
+            "ready"
+        );
+    }
+}

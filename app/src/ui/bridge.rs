@@ -1,0 +1,247 @@
+//! The UI side of the worker protocol: starts the engine worker after first paint, sends it
+//! [`ToWorker`] messages, and applies each [`FromWorker`] message to the [`Studio`] signals.
+//! Also the page-level chores that must not delay first paint: service worker, persistent
+//! storage, the model config.
+
+use std::cell::RefCell;
+
+use leptos::prelude::*;
+use orfeas_app::config::{self, ConfigFile};
+use orfeas_app::protocol::{FromWorker, ModelStatusReport, NoticeLevel, ToWorker};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{JsFuture, spawn_local};
+
+use super::{EngineState, GpuState, ModelView, RequestState, Studio};
+
+thread_local! {
+    static STUDIO: RefCell<Option<Studio>> = const { RefCell::new(None) };
+    static WORKER: RefCell<Option<web_sys::Worker>> = const { RefCell::new(None) };
+}
+
+pub fn install(studio: Studio) {
+    STUDIO.with(|s| *s.borrow_mut() = Some(studio));
+}
+
+fn studio() -> Option<Studio> {
+    STUDIO.with(|s| *s.borrow())
+}
+
+pub fn send(message: &ToWorker) {
+    WORKER.with(|w| {
+        if let Some(worker) = w.borrow().as_ref() {
+            let _ = worker.post_message(&JsValue::from_str(&message.to_json()));
+        }
+    });
+}
+
+/// The page's query parameters, in order.
+pub fn query_params() -> Vec<(String, String)> {
+    let Some(search) = web_sys::window().and_then(|w| w.location().search().ok()) else {
+        return Vec::new();
+    };
+    let Ok(params) = web_sys::UrlSearchParams::new_with_str(&search) else {
+        return Vec::new();
+    };
+    js_sys::try_iter(&params)
+        .ok()
+        .flatten()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let pair: js_sys::Array = entry.ok()?.dyn_into().ok()?;
+            Some((pair.get(0).as_string()?, pair.get(1).as_string()?))
+        })
+        .collect()
+}
+
+fn js_text(value: &JsValue) -> String {
+    value
+        .dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| value.as_string())
+        .unwrap_or_else(|| format!("{value:?}"))
+}
+
+/// After first paint: service worker, storage persistence, config, then the engine worker.
+pub fn start() {
+    let Some(studio) = studio() else { return };
+    let window = web_sys::window().expect("a window");
+    let navigator = window.navigator();
+    if js_sys::Reflect::has(&navigator, &JsValue::from_str("serviceWorker")).unwrap_or(false) {
+        let registration = navigator.service_worker().register("sw.js");
+        spawn_local(async move {
+            if let Err(e) = JsFuture::from(registration).await {
+                leptos::logging::warn!("service worker: {}", js_text(&e));
+            }
+        });
+    }
+    if let Ok(persist) = navigator.storage().persist() {
+        spawn_local(async move {
+            let _ = JsFuture::from(persist).await;
+        });
+    }
+    let params = query_params();
+    spawn_local(async move {
+        let file = load_config(&studio, &params).await;
+        let models = config::resolve(file.as_ref(), &params);
+        studio.models.set(
+            models
+                .iter()
+                .map(|spec| ModelView {
+                    spec: StoredValue::new(spec.clone()),
+                    status: RwSignal::new(ModelStatusReport::Waiting),
+                    progress: RwSignal::new(None),
+                })
+                .collect(),
+        );
+        studio.configured.set(true);
+        if models.is_empty() {
+            return;
+        }
+        match spawn_worker(studio) {
+            Ok(()) => send(&ToWorker::Start { models }),
+            Err(reason) => studio.engine.set(EngineState::Failed(reason)),
+        }
+        if params.iter().any(|(k, v)| k == "generate" && v == "1") {
+            studio.request_generate();
+        }
+    });
+}
+
+/// `?config=<url>` (an error if it cannot be read), else `orfeas.json` next to the app (optional).
+async fn load_config(studio: &Studio, params: &[(String, String)]) -> Option<ConfigFile> {
+    let explicit = params
+        .iter()
+        .find(|(k, _)| k == "config")
+        .map(|(_, v)| v.clone());
+    let url = explicit.clone().unwrap_or_else(|| "orfeas.json".into());
+    let result: Result<ConfigFile, String> = async {
+        let window = web_sys::window().ok_or("no window")?;
+        let response: web_sys::Response = JsFuture::from(window.fetch_with_str(&url))
+            .await
+            .map_err(|e| js_text(&e))?
+            .unchecked_into();
+        if !response.ok() {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        let text = JsFuture::from(response.text().map_err(|e| js_text(&e))?)
+            .await
+            .map_err(|e| js_text(&e))?
+            .as_string()
+            .unwrap_or_default();
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    }
+    .await;
+    match result {
+        Ok(file) => Some(file),
+        Err(e) => {
+            if explicit.is_some() {
+                studio.notify(
+                    NoticeLevel::Warning,
+                    format!("could not read the model config {url}: {e}; using the defaults"),
+                );
+            }
+            None
+        }
+    }
+}
+
+fn spawn_worker(studio: Studio) -> Result<(), String> {
+    let worker = web_sys::Worker::new("worker.js").map_err(|e| js_text(&e))?;
+    studio.engine.set(EngineState::Fetching {
+        received: 0,
+        total: None,
+    });
+    let on_message =
+        Closure::<dyn Fn(web_sys::MessageEvent)>::new(move |event: web_sys::MessageEvent| {
+            let Some(json) = event.data().as_string() else {
+                return;
+            };
+            match serde_json::from_str::<FromWorker>(&json) {
+                Ok(message) => apply(studio, message),
+                Err(e) => studio.notify(
+                    NoticeLevel::Warning,
+                    format!("bad message from the engine: {e}"),
+                ),
+            }
+        });
+    worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    on_message.forget();
+    let on_error = Closure::<dyn Fn(web_sys::Event)>::new(move |event: web_sys::Event| {
+        let message = js_sys::Reflect::get(&event, &JsValue::from_str("message"))
+            .ok()
+            .and_then(|m| m.as_string())
+            .unwrap_or_else(|| "the engine worker failed to start".into());
+        // A panic report from the engine says more than the trap that follows it.
+        if !matches!(studio.engine.get_untracked(), EngineState::Failed(_)) {
+            studio.engine.set(EngineState::Failed(message));
+        }
+    });
+    worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+    on_error.forget();
+    WORKER.with(|w| *w.borrow_mut() = Some(worker));
+    Ok(())
+}
+
+fn model(studio: Studio, id: &str) -> Option<ModelView> {
+    studio
+        .models
+        .get_untracked()
+        .into_iter()
+        .find(|m| m.spec.with_value(|s| s.id == id))
+}
+
+fn apply(studio: Studio, message: FromWorker) {
+    match message {
+        FromWorker::EngineFetch { received, total } => {
+            studio.engine.set(EngineState::Fetching { received, total });
+        }
+        FromWorker::EngineLoaded => studio.engine.set(EngineState::Loaded),
+        FromWorker::EngineFailed { reason } => studio.engine.set(EngineState::Failed(reason)),
+        FromWorker::Gpu { info } => studio.gpu.set(GpuState::Ready(info)),
+        FromWorker::GpuUnavailable { reason } => studio.gpu.set(GpuState::Unavailable(reason)),
+        FromWorker::Progress(progress) => {
+            if let Some(m) = model(studio, &progress.model) {
+                m.progress.set(Some(progress));
+            }
+        }
+        FromWorker::Status { model: id, status } => {
+            if let Some(m) = model(studio, &id) {
+                m.status.set(status);
+            }
+            studio.models_changed();
+        }
+        FromWorker::Notice { level, message } => studio.notify(level, message),
+        FromWorker::NotReady {
+            request_id,
+            retry_after_s,
+            message,
+        } => studio.request.set(RequestState::Waiting {
+            id: request_id,
+            retry_in_s: retry_after_s,
+            reason: message,
+        }),
+        FromWorker::Result {
+            request_id,
+            message,
+        } => studio.request.set(RequestState::Finished {
+            id: request_id,
+            ok: true,
+            message,
+        }),
+        FromWorker::Error {
+            request_id: Some(id),
+            message,
+        } => studio.request.set(RequestState::Finished {
+            id,
+            ok: false,
+            message,
+        }),
+        FromWorker::Error {
+            request_id: None,
+            message,
+        } => studio.notify(NoticeLevel::Warning, message),
+        FromWorker::Memory { wasm_heap_bytes } => studio.wasm_heap.set(Some(wasm_heap_bytes)),
+        FromWorker::CacheReport { message } => studio.cache_report.set(Some(message)),
+    }
+}

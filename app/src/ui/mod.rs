@@ -1,0 +1,229 @@
+//! The studio page: image input, one panel per model, the engine's state, and the viewer.
+//! State lives in [`Studio`] (signals); [`bridge`] turns worker messages into signal updates.
+
+mod bridge;
+mod panels;
+
+use std::time::Duration;
+
+use leptos::prelude::*;
+use orfeas_app::config::ModelSpec;
+use orfeas_app::protocol::{
+    GpuReport, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker, retry_after_s,
+};
+
+use panels::{EnginePanel, GenerateControl, ImageDrop, ModelPanel, Notices, ViewerArea};
+
+/// One model's panel state.
+#[derive(Clone, Copy)]
+pub struct ModelView {
+    pub spec: StoredValue<ModelSpec>,
+    pub status: RwSignal<ModelStatusReport>,
+    pub progress: RwSignal<Option<ProgressReport>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineState {
+    /// The UI has not started the worker yet (it waits for first paint).
+    Idle,
+    Fetching {
+        received: u64,
+        total: Option<u64>,
+    },
+    Loaded,
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GpuState {
+    Pending,
+    Ready(GpuReport),
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestState {
+    Idle,
+    /// Asked early: runs by itself when the models are ready (checked every second).
+    Waiting {
+        id: u64,
+        retry_in_s: u32,
+        reason: String,
+    },
+    Running {
+        id: u64,
+    },
+    Finished {
+        id: u64,
+        ok: bool,
+        message: String,
+    },
+}
+
+/// Everything the page shows, as signals, shared through context.
+#[derive(Clone, Copy)]
+pub struct Studio {
+    pub models: RwSignal<Vec<ModelView>>,
+    /// The model list is known (config resolved).
+    pub configured: RwSignal<bool>,
+    pub engine: RwSignal<EngineState>,
+    pub gpu: RwSignal<GpuState>,
+    pub notices: RwSignal<Vec<(NoticeLevel, String)>>,
+    pub request: RwSignal<RequestState>,
+    pub next_request: RwSignal<u64>,
+    pub cache_report: RwSignal<Option<String>>,
+    pub wasm_heap: RwSignal<Option<u64>>,
+    pub debug: bool,
+}
+
+impl Studio {
+    fn new() -> Self {
+        Self {
+            models: RwSignal::new(Vec::new()),
+            configured: RwSignal::new(false),
+            engine: RwSignal::new(EngineState::Idle),
+            gpu: RwSignal::new(GpuState::Pending),
+            notices: RwSignal::new(Vec::new()),
+            request: RwSignal::new(RequestState::Idle),
+            next_request: RwSignal::new(1),
+            cache_report: RwSignal::new(None),
+            wasm_heap: RwSignal::new(None),
+            debug: bridge::query_params()
+                .iter()
+                .any(|(k, v)| k == "debug" && v == "1"),
+        }
+    }
+
+    /// Every configured model is ready (and there is at least one).
+    pub fn all_ready(&self) -> bool {
+        let models = self.models.get();
+        !models.is_empty()
+            && models
+                .iter()
+                .all(|m| matches!(m.status.get(), ModelStatusReport::Ready { .. }))
+    }
+
+    pub fn notify(&self, level: NoticeLevel, message: String) {
+        self.notices.update(|n| n.push((level, message)));
+    }
+
+    /// Ask for a generation now: sent at once when ready, otherwise queued with a countdown.
+    pub fn request_generate(&self) {
+        if matches!(
+            self.request.get_untracked(),
+            RequestState::Waiting { .. } | RequestState::Running { .. }
+        ) {
+            return;
+        }
+        let id = self.next_request.get_untracked();
+        self.next_request.set(id + 1);
+        self.try_send(id);
+    }
+
+    fn try_send(&self, id: u64) {
+        if self.all_ready() {
+            self.request.set(RequestState::Running { id });
+            bridge::send(&ToWorker::Generate { request_id: id });
+            return;
+        }
+        let models = self.models.get_untracked();
+        let failed = models.iter().find_map(|m| match m.status.get_untracked() {
+            ModelStatusReport::Failed { .. } => Some(m.spec.get_value().label),
+            _ => None,
+        });
+        let (retry_in_s, reason) = match failed {
+            Some(label) => (
+                5,
+                format!("{label} failed to load: press Retry on its panel"),
+            ),
+            None => {
+                let eta = models
+                    .iter()
+                    .filter_map(|m| m.progress.get_untracked().and_then(|p| p.eta_s))
+                    .fold(None, |acc: Option<f64>, e| {
+                        Some(acc.map_or(e, |a| a.max(e)))
+                    });
+                (retry_after_s(eta), "models still loading".to_string())
+            }
+        };
+        self.request.set(RequestState::Waiting {
+            id,
+            retry_in_s,
+            reason,
+        });
+    }
+
+    /// Once a second: count a waiting request down, and send it when its time comes.
+    fn tick(&self) {
+        if let RequestState::Waiting {
+            id,
+            retry_in_s,
+            reason,
+        } = self.request.get_untracked()
+        {
+            if retry_in_s <= 1 || self.all_ready() {
+                self.try_send(id);
+            } else {
+                self.request.set(RequestState::Waiting {
+                    id,
+                    retry_in_s: retry_in_s - 1,
+                    reason,
+                });
+            }
+        }
+    }
+
+    /// A model became ready: a waiting request need not wait for its countdown.
+    pub fn models_changed(&self) {
+        if let RequestState::Waiting { id, .. } = self.request.get_untracked()
+            && self.all_ready()
+        {
+            self.try_send(id);
+        }
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    let studio = Studio::new();
+    provide_context(studio);
+    bridge::install(studio);
+    set_interval(move || studio.tick(), Duration::from_secs(1));
+    view! {
+        <header class="top">
+            <h1>"Orfeas"</h1>
+            <span class="tagline">"image to 3D, on your own GPU"</span>
+        </header>
+        <main class="studio">
+            <div class="side">
+                <ImageDrop />
+                <GenerateControl />
+                <section class="models" data-testid="model-panel">
+                    <h2>"Models"</h2>
+                    <EnginePanel />
+                    <Show
+                        when=move || !studio.models.get().is_empty() || !studio.configured.get()
+                        fallback=|| view! { <p class="muted">"No models configured."</p> }
+                    >
+                        <For
+                            each=move || studio.models.get()
+                            key=|m| m.spec.get_value().id
+                            children=|m| view! { <ModelPanel model=m /> }
+                        />
+                    </Show>
+                </section>
+                <Notices />
+            </div>
+            <ViewerArea />
+        </main>
+    }
+}
+
+/// Start the engine only once the shell is on screen: the frame after mounting has painted
+/// when the next task runs.
+pub fn after_first_paint() {
+    let _ = web_sys::window()
+        .and_then(|w| w.performance())
+        .map(|p| p.mark("orfeas-interactive"));
+    request_animation_frame(|| set_timeout(bridge::start, Duration::ZERO));
+}

@@ -1,0 +1,284 @@
+//! Small components, each reading the [`Studio`] signals it shows.
+
+use leptos::prelude::*;
+use orfeas_app::protocol::{ModelStatusReport, NoticeLevel, ProgressReport, ToWorker};
+use wasm_bindgen::JsCast;
+
+use super::{EngineState, GpuState, ModelView, RequestState, Studio, bridge};
+
+fn studio() -> Studio {
+    expect_context::<Studio>()
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// "12.3 / 88.0 MB (14 %) · 5.2 MB/s · ETA 13 s · fetch · from cache"
+pub fn progress_line(p: &ProgressReport) -> String {
+    let mut parts = vec![format!(
+        "{} / {} ({:.0} %)",
+        megabytes(p.bytes_done),
+        megabytes(p.bytes_total),
+        p.fraction() * 100.0
+    )];
+    if p.bytes_per_sec > 0.0 && p.phase != "ready" {
+        parts.push(format!("{:.1} MB/s", p.bytes_per_sec / 1e6));
+    }
+    if let Some(eta) = p.eta_s.filter(|_| p.phase != "ready") {
+        parts.push(format!("ETA {:.0} s", eta.ceil()));
+    }
+    parts.push(p.phase.clone());
+    if p.from_cache {
+        parts.push("from cache".into());
+    }
+    parts.join(" · ")
+}
+
+/// Where the user drops or picks an image; works before any model is loaded.
+#[component]
+pub fn ImageDrop() -> impl IntoView {
+    let (file_name, set_file_name) = signal(None::<String>);
+    let (preview, set_preview) = signal(None::<String>);
+    let take = move |file: web_sys::File| {
+        set_file_name.set(Some(file.name()));
+        if let Ok(url) = web_sys::Url::create_object_url_with_blob(&file) {
+            if let Some(old) = preview.get_untracked() {
+                let _ = web_sys::Url::revoke_object_url(&old);
+            }
+            set_preview.set(Some(url));
+        }
+    };
+    let on_change = move |ev: leptos::ev::Event| {
+        let input: web_sys::HtmlInputElement = event_target(&ev);
+        if let Some(file) = input.files().and_then(|f| f.get(0)) {
+            take(file);
+        }
+    };
+    let on_drop = move |ev: leptos::ev::DragEvent| {
+        ev.prevent_default();
+        if let Some(file) = ev
+            .data_transfer()
+            .and_then(|d| d.files())
+            .and_then(|f| f.get(0))
+        {
+            take(file);
+        }
+    };
+    view! {
+        <section
+            class="drop"
+            data-testid="drop-zone"
+            on:dragover=|ev: leptos::ev::DragEvent| ev.prevent_default()
+            on:drop=on_drop
+        >
+            <label>
+                "Drop an image here or "
+                <input type="file" accept="image/png,image/jpeg,image/webp" on:change=on_change />
+            </label>
+            <p class="chosen">{move || file_name.get().unwrap_or_else(|| "no image chosen".into())}</p>
+            <Show when=move || preview.get().is_some()>
+                <img class="preview" alt="chosen image" src=move || preview.get().unwrap_or_default() />
+            </Show>
+        </section>
+    }
+}
+
+/// The Generate button (enabled once every model is ready), the `g` shortcut, and the state
+/// of the current request, including "still loading, retrying in N s".
+#[component]
+pub fn GenerateControl() -> impl IntoView {
+    let studio = studio();
+    let on_key = window_event_listener(leptos::ev::keydown, move |ev| {
+        let typing = ev
+            .target()
+            .and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok())
+            .is_some();
+        if ev.key() == "g" && !typing && !ev.ctrl_key() && !ev.meta_key() {
+            studio.request_generate();
+        }
+    });
+    on_cleanup(move || on_key.remove());
+    let state = move || match studio.request.get() {
+        RequestState::Idle => ("idle", String::new()),
+        RequestState::Waiting {
+            retry_in_s, reason, ..
+        } => ("waiting", format!("{reason}, retrying in {retry_in_s} s")),
+        RequestState::Running { id } => ("running", format!("request {id} running…")),
+        RequestState::Finished { id, ok, message } => (
+            if ok { "done" } else { "error" },
+            format!("request {id}: {message}"),
+        ),
+    };
+    view! {
+        <section class="generate">
+            <button
+                data-testid="generate"
+                disabled=move || !studio.all_ready()
+                on:click=move |_| studio.request_generate()
+                title="Generate a 3D model from the image (shortcut: g)"
+            >
+                "Generate 3D"
+            </button>
+            <p class="request" data-testid="request-status" data-state=move || state().0>
+                {move || state().1}
+            </p>
+        </section>
+    }
+}
+
+/// The engine bundle's download and the GPU it found.
+#[component]
+pub fn EnginePanel() -> impl IntoView {
+    let studio = studio();
+    let engine_attr = move || match studio.engine.get() {
+        EngineState::Idle => "idle",
+        EngineState::Fetching { .. } => "fetching",
+        EngineState::Loaded => "loaded",
+        EngineState::Failed(_) => "failed",
+    };
+    let engine_text = move || match studio.engine.get() {
+        EngineState::Idle => "Engine: waiting".to_string(),
+        EngineState::Fetching { received, total } => match total {
+            Some(total) => format!("Engine: {} / {}", megabytes(received), megabytes(total)),
+            None => format!("Engine: {}", megabytes(received)),
+        },
+        EngineState::Loaded => "Engine: loaded".into(),
+        EngineState::Failed(reason) => format!("Engine failed: {reason}"),
+    };
+    let gpu_attr = move || match studio.gpu.get() {
+        GpuState::Pending => "pending",
+        GpuState::Ready(_) => "ok",
+        GpuState::Unavailable(_) => "unavailable",
+    };
+    let gpu_text = move || match studio.gpu.get() {
+        GpuState::Pending => String::new(),
+        GpuState::Ready(info) => format!(
+            "GPU: {} ({}{}), models in {}",
+            info.adapter,
+            info.backend,
+            if info.software { ", software" } else { "" },
+            info.dtype
+        ),
+        GpuState::Unavailable(reason) => format!("WebGPU unavailable: {reason}"),
+    };
+    let heap = move || {
+        studio
+            .wasm_heap
+            .get()
+            .map(|b| b.to_string())
+            .unwrap_or_default()
+    };
+    view! {
+        <div class="engine" data-testid="engine" data-engine=engine_attr data-gpu=gpu_attr data-wasm-heap=heap>
+            <p>{engine_text}</p>
+            <p class=move || if gpu_attr() == "unavailable" { "error" } else { "" } data-testid="gpu">
+                {gpu_text}
+            </p>
+            <div class="cache-controls">
+                <button data-testid="verify-cache" on:click=|_| bridge::send(&ToWorker::VerifyCache)>
+                    "Verify model cache"
+                </button>
+                <button data-testid="clear-cache" on:click=|_| bridge::send(&ToWorker::ClearCache)>
+                    "Clear model cache"
+                </button>
+                <Show when=move || studio.debug>
+                    <button
+                        data-testid="simulate-gpu-loss"
+                        on:click=|_| bridge::send(&ToWorker::SimulateDeviceLoss)
+                    >
+                        "Simulate GPU reset"
+                    </button>
+                </Show>
+            </div>
+            <pre class="cache-report" data-testid="cache-report">
+                {move || studio.cache_report.get().unwrap_or_default()}
+            </pre>
+        </div>
+    }
+}
+
+/// One model: status, streamed progress, and Retry when it failed.
+#[component]
+pub fn ModelPanel(model: ModelView) -> impl IntoView {
+    let spec = model.spec.get_value();
+    let id = spec.id.clone();
+    let status_name = move || model.status.get().name();
+    let fraction = move || match model.status.get() {
+        ModelStatusReport::Ready { .. } => 1.0,
+        _ => model.progress.get().map(|p| p.fraction()).unwrap_or(0.0),
+    };
+    let status_text = move || match model.status.get() {
+        ModelStatusReport::Waiting => "waiting".to_string(),
+        ModelStatusReport::Loading => "loading".into(),
+        ModelStatusReport::Ready {
+            tensors,
+            from_cache,
+        } => format!(
+            "ready · {tensors} tensors{}",
+            if from_cache { " · from cache" } else { "" }
+        ),
+        ModelStatusReport::Failed { .. } => "failed".into(),
+    };
+    let reason = move || match model.status.get() {
+        ModelStatusReport::Failed { reason } => Some(reason),
+        _ => None,
+    };
+    let retry_id = id.clone();
+    let retry = move |_| {
+        model.status.set(ModelStatusReport::Loading);
+        bridge::send(&ToWorker::Retry {
+            model: retry_id.clone(),
+        });
+    };
+    view! {
+        <div
+            class="model"
+            data-model=id
+            data-status=status_name
+            data-progress=move || format!("{:.4}", fraction())
+        >
+            <div class="model-head">
+                <strong>{spec.label.clone()}</strong>
+                <span class=move || format!("status {}", status_name())>{status_text}</span>
+            </div>
+            <div class="bar"><div class="fill" style:width=move || format!("{:.1}%", fraction() * 100.0)></div></div>
+            <p class="detail" data-testid="progress-detail">
+                {move || model.progress.get().map(|p| progress_line(&p)).unwrap_or_default()}
+            </p>
+            {move || reason().map(|reason| view! {
+                <p class="error" data-testid="model-error">{reason}</p>
+                <button data-testid="retry" on:click=retry.clone()>"Retry"</button>
+            })}
+        </div>
+    }
+}
+
+#[component]
+pub fn Notices() -> impl IntoView {
+    let studio = studio();
+    view! {
+        <section class="notices" data-testid="notices">
+            <For
+                each=move || studio.notices.get().into_iter().enumerate()
+                key=|(i, _)| *i
+                children=|(_, (level, message))| {
+                    let class = match level {
+                        NoticeLevel::Info => "notice info",
+                        NoticeLevel::Warning => "notice warning",
+                    };
+                    view! { <p class=class>{message}</p> }
+                }
+            />
+        </section>
+    }
+}
+
+#[component]
+pub fn ViewerArea() -> impl IntoView {
+    view! {
+        <section class="viewer" data-testid="viewer">
+            <p>"The 3D result appears here."</p>
+        </section>
+    }
+}

@@ -1,0 +1,561 @@
+//! The engine worker: owns the GPU device and the models, streams each model's shards through
+//! the browser's Cache Storage onto the GPU, and talks to the UI only through
+//! [`crate::protocol`] messages. Everything here runs on the worker's single thread, so state
+//! lives in `Rc<RefCell<…>>` and long work runs as `spawn_local` tasks.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use orfeas_engine::gpu::{self, Gpu};
+use orfeas_engine::weights::loader::{initial_progress, read_index};
+use orfeas_engine::weights::source::{CachedFetchSource, FetchSource, delete_cache};
+use orfeas_engine::weights::{
+    LoadProgress, Phase, ProgressTracker, ShardIndex, WeightSet, load_weights, verify_cached,
+};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::{JsFuture, spawn_local};
+
+use crate::config::ModelSpec;
+use crate::protocol::{
+    FromWorker, GpuReport, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker, retry_after_s,
+};
+
+/// Cache Storage name for model shards; bump the suffix if the stored format ever changes.
+pub const MODEL_CACHE: &str = "orfeas-models-v1";
+/// How many times a lost GPU device is rebuilt before the worker gives up.
+const MAX_GPU_RESETS: u32 = 2;
+
+/// Send a message to the UI thread.
+pub fn post(message: &FromWorker) {
+    let scope: web_sys::DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    let _ = scope.post_message(&JsValue::from_str(&message.to_json()));
+}
+
+/// Size of the wasm linear memory. It never shrinks, so at the end of a load it is the peak.
+pub fn wasm_heap_bytes() -> u64 {
+    let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+    memory
+        .buffer()
+        .unchecked_into::<js_sys::ArrayBuffer>()
+        .byte_length() as u64
+}
+
+struct ModelSlot {
+    spec: ModelSpec,
+    source: Rc<CachedFetchSource>,
+    index: Option<ShardIndex>,
+    /// `None` while a load task holds it.
+    weights: Option<WeightSet>,
+    status: ModelStatusReport,
+    progress: Option<ProgressReport>,
+}
+
+#[derive(Default)]
+struct Engine {
+    models: RefCell<Vec<ModelSlot>>,
+    gpu: RefCell<Option<Gpu>>,
+    /// Bumped each time the device is rebuilt; a load that started on an older device redoes
+    /// its work.
+    device_generation: Cell<u32>,
+    gpu_resets: Cell<u32>,
+    lost: RefCell<Option<mpsc::UnboundedSender<String>>>,
+}
+
+thread_local! {
+    static ENGINE: Rc<Engine> = Rc::new(Engine::default());
+}
+
+fn engine() -> Rc<Engine> {
+    ENGINE.with(Rc::clone)
+}
+
+/// Entry point for every message from the UI (called by the bootstrap script).
+pub fn on_message(json: &str) {
+    let message = match serde_json::from_str::<ToWorker>(json) {
+        Ok(message) => message,
+        Err(e) => {
+            post(&FromWorker::Error {
+                request_id: None,
+                message: format!("malformed message to the engine worker: {e}"),
+            });
+            return;
+        }
+    };
+    let engine = engine();
+    match message {
+        ToWorker::Start { models } => spawn_local(start(engine, models)),
+        ToWorker::Retry { model } => {
+            let position = engine
+                .models
+                .borrow()
+                .iter()
+                .position(|slot| slot.spec.id == model);
+            match position {
+                Some(i) => spawn_local(async move {
+                    if engine.gpu.borrow().is_none() {
+                        // A retry after the GPU failed to come up tries the GPU again too.
+                        if !acquire_gpu(&engine).await {
+                            return;
+                        }
+                    }
+                    load_model(engine, i).await;
+                }),
+                None => post(&FromWorker::Error {
+                    request_id: None,
+                    message: format!("no model {model:?} to retry"),
+                }),
+            }
+        }
+        ToWorker::Generate { request_id } => generate(&engine, request_id),
+        ToWorker::ClearCache => spawn_local(async {
+            let message = match delete_cache(MODEL_CACHE).await {
+                Ok(true) => "model cache cleared: the next visit downloads the models again".into(),
+                Ok(false) => "the model cache was already empty".into(),
+                Err(e) => format!("could not clear the model cache: {e}"),
+            };
+            post(&FromWorker::CacheReport { message });
+        }),
+        ToWorker::VerifyCache => spawn_local(verify_cache(engine)),
+        ToWorker::SimulateDeviceLoss => match engine.gpu.borrow().as_ref() {
+            Some(gpu) => gpu.destroy(),
+            None => post(&FromWorker::Error {
+                request_id: None,
+                message: "no GPU device to lose".into(),
+            }),
+        },
+    }
+}
+
+async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {
+    {
+        let mut slots = engine.models.borrow_mut();
+        if !slots.is_empty() {
+            return; // a second Start (e.g. a UI re-mount) changes nothing
+        }
+        for spec in models {
+            let source = CachedFetchSource::new(FetchSource::new(spec.url.clone()), MODEL_CACHE);
+            post(&FromWorker::Status {
+                model: spec.id.clone(),
+                status: ModelStatusReport::Waiting,
+            });
+            slots.push(ModelSlot {
+                spec,
+                source: Rc::new(source),
+                index: None,
+                weights: Some(WeightSet::new()),
+                status: ModelStatusReport::Waiting,
+                progress: None,
+            });
+        }
+    }
+    let (sender, receiver) = mpsc::unbounded();
+    *engine.lost.borrow_mut() = Some(sender);
+    spawn_local(watch_device_loss(engine.clone(), receiver));
+    if !acquire_gpu(&engine).await {
+        return;
+    }
+    let count = engine.models.borrow().len();
+    for i in 0..count {
+        load_model(engine.clone(), i).await;
+    }
+}
+
+/// Acquire the GPU and tell the UI what it is; on failure mark every model failed with the
+/// reason (so their panels say why, and Retry tries again).
+async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
+    let result = match webgpu_missing() {
+        Some(reason) => Err(reason),
+        None => {
+            let lost = engine.lost.borrow().clone();
+            gpu::acquire(move |reason| {
+                if let Some(lost) = &lost {
+                    let _ = lost.unbounded_send(reason);
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())
+        }
+    };
+    match result {
+        Ok(gpu) => {
+            let info = &gpu.info;
+            post(&FromWorker::Gpu {
+                info: GpuReport {
+                    adapter: if info.adapter.is_empty() {
+                        "unnamed adapter".into()
+                    } else {
+                        info.adapter.clone()
+                    },
+                    backend: info.backend.clone(),
+                    software: info.software,
+                    shader_f16: info.shader_f16,
+                    max_storage_buffer_binding_size: info.max_storage_buffer_binding_size,
+                    max_buffer_size: info.max_buffer_size,
+                    dtype: if info.shader_f16 { "f16" } else { "f32" }.into(),
+                },
+            });
+            *engine.gpu.borrow_mut() = Some(gpu);
+            true
+        }
+        Err(reason) => {
+            post(&FromWorker::GpuUnavailable {
+                reason: reason.clone(),
+            });
+            let ids: Vec<String> = engine
+                .models
+                .borrow()
+                .iter()
+                .map(|s| s.spec.id.clone())
+                .collect();
+            for id in ids {
+                set_status(
+                    engine,
+                    &id,
+                    ModelStatusReport::Failed {
+                        reason: format!("no GPU: {reason}"),
+                    },
+                );
+            }
+            false
+        }
+    }
+}
+
+/// `Some(reason)` when this browser has no WebGPU at all.
+fn webgpu_missing() -> Option<String> {
+    let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    let gpu = js_sys::Reflect::get(&scope.navigator(), &JsValue::from_str("gpu")).ok();
+    match gpu {
+        Some(value) if !value.is_undefined() && !value.is_null() => None,
+        _ => Some(
+            "this browser has no WebGPU (navigator.gpu is missing): use a current Chrome or \
+             Edge; on Linux, start Chrome with --enable-unsafe-webgpu"
+                .into(),
+        ),
+    }
+}
+
+fn set_status(engine: &Engine, id: &str, status: ModelStatusReport) {
+    if let Some(slot) = engine
+        .models
+        .borrow_mut()
+        .iter_mut()
+        .find(|s| s.spec.id == id)
+    {
+        slot.status = status.clone();
+    }
+    post(&FromWorker::Status {
+        model: id.to_string(),
+        status,
+    });
+}
+
+fn report(progress: &LoadProgress) -> ProgressReport {
+    let phase = match progress.phase {
+        Phase::Fetch => "fetch",
+        Phase::Verify => "verify",
+        Phase::Upload => "upload",
+        Phase::Warmup => "warmup",
+        Phase::Ready => "ready",
+        Phase::Failed => "failed",
+    };
+    ProgressReport {
+        model: progress.model.clone(),
+        phase: phase.into(),
+        bytes_done: progress.bytes_done,
+        bytes_total: progress.bytes_total,
+        shards_done: progress.shards_done,
+        shards_total: progress.shards_total,
+        tensors_done: progress.tensors_done,
+        tensors_total: progress.tensors_total,
+        bytes_per_sec: progress.bytes_per_sec,
+        eta_s: progress.eta_s,
+        elapsed_s: progress.elapsed_s,
+        from_cache: progress.from_cache,
+    }
+}
+
+/// Load (or resume) model `i` on the current device. Re-runs itself if the device is rebuilt
+/// meanwhile, since tensors on a lost device are gone.
+async fn load_model(engine: Rc<Engine>, i: usize) {
+    let (id, source, weights) = {
+        let mut slots = engine.models.borrow_mut();
+        let slot = &mut slots[i];
+        let Some(weights) = slot.weights.take() else {
+            return; // already loading
+        };
+        (slot.spec.id.clone(), slot.source.clone(), weights)
+    };
+    let mut weights = weights;
+    set_status(&engine, &id, ModelStatusReport::Loading);
+    loop {
+        let generation = engine.device_generation.get();
+        let outcome = load_once(&engine, i, &id, &source, &mut weights).await;
+        if engine.device_generation.get() != generation {
+            weights = WeightSet::new();
+            if engine.gpu.borrow().is_some() {
+                continue;
+            }
+        }
+        let tensors = weights.len();
+        engine.models.borrow_mut()[i].weights = Some(weights);
+        match outcome {
+            Ok(from_cache) => {
+                set_status(
+                    &engine,
+                    &id,
+                    ModelStatusReport::Ready {
+                        tensors,
+                        from_cache,
+                    },
+                );
+            }
+            Err(reason) => set_status(&engine, &id, ModelStatusReport::Failed { reason }),
+        }
+        post(&FromWorker::Memory {
+            wasm_heap_bytes: wasm_heap_bytes(),
+        });
+        if let Some(error) = source.storage_error() {
+            post(&FromWorker::Notice {
+                level: NoticeLevel::Warning,
+                message: format!(
+                    "the browser would not store {id} ({error}): it is kept in memory for this \
+                     session and downloaded again on the next visit"
+                ),
+            });
+        }
+        return;
+    }
+}
+
+/// One attempt: index, storage check, stream every missing shard. `Ok(from_cache)`.
+async fn load_once(
+    engine: &Rc<Engine>,
+    i: usize,
+    id: &str,
+    source: &CachedFetchSource,
+    weights: &mut WeightSet,
+) -> Result<bool, String> {
+    let Some((device, dtype)) = engine
+        .gpu
+        .borrow()
+        .as_ref()
+        .map(|gpu| (gpu.device.clone(), gpu.info.model_dtype()))
+    else {
+        return Err("no GPU device".into());
+    };
+    let known = engine.models.borrow()[i].index.clone();
+    let index = match known {
+        Some(index) => index,
+        None => {
+            let index = read_index(source).await.map_err(|e| e.to_string())?;
+            engine.models.borrow_mut()[i].index = Some(index.clone());
+            index
+        }
+    };
+    check_storage(id, source, &index).await;
+
+    let mut all_from_cache = true;
+    let mut tracker = ProgressTracker::new(initial_progress(&index), |progress: &LoadProgress| {
+        all_from_cache &= progress.from_cache;
+        let report = report(progress);
+        post(&FromWorker::Progress(report));
+    });
+    let result = load_weights(source, &index, &device, dtype, weights, &mut tracker).await;
+    match result {
+        Ok(()) => {
+            tracker.set_phase(Phase::Ready);
+            tracker.flush();
+            let last = report(tracker.progress());
+            drop(tracker);
+            engine.models.borrow_mut()[i].progress = Some(last);
+            Ok(all_from_cache)
+        }
+        Err(e) => {
+            tracker.set_phase(Phase::Failed);
+            let last = report(tracker.progress());
+            drop(tracker);
+            engine.models.borrow_mut()[i].progress = Some(last);
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Compare free storage with what still has to be stored; say so when it will not fit.
+async fn check_storage(id: &str, source: &CachedFetchSource, index: &ShardIndex) {
+    let mut to_store = 0u64;
+    for shard in &index.shards {
+        if !orfeas_engine::weights::ShardSource::is_cached(source, &shard.file).await {
+            to_store += shard.size;
+        }
+    }
+    if to_store == 0 {
+        return;
+    }
+    let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    let Ok(estimate) = scope.navigator().storage().estimate() else {
+        return;
+    };
+    let Ok(estimate) = JsFuture::from(estimate).await else {
+        return;
+    };
+    let estimate: web_sys::StorageEstimate = estimate.unchecked_into();
+    let (Some(quota), Some(usage)) = (estimate.get_quota(), estimate.get_usage()) else {
+        return;
+    };
+    let free = (quota - usage).max(0.0) as u64;
+    if free < to_store {
+        post(&FromWorker::Notice {
+            level: NoticeLevel::Warning,
+            message: format!(
+                "{id}: {} MB to store but only {} MB of browser storage free; what does not fit \
+                 stays in memory for this session",
+                to_store >> 20,
+                free >> 20
+            ),
+        });
+    }
+}
+
+fn generate(engine: &Engine, request_id: u64) {
+    let slots = engine.models.borrow();
+    if slots.is_empty() {
+        post(&FromWorker::Error {
+            request_id: Some(request_id),
+            message: "no models are configured".into(),
+        });
+        return;
+    }
+    if let Some(failed) = slots
+        .iter()
+        .find(|s| matches!(s.status, ModelStatusReport::Failed { .. }))
+    {
+        post(&FromWorker::Error {
+            request_id: Some(request_id),
+            message: format!(
+                "{} is not ready (it failed to load): retry it first",
+                failed.spec.label
+            ),
+        });
+        return;
+    }
+    let loading: Vec<&ModelSlot> = slots
+        .iter()
+        .filter(|s| !matches!(s.status, ModelStatusReport::Ready { .. }))
+        .collect();
+    if !loading.is_empty() {
+        let eta = loading
+            .iter()
+            .filter_map(|s| s.progress.as_ref().and_then(|p| p.eta_s))
+            .fold(None, |acc: Option<f64>, eta| {
+                Some(acc.map_or(eta, |a| a.max(eta)))
+            });
+        let names: Vec<&str> = loading.iter().map(|s| s.spec.label.as_str()).collect();
+        post(&FromWorker::NotReady {
+            request_id,
+            retry_after_s: retry_after_s(eta),
+            message: format!("models still loading: {}", names.join(", ")),
+        });
+        return;
+    }
+    let tensors: usize = slots
+        .iter()
+        .filter_map(|s| s.weights.as_ref().map(WeightSet::len))
+        .sum();
+    post(&FromWorker::Error {
+        request_id: Some(request_id),
+        message: format!(
+            "all models are loaded ({tensors} tensors on the GPU), but this build has no \
+             image-to-3D pipeline yet"
+        ),
+    });
+}
+
+async fn verify_cache(engine: Rc<Engine>) {
+    let targets: Vec<(String, Rc<CachedFetchSource>, Option<ShardIndex>)> = engine
+        .models
+        .borrow()
+        .iter()
+        .map(|s| (s.spec.id.clone(), s.source.clone(), s.index.clone()))
+        .collect();
+    let mut lines = Vec::new();
+    for (id, source, index) in targets {
+        let index = match index {
+            Some(index) => index,
+            None => match read_index(&*source).await {
+                Ok(index) => index,
+                Err(e) => {
+                    lines.push(format!("{id}: no index ({e})"));
+                    continue;
+                }
+            },
+        };
+        let check = verify_cached(&*source, &index).await;
+        let mut line = format!(
+            "{id}: {} of {} shards cached and verified",
+            check.verified.len(),
+            index.shards.len()
+        );
+        for (file, error) in &check.dropped {
+            line.push_str(&format!("; dropped {file} ({error})"));
+        }
+        lines.push(line);
+    }
+    post(&FromWorker::CacheReport {
+        message: if lines.is_empty() {
+            "no models configured".into()
+        } else {
+            lines.join("\n")
+        },
+    });
+}
+
+/// Rebuild the device after a loss (at most [`MAX_GPU_RESETS`] times) and reload every model
+/// that was on it, from the cache when it is there.
+async fn watch_device_loss(engine: Rc<Engine>, mut lost: mpsc::UnboundedReceiver<String>) {
+    while let Some(reason) = lost.next().await {
+        engine.gpu.borrow_mut().take();
+        engine
+            .device_generation
+            .set(engine.device_generation.get() + 1);
+        let resets = engine.gpu_resets.get() + 1;
+        engine.gpu_resets.set(resets);
+        if resets > MAX_GPU_RESETS {
+            post(&FromWorker::GpuUnavailable {
+                reason: format!(
+                    "the GPU device was lost {resets} times (last: {reason}); reload the page"
+                ),
+            });
+            continue;
+        }
+        post(&FromWorker::Notice {
+            level: NoticeLevel::Warning,
+            message: format!("GPU reset ({reason}), restoring…"),
+        });
+        let reload: Vec<usize> = {
+            let mut slots = engine.models.borrow_mut();
+            slots
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, s)| s.weights.is_some())
+                .filter(|(_, s)| !matches!(s.status, ModelStatusReport::Failed { .. }))
+                .map(|(i, s)| {
+                    s.weights = Some(WeightSet::new());
+                    i
+                })
+                .collect()
+        };
+        if !acquire_gpu(&engine).await {
+            continue;
+        }
+        for i in reload {
+            load_model(engine.clone(), i).await;
+        }
+        post(&FromWorker::Notice {
+            level: NoticeLevel::Info,
+            message: "GPU restored".into(),
+        });
+    }
+}

@@ -1,0 +1,53 @@
+// Service worker: keeps the app shell (html, css, js, wasm) so that after one online visit the
+// app opens with no network (kiosks). Shell requests go to the network first, so an online
+// user always gets the current build, and fall back to the cache offline. Model shards are
+// not handled here: the engine worker keeps them in its own verified cache.
+"use strict";
+const SHELL = "orfeas-shell-v1";
+
+self.addEventListener("install", (event) => {
+  event.waitUntil(
+    (async () => {
+      const list = await (await fetch("./precache.json", { cache: "no-store" })).json();
+      const cache = await caches.open(SHELL);
+      await cache.addAll(["./", ...list.files.map((file) => "./" + file)]);
+      await self.skipWaiting();
+    })(),
+  );
+});
+
+self.addEventListener("activate", (event) => {
+  event.waitUntil(
+    (async () => {
+      for (const name of await caches.keys()) {
+        if (name.startsWith("orfeas-shell-") && name !== SHELL) await caches.delete(name);
+      }
+      await self.clients.claim();
+    })(),
+  );
+});
+
+function isShell(url) {
+  if (url.origin !== self.location.origin) return false;
+  const path = url.pathname.slice(new URL(self.registration.scope).pathname.length);
+  return !path.startsWith("models/") && !path.startsWith("api/");
+}
+
+self.addEventListener("fetch", (event) => {
+  const request = event.request;
+  if (request.method !== "GET" || !isShell(new URL(request.url))) return;
+  event.respondWith(
+    (async () => {
+      const cache = await caches.open(SHELL);
+      try {
+        const response = await fetch(request);
+        if (response.ok && response.status === 200) await cache.put(request, response.clone());
+        return response;
+      } catch (offline) {
+        const cached = await cache.match(request, { ignoreSearch: true });
+        if (cached) return cached;
+        throw offline;
+      }
+    })(),
+  );
+});

@@ -1,0 +1,50 @@
+// Engine worker bootstrap. Downloads the engine wasm with progress (the UI shows it), starts
+// it, and forwards every message from the UI to it, queueing those that arrive earlier.
+"use strict";
+const queue = [];
+let engine = null;
+self.onmessage = (event) => {
+  if (engine) engine.on_message(event.data);
+  else queue.push(event.data);
+};
+const post = (message) => self.postMessage(JSON.stringify(message));
+
+(async () => {
+  try {
+    importScripts("./orfeas-worker.js"); // defines the `wasm_bindgen` global (no-modules)
+    const response = await fetch("./orfeas-worker_bg.wasm");
+    if (!response.ok) throw new Error(`engine bundle: HTTP ${response.status}`);
+    // Content-Length is the compressed size when the server compresses: no total then.
+    const encoded = response.headers.get("content-encoding");
+    const length = Number(response.headers.get("content-length"));
+    const total = !encoded && length > 0 ? length : null;
+    const reader = response.body.getReader();
+    const parts = [];
+    let received = 0;
+    let last = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      parts.push(value);
+      received += value.byteLength;
+      const now = performance.now();
+      if (now - last > 50) {
+        last = now;
+        post({ type: "engine_fetch", received, total });
+      }
+    }
+    post({ type: "engine_fetch", received, total: received });
+    const bytes = new Uint8Array(received);
+    let at = 0;
+    for (const part of parts) {
+      bytes.set(part, at);
+      at += part.byteLength;
+    }
+    await wasm_bindgen({ module_or_path: bytes });
+    engine = wasm_bindgen;
+    post({ type: "engine_loaded" });
+    for (const message of queue.splice(0)) engine.on_message(message);
+  } catch (error) {
+    post({ type: "engine_failed", reason: String((error && error.message) || error) });
+  }
+})();

@@ -1,0 +1,163 @@
+//! Debian's Chromium, headless, driven through chromedriver (WebDriver) with fantoccini.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use fantoccini::{Client, ClientBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{Value, json};
+
+/// A running chromedriver on a free loopback port; killed on drop.
+pub struct Chromedriver {
+    child: tokio::process::Child,
+    pub port: u16,
+}
+
+impl Chromedriver {
+    pub async fn start() -> anyhow::Result<Self> {
+        let binary =
+            std::env::var("ORFEAS_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = tokio::process::Command::new(&binary)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {binary} (apt-get install chromium-driver)"))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("chromedriver did not listen on port {port}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self { child, port })
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// One browser session with a fresh profile (empty caches, no service worker).
+pub struct Browser {
+    pub client: Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// `webgpu: false` leaves out `--enable-unsafe-webgpu`, so the page has no adapter.
+    pub async fn open(driver: &Chromedriver, webgpu: bool) -> anyhow::Result<Self> {
+        let profile = tempfile::tempdir()?;
+        let binary =
+            std::env::var("ORFEAS_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let mut args = vec![
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--disable-quic".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--disable-dev-shm-usage".into(),
+            "--window-size=1280,900".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        if webgpu {
+            args.push("--enable-unsafe-webgpu".into());
+        }
+        let capabilities = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": { "binary": binary, "args": args },
+        });
+        let client = ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities.as_object().expect("an object").clone())
+            .connect(&format!("http://127.0.0.1:{}", driver.port))
+            .await
+            .context("opening a Chromium session through chromedriver")?;
+        Ok(Self {
+            client,
+            _profile: profile,
+        })
+    }
+
+    pub async fn goto(&self, url: &str) -> anyhow::Result<()> {
+        self.client.goto(url).await?;
+        Ok(())
+    }
+
+    /// Run `body` (a function body that `return`s a value) in the page.
+    pub async fn eval(&self, body: &str) -> anyhow::Result<Value> {
+        Ok(self.client.execute(body, vec![]).await?)
+    }
+
+    /// Poll the expression `expr` every 50 ms until it is truthy; returns its value.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        expr: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        let script = format!("try {{ return ({expr}); }} catch (e) {{ return null; }}");
+        loop {
+            if let Ok(value) = self.eval(&script).await
+                && truthy(&value)
+            {
+                return Ok(value);
+            }
+            if Instant::now() > deadline {
+                let page = self.page_text().await.unwrap_or_default();
+                bail!("timed out after {timeout:?} waiting for {what}; page says:\n{page}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn page_text(&self) -> anyhow::Result<String> {
+        Ok(self
+            .eval("return document.body ? document.body.innerText : ''")
+            .await?
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// Click the element matching a CSS selector.
+    pub async fn click(&self, css: &str) -> anyhow::Result<()> {
+        self.client
+            .find(fantoccini::Locator::Css(css))
+            .await?
+            .click()
+            .await?;
+        Ok(())
+    }
+
+    pub async fn close(self) {
+        let _ = self.client.close().await;
+    }
+}
+
+fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|n| n != 0.0),
+        Value::String(s) => !s.is_empty(),
+        _ => true,
+    }
+}
+
+/// JavaScript for a model panel's attribute (`status`, `progress`, ...), or null.
+pub fn model_attr(model: &str, attr: &str) -> String {
+    format!("(document.querySelector('[data-model=\"{model}\"]')?.dataset.{attr} ?? null)")
+}

@@ -1,0 +1,394 @@
+//! The web app in a real headless Chromium (WebGPU on SwiftShader: no shader-f16, so the f32
+//! path), served with its model shards by a real HTTP server that injects faults.
+
+use std::time::Duration;
+
+use orfeas_engine::weights::ShardIndex;
+use orfeas_tests::browser::{Browser, Chromedriver, model_attr};
+use orfeas_tests::server::{Fault, Server, Throttle};
+use orfeas_tests::{dist_dir, model};
+
+/// Browser tests share two cores: one at a time keeps their timing sane.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const MODEL: &str = "tiny";
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Rig {
+    server: Server,
+    driver: Chromedriver,
+    index: ShardIndex,
+    _models: tempfile::TempDir,
+}
+
+/// A generated ~3 MB model in 5 shards, served with a config that lists only it.
+async fn rig() -> anyhow::Result<Rig> {
+    let models = tempfile::tempdir()?;
+    let index = model::generate(
+        &models.path().join(MODEL),
+        MODEL,
+        3 << 20,
+        160 << 10,
+        640 << 10,
+        11,
+    )?;
+    assert!(index.shards.len() >= 4, "the tests want several shards");
+    let server = Server::start(&dist_dir()?, models.path()).await?;
+    server.put_file(
+        "orfeas.json",
+        "application/json",
+        format!(r#"{{"models":[{{"id":"{MODEL}","label":"Test model"}}]}}"#),
+    );
+    let driver = Chromedriver::start().await?;
+    Ok(Rig {
+        server,
+        driver,
+        index,
+        _models: models,
+    })
+}
+
+async fn wait_status(browser: &Browser, status: &str) -> anyhow::Result<()> {
+    browser
+        .wait_for(
+            &format!("model status {status}"),
+            &format!("{} === '{status}'", model_attr(MODEL, "status")),
+            READY_TIMEOUT,
+        )
+        .await?;
+    Ok(())
+}
+
+fn files(index: &ShardIndex, range: std::ops::RangeFrom<usize>) -> Vec<String> {
+    index.shards[range].iter().map(|s| s.file.clone()).collect()
+}
+
+async fn generate_disabled(browser: &Browser) -> anyhow::Result<bool> {
+    Ok(browser
+        .eval("return document.querySelector('[data-testid=generate]').disabled")
+        .await?
+        .as_bool()
+        .unwrap_or(false))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shell_paints_first_then_progress_climbs_to_ready() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let rig = rig().await?;
+    rig.server.set_throttle(Throttle {
+        first_byte_delay: Duration::from_millis(1500),
+        bytes_per_sec: Some(1 << 20),
+    });
+    let browser = Browser::open(&rig.driver, true).await?;
+    browser.goto(&rig.server.url("/")).await?;
+    browser
+        .wait_for(
+            "the shell",
+            "document.querySelector('[data-testid=drop-zone]') && \
+             document.querySelector('[data-testid=model-panel]') && \
+             document.querySelector('[data-model]')",
+            Duration::from_secs(30),
+        )
+        .await?;
+    assert!(
+        rig.server.completed_shards().is_empty(),
+        "the shell must be up before any shard arrives"
+    );
+    assert!(
+        generate_disabled(&browser).await?,
+        "generate is disabled while loading"
+    );
+
+    // Sample the panel until ready: progress never goes back and ends at 1.
+    let mut samples: Vec<f64> = Vec::new();
+    let mut details = Vec::new();
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        let state = browser
+            .eval(&format!(
+                "return [{}, {}, document.querySelector('[data-testid=progress-detail]')?.innerText]",
+                model_attr(MODEL, "status"),
+                model_attr(MODEL, "progress")
+            ))
+            .await?;
+        let status = state[0].as_str().unwrap_or_default().to_string();
+        if let Some(p) = state[1].as_str().and_then(|p| p.parse::<f64>().ok()) {
+            samples.push(p);
+        }
+        if let Some(d) = state[2].as_str() {
+            details.push(d.to_string());
+        }
+        if status == "ready" {
+            break;
+        }
+        assert_ne!(status, "failed", "{}", browser.page_text().await?);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready in time; page:\n{}\nrequests: {:?}",
+            browser.page_text().await?,
+            rig.server
+                .log()
+                .iter()
+                .map(|e| (&e.path, e.status, e.completed.is_some()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for pair in samples.windows(2) {
+        assert!(pair[1] >= pair[0], "progress went back: {samples:?}");
+    }
+    assert_eq!(samples.last().copied(), Some(1.0));
+    let partial = samples.iter().filter(|p| **p > 0.0 && **p < 1.0).count();
+    assert!(
+        partial >= 3,
+        "progress should be seen climbing: {samples:?}"
+    );
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("MB/s") && d.contains("ETA")),
+        "throughput and ETA shown while loading: {details:?}"
+    );
+    assert!(
+        !generate_disabled(&browser).await?,
+        "generate is enabled once ready"
+    );
+    let expected: Vec<String> = files(&rig.index, 0..);
+    assert_eq!(rig.server.completed_shards(), expected);
+    browser.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_shard_fault_names_the_shard_and_retry_fetches_only_the_rest() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let rig = rig().await?;
+    let middle = rig.index.shards.len() / 2;
+    for fault in [
+        Fault::DropAtHalf,
+        Fault::Truncate,
+        Fault::CorruptByte,
+        Fault::Html,
+    ] {
+        let target = rig.index.shards[middle].file.clone();
+        rig.server.clear_log();
+        rig.server.set_fault(&target, fault);
+        let browser = Browser::open(&rig.driver, true).await?;
+        browser.goto(&rig.server.url("/")).await?;
+        wait_status(&browser, "failed").await?;
+        let error = browser
+            .wait_for(
+                "the error text",
+                "document.querySelector('[data-testid=model-error]')?.innerText",
+                Duration::from_secs(5),
+            )
+            .await?;
+        let error = error.as_str().unwrap_or_default();
+        assert!(
+            error.contains(&target),
+            "{fault:?}: error names the shard: {error}"
+        );
+        assert!(generate_disabled(&browser).await?);
+        let verified = files(&rig.index, 0..)[..middle].to_vec();
+        assert_eq!(rig.server.completed_shards()[..middle], verified[..]);
+
+        rig.server.clear_faults();
+        rig.server.clear_log();
+        browser.click("[data-testid=retry]").await?;
+        wait_status(&browser, "ready").await?;
+        assert_eq!(
+            rig.server.shard_requests(),
+            files(&rig.index, middle..),
+            "{fault:?}: the retry fetches only shards not yet verified"
+        );
+        browser.close().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_comes_from_cache_and_the_app_opens_offline() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let rig = rig().await?;
+    let browser = Browser::open(&rig.driver, true).await?;
+    browser.goto(&rig.server.url("/")).await?;
+    wait_status(&browser, "ready").await?;
+    browser
+        .wait_for(
+            "the service worker to control the page",
+            "navigator.serviceWorker.controller !== null",
+            Duration::from_secs(30),
+        )
+        .await?;
+
+    // Shard requests refused: the reload still reaches ready, from the cache.
+    rig.server.refuse_models(true);
+    rig.server.clear_log();
+    browser.client.refresh().await?;
+    wait_status(&browser, "ready").await?;
+    let detail = browser
+        .eval("return document.querySelector('[data-model] .status').innerText")
+        .await?;
+    assert!(
+        detail.as_str().unwrap_or_default().contains("from cache"),
+        "{detail}"
+    );
+    assert!(rig.server.completed_shards().is_empty());
+
+    // No network at all: the service worker serves the shell, the cache the model.
+    rig.server.set_offline(true);
+    browser.client.refresh().await?;
+    browser
+        .wait_for(
+            "the shell offline",
+            "document.querySelector('[data-testid=drop-zone]')",
+            Duration::from_secs(30),
+        )
+        .await?;
+    wait_status(&browser, "ready").await?;
+    assert!(!generate_disabled(&browser).await?);
+    browser.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_early_request_waits_with_a_countdown_and_runs_once_ready() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let rig = rig().await?;
+    rig.server.set_throttle(Throttle {
+        first_byte_delay: Duration::ZERO,
+        bytes_per_sec: Some(512 << 10),
+    });
+    let browser = Browser::open(&rig.driver, true).await?;
+    browser.goto(&rig.server.url("/?generate=1")).await?;
+    let waiting = browser
+        .wait_for(
+            "the waiting request",
+            "document.querySelector('[data-testid=request-status][data-state=waiting]')?.innerText",
+            Duration::from_secs(30),
+        )
+        .await?;
+    let waiting = waiting.as_str().unwrap_or_default();
+    assert!(
+        waiting.contains("still loading") && waiting.contains("retrying in"),
+        "{waiting}"
+    );
+    assert_ne!(
+        browser
+            .eval(&format!("return {}", model_attr(MODEL, "status")))
+            .await?,
+        "ready"
+    );
+    // It runs by itself once the model is ready: the worker answers request 1.
+    let answer = browser
+        .wait_for(
+            "the request's answer",
+            "document.querySelector('[data-testid=request-status][data-state=done], \
+             [data-testid=request-status][data-state=error]')?.innerText",
+            READY_TIMEOUT,
+        )
+        .await?;
+    assert!(
+        answer
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("request 1:"),
+        "{answer}"
+    );
+    assert_eq!(
+        browser
+            .eval(&format!("return {}", model_attr(MODEL, "status")))
+            .await?,
+        "ready"
+    );
+    browser.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_webgpu_the_page_says_what_is_missing() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let rig = rig().await?;
+    let browser = Browser::open(&rig.driver, false).await?;
+    browser.goto(&rig.server.url("/")).await?;
+    let gpu = browser
+        .wait_for(
+            "the GPU message",
+            "document.querySelector('[data-testid=engine][data-gpu=unavailable] [data-testid=gpu]')?.innerText",
+            Duration::from_secs(60),
+        )
+        .await?;
+    assert!(gpu.as_str().unwrap_or_default().contains("WebGPU"), "{gpu}");
+    assert!(
+        browser
+            .eval("return !!document.querySelector('[data-testid=drop-zone]')")
+            .await?
+            .as_bool()
+            .unwrap()
+    );
+    wait_status(&browser, "failed").await?;
+    assert!(
+        rig.server.shard_requests().is_empty(),
+        "no download without a GPU"
+    );
+    browser.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_gpu_is_restored_from_the_cache_and_cache_controls_work() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let rig = rig().await?;
+    let browser = Browser::open(&rig.driver, true).await?;
+    browser.goto(&rig.server.url("/?debug=1")).await?;
+    wait_status(&browser, "ready").await?;
+
+    rig.server.clear_log();
+    browser.click("[data-testid=simulate-gpu-loss]").await?;
+    browser
+        .wait_for(
+            "the reset notice",
+            "document.querySelector('[data-testid=notices]').innerText.includes('GPU reset')",
+            Duration::from_secs(30),
+        )
+        .await?;
+    browser
+        .wait_for(
+            "the restore",
+            "document.querySelector('[data-testid=notices]').innerText.includes('GPU restored')",
+            READY_TIMEOUT,
+        )
+        .await?;
+    wait_status(&browser, "ready").await?;
+    assert!(
+        rig.server.completed_shards().is_empty(),
+        "restored from the cache, not the network"
+    );
+
+    browser.click("[data-testid=verify-cache]").await?;
+    let report = browser
+        .wait_for(
+            "the cache report",
+            "document.querySelector('[data-testid=cache-report]').innerText",
+            Duration::from_secs(30),
+        )
+        .await?;
+    let n = rig.index.shards.len();
+    assert!(
+        report
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("{n} of {n} shards cached and verified")),
+        "{report}"
+    );
+    browser.click("[data-testid=clear-cache]").await?;
+    browser
+        .wait_for(
+            "the clear report",
+            "document.querySelector('[data-testid=cache-report]').innerText.includes('cleared')",
+            Duration::from_secs(30),
+        )
+        .await?;
+    browser.close().await;
+    Ok(())
+}
