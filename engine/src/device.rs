@@ -2,7 +2,7 @@
 //! through Vulkan/Metal/DX12), `webgpu` (the browser's).
 
 use burn::tensor::Device;
-#[cfg(any(feature = "wgpu", feature = "flex"))]
+#[cfg(feature = "wgpu")]
 use burn::tensor::DeviceType;
 
 /// burn's CPU backend, used where no GPU is wanted and in parity tests.

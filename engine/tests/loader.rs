@@ -704,3 +704,30 @@ fn verifying_the_cache_drops_only_bad_shards() {
     assert_eq!(check.verified.len(), index.shards.len() - 2);
     assert!(!cache.cached().contains(&bad));
 }
+
+#[test]
+fn a_source_that_hashes_shards_itself_still_catches_corruption() {
+    let (dir, index) = small_set();
+    let network = MemSource::from_dir(&shard_dir(dir.path()), 999, 7);
+    let target = index.shards[1].file.clone();
+    let good = network.get(&target);
+    let mut bad = good.clone();
+    bad[good.len() - 3] ^= 0x10; // inside tensor data: only the hash can tell
+    network.set(&target, bad);
+    let mut cache = CachingSource::new(&network);
+    cache.external_digest = true;
+    let device = orfeas_engine::device::cpu();
+
+    let mut weights = WeightSet::new();
+    let err = block_on(load(&cache, &device, DType::F32, &mut weights)).unwrap_err();
+    assert!(
+        matches!(shard_error(&err), ShardError::HashMismatch { .. }),
+        "{err}"
+    );
+    assert_eq!(cache.cached(), vec![index.shards[0].file.clone()]);
+
+    network.set(&target, good);
+    block_on(load(&cache, &device, DType::F32, &mut weights)).unwrap();
+    assert_eq!(weights.len(), index.tensor_count());
+    assert_eq!(cache.cached().len(), index.shards.len());
+}

@@ -31,9 +31,12 @@ pub fn generate(
             let bytes = tensor_bytes.min(total_bytes - written).max(2);
             let cols = 64usize;
             let rows = ((bytes / 2) as usize).div_ceil(cols);
-            let data: Vec<u8> = (0..rows * cols)
-                .flat_map(|_| half::f16::from_f32(rng.random_range(-2.0f32..2.0)).to_le_bytes())
-                .collect();
+            let mut data = vec![0u8; rows * cols * 2];
+            rng.fill(&mut data[..]);
+            for value in data.chunks_exact_mut(2) {
+                // Clear the top exponent bit: finite values of magnitude < 2, never NaN/inf.
+                value[1] &= 0xbf;
+            }
             file_bytes += data.len() as u64;
             written += data.len() as u64;
             tensors.push((format!("blocks.{layer}.weight"), vec![rows, cols], data));

@@ -191,12 +191,22 @@ fn model(studio: Studio, id: &str) -> Option<ModelView> {
         .find(|m| m.spec.with_value(|s| s.id == id))
 }
 
+/// A User Timing mark, for benchmarks and the browser's performance panel.
+fn mark(name: &str) {
+    if let Some(performance) = web_sys::window().and_then(|w| w.performance()) {
+        let _ = performance.mark(name);
+    }
+}
+
 fn apply(studio: Studio, message: FromWorker) {
     match message {
         FromWorker::EngineFetch { received, total } => {
             studio.engine.set(EngineState::Fetching { received, total });
         }
-        FromWorker::EngineLoaded => studio.engine.set(EngineState::Loaded),
+        FromWorker::EngineLoaded => {
+            mark("orfeas-engine-loaded");
+            studio.engine.set(EngineState::Loaded);
+        }
         FromWorker::EngineFailed { reason } => studio.engine.set(EngineState::Failed(reason)),
         FromWorker::Gpu { info } => studio.gpu.set(GpuState::Ready(info)),
         FromWorker::GpuUnavailable { reason } => studio.gpu.set(GpuState::Unavailable(reason)),
@@ -206,6 +216,9 @@ fn apply(studio: Studio, message: FromWorker) {
             }
         }
         FromWorker::Status { model: id, status } => {
+            if matches!(status, ModelStatusReport::Ready { .. }) {
+                mark(&format!("orfeas-ready:{id}"));
+            }
             if let Some(m) = model(studio, &id) {
                 m.status.set(status);
             }

@@ -237,6 +237,8 @@ pub fn ModelPanel(model: ModelView) -> impl IntoView {
             data-model=id
             data-status=status_name
             data-progress=move || format!("{:.4}", fraction())
+            data-load-s=move || model.progress.get().map(|p| format!("{:.3}", p.elapsed_s)).unwrap_or_default()
+            data-bytes=move || model.progress.get().map(|p| p.bytes_total.to_string()).unwrap_or_default()
         >
             <div class="model-head">
                 <strong>{spec.label.clone()}</strong>

@@ -364,6 +364,7 @@ async fn load_once(
         post(&FromWorker::Progress(report));
     });
     let result = load_weights(source, &index, &device, dtype, weights, &mut tracker).await;
+    source.settle().await;
     match result {
         Ok(()) => {
             tracker.set_phase(Phase::Ready);

@@ -8,13 +8,27 @@ pub fn is_float(dtype: Dtype) -> bool {
     matches!(dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64)
 }
 
+/// Every f16 bit pattern widened to f32 (256 KiB). A table lookup is several times faster than
+/// the bit manipulation where the CPU has no conversion instruction (wasm), and exact.
+fn f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| f16::from_bits(bits).to_f32())
+            .collect()
+    })
+}
+
 /// Decode little-endian elements of a float dtype into f32.
 pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+        Dtype::F16 => {
+            let table = f16_table();
+            bytes
+                .chunks_exact(2)
+                .map(|b| table[usize::from(u16::from_le_bytes([b[0], b[1]]))])
+                .collect()
+        }
         Dtype::BF16 => bytes
             .chunks_exact(2)
             .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -49,4 +63,22 @@ pub fn append_f16(dtype: Dtype, bytes: &[u8], out: &mut Vec<u8>) -> Option<usize
         out.extend_from_slice(&h.to_le_bytes());
     }
     Some(overflowed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_f16_table_widens_every_pattern_exactly() {
+        let bytes: Vec<u8> = (0..=u16::MAX).flat_map(|b| b.to_le_bytes()).collect();
+        let widened = to_f32(Dtype::F16, &bytes).unwrap();
+        for (bits, value) in (0..=u16::MAX).zip(widened) {
+            let expected = f16::from_bits(bits).to_f32();
+            assert!(
+                value.to_bits() == expected.to_bits() || (value.is_nan() && expected.is_nan()),
+                "{bits:#06x}"
+            );
+        }
+    }
 }

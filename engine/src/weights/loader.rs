@@ -12,6 +12,9 @@ use super::progress::{LoadProgress, Phase, ProgressTracker};
 use super::source::ShardSource;
 use super::upload::{StoredTensor, WeightSet};
 
+/// Device bytes uploaded between two flushes of the device's queue.
+const FLUSH_EVERY: usize = 8 << 20;
+
 /// Read and validate a source's index.
 pub async fn read_index<S: ShardSource + ?Sized>(source: &S) -> Result<ShardIndex, LoadError> {
     let bytes = source
@@ -108,6 +111,9 @@ where
         let tensors = result.map_err(|error| LoadError::shard(&shard.file, error))?;
         source.shard_verified(&shard.file).await;
         weights.commit_shard(&shard.file, tensors);
+        device
+            .flush()
+            .map_err(|e| LoadError::Device(format!("{e:?}")))?;
         tracker.shard_done();
     }
     tracker.set_phase(Phase::Upload);
@@ -138,8 +144,9 @@ where
         .await
         .map_err(|e| ShardError::Open(e.0))?;
 
-    let mut parser = ShardParser::new(shard);
+    let mut parser = new_parser(source, shard);
     let mut uploaded: Vec<(String, StoredTensor)> = Vec::with_capacity(expected.len());
+    let mut unflushed = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ShardError::Stream {
             received: parser.received(),
@@ -164,12 +171,24 @@ where
             .map_err(|e| match e {
                 FeedError::Shard(e) | FeedError::Sink(e) => e,
             })?;
+        for (_, tensor) in &uploaded[before..] {
+            unflushed += tensor.numel() * dtype.size();
+        }
+        if unflushed >= FLUSH_EVERY {
+            // Hand queued uploads to the device so their host copies can go: without this a
+            // backend that queues writes holds them all, and memory grows with the model.
+            device.flush().map_err(|e| ShardError::Upload {
+                name: format!("(flush after {} tensors)", uploaded.len()),
+                message: format!("{e:?}"),
+            })?;
+            unflushed = 0;
+        }
         tracker.add_tensors(uploaded.len() - before);
         tracker.add_bytes(chunk.len() as u64);
     }
 
     tracker.set_phase(Phase::Verify);
-    let summary = parser.finish()?;
+    let summary = finish(source, shard, parser).await?;
     let present: std::collections::HashSet<&str> =
         summary.tensors.iter().map(String::as_str).collect();
     if let Some(missing) = expected.iter().find(|name| !present.contains(*name)) {
@@ -218,7 +237,7 @@ async fn verify_shard_bytes<S: ShardSource + ?Sized>(
         .open_shard(&shard.file)
         .await
         .map_err(|e| ShardError::Open(e.0))?;
-    let mut parser = ShardParser::new(shard);
+    let mut parser = new_parser(source, shard);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ShardError::Stream {
             received: parser.received(),
@@ -228,5 +247,40 @@ async fn verify_shard_bytes<S: ShardSource + ?Sized>(
             FeedError::Shard(e) | FeedError::Sink(e) => e,
         })?;
     }
-    parser.finish().map(|_| ())
+    finish(source, shard, parser).await.map(|_| ())
+}
+
+fn new_parser<S: ShardSource + ?Sized>(source: &S, shard: &ShardInfo) -> ShardParser {
+    if source.digests_shards() {
+        ShardParser::with_external_digest(shard)
+    } else {
+        ShardParser::new(shard)
+    }
+}
+
+/// Size check, then the hash: the parser's own, or the source's.
+async fn finish<S: ShardSource + ?Sized>(
+    source: &S,
+    shard: &ShardInfo,
+    parser: ShardParser,
+) -> Result<super::parse::ShardSummary, ShardError> {
+    let received = parser.received();
+    let summary = parser.finish()?;
+    if source.digests_shards() {
+        let actual = source
+            .shard_digest(&shard.file)
+            .await
+            .map_err(|e| ShardError::Stream {
+                received,
+                message: format!("hashing: {e}"),
+            })?
+            .to_ascii_lowercase();
+        if actual != shard.sha256.to_ascii_lowercase() {
+            return Err(ShardError::HashMismatch {
+                expected: shard.sha256.to_ascii_lowercase(),
+                actual,
+            });
+        }
+    }
+    Ok(summary)
 }

@@ -42,7 +42,8 @@ pub struct ShardParser {
     expected_size: u64,
     expected_sha256: String,
     received: u64,
-    hasher: Sha256,
+    /// `None` when the source hashes the bytes itself (see [`ShardParser::with_external_digest`]).
+    hasher: Option<Sha256>,
     state: State,
     /// Header bytes, or the bytes of the tensor currently being assembled across chunks.
     pending: Vec<u8>,
@@ -62,11 +63,32 @@ impl ShardParser {
             expected_size: shard.size,
             expected_sha256: shard.sha256.to_ascii_lowercase(),
             received: 0,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
             state: State::Length,
             pending: Vec::new(),
             entries: Vec::new(),
         }
+    }
+
+    /// A parser that leaves the sha256 to the caller, who has the digest computed elsewhere
+    /// (the browser's native WebCrypto is far faster than hashing in wasm) and must check it
+    /// before trusting the shard.
+    pub fn with_external_digest(shard: &ShardInfo) -> Self {
+        Self {
+            hasher: None,
+            ..Self::new(shard)
+        }
+    }
+
+    fn check_digest(&self, actual: &str) -> Result<(), ShardError> {
+        let actual = actual.to_ascii_lowercase();
+        if actual != self.expected_sha256 {
+            return Err(ShardError::HashMismatch {
+                expected: self.expected_sha256.clone(),
+                actual,
+            });
+        }
+        Ok(())
     }
 
     pub fn received(&self) -> u64 {
@@ -98,7 +120,9 @@ impl ShardParser {
             }));
         }
         self.received = new_total;
-        self.hasher.update(chunk);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(chunk);
+        }
 
         loop {
             match self.state {
@@ -163,21 +187,22 @@ impl ShardParser {
         }
     }
 
-    /// The stream has ended: check the size and the hash.
-    pub fn finish(self) -> Result<ShardSummary, ShardError> {
+    /// The stream has ended: check the size and (unless it is external) the hash.
+    pub fn finish(mut self) -> Result<ShardSummary, ShardError> {
         if self.received < self.expected_size {
             return Err(ShardError::Truncated {
                 received: self.received,
                 expected: self.expected_size,
             });
         }
-        let actual = hex::encode(self.hasher.finalize());
-        if actual != self.expected_sha256 {
-            return Err(ShardError::HashMismatch {
-                expected: self.expected_sha256,
-                actual,
-            });
-        }
+        let actual = match self.hasher.take() {
+            Some(hasher) => {
+                let actual = hex::encode(hasher.finalize());
+                self.check_digest(&actual)?;
+                actual
+            }
+            None => self.expected_sha256.clone(),
+        };
         Ok(ShardSummary {
             tensors: self.entries.into_iter().map(|e| e.name).collect(),
             sha256: actual,

@@ -51,6 +51,17 @@ pub trait ShardSource: MaybeSync {
     async fn is_cached(&self, _file: &str) -> bool {
         false
     }
+    /// Whether this source computes each shard's sha256 itself ([`ShardSource::shard_digest`]),
+    /// faster than the parser can (the browser's WebCrypto).
+    fn digests_shards(&self) -> bool {
+        false
+    }
+    /// The hex sha256 of the bytes the last stream of `file` delivered (after it ended).
+    async fn shard_digest(&self, file: &str) -> Result<String, SourceError> {
+        Err(SourceError(format!(
+            "{file}: this source does not hash shards"
+        )))
+    }
     /// The loader verified `file` (size and sha256): a caching source may now keep it.
     async fn shard_verified(&self, _file: &str) {}
     /// `file` failed to load or verify: a caching source must not keep it, and drops any copy
@@ -298,7 +309,7 @@ mod cache {
     use std::rc::Rc;
 
     use futures::StreamExt;
-    use wasm_bindgen::JsCast;
+    use wasm_bindgen::{JsCast, JsValue};
     use wasm_bindgen_futures::JsFuture;
 
     use super::web::js_message;
@@ -310,10 +321,13 @@ mod cache {
     pub struct CachedFetchSource {
         pub network: super::FetchSource,
         cache_name: String,
-        /// The JavaScript chunks of shards being fetched, kept (outside the wasm heap) until
-        /// the loader's verdict.
-        pending: RefCell<HashMap<String, Chunks>>,
-        storage_error: RefCell<Option<String>>,
+        /// The JavaScript chunks of the shard being streamed (kept outside the wasm heap) and
+        /// whether they came from the network: hashed by WebCrypto at the end of the stream,
+        /// then stored once the loader's verdict is in.
+        pending: RefCell<HashMap<String, (Chunks, bool)>>,
+        storage_error: Rc<RefCell<Option<String>>>,
+        /// Cache writes still running: they overlap the next shard's download.
+        writes: RefCell<Vec<js_sys::Promise>>,
     }
 
     fn caches() -> Result<web_sys::CacheStorage, SourceError> {
@@ -351,7 +365,8 @@ mod cache {
                 network,
                 cache_name: cache_name.into(),
                 pending: RefCell::new(HashMap::new()),
-                storage_error: RefCell::new(None),
+                storage_error: Rc::default(),
+                writes: RefCell::default(),
             }
         }
 
@@ -376,17 +391,33 @@ mod cache {
             found.dyn_into::<web_sys::Response>().ok()
         }
 
-        async fn put(&self, file: &str, response: &web_sys::Response) {
-            let result = async {
-                let cache = open_cache(&self.cache_name).await?;
-                JsFuture::from(cache.put_with_str(&self.url(file), response))
-                    .await
-                    .map_err(|e| SourceError(js_message(&e)))
-            }
-            .await;
-            if let Err(e) = result {
-                tracing::warn!("not caching {file}: {e}");
-                self.storage_error.borrow_mut().get_or_insert(e.0);
+        /// Store `response` under `file` in the background; [`Self::settle`] waits for it.
+        fn put(&self, file: &str, response: web_sys::Response) {
+            let (name, url) = (self.cache_name.clone(), self.url(file));
+            let error = self.storage_error.clone();
+            let write = wasm_bindgen_futures::future_to_promise(async move {
+                let result = async {
+                    let cache = open_cache(&name).await?;
+                    JsFuture::from(cache.put_with_str(&url, &response))
+                        .await
+                        .map_err(|e| SourceError(js_message(&e)))
+                }
+                .await;
+                if let Err(e) = result {
+                    tracing::warn!("not caching {url}: {e}");
+                    error.borrow_mut().get_or_insert(e.0);
+                }
+                Ok(JsValue::UNDEFINED)
+            });
+            self.writes.borrow_mut().push(write);
+        }
+
+        /// Wait for every cache write started so far (call before reporting a model ready, so
+        /// that a reload right after finds it all in the cache).
+        pub async fn settle(&self) {
+            let writes: Vec<js_sys::Promise> = self.writes.borrow_mut().drain(..).collect();
+            for write in writes {
+                let _ = JsFuture::from(write).await;
             }
         }
 
@@ -413,7 +444,7 @@ mod cache {
                         && serde_json::from_slice::<serde_json::Value>(&bytes).is_ok() =>
                 {
                     if let Ok(response) = bytes_response(&bytes) {
-                        self.put(INDEX_FILE, &response).await;
+                        self.put(INDEX_FILE, response);
                     }
                     Ok(bytes)
                 }
@@ -436,17 +467,17 @@ mod cache {
         }
 
         async fn open_shard(&self, file: &str) -> Result<ByteStream, SourceError> {
-            if let Some(response) = self.cached(file).await {
-                return super::web::body_stream(response, file);
-            }
-            let response = self.network.fetch(file).await?;
+            let (response, from_network) = match self.cached(file).await {
+                Some(response) => (response, false),
+                None => (self.network.fetch(file).await?, true),
+            };
             let body = response
                 .body()
                 .ok_or_else(|| SourceError(format!("{file}: response has no body")))?;
             let chunks: Chunks = Rc::default();
             self.pending
                 .borrow_mut()
-                .insert(file.to_string(), chunks.clone());
+                .insert(file.to_string(), (chunks.clone(), from_network));
             let stream = wasm_streams::ReadableStream::from_raw(body)
                 .into_stream()
                 .map(move |chunk| match chunk {
@@ -461,15 +492,54 @@ mod cache {
             Ok(Box::pin(stream))
         }
 
+        fn digests_shards(&self) -> bool {
+            true
+        }
+
+        /// SHA-256 of the bytes just streamed, by the browser's WebCrypto (native code).
+        async fn shard_digest(&self, file: &str) -> Result<String, SourceError> {
+            let chunks = self
+                .pending
+                .borrow()
+                .get(file)
+                .map(|(chunks, _)| chunks.clone())
+                .ok_or_else(|| SourceError(format!("{file}: nothing streamed to hash")))?;
+            let whole = {
+                let chunks = chunks.borrow();
+                let total: u32 = chunks.iter().map(|c| c.length()).sum();
+                let whole = js_sys::Uint8Array::new_with_length(total);
+                let mut at = 0;
+                for chunk in chunks.iter() {
+                    whole.set(chunk, at);
+                    at += chunk.length();
+                }
+                whole
+            };
+            let js = |e: JsValue| SourceError(format!("WebCrypto: {}", js_message(&e)));
+            let crypto = js_sys::Reflect::get(&js_sys::global(), &"crypto".into()).map_err(js)?;
+            let subtle = js_sys::Reflect::get(&crypto, &"subtle".into()).map_err(js)?;
+            let digest: js_sys::Function = js_sys::Reflect::get(&subtle, &"digest".into())
+                .map_err(js)?
+                .dyn_into()
+                .map_err(js)?;
+            let promise: js_sys::Promise = digest
+                .call2(&subtle, &"SHA-256".into(), &whole)
+                .map_err(js)?
+                .dyn_into()
+                .map_err(js)?;
+            let buffer = JsFuture::from(promise).await.map_err(js)?;
+            Ok(hex::encode(js_sys::Uint8Array::new(&buffer).to_vec()))
+        }
+
         async fn is_cached(&self, file: &str) -> bool {
             self.cached(file).await.is_some()
         }
 
         async fn shard_verified(&self, file: &str) {
-            let Some(chunks) = self.pending.borrow_mut().remove(file) else {
-                return; // served from the cache
+            let Some((chunks, from_network)) = self.pending.borrow_mut().remove(file) else {
+                return;
             };
-            if self.storage_error.borrow().is_some() {
+            if !from_network || self.storage_error.borrow().is_some() {
                 return;
             }
             let parts = js_sys::Array::new();
@@ -479,7 +549,7 @@ mod cache {
             let response = web_sys::Blob::new_with_u8_array_sequence(&parts)
                 .and_then(|blob| web_sys::Response::new_with_opt_blob(Some(&blob)));
             match response {
-                Ok(response) => self.put(file, &response).await,
+                Ok(response) => self.put(file, response),
                 Err(e) => {
                     self.storage_error
                         .borrow_mut()

@@ -206,8 +206,11 @@ impl ShardSource for MemSource {
 pub struct CachingSource<'a> {
     pub network: &'a MemSource,
     pub cache: Mutex<HashMap<String, Vec<u8>>>,
-    /// Bytes seen per shard during the current attempt, kept until the verdict.
-    pending: Mutex<HashMap<String, Vec<u8>>>,
+    /// Hash the streamed bytes here rather than in the parser, as the browser source does.
+    pub external_digest: bool,
+    /// Bytes seen per shard during the current attempt (and whether from the network), kept
+    /// until the verdict.
+    pending: Mutex<HashMap<String, (Vec<u8>, bool)>>,
 }
 
 impl<'a> CachingSource<'a> {
@@ -215,6 +218,7 @@ impl<'a> CachingSource<'a> {
         Self {
             network,
             cache: Mutex::new(HashMap::new()),
+            external_digest: false,
             pending: Mutex::new(HashMap::new()),
         }
     }
@@ -234,6 +238,10 @@ impl ShardSource for CachingSource<'_> {
 
     async fn open_shard(&self, file: &str) -> Result<ByteStream, SourceError> {
         if let Some(bytes) = self.cache.lock().unwrap().get(file).cloned() {
+            self.pending
+                .lock()
+                .unwrap()
+                .insert(file.to_string(), (bytes.clone(), false));
             return Ok(boxed(futures::stream::iter([Ok(Bytes::from(bytes))])));
         }
         let stream = self.network.open_shard(file).await?;
@@ -242,8 +250,24 @@ impl ShardSource for CachingSource<'_> {
         for item in items.iter().flatten() {
             seen.extend_from_slice(item);
         }
-        self.pending.lock().unwrap().insert(file.to_string(), seen);
+        self.pending
+            .lock()
+            .unwrap()
+            .insert(file.to_string(), (seen, true));
         Ok(boxed(futures::stream::iter(items)))
+    }
+
+    fn digests_shards(&self) -> bool {
+        self.external_digest
+    }
+
+    async fn shard_digest(&self, file: &str) -> Result<String, SourceError> {
+        use sha2::Digest;
+        let pending = self.pending.lock().unwrap();
+        let (bytes, _) = pending
+            .get(file)
+            .ok_or_else(|| SourceError("nothing streamed".into()))?;
+        Ok(hex::encode(sha2::Sha256::digest(bytes)))
     }
 
     async fn is_cached(&self, file: &str) -> bool {
@@ -251,7 +275,7 @@ impl ShardSource for CachingSource<'_> {
     }
 
     async fn shard_verified(&self, file: &str) {
-        if let Some(bytes) = self.pending.lock().unwrap().remove(file) {
+        if let Some((bytes, true)) = self.pending.lock().unwrap().remove(file) {
             self.cache.lock().unwrap().insert(file.to_string(), bytes);
         }
     }
