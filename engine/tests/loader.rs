@@ -42,6 +42,10 @@ fn small_set() -> (tempfile::TempDir, ShardIndex) {
     (dir, index)
 }
 
+fn files(index: &ShardIndex, range: std::ops::Range<usize>) -> Vec<String> {
+    index.shards[range].iter().map(|s| s.file.clone()).collect()
+}
+
 fn f16_bytes_as_f32_bytes(bytes: &[u8]) -> Vec<u8> {
     bytes
         .chunks_exact(2)
@@ -448,10 +452,10 @@ fn retry_resumes_without_refetching_verified_shards() {
     let device = orfeas_engine::device::cpu();
     let mut weights = WeightSet::new();
     block_on(load(&source, &device, DType::F32, &mut weights)).unwrap_err();
-    assert_eq!(
-        source.opened(),
-        vec![index.shards[0].file.clone(), target.clone()]
-    );
+    // Each shard's successor is opened once its bytes are in (the download overlaps hashing),
+    // so the failed attempt opened the third shard too, and used nothing from it.
+    assert_eq!(source.opened(), files(&index, 0..3));
+    assert_eq!(weights.verified_shards().count(), 1);
 
     source.set(&target, good);
     source.opened.lock().unwrap().clear();
@@ -730,4 +734,62 @@ fn a_source_that_hashes_shards_itself_still_catches_corruption() {
     block_on(load(&cache, &device, DType::F32, &mut weights)).unwrap();
     assert_eq!(weights.len(), index.tensor_count());
     assert_eq!(cache.cached().len(), index.shards.len());
+}
+
+#[test]
+fn the_next_shard_is_opened_before_the_current_one_is_verified() {
+    struct Order<'a> {
+        inner: CachingSource<'a>,
+        events: std::sync::Mutex<Vec<String>>,
+    }
+    #[async_trait::async_trait]
+    impl orfeas_engine::weights::ShardSource for Order<'_> {
+        async fn read_index(&self) -> Result<Vec<u8>, orfeas_engine::weights::SourceError> {
+            self.inner.read_index().await
+        }
+        async fn open_shard(
+            &self,
+            file: &str,
+        ) -> Result<orfeas_engine::weights::ByteStream, orfeas_engine::weights::SourceError>
+        {
+            self.events.lock().unwrap().push(format!("open {file}"));
+            self.inner.open_shard(file).await
+        }
+        fn digests_shards(&self) -> bool {
+            true
+        }
+        async fn shard_digest(
+            &self,
+            file: &str,
+        ) -> Result<String, orfeas_engine::weights::SourceError> {
+            self.events.lock().unwrap().push(format!("hash {file}"));
+            self.inner.shard_digest(file).await
+        }
+        fn describe(&self) -> String {
+            "ordered".into()
+        }
+    }
+    let (dir, index) = small_set();
+    let network = MemSource::from_dir(&shard_dir(dir.path()), 999, 8);
+    let source = Order {
+        inner: CachingSource::new(&network),
+        events: std::sync::Mutex::new(Vec::new()),
+    };
+    let mut weights = WeightSet::new();
+    block_on(load(
+        &source,
+        &orfeas_engine::device::cpu(),
+        DType::F32,
+        &mut weights,
+    ))
+    .unwrap();
+    let events = source.events.lock().unwrap().clone();
+    let mut expected = vec![format!("open {}", index.shards[0].file)];
+    for pair in index.shards.windows(2) {
+        expected.push(format!("open {}", pair[1].file));
+        expected.push(format!("hash {}", pair[0].file));
+    }
+    expected.push(format!("hash {}", index.shards.last().unwrap().file));
+    assert_eq!(events, expected);
+    assert_eq!(weights.len(), index.tensor_count());
 }

@@ -9,7 +9,7 @@ use super::error::{LoadError, ShardError};
 use super::index::{ShardIndex, ShardInfo};
 use super::parse::{FeedError, ShardParser};
 use super::progress::{LoadProgress, Phase, ProgressTracker};
-use super::source::ShardSource;
+use super::source::{ByteStream, ShardSource, SourceError};
 use super::upload::{StoredTensor, WeightSet};
 
 /// Device bytes uploaded between two flushes of the device's queue.
@@ -79,29 +79,44 @@ where
     S: ShardSource + ?Sized,
     F: FnMut(&LoadProgress),
 {
-    for shard in &index.shards {
+    let mut prefetched: Option<Opened> = None;
+    for (i, shard) in index.shards.iter().enumerate() {
         let expected = index.tensors_in(&shard.file);
         if weights.is_shard_verified(&shard.file) {
             tracker.skip_shard(shard.size, expected.len());
             continue;
         }
-        let from_cache = source.is_cached(&shard.file).await;
+        let next = index.shards[i + 1..]
+            .iter()
+            .find(|s| !weights.is_shard_verified(&s.file));
+        let (from_cache, opened) = match prefetched.take() {
+            Some(o) if o.file == shard.file => (o.from_cache, Some(o.stream)),
+            _ => (source.is_cached(&shard.file).await, None),
+        };
         let (bytes_before, tensors_before) = {
             let p = tracker.progress();
             (p.bytes_done, p.tensors_done)
         };
-        let mut result =
-            load_shard(source, shard, &expected, device, dtype, from_cache, tracker).await;
+        let mut attempt = Attempt {
+            source,
+            shard,
+            expected: &expected,
+            device,
+            dtype,
+            next,
+        };
+        let mut result = attempt
+            .run(from_cache, opened, &mut prefetched, tracker)
+            .await;
         if let Err(error) = &result {
             source.shard_failed(&shard.file).await;
             if from_cache {
                 // A cached copy that does not verify is dropped; the network gets one chance.
                 tracing::warn!("cached {} is bad ({error}); fetching it again", shard.file);
                 tracker.rewind_to(bytes_before, tensors_before);
-                let refetch = !source.is_cached(&shard.file).await;
-                if refetch {
-                    result =
-                        load_shard(source, shard, &expected, device, dtype, false, tracker).await;
+                if !source.is_cached(&shard.file).await {
+                    attempt.next = None;
+                    result = attempt.run(false, None, &mut prefetched, tracker).await;
                     if result.is_err() {
                         source.shard_failed(&shard.file).await;
                     }
@@ -124,79 +139,113 @@ where
     Ok(())
 }
 
-async fn load_shard<S, F>(
-    source: &S,
-    shard: &ShardInfo,
-    expected: &BTreeSet<&str>,
-    device: &Device,
-    dtype: DType,
+/// The next shard's stream, opened while the current one is verified, so that the download
+/// does not wait for hashing and cache writes.
+struct Opened {
+    file: String,
     from_cache: bool,
-    tracker: &mut ProgressTracker<F>,
-) -> Result<Vec<(String, StoredTensor)>, ShardError>
-where
-    S: ShardSource + ?Sized,
-    F: FnMut(&LoadProgress),
-{
-    tracker.set_from_cache(from_cache);
-    tracker.set_phase(Phase::Fetch);
-    let mut stream = source
-        .open_shard(&shard.file)
-        .await
-        .map_err(|e| ShardError::Open(e.0))?;
+    stream: Result<ByteStream, SourceError>,
+}
 
-    let mut parser = new_parser(source, shard);
-    let mut uploaded: Vec<(String, StoredTensor)> = Vec::with_capacity(expected.len());
-    let mut unflushed = 0usize;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ShardError::Stream {
-            received: parser.received(),
-            message: e.0,
-        })?;
-        let before = uploaded.len();
-        parser
-            .feed(&chunk, &mut |raw| {
-                if !expected.contains(raw.name) {
-                    return Err(ShardError::NotInIndex {
-                        name: raw.name.to_string(),
-                    });
-                }
-                let stored = StoredTensor::upload(raw.dtype, raw.shape, raw.bytes, device, dtype)
-                    .map_err(|message| ShardError::Upload {
-                    name: raw.name.to_string(),
-                    message,
+/// One try at one shard.
+struct Attempt<'a, S: ?Sized> {
+    source: &'a S,
+    shard: &'a ShardInfo,
+    expected: &'a BTreeSet<&'a str>,
+    device: &'a Device,
+    dtype: DType,
+    /// The shard to open once this one's bytes are all in.
+    next: Option<&'a ShardInfo>,
+}
+
+impl<S: ShardSource + ?Sized> Attempt<'_, S> {
+    async fn run<F: FnMut(&LoadProgress)>(
+        &self,
+        from_cache: bool,
+        opened: Option<Result<ByteStream, SourceError>>,
+        prefetched: &mut Option<Opened>,
+        tracker: &mut ProgressTracker<F>,
+    ) -> Result<Vec<(String, StoredTensor)>, ShardError> {
+        let Self {
+            source,
+            shard,
+            expected,
+            device,
+            dtype,
+            next,
+        } = *self;
+        tracker.set_from_cache(from_cache);
+        tracker.set_phase(Phase::Fetch);
+        let opened = match opened {
+            Some(stream) => stream,
+            None => source.open_shard(&shard.file).await,
+        };
+        let mut stream = opened.map_err(|e| ShardError::Open(e.0))?;
+        let mut parser = new_parser(source, shard);
+        let mut uploaded: Vec<(String, StoredTensor)> = Vec::with_capacity(expected.len());
+        let mut unflushed = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ShardError::Stream {
+                received: parser.received(),
+                message: e.0,
+            })?;
+            let before = uploaded.len();
+            parser
+                .feed(&chunk, &mut |raw| {
+                    if !expected.contains(raw.name) {
+                        return Err(ShardError::NotInIndex {
+                            name: raw.name.to_string(),
+                        });
+                    }
+                    let stored =
+                        StoredTensor::upload(raw.dtype, raw.shape, raw.bytes, device, dtype)
+                            .map_err(|message| ShardError::Upload {
+                                name: raw.name.to_string(),
+                                message,
+                            })?;
+                    uploaded.push((raw.name.to_string(), stored));
+                    Ok(())
+                })
+                .map_err(|e| match e {
+                    FeedError::Shard(e) | FeedError::Sink(e) => e,
                 })?;
-                uploaded.push((raw.name.to_string(), stored));
-                Ok(())
-            })
-            .map_err(|e| match e {
-                FeedError::Shard(e) | FeedError::Sink(e) => e,
-            })?;
-        for (_, tensor) in &uploaded[before..] {
-            unflushed += tensor.numel() * dtype.size();
+            for (_, tensor) in &uploaded[before..] {
+                unflushed += tensor.numel() * dtype.size();
+            }
+            if unflushed >= FLUSH_EVERY {
+                // Hand queued uploads to the device so their host copies can go: without this a
+                // backend that queues writes holds them all, and memory grows with the model.
+                device.flush().map_err(|e| ShardError::Upload {
+                    name: format!("(flush after {} tensors)", uploaded.len()),
+                    message: format!("{e:?}"),
+                })?;
+                unflushed = 0;
+            }
+            tracker.add_tensors(uploaded.len() - before);
+            tracker.add_bytes(chunk.len() as u64);
         }
-        if unflushed >= FLUSH_EVERY {
-            // Hand queued uploads to the device so their host copies can go: without this a
-            // backend that queues writes holds them all, and memory grows with the model.
-            device.flush().map_err(|e| ShardError::Upload {
-                name: format!("(flush after {} tensors)", uploaded.len()),
-                message: format!("{e:?}"),
-            })?;
-            unflushed = 0;
-        }
-        tracker.add_tensors(uploaded.len() - before);
-        tracker.add_bytes(chunk.len() as u64);
-    }
 
-    tracker.set_phase(Phase::Verify);
-    let summary = finish(source, shard, parser).await?;
-    let present: std::collections::HashSet<&str> =
-        summary.tensors.iter().map(String::as_str).collect();
-    if let Some(missing) = expected.iter().find(|name| !present.contains(*name)) {
-        return Err(ShardError::MissingTensor {
-            name: missing.to_string(),
-        });
+        // All bytes are in: start the next download before hashing this shard.
+        if let Some(next) = next
+            && prefetched.is_none()
+        {
+            *prefetched = Some(Opened {
+                file: next.file.clone(),
+                from_cache: source.is_cached(&next.file).await,
+                stream: source.open_shard(&next.file).await,
+            });
+        }
+        tracker.set_phase(Phase::Verify);
+        let summary = finish(source, shard, parser).await?;
+        let present: std::collections::HashSet<&str> =
+            summary.tensors.iter().map(String::as_str).collect();
+        if let Some(missing) = expected.iter().find(|name| !present.contains(*name)) {
+            return Err(ShardError::MissingTensor {
+                name: missing.to_string(),
+            });
+        }
+        Ok(uploaded)
     }
-    Ok(uploaded)
 }
 
 /// What checking a cache found.

@@ -5,16 +5,18 @@
 //! - load throughput ÷ raw fetch-and-discard throughput of the same shards in the same page;
 //! - time to ready ÷ pure download time;
 //! - the engine's wasm memory after loading each set (it never shrinks, so it is the peak);
-//! - a reload from the verified cache.
+//! - a reload from the verified cache;
+//! - the smallest set again over a throttled link, where the network, not the loader, is the
+//!   limit.
 //!
-//! Usage: bench-web [--sizes-mib 128,512] [--paint-runs 3]
+//! Usage: bench-web [--sizes-mib 128,512] [--paint-runs 3] [--link-mbps 200]
 
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use orfeas_tests::browser::{Browser, Chromedriver, model_attr};
-use orfeas_tests::server::Server;
+use orfeas_tests::server::{Server, Throttle};
 use orfeas_tests::{dist_dir, model};
 use serde_json::Value;
 
@@ -26,6 +28,10 @@ struct Args {
     /// Page loads per first-paint scenario (the median is printed).
     #[arg(long, default_value_t = 3)]
     paint_runs: usize,
+    /// Also load the smallest set over a link of this many Mbit/s (the server throttles shard
+    /// bodies), to compare with a real network rather than loopback; 0 skips it.
+    #[arg(long, default_value_t = 200)]
+    link_mbps: u64,
 }
 
 const READY: Duration = Duration::from_secs(900);
@@ -71,6 +77,7 @@ async fn paint(driver: &Chromedriver, url: &str) -> anyhow::Result<(f64, f64)> {
 }
 
 struct LoadRun {
+    label: String,
     mib: u64,
     bytes: f64,
     ready_ms: f64,
@@ -136,6 +143,7 @@ async fn load(
     );
     browser.close().await;
     Ok(LoadRun {
+        label: format!("{mib}MiB"),
         mib,
         bytes,
         ready_ms,
@@ -207,6 +215,20 @@ async fn main() -> anyhow::Result<()> {
         runs.push(load(&driver, &server, id, *mib, urls).await?);
     }
 
+    if args.link_mbps > 0
+        && let Some((id, mib, urls)) = sets.iter().min_by_key(|(_, mib, _)| *mib)
+    {
+        eprintln!("loading {id} over a {} Mbit/s link…", args.link_mbps);
+        server.set_throttle(Throttle {
+            first_byte_delay: Duration::ZERO,
+            bytes_per_sec: Some(args.link_mbps * 1_000_000 / 8),
+        });
+        let mut run = load(&driver, &server, id, *mib, urls).await?;
+        run.label = format!("{mib}MiB@{}M", args.link_mbps);
+        server.set_throttle(Throttle::default());
+        runs.push(run);
+    }
+
     let ui_wasm = std::fs::metadata(dist.join("orfeas-app_bg.wasm"))?.len();
     let engine_wasm = std::fs::metadata(dist.join("orfeas-worker_bg.wasm"))?.len();
     println!(
@@ -235,7 +257,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:>8} {:>11} {:>10} {:>10} {:>8} {:>12} {:>10} {:>12} {:>12}",
+        "{:>13} {:>11} {:>10} {:>10} {:>8} {:>12} {:>10} {:>12} {:>12}",
         "set",
         "load MiB/s",
         "raw MiB/s",
@@ -249,8 +271,8 @@ async fn main() -> anyhow::Result<()> {
     for run in &runs {
         let mibs = run.bytes / (1 << 20) as f64;
         println!(
-            "{:>5}MiB {:>11.0} {:>10.0} {:>10.2} {:>8.2} {:>12.2} {:>8.0}MB {:>10.2} s {:>12.0}",
-            run.mib,
+            "{:>13} {:>11.0} {:>10.0} {:>10.2} {:>8.2} {:>12.2} {:>8.0}MB {:>10.2} s {:>12.0}",
+            run.label,
             mibs / run.load_s,
             mibs / run.raw_s,
             run.raw_s / run.load_s,
@@ -261,8 +283,9 @@ async fn main() -> anyhow::Result<()> {
             mibs / run.cached_load_s,
         );
     }
-    if let (Some(small), Some(big)) = (runs.first(), runs.last())
-        && runs.len() > 1
+    let loopback: Vec<&LoadRun> = runs.iter().filter(|r| !r.label.contains('@')).collect();
+    if let (Some(small), Some(big)) = (loopback.first(), loopback.last())
+        && loopback.len() > 1
     {
         println!(
             "wasm heap {} MiB set / {} MiB set: {:.2} (flat means it does not grow with the model)",
