@@ -142,8 +142,42 @@ impl Browser {
         Ok(())
     }
 
+    /// Run a Chrome DevTools Protocol command through chromedriver.
+    pub async fn cdp(&self, cmd: &str, params: Value) -> anyhow::Result<Value> {
+        let command = CdpCommand {
+            cmd: cmd.to_string(),
+            params,
+        };
+        Ok(self.client.issue_cmd(command).await?)
+    }
+
     pub async fn close(self) {
         let _ = self.client.close().await;
+    }
+}
+
+/// chromedriver's `goog/cdp/execute` endpoint.
+#[derive(Debug)]
+struct CdpCommand {
+    cmd: String,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for CdpCommand {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (hyper::Method, Option<String>) {
+        let body = json!({ "cmd": self.cmd, "params": self.params });
+        (hyper::Method::POST, Some(body.to_string()))
     }
 }
 

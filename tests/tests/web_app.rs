@@ -392,3 +392,55 @@ async fn a_lost_gpu_is_restored_from_the_cache_and_cache_controls_work() -> anyh
     browser.close().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_storage_is_refused_the_model_stays_in_memory_and_the_page_says_so()
+-> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let rig = rig().await?;
+    let browser = Browser::open(&rig.driver, true).await?;
+    let origin = rig.server.url("/").trim_end_matches('/').to_string();
+    browser
+        .cdp(
+            "Storage.overrideQuotaForOrigin",
+            serde_json::json!({ "origin": origin, "quotaSize": 4096 }),
+        )
+        .await?;
+    browser.goto(&rig.server.url("/")).await?;
+    wait_status(&browser, "ready").await?;
+    let notices = browser
+        .wait_for(
+            "the storage notice",
+            "document.querySelector('[data-testid=notices]').innerText.includes('kept in memory') \
+             && document.querySelector('[data-testid=notices]').innerText",
+            Duration::from_secs(30),
+        )
+        .await?;
+    // (Chromium's estimate() does not reflect the quota override, so the pre-download
+    // estimate warning is not exercised here; the refused writes are.)
+    assert!(
+        notices
+            .as_str()
+            .unwrap_or_default()
+            .contains("QuotaExceededError"),
+        "{notices}"
+    );
+    assert!(
+        !generate_disabled(&browser).await?,
+        "the model works from memory"
+    );
+    browser.click("[data-testid=verify-cache]").await?;
+    let report = browser
+        .wait_for(
+            "the cache report",
+            "document.querySelector('[data-testid=cache-report]').innerText",
+            Duration::from_secs(30),
+        )
+        .await?;
+    assert!(
+        report.as_str().unwrap_or_default().contains("0 of"),
+        "nothing was stored: {report}"
+    );
+    browser.close().await;
+    Ok(())
+}
