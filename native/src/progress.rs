@@ -1,7 +1,7 @@
 //! One progress display for every command (indicatif).
 
 use indicatif::{ProgressBar, ProgressStyle};
-use orfeas_engine::weights::{LoadProgress, Phase};
+use orfeas_engine::weights::LoadProgress;
 
 pub fn bytes_bar(total: u64, label: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
@@ -21,14 +21,7 @@ pub fn show_load(bar: &ProgressBar, p: &LoadProgress) {
     bar.set_prefix(p.model.clone());
     bar.set_length(p.bytes_total);
     bar.set_position(p.bytes_done);
-    let phase = match p.phase {
-        Phase::Fetch => "fetch",
-        Phase::Verify => "verify",
-        Phase::Upload => "upload",
-        Phase::Warmup => "warmup",
-        Phase::Ready => "ready",
-        Phase::Failed => "failed",
-    };
+    let phase = p.phase.name();
     bar.set_message(format!(
         "{phase} shard {}/{} tensors {}/{}{}",
         p.shards_done,

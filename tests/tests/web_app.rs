@@ -444,3 +444,41 @@ async fn when_storage_is_refused_the_model_stays_in_memory_and_the_page_says_so(
     browser.close().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_cached_shard_is_dropped_and_fetched_again() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let rig = rig().await?;
+    let browser = Browser::open(&rig.driver, true).await?;
+    browser.goto(&rig.server.url("/")).await?;
+    wait_status(&browser, "ready").await?;
+
+    // Flip one byte of a stored shard, behind the app's back.
+    let target = rig.index.shards[2].file.clone();
+    let url = rig.server.url(&format!("/models/{MODEL}/{target}"));
+    browser
+        .eval(&format!(
+            "window.__done = false; (async () => {{
+                const cache = await caches.open('orfeas-models-v1');
+                const bytes = new Uint8Array(await (await cache.match('{url}')).arrayBuffer());
+                bytes[bytes.length >> 1] ^= 0x40;
+                await cache.put('{url}', new Response(bytes));
+                window.__done = true;
+            }})(); return true;"
+        ))
+        .await?;
+    browser
+        .wait_for("the corruption", "window.__done", Duration::from_secs(10))
+        .await?;
+
+    rig.server.clear_log();
+    browser.client.refresh().await?;
+    wait_status(&browser, "ready").await?;
+    assert_eq!(
+        rig.server.completed_shards(),
+        vec![target],
+        "only the corrupted shard comes from the network"
+    );
+    browser.close().await;
+    Ok(())
+}

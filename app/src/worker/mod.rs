@@ -253,17 +253,9 @@ fn set_status(engine: &Engine, id: &str, status: ModelStatusReport) {
 }
 
 fn report(progress: &LoadProgress) -> ProgressReport {
-    let phase = match progress.phase {
-        Phase::Fetch => "fetch",
-        Phase::Verify => "verify",
-        Phase::Upload => "upload",
-        Phase::Warmup => "warmup",
-        Phase::Ready => "ready",
-        Phase::Failed => "failed",
-    };
     ProgressReport {
         model: progress.model.clone(),
-        phase: phase.into(),
+        phase: progress.phase.name().into(),
         bytes_done: progress.bytes_done,
         bytes_total: progress.bytes_total,
         shards_done: progress.shards_done,

@@ -21,6 +21,20 @@ pub enum Phase {
     Failed,
 }
 
+impl Phase {
+    /// The lowercase name, as serialised and shown.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Fetch => "fetch",
+            Phase::Verify => "verify",
+            Phase::Upload => "upload",
+            Phase::Warmup => "warmup",
+            Phase::Ready => "ready",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadProgress {
     pub model: String,
@@ -203,5 +217,27 @@ impl<F: FnMut(&LoadProgress)> ProgressTracker<F> {
     /// Bytes actually transferred in this attempt.
     pub fn transferred_bytes(&self) -> u64 {
         self.progress.bytes_done - self.skipped_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_names_are_the_serialised_names() {
+        for phase in [
+            Phase::Fetch,
+            Phase::Verify,
+            Phase::Upload,
+            Phase::Warmup,
+            Phase::Ready,
+            Phase::Failed,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&phase).unwrap(),
+                format!("\"{}\"", phase.name())
+            );
+        }
     }
 }
