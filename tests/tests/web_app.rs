@@ -98,6 +98,29 @@ async fn shell_paints_first_then_progress_climbs_to_ready() -> anyhow::Result<()
         generate_disabled(&browser).await?,
         "generate is disabled while loading"
     );
+    // The engine bundle is fetched by the worker, after the UI bundle, with its own progress.
+    let engine = browser
+        .wait_for(
+            "the engine bundle",
+            "document.querySelector('[data-testid=engine][data-engine=loaded]')?.innerText",
+            Duration::from_secs(60),
+        )
+        .await?;
+    let engine = engine.as_str().unwrap_or_default();
+    let mb: f64 = engine
+        .split("loaded (")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    assert!(mb > 1.0, "the engine bundle's download was shown: {engine}");
+    let order: Vec<String> = rig.server.log().into_iter().map(|e| e.path).collect();
+    let position = |path: &str| order.iter().position(|p| p == path);
+    assert!(
+        position("/orfeas-worker_bg.wasm").is_some()
+            && position("/orfeas-app_bg.wasm") < position("/orfeas-worker_bg.wasm"),
+        "UI bundle first, engine bundle after: {order:?}"
+    );
 
     // Sample the panel until ready: progress never goes back and ends at 1.
     let mut samples: Vec<f64> = Vec::new();

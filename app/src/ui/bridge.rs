@@ -201,6 +201,7 @@ fn mark(name: &str) {
 fn apply(studio: Studio, message: FromWorker) {
     match message {
         FromWorker::EngineFetch { received, total } => {
+            studio.engine_bytes.set(Some(received));
             studio.engine.set(EngineState::Fetching { received, total });
         }
         FromWorker::EngineLoaded => {

@@ -67,6 +67,8 @@ pub struct Studio {
     /// The model list is known (config resolved).
     pub configured: RwSignal<bool>,
     pub engine: RwSignal<EngineState>,
+    /// Bytes of the engine bundle received so far (kept once it is loaded).
+    pub engine_bytes: RwSignal<Option<u64>>,
     pub gpu: RwSignal<GpuState>,
     pub notices: RwSignal<Vec<(NoticeLevel, String)>>,
     pub request: RwSignal<RequestState>,
@@ -82,6 +84,7 @@ impl Studio {
             models: RwSignal::new(Vec::new()),
             configured: RwSignal::new(false),
             engine: RwSignal::new(EngineState::Idle),
+            engine_bytes: RwSignal::new(None),
             gpu: RwSignal::new(GpuState::Pending),
             notices: RwSignal::new(Vec::new()),
             request: RwSignal::new(RequestState::Idle),

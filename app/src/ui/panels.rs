@@ -143,7 +143,10 @@ pub fn EnginePanel() -> impl IntoView {
             Some(total) => format!("Engine: {} / {}", megabytes(received), megabytes(total)),
             None => format!("Engine: {}", megabytes(received)),
         },
-        EngineState::Loaded => "Engine: loaded".into(),
+        EngineState::Loaded => match studio.engine_bytes.get() {
+            Some(bytes) => format!("Engine: loaded ({})", megabytes(bytes)),
+            None => "Engine: loaded".into(),
+        },
         EngineState::Failed(reason) => format!("Engine failed: {reason}"),
     };
     let gpu_attr = move || match studio.gpu.get() {
