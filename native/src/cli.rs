@@ -48,6 +48,32 @@ enum Command {
         /// Folder with model.safetensors.index.json.
         dir: PathBuf,
     },
+    /// Serve the original studio's HTTP API (and the web app, and the shard sets) while the
+    /// models load in the background.
+    Serve {
+        /// Address to listen on; 127.0.0.1 keeps it local, 0.0.0.0:PORT exposes it.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        bind: std::net::SocketAddr,
+        /// Folder of shard sets, one sub-folder per model (served at /models/ as well).
+        #[arg(long)]
+        models: Option<PathBuf>,
+        /// The built web app to serve at / (`trunk build --release` writes dist/).
+        #[arg(long)]
+        web: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+        backend: Backend,
+        #[arg(long, value_enum, default_value_t = Precision::F32)]
+        dtype: Precision,
+        /// Generation requests that may wait in the queue (more get 429).
+        #[arg(long, default_value_t = 8)]
+        queue: usize,
+        /// Largest upload accepted, in MB (more gets 413).
+        #[arg(long, default_value_t = 32)]
+        max_upload_mb: usize,
+        /// Read model shards at most this many MiB/s (to demo or test the loading state).
+        #[arg(long)]
+        load_throttle_mibps: Option<f64>,
+    },
     /// Stream a shard set onto a device with the engine's loader (a load check, and a demo).
     Load {
         /// A shard-set folder, or an http:// URL of one.
@@ -71,8 +97,48 @@ pub enum Precision {
     F16,
 }
 
+fn device_for(backend: Backend) -> Result<burn::tensor::Device> {
+    orfeas_engine::device::by_name(match backend {
+        Backend::Cpu => "cpu",
+        Backend::Wgpu => "wgpu",
+    })
+    .map_err(anyhow::Error::msg)
+}
+
+fn dtype_for(precision: Precision) -> DType {
+    match precision {
+        Precision::F32 => DType::F32,
+        Precision::F16 => DType::F16,
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Serve {
+            bind,
+            models,
+            web,
+            backend,
+            dtype,
+            queue,
+            max_upload_mb,
+            load_throttle_mibps,
+        } => {
+            let options = crate::server::ServeOptions {
+                bind,
+                models,
+                web,
+                device: device_for(backend)?,
+                dtype: dtype_for(dtype),
+                queue,
+                max_upload_bytes: max_upload_mb << 20,
+                load_throttle: load_throttle_mibps.map(|m| (m * (1 << 20) as f64) as u64),
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(crate::server::serve(options))
+        }
         Command::Pack {
             inputs,
             output,
@@ -130,15 +196,8 @@ pub fn run(cli: Cli) -> Result<()> {
             backend,
             dtype,
         } => {
-            let device = orfeas_engine::device::by_name(match backend {
-                Backend::Cpu => "cpu",
-                Backend::Wgpu => "wgpu",
-            })
-            .map_err(anyhow::Error::msg)?;
-            let dtype = match dtype {
-                Precision::F32 => DType::F32,
-                Precision::F16 => DType::F16,
-            };
+            let device = device_for(backend)?;
+            let dtype = dtype_for(dtype);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

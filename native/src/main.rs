@@ -1,9 +1,7 @@
 //! `orfeas`: the command-line face of the engine.
 
-mod cli;
-mod progress;
-
 use clap::Parser;
+use orfeas::cli;
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()

@@ -1,0 +1,6 @@
+//! The native face of the engine: the `orfeas` CLI ([`cli`]) and the HTTP server that keeps the
+//! original studio's API ([`server`]).
+
+pub mod cli;
+pub mod progress;
+pub mod server;

@@ -1,0 +1,456 @@
+//! `/api/*`: the original studio's endpoints (`health`, `generate-3d`) and the job endpoints.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use orfeas_engine::weights::NotReadyKind;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::jobs::{GenerateParams, JobInput, JobStatus, MeshFile, MeshFormat};
+use super::{AppState, models::Aggregate};
+
+/// How much of an oversize upload is read and discarded before answering 413.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// The largest image accepted, in pixels (64 MP).
+pub const MAX_PIXELS: u64 = 64_000_000;
+
+fn error(status: StatusCode, message: impl Into<String>, kind: &str) -> Response {
+    (
+        status,
+        Json(json!({ "error": message.into(), "status": kind })),
+    )
+        .into_response()
+}
+
+/// A 503 or 429 with both the header and the JSON field the original clients read.
+fn retry_later(status: StatusCode, body: Value, retry_after_s: u32) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
+    response
+}
+
+pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let aggregate = state.models.aggregate();
+    Json(json!({
+        "status": "healthy",
+        "models_status": aggregate.name(),
+        "models_loading": aggregate == Aggregate::Loading,
+        "models_ready": aggregate == Aggregate::Ready,
+        "processor": state.models.processor(),
+        "models": state.models.describe(),
+        "uptime_s": (state.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct WaitQuery {
+    #[serde(default)]
+    wait: Option<String>,
+}
+
+/// Raw request fields before validation: strings, as forms send them.
+#[derive(Debug, Default, Deserialize)]
+struct RawParams {
+    image: Option<String>,
+    steps: Option<Value>,
+    guidance: Option<Value>,
+    octree_resolution: Option<Value>,
+    seed: Option<Value>,
+    remove_background: Option<Value>,
+    format: Option<Value>,
+}
+
+pub async fn generate(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<WaitQuery>,
+    request: Request,
+) -> Response {
+    // Models first, as the original did: a loading server answers at once, whatever the body.
+    if let Some(not_ready) = state.models.not_ready() {
+        return match not_ready.kind {
+            NotReadyKind::Loading => retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({
+                    "error": "AI models still loading, wait a few seconds...",
+                    "status": "models_loading",
+                    "retry_after": not_ready.retry_after_s,
+                    "models": state.models.describe(),
+                }),
+                not_ready.retry_after_s,
+            ),
+            NotReadyKind::NotReady => retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({
+                    "error": format!("AI models not ready: {}", not_ready.message),
+                    "status": "models_not_ready",
+                    "model": not_ready.model,
+                }),
+                30,
+            ),
+        };
+    }
+    let input = match read_input(request, state.max_upload_bytes).await {
+        Ok(input) => input,
+        Err(response) => return response,
+    };
+    let format = input.params.format;
+    let id = match state.jobs.submit(input) {
+        Ok(id) => id,
+        Err(_) => {
+            return retry_later(
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({
+                    "error": "the generation queue is full, try again shortly",
+                    "status": "queue_full",
+                    "retry_after": 5,
+                }),
+                5,
+            );
+        }
+    };
+    let wait = matches!(query.wait.as_deref(), Some("true" | "1" | "yes"));
+    if !wait {
+        let mut response = (
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "job_id": id,
+                "status": "queued",
+                "status_url": format!("/api/jobs/{id}"),
+                "result_url": format!("/api/jobs/{id}/result"),
+            })),
+        )
+            .into_response();
+        if let Ok(location) = HeaderValue::from_str(&format!("/api/jobs/{id}")) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        return response;
+    }
+    match state.jobs.wait(&id).await {
+        Some(JobStatus::Done) => match state.jobs.result(&id) {
+            Some(Ok(file)) => mesh_response(&id, file),
+            _ => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "result missing",
+                "failed",
+            ),
+        },
+        Some(JobStatus::Failed { error: reason }) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, reason, "failed")
+        }
+        Some(JobStatus::Cancelled) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+            "cancelled",
+        ),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{id} vanished ({format:?})"),
+            "failed",
+        ),
+    }
+}
+
+fn mesh_response(id: &str, file: MeshFile) -> Response {
+    let disposition = format!("attachment; filename=\"{id}.{}\"", file.format.extension());
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(file.format.content_type()),
+    );
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    (StatusCode::OK, headers, Body::from(file.bytes)).into_response()
+}
+
+pub async fn job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match state.jobs.describe(&id) {
+        Some(value) => Json(value).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no job {id}"), "not_found"),
+    }
+}
+
+pub async fn job_result(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match state.jobs.result(&id) {
+        Some(Ok(file)) => mesh_response(&id, file),
+        Some(Err(status)) => {
+            let mut body = serde_json::to_value(&status).unwrap_or(Value::Null);
+            body["error"] = json!(match &status {
+                JobStatus::Failed { error } => format!("{id} failed: {error}"),
+                JobStatus::Cancelled => format!("{id} was cancelled"),
+                _ => format!("{id} is not finished yet"),
+            });
+            (StatusCode::CONFLICT, Json(body)).into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, format!("no job {id}"), "not_found"),
+    }
+}
+
+/// Body → validated job input, or the 400/413 response that explains what is wrong.
+async fn read_input(request: Request, limit: usize) -> Result<JobInput, Response> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("upload larger than {} MB", limit >> 20),
+            "too_large",
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        // Read (and drop) a bounded amount of what is being sent, so that an ordinary client
+        // sees the 413 instead of a connection reset in the middle of its upload.
+        let _ = axum::body::to_bytes(request.into_body(), limit.saturating_add(DRAIN_LIMIT)).await;
+        return Err(too_large());
+    }
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let (raw, image_bytes) = if content_type.starts_with("multipart/form-data") {
+        read_multipart(request, limit).await?
+    } else if content_type.starts_with("application/json") {
+        let (parts, body) = request.into_parts();
+        drop(parts);
+        let bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| too_large())?;
+        let raw: RawParams = serde_json::from_slice(&bytes).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("malformed JSON: {e}"),
+                "bad_request",
+            )
+        })?;
+        let encoded = raw.image.clone().ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "missing \"image\" (base64 or a data: URL)",
+                "bad_request",
+            )
+        })?;
+        let payload = encoded
+            .split_once(";base64,")
+            .map(|(_, data)| data)
+            .unwrap_or(&encoded);
+        let image = base64::engine::general_purpose::STANDARD
+            .decode(payload.trim())
+            .map_err(|e| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("image is not base64: {e}"),
+                    "bad_request",
+                )
+            })?;
+        (raw, image)
+    } else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "send multipart/form-data (field \"image\") or application/json ({\"image\": base64})",
+            "bad_request",
+        ));
+    };
+    let params =
+        validate(&raw).map_err(|message| error(StatusCode::BAD_REQUEST, message, "bad_request"))?;
+    let image = decode_image(&image_bytes)
+        .map_err(|message| error(StatusCode::BAD_REQUEST, message, "bad_request"))?;
+    Ok(JobInput { image, params })
+}
+
+async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Vec<u8>), Response> {
+    let bad = |message: String| error(StatusCode::BAD_REQUEST, message, "bad_request");
+    let mut multipart = Multipart::from_request(request, &())
+        .await
+        .map_err(|e| bad(format!("malformed multipart body: {e}")))?;
+    let mut raw = RawParams::default();
+    let mut image = None;
+    let mut total = 0usize;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    error(StatusCode::PAYLOAD_TOO_LARGE, e.body_text(), "too_large")
+                } else {
+                    bad(format!("malformed multipart body: {}", e.body_text()))
+                });
+            }
+        };
+        let name = field.name().unwrap_or_default().to_string();
+        let bytes = field.bytes().await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                error(StatusCode::PAYLOAD_TOO_LARGE, e.body_text(), "too_large")
+            } else {
+                bad(format!("reading field {name:?}: {}", e.body_text()))
+            }
+        })?;
+        total += bytes.len();
+        if total > limit {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("upload larger than {} MB", limit >> 20),
+                "too_large",
+            ));
+        }
+        let text = || Value::String(String::from_utf8_lossy(&bytes).trim().to_string());
+        match name.as_str() {
+            "image" | "file" => image = Some(bytes.to_vec()),
+            "steps" => raw.steps = Some(text()),
+            "guidance" | "guidance_scale" => raw.guidance = Some(text()),
+            "octree_resolution" => raw.octree_resolution = Some(text()),
+            "seed" => raw.seed = Some(text()),
+            "remove_background" => raw.remove_background = Some(text()),
+            "format" => raw.format = Some(text()),
+            _ => {} // unknown fields are ignored, as forms carry extras
+        }
+    }
+    let image = image.ok_or_else(|| bad("missing the \"image\" file field".into()))?;
+    Ok((raw, image))
+}
+
+fn number<T: std::str::FromStr>(value: &Option<Value>, name: &str) -> Result<Option<T>, String> {
+    let Some(value) = value else { return Ok(None) };
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => return Err(format!("{name}: expected a number, got {other}")),
+    };
+    text.parse::<T>()
+        .map(Some)
+        .map_err(|_| format!("{name}: {text:?} is not a valid number"))
+}
+
+fn validate(raw: &RawParams) -> Result<GenerateParams, String> {
+    let mut params = GenerateParams::default();
+    if let Some(steps) = number::<u32>(&raw.steps, "steps")? {
+        if !(1..=200).contains(&steps) {
+            return Err(format!("steps must be 1–200, got {steps}"));
+        }
+        params.steps = steps;
+    }
+    if let Some(guidance) = number::<f32>(&raw.guidance, "guidance")? {
+        if !(0.0..=50.0).contains(&guidance) {
+            return Err(format!("guidance must be 0–50, got {guidance}"));
+        }
+        params.guidance = guidance;
+    }
+    if let Some(resolution) = number::<u32>(&raw.octree_resolution, "octree_resolution")? {
+        if !(16..=1024).contains(&resolution) {
+            return Err(format!(
+                "octree_resolution must be 16–1024, got {resolution}"
+            ));
+        }
+        params.octree_resolution = resolution;
+    }
+    if let Some(seed) = number::<u64>(&raw.seed, "seed")? {
+        params.seed = seed;
+    }
+    if let Some(flag) = &raw.remove_background {
+        params.remove_background = match flag {
+            Value::Bool(b) => *b,
+            Value::String(s) if matches!(s.as_str(), "true" | "1" | "yes" | "on") => true,
+            Value::String(s) if matches!(s.as_str(), "false" | "0" | "no" | "off") => false,
+            other => {
+                return Err(format!(
+                    "remove_background: expected true/false, got {other}"
+                ));
+            }
+        };
+    }
+    if let Some(format) = &raw.format {
+        let text = format.as_str().unwrap_or_default();
+        params.format = MeshFormat::parse(text)
+            .ok_or_else(|| format!("format must be glb, obj or stl, got {format}"))?;
+    }
+    Ok(params)
+}
+
+/// Decode PNG/JPEG/WebP; refuse empty, zero-sized and oversize images before decoding pixels.
+pub fn decode_image(bytes: &[u8]) -> Result<image::RgbaImage, String> {
+    if bytes.is_empty() {
+        return Err("the image is empty".into());
+    }
+    let reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("reading the image: {e}"))?;
+    if reader.format().is_none() {
+        return Err("not an image (expected PNG, JPEG or WebP)".into());
+    }
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| format!("not a readable image: {e}"))?;
+    if width == 0 || height == 0 {
+        return Err(format!("the image is {width}×{height}: nothing to see"));
+    }
+    if u64::from(width) * u64::from(height) > MAX_PIXELS {
+        return Err(format!(
+            "the image is {width}×{height} ({:.0} MP); at most 64 MP",
+            f64::from(width) * f64::from(height) / 1e6
+        ));
+    }
+    let image = image::load_from_memory(bytes).map_err(|e| format!("not a readable image: {e}"))?;
+    Ok(image.to_rgba8())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_range_checked_with_reasons() {
+        let raw = RawParams {
+            steps: Some(json!("0")),
+            ..Default::default()
+        };
+        assert!(validate(&raw).unwrap_err().contains("steps"));
+        let raw = RawParams {
+            format: Some(json!("fbx")),
+            ..Default::default()
+        };
+        assert!(validate(&raw).unwrap_err().contains("glb, obj or stl"));
+        let raw = RawParams {
+            steps: Some(json!(12)),
+            guidance: Some(json!("7.5")),
+            format: Some(json!("STL")),
+            remove_background: Some(json!("false")),
+            ..Default::default()
+        };
+        let params = validate(&raw).unwrap();
+        assert_eq!(params.steps, 12);
+        assert_eq!(params.guidance, 7.5);
+        assert_eq!(params.format, MeshFormat::Stl);
+        assert!(!params.remove_background);
+    }
+
+    #[test]
+    fn bad_images_are_named() {
+        assert!(decode_image(b"").unwrap_err().contains("empty"));
+        assert!(
+            decode_image(b"<html>hello</html>")
+                .unwrap_err()
+                .contains("not an image")
+        );
+        let mut png = Vec::new();
+        image::RgbaImage::new(4, 3)
+            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert_eq!(decode_image(&png).unwrap().dimensions(), (4, 3));
+        assert!(decode_image(&png[..png.len() / 2]).is_err());
+    }
+}

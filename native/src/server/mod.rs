@@ -1,0 +1,153 @@
+//! `orfeas serve`: the original studio's HTTP API over the engine, for kiosks and scripts.
+//!
+//! It listens first and loads models after, on a thread of its own: `/api/health` answers
+//! within milliseconds of start, whatever the model size, and generation requests get 503 with
+//! `Retry-After` until the models are ready (`models`), then run as queued jobs (`jobs`). The
+//! built web app and the shard sets are served as static files (`files`).
+
+pub mod api;
+pub mod files;
+pub mod jobs;
+pub mod models;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::{get, post};
+use burn::tensor::{DType, Device};
+
+use jobs::{JobInput, Jobs, MeshFile, Pipeline};
+use models::Models;
+
+pub struct AppState {
+    pub models: Arc<Models>,
+    pub jobs: Arc<Jobs>,
+    pub max_upload_bytes: usize,
+    pub started: Instant,
+}
+
+pub struct ServeOptions {
+    pub bind: SocketAddr,
+    pub models: Option<PathBuf>,
+    pub web: Option<PathBuf>,
+    pub device: Device,
+    pub dtype: DType,
+    pub queue: usize,
+    pub max_upload_bytes: usize,
+    /// Read model shards at most this fast (bytes/s): a stand-in for a slow disk or a far
+    /// larger model, to see and test the loading state.
+    pub load_throttle: Option<u64>,
+}
+
+/// The API and static routes over `state`.
+pub fn router(
+    state: Arc<AppState>,
+    web: Option<&std::path::Path>,
+    models: Option<&std::path::Path>,
+) -> Router {
+    let mut app = Router::new()
+        .route("/api/health", get(api::health))
+        .route("/api/generate-3d", post(api::generate))
+        .route("/api/jobs/{id}", get(api::job))
+        .route("/api/jobs/{id}/result", get(api::job_result))
+        // The body limit is enforced by the handler (it answers 413 with a reason).
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state);
+    if let Some(models) = models {
+        app = app.nest_service("/models", files::serve_dir(models));
+    }
+    if let Some(web) = web {
+        app = app.fallback_service(files::serve_dir(web));
+    }
+    app
+}
+
+/// The pipeline of this build: the image is decoded and checked, but the image-to-3D models
+/// (issue 5) and meshing (issue 6) are not in the engine yet, so jobs fail with that reason.
+pub struct PendingPipeline;
+
+#[async_trait::async_trait]
+impl Pipeline for PendingPipeline {
+    async fn run(
+        &self,
+        input: JobInput,
+        _step: &(dyn Fn(u32, u32) + Send + Sync),
+    ) -> Result<MeshFile, String> {
+        let (width, height) = input.image.dimensions();
+        Err(format!(
+            "received a {width}×{height} image, but this build has no shape-generation \
+             pipeline yet (the Hunyuan3D models and meshing are not implemented)"
+        ))
+    }
+}
+
+/// Listen on `options.bind`, print the address, load models in the background, serve until
+/// SIGINT/SIGTERM.
+pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let listener = tokio::net::TcpListener::bind(options.bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", options.bind))?;
+    let address = listener.local_addr()?;
+    let models = Arc::new(Models::discover(options.models.as_deref())?);
+    let jobs = Jobs::start(options.queue, Arc::new(PendingPipeline));
+    let state = Arc::new(AppState {
+        models: models.clone(),
+        jobs: jobs.clone(),
+        max_upload_bytes: options.max_upload_bytes,
+        started,
+    });
+    let app = router(state, options.web.as_deref(), options.models.as_deref());
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "orfeas: listening on http://{address}");
+        let _ = out.flush();
+    }
+    tracing::info!(
+        "{} model(s) to load: {}",
+        models.slots.len(),
+        models
+            .slots
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _loading =
+        models::load_in_background(models, options.device, options.dtype, options.load_throttle);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal(jobs.clone()))
+        .await?;
+    // Let a running job finish (bounded), then go.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while jobs.running() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("orfeas: stopped");
+    Ok(())
+}
+
+async fn shutdown_signal(jobs: Arc<Jobs>) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    let cancelled = jobs.cancel_queued();
+    eprintln!("orfeas: shutting down ({cancelled} queued job(s) cancelled)");
+}

@@ -1,0 +1,337 @@
+//! The models the server loads in the background, and what `/api/health` says about them.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use burn::tensor::{DType, Device};
+use bytes::Bytes;
+use futures::StreamExt;
+use orfeas_engine::weights::loader::{initial_progress, read_index};
+use orfeas_engine::weights::source::{ByteStream, DirSource, SourceError, boxed};
+use orfeas_engine::weights::status::retry_after;
+use orfeas_engine::weights::{
+    INDEX_FILE, LoadProgress, ModelState, ModelStatus, NotReady, NotReadyKind, Phase,
+    ProgressTracker, ShardIndex, ShardSource, WeightSet, load_weights,
+};
+use serde_json::{Value, json};
+
+/// A loaded model: its weights on the device and what its index says about it.
+pub struct LoadedModel {
+    pub index: ShardIndex,
+    pub weights: WeightSet,
+}
+
+/// One model's slot. The state lives behind a lock that is only held to read or swap small
+/// values, so health checks never wait on loading.
+pub struct ModelSlot {
+    pub id: String,
+    pub dir: PathBuf,
+    pub state: RwLock<ModelState<Arc<LoadedModel>>>,
+}
+
+/// The original studio's aggregate: `loading` while any model loads, `ready` when all are,
+/// `not_ready` otherwise (a failure, or no models at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    Loading,
+    Ready,
+    NotReady,
+}
+
+impl Aggregate {
+    pub fn name(self) -> &'static str {
+        match self {
+            Aggregate::Loading => "loading",
+            Aggregate::Ready => "ready",
+            Aggregate::NotReady => "not_ready",
+        }
+    }
+}
+
+pub struct Models {
+    pub slots: Vec<ModelSlot>,
+}
+
+impl Models {
+    /// Every sub-folder of `root` holding a shard-set index is a model (its folder name is its id).
+    pub fn discover(root: Option<&Path>) -> anyhow::Result<Self> {
+        let mut slots = Vec::new();
+        if let Some(root) = root {
+            let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+                .map_err(|e| anyhow::anyhow!("--models {}: {e}", root.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|path| path.join(INDEX_FILE).is_file())
+                .collect();
+            dirs.sort();
+            for dir in dirs {
+                let id = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                slots.push(ModelSlot {
+                    state: RwLock::new(ModelState::new(id.clone())),
+                    id,
+                    dir,
+                });
+            }
+        }
+        Ok(Self { slots })
+    }
+
+    pub fn aggregate(&self) -> Aggregate {
+        let statuses: Vec<ModelStatus> = self
+            .slots
+            .iter()
+            .map(|s| s.state.read().expect("state lock").status().clone())
+            .collect();
+        if statuses.is_empty() {
+            return Aggregate::NotReady;
+        }
+        if statuses.iter().all(|s| matches!(s, ModelStatus::Ready)) {
+            return Aggregate::Ready;
+        }
+        if statuses
+            .iter()
+            .any(|s| matches!(s, ModelStatus::Loading { .. } | ModelStatus::NotLoaded))
+            && !statuses
+                .iter()
+                .any(|s| matches!(s, ModelStatus::Failed { .. }))
+        {
+            return Aggregate::Loading;
+        }
+        Aggregate::NotReady
+    }
+
+    /// Why a generation cannot run now, if it cannot: the most telling model's [`NotReady`].
+    pub fn not_ready(&self) -> Option<NotReady> {
+        if self.slots.is_empty() {
+            return Some(NotReady {
+                model: "(none)".into(),
+                kind: NotReadyKind::NotReady,
+                retry_after_s: 0,
+                message: "no models: start the server with --models <dir>".into(),
+            });
+        }
+        let mut loading: Option<NotReady> = None;
+        for slot in &self.slots {
+            let state = slot.state.read().expect("state lock");
+            let result = match state.status() {
+                // Not picked up by the loading thread yet: as good as loading.
+                ModelStatus::NotLoaded => Err(NotReady {
+                    model: slot.id.clone(),
+                    kind: NotReadyKind::Loading,
+                    retry_after_s: orfeas_engine::weights::status::RETRY_AFTER_DEFAULT_S,
+                    message: "waiting to load".into(),
+                }),
+                _ => state.get().map(|_| ()),
+            };
+            if let Err(not_ready) = result {
+                match not_ready.kind {
+                    NotReadyKind::NotReady => return Some(not_ready),
+                    NotReadyKind::Loading => {
+                        // Wait for the slowest.
+                        if loading
+                            .as_ref()
+                            .is_none_or(|l| l.retry_after_s < not_ready.retry_after_s)
+                        {
+                            loading = Some(not_ready);
+                        }
+                    }
+                }
+            }
+        }
+        loading
+    }
+
+    /// Per-model detail for `/api/health`.
+    pub fn describe(&self) -> Value {
+        let models: Vec<Value> = self
+            .slots
+            .iter()
+            .map(|slot| {
+                let state = slot.state.read().expect("state lock");
+                let mut entry = json!({ "id": slot.id, "status": state.status().name() });
+                match state.status() {
+                    ModelStatus::Loading { progress } => {
+                        entry["progress"] = json!({
+                            "phase": progress.phase.name(),
+                            "bytes_done": progress.bytes_done,
+                            "bytes_total": progress.bytes_total,
+                            "percent": (progress.fraction() * 1000.0).round() / 10.0,
+                            "bytes_per_sec": progress.bytes_per_sec.round(),
+                            "eta_s": progress.eta_s.map(|e| (e * 10.0).round() / 10.0),
+                            "retry_after": retry_after(progress),
+                        });
+                    }
+                    ModelStatus::Failed { reason } => entry["error"] = json!(reason),
+                    ModelStatus::Ready => {
+                        if let Ok(model) = state.get() {
+                            entry["info"] = info(&model.index, model.weights.len());
+                        }
+                    }
+                    ModelStatus::NotLoaded => {}
+                }
+                entry
+            })
+            .collect();
+        json!(models)
+    }
+
+    /// The original `processor` field: model information once ready, `{}` before.
+    pub fn processor(&self) -> Value {
+        if self.aggregate() != Aggregate::Ready {
+            return json!({});
+        }
+        let mut processor = serde_json::Map::new();
+        for slot in &self.slots {
+            if let Ok(model) = slot.state.read().expect("state lock").get() {
+                processor.insert(slot.id.clone(), info(&model.index, model.weights.len()));
+            }
+        }
+        Value::Object(processor)
+    }
+}
+
+fn info(index: &ShardIndex, tensors: usize) -> Value {
+    json!({
+        "model_id": index.model.id,
+        "version": index.model.version,
+        "bytes": index.total_bytes(),
+        "tensors": tensors,
+        "shards": index.shards.len(),
+    })
+}
+
+/// Load every model, one after another, on a thread of its own (loading is CPU work: it must
+/// not slow the threads that answer requests).
+pub fn load_in_background(
+    models: Arc<Models>,
+    device: Device,
+    dtype: DType,
+    throttle: Option<u64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("orfeas-load".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for loading");
+            runtime.block_on(async {
+                for slot in &models.slots {
+                    let source = Throttled {
+                        inner: DirSource::new(&slot.dir),
+                        bytes_per_sec: throttle,
+                    };
+                    load_one(slot, &source, &device, dtype).await;
+                }
+            });
+        })
+        .expect("spawning the loading thread")
+}
+
+async fn load_one<S: ShardSource>(slot: &ModelSlot, source: &S, device: &Device, dtype: DType) {
+    let fail = |reason: String| {
+        tracing::error!("model {}: {reason}", slot.id);
+        let _ = slot.state.write().expect("state lock").set_failed(reason);
+    };
+    let index = match read_index(source).await {
+        Ok(index) => index,
+        Err(e) => {
+            // `failed` needs `loading` first: record the attempt, then its failure.
+            let _ = slot
+                .state
+                .write()
+                .expect("state lock")
+                .start_loading(LoadProgress::new(&slot.id, 0, 0, 0));
+            return fail(e.to_string());
+        }
+    };
+    let progress = initial_progress(&index);
+    if let Err(e) = slot
+        .state
+        .write()
+        .expect("state lock")
+        .start_loading(progress)
+    {
+        return fail(e.to_string());
+    }
+    let mut last_log = std::time::Instant::now();
+    let mut tracker = ProgressTracker::new(initial_progress(&index), |p: &LoadProgress| {
+        let _ = slot.state.write().expect("state lock").update_progress(p);
+        if last_log.elapsed() > Duration::from_secs(2) || p.phase == Phase::Ready {
+            last_log = std::time::Instant::now();
+            tracing::info!(
+                "model {}: {} {:.0}% ({} / {} bytes)",
+                slot.id,
+                p.phase.name(),
+                p.fraction() * 100.0,
+                p.bytes_done,
+                p.bytes_total
+            );
+        }
+    });
+    let mut weights = WeightSet::new();
+    match load_weights(source, &index, device, dtype, &mut weights, &mut tracker).await {
+        Ok(()) => {
+            drop(tracker);
+            tracing::info!("model {}: ready ({} tensors)", slot.id, weights.len());
+            let model = Arc::new(LoadedModel { index, weights });
+            let _ = slot.state.write().expect("state lock").set_ready(model);
+        }
+        Err(e) => {
+            drop(tracker);
+            fail(e.to_string());
+        }
+    }
+}
+
+/// A folder source slowed to `bytes_per_sec` (for demos and tests of the loading state: a
+/// "slow disk" or a model far larger than the one at hand).
+struct Throttled {
+    inner: DirSource,
+    bytes_per_sec: Option<u64>,
+}
+
+#[async_trait::async_trait]
+impl ShardSource for Throttled {
+    async fn read_index(&self) -> Result<Vec<u8>, SourceError> {
+        self.inner.read_index().await
+    }
+
+    async fn open_shard(&self, file: &str) -> Result<ByteStream, SourceError> {
+        let stream = self.inner.open_shard(file).await?;
+        let Some(rate) = self.bytes_per_sec else {
+            return Ok(stream);
+        };
+        // Small pieces, so progress moves smoothly at low rates.
+        let pieces = stream.flat_map(|chunk: Result<Bytes, SourceError>| {
+            let pieces: Vec<Result<Bytes, SourceError>> = match chunk {
+                Ok(bytes) => (0..bytes.len())
+                    .step_by(64 << 10)
+                    .map(|at| Ok(bytes.slice(at..(at + (64 << 10)).min(bytes.len()))))
+                    .collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(pieces)
+        });
+        Ok(boxed(pieces.then(
+            move |chunk: Result<Bytes, SourceError>| async move {
+                if let Ok(bytes) = &chunk {
+                    let secs = bytes.len() as f64 / rate.max(1) as f64;
+                    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                }
+                chunk
+            },
+        )))
+    }
+
+    async fn is_cached(&self, file: &str) -> bool {
+        self.inner.is_cached(file).await
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}

@@ -1,0 +1,563 @@
+//! `orfeas serve` as a real process on a loopback port, driven by a real HTTP client.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A running server; killed on drop.
+struct Server {
+    child: Child,
+    base: String,
+    started: Instant,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(models: &Path, extra: &[&str]) -> Self {
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_orfeas"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--models"])
+            .arg(models)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting orfeas serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("orfeas: listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server {
+            child,
+            base,
+            started,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap()
+}
+
+/// A model of `mib` MiB (F16 after packing) in `root/<id>`.
+fn model(root: &Path, id: &str, mib: usize) -> PathBuf {
+    let input = root.join(format!("{id}.safetensors"));
+    let n = mib << 18; // f32 elements: mib MiB of f16 after packing
+    let tensors: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            let values: Vec<u8> = (0..n / 4)
+                .flat_map(|k| (((k % 97) as f32) / 97.0 - 0.5).to_le_bytes())
+                .collect();
+            (format!("layer{i}.weight"), values)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, bytes)| {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                vec![bytes.len() / 4],
+                bytes,
+            )
+            .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &input).unwrap();
+    let out = root.join(id);
+    let status = Command::new(env!("CARGO_BIN_EXE_orfeas"))
+        .args(["pack", "--model-id", id, "--shard-size", "16", "-o"])
+        .arg(&out)
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_file(input).unwrap();
+    out
+}
+
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let image = image_rgba(width, height);
+    let encoder = image::codecs::png::PngEncoder::new(std::io::Cursor::new(&mut bytes));
+    image::ImageEncoder::write_image(
+        encoder,
+        &image,
+        width,
+        height,
+        image::ExtendedColorType::Rgba8,
+    )
+    .unwrap();
+    bytes
+}
+
+fn image_rgba(width: u32, height: u32) -> Vec<u8> {
+    (0..width * height)
+        .flat_map(|i| [(i % 251) as u8, 80, 160, if i % 3 == 0 { 0 } else { 255 }])
+        .collect()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+async fn health(client: &reqwest::Client, server: &Server) -> Value {
+    client
+        .get(server.url("/api/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_ready(client: &reqwest::Client, server: &Server) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let h = health(client, server).await;
+        if h["models_status"] == "ready" {
+            return h;
+        }
+        assert_ne!(h["models_status"], "not_ready", "{h}");
+        assert!(Instant::now() < deadline, "never ready: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_at_once_503s_while_loading_then_runs_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    model(dir.path(), "shape", 4);
+    // 4 MiB at 1 MiB/s: several seconds of `loading`.
+    let server = Server::start(dir.path(), &["--load-throttle-mibps", "1"]);
+    let client = client();
+    let first = health(&client, &server).await;
+    let first_answer = server.started.elapsed();
+    eprintln!("first health answer {first_answer:?} after spawning the process");
+    assert_eq!(first["status"], "healthy");
+    assert_eq!(first["models_status"], "loading", "{first}");
+    assert_eq!(first["processor"], json!({}));
+
+    // 200 concurrent generation requests while loading: every one a 503 with Retry-After,
+    // and health keeps answering in the middle of them.
+    let body = json!({ "image": b64(&png(16, 16)) });
+    let requests = (0..200).map(|_| {
+        client
+            .post(server.url("/api/generate-3d"))
+            .json(&body)
+            .send()
+    });
+    let healths = (0..10).map(|_| client.get(server.url("/api/health")).send());
+    let (responses, health_responses) = tokio::join!(
+        futures::future::join_all(requests),
+        futures::future::join_all(healths)
+    );
+    for response in health_responses {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    for response in responses {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 503);
+        let retry: u32 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=30).contains(&retry));
+        let json: Value = response.json().await.unwrap();
+        assert_eq!(json["status"], "models_loading");
+        assert_eq!(json["retry_after"], retry);
+        assert!(json["error"].as_str().unwrap().contains("still loading"));
+    }
+    let loading = health(&client, &server).await;
+    let progress = &loading["models"][0]["progress"];
+    assert!(progress["bytes_total"].as_u64().unwrap() > 0, "{loading}");
+
+    let ready = wait_ready(&client, &server).await;
+    assert_eq!(ready["models_ready"], true);
+    assert_eq!(ready["processor"]["shape"]["tensors"], 4);
+
+    // Ready: a request becomes a job with a status URL.
+    let response = client
+        .post(server.url("/api/generate-3d"))
+        .json(&json!({ "image": b64(&png(16, 16)), "steps": 5, "format": "obj" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    let status_url = server.url(accepted["status_url"].as_str().unwrap());
+    let status = loop {
+        let status: Value = client
+            .get(&status_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !matches!(status["status"].as_str(), Some("queued" | "running")) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // This build has no shape pipeline yet: the job says so, and there is no result.
+    assert_eq!(status["status"], "failed", "{status}");
+    assert!(
+        status["error"].as_str().unwrap().contains("16×16"),
+        "{status}"
+    );
+    let result = client
+        .get(server.url(accepted["result_url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(result.status(), 409);
+    let missing = client
+        .get(server.url("/api/jobs/job-999"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_400_or_413_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    model(dir.path(), "shape", 1);
+    let server = Server::start(dir.path(), &["--max-upload-mb", "1"]);
+    let client = client();
+    wait_ready(&client, &server).await;
+    let post = |body: reqwest::RequestBuilder| async move {
+        let response = body.send().await.unwrap();
+        let status = response.status().as_u16();
+        let json: Value = response.json().await.unwrap_or(Value::Null);
+        (
+            status,
+            json["error"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let url = server.url("/api/generate-3d");
+    let cases = [
+        (
+            client
+                .post(&url)
+                .json(&json!({ "image": b64(b"hello, not a picture") })),
+            400,
+            "not an image",
+        ),
+        (
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body("{\"image\": "),
+            400,
+            "malformed JSON",
+        ),
+        (
+            client.post(&url).json(&json!({ "steps": 4 })),
+            400,
+            "missing",
+        ),
+        (
+            client.post(&url).json(&json!({ "image": "%%%" })),
+            400,
+            "not base64",
+        ),
+        (
+            client
+                .post(&url)
+                .json(&json!({ "image": b64(&png(8, 8)), "steps": 0 })),
+            400,
+            "steps",
+        ),
+        (
+            client
+                .post(&url)
+                .json(&json!({ "image": b64(&png(8, 8)), "format": "fbx" })),
+            400,
+            "glb, obj or stl",
+        ),
+        (
+            client
+                .post(&url)
+                .json(&json!({ "image": b64(&png(8, 8)[..40]) })),
+            400,
+            "image",
+        ),
+        (client.post(&url).body("plain text"), 400, "multipart"),
+        (
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(vec![b' '; 2 << 20]),
+            413,
+            "larger than 1 MB",
+        ),
+        (
+            client
+                .post(&url)
+                .multipart(reqwest::multipart::Form::new().part(
+                    "image",
+                    reqwest::multipart::Part::bytes(vec![0u8; 2 << 20]).file_name("big.png"),
+                )),
+            413,
+            "",
+        ),
+        (
+            client
+                .post(&url)
+                .header("content-type", "multipart/form-data; boundary=zzz")
+                .body("--zzz\r\nbroken"),
+            400,
+            "multipart",
+        ),
+    ];
+    for (request, expected, reason) in cases {
+        let (status, error) = post(request).await;
+        assert_eq!(status, expected, "{reason}: {error}");
+        assert!(error.contains(reason), "expected {reason:?} in {error:?}");
+    }
+    // A good multipart upload with form fields is accepted.
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(png(8, 8)).file_name("x.png"),
+        )
+        .text("steps", "3")
+        .text("format", "stl")
+        .text("remove_background", "false");
+    let response = client.post(&url).multipart(form).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    // The server is still fine.
+    assert_eq!(health(&client, &server).await["status"], "healthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_model_is_not_ready_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard_dir = model(dir.path(), "shape", 1);
+    let shard = std::fs::read_dir(&shard_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .unwrap();
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&shard, bytes).unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let client = client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let h = loop {
+        let h = health(&client, &server).await;
+        if h["models_status"] != "loading" {
+            break h;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(h["models_status"], "not_ready");
+    assert_eq!(h["models"][0]["status"], "failed");
+    assert!(
+        h["models"][0]["error"].as_str().unwrap().contains("sha256"),
+        "{h}"
+    );
+    let response = client
+        .post(server.url("/api/generate-3d"))
+        .json(&json!({ "image": b64(&png(8, 8)) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let json: Value = response.json().await.unwrap();
+    assert_eq!(json["status"], "models_not_ready");
+    assert!(json["error"].as_str().unwrap().contains("not ready"));
+}
+
+/// A raw HTTP/1.1 request, so that paths reach the server exactly as written.
+fn raw_get(base: &str, path: &str, headers: &str) -> (u16, String, Vec<u8>) {
+    let address = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head[9..12].parse().unwrap();
+    (status, head, response[split + 4..].to_vec())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_the_app_and_shards_with_ranges_and_etags_and_no_traversal() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let shards = model(&models, "shape", 1);
+    let web = dir.path().join("web");
+    std::fs::create_dir(&web).unwrap();
+    std::fs::write(
+        web.join("index.html"),
+        "<!DOCTYPE html><title>Orfeas</title>",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "top secret").unwrap();
+    let server = Server::start(&models, &["--web", web.to_str().unwrap()]);
+
+    let (status, _, body) = raw_get(&server.base, "/", "");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("Orfeas"));
+
+    let shard = std::fs::read_dir(&shards)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.ends_with(".safetensors"))
+        .unwrap();
+    let on_disk = std::fs::read(shards.join(&shard)).unwrap();
+    let path = format!("/models/shape/{shard}");
+    let (status, head, body) = raw_get(&server.base, &path, "");
+    assert_eq!(status, 200);
+    assert_eq!(body, on_disk);
+    assert_eq!(
+        header(&head, "content-length"),
+        Some(on_disk.len().to_string().as_str())
+    );
+    let etag = header(&head, "etag").expect("an ETag").to_string();
+
+    let (status, head, body) = raw_get(&server.base, &path, "Range: bytes=100-199\r\n");
+    assert_eq!(status, 206);
+    assert_eq!(body, on_disk[100..200]);
+    assert_eq!(
+        header(&head, "content-range"),
+        Some(format!("bytes 100-199/{}", on_disk.len()).as_str())
+    );
+    let (status, _, body) = raw_get(&server.base, &path, &format!("If-None-Match: {etag}\r\n"));
+    assert_eq!(status, 304);
+    assert!(body.is_empty());
+
+    for sneaky in [
+        "/models/../secret.txt",
+        "/models/%2e%2e/secret.txt",
+        "/models/shape/../../secret.txt",
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/models/..%2fsecret.txt",
+    ] {
+        let (status, _, body) = raw_get(&server.base, sneaky, "");
+        assert_eq!(status, 404, "{sneaky}");
+        assert!(!String::from_utf8_lossy(&body).contains("top secret"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binds_to_loopback_by_default_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    model(dir.path(), "shape", 1);
+    let mut server = Server::start(dir.path(), &[]);
+    assert!(server.base.starts_with("http://127.0.0.1:"));
+    let client = client();
+    wait_ready(&client, &server).await;
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    server
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("shutting down"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_written_for_the_original_studio_works_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    model(dir.path(), "shape", 2);
+    let server = Server::start(dir.path(), &["--load-throttle-mibps", "1"]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/original_client.mjs");
+    let base = server.base.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(&script)
+            .arg(&base)
+            .env("POLL_MS", "200")
+            .output()
+            .expect("node (installed by scripts/setup.sh)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.contains(&"models_status loading"), "{stdout}");
+    assert!(lines.contains(&"generate 503 models_loading"), "{stdout}");
+    assert!(lines.contains(&"models_status ready"), "{stdout}");
+    let loading = lines
+        .iter()
+        .position(|l| *l == "models_status loading")
+        .unwrap();
+    let ready = lines
+        .iter()
+        .position(|l| *l == "models_status ready")
+        .unwrap();
+    assert!(loading < ready);
+    assert!(
+        lines.last().unwrap().starts_with("generate accepted"),
+        "{stdout}"
+    );
+}
