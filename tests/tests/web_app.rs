@@ -505,3 +505,64 @@ async fn a_corrupted_cached_shard_is_dropped_and_fetched_again() -> anyhow::Resu
     browser.close().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kiosk_runs_on_orfeas_serve_alone() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // The model folder `orfeas serve --models` loads is the one the app fetches from /models/.
+    let models = tempfile::tempdir()?;
+    let index = model::generate(
+        &models.path().join(MODEL),
+        MODEL,
+        2 << 20,
+        160 << 10,
+        640 << 10,
+        12,
+    )?;
+    let web = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(dist_dir()?)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), web.path().join(entry.file_name()))?;
+    }
+    std::fs::write(
+        web.path().join("orfeas.json"),
+        format!(r#"{{"models":[{{"id":"{MODEL}","label":"Test model"}}]}}"#),
+    )?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let options = orfeas::server::ServeOptions {
+        bind: ([127, 0, 0, 1], port).into(),
+        models: Some(models.path().to_path_buf()),
+        web: Some(web.path().to_path_buf()),
+        device: orfeas_engine::device::cpu(),
+        dtype: burn::tensor::DType::F32,
+        queue: 4,
+        max_upload_bytes: 1 << 20,
+        load_throttle: None,
+    };
+    let server = tokio::spawn(orfeas::server::serve(options));
+    let base = format!("http://127.0.0.1:{port}");
+    let driver = Chromedriver::start().await?;
+    let browser = Browser::open(&driver, true).await?;
+    browser.goto(&format!("{base}/")).await?;
+    wait_status(&browser, "ready").await?;
+    let detail = browser
+        .eval("return document.querySelector('[data-model]').dataset.bytes")
+        .await?;
+    assert_eq!(detail, index.total_bytes().to_string());
+    // The server's own health agrees, in the original studio's words.
+    let health = browser
+        .eval(&format!(
+            "window.__h = null; fetch('{base}/api/health').then(r => r.json()).then(j => window.__h = j); return 1"
+        ))
+        .await;
+    health?;
+    let health = browser
+        .wait_for("health", "window.__h", Duration::from_secs(10))
+        .await?;
+    assert_eq!(health["models_status"], "ready", "{health}");
+    browser.close().await;
+    server.abort();
+    Ok(())
+}
