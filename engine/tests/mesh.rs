@@ -138,3 +138,111 @@ fn parity_mesh_field_a() {
         "the same open rim where the surface leaves the grid"
     );
 }
+
+mod export {
+    use super::*;
+    use orfeas_engine::mesh::export::{to_glb, to_obj, to_ply, to_stl, vertex_normals};
+
+    fn sphere() -> Mesh {
+        extract(&reference("sphere"))
+    }
+
+    #[test]
+    fn glb_re_reads_with_the_gltf_crate_and_holds_the_same_mesh() {
+        let mesh = sphere();
+        let glb = to_glb(&mesh);
+        assert!(glb.len().is_multiple_of(4));
+        let gltf = gltf::Gltf::from_slice(&glb).expect("a valid GLB");
+        let blob = gltf.blob.as_deref().expect("a BIN chunk");
+        let buffer = gltf.buffers().next().unwrap();
+        assert!(blob.len() >= buffer.length() && blob.len().is_multiple_of(4));
+        let primitive = gltf.meshes().next().unwrap().primitives().next().unwrap();
+        let position = primitive.get(&gltf::Semantic::Positions).unwrap();
+        let normal = primitive.get(&gltf::Semantic::Normals).unwrap();
+        let indices = primitive.indices().unwrap();
+        assert_eq!(position.count(), mesh.positions.len());
+        assert_eq!(normal.count(), mesh.positions.len());
+        assert_eq!(indices.count(), mesh.triangles.len() * 3);
+        let read_f32 = |accessor: &gltf::Accessor, i: usize| -> [f32; 3] {
+            let view = accessor.view().unwrap();
+            let at = view.offset() + accessor.offset() + i * 12;
+            std::array::from_fn(|c| {
+                f32::from_le_bytes(blob[at + c * 4..at + c * 4 + 4].try_into().unwrap())
+            })
+        };
+        for (i, p) in mesh.positions.iter().enumerate() {
+            assert_eq!(&read_f32(&position, i), p);
+        }
+        // Accessor bounds are the real bounds.
+        let min = position.min().unwrap();
+        let max = position.max().unwrap();
+        for d in 0..3 {
+            let lo = mesh
+                .positions
+                .iter()
+                .map(|p| p[d])
+                .fold(f32::INFINITY, f32::min);
+            let hi = mesh
+                .positions
+                .iter()
+                .map(|p| p[d])
+                .fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(min[d].as_f64().unwrap() as f32, lo);
+            assert_eq!(max[d].as_f64().unwrap() as f32, hi);
+        }
+        let view = indices.view().unwrap();
+        let at = view.offset() + indices.offset();
+        let first: Vec<u32> = (0..3)
+            .map(|c| u32::from_le_bytes(blob[at + c * 4..at + c * 4 + 4].try_into().unwrap()))
+            .collect();
+        assert_eq!(first, mesh.triangles[0].to_vec());
+    }
+
+    #[test]
+    fn normals_point_outward_on_the_sphere() {
+        let mesh = sphere();
+        for (p, n) in mesh.positions.iter().zip(vertex_normals(&mesh)) {
+            let radial = (p[0] * n[0] + p[1] * n[1] + p[2] * n[2])
+                / (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt();
+            assert!(radial > 0.9, "normal {n:?} at {p:?}");
+        }
+    }
+
+    #[test]
+    fn obj_stl_and_ply_hold_every_vertex_and_face() {
+        let mesh = sphere();
+        let obj = to_obj(&mesh);
+        let count = |prefix: &str| obj.lines().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(count("v "), mesh.positions.len());
+        assert_eq!(count("vn "), mesh.positions.len());
+        assert_eq!(count("f "), mesh.triangles.len());
+        let first_face = obj.lines().find(|l| l.starts_with("f ")).unwrap();
+        let ids: Vec<u32> = first_face[2..]
+            .split(' ')
+            .map(|v| v.split("//").next().unwrap().parse::<u32>().unwrap() - 1)
+            .collect();
+        assert_eq!(ids, mesh.triangles[0].to_vec());
+
+        let stl = to_stl(&mesh, 100.0);
+        assert_eq!(stl.len(), 84 + 50 * mesh.triangles.len());
+        assert_eq!(
+            u32::from_le_bytes(stl[80..84].try_into().unwrap()) as usize,
+            mesh.triangles.len()
+        );
+        let first_vertex: Vec<f32> = (0..3)
+            .map(|c| f32::from_le_bytes(stl[96 + c * 4..100 + c * 4].try_into().unwrap()))
+            .collect();
+        let expected = mesh.positions[mesh.triangles[0][0] as usize].map(|c| c * 100.0);
+        assert_eq!(first_vertex, expected.to_vec());
+
+        let ply = to_ply(&mesh);
+        let end = ply.windows(11).position(|w| w == b"end_header\n").unwrap() + 11;
+        let header = std::str::from_utf8(&ply[..end]).unwrap();
+        assert!(header.contains(&format!("element vertex {}", mesh.positions.len())));
+        assert!(header.contains(&format!("element face {}", mesh.triangles.len())));
+        assert_eq!(
+            ply.len() - end,
+            mesh.positions.len() * 24 + mesh.triangles.len() * 13
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! Mesh files: GLB (default), OBJ, binary STL, PLY. Normals are smooth (area-weighted) vertex
+//! normals; positions are in the model's units (the official bounds are ±1.01).
+//!
+//! OBJ, STL and PLY are a few lines of text or fixed-layout bytes, written here; the GLB
+//! container goes through the `gltf` crate (which is also what the tests re-read it with).
+
+use std::borrow::Cow;
+
+use serde_json::json;
+
+use super::Mesh;
+
+/// Area-weighted vertex normals, unit length (zero for unused vertices).
+pub fn vertex_normals(mesh: &Mesh) -> Vec<[f32; 3]> {
+    let mut normals = vec![[0.0f32; 3]; mesh.positions.len()];
+    for t in &mesh.triangles {
+        let n = face_normal(mesh, t); // length = 2 × area: larger faces weigh more
+        for &i in t {
+            for d in 0..3 {
+                normals[i as usize][d] += n[d];
+            }
+        }
+    }
+    for n in &mut normals {
+        let len = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt();
+        if len > 0.0 {
+            *n = n.map(|c| c / len);
+        }
+    }
+    normals
+}
+
+fn face_normal(mesh: &Mesh, t: &[u32; 3]) -> [f32; 3] {
+    let [a, b, c] = t.map(|i| mesh.positions[i as usize]);
+    let u = [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
+    let v = [c[0] - a[0], c[1] - a[1], c[2] - a[2]];
+    [
+        u[1] * v[2] - u[2] * v[1],
+        u[2] * v[0] - u[0] * v[2],
+        u[0] * v[1] - u[1] * v[0],
+    ]
+}
+
+/// Wavefront OBJ with vertex normals.
+pub fn to_obj(mesh: &Mesh) -> String {
+    use std::fmt::Write;
+    let normals = vertex_normals(mesh);
+    let mut out = String::from("# Orfeas\n");
+    for p in &mesh.positions {
+        let _ = writeln!(out, "v {} {} {}", p[0], p[1], p[2]);
+    }
+    for n in &normals {
+        let _ = writeln!(out, "vn {} {} {}", n[0], n[1], n[2]);
+    }
+    for t in &mesh.triangles {
+        let [a, b, c] = t.map(|i| i + 1);
+        let _ = writeln!(out, "f {a}//{a} {b}//{b} {c}//{c}");
+    }
+    out
+}
+
+/// Binary STL; `scale` multiplies positions (e.g. 100 for centimetres from metres).
+pub fn to_stl(mesh: &Mesh, scale: f32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(84 + 50 * mesh.triangles.len());
+    let mut header = [0u8; 80];
+    header[..13].copy_from_slice(b"Orfeas binary");
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&(mesh.triangles.len() as u32).to_le_bytes());
+    for t in &mesh.triangles {
+        let n = face_normal(mesh, t);
+        let len = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2])
+            .sqrt()
+            .max(f32::MIN_POSITIVE);
+        for c in n {
+            out.extend_from_slice(&(c / len).to_le_bytes());
+        }
+        for &i in t {
+            for c in mesh.positions[i as usize] {
+                out.extend_from_slice(&(c * scale).to_le_bytes());
+            }
+        }
+        out.extend_from_slice(&0u16.to_le_bytes());
+    }
+    out
+}
+
+/// Binary little-endian PLY with positions and normals.
+pub fn to_ply(mesh: &Mesh) -> Vec<u8> {
+    let normals = vertex_normals(mesh);
+    let header = format!(
+        "ply\nformat binary_little_endian 1.0\ncomment Orfeas\nelement vertex {}\n\
+         property float x\nproperty float y\nproperty float z\n\
+         property float nx\nproperty float ny\nproperty float nz\n\
+         element face {}\nproperty list uchar int vertex_indices\nend_header\n",
+        mesh.positions.len(),
+        mesh.triangles.len()
+    );
+    let mut out = header.into_bytes();
+    for (p, n) in mesh.positions.iter().zip(&normals) {
+        for c in p.iter().chain(n) {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    for t in &mesh.triangles {
+        out.push(3);
+        for &i in t {
+            out.extend_from_slice(&(i as i32).to_le_bytes());
+        }
+    }
+    out
+}
+
+/// glTF 2.0 binary: one mesh, positions + normals + u32 indices.
+pub fn to_glb(mesh: &Mesh) -> Vec<u8> {
+    let normals = vertex_normals(mesh);
+    let mut bin: Vec<u8> = Vec::new();
+    for p in &mesh.positions {
+        for c in p {
+            bin.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    let positions_len = bin.len();
+    for n in &normals {
+        for c in n {
+            bin.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    let normals_len = bin.len() - positions_len;
+    for t in &mesh.triangles {
+        for i in t {
+            bin.extend_from_slice(&i.to_le_bytes());
+        }
+    }
+    let indices_len = bin.len() - positions_len - normals_len;
+    let (mut min, mut max) = ([f32::INFINITY; 3], [f32::NEG_INFINITY; 3]);
+    for p in &mesh.positions {
+        for d in 0..3 {
+            min[d] = min[d].min(p[d]);
+            max[d] = max[d].max(p[d]);
+        }
+    }
+    if mesh.positions.is_empty() {
+        (min, max) = ([0.0; 3], [0.0; 3]);
+    }
+    const FLOAT: u32 = 5126;
+    const UNSIGNED_INT: u32 = 5125;
+    const ARRAY_BUFFER: u32 = 34962;
+    const ELEMENT_ARRAY_BUFFER: u32 = 34963;
+    let document = json!({
+        "asset": { "version": "2.0", "generator": "Orfeas" },
+        "scene": 0,
+        "scenes": [{ "nodes": [0] }],
+        "nodes": [{ "mesh": 0, "name": "orfeas-mesh" }],
+        "meshes": [{ "primitives": [{
+            "attributes": { "POSITION": 0, "NORMAL": 1 },
+            "indices": 2,
+            "mode": 4
+        }] }],
+        "buffers": [{ "byteLength": bin.len() }],
+        "bufferViews": [
+            { "buffer": 0, "byteOffset": 0, "byteLength": positions_len, "target": ARRAY_BUFFER },
+            { "buffer": 0, "byteOffset": positions_len, "byteLength": normals_len, "target": ARRAY_BUFFER },
+            { "buffer": 0, "byteOffset": positions_len + normals_len, "byteLength": indices_len, "target": ELEMENT_ARRAY_BUFFER }
+        ],
+        "accessors": [
+            { "bufferView": 0, "componentType": FLOAT, "count": mesh.positions.len(), "type": "VEC3", "min": min, "max": max },
+            { "bufferView": 1, "componentType": FLOAT, "count": normals.len(), "type": "VEC3" },
+            { "bufferView": 2, "componentType": UNSIGNED_INT, "count": mesh.triangles.len() * 3, "type": "SCALAR" }
+        ]
+    });
+    let mut json = serde_json::to_vec(&document).expect("a JSON document");
+    // Chunks are 4-byte aligned: JSON padded with spaces, BIN with zeros.
+    while !json.len().is_multiple_of(4) {
+        json.push(b' ');
+    }
+    while !bin.len().is_multiple_of(4) {
+        bin.push(0);
+    }
+    let glb = gltf::Glb {
+        header: gltf::binary::Header {
+            magic: *b"glTF",
+            version: 2,
+            length: (12 + 8 + json.len() + 8 + bin.len()) as u32,
+        },
+        json: Cow::Owned(json),
+        bin: Some(Cow::Owned(bin)),
+    };
+    glb.to_vec().expect("writing GLB to memory")
+}
