@@ -246,3 +246,63 @@ mod export {
         );
     }
 }
+
+mod cleanup {
+    use orfeas_engine::mesh::cleanup::{remove_degenerate, remove_small_components};
+    use orfeas_engine::mesh::{Field, Mesh, marching_cubes};
+
+    /// Spheres (centre in grid units, radius) as a field positive inside any of them.
+    fn spheres(n: usize, balls: &[([f32; 3], f32)]) -> Mesh {
+        let mut values = Vec::with_capacity(n * n * n);
+        for i in 0..n {
+            for j in 0..n {
+                for k in 0..n {
+                    let p = [i as f32, j as f32, k as f32];
+                    let inside = balls
+                        .iter()
+                        .map(|(c, r)| {
+                            r - ((p[0] - c[0]).powi(2)
+                                + (p[1] - c[1]).powi(2)
+                                + (p[2] - c[2]).powi(2))
+                            .sqrt()
+                        })
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    values.push(inside);
+                }
+            }
+        }
+        marching_cubes(Field {
+            values: &values,
+            dims: [n; 3],
+        })
+    }
+
+    #[test]
+    fn a_small_floater_goes_and_the_main_body_stays_whole() {
+        let big = ([12.3, 12.1, 12.2], 8.4);
+        let small = ([28.2, 28.4, 28.1], 2.3);
+        let alone = spheres(34, &[big]);
+        let mut both = spheres(34, &[big, small]);
+        assert!(both.triangles.len() > alone.triangles.len());
+        let dropped = remove_small_components(&mut both, 0.2);
+        assert_eq!(dropped, 1);
+        assert_eq!(both.triangles.len(), alone.triangles.len());
+        assert_eq!(both.positions.len(), alone.positions.len());
+        assert_eq!(both.boundary_edges(), 0);
+        assert!((both.signed_volume() - alone.signed_volume()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn degenerate_faces_go_and_nothing_else_does() {
+        let mut mesh = spheres(20, &[([9.6, 9.4, 9.5], 6.2)]);
+        let clean = mesh.clone();
+        // A sliver (three collinear points) and a face repeating a vertex.
+        let n = mesh.positions.len() as u32;
+        mesh.positions
+            .extend([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]);
+        mesh.triangles.push([n, n + 1, n + 2]);
+        mesh.triangles.push([0, 0, 1]);
+        assert_eq!(remove_degenerate(&mut mesh, 1e-9), 2);
+        assert_eq!(mesh, clean);
+    }
+}

@@ -1,6 +1,7 @@
 //! From a field to a triangle mesh: `marching_cubes` extracts the zero level set of a field
 //! that is positive inside; [`Mesh`] holds the result with the measures tests and clean-up use.
 
+pub mod cleanup;
 pub mod export;
 pub mod marching_cubes;
 

@@ -1,0 +1,88 @@
+//! Clean-up as the reference offers it: drop degenerate faces, drop small fragments (floaters),
+//! and drop vertices nothing uses any more.
+
+use super::Mesh;
+
+/// Remove triangles that repeat a vertex or whose area is at most `min_area`, then unused
+/// vertices. Returns how many triangles went.
+pub fn remove_degenerate(mesh: &mut Mesh, min_area: f32) -> usize {
+    let before = mesh.triangles.len();
+    let positions = &mesh.positions;
+    mesh.triangles.retain(|t| {
+        if t[0] == t[1] || t[1] == t[2] || t[0] == t[2] {
+            return false;
+        }
+        let [a, b, c] = t.map(|i| positions[i as usize]);
+        let u = [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
+        let v = [c[0] - a[0], c[1] - a[1], c[2] - a[2]];
+        let cross = [
+            u[1] * v[2] - u[2] * v[1],
+            u[2] * v[0] - u[0] * v[2],
+            u[0] * v[1] - u[1] * v[0],
+        ];
+        0.5 * (cross[0] * cross[0] + cross[1] * cross[1] + cross[2] * cross[2]).sqrt() > min_area
+    });
+    compact(mesh);
+    before - mesh.triangles.len()
+}
+
+/// Keep only connected pieces holding at least `min_fraction` of all triangles (pieces are
+/// joined through shared vertices). Returns how many pieces went.
+pub fn remove_small_components(mesh: &mut Mesh, min_fraction: f32) -> usize {
+    let mut parent: Vec<u32> = (0..mesh.positions.len() as u32).collect();
+    fn find(parent: &mut [u32], mut i: u32) -> u32 {
+        while parent[i as usize] != i {
+            parent[i as usize] = parent[parent[i as usize] as usize];
+            i = parent[i as usize];
+        }
+        i
+    }
+    for t in &mesh.triangles {
+        let root = find(&mut parent, t[0]);
+        for &other in &t[1..] {
+            let r = find(&mut parent, other);
+            parent[r as usize] = root;
+        }
+    }
+    let mut faces_in = std::collections::HashMap::<u32, usize>::new();
+    let roots: Vec<u32> = mesh
+        .triangles
+        .iter()
+        .map(|t| find(&mut parent, t[0]))
+        .collect();
+    for &root in &roots {
+        *faces_in.entry(root).or_default() += 1;
+    }
+    let threshold = (min_fraction * mesh.triangles.len() as f32).ceil() as usize;
+    let dropped = faces_in.values().filter(|&&n| n < threshold).count();
+    let mut keep = roots.iter().map(|root| faces_in[root] >= threshold);
+    mesh.triangles.retain(|_| keep.next().unwrap_or(false));
+    compact(mesh);
+    dropped
+}
+
+/// Drop vertices no triangle uses; the rest keep their order.
+pub fn compact(mesh: &mut Mesh) {
+    let mut used = vec![false; mesh.positions.len()];
+    for t in &mesh.triangles {
+        for &i in t {
+            used[i as usize] = true;
+        }
+    }
+    let mut new_index = vec![u32::MAX; mesh.positions.len()];
+    let mut next = 0u32;
+    for (i, &is_used) in used.iter().enumerate() {
+        if is_used {
+            new_index[i] = next;
+            next += 1;
+        }
+    }
+    let mut at = 0;
+    mesh.positions.retain(|_| {
+        at += 1;
+        used[at - 1]
+    });
+    for t in &mut mesh.triangles {
+        *t = t.map(|i| new_index[i as usize]);
+    }
+}
