@@ -48,6 +48,15 @@ async fn rig() -> anyhow::Result<Rig> {
     })
 }
 
+impl Rig {
+    /// A fresh browser (WebGPU on, empty profile) at `path` on the test server.
+    async fn open(&self, path: &str) -> anyhow::Result<Browser> {
+        let browser = Browser::open(&self.driver, true).await?;
+        browser.goto(&self.server.url(path)).await?;
+        Ok(browser)
+    }
+}
+
 async fn wait_status(browser: &Browser, status: &str) -> anyhow::Result<()> {
     browser
         .wait_for(
@@ -79,8 +88,7 @@ async fn shell_paints_first_then_progress_climbs_to_ready() -> anyhow::Result<()
         first_byte_delay: Duration::from_millis(1500),
         bytes_per_sec: Some(1 << 20),
     });
-    let browser = Browser::open(&rig.driver, true).await?;
-    browser.goto(&rig.server.url("/")).await?;
+    let browser = rig.open("/").await?;
     browser
         .wait_for(
             "the shell",
@@ -196,8 +204,7 @@ async fn each_shard_fault_names_the_shard_and_retry_fetches_only_the_rest() -> a
         let target = rig.index.shards[middle].file.clone();
         rig.server.clear_log();
         rig.server.set_fault(&target, fault);
-        let browser = Browser::open(&rig.driver, true).await?;
-        browser.goto(&rig.server.url("/")).await?;
+        let browser = rig.open("/").await?;
         wait_status(&browser, "failed").await?;
         let error = browser
             .wait_for(
@@ -233,8 +240,7 @@ async fn each_shard_fault_names_the_shard_and_retry_fetches_only_the_rest() -> a
 async fn reload_comes_from_cache_and_the_app_opens_offline() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let rig = rig().await?;
-    let browser = Browser::open(&rig.driver, true).await?;
-    browser.goto(&rig.server.url("/")).await?;
+    let browser = rig.open("/").await?;
     wait_status(&browser, "ready").await?;
     browser
         .wait_for(
@@ -282,8 +288,7 @@ async fn an_early_request_waits_with_a_countdown_and_runs_once_ready() -> anyhow
         first_byte_delay: Duration::ZERO,
         bytes_per_sec: Some(512 << 10),
     });
-    let browser = Browser::open(&rig.driver, true).await?;
-    browser.goto(&rig.server.url("/?generate=1")).await?;
+    let browser = rig.open("/?generate=1").await?;
     let waiting = browser
         .wait_for(
             "the waiting request",
@@ -362,8 +367,7 @@ async fn without_webgpu_the_page_says_what_is_missing() -> anyhow::Result<()> {
 async fn a_lost_gpu_is_restored_from_the_cache_and_cache_controls_work() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let rig = rig().await?;
-    let browser = Browser::open(&rig.driver, true).await?;
-    browser.goto(&rig.server.url("/?debug=1")).await?;
+    let browser = rig.open("/?debug=1").await?;
     wait_status(&browser, "ready").await?;
 
     rig.server.clear_log();
@@ -472,8 +476,7 @@ async fn when_storage_is_refused_the_model_stays_in_memory_and_the_page_says_so(
 async fn a_corrupted_cached_shard_is_dropped_and_fetched_again() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let rig = rig().await?;
-    let browser = Browser::open(&rig.driver, true).await?;
-    browser.goto(&rig.server.url("/")).await?;
+    let browser = rig.open("/").await?;
     wait_status(&browser, "ready").await?;
 
     // Flip one byte of a stored shard, behind the app's back.
