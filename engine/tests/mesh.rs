@@ -306,3 +306,78 @@ mod cleanup {
         assert_eq!(mesh, clean);
     }
 }
+
+mod preview {
+    use orfeas_engine::mesh::preview::inflate;
+
+    /// A `size`² image: a disc of `colour` on transparent (alpha) or on white (no alpha).
+    fn disc(size: usize, radius: f32, colour: [u8; 3], alpha: bool) -> Vec<u8> {
+        let c = size as f32 / 2.0;
+        (0..size * size)
+            .flat_map(|i| {
+                let (x, y) = ((i % size) as f32 + 0.5, (i / size) as f32 + 0.5);
+                let inside = ((x - c).powi(2) + (y - c).powi(2)).sqrt() < radius;
+                match (inside, alpha) {
+                    (true, _) => [colour[0], colour[1], colour[2], 255],
+                    (false, true) => [0, 0, 0, 0],
+                    (false, false) => [255, 255, 255, 255],
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_disc_inflates_to_a_closed_lens_of_its_colour() {
+        for alpha in [true, false] {
+            let image = disc(256, 80.0, [200, 40, 30], alpha);
+            let preview = inflate(&image, 256, 256, 96);
+            let mesh = &preview.mesh;
+            assert!(mesh.triangles.len() > 1000);
+            assert_eq!(mesh.boundary_edges(), 0, "closed");
+            assert!(mesh.consistently_oriented());
+            assert!(mesh.signed_volume() > 0.0, "outward");
+            let extent = |d: usize| {
+                let lo = mesh
+                    .positions
+                    .iter()
+                    .map(|p| p[d])
+                    .fold(f32::INFINITY, f32::min);
+                let hi = mesh
+                    .positions
+                    .iter()
+                    .map(|p| p[d])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                (lo, hi)
+            };
+            // The disc spans 160/256 of the image: ±0.625 in world units, within two cells.
+            for d in 0..2 {
+                let (lo, hi) = extent(d);
+                assert!(
+                    (hi - 0.625).abs() < 0.05 && (lo + 0.625).abs() < 0.05,
+                    "{d}: {lo} {hi}"
+                );
+            }
+            let (lo, hi) = extent(2);
+            assert!(
+                (lo + hi).abs() < 0.05,
+                "symmetric front and back: {lo} {hi}"
+            );
+            assert!(hi > 0.3, "it is inflated: {hi}");
+            let disc_coloured = preview
+                .colors
+                .iter()
+                .filter(|c| **c == [200, 40, 30])
+                .count();
+            assert!(
+                disc_coloured as f32 > 0.9 * preview.colors.len() as f32,
+                "vertex colours come from the object"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_image_gives_no_mesh() {
+        let image = vec![0u8; 64 * 64 * 4];
+        assert!(inflate(&image, 64, 64, 32).mesh.triangles.is_empty());
+    }
+}

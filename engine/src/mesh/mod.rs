@@ -4,6 +4,7 @@
 pub mod cleanup;
 pub mod export;
 pub mod marching_cubes;
+pub mod preview;
 
 pub use marching_cubes::{Field, marching_cubes};
 
