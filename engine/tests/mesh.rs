@@ -376,6 +376,28 @@ mod preview {
     }
 
     #[test]
+    fn the_preview_exports_as_glb_with_vertex_colours() {
+        let image = disc(128, 40.0, [10, 200, 90], true);
+        let preview = inflate(&image, 128, 128, 48);
+        let glb = orfeas_engine::mesh::export::to_glb_colored(&preview.mesh, Some(&preview.colors));
+        let gltf = gltf::Gltf::from_slice(&glb).expect("a valid GLB");
+        let blob = gltf.blob.as_deref().unwrap();
+        let primitive = gltf.meshes().next().unwrap().primitives().next().unwrap();
+        let colors = primitive.get(&gltf::Semantic::Colors(0)).expect("COLOR_0");
+        assert_eq!(colors.count(), preview.mesh.positions.len());
+        assert!(colors.normalized());
+        assert_eq!(colors.data_type(), gltf::accessor::DataType::U8);
+        let view = colors.view().unwrap();
+        let indices = primitive.indices().unwrap();
+        assert_eq!(indices.count(), preview.mesh.triangles.len() * 3);
+        for (i, c) in preview.colors.iter().enumerate() {
+            let at = view.offset() + i * 4;
+            assert_eq!(&blob[at..at + 3], c);
+            assert_eq!(blob[at + 3], 255);
+        }
+    }
+
+    #[test]
     fn an_empty_image_gives_no_mesh() {
         let image = vec![0u8; 64 * 64 * 4];
         assert!(inflate(&image, 64, 64, 32).mesh.triangles.is_empty());

@@ -112,6 +112,14 @@ pub fn to_ply(mesh: &Mesh) -> Vec<u8> {
 
 /// glTF 2.0 binary: one mesh, positions + normals + u32 indices.
 pub fn to_glb(mesh: &Mesh) -> Vec<u8> {
+    to_glb_colored(mesh, None)
+}
+
+/// GLB with per-vertex colours (`COLOR_0`, normalised RGBA bytes) when given.
+pub fn to_glb_colored(mesh: &Mesh, colors: Option<&[[u8; 3]]>) -> Vec<u8> {
+    if let Some(colors) = colors {
+        assert_eq!(colors.len(), mesh.positions.len(), "one colour per vertex");
+    }
     let normals = vertex_normals(mesh);
     let mut bin: Vec<u8> = Vec::new();
     for p in &mesh.positions {
@@ -126,12 +134,16 @@ pub fn to_glb(mesh: &Mesh) -> Vec<u8> {
         }
     }
     let normals_len = bin.len() - positions_len;
+    for c in colors.unwrap_or_default() {
+        bin.extend_from_slice(&[c[0], c[1], c[2], 255]);
+    }
+    let colors_len = bin.len() - positions_len - normals_len;
     for t in &mesh.triangles {
         for i in t {
             bin.extend_from_slice(&i.to_le_bytes());
         }
     }
-    let indices_len = bin.len() - positions_len - normals_len;
+    let indices_len = bin.len() - positions_len - normals_len - colors_len;
     let (mut min, mut max) = ([f32::INFINITY; 3], [f32::NEG_INFINITY; 3]);
     for p in &mesh.positions {
         for d in 0..3 {
@@ -143,30 +155,36 @@ pub fn to_glb(mesh: &Mesh) -> Vec<u8> {
         (min, max) = ([0.0; 3], [0.0; 3]);
     }
     const FLOAT: u32 = 5126;
+    const UNSIGNED_BYTE: u32 = 5121;
     const UNSIGNED_INT: u32 = 5125;
     const ARRAY_BUFFER: u32 = 34962;
     const ELEMENT_ARRAY_BUFFER: u32 = 34963;
+    let mut views = vec![
+        json!({ "buffer": 0, "byteOffset": 0, "byteLength": positions_len, "target": ARRAY_BUFFER }),
+        json!({ "buffer": 0, "byteOffset": positions_len, "byteLength": normals_len, "target": ARRAY_BUFFER }),
+    ];
+    let mut accessors = vec![
+        json!({ "bufferView": 0, "componentType": FLOAT, "count": mesh.positions.len(), "type": "VEC3", "min": min, "max": max }),
+        json!({ "bufferView": 1, "componentType": FLOAT, "count": normals.len(), "type": "VEC3" }),
+    ];
+    let mut attributes = json!({ "POSITION": 0, "NORMAL": 1 });
+    if colors.is_some() {
+        views.push(json!({ "buffer": 0, "byteOffset": positions_len + normals_len, "byteLength": colors_len, "target": ARRAY_BUFFER }));
+        accessors.push(json!({ "bufferView": 2, "componentType": UNSIGNED_BYTE, "normalized": true, "count": mesh.positions.len(), "type": "VEC4" }));
+        attributes["COLOR_0"] = json!(2);
+    }
+    let indices_view = views.len();
+    views.push(json!({ "buffer": 0, "byteOffset": positions_len + normals_len + colors_len, "byteLength": indices_len, "target": ELEMENT_ARRAY_BUFFER }));
+    accessors.push(json!({ "bufferView": indices_view, "componentType": UNSIGNED_INT, "count": mesh.triangles.len() * 3, "type": "SCALAR" }));
     let document = json!({
         "asset": { "version": "2.0", "generator": "Orfeas" },
         "scene": 0,
         "scenes": [{ "nodes": [0] }],
         "nodes": [{ "mesh": 0, "name": "orfeas-mesh" }],
-        "meshes": [{ "primitives": [{
-            "attributes": { "POSITION": 0, "NORMAL": 1 },
-            "indices": 2,
-            "mode": 4
-        }] }],
+        "meshes": [{ "primitives": [{ "attributes": attributes, "indices": indices_view, "mode": 4 }] }],
         "buffers": [{ "byteLength": bin.len() }],
-        "bufferViews": [
-            { "buffer": 0, "byteOffset": 0, "byteLength": positions_len, "target": ARRAY_BUFFER },
-            { "buffer": 0, "byteOffset": positions_len, "byteLength": normals_len, "target": ARRAY_BUFFER },
-            { "buffer": 0, "byteOffset": positions_len + normals_len, "byteLength": indices_len, "target": ELEMENT_ARRAY_BUFFER }
-        ],
-        "accessors": [
-            { "bufferView": 0, "componentType": FLOAT, "count": mesh.positions.len(), "type": "VEC3", "min": min, "max": max },
-            { "bufferView": 1, "componentType": FLOAT, "count": normals.len(), "type": "VEC3" },
-            { "bufferView": 2, "componentType": UNSIGNED_INT, "count": mesh.triangles.len() * 3, "type": "SCALAR" }
-        ]
+        "bufferViews": views,
+        "accessors": accessors,
     });
     let mut json = serde_json::to_vec(&document).expect("a JSON document");
     // Chunks are 4-byte aligned: JSON padded with spaces, BIN with zeros.
