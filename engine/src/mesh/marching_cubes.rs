@@ -10,8 +10,6 @@
 //! on an index grid with the official scaling; the result is compared as geometry with
 //! scikit-image's (same vertices; same counts away from interior ambiguities).
 
-use std::collections::HashMap;
-
 use super::Mesh;
 
 /// A dense scalar field on an `nx × ny × nz` grid, `values[(i * ny + j) * nz + k]` at grid
@@ -59,10 +57,16 @@ pub fn marching_cubes(field: Field<'_>) -> Mesh {
     if nx < 2 || ny < 2 || nz < 2 {
         return mesh;
     }
-    // Grid edge (lower grid point, axis) → vertex id.
-    let mut vertex_of: HashMap<(usize, usize, usize, u8), u32> = HashMap::new();
+    // Vertex ids of the grid edges starting on the planes x = i and x = i + 1 (three axes
+    // each): a cell in slab i touches no other edges, so two planes are all that is kept.
+    let mut vertex_of = Slabs {
+        planes: [vec![NONE; ny * nz * 3], vec![NONE; ny * nz * 3]],
+        base: 0,
+        nz,
+    };
     let mut loop_buf: Vec<u32> = Vec::with_capacity(12);
     for i in 0..nx - 1 {
+        vertex_of.advance_to(i);
         for j in 0..ny - 1 {
             for k in 0..nz - 1 {
                 let value = |c: usize| {
@@ -127,15 +131,7 @@ pub fn marching_cubes(field: Field<'_>) -> Mesh {
                     while !used[edge] {
                         used[edge] = true;
                         let (a, b) = (edge / 8, edge % 8);
-                        loop_buf.push(vertex(
-                            &mut mesh,
-                            &mut vertex_of,
-                            field,
-                            [i, j, k],
-                            a,
-                            b,
-                            &values,
-                        ));
+                        loop_buf.push(vertex(&mut mesh, &mut vertex_of, [i, j, k], a, b, &values));
                         let Some(to) = next[edge] else { break };
                         edge = key(to.0, to.1);
                     }
@@ -150,11 +146,35 @@ pub fn marching_cubes(field: Field<'_>) -> Mesh {
     mesh
 }
 
+const NONE: u32 = u32::MAX;
+
+/// Vertex ids of the edges starting on two consecutive x planes.
+struct Slabs {
+    planes: [Vec<u32>; 2],
+    /// The x of `planes[0]`.
+    base: usize,
+    nz: usize,
+}
+
+impl Slabs {
+    fn advance_to(&mut self, x: usize) {
+        if x == self.base + 1 {
+            self.planes.swap(0, 1);
+            self.planes[1].fill(NONE);
+            self.base = x;
+        }
+    }
+
+    fn slot(&mut self, x: usize, y: usize, z: usize, axis: u8) -> &mut u32 {
+        let plane = &mut self.planes[x - self.base];
+        &mut plane[(y * self.nz + z) * 3 + axis as usize]
+    }
+}
+
 /// The vertex on the cell edge between corners `a` and `b` (created once per grid edge).
 fn vertex(
     mesh: &mut Mesh,
-    vertex_of: &mut HashMap<(usize, usize, usize, u8), u32>,
-    _field: Field<'_>,
+    vertex_of: &mut Slabs,
     cell: [usize; 3],
     a: usize,
     b: usize,
@@ -167,14 +187,16 @@ fn vertex(
         (pb, pa, values[b], values[a])
     };
     let axis = (0..3).find(|&d| low[d] != high[d]).expect("an edge") as u8;
-    let grid = (cell[0] + low[0], cell[1] + low[1], cell[2] + low[2], axis);
-    *vertex_of.entry(grid).or_insert_with(|| {
+    let grid = [cell[0] + low[0], cell[1] + low[1], cell[2] + low[2]];
+    let slot = vertex_of.slot(grid[0], grid[1], grid[2], axis);
+    if *slot == NONE {
         let t = v_low / (v_low - v_high);
-        let mut position = [grid.0 as f32, grid.1 as f32, grid.2 as f32];
+        let mut position = grid.map(|g| g as f32);
         position[axis as usize] += t;
         mesh.positions.push(position);
-        (mesh.positions.len() - 1) as u32
-    })
+        *slot = (mesh.positions.len() - 1) as u32;
+    }
+    *slot
 }
 
 /// Map grid-index vertices to the official bounds: `v / grid_size * (max − min) + min`, where

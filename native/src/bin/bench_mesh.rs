@@ -1,0 +1,128 @@
+//! Mesh benchmark: marching-cubes throughput (voxels/s) on 128³ and 256³ fields against
+//! scikit-image's `marching_cubes` (Lewiner) on the same field in the same run, and the
+//! instant preview's build time for a 512² mask.
+//!
+//! `cargo run --release -p orfeas --bin bench-mesh -- [--python PATH] [--sizes 128,256]`
+//! needs a Python with scikit-image for the baseline (e.g. a venv with
+//! `pip install scikit-image==0.24.0`); without it only our figures are printed.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use orfeas_engine::mesh::{Field, marching_cubes, preview};
+
+/// A sphere with a rippled surface, positive inside, on an n³ grid.
+fn field(n: usize) -> Vec<f32> {
+    let mut values = Vec::with_capacity(n * n * n);
+    let c = (n as f32 - 1.0) / 2.0;
+    for i in 0..n {
+        for j in 0..n {
+            for k in 0..n {
+                let (x, y, z) = ((i as f32 - c) / c, (j as f32 - c) / c, (k as f32 - c) / c);
+                let ripple = 0.05 * (7.0 * x).sin() * (5.0 * y).sin() * (6.0 * z).cos();
+                values.push(0.7 + ripple - (x * x + y * y + z * z).sqrt());
+            }
+        }
+    }
+    values
+}
+
+fn main() -> Result<()> {
+    let mut python: Option<PathBuf> = std::env::var_os("ORFEAS_BENCH_PYTHON").map(PathBuf::from);
+    let mut sizes = vec![128usize, 256];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let value = pair.get(1).context("a flag without a value")?;
+        match pair[0].as_str() {
+            "--python" => python = Some(PathBuf::from(value)),
+            "--sizes" => sizes = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/skimage_mc.py");
+    let dir = tempfile::tempdir()?;
+    println!("marching cubes, best of 3 (voxels/s = cells per second):");
+    for n in sizes {
+        let values = field(n);
+        let mut best = f64::INFINITY;
+        let mut mesh = Default::default();
+        for _ in 0..3 {
+            let started = Instant::now();
+            mesh = marching_cubes(Field {
+                values: &values,
+                dims: [n; 3],
+            });
+            best = best.min(started.elapsed().as_secs_f64());
+        }
+        let cells = ((n - 1) * (n - 1) * (n - 1)) as f64;
+        let ours: &orfeas_engine::mesh::Mesh = &mesh;
+        print!(
+            "  {n}³: orfeas {:.3} s ({:.1} M voxels/s, {} verts, {} faces)",
+            best,
+            cells / best / 1e6,
+            ours.positions.len(),
+            ours.triangles.len()
+        );
+        match &python {
+            Some(python) => {
+                let path = dir.path().join(format!("field{n}.f32"));
+                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                std::fs::write(&path, bytes)?;
+                let output = Command::new(python)
+                    .arg(&script)
+                    .arg(&path)
+                    .arg(n.to_string())
+                    .arg("3")
+                    .output()
+                    .context("running the scikit-image baseline")?;
+                anyhow::ensure!(
+                    output.status.success(),
+                    "baseline failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                let text = String::from_utf8(output.stdout)?;
+                let mut parts = text.split_whitespace();
+                let seconds: f64 = parts.next().context("seconds")?.parse()?;
+                let verts = parts.next().unwrap_or("?");
+                let faces = parts.next().unwrap_or("?");
+                println!(
+                    "; scikit-image {seconds:.3} s ({:.1} M voxels/s, {verts} verts, {faces} faces); \
+                     speed ratio orfeas/scikit-image {:.2}",
+                    cells / seconds / 1e6,
+                    seconds / best
+                );
+            }
+            None => println!("; scikit-image: not run (no --python)"),
+        }
+    }
+    // The instant preview of a 512² cut-out (an ellipse on transparent).
+    let size = 512usize;
+    let c = size as f32 / 2.0;
+    let image: Vec<u8> = (0..size * size)
+        .flat_map(|i| {
+            let (x, y) = ((i % size) as f32, (i / size) as f32);
+            if ((x - c).powi(2) / 1.5 + (y - c).powi(2)).sqrt() < 180.0 {
+                [120, 150, 200, 255]
+            } else {
+                [0, 0, 0, 0]
+            }
+        })
+        .collect();
+    for resolution in [96, 128, 192] {
+        let mut best = f64::INFINITY;
+        let mut faces = 0;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let built = preview::inflate(&image, size, size, resolution);
+            best = best.min(started.elapsed().as_secs_f64());
+            faces = built.mesh.triangles.len();
+        }
+        println!(
+            "preview of a 512² mask at {resolution} cells: {:.1} ms ({faces} faces)",
+            best * 1000.0
+        );
+    }
+    Ok(())
+}
