@@ -176,19 +176,15 @@ mod export {
         // Accessor bounds are the real bounds.
         let min = position.min().unwrap();
         let max = position.max().unwrap();
+        // (Checked against the positions themselves, not `Mesh::bounds`, which the writer uses.)
         for d in 0..3 {
-            let lo = mesh
-                .positions
-                .iter()
-                .map(|p| p[d])
-                .fold(f32::INFINITY, f32::min);
-            let hi = mesh
-                .positions
-                .iter()
-                .map(|p| p[d])
-                .fold(f32::NEG_INFINITY, f32::max);
-            assert_eq!(min[d].as_f64().unwrap() as f32, lo);
-            assert_eq!(max[d].as_f64().unwrap() as f32, hi);
+            let (lo, hi) = (
+                min[d].as_f64().unwrap() as f32,
+                max[d].as_f64().unwrap() as f32,
+            );
+            assert!(mesh.positions.iter().all(|p| lo <= p[d] && p[d] <= hi));
+            assert!(mesh.positions.iter().any(|p| p[d] == lo));
+            assert!(mesh.positions.iter().any(|p| p[d] == hi));
         }
         let view = indices.view().unwrap();
         let at = view.offset() + indices.offset();
@@ -336,19 +332,8 @@ mod preview {
             assert_eq!(mesh.boundary_edges(), 0, "closed");
             assert!(mesh.consistently_oriented());
             assert!(mesh.signed_volume() > 0.0, "outward");
-            let extent = |d: usize| {
-                let lo = mesh
-                    .positions
-                    .iter()
-                    .map(|p| p[d])
-                    .fold(f32::INFINITY, f32::min);
-                let hi = mesh
-                    .positions
-                    .iter()
-                    .map(|p| p[d])
-                    .fold(f32::NEG_INFINITY, f32::max);
-                (lo, hi)
-            };
+            let (lo, hi) = mesh.bounds().unwrap();
+            let extent = |d: usize| (lo[d], hi[d]);
             // The disc spans 160/256 of the image: ±0.625 in world units, within two cells.
             for d in 0..2 {
                 let (lo, hi) = extent(d);

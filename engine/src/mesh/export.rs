@@ -144,16 +144,7 @@ pub fn to_glb_colored(mesh: &Mesh, colors: Option<&[[u8; 3]]>) -> Vec<u8> {
         }
     }
     let indices_len = bin.len() - positions_len - normals_len - colors_len;
-    let (mut min, mut max) = ([f32::INFINITY; 3], [f32::NEG_INFINITY; 3]);
-    for p in &mesh.positions {
-        for d in 0..3 {
-            min[d] = min[d].min(p[d]);
-            max[d] = max[d].max(p[d]);
-        }
-    }
-    if mesh.positions.is_empty() {
-        (min, max) = ([0.0; 3], [0.0; 3]);
-    }
+    let (min, max) = mesh.bounds().unwrap_or(([0.0; 3], [0.0; 3]));
     const FLOAT: u32 = 5126;
     const UNSIGNED_BYTE: u32 = 5121;
     const UNSIGNED_INT: u32 = 5125;

@@ -29,6 +29,22 @@ impl Mesh {
             .sum()
     }
 
+    /// Axis-aligned bounds `(min, max)`, or `None` for an empty mesh.
+    pub fn bounds(&self) -> Option<([f32; 3], [f32; 3])> {
+        let first = *self.positions.first()?;
+        Some(
+            self.positions
+                .iter()
+                .fold((first, first), |(mut lo, mut hi), p| {
+                    for d in 0..3 {
+                        lo[d] = lo[d].min(p[d]);
+                        hi[d] = hi[d].max(p[d]);
+                    }
+                    (lo, hi)
+                }),
+        )
+    }
+
     /// Edges used by exactly one triangle (none for a closed surface).
     pub fn boundary_edges(&self) -> usize {
         let mut count = std::collections::HashMap::new();
