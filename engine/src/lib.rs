@@ -1,11 +1,13 @@
 //! Orfeas engine: the platform-neutral core shared by the browser app and the native CLI/server.
 //!
-//! Data path: [`weights`] (fetch → parse → verify → upload → apply) → models → pipeline →
-//! [`mesh`] (field → triangles).
+//! Data path: [`weights`] (fetch → parse → verify → upload → apply) → [`input`] (the user's
+//! image) → models → pipeline → [`mesh`] (field → triangles → preview, clean-up, export).
 //! [`device`] and [`gpu`] pick where the tensors live.
 
 pub mod device;
 #[cfg(any(feature = "wgpu", feature = "webgpu"))]
 pub mod gpu;
+pub mod input;
 pub mod mesh;
+pub mod volume;
 pub mod weights;

@@ -53,9 +53,10 @@ const FACES: [[usize; 4]; 6] = [
 pub fn marching_cubes(field: Field<'_>) -> Mesh {
     let [nx, ny, nz] = field.dims;
     assert_eq!(field.values.len(), nx * ny * nz, "field size");
-    let mut mesh = Mesh::default();
+    let mut positions = Vec::new();
+    let mut triangles = Vec::new();
     if nx < 2 || ny < 2 || nz < 2 {
-        return mesh;
+        return Mesh::default();
     }
     // Vertex ids of the grid edges starting on the planes x = i and x = i + 1 (three axes
     // each): a cell in slab i touches no other edges, so two planes are all that is kept.
@@ -69,81 +70,155 @@ pub fn marching_cubes(field: Field<'_>) -> Mesh {
         vertex_of.advance_to(i);
         for j in 0..ny - 1 {
             for k in 0..nz - 1 {
-                let value = |c: usize| {
+                let values: [f32; 8] = std::array::from_fn(|c| {
                     let [di, dj, dk] = CORNERS[c];
                     field.at(i + di, j + dj, k + dk)
-                };
-                let values: [f32; 8] = std::array::from_fn(value);
-                let inside: [bool; 8] = values.map(|v| v > 0.0);
-                if inside.iter().all(|&b| b) || inside.iter().all(|&b| !b) {
-                    continue;
-                }
-                // Directed segments on the faces: from a crossing where the walk leaves the
-                // inside to the crossing where it enters, so `next` chains them into loops.
-                let mut next: [Option<(usize, usize)>; 64] = [None; 64];
-                let key = |a: usize, b: usize| a.min(b) * 8 + a.max(b);
-                for face in FACES {
-                    let crossings: Vec<(usize, usize, bool)> = (0..4)
-                        .filter_map(|e| {
-                            let (a, b) = (face[e], face[(e + 1) % 4]);
-                            (inside[a] != inside[b]).then_some((a, b, inside[b]))
-                        })
-                        .collect();
-                    let pairs: Vec<((usize, usize), (usize, usize))> = match crossings.len() {
-                        2 => {
-                            let (enter, leave) = if crossings[0].2 {
-                                (crossings[0], crossings[1])
-                            } else {
-                                (crossings[1], crossings[0])
-                            };
-                            vec![((leave.0, leave.1), (enter.0, enter.1))]
-                        }
-                        4 => {
-                            // Ambiguous face: is the saddle of the bilinear interpolant inside?
-                            let [a, b, c, d] = face.map(|corner| values[corner]);
-                            let saddle = (a * c - b * d) / (a + c - b - d);
-                            let first_enter = if crossings[0].2 { 0 } else { 1 };
-                            let e1 = crossings[first_enter];
-                            let l1 = crossings[first_enter + 1];
-                            let e2 = crossings[(first_enter + 2) % 4];
-                            let l2 = crossings[(first_enter + 3) % 4];
-                            let connected = saddle > 0.0;
-                            if connected {
-                                vec![((l1.0, l1.1), (e2.0, e2.1)), ((l2.0, l2.1), (e1.0, e1.1))]
-                            } else {
-                                vec![((l1.0, l1.1), (e1.0, e1.1)), ((l2.0, l2.1), (e2.0, e2.1))]
-                            }
-                        }
-                        _ => Vec::new(),
-                    };
-                    for (from, to) in pairs {
-                        next[key(from.0, from.1)] = Some(to);
+                });
+                polygonise(&values, &mut loop_buf, &mut triangles, |a, b| {
+                    let (grid, axis, t) = edge_crossing([i, j, k], a, b, &values);
+                    let slot = vertex_of.slot(grid[0], grid[1], grid[2], axis);
+                    if *slot == NONE {
+                        *slot = push_vertex(&mut positions, grid, axis, t);
                     }
-                }
-                // Walk the loops.
-                let mut used = [false; 64];
-                for start in 0..64 {
-                    if next[start].is_none() || used[start] {
-                        continue;
-                    }
-                    loop_buf.clear();
-                    let mut edge = start;
-                    while !used[edge] {
-                        used[edge] = true;
-                        let (a, b) = (edge / 8, edge % 8);
-                        loop_buf.push(vertex(&mut mesh, &mut vertex_of, [i, j, k], a, b, &values));
-                        let Some(to) = next[edge] else { break };
-                        edge = key(to.0, to.1);
-                    }
-                    for t in 1..loop_buf.len().saturating_sub(1) {
-                        mesh.triangles
-                            .push([loop_buf[0], loop_buf[t + 1], loop_buf[t]]);
-                    }
-                }
+                    *slot
+                });
             }
         }
     }
-    mesh
+    Mesh {
+        positions,
+        triangles,
+    }
+}
+
+/// A field known only on some cells: coarse-to-fine decoding evaluates the grid points of the
+/// cells near the surface and nothing else. `cells` are the min corners of the cells whose eight
+/// corners are all in `values` (keyed by the dense index `(i * ny + j) * nz + k`).
+#[derive(Debug, Clone, Default)]
+pub struct SparseField {
+    pub dims: [usize; 3],
+    pub values: std::collections::HashMap<usize, f32>,
+    pub cells: Vec<[usize; 3]>,
+}
+
+impl SparseField {
+    pub fn index(&self, [i, j, k]: [usize; 3]) -> usize {
+        (i * self.dims[1] + j) * self.dims[2] + k
+    }
+}
+
+/// Marching cubes over the listed cells only; the same surface as [`marching_cubes`] gives on
+/// those cells (same vertices, same triangles), welded across cells through an edge map.
+pub fn marching_cubes_sparse(field: &SparseField) -> Mesh {
+    let mut positions = Vec::new();
+    let mut triangles = Vec::new();
+    let mut vertex_of: std::collections::HashMap<(usize, u8), u32> = Default::default();
+    let mut loop_buf: Vec<u32> = Vec::with_capacity(12);
+    let mut cells = field.cells.clone();
+    cells.sort_unstable();
+    cells.dedup();
+    for [i, j, k] in cells {
+        let corner = |c: usize| {
+            let [di, dj, dk] = CORNERS[c];
+            let at = field.index([i + di, j + dj, k + dk]);
+            *field.values.get(&at).unwrap_or_else(|| {
+                panic!(
+                    "sparse field: corner {:?} of cell {:?} missing",
+                    [i + di, j + dj, k + dk],
+                    [i, j, k]
+                )
+            })
+        };
+        let values: [f32; 8] = std::array::from_fn(corner);
+        polygonise(&values, &mut loop_buf, &mut triangles, |a, b| {
+            let (grid, axis, t) = edge_crossing([i, j, k], a, b, &values);
+            *vertex_of
+                .entry((field.index(grid), axis))
+                .or_insert_with(|| push_vertex(&mut positions, grid, axis, t))
+        });
+    }
+    Mesh {
+        positions,
+        triangles,
+    }
+}
+
+/// One cell: join the face crossings into loops and fan each loop into triangles. `vertex(a, b)`
+/// gives the id of the vertex on the edge between corners `a` and `b`.
+fn polygonise(
+    values: &[f32; 8],
+    loop_buf: &mut Vec<u32>,
+    triangles: &mut Vec<[u32; 3]>,
+    mut vertex: impl FnMut(usize, usize) -> u32,
+) {
+    let inside: [bool; 8] = values.map(|v| v > 0.0);
+    if inside.iter().all(|&b| b) || inside.iter().all(|&b| !b) {
+        return;
+    }
+    // Directed segments on the faces: from a crossing where the walk leaves the inside to the
+    // crossing where it enters, so `next` chains them into loops.
+    let mut next: [Option<(usize, usize)>; 64] = [None; 64];
+    let key = |a: usize, b: usize| a.min(b) * 8 + a.max(b);
+    for face in FACES {
+        let mut crossings = [(0usize, 0usize, false); 4];
+        let mut count = 0;
+        for e in 0..4 {
+            let (a, b) = (face[e], face[(e + 1) % 4]);
+            if inside[a] != inside[b] {
+                crossings[count] = (a, b, inside[b]);
+                count += 1;
+            }
+        }
+        let mut link = |from: (usize, usize, bool), to: (usize, usize, bool)| {
+            next[key(from.0, from.1)] = Some((to.0, to.1));
+        };
+        match count {
+            2 => {
+                let (enter, leave) = if crossings[0].2 {
+                    (crossings[0], crossings[1])
+                } else {
+                    (crossings[1], crossings[0])
+                };
+                link(leave, enter);
+            }
+            4 => {
+                // Ambiguous face: is the saddle of the bilinear interpolant inside?
+                let [a, b, c, d] = face.map(|corner| values[corner]);
+                let saddle = (a * c - b * d) / (a + c - b - d);
+                let first_enter = if crossings[0].2 { 0 } else { 1 };
+                let e1 = crossings[first_enter];
+                let l1 = crossings[first_enter + 1];
+                let e2 = crossings[(first_enter + 2) % 4];
+                let l2 = crossings[(first_enter + 3) % 4];
+                if saddle > 0.0 {
+                    link(l1, e2);
+                    link(l2, e1);
+                } else {
+                    link(l1, e1);
+                    link(l2, e2);
+                }
+            }
+            _ => {}
+        }
+    }
+    // Walk the loops.
+    let mut used = [false; 64];
+    for start in 0..64 {
+        if next[start].is_none() || used[start] {
+            continue;
+        }
+        loop_buf.clear();
+        let mut edge = start;
+        while !used[edge] {
+            used[edge] = true;
+            loop_buf.push(vertex(edge / 8, edge % 8));
+            let Some(to) = next[edge] else { break };
+            edge = key(to.0, to.1);
+        }
+        for t in 1..loop_buf.len().saturating_sub(1) {
+            triangles.push([loop_buf[0], loop_buf[t + 1], loop_buf[t]]);
+        }
+    }
 }
 
 const NONE: u32 = u32::MAX;
@@ -171,32 +246,25 @@ impl Slabs {
     }
 }
 
-/// The vertex on the cell edge between corners `a` and `b` (created once per grid edge).
-fn vertex(
-    mesh: &mut Mesh,
-    vertex_of: &mut Slabs,
-    cell: [usize; 3],
-    a: usize,
-    b: usize,
-    values: &[f32; 8],
-) -> u32 {
+/// The grid edge between corners `a` and `b` of `cell`: its low grid point, its axis, and
+/// where along it the field crosses zero.
+fn edge_crossing(cell: [usize; 3], a: usize, b: usize, values: &[f32; 8]) -> ([usize; 3], u8, f32) {
     let (pa, pb) = (CORNERS[a], CORNERS[b]);
     let (low, high, v_low, v_high) = if pa < pb {
         (pa, pb, values[a], values[b])
     } else {
         (pb, pa, values[b], values[a])
     };
-    let axis = (0..3).find(|&d| low[d] != high[d]).expect("an edge") as u8;
+    let axis = (0..3).find(|&d| low[d] != high[d]).expect("an edge");
     let grid = [cell[0] + low[0], cell[1] + low[1], cell[2] + low[2]];
-    let slot = vertex_of.slot(grid[0], grid[1], grid[2], axis);
-    if *slot == NONE {
-        let t = v_low / (v_low - v_high);
-        let mut position = grid.map(|g| g as f32);
-        position[axis as usize] += t;
-        mesh.positions.push(position);
-        *slot = (mesh.positions.len() - 1) as u32;
-    }
-    *slot
+    (grid, axis as u8, v_low / (v_low - v_high))
+}
+
+fn push_vertex(positions: &mut Vec<[f32; 3]>, grid: [usize; 3], axis: u8, t: f32) -> u32 {
+    let mut position = grid.map(|g| g as f32);
+    position[axis as usize] += t;
+    positions.push(position);
+    (positions.len() - 1) as u32
 }
 
 /// Map grid-index vertices to the official bounds: `v / grid_size * (max − min) + min`, where

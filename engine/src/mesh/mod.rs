@@ -6,7 +6,7 @@ pub mod export;
 pub mod marching_cubes;
 pub mod preview;
 
-pub use marching_cubes::{Field, marching_cubes};
+pub use marching_cubes::{Field, SparseField, marching_cubes, marching_cubes_sparse};
 
 /// An indexed triangle mesh; triangles wind counter-clockwise seen from outside.
 #[derive(Debug, Clone, Default, PartialEq)]

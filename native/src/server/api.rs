@@ -20,7 +20,7 @@ use super::{AppState, models::Aggregate};
 const DRAIN_LIMIT: usize = 64 << 20;
 
 /// The largest image accepted, in pixels (64 MP).
-pub const MAX_PIXELS: u64 = 64_000_000;
+pub use orfeas_engine::input::MAX_PIXELS;
 
 fn error(status: StatusCode, message: impl Into<String>, kind: &str) -> Response {
     (
@@ -383,29 +383,7 @@ fn validate(raw: &RawParams) -> Result<GenerateParams, String> {
 
 /// Decode PNG/JPEG/WebP; refuse empty, zero-sized and oversize images before decoding pixels.
 pub fn decode_image(bytes: &[u8]) -> Result<image::RgbaImage, String> {
-    if bytes.is_empty() {
-        return Err("the image is empty".into());
-    }
-    let reader = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("reading the image: {e}"))?;
-    if reader.format().is_none() {
-        return Err("not an image (expected PNG, JPEG or WebP)".into());
-    }
-    let (width, height) = reader
-        .into_dimensions()
-        .map_err(|e| format!("not a readable image: {e}"))?;
-    if width == 0 || height == 0 {
-        return Err(format!("the image is {width}×{height}: nothing to see"));
-    }
-    if u64::from(width) * u64::from(height) > MAX_PIXELS {
-        return Err(format!(
-            "the image is {width}×{height} ({:.0} MP); at most 64 MP",
-            f64::from(width) * f64::from(height) / 1e6
-        ));
-    }
-    let image = image::load_from_memory(bytes).map_err(|e| format!("not a readable image: {e}"))?;
-    Ok(image.to_rgba8())
+    orfeas_engine::input::decode_image(bytes).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -1,0 +1,163 @@
+//! The user's image: decoded from PNG, JPEG (CMYK too) or WebP bytes with its EXIF orientation
+//! applied, into RGBA8; every way it can be unusable is an error that says which.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbaImage};
+use thiserror::Error;
+
+/// The largest image accepted, in pixels (64 MP, as the server's upload limit implies).
+pub const MAX_PIXELS: u64 = 64_000_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ImageError {
+    #[error("the image is empty")]
+    Empty,
+    #[error("not an image (expected PNG, JPEG or WebP)")]
+    NotAnImage,
+    #[error("the image is {width}×{height}: nothing to see")]
+    ZeroSized { width: u32, height: u32 },
+    #[error("the image is {width}×{height} ({:.0} MP); at most 64 MP", f64::from(*width) * f64::from(*height) / 1e6)]
+    TooLarge { width: u32, height: u32 },
+    #[error("not a readable image: {0}")]
+    Corrupt(String),
+}
+
+/// Decode `bytes` to upright RGBA8 (grayscale, palette, 16-bit and CMYK are converted).
+pub fn decode_image(bytes: &[u8]) -> Result<RgbaImage, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ImageError::Corrupt(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(ImageError::NotAnImage);
+    }
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| ImageError::Corrupt(e.to_string()))?;
+    let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 {
+        return Err(ImageError::ZeroSized { width, height });
+    }
+    // Checked before any pixel is decoded, so a decompression bomb costs nothing.
+    if u64::from(width) * u64::from(height) > MAX_PIXELS {
+        return Err(ImageError::TooLarge { width, height });
+    }
+    let orientation = decoder.orientation().ok();
+    let mut image =
+        DynamicImage::from_decoder(decoder).map_err(|e| ImageError::Corrupt(e.to_string()))?;
+    if let Some(orientation) = orientation {
+        image.apply_orientation(orientation);
+    }
+    Ok(image.to_rgba8())
+}
+
+/// Shrink (never enlarge) so that the longer side is at most `max_side`, keeping the aspect.
+pub fn fit_within(image: &RgbaImage, max_side: u32) -> RgbaImage {
+    let (w, h) = image.dimensions();
+    let longer = w.max(h);
+    if longer <= max_side {
+        return image.clone();
+    }
+    let scale = f64::from(max_side) / f64::from(longer);
+    let nw = ((f64::from(w) * scale).round() as u32).max(1);
+    let nh = ((f64::from(h) * scale).round() as u32).max(1);
+    image::imageops::resize(image, nw, nh, image::imageops::FilterType::Triangle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageFormat, Rgba};
+
+    fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        image.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn decodes_png_jpeg_webp_grayscale_and_16_bit_to_rgba() {
+        let rgb =
+            DynamicImage::ImageRgb8(image::RgbImage::from_pixel(5, 3, image::Rgb([200, 10, 10])));
+        for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::WebP] {
+            let decoded = decode_image(&encode(&rgb, format)).unwrap();
+            assert_eq!(decoded.dimensions(), (5, 3), "{format:?}");
+            let px = decoded.get_pixel(2, 1);
+            assert!(
+                px[0] > 150 && px[1] < 60 && px[3] == 255,
+                "{format:?} {px:?}"
+            );
+        }
+        let gray = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(2, 2, image::Luma([77])));
+        assert_eq!(
+            decode_image(&encode(&gray, ImageFormat::Png))
+                .unwrap()
+                .get_pixel(0, 0),
+            &Rgba([77, 77, 77, 255])
+        );
+        let deep = DynamicImage::ImageRgba16(image::ImageBuffer::from_pixel(
+            2,
+            2,
+            Rgba([65535u16, 0, 32896, 0]),
+        ));
+        assert_eq!(
+            decode_image(&encode(&deep, ImageFormat::Png))
+                .unwrap()
+                .get_pixel(1, 1),
+            &Rgba([255, 0, 128, 0])
+        );
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        assert_eq!(decode_image(b""), Err(ImageError::Empty));
+        assert_eq!(
+            decode_image(b"<html><body>404</body></html>"),
+            Err(ImageError::NotAnImage)
+        );
+        let png = encode(&DynamicImage::new_rgb8(8, 8), ImageFormat::Png);
+        assert!(matches!(
+            decode_image(&png[..png.len() / 2]),
+            Err(ImageError::Corrupt(_))
+        ));
+        // A PNG header claiming 10 000 × 10 000 pixels: refused before decoding.
+        let mut huge = encode(&DynamicImage::new_rgb8(1, 1), ImageFormat::Png);
+        huge[16..20].copy_from_slice(&10_000u32.to_be_bytes());
+        huge[20..24].copy_from_slice(&10_000u32.to_be_bytes());
+        let crc = crc32(&huge[12..29]);
+        huge[29..33].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(
+            decode_image(&huge),
+            Err(ImageError::TooLarge {
+                width: 10_000,
+                height: 10_000
+            })
+        );
+    }
+
+    /// PNG's chunk checksum, to forge a valid header.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn fit_within_keeps_the_aspect_and_never_enlarges() {
+        let image = RgbaImage::new(1000, 500);
+        assert_eq!(fit_within(&image, 512).dimensions(), (512, 256));
+        assert_eq!(fit_within(&image, 2000).dimensions(), (1000, 500));
+    }
+}
