@@ -141,7 +141,9 @@ fn parity_mesh_field_a() {
 
 mod export {
     use super::*;
-    use orfeas_engine::mesh::export::{to_glb, to_obj, to_ply, to_stl, vertex_normals};
+    use orfeas_engine::mesh::export::{
+        to_glb, to_obj, to_obj_colored, to_ply, to_ply_colored, to_stl, vertex_normals,
+    };
 
     fn sphere() -> Mesh {
         extract(&reference("sphere"))
@@ -239,6 +241,39 @@ mod export {
         assert_eq!(
             ply.len() - end,
             mesh.positions.len() * 24 + mesh.triangles.len() * 13
+        );
+    }
+
+    #[test]
+    fn obj_and_ply_carry_vertex_colours() {
+        let mesh = sphere();
+        let colors: Vec<[u8; 3]> = (0..mesh.positions.len())
+            .map(|i| [(i % 256) as u8, 255, 0])
+            .collect();
+        let obj = to_obj_colored(&mesh, Some(&colors));
+        let v: Vec<Vec<f32>> = obj
+            .lines()
+            .filter(|l| l.starts_with("v "))
+            .map(|l| l[2..].split(' ').map(|x| x.parse().unwrap()).collect())
+            .collect();
+        assert_eq!(v.len(), mesh.positions.len());
+        assert_eq!(v[7][..3], mesh.positions[7]);
+        assert_eq!(v[7][3..], [7.0 / 255.0, 1.0, 0.0]);
+
+        let ply = to_ply_colored(&mesh, Some(&colors));
+        let end = ply.windows(11).position(|w| w == b"end_header\n").unwrap() + 11;
+        let header = std::str::from_utf8(&ply[..end]).unwrap();
+        assert!(header.contains("property uchar red\nproperty uchar green\nproperty uchar blue\n"));
+        let stride = 24 + 3;
+        assert_eq!(
+            ply.len() - end,
+            mesh.positions.len() * stride + mesh.triangles.len() * 13
+        );
+        let vertex_7 = &ply[end + 7 * stride..end + 8 * stride];
+        assert_eq!(&vertex_7[24..], &[7, 255, 0]);
+        assert_eq!(
+            f32::from_le_bytes(vertex_7[..4].try_into().unwrap()),
+            mesh.positions[7][0]
         );
     }
 }
@@ -386,5 +421,164 @@ mod preview {
     fn an_empty_image_gives_no_mesh() {
         let image = vec![0u8; 64 * 64 * 4];
         assert!(inflate(&image, 64, 64, 32).mesh.triangles.is_empty());
+    }
+}
+
+mod decimate {
+    use std::collections::HashMap;
+
+    use orfeas_engine::mesh::decimate::decimate;
+    use orfeas_engine::mesh::{Field, Mesh, marching_cubes};
+
+    /// A cube [-1, 1]³ whose faces are `n × n` grids of quads, welded, wound outwards.
+    fn subdivided_cube(n: usize) -> Mesh {
+        let mut mesh = Mesh::default();
+        let mut ids: HashMap<[i64; 3], u32> = HashMap::new();
+        let mut id = |p: [f32; 3], mesh: &mut Mesh| {
+            let key = p.map(|x| (x * 1e4).round() as i64);
+            *ids.entry(key).or_insert_with(|| {
+                mesh.positions.push(p);
+                (mesh.positions.len() - 1) as u32
+            })
+        };
+        for axis in 0..3 {
+            for sign in [-1.0f32, 1.0] {
+                let (u, v) = ((axis + 1) % 3, (axis + 2) % 3);
+                let at = |i: usize, j: usize| {
+                    let mut p = [0.0; 3];
+                    p[axis] = sign;
+                    p[u] = -1.0 + 2.0 * i as f32 / n as f32;
+                    p[v] = -1.0 + 2.0 * j as f32 / n as f32;
+                    p
+                };
+                for i in 0..n {
+                    for j in 0..n {
+                        let q = [at(i, j), at(i + 1, j), at(i + 1, j + 1), at(i, j + 1)]
+                            .map(|p| id(p, &mut mesh));
+                        // (u, v, axis) is right-handed: counter-clockwise in (u, v) faces +axis.
+                        let (a, b) = if sign > 0.0 { (1, 3) } else { (3, 1) };
+                        mesh.triangles.push([q[0], q[a], q[2]]);
+                        mesh.triangles.push([q[0], q[2], q[b]]);
+                    }
+                }
+            }
+        }
+        mesh
+    }
+
+    fn ball(n: usize, radius: f32) -> Mesh {
+        let c = (n - 1) as f32 / 2.0;
+        let values: Vec<f32> = (0..n * n * n)
+            .map(|idx| {
+                let p = [idx / (n * n), idx / n % n, idx % n].map(|x| x as f32 - c);
+                radius - (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt()
+            })
+            .collect();
+        marching_cubes(Field {
+            values: &values,
+            dims: [n, n, n],
+        })
+    }
+
+    fn area(mesh: &Mesh) -> f64 {
+        mesh.triangles
+            .iter()
+            .map(|t| {
+                let [a, b, c] = t.map(|i| mesh.positions[i as usize].map(f64::from));
+                let u = [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
+                let v = [c[0] - a[0], c[1] - a[1], c[2] - a[2]];
+                let x = [
+                    u[1] * v[2] - u[2] * v[1],
+                    u[2] * v[0] - u[0] * v[2],
+                    u[0] * v[1] - u[1] * v[0],
+                ];
+                (x[0] * x[0] + x[1] * x[1] + x[2] * x[2]).sqrt() / 2.0
+            })
+            .sum()
+    }
+
+    #[test]
+    fn a_subdivided_cube_collapses_to_its_twelve_triangles() {
+        let cube = subdivided_cube(8);
+        assert_eq!(cube.triangles.len(), 6 * 8 * 8 * 2);
+        assert!(
+            (cube.signed_volume() - 8.0).abs() < 1e-4,
+            "test cube is outward"
+        );
+        let simple = decimate(&cube, 12);
+        assert_eq!(simple.triangles.len(), 12);
+        assert_eq!(simple.positions.len(), 8);
+        assert_eq!(simple.boundary_edges(), 0);
+        assert!(simple.consistently_oriented());
+        assert!(
+            (simple.signed_volume() - 8.0).abs() < 1e-4,
+            "{}",
+            simple.signed_volume()
+        );
+        for p in &simple.positions {
+            assert!(
+                p.iter().all(|x| (x.abs() - 1.0).abs() < 1e-5),
+                "corner {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sphere_keeps_its_shape_and_stays_closed() {
+        let radius = 14.0;
+        let sphere = ball(32, radius);
+        let before = sphere.triangles.len();
+        assert!(before > 5000, "{before}");
+        let target = before / 8;
+        let simple = decimate(&sphere, target);
+        let faces = simple.triangles.len();
+        assert!(
+            faces <= target && faces + 4 >= target,
+            "{faces} faces for target {target}"
+        );
+        assert_eq!(simple.boundary_edges(), 0);
+        assert!(simple.consistently_oriented());
+        let v0 = sphere.signed_volume();
+        let v1 = simple.signed_volume();
+        assert!(((v1 - v0) / v0).abs() < 0.02, "volume {v0} → {v1}");
+        let c = 15.5;
+        for p in &simple.positions {
+            let r = ((p[0] - c).powi(2) + (p[1] - c).powi(2) + (p[2] - c).powi(2)).sqrt();
+            assert!((r - radius).abs() < 0.25, "vertex at radius {r}");
+        }
+    }
+
+    #[test]
+    fn an_open_square_keeps_its_outline() {
+        // A flat 6 × 6 grid of quads on [0, 1]²: its border must not move or shrink.
+        let n = 6;
+        let mut mesh = Mesh::default();
+        for j in 0..=n {
+            for i in 0..=n {
+                mesh.positions
+                    .push([i as f32 / n as f32, j as f32 / n as f32, 0.0]);
+            }
+        }
+        let at = |i: usize, j: usize| (j * (n + 1) + i) as u32;
+        for j in 0..n {
+            for i in 0..n {
+                mesh.triangles
+                    .push([at(i, j), at(i + 1, j), at(i + 1, j + 1)]);
+                mesh.triangles
+                    .push([at(i, j), at(i + 1, j + 1), at(i, j + 1)]);
+            }
+        }
+        let simple = decimate(&mesh, 2);
+        assert_eq!(simple.triangles.len(), 2);
+        assert!((area(&simple) - 1.0).abs() < 1e-5, "area {}", area(&simple));
+        assert_eq!(simple.bounds(), mesh.bounds());
+        assert_eq!(simple.boundary_edges(), 4);
+        assert!(simple.consistently_oriented());
+    }
+
+    #[test]
+    fn nothing_to_do_leaves_the_mesh_as_it_is() {
+        let cube = subdivided_cube(2);
+        assert_eq!(decimate(&cube, 1000), cube);
     }
 }

@@ -43,11 +43,24 @@ fn face_normal(mesh: &Mesh, t: &[u32; 3]) -> [f32; 3] {
 
 /// Wavefront OBJ with vertex normals.
 pub fn to_obj(mesh: &Mesh) -> String {
+    to_obj_colored(mesh, None)
+}
+
+/// OBJ with vertex colours as `v x y z r g b` (0–1), the extension Blender and MeshLab read.
+pub fn to_obj_colored(mesh: &Mesh, colors: Option<&[[u8; 3]]>) -> String {
     use std::fmt::Write;
+    if let Some(colors) = colors {
+        assert_eq!(colors.len(), mesh.positions.len(), "one colour per vertex");
+    }
     let normals = vertex_normals(mesh);
     let mut out = String::from("# Orfeas\n");
-    for p in &mesh.positions {
-        let _ = writeln!(out, "v {} {} {}", p[0], p[1], p[2]);
+    for (i, p) in mesh.positions.iter().enumerate() {
+        let _ = write!(out, "v {} {} {}", p[0], p[1], p[2]);
+        if let Some(c) = colors.map(|c| c[i]) {
+            let [r, g, b] = c.map(|x| f32::from(x) / 255.0);
+            let _ = write!(out, " {r} {g} {b}");
+        }
+        out.push('\n');
     }
     for n in &normals {
         let _ = writeln!(out, "vn {} {} {}", n[0], n[1], n[2]);
@@ -86,19 +99,35 @@ pub fn to_stl(mesh: &Mesh, scale: f32) -> Vec<u8> {
 
 /// Binary little-endian PLY with positions and normals.
 pub fn to_ply(mesh: &Mesh) -> Vec<u8> {
+    to_ply_colored(mesh, None)
+}
+
+/// PLY with `red green blue` bytes per vertex when colours are given.
+pub fn to_ply_colored(mesh: &Mesh, colors: Option<&[[u8; 3]]>) -> Vec<u8> {
+    if let Some(colors) = colors {
+        assert_eq!(colors.len(), mesh.positions.len(), "one colour per vertex");
+    }
     let normals = vertex_normals(mesh);
+    let color_properties = if colors.is_some() {
+        "property uchar red\nproperty uchar green\nproperty uchar blue\n"
+    } else {
+        ""
+    };
     let header = format!(
         "ply\nformat binary_little_endian 1.0\ncomment Orfeas\nelement vertex {}\n\
          property float x\nproperty float y\nproperty float z\n\
-         property float nx\nproperty float ny\nproperty float nz\n\
+         property float nx\nproperty float ny\nproperty float nz\n{color_properties}\
          element face {}\nproperty list uchar int vertex_indices\nend_header\n",
         mesh.positions.len(),
         mesh.triangles.len()
     );
     let mut out = header.into_bytes();
-    for (p, n) in mesh.positions.iter().zip(&normals) {
+    for (i, (p, n)) in mesh.positions.iter().zip(&normals).enumerate() {
         for c in p.iter().chain(n) {
             out.extend_from_slice(&c.to_le_bytes());
+        }
+        if let Some(colors) = colors {
+            out.extend_from_slice(&colors[i]);
         }
     }
     for t in &mesh.triangles {
