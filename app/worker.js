@@ -3,8 +3,15 @@
 "use strict";
 const queue = [];
 let engine = null;
+// JSON strings are protocol messages; `{type: "image", name, file}` carries the user's image.
+const deliver = async (data) => {
+  if (typeof data === "string") engine.on_message(data);
+  else if (data && data.type === "image") {
+    engine.on_image(data.name, new Uint8Array(await data.file.arrayBuffer()));
+  }
+};
 self.onmessage = (event) => {
-  if (engine) engine.on_message(event.data);
+  if (engine) deliver(event.data);
   else queue.push(event.data);
 };
 const post = (message) => self.postMessage(JSON.stringify(message));
@@ -43,7 +50,7 @@ const post = (message) => self.postMessage(JSON.stringify(message));
     await wasm_bindgen({ module_or_path: bytes });
     engine = wasm_bindgen;
     post({ type: "engine_loaded" });
-    for (const message of queue.splice(0)) engine.on_message(message);
+    for (const message of queue.splice(0)) await deliver(message);
   } catch (error) {
     post({ type: "engine_failed", reason: String((error && error.message) || error) });
   }

@@ -14,9 +14,10 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo clippy, the two browser bundles (wasm32): UI and engine worker"
+step "cargo clippy, the three browser bundles (wasm32): UI, engine worker, 3D viewer"
 cargo clippy -p orfeas-app --target wasm32-unknown-unknown --locked -- -D warnings
 cargo clippy -p orfeas-app --target wasm32-unknown-unknown --no-default-features --features worker --locked -- -D warnings
+cargo clippy -p orfeas-app --target wasm32-unknown-unknown --no-default-features --features viewer --locked -- -D warnings
 
 step "wasm build of the app (trunk): the browser tests run against it"
 trunk build --release

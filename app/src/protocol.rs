@@ -1,5 +1,8 @@
-//! Messages between the UI thread and the engine worker, sent as JSON strings through
-//! `postMessage` (a few per second at most: progress is throttled at the source).
+//! Messages between the UI thread and its two workers (the engine, the 3D viewer), sent as
+//! JSON strings through `postMessage` (a few per second at most: progress is throttled at the
+//! source). Bulk data travels beside them as transferred typed arrays: an image `File` to the
+//! engine, a mesh (`{type: "mesh", meta: <MeshMeta JSON>, positions, normals, colors, indices,
+//! glb, obj, stl}`) from it, the same geometry on to the viewer, a PNG snapshot back.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +25,111 @@ pub enum ToWorker {
     VerifyCache,
     /// Destroy the GPU device as a driver reset would (for tests and support).
     SimulateDeviceLoss,
+}
+
+/// What the engine says about a mesh it sends (the `meta` of a mesh message).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeshMeta {
+    /// Shown above the viewer, e.g. "Preview (silhouette inflated, not the model's shape)".
+    pub label: String,
+    /// A 2.5D preview rather than the model's output.
+    pub preview: bool,
+    pub vertices: usize,
+    pub faces: usize,
+    /// The image it came from.
+    pub source: String,
+    /// Time to build it in the worker.
+    pub build_ms: f64,
+}
+
+/// How the viewer draws the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViewMode {
+    Shaded,
+    Wireframe,
+    Normals,
+}
+
+impl ViewMode {
+    pub const ALL: [ViewMode; 3] = [Self::Shaded, Self::Wireframe, Self::Normals];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Shaded => "shaded",
+            Self::Wireframe => "wireframe",
+            Self::Normals => "normals",
+        }
+    }
+}
+
+/// UI → viewer worker (input is sent as deltas; the viewer owns the camera).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToViewer {
+    /// Drag by CSS pixels.
+    Orbit {
+        dx: f32,
+        dy: f32,
+    },
+    Pan {
+        dx: f32,
+        dy: f32,
+    },
+    /// > 1 moves closer.
+    Zoom {
+        factor: f32,
+    },
+    Reset,
+    Mode {
+        mode: ViewMode,
+    },
+    /// Allow the idle turntable (on by default).
+    Turntable {
+        enabled: bool,
+    },
+    /// The canvas's CSS size times the device pixel ratio.
+    Resize {
+        width: u32,
+        height: u32,
+    },
+    /// Render the current view into a PNG (answered by a `snapshot` object message).
+    Snapshot,
+    /// Show nothing.
+    Clear,
+}
+
+/// Viewer worker → UI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromViewer {
+    Ready {
+        adapter: String,
+    },
+    Failed {
+        reason: String,
+    },
+    /// A mesh is on screen.
+    Showing {
+        vertices: usize,
+        faces: usize,
+    },
+    /// A message or mesh the viewer could not use.
+    Error {
+        message: String,
+    },
+}
+
+impl ToViewer {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("messages always serialise")
+    }
+}
+
+impl FromViewer {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("messages always serialise")
+    }
 }
 
 /// Worker → UI.
@@ -80,6 +188,11 @@ pub enum FromWorker {
     /// The outcome of `VerifyCache` / `ClearCache`.
     CacheReport {
         message: String,
+    },
+    /// The chosen image could not be used (not an image, too large, …).
+    ImageFailed {
+        name: String,
+        reason: String,
     },
 }
 
@@ -221,6 +334,33 @@ mod tests {
         let failed: FromWorker =
             serde_json::from_str(r#"{"type":"engine_failed","reason":"HTTP 404"}"#).unwrap();
         assert!(matches!(failed, FromWorker::EngineFailed { .. }));
+    }
+
+    #[test]
+    fn viewer_messages_are_tagged_json() {
+        assert_eq!(
+            ToViewer::Mode {
+                mode: ViewMode::Wireframe
+            }
+            .to_json(),
+            r#"{"type":"mode","mode":"wireframe"}"#
+        );
+        let json = FromViewer::Showing {
+            vertices: 3,
+            faces: 1,
+        }
+        .to_json();
+        assert_eq!(
+            serde_json::from_str::<FromViewer>(&json).unwrap(),
+            FromViewer::Showing {
+                vertices: 3,
+                faces: 1
+            }
+        );
+        for mode in ViewMode::ALL {
+            let json = serde_json::to_string(&mode).unwrap();
+            assert_eq!(json, format!("\"{}\"", mode.name()));
+        }
     }
 
     #[test]

@@ -201,7 +201,7 @@ pub async fn decode_coarse_to_fine(
                     for j in axis[cj]..=axis[cj + 1] {
                         for k in axis[ck]..=axis[ck + 1] {
                             if !values.contains_key(&grid.index([i, j, k]))
-                                && !pending.last().is_some_and(|&p| p == [i, j, k])
+                                && pending.last().is_none_or(|&p| p != [i, j, k])
                             {
                                 pending.push([i, j, k]);
                             }

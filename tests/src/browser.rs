@@ -142,6 +142,43 @@ impl Browser {
         Ok(())
     }
 
+    /// PNG screenshot of the element matching a CSS selector.
+    pub async fn screenshot(&self, css: &str) -> anyhow::Result<Vec<u8>> {
+        Ok(self
+            .client
+            .find(fantoccini::Locator::Css(css))
+            .await?
+            .screenshot()
+            .await?)
+    }
+
+    /// Choose a file in the `<input type=file>` matching a CSS selector.
+    pub async fn choose_file(&self, css: &str, path: &std::path::Path) -> anyhow::Result<()> {
+        self.client
+            .find(fantoccini::Locator::Css(css))
+            .await?
+            .send_keys(&path.display().to_string())
+            .await?;
+        Ok(())
+    }
+
+    /// The bytes behind a URL as the page sees it (blob: URLs included).
+    pub async fn fetch_bytes(&self, url: &str) -> anyhow::Result<Vec<u8>> {
+        let url = serde_json::to_string(url)?;
+        let value = self
+            .eval(&format!(
+                "return fetch({url}).then(r => r.arrayBuffer()).then(b => Array.from(new Uint8Array(b)))"
+            ))
+            .await?;
+        let bytes = value
+            .as_array()
+            .ok_or_else(|| anyhow::anyhow!("fetch {url}: {value}"))?
+            .iter()
+            .map(|b| b.as_u64().unwrap_or(0) as u8)
+            .collect();
+        Ok(bytes)
+    }
+
     /// Run a Chrome DevTools Protocol command through chromedriver.
     pub async fn cdp(&self, cmd: &str, params: Value) -> anyhow::Result<Value> {
         let command = CdpCommand {

@@ -13,6 +13,12 @@ mod exports {
         worker::on_message(json);
     }
 
+    /// Called by the bootstrap script with the bytes of an image the user chose.
+    #[wasm_bindgen]
+    pub fn on_image(name: &str, bytes: &[u8]) {
+        worker::on_image(name, bytes);
+    }
+
     /// Current wasm memory size (benchmarks read it).
     #[wasm_bindgen]
     pub fn wasm_heap_bytes() -> f64 {

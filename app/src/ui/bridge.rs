@@ -98,9 +98,8 @@ pub fn start() {
         if models.is_empty() {
             return;
         }
-        match spawn_worker(studio) {
-            Ok(()) => send(&ToWorker::Start { models }),
-            Err(reason) => studio.engine.set(EngineState::Failed(reason)),
+        if ensure_worker(studio) {
+            send(&ToWorker::Start { models });
         }
         if params.iter().any(|(k, v)| k == "generate" && v == "1") {
             studio.request_generate();
@@ -146,6 +145,38 @@ async fn load_config(studio: &Studio, params: &[(String, String)]) -> Option<Con
     }
 }
 
+/// Start the engine worker unless it runs; whether it does now.
+fn ensure_worker(studio: Studio) -> bool {
+    if WORKER.with(|w| w.borrow().is_some()) {
+        return true;
+    }
+    match spawn_worker(studio) {
+        Ok(()) => true,
+        Err(reason) => {
+            studio.engine.set(EngineState::Failed(reason));
+            false
+        }
+    }
+}
+
+/// Hand the user's image to the engine (started now if no model made it start): it answers
+/// with the instant preview mesh, and keeps the image for generation.
+pub fn send_image(studio: Studio, file: &web_sys::File) {
+    studio.image_error.set(None);
+    if !ensure_worker(studio) {
+        return;
+    }
+    let message = js_sys::Object::new();
+    let _ = js_sys::Reflect::set(&message, &"type".into(), &"image".into());
+    let _ = js_sys::Reflect::set(&message, &"name".into(), &file.name().into());
+    let _ = js_sys::Reflect::set(&message, &"file".into(), file);
+    WORKER.with(|w| {
+        if let Some(worker) = w.borrow().as_ref() {
+            let _ = worker.post_message(&message);
+        }
+    });
+}
+
 fn spawn_worker(studio: Studio) -> Result<(), String> {
     let worker = web_sys::Worker::new("worker.js").map_err(|e| js_text(&e))?;
     studio.engine.set(EngineState::Fetching {
@@ -154,7 +185,10 @@ fn spawn_worker(studio: Studio) -> Result<(), String> {
     });
     let on_message =
         Closure::<dyn Fn(web_sys::MessageEvent)>::new(move |event: web_sys::MessageEvent| {
-            let Some(json) = event.data().as_string() else {
+            let data = event.data();
+            let Some(json) = data.as_string() else {
+                // The only object the engine sends is a mesh (typed arrays beside the JSON).
+                super::viewer::show_mesh(studio, &data);
                 return;
             };
             match serde_json::from_str::<FromWorker>(&json) {
@@ -257,5 +291,8 @@ fn apply(studio: Studio, message: FromWorker) {
         } => studio.notify(NoticeLevel::Warning, message),
         FromWorker::Memory { wasm_heap_bytes } => studio.wasm_heap.set(Some(wasm_heap_bytes)),
         FromWorker::CacheReport { message } => studio.cache_report.set(Some(message)),
+        FromWorker::ImageFailed { name, reason } => {
+            studio.image_error.set(Some(format!("{name}: {reason}")))
+        }
     }
 }

@@ -3,16 +3,18 @@
 
 mod bridge;
 mod panels;
+mod viewer;
 
 use std::time::Duration;
 
 use leptos::prelude::*;
 use orfeas_app::config::ModelSpec;
 use orfeas_app::protocol::{
-    GpuReport, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker, retry_after_s,
+    GpuReport, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker, ViewMode, retry_after_s,
 };
 
-use panels::{EnginePanel, GenerateControl, ImageDrop, ModelPanel, Notices, ViewerArea};
+use panels::{EnginePanel, GenerateControl, ImageDrop, ModelPanel, Notices};
+use viewer::{MeshView, ViewerArea, ViewerState};
 
 /// One model's panel state.
 #[derive(Clone, Copy)]
@@ -75,6 +77,15 @@ pub struct Studio {
     pub next_request: RwSignal<u64>,
     pub cache_report: RwSignal<Option<String>>,
     pub wasm_heap: RwSignal<Option<u64>>,
+    /// Why the chosen image was refused.
+    pub image_error: RwSignal<Option<String>>,
+    /// The mesh on show (the preview, later the model's) with its downloads.
+    pub mesh: RwSignal<Option<MeshView>>,
+    pub viewer: RwSignal<ViewerState>,
+    pub view_mode: RwSignal<ViewMode>,
+    pub turntable: RwSignal<bool>,
+    /// Object URL of the last snapshot PNG.
+    pub snapshot: RwSignal<Option<String>>,
     pub debug: bool,
 }
 
@@ -91,6 +102,16 @@ impl Studio {
             next_request: RwSignal::new(1),
             cache_report: RwSignal::new(None),
             wasm_heap: RwSignal::new(None),
+            image_error: RwSignal::new(None),
+            mesh: RwSignal::new(None),
+            viewer: RwSignal::new(ViewerState::Empty),
+            view_mode: RwSignal::new(ViewMode::Shaded),
+            turntable: RwSignal::new(
+                !bridge::query_params()
+                    .iter()
+                    .any(|(k, v)| k == "turntable" && v == "0"),
+            ),
+            snapshot: RwSignal::new(None),
             debug: bridge::query_params()
                 .iter()
                 .any(|(k, v)| k == "debug" && v == "1"),

@@ -38,10 +38,12 @@ pub fn progress_line(p: &ProgressReport) -> String {
 /// Where the user drops or picks an image; works before any model is loaded.
 #[component]
 pub fn ImageDrop() -> impl IntoView {
+    let studio = studio();
     let (file_name, set_file_name) = signal(None::<String>);
     let (preview, set_preview) = signal(None::<String>);
     let take = move |file: web_sys::File| {
         set_file_name.set(Some(file.name()));
+        bridge::send_image(studio, &file);
         if let Ok(url) = web_sys::Url::create_object_url_with_blob(&file) {
             if let Some(old) = preview.get_untracked() {
                 let _ = web_sys::Url::revoke_object_url(&old);
@@ -77,6 +79,9 @@ pub fn ImageDrop() -> impl IntoView {
                 <input type="file" accept="image/png,image/jpeg,image/webp" on:change=on_change />
             </label>
             <p class="chosen">{move || file_name.get().unwrap_or_else(|| "no image chosen".into())}</p>
+            <Show when=move || studio.image_error.get().is_some()>
+                <p class="error" data-testid="image-error">{move || studio.image_error.get().unwrap_or_default()}</p>
+            </Show>
             <Show when=move || preview.get().is_some()>
                 <img class="preview" alt="chosen image" src=move || preview.get().unwrap_or_default() />
             </Show>
@@ -275,15 +280,6 @@ pub fn Notices() -> impl IntoView {
                     view! { <p class=class>{message}</p> }
                 }
             />
-        </section>
-    }
-}
-
-#[component]
-pub fn ViewerArea() -> impl IntoView {
-    view! {
-        <section class="viewer" data-testid="viewer">
-            <p>"The 3D result appears here."</p>
         </section>
     }
 }

@@ -17,9 +17,16 @@ use orfeas_engine::weights::{
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::{JsFuture, spawn_local};
 
+use orfeas_engine::mesh::Mesh;
+use orfeas_engine::mesh::export::{
+    to_glb_colored, to_obj_colored, to_ply_colored, to_stl, vertex_normals,
+};
+use orfeas_engine::mesh::preview::inflate;
+
 use crate::config::ModelSpec;
 use crate::protocol::{
-    FromWorker, GpuReport, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker, retry_after_s,
+    FromWorker, GpuReport, MeshMeta, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker,
+    retry_after_s,
 };
 
 /// Cache Storage name for model shards; bump the suffix if the stored format ever changes.
@@ -61,6 +68,8 @@ struct Engine {
     device_generation: Cell<u32>,
     gpu_resets: Cell<u32>,
     lost: RefCell<Option<mpsc::UnboundedSender<String>>>,
+    /// The user's image, upright RGBA, for generation.
+    image: RefCell<Option<(String, image::RgbaImage)>>,
 }
 
 thread_local! {
@@ -126,6 +135,96 @@ pub fn on_message(json: &str) {
             }),
         },
     }
+}
+
+/// Longer side of the image the preview is built from, and of its grid.
+const PREVIEW_IMAGE_SIDE: u32 = 384;
+const PREVIEW_GRID: usize = 128;
+
+/// A new image from the UI (its bytes): decode it, keep it for generation, and answer at once
+/// with the instant preview mesh (the silhouette inflated), which needs no model.
+pub fn on_image(name: &str, bytes: &[u8]) {
+    let started = web_time::Instant::now();
+    let image = match orfeas_engine::input::decode_image(bytes) {
+        Ok(image) => image,
+        Err(e) => {
+            post(&FromWorker::ImageFailed {
+                name: name.to_string(),
+                reason: e.to_string(),
+            });
+            return;
+        }
+    };
+    let small = orfeas_engine::input::fit_within(&image, PREVIEW_IMAGE_SIDE);
+    let (width, height) = small.dimensions();
+    let preview = inflate(
+        small.as_raw(),
+        width as usize,
+        height as usize,
+        PREVIEW_GRID,
+    );
+    engine().image.replace(Some((name.to_string(), image)));
+    if preview.mesh.triangles.is_empty() {
+        post(&FromWorker::ImageFailed {
+            name: name.to_string(),
+            reason: "no subject found: the image is one flat colour".into(),
+        });
+        return;
+    }
+    let meta = MeshMeta {
+        label: "Preview: the silhouette inflated (not the model's shape)".into(),
+        preview: true,
+        vertices: preview.mesh.positions.len(),
+        faces: preview.mesh.triangles.len(),
+        source: name.to_string(),
+        build_ms: started.elapsed().as_secs_f64() * 1000.0,
+    };
+    post_mesh(&meta, &preview.mesh, Some(&preview.colors));
+}
+
+/// Send a mesh with its exports as transferred typed arrays (see [`crate::protocol`]).
+fn post_mesh(meta: &MeshMeta, mesh: &Mesh, colors: Option<&[[u8; 3]]>) {
+    let normals = vertex_normals(mesh);
+    let flat = |v: &[[f32; 3]]| js_sys::Float32Array::from(v.as_flattened());
+    let positions = flat(&mesh.positions);
+    let normals = flat(&normals);
+    let rgba: Vec<u8> = colors
+        .map(|c| c.iter().flat_map(|&[r, g, b]| [r, g, b, 255]).collect())
+        .unwrap_or_default();
+    let colors_js = js_sys::Uint8Array::from(rgba.as_slice());
+    let indices = js_sys::Uint32Array::from(mesh.triangles.as_flattened());
+    let bytes = |b: &[u8]| js_sys::Uint8Array::from(b);
+    let glb = bytes(&to_glb_colored(mesh, colors));
+    let obj = bytes(to_obj_colored(mesh, colors).as_bytes());
+    let stl = bytes(&to_stl(mesh, 1.0));
+    let ply = bytes(&to_ply_colored(mesh, colors));
+    let message = js_sys::Object::new();
+    let transfer = js_sys::Array::new();
+    let set = |key: &str, value: &JsValue| {
+        let _ = js_sys::Reflect::set(&message, &JsValue::from_str(key), value);
+    };
+    set("type", &JsValue::from_str("mesh"));
+    set(
+        "meta",
+        &JsValue::from_str(&serde_json::to_string(meta).expect("meta serialises")),
+    );
+    // The typed arrays themselves go in the message; their buffers are transferred, not copied.
+    let arrays: [(&str, JsValue, js_sys::ArrayBuffer); 8] = [
+        ("positions", positions.clone().into(), positions.buffer()),
+        ("normals", normals.clone().into(), normals.buffer()),
+        ("colors", colors_js.clone().into(), colors_js.buffer()),
+        ("indices", indices.clone().into(), indices.buffer()),
+        ("glb", glb.clone().into(), glb.buffer()),
+        ("obj", obj.clone().into(), obj.buffer()),
+        ("stl", stl.clone().into(), stl.buffer()),
+        ("ply", ply.clone().into(), ply.buffer()),
+    ];
+    for (key, array, buffer) in arrays {
+        set(key, &array);
+        transfer.push(&buffer);
+    }
+    let scope: web_sys::DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    let _ = scope.post_message_with_transfer(&message, &transfer);
 }
 
 async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {

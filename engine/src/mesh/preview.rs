@@ -160,12 +160,34 @@ pub fn inflate(rgba: &[u8], width: usize, height: usize, resolution: usize) -> C
         dims: [gw, gh, gz],
     });
     let half = resolution as f32 / 2.0;
+    // Rim vertices sit between subject and backdrop: colour them from the nearest grid cell
+    // inside the silhouette, not from the backdrop (a dark rim otherwise).
+    let nearest_inside = |gx: usize, gy: usize| -> (usize, usize) {
+        let mut best = (gx, gy);
+        let mut best_d = usize::MAX;
+        for r in 0..=3usize {
+            for ny in gy.saturating_sub(r)..=(gy + r).min(gh - 1) {
+                for nx in gx.saturating_sub(r)..=(gx + r).min(gw - 1) {
+                    let d = nx.abs_diff(gx).pow(2) + ny.abs_diff(gy).pow(2);
+                    if grid_mask[ny * gw + nx] && d < best_d {
+                        best = (nx, ny);
+                        best_d = d;
+                    }
+                }
+            }
+            if best_d != usize::MAX {
+                break;
+            }
+        }
+        best
+    };
     let colors = mesh
         .positions
         .iter()
         .map(|p| {
             let gx = (p[0].round() as usize).clamp(0, gw - 1);
             let gy = (p[1].round() as usize).clamp(0, gh - 1);
+            let (gx, gy) = nearest_inside(gx, gy);
             let (x, y) = sample(gx, gy)
                 .or_else(|| sample(gx.clamp(1, gw - 2), gy.clamp(1, gh - 2)))
                 .unwrap_or((0, 0));

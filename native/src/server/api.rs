@@ -1,6 +1,5 @@
 //! `/api/*`: the original studio's endpoints (`health`, `generate-3d`) and the job endpoints.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use axum::Json;
@@ -388,6 +387,8 @@ pub fn decode_image(bytes: &[u8]) -> Result<image::RgbaImage, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Cursor;
+
     use super::*;
 
     #[test]
