@@ -54,7 +54,7 @@ self.onmessage = (event) => {
   if (data && data.type === "init") {
     start(data.canvas, data.output);
   } else if (viewer) {
-    handle(data).catch((e) => post({ type: "error", message: String((e && e.message) || e) }));
+    handle(data).catch((e) => post({ error: { message: String((e && e.message) || e) } }));
   } else {
     queue.push(data);
   }
@@ -79,6 +79,6 @@ async function start(canvas, output) {
     viewer = wasm_bindgen;
     for (const data of queue.splice(0)) await handle(data);
   } catch (error) {
-    post({ type: "failed", reason: String((error && error.message) || error) });
+    post({ failed: { reason: String((error && error.message) || error) } });
   }
 }

@@ -37,10 +37,10 @@ const post = (message) => self.postMessage(JSON.stringify(message));
       const now = performance.now();
       if (now - last > 50) {
         last = now;
-        post({ type: "engine_fetch", received, total });
+        post({ engine_fetch: { received, total } });
       }
     }
-    post({ type: "engine_fetch", received, total: received });
+    post({ engine_fetch: { received, total: received } });
     const bytes = new Uint8Array(received);
     let at = 0;
     for (const part of parts) {
@@ -49,9 +49,9 @@ const post = (message) => self.postMessage(JSON.stringify(message));
     }
     await wasm_bindgen({ module_or_path: bytes });
     engine = wasm_bindgen;
-    post({ type: "engine_loaded" });
+    post("engine_loaded");
     for (const message of queue.splice(0)) await deliver(message);
   } catch (error) {
-    post({ type: "engine_failed", reason: String((error && error.message) || error) });
+    post({ engine_failed: { reason: String((error && error.message) || error) } });
   }
 })();

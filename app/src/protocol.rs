@@ -1,8 +1,11 @@
 //! Messages between the UI thread and its two workers (the engine, the 3D viewer), sent as
 //! JSON strings through `postMessage` (a few per second at most: progress is throttled at the
-//! source). Bulk data travels beside them as transferred typed arrays: an image `File` to the
-//! engine, a mesh (`{type: "mesh", meta: <MeshMeta JSON>, positions, normals, colors, indices,
-//! glb, obj, stl}`) from it, the same geometry on to the viewer, a PNG snapshot back.
+//! source). Messages the UI parses (`FromWorker`, `FromViewer`) are externally tagged
+//! (`{"progress": {…}}`, `"engine_loaded"`): serde parses those without buffering, which keeps
+//! the UI bundle small; messages the workers parse carry a `"type"` field. Bulk data travels
+//! beside them as transferred typed arrays: an image `File` to the engine, a mesh (`{type:
+//! "mesh", meta: <MeshMeta JSON>, positions, normals, colors, indices, glb, obj, stl, ply}`)
+//! from it, the same geometry on to the viewer, a PNG snapshot back.
 
 use serde::{Deserialize, Serialize};
 
@@ -101,7 +104,7 @@ pub enum ToViewer {
 
 /// Viewer worker → UI.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum FromViewer {
     Ready {
         adapter: String,
@@ -134,7 +137,7 @@ impl FromViewer {
 
 /// Worker → UI.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum FromWorker {
     /// The engine bundle is downloading (sent by the worker's bootstrap script).
     EngineFetch {
@@ -205,7 +208,7 @@ pub enum NoticeLevel {
 
 /// A model's lifecycle as the UI shows it (`data-status`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum ModelStatusReport {
     Waiting,
     Loading,
@@ -323,7 +326,7 @@ mod tests {
     fn the_bootstrap_scripts_messages_parse() {
         // worker.js writes these by hand.
         let fetch: FromWorker =
-            serde_json::from_str(r#"{"type":"engine_fetch","received":5,"total":null}"#).unwrap();
+            serde_json::from_str(r#"{"engine_fetch":{"received":5,"total":null}}"#).unwrap();
         assert_eq!(
             fetch,
             FromWorker::EngineFetch {
@@ -332,8 +335,15 @@ mod tests {
             }
         );
         let failed: FromWorker =
-            serde_json::from_str(r#"{"type":"engine_failed","reason":"HTTP 404"}"#).unwrap();
+            serde_json::from_str(r#"{"engine_failed":{"reason":"HTTP 404"}}"#).unwrap();
         assert!(matches!(failed, FromWorker::EngineFailed { .. }));
+        let loaded: FromWorker = serde_json::from_str(r#""engine_loaded""#).unwrap();
+        assert_eq!(loaded, FromWorker::EngineLoaded);
+        // viewer.js writes these.
+        let failed: FromViewer = serde_json::from_str(r#"{"failed":{"reason":"x"}}"#).unwrap();
+        assert!(matches!(failed, FromViewer::Failed { .. }));
+        let error: FromViewer = serde_json::from_str(r#"{"error":{"message":"x"}}"#).unwrap();
+        assert!(matches!(error, FromViewer::Error { .. }));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Mesh benchmark: marching-cubes throughput (voxels/s) on 128³ and 256³ fields against
 //! scikit-image's `marching_cubes` (Lewiner) on the same field in the same run, and the
-//! instant preview's build time for a 512² mask.
+//! instant preview's build time for a 512² mask; coarse-to-fine volume decoding's field
+//! queries against the dense grid's at octree resolutions 128/256/384 (same mesh); quadric
+//! decimation to the reference's default 40 000 faces.
 //!
 //! `cargo run --release -p orfeas --bin bench-mesh -- [--python PATH] [--sizes 128,256]`
 //! needs a Python with scikit-image for the baseline (e.g. a venv with
@@ -11,7 +13,26 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use orfeas_engine::mesh::{Field, marching_cubes, preview};
+use orfeas_engine::mesh::decimate::decimate;
+use orfeas_engine::mesh::{Field, marching_cubes, marching_cubes_sparse, preview};
+use orfeas_engine::volume::{Grid, Refinement, decode_coarse_to_fine, decode_dense};
+
+/// Run a future whose field never waits (an analytic function) to completion.
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(value) => value,
+        std::task::Poll::Pending => unreachable!("the analytic field never waits"),
+    }
+}
+
+/// The rippled sphere as a function of a point in [-1.01, 1.01]³ (the official grid's box).
+fn rippled(p: &[f32; 3]) -> f32 {
+    let [x, y, z] = *p;
+    let ripple = 0.05 * (7.0 * x).sin() * (5.0 * y).sin() * (6.0 * z).cos();
+    0.7 + ripple - (x * x + y * y + z * z).sqrt()
+}
 
 /// A sphere with a rippled surface, positive inside, on an n³ grid.
 fn field(n: usize) -> Vec<f32> {
@@ -96,6 +117,64 @@ fn main() -> Result<()> {
             }
             None => println!("; scikit-image: not run (no --python)"),
         }
+    }
+    println!("volume decoding, rippled sphere on the official grid (queries = field evaluations):");
+    let mut largest = None;
+    for resolution in [128usize, 256, 384] {
+        let grid = Grid::official(resolution);
+        let chunk = 65_536;
+        let started = Instant::now();
+        let dense = block_on(decode_dense(grid, chunk, async |points: &[[f32; 3]]| {
+            points.iter().map(rippled).collect::<Vec<f32>>()
+        }));
+        let dense_mesh = marching_cubes(Field {
+            values: &dense,
+            dims: grid.dims(),
+        });
+        let dense_s = started.elapsed().as_secs_f64();
+        drop(dense);
+        let started = Instant::now();
+        let sparse = block_on(decode_coarse_to_fine(
+            grid,
+            Refinement::default(),
+            chunk,
+            async |points: &[[f32; 3]]| points.iter().map(rippled).collect::<Vec<f32>>(),
+        ));
+        let sparse_mesh = marching_cubes_sparse(&sparse.field);
+        let sparse_s = started.elapsed().as_secs_f64();
+        let dense_queries = grid.points_per_axis().pow(3);
+        println!(
+            "  R={resolution}: dense {dense_queries} queries, {:.2} s; coarse-to-fine (stride 4) {}              queries ({:.3} of dense; {} of {} coarse cells refined), {:.2} s; meshes {} / {} faces              ({})",
+            dense_s,
+            sparse.queries,
+            sparse.queries as f64 / dense_queries as f64,
+            sparse.refined_cells,
+            sparse.coarse_cells,
+            sparse_s,
+            dense_mesh.triangles.len(),
+            sparse_mesh.triangles.len(),
+            if dense_mesh.triangles.len() == sparse_mesh.triangles.len()
+                && dense_mesh.positions.len() == sparse_mesh.positions.len()
+            {
+                "same counts"
+            } else {
+                "DIFFERENT"
+            }
+        );
+        largest = Some(dense_mesh);
+    }
+    if let Some(mesh) = largest {
+        let target = 40_000;
+        let started = Instant::now();
+        let simple = decimate(&mesh, target);
+        println!(
+            "decimation of the R=384 mesh, {} → {} faces (target {target}): {:.2} s, volume {:.5} → {:.5}",
+            mesh.triangles.len(),
+            simple.triangles.len(),
+            started.elapsed().as_secs_f64(),
+            mesh.signed_volume(),
+            simple.signed_volume()
+        );
     }
     // The instant preview of a 512² cut-out (an ellipse on transparent).
     let size = 512usize;
