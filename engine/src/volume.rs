@@ -7,8 +7,6 @@
 //! points are fine points, so every refined cell has exactly the dense field's values and marching
 //! cubes gives the dense mesh there.
 
-use std::collections::HashMap;
-
 use crate::mesh::marching_cubes::SparseField;
 
 /// The query grid: `resolution + 1` points per axis on `[-bounds, bounds]`.
@@ -123,10 +121,12 @@ pub async fn decode_coarse_to_fine(
         axis.push(n - 1);
     }
     let m = axis.len();
-    let mut values: HashMap<usize, f32> = HashMap::new();
+    // Dense storage, NaN where nothing was asked (a flat array beats a map by far here; the
+    // official decoder holds the same full grid).
+    let mut values = vec![f32::NAN; n * n * n];
     let mut queries = 0;
     let mut pending: Vec<[usize; 3]> = Vec::new();
-    let mut flush = async |pending: &mut Vec<[usize; 3]>, values: &mut HashMap<usize, f32>| {
+    let mut flush = async |pending: &mut Vec<[usize; 3]>, values: &mut Vec<f32>| {
         for batch in pending.chunks(chunk.max(1)) {
             let points: Vec<[f32; 3]> = batch.iter().map(|&p| grid.point(p)).collect();
             let out = query(&points).await;
@@ -136,7 +136,7 @@ pub async fn decode_coarse_to_fine(
                 "the field answered a different count"
             );
             for (p, v) in batch.iter().zip(out) {
-                values.insert(grid.index(*p), v);
+                values[grid.index(*p)] = v;
             }
         }
         let count = pending.len();
@@ -153,7 +153,7 @@ pub async fn decode_coarse_to_fine(
     queries += flush(&mut pending, &mut values).await;
 
     // Coarse cells to refine, grown by one cell in every direction.
-    let coarse = |ci: usize, cj: usize, ck: usize, values: &HashMap<usize, f32>| -> bool {
+    let coarse = |ci: usize, cj: usize, ck: usize, values: &[f32]| -> bool {
         let mut inside = 0;
         let mut near = false;
         for c in 0..8 {
@@ -162,7 +162,7 @@ pub async fn decode_coarse_to_fine(
                 axis[cj + (c >> 1 & 1)],
                 axis[ck + (c >> 2 & 1)],
             ];
-            let v = values[&grid.index(p)];
+            let v = values[grid.index(p)];
             inside += usize::from(v > 0.0);
             near |= v.abs() < refinement.band;
         }
@@ -200,9 +200,10 @@ pub async fn decode_coarse_to_fine(
                 for i in axis[ci]..=axis[ci + 1] {
                     for j in axis[cj]..=axis[cj + 1] {
                         for k in axis[ck]..=axis[ck + 1] {
-                            if !values.contains_key(&grid.index([i, j, k]))
-                                && pending.last().is_none_or(|&p| p != [i, j, k])
-                            {
+                            let at = grid.index([i, j, k]);
+                            // Infinity marks "queued": neighbours share their face points.
+                            if values[at].is_nan() {
+                                values[at] = f32::INFINITY;
                                 pending.push([i, j, k]);
                             }
                             if i < axis[ci + 1] && j < axis[cj + 1] && k < axis[ck + 1] {
@@ -214,9 +215,6 @@ pub async fn decode_coarse_to_fine(
             }
         }
     }
-    // Neighbouring coarse cells share their face points: query each point once.
-    pending.sort_unstable();
-    pending.dedup();
     queries += flush(&mut pending, &mut values).await;
     CoarseToFine {
         field: SparseField {

@@ -92,12 +92,13 @@ pub fn marching_cubes(field: Field<'_>) -> Mesh {
 }
 
 /// A field known only on some cells: coarse-to-fine decoding evaluates the grid points of the
-/// cells near the surface and nothing else. `cells` are the min corners of the cells whose eight
-/// corners are all in `values` (keyed by the dense index `(i * ny + j) * nz + k`).
+/// cells near the surface and nothing else. `values` is laid out as a dense field (index
+/// `(i * ny + j) * nz + k`) and NaN where nothing was evaluated; `cells` are the min corners of
+/// the cells whose eight corners are all known, each listed once.
 #[derive(Debug, Clone, Default)]
 pub struct SparseField {
     pub dims: [usize; 3],
-    pub values: std::collections::HashMap<usize, f32>,
+    pub values: Vec<f32>,
     pub cells: Vec<[usize; 3]>,
 }
 
@@ -114,20 +115,16 @@ pub fn marching_cubes_sparse(field: &SparseField) -> Mesh {
     let mut triangles = Vec::new();
     let mut vertex_of: std::collections::HashMap<(usize, u8), u32> = Default::default();
     let mut loop_buf: Vec<u32> = Vec::with_capacity(12);
-    let mut cells = field.cells.clone();
-    cells.sort_unstable();
-    cells.dedup();
-    for [i, j, k] in cells {
+    for &[i, j, k] in &field.cells {
         let corner = |c: usize| {
             let [di, dj, dk] = CORNERS[c];
-            let at = field.index([i + di, j + dj, k + dk]);
-            *field.values.get(&at).unwrap_or_else(|| {
-                panic!(
-                    "sparse field: corner {:?} of cell {:?} missing",
-                    [i + di, j + dj, k + dk],
-                    [i, j, k]
-                )
-            })
+            let value = field.values[field.index([i + di, j + dj, k + dk])];
+            assert!(
+                value.is_finite(),
+                "sparse field: a corner of cell {:?} was not evaluated",
+                [i, j, k]
+            );
+            value
         };
         let values: [f32; 8] = std::array::from_fn(corner);
         polygonise(&values, &mut loop_buf, &mut triangles, |a, b| {

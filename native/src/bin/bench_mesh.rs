@@ -144,7 +144,7 @@ fn main() -> Result<()> {
         let sparse_s = started.elapsed().as_secs_f64();
         let dense_queries = grid.points_per_axis().pow(3);
         println!(
-            "  R={resolution}: dense {dense_queries} queries, {:.2} s; coarse-to-fine (stride 4) {}              queries ({:.3} of dense; {} of {} coarse cells refined), {:.2} s; meshes {} / {} faces              ({})",
+            "  R={resolution}: dense {dense_queries} queries, {:.2} s; coarse-to-fine (stride 4) {} queries ({:.3} of dense; {} of {} coarse cells refined), {:.2} s; meshes {} / {} faces ({})",
             dense_s,
             sparse.queries,
             sparse.queries as f64 / dense_queries as f64,
