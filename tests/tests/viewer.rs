@@ -179,6 +179,44 @@ async fn an_image_gets_an_instant_preview_in_the_viewer_with_exports() -> anyhow
         "orbiting changed {:.2} % of the pixels",
         d * 100.0
     );
+    // The wheel zooms in: more of the view is covered.
+    browser
+        .eval(
+            "document.querySelector('.viewer-canvas').dispatchEvent(new WheelEvent('wheel',
+               {deltaY: -400, bubbles: true, cancelable: true})); return 1",
+        )
+        .await?;
+    let (url, zoomed) = snapshot(&browser, &url).await?;
+    assert!(
+        covered(&zoomed) > covered(&turned) * 1.3,
+        "zoom: {:.1} % → {:.1} % covered",
+        covered(&turned) * 100.0,
+        covered(&zoomed) * 100.0
+    );
+    // A shift-drag pans: the drawn area's centre moves right with the pointer.
+    let centre_x = |image: &image::RgbaImage| {
+        let background = image.get_pixel(1, 1).0;
+        let (mut sum, mut count) = (0.0, 0.0);
+        for (x, _, p) in image.enumerate_pixels() {
+            if (0..3).any(|c| (i32::from(p.0[c]) - i32::from(background[c])).abs() > 24) {
+                sum += f64::from(x);
+                count += 1.0;
+            }
+        }
+        sum / f64::max(count, 1.0)
+    };
+    browser
+        .eval(
+            "const c = document.querySelector('.viewer-canvas'); const r = c.getBoundingClientRect();
+             const at = (type, x, buttons) => c.dispatchEvent(new PointerEvent(type, {pointerId: 8, bubbles: true,
+               clientX: r.left + x, clientY: r.top + r.height / 2, buttons, shiftKey: true, pointerType: 'mouse'}));
+             at('pointerdown', 100, 1); at('pointermove', 180, 1); at('pointerup', 180, 0);
+             return 1",
+        )
+        .await?;
+    let (url, panned) = snapshot(&browser, &url).await?;
+    let shift = centre_x(&panned) - centre_x(&zoomed);
+    assert!(shift > 40.0, "pan moved the object {shift:.0} px");
     browser.click("[data-action=reset]").await?;
     let (_, reset) = snapshot(&browser, &url).await?;
     let d = changed(&shaded, &reset);
