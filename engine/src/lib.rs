@@ -9,5 +9,6 @@ pub mod device;
 pub mod gpu;
 pub mod input;
 pub mod mesh;
+pub mod models;
 pub mod volume;
 pub mod weights;

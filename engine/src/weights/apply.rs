@@ -61,11 +61,31 @@ pub fn apply_weights_renamed<M: Module>(
     weights: WeightSet,
     rename: impl Fn(&str) -> String,
 ) -> Result<M, ApplyError> {
+    apply(module, weights, rename, false)
+}
+
+/// As [`apply_weights_renamed`] for PyTorch state dicts: a 2-D parameter named `weight` is a
+/// linear layer's, stored `[out, in]` by PyTorch and `[in, out]` by burn, so it is transposed.
+pub fn apply_torch_weights<M: Module>(
+    module: M,
+    weights: WeightSet,
+    rename: impl Fn(&str) -> String,
+) -> Result<M, ApplyError> {
+    apply(module, weights, rename, true)
+}
+
+fn apply<M: Module>(
+    module: M,
+    weights: WeightSet,
+    rename: impl Fn(&str) -> String,
+    torch_linear: bool,
+) -> Result<M, ApplyError> {
     let mut mapper = WeightMapper {
         weights,
         rename,
         path: Vec::new(),
         error: ApplyError::default(),
+        torch_linear,
     };
     let module = module.map(&mut mapper);
     let mut error = mapper.error;
@@ -82,6 +102,7 @@ struct WeightMapper<R> {
     rename: R,
     path: Vec<String>,
     error: ApplyError,
+    torch_linear: bool,
 }
 
 impl<R: Fn(&str) -> String> ModuleMapper for WeightMapper<R> {
@@ -100,11 +121,20 @@ impl<R: Fn(&str) -> String> ModuleMapper for WeightMapper<R> {
             self.error.missing.push(name);
             return param;
         };
-        if stored.shape != want {
-            self.error.mismatched.push((name, stored.shape, want));
+        let linear = self.torch_linear && D == 2 && self.path.last().is_some_and(|p| p == "weight");
+        let expected = if linear {
+            vec![want[1], want[0]]
+        } else {
+            want.clone()
+        };
+        if stored.shape != expected {
+            self.error.mismatched.push((name, stored.shape, expected));
             return param;
         }
-        let tensor = stored.reshaped::<D>().expect("rank equals the parameter's");
+        let mut tensor = stored.reshaped::<D>().expect("rank equals the parameter's");
+        if linear {
+            tensor = tensor.transpose();
+        }
         let id = param.id;
         param.transform_for_load(tensor, id)
     }

@@ -1,0 +1,371 @@
+//! DINOv2 image encoder with Hugging Face `Dinov2Model` semantics, as Hunyuan3D's conditioner
+//! uses it: 14×14 patches plus a CLS token, pre-norm transformer layers with LayerScale, a GELU
+//! MLP (2.1, DINOv2-large) or a SwiGLU FFN (2.0 / 2mini, DINOv2-giant), and a final LayerNorm.
+//! The output keeps the CLS token. [`preprocess`] is the official image transform: bilinear
+//! (antialiased) resize to the model's size and ImageNet normalisation.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, silu, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::Deserialize;
+
+/// Where the encoder's weights sit in the official bundled checkpoint.
+pub const CHECKPOINT_PREFIX: &str = "conditioner.main_image_encoder.model.";
+
+/// The Hugging Face parameter name of a module path: burn's LayerNorm calls its parameters
+/// gamma/beta, and the FFN enum's variant appears in the path.
+pub fn checkpoint_name(path: &str) -> String {
+    path.split('.')
+        .filter(|segment| !matches!(*segment, "Mlp" | "SwiGlu"))
+        .map(|segment| match segment {
+            "gamma" => "weight",
+            "beta" => "bias",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The Hugging Face `Dinov2Config` fields the forward pass depends on.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Dinov2Config {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub patch_size: usize,
+    /// The side the position embeddings were trained for (and the transform resizes to).
+    pub image_size: usize,
+    #[serde(default = "three")]
+    pub num_channels: usize,
+    #[serde(default = "four")]
+    pub mlp_ratio: usize,
+    #[serde(default = "eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "yes")]
+    pub qkv_bias: bool,
+    #[serde(default)]
+    pub use_swiglu_ffn: bool,
+}
+
+fn three() -> usize {
+    3
+}
+fn four() -> usize {
+    4
+}
+fn eps() -> f64 {
+    1e-6
+}
+fn yes() -> bool {
+    true
+}
+
+impl Dinov2Config {
+    pub fn patches_per_side(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    pub fn init(&self, device: &Device) -> Dinov2 {
+        let d = self.hidden_size;
+        let n = self.patches_per_side().pow(2);
+        let zeros3 = |shape: [usize; 3]| Param::from_tensor(Tensor::zeros(shape, device));
+        Dinov2 {
+            embeddings: Embeddings {
+                cls_token: zeros3([1, 1, d]),
+                mask_token: Param::from_tensor(Tensor::zeros([1, d], device)),
+                patch_embeddings: PatchEmbeddings {
+                    projection: Conv2dConfig::new(
+                        [self.num_channels, d],
+                        [self.patch_size, self.patch_size],
+                    )
+                    .with_stride([self.patch_size, self.patch_size])
+                    .init(device),
+                },
+                position_embeddings: zeros3([1, n + 1, d]),
+            },
+            encoder: Encoder {
+                layer: (0..self.num_hidden_layers)
+                    .map(|_| self.init_layer(device))
+                    .collect(),
+            },
+            layernorm: self.norm(device),
+            heads: self.num_attention_heads,
+        }
+    }
+
+    fn norm(&self, device: &Device) -> LayerNorm {
+        LayerNormConfig::new(self.hidden_size)
+            .with_epsilon(self.layer_norm_eps)
+            .init(device)
+    }
+
+    fn init_layer(&self, device: &Device) -> Layer {
+        let d = self.hidden_size;
+        let linear = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let hidden = d * self.mlp_ratio;
+        let mlp = if self.use_swiglu_ffn {
+            // HF's SwiGLU width: two thirds of the MLP's, rounded up to a multiple of 8.
+            let hidden = (hidden * 2 / 3).div_ceil(8) * 8;
+            Ffn::SwiGlu(SwiGluFfn {
+                weights_in: linear(d, 2 * hidden, true),
+                weights_out: linear(hidden, d, true),
+            })
+        } else {
+            Ffn::Mlp(Mlp {
+                fc1: linear(d, hidden, true),
+                fc2: linear(hidden, d, true),
+            })
+        };
+        let scale = || LayerScale {
+            lambda1: Param::from_tensor(Tensor::ones([d], device)),
+        };
+        Layer {
+            norm1: self.norm(device),
+            attention: Attention {
+                attention: SelfAttention {
+                    query: linear(d, d, self.qkv_bias),
+                    key: linear(d, d, self.qkv_bias),
+                    value: linear(d, d, self.qkv_bias),
+                },
+                output: AttentionOutput {
+                    dense: linear(d, d, true),
+                },
+            },
+            layer_scale1: scale(),
+            norm2: self.norm(device),
+            mlp,
+            layer_scale2: scale(),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Dinov2 {
+    pub embeddings: Embeddings,
+    pub encoder: Encoder,
+    pub layernorm: LayerNorm,
+    heads: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct Embeddings {
+    pub cls_token: Param<Tensor<3>>,
+    /// Unused at inference (masked image modelling); kept so the checkpoint loads whole.
+    pub mask_token: Param<Tensor<2>>,
+    pub patch_embeddings: PatchEmbeddings,
+    pub position_embeddings: Param<Tensor<3>>,
+}
+
+#[derive(Module, Debug)]
+pub struct PatchEmbeddings {
+    pub projection: Conv2d,
+}
+
+#[derive(Module, Debug)]
+pub struct Encoder {
+    pub layer: Vec<Layer>,
+}
+
+#[derive(Module, Debug)]
+pub struct Layer {
+    pub norm1: LayerNorm,
+    pub attention: Attention,
+    pub layer_scale1: LayerScale,
+    pub norm2: LayerNorm,
+    pub mlp: Ffn,
+    pub layer_scale2: LayerScale,
+}
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub attention: SelfAttention,
+    pub output: AttentionOutput,
+}
+
+#[derive(Module, Debug)]
+pub struct SelfAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct AttentionOutput {
+    pub dense: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct LayerScale {
+    pub lambda1: Param<Tensor<1>>,
+}
+
+#[derive(Module, Debug)]
+pub enum Ffn {
+    Mlp(Mlp),
+    SwiGlu(SwiGluFfn),
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct SwiGluFfn {
+    pub weights_in: Linear,
+    pub weights_out: Linear,
+}
+
+impl Dinov2 {
+    /// `pixels` `[batch, channels, size, size]` (already transformed) → the last hidden state
+    /// `[batch, 1 + patches, hidden]`, CLS first.
+    pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
+        let mut x = self.embeddings.forward(pixels);
+        for layer in &self.encoder.layer {
+            x = layer.forward(x, self.heads);
+        }
+        self.layernorm.forward(x)
+    }
+
+    /// The hidden states after the embeddings and after each layer (HF `hidden_states`).
+    pub fn hidden_states(&self, pixels: Tensor<4>) -> Vec<Tensor<3>> {
+        let mut states = vec![self.embeddings.forward(pixels)];
+        for layer in &self.encoder.layer {
+            let next = layer.forward(states.last().expect("one").clone(), self.heads);
+            states.push(next);
+        }
+        states
+    }
+}
+
+impl Embeddings {
+    fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
+        let batch = pixels.dims()[0];
+        let patches = self.patch_embeddings.projection.forward(pixels); // [b, d, h, w]
+        let [_, d, h, w] = patches.dims();
+        let patches = patches.reshape([batch, d, h * w]).swap_dims(1, 2);
+        let cls = self.cls_token.val().repeat_dim(0, batch);
+        let tokens = Tensor::cat(vec![cls, patches], 1);
+        let positions = self.position_embeddings.val();
+        assert_eq!(
+            positions.dims()[1],
+            tokens.dims()[1],
+            "DINOv2: the image gives {} patches; the position embeddings are for {} (resize the image to the model's size)",
+            tokens.dims()[1] - 1,
+            positions.dims()[1] - 1
+        );
+        tokens + positions
+    }
+}
+
+impl Layer {
+    fn forward(&self, x: Tensor<3>, heads: usize) -> Tensor<3> {
+        let attended = self.attention.forward(self.norm1.forward(x.clone()), heads);
+        let x = x + self.layer_scale1.forward(attended);
+        let fed = self.mlp.forward(self.norm2.forward(x.clone()));
+        x + self.layer_scale2.forward(fed)
+    }
+}
+
+impl LayerScale {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        x * self.lambda1.val().unsqueeze::<3>()
+    }
+}
+
+impl Attention {
+    /// Multi-head scaled dot-product attention over all tokens.
+    fn forward(&self, x: Tensor<3>, heads: usize) -> Tensor<3> {
+        let [b, n, d] = x.dims();
+        let split = |t: Tensor<3>| t.reshape([b, n, heads, d / heads]).swap_dims(1, 2);
+        let q = split(self.attention.query.forward(x.clone()));
+        let k = split(self.attention.key.forward(x.clone()));
+        let v = split(self.attention.value.forward(x));
+        let scale = 1.0 / ((d / heads) as f64).sqrt();
+        let weights = softmax(q.matmul(k.swap_dims(2, 3)) * scale, 3);
+        let out = weights.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
+        self.output.dense.forward(out)
+    }
+}
+
+impl Ffn {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match self {
+            Ffn::Mlp(mlp) => mlp.fc2.forward(gelu(mlp.fc1.forward(x))),
+            Ffn::SwiGlu(ffn) => {
+                let both = ffn.weights_in.forward(x);
+                let half = both.dims()[2] / 2;
+                let gate = both.clone().narrow(2, 0, half);
+                let value = both.narrow(2, half, half);
+                ffn.weights_out.forward(silu(gate) * value)
+            }
+        }
+    }
+}
+
+/// The official transform: map an RGB image `[3, h, w]` from [-1, 1] (the shape
+/// pre-processor's output) to [0, 1], resize it to `size × size` with
+/// torchvision's antialiased bilinear filter (triangle filter widened when shrinking, pixel
+/// centres aligned), then normalise with the ImageNet mean and std. Returns `[3, size, size]`
+/// values, channel-major.
+pub fn preprocess(image: &[f32], height: usize, width: usize, size: usize) -> Vec<f32> {
+    const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+    const STD: [f32; 3] = [0.229, 0.224, 0.225];
+    assert_eq!(image.len(), 3 * height * width, "a 3-channel image");
+    let rows = resample_weights(height, size);
+    let cols = resample_weights(width, size);
+    let mut out = vec![0f32; 3 * size * size];
+    let mut horizontal = vec![0f32; height * size];
+    for c in 0..3 {
+        let plane: Vec<f32> = image[c * height * width..(c + 1) * height * width]
+            .iter()
+            .map(|v| (v + 1.0) / 2.0)
+            .collect();
+        for y in 0..height {
+            for (x, (start, weights)) in cols.iter().enumerate() {
+                horizontal[y * size + x] = weights
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| w * plane[y * width + start + i])
+                    .sum();
+            }
+        }
+        for (y, (start, weights)) in rows.iter().enumerate() {
+            for x in 0..size {
+                let v: f32 = weights
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| w * horizontal[(start + i) * size + x])
+                    .sum();
+                out[(c * size + y) * size + x] = (v - MEAN[c]) / STD[c];
+            }
+        }
+    }
+    out
+}
+
+/// Per output index: the first input index and the normalised triangle-filter weights.
+fn resample_weights(input: usize, output: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = input as f64 / output as f64;
+    let support = scale.max(1.0);
+    (0..output)
+        .map(|i| {
+            let centre = (i as f64 + 0.5) * scale;
+            let lo = ((centre - support + 0.5).floor().max(0.0)) as usize;
+            let hi = ((centre + support + 0.5).floor() as usize).min(input);
+            let weights: Vec<f64> = (lo..hi)
+                .map(|j| (1.0 - ((j as f64 - centre + 0.5) / support).abs()).max(0.0))
+                .collect();
+            let total: f64 = weights.iter().sum();
+            (lo, weights.iter().map(|w| (w / total) as f32).collect())
+        })
+        .collect()
+}
+
+/// A `[1, 3, size, size]` tensor from [`preprocess`]'s output.
+pub fn pixels_tensor(values: Vec<f32>, size: usize, device: &Device) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(values, [1, 3, size, size]), device)
+}

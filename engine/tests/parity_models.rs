@@ -1,0 +1,185 @@
+//! Model parity against the official PyTorch code's outputs on small random-weight configs
+//! (`ORFEAS_FIXTURES`, default `../shared/fixtures/public`; see its README). Configs come from
+//! `fixtures.json`, weights go through our packer and streaming loader under their official
+//! names, and every stage runs on the CPU backend and on wgpu (lavapipe in CI).
+
+use std::path::PathBuf;
+
+use burn::tensor::{DType, Device, Tensor};
+use orfeas_engine::models::dinov2::{
+    CHECKPOINT_PREFIX, Dinov2Config, checkpoint_name, pixels_tensor, preprocess,
+};
+use orfeas_engine::weights::pack::{PackOptions, pack};
+use orfeas_engine::weights::source::DirSource;
+use orfeas_engine::weights::{WeightSet, apply_torch_weights, load_all};
+use safetensors::SafeTensors;
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("ORFEAS_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/public")
+        })
+}
+
+fn stage(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join("fixtures.json")).expect("fixtures.json");
+    let all: serde_json::Value = serde_json::from_str(&text).expect("fixtures.json parses");
+    all[name].clone()
+}
+
+/// Tolerance for an fp32 port: 30× the reference's own fp32-vs-fp64 difference, at least
+/// `floor` (the README's suggested value).
+fn tolerance(stage: &serde_json::Value, quantity: &str, floor: f32) -> f32 {
+    let measured = stage["tol_fp32_vs_fp64"][quantity]["max_abs"]
+        .as_f64()
+        .unwrap_or(0.0) as f32;
+    (measured * 30.0).max(floor)
+}
+
+/// The devices to check: the CPU backend always, wgpu when an adapter exists (required in CI).
+fn devices() -> Vec<(&'static str, Device)> {
+    let mut out = vec![("cpu", orfeas_engine::device::cpu())];
+    match orfeas_engine::device::gpu() {
+        Some(gpu) => out.push(("wgpu", gpu)),
+        None => {
+            assert!(
+                std::env::var_os("ORFEAS_REQUIRE_GPU").is_none(),
+                "ORFEAS_REQUIRE_GPU is set but wgpu found no adapter"
+            );
+            eprintln!("SKIPPED on wgpu: no adapter (install mesa-vulkan-drivers for lavapipe)");
+        }
+    }
+    out
+}
+
+/// Pack a fixture weight file into our shard format and stream it back through the loader.
+fn load(file: &str, device: &Device) -> WeightSet {
+    let dir = tempfile::tempdir().unwrap();
+    pack(
+        &[fixtures().join(file)],
+        dir.path(),
+        &PackOptions {
+            shard_size: 256 << 10,
+            ..Default::default()
+        },
+        |_, _| {},
+    )
+    .expect("pack the fixture weights");
+    let source = DirSource::new(dir.path());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_, weights) = runtime
+        .block_on(load_all(&source, device, DType::F32, |_| {}))
+        .expect("load the packed weights");
+    weights
+}
+
+struct Io(Vec<u8>);
+
+impl Io {
+    fn read(file: &str) -> Self {
+        Self(std::fs::read(fixtures().join(file)).expect("fixture io file"))
+    }
+
+    fn tensor(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
+        let st = SafeTensors::deserialize(&self.0).unwrap();
+        let view = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("{name} in the io file"));
+        assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        (values, view.shape().to_vec())
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "sizes");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+fn dinov2_name(path: &str) -> String {
+    format!("{CHECKPOINT_PREFIX}{}", checkpoint_name(path))
+}
+
+#[test]
+fn parity_dinov2() {
+    let stage = stage("dinov2");
+    let config: Dinov2Config =
+        serde_json::from_value(stage["config"]["config"].clone()).expect("the HF config");
+    let size = stage["config"]["encoder_kwargs"]["image_size"]
+        .as_u64()
+        .map_or(config.image_size, |s| s as usize);
+    let io = Io::read("dinov2.io.safetensors");
+    let (image, image_shape) = io.tensor("image_in");
+    let (pixels_ref, _) = io.tensor("pixel_values");
+    let (hidden_ref, hidden_shape) = io.tensor("last_hidden_state");
+
+    // The transform is plain CPU code: the same on every backend.
+    let pixels = preprocess(&image, image_shape[2], image_shape[3], size);
+    let diff = max_abs_diff(&pixels, &pixels_ref);
+    let tol = tolerance(&stage, "pixel_values", 1e-5);
+    eprintln!("dinov2 transform: max abs diff {diff:.2e} (tolerance {tol:.1e})");
+    assert!(diff <= tol, "transform differs by {diff}");
+
+    let tol = tolerance(&stage, "last_hidden_state", 1e-4);
+    for (name, device) in devices() {
+        let weights = load("dinov2.weights.safetensors", &device);
+        let model = apply_torch_weights(config.init(&device), weights, dinov2_name)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let input = pixels_tensor(pixels_ref.clone(), size, &device);
+        let states = model.hidden_states(input.clone());
+        for (i, state) in states.into_iter().enumerate() {
+            let (reference, _) = io.tensor(&format!("hidden_states.{i}"));
+            let diff = max_abs_diff(&values(state), &reference);
+            assert!(diff <= tol, "{name}: hidden state {i} differs by {diff}");
+        }
+        let out = model.forward(input);
+        assert_eq!(out.dims().to_vec(), hidden_shape, "{name}: output shape");
+        let diff = max_abs_diff(&values(out), &hidden_ref);
+        eprintln!(
+            "dinov2 on {name}: last_hidden_state max abs diff {diff:.2e} (tolerance {tol:.1e})"
+        );
+        assert!(diff <= tol, "{name}: last_hidden_state differs by {diff}");
+        // And from the raw image, through the transform.
+        let from_image = model.forward(pixels_tensor(pixels.clone(), size, &device));
+        let diff = max_abs_diff(&values(from_image), &hidden_ref);
+        assert!(
+            diff <= tol * 2.0,
+            "{name}: image → hidden state differs by {diff}"
+        );
+    }
+}
+
+#[test]
+fn dinov2_names_a_wrong_checkpoint() {
+    // A checkpoint with a layer the model does not have is refused, naming its tensors.
+    let stage = stage("dinov2");
+    let mut config: Dinov2Config =
+        serde_json::from_value(stage["config"]["config"].clone()).unwrap();
+    config.num_hidden_layers -= 1;
+    let device = orfeas_engine::device::cpu();
+    let weights = load("dinov2.weights.safetensors", &device);
+    let err = apply_torch_weights(config.init(&device), weights, dinov2_name).unwrap_err();
+    let last = config.num_hidden_layers;
+    assert!(err.missing.is_empty() && err.mismatched.is_empty(), "{err}");
+    assert!(
+        err.unexpected
+            .iter()
+            .any(|n| n.contains(&format!("encoder.layer.{last}."))),
+        "{err}"
+    );
+}
