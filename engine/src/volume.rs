@@ -13,7 +13,8 @@ use crate::mesh::marching_cubes::SparseField;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Grid {
     pub resolution: usize,
-    pub bounds: f32,
+    /// Half the box's side, in f64 as numpy computes it (1.01 as an f32 is 1.00999999).
+    pub bounds: f64,
 }
 
 impl Grid {
@@ -35,7 +36,7 @@ impl Grid {
 
     /// numpy's linspace: `start + i * step` in f64, the last point exactly `stop`.
     pub fn coordinate(&self, i: usize) -> f32 {
-        let (start, stop) = (-f64::from(self.bounds), f64::from(self.bounds));
+        let (start, stop) = (-self.bounds, self.bounds);
         if i == self.resolution {
             return stop as f32;
         }

@@ -5,10 +5,12 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use orfeas_engine::models::dinov2::{
     CHECKPOINT_PREFIX, Dinov2Config, checkpoint_name, pixels_tensor, preprocess,
 };
+use orfeas_engine::models::shape_vae::ShapeVaeConfig;
+use orfeas_engine::volume::{Grid, decode_dense};
 use orfeas_engine::weights::pack::{PackOptions, pack};
 use orfeas_engine::weights::source::DirSource;
 use orfeas_engine::weights::{WeightSet, apply_torch_weights, load_all};
@@ -182,4 +184,59 @@ fn dinov2_names_a_wrong_checkpoint() {
             .any(|n| n.contains(&format!("encoder.layer.{last}."))),
         "{err}"
     );
+}
+
+#[test]
+fn parity_vae() {
+    let stage = stage("vae");
+    let config: ShapeVaeConfig =
+        serde_json::from_value(stage["config"]["params"].clone()).expect("the ShapeVAE params");
+    let resolution = stage["config"]["octree_resolution"]
+        .as_u64()
+        .expect("octree_resolution") as usize;
+    let io = Io::read("vae.io.safetensors");
+    let (latents, latents_shape) = io.tensor("latents_in");
+    let (decoded_ref, _) = io.tensor("decoded_latents");
+    let (points_ref, _) = io.tensor("query_points");
+    let (field_ref, _) = io.tensor("field");
+    let tol = tolerance(&stage, "field_same_latents", 5e-5);
+
+    // Our grid is the official one, point for point.
+    let grid = Grid::official(resolution);
+    let n = grid.points_per_axis();
+    for (index, point) in points_ref.chunks_exact(3).enumerate() {
+        let ours = grid.point([index / (n * n), index / n % n, index % n]);
+        assert_eq!(ours.as_slice(), point, "grid point {index}");
+    }
+    for (name, device) in devices() {
+        let weights = load("vae.weights.safetensors", &device);
+        let vae = apply_torch_weights(config.init(&device).unwrap(), weights, vae_name)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let dims: [usize; 3] = latents_shape.clone().try_into().unwrap();
+        let input = Tensor::<3>::from_data(TensorData::new(latents.clone(), dims), &device);
+        let decoded = vae.decode_latents(input);
+        let diff = max_abs_diff(&values(decoded.clone()), &decoded_ref);
+        assert!(diff <= tol, "{name}: decoded latents differ by {diff}");
+        let kv = vae.key_values(decoded);
+        // Dense volume decoding in small chunks, through the engine's grid walker.
+        let field = futures::executor::block_on(decode_dense(grid, 1000, async |points| {
+            let flat: Vec<f32> = points.iter().flatten().copied().collect();
+            let tensor =
+                Tensor::<3>::from_data(TensorData::new(flat, [1, points.len(), 3]), &device);
+            values(vae.field(tensor, &kv))
+        }));
+        let diff = max_abs_diff(&field, &field_ref);
+        eprintln!("vae on {name}: field max abs diff {diff:.2e} (tolerance {tol:.1e})");
+        assert!(diff <= tol, "{name}: field differs by {diff}");
+        let inside = field.iter().filter(|v| **v > 0.0).count();
+        let inside_ref = field_ref.iter().filter(|v| **v > 0.0).count();
+        assert_eq!(
+            inside, inside_ref,
+            "{name}: same inside/outside on every grid point"
+        );
+    }
+}
+
+fn vae_name(path: &str) -> String {
+    orfeas_engine::models::shape_vae::checkpoint_name(path)
 }

@@ -2,3 +2,4 @@
 //! official config values), modules with `init`, and a forward pass that reads like the paper.
 
 pub mod dinov2;
+pub mod shape_vae;

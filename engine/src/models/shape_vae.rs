@@ -1,0 +1,309 @@
+//! ShapeVAE decoder (Hunyuan3D, 3DShape2VecSet-style): latents are unscaled, projected
+//! (`post_kl`) and refined by self-attention blocks; the geometry decoder then answers, for any
+//! query point, one cross-attention from the point's Fourier embedding to the latents — the
+//! field, positive inside. The latents' keys and values are computed once per shape
+//! ([`ShapeVae::key_values`]) and reused for every chunk of query points.
+
+use burn::module::Module;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::Deserialize;
+
+/// Where the decoder's weights sit in the official bundled checkpoint.
+pub const CHECKPOINT_PREFIX: &str = "vae.";
+
+/// The official `ShapeVAE` params the decoder depends on.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ShapeVaeConfig {
+    pub embed_dim: usize,
+    pub width: usize,
+    pub heads: usize,
+    pub num_decoder_layers: usize,
+    pub num_freqs: usize,
+    #[serde(default)]
+    pub include_pi: bool,
+    #[serde(default)]
+    pub qkv_bias: bool,
+    #[serde(default = "yes")]
+    pub qk_norm: bool,
+    pub scale_factor: f64,
+    #[serde(default = "four")]
+    pub geo_decoder_mlp_expand_ratio: usize,
+    #[serde(default = "one")]
+    pub geo_decoder_downsample_ratio: usize,
+    #[serde(default = "yes")]
+    pub geo_decoder_ln_post: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn four() -> usize {
+    4
+}
+fn one() -> usize {
+    1
+}
+
+/// burn's LayerNorm calls its parameters gamma/beta; the checkpoint weight/bias.
+pub fn checkpoint_name(path: &str) -> String {
+    let path = match path.rsplit_once('.') {
+        Some((head, "gamma")) => format!("{head}.weight"),
+        Some((head, "beta")) => format!("{head}.bias"),
+        _ => path.to_string(),
+    };
+    format!("{CHECKPOINT_PREFIX}{path}")
+}
+
+impl ShapeVaeConfig {
+    /// Inputs of the geometry decoder's query projection: xyz plus sin and cos per frequency.
+    pub fn fourier_dims(&self) -> usize {
+        3 * (2 * self.num_freqs + 1)
+    }
+
+    pub fn init(&self, device: &Device) -> Result<ShapeVae, String> {
+        if self.geo_decoder_downsample_ratio != 1 || !self.geo_decoder_ln_post {
+            return Err(format!(
+                "ShapeVAE: the turbo geometry decoder (downsample ratio {}, ln_post {}) is not supported yet",
+                self.geo_decoder_downsample_ratio, self.geo_decoder_ln_post
+            ));
+        }
+        let w = self.width;
+        let head_dim = w / self.heads;
+        let linear = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let norm = |d, eps| LayerNormConfig::new(d).with_epsilon(eps).init(device);
+        let qk_norm = || {
+            self.qk_norm.then(|| QkNorm {
+                q_norm: norm(head_dim, 1e-6),
+                k_norm: norm(head_dim, 1e-6),
+            })
+        };
+        let mlp = |ratio: usize| Mlp {
+            c_fc: linear(w, w * ratio, true),
+            c_proj: linear(w * ratio, w, true),
+        };
+        Ok(ShapeVae {
+            post_kl: linear(self.embed_dim, w, true),
+            transformer: Transformer {
+                resblocks: (0..self.num_decoder_layers)
+                    .map(|_| ResidualAttentionBlock {
+                        ln_1: norm(w, 1e-6),
+                        attn: SelfAttention {
+                            c_qkv: linear(w, 3 * w, self.qkv_bias),
+                            attention: qk_norm(),
+                            c_proj: linear(w, w, true),
+                        },
+                        ln_2: norm(w, 1e-6),
+                        mlp: mlp(4),
+                    })
+                    .collect(),
+            },
+            geo_decoder: GeoDecoder {
+                query_proj: linear(self.fourier_dims(), w, true),
+                cross_attn_decoder: CrossAttentionBlock {
+                    ln_1: norm(w, 1e-6),
+                    ln_2: norm(w, 1e-6),
+                    attn: CrossAttention {
+                        c_q: linear(w, w, self.qkv_bias),
+                        c_kv: linear(w, 2 * w, self.qkv_bias),
+                        attention: qk_norm(),
+                        c_proj: linear(w, w, true),
+                    },
+                    ln_3: norm(w, 1e-6),
+                    mlp: mlp(self.geo_decoder_mlp_expand_ratio),
+                },
+                // The one LayerNorm with PyTorch's default eps.
+                ln_post: norm(w, 1e-5),
+                output_proj: linear(w, 1, true),
+            },
+            heads: self.heads,
+            num_freqs: self.num_freqs,
+            include_pi: self.include_pi,
+            scale_factor: self.scale_factor,
+        })
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ShapeVae {
+    pub post_kl: Linear,
+    pub transformer: Transformer,
+    pub geo_decoder: GeoDecoder,
+    heads: usize,
+    num_freqs: usize,
+    include_pi: bool,
+    scale_factor: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct Transformer {
+    pub resblocks: Vec<ResidualAttentionBlock>,
+}
+
+#[derive(Module, Debug)]
+pub struct ResidualAttentionBlock {
+    pub ln_1: LayerNorm,
+    pub attn: SelfAttention,
+    pub ln_2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+#[derive(Module, Debug)]
+pub struct SelfAttention {
+    pub c_qkv: Linear,
+    pub attention: Option<QkNorm>,
+    pub c_proj: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct QkNorm {
+    pub q_norm: LayerNorm,
+    pub k_norm: LayerNorm,
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub c_fc: Linear,
+    pub c_proj: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct GeoDecoder {
+    pub query_proj: Linear,
+    pub cross_attn_decoder: CrossAttentionBlock,
+    pub ln_post: LayerNorm,
+    pub output_proj: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct CrossAttentionBlock {
+    pub ln_1: LayerNorm,
+    pub ln_2: LayerNorm,
+    pub attn: CrossAttention,
+    pub ln_3: LayerNorm,
+    pub mlp: Mlp,
+}
+
+#[derive(Module, Debug)]
+pub struct CrossAttention {
+    pub c_q: Linear,
+    pub c_kv: Linear,
+    pub attention: Option<QkNorm>,
+    pub c_proj: Linear,
+}
+
+/// The latents' keys and values for the geometry decoder, `[batch, heads, latents, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct KeyValues {
+    k: Tensor<4>,
+    v: Tensor<4>,
+}
+
+/// Softmax attention of `q` `[b, h, n, d]` over `k`, `v` `[b, h, m, d]`, heads merged back.
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
+    let [b, h, n, d] = q.dims();
+    let weights = softmax(q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt()), 3);
+    weights.matmul(v).swap_dims(1, 2).reshape([b, n, h * d])
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.c_proj.forward(gelu(self.c_fc.forward(x)))
+    }
+}
+
+impl SelfAttention {
+    fn forward(&self, x: Tensor<3>, heads: usize) -> Tensor<3> {
+        let [b, n, w] = x.dims();
+        let hd = w / heads;
+        // The official per-head interleave: each head's slice of the concatenated q|k|v.
+        let qkv = self.c_qkv.forward(x).reshape([b, n, heads, 3 * hd]);
+        let mut q = qkv.clone().narrow(3, 0, hd);
+        let mut k = qkv.clone().narrow(3, hd, hd);
+        let v = qkv.narrow(3, 2 * hd, hd);
+        if let Some(norm) = &self.attention {
+            q = norm.q_norm.forward(q);
+            k = norm.k_norm.forward(k);
+        }
+        let out = attend(q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
+        self.c_proj.forward(out)
+    }
+}
+
+impl ShapeVae {
+    /// Sampler latents `[batch, latents, embed_dim]` → decoded latents `[batch, latents, width]`.
+    pub fn decode_latents(&self, latents: Tensor<3>) -> Tensor<3> {
+        // As the reference: one f32 multiply by float32(1 / scale_factor).
+        let unscale = (1.0 / self.scale_factor) as f32;
+        let mut x = self.post_kl.forward(latents * unscale);
+        for block in &self.transformer.resblocks {
+            x = x.clone() + block.attn.forward(block.ln_1.forward(x), self.heads);
+            x = x.clone() + block.mlp.forward(block.ln_2.forward(x));
+        }
+        x
+    }
+
+    /// The decoded latents' keys and values for [`Self::field`], computed once per shape.
+    pub fn key_values(&self, decoded: Tensor<3>) -> KeyValues {
+        let attn = &self.geo_decoder.cross_attn_decoder.attn;
+        let [b, m, w] = decoded.dims();
+        let hd = w / self.heads;
+        let ln = &self.geo_decoder.cross_attn_decoder.ln_2;
+        let kv = attn
+            .c_kv
+            .forward(ln.forward(decoded))
+            .reshape([b, m, self.heads, 2 * hd]);
+        let mut k = kv.clone().narrow(3, 0, hd);
+        let v = kv.narrow(3, hd, hd);
+        if let Some(norm) = &attn.attention {
+            k = norm.k_norm.forward(k);
+        }
+        KeyValues {
+            k: k.swap_dims(1, 2),
+            v: v.swap_dims(1, 2),
+        }
+    }
+
+    /// The Fourier embedding of points `[batch, n, 3]`: xyz, then sin and cos of each
+    /// coordinate times 1, 2, 4, … (x's frequencies first, then y's, then z's).
+    pub fn embed(&self, points: Tensor<3>) -> Tensor<3> {
+        let [b, n, _] = points.dims();
+        let scale = if self.include_pi {
+            std::f32::consts::PI
+        } else {
+            1.0
+        };
+        let freqs: Vec<f32> = (0..self.num_freqs)
+            .map(|i| 2f32.powi(i as i32) * scale)
+            .collect();
+        let freqs = Tensor::<4>::from_data(
+            TensorData::new(freqs, [1, 1, 1, self.num_freqs]),
+            &points.device(),
+        );
+        let e = (points.clone().unsqueeze_dim::<4>(3) * freqs).reshape([b, n, 3 * self.num_freqs]);
+        Tensor::cat(vec![points, e.clone().sin(), e.cos()], 2)
+    }
+
+    /// The field at `points` `[batch, n, 3]` → `[batch, n]`, positive inside.
+    pub fn field(&self, points: Tensor<3>, kv: &KeyValues) -> Tensor<2> {
+        let decoder = &self.geo_decoder;
+        let block = &decoder.cross_attn_decoder;
+        let q = decoder.query_proj.forward(self.embed(points));
+        let [b, n, w] = q.dims();
+        let hd = w / self.heads;
+        let mut query = block
+            .attn
+            .c_q
+            .forward(block.ln_1.forward(q.clone()))
+            .reshape([b, n, self.heads, hd]);
+        if let Some(norm) = &block.attn.attention {
+            query = norm.q_norm.forward(query);
+        }
+        let attended = attend(query.swap_dims(1, 2), kv.k.clone(), kv.v.clone());
+        let x = q + block.attn.c_proj.forward(attended);
+        let x = x.clone() + block.mlp.forward(block.ln_3.forward(x));
+        let out = decoder.output_proj.forward(decoder.ln_post.forward(x));
+        out.reshape([b, n])
+    }
+}
