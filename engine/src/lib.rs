@@ -10,5 +10,6 @@ pub mod gpu;
 pub mod input;
 pub mod mesh;
 pub mod models;
+pub mod sampler;
 pub mod volume;
 pub mod weights;

@@ -10,6 +10,7 @@ use orfeas_engine::models::dinov2::{
     CHECKPOINT_PREFIX, Dinov2Config, checkpoint_name, pixels_tensor, preprocess,
 };
 use orfeas_engine::models::shape_vae::ShapeVaeConfig;
+use orfeas_engine::sampler::{FlowMatchSchedule, sample};
 use orfeas_engine::volume::{Grid, decode_dense};
 use orfeas_engine::weights::pack::{PackOptions, pack};
 use orfeas_engine::weights::source::DirSource;
@@ -239,4 +240,49 @@ fn parity_vae() {
 
 fn vae_name(path: &str) -> String {
     orfeas_engine::models::shape_vae::checkpoint_name(path)
+}
+
+#[test]
+fn the_sampler_replays_the_official_loop() {
+    // The official loop's own velocities, replayed: the schedule, the times the model is
+    // given, the guidance and the Euler steps must reproduce its latents after every step.
+    let stage = stage("sampler");
+    let guidance = stage["config"]["guidance_scale"]
+        .as_f64()
+        .expect("guidance") as f32;
+    let io = Io::read("sampler.io.safetensors");
+    let (noise, noise_shape) = io.tensor("initial_noise");
+    let (v_cond, _) = io.tensor("v_cond_per_step");
+    let (v_uncond, _) = io.tensor("v_uncond_per_step");
+    let (model_t, _) = io.tensor("model_t");
+    let (sigmas, _) = io.tensor("sigmas");
+    let (timesteps, _) = io.tensor("timesteps");
+    let (per_step, _) = io.tensor("latents_per_step");
+    let (final_ref, _) = io.tensor("final_latents");
+    let schedule = FlowMatchSchedule::new(timesteps.len());
+    assert_eq!(schedule.sigmas, sigmas);
+    assert_eq!(schedule.timesteps, timesteps);
+    let device = orfeas_engine::device::cpu();
+    let dims: [usize; 3] = noise_shape.try_into().unwrap();
+    let size = dims.iter().product::<usize>();
+    let tensor =
+        |values: &[f32]| Tensor::<3>::from_data(TensorData::new(values.to_vec(), dims), &device);
+    let mut calls = 0;
+    let out = futures::executor::block_on(sample(
+        tensor(&noise),
+        &schedule,
+        guidance,
+        async |_x, t| {
+            assert_eq!(t, model_t[calls], "model time at step {calls}");
+            let step = calls * size..(calls + 1) * size;
+            calls += 1;
+            (tensor(&v_cond[step.clone()]), tensor(&v_uncond[step]))
+        },
+        |i, x| {
+            let diff = max_abs_diff(&values(x.clone()), &per_step[i * size..(i + 1) * size]);
+            assert!(diff <= 1e-6, "latents after step {i} differ by {diff}");
+        },
+    ));
+    assert_eq!(calls, schedule.steps() - 1, "the dt = 0 call is skipped");
+    assert!(max_abs_diff(&values(out), &final_ref) <= 1e-6);
 }
