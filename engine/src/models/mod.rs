@@ -2,4 +2,5 @@
 //! official config values), modules with `init`, and a forward pass that reads like the paper.
 
 pub mod dinov2;
+pub mod dit21;
 pub mod shape_vae;
