@@ -10,6 +10,7 @@ use orfeas_engine::mesh::{Field, marching_cubes};
 use orfeas_engine::models::dinov2::{
     CHECKPOINT_PREFIX, Dinov2Config, checkpoint_name, pixels_tensor, preprocess,
 };
+use orfeas_engine::models::dit20::Dit20Config;
 use orfeas_engine::models::dit21::Dit21Config;
 use orfeas_engine::models::shape_vae::ShapeVaeConfig;
 use orfeas_engine::sampler::{FlowMatchSchedule, sample};
@@ -465,4 +466,43 @@ fn image_to_field_to_mesh_end_to_end() {
     assert!(!ours.triangles.is_empty());
     assert_eq!(ours.positions.len(), theirs.positions.len());
     assert_eq!(ours.triangles.len(), theirs.triangles.len());
+}
+
+#[test]
+fn parity_dit20() {
+    let stage = stage("dit20");
+    let config: Dit20Config =
+        serde_json::from_value(stage["config"]["params"].clone()).expect("the DiT params");
+    let guidance = stage["config"]["gen_guidance"].as_f64().map(|g| g as f32);
+    let io = Io::read("dit20.io.safetensors");
+    for (name, device) in devices() {
+        let weights = load("dit20.weights.safetensors", &device);
+        let model = apply_torch_weights(
+            config.init(&device),
+            weights,
+            orfeas_engine::models::dit20::checkpoint_name,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        for case in ["pipe", "gen"] {
+            let (x, x_shape) = io.tensor(&format!("{case}.x"));
+            let (t, _) = io.tensor(&format!("{case}.t"));
+            let (context, context_shape) = io.tensor(&format!("{case}.context"));
+            let (out_ref, _) = io.tensor(&format!("{case}.out"));
+            let tensor = |values: Vec<f32>, shape: Vec<usize>| {
+                let dims: [usize; 3] = shape.try_into().unwrap();
+                Tensor::<3>::from_data(TensorData::new(values, dims), &device)
+            };
+            let guidance: Option<Vec<f32>> = guidance.map(|g| vec![g; t.len()]);
+            let out = model.forward(
+                tensor(x, x_shape),
+                &t,
+                tensor(context, context_shape),
+                guidance.as_deref(),
+            );
+            let diff = max_abs_diff(&values(out), &out_ref);
+            let tol = tolerance(&stage, case, 5e-5);
+            eprintln!("dit20 {case} on {name}: max abs diff {diff:.2e} (tolerance {tol:.1e})");
+            assert!(diff <= tol, "{name}/{case}: output differs by {diff}");
+        }
+    }
 }
