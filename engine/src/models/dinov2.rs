@@ -7,23 +7,20 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, silu, softmax};
+use burn::tensor::activation::{gelu, silu};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
+
+use super::attend;
 
 /// Where the encoder's weights sit in the official bundled checkpoint.
 pub const CHECKPOINT_PREFIX: &str = "conditioner.main_image_encoder.model.";
 
-/// The Hugging Face parameter name of a module path: burn's LayerNorm calls its parameters
-/// gamma/beta, and the FFN enum's variant appears in the path.
+/// The Hugging Face parameter name of a module path: the FFN enum's variant appears in the
+/// path, the checkpoint has no such level.
 pub fn checkpoint_name(path: &str) -> String {
     path.split('.')
         .filter(|segment| !matches!(*segment, "Mlp" | "SwiGlu"))
-        .map(|segment| match segment {
-            "gamma" => "weight",
-            "beta" => "bias",
-            other => other,
-        })
         .collect::<Vec<_>>()
         .join(".")
 }
@@ -284,10 +281,7 @@ impl Attention {
         let q = split(self.attention.query.forward(x.clone()));
         let k = split(self.attention.key.forward(x.clone()));
         let v = split(self.attention.value.forward(x));
-        let scale = 1.0 / ((d / heads) as f64).sqrt();
-        let weights = softmax(q.matmul(k.swap_dims(2, 3)) * scale, 3);
-        let out = weights.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
-        self.output.dense.forward(out)
+        self.output.dense.forward(attend(q, k, v))
     }
 }
 

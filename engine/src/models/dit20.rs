@@ -6,9 +6,11 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
+
+use super::attend;
 
 pub const CHECKPOINT_PREFIX: &str = "model.";
 
@@ -226,12 +228,6 @@ fn split_qkv(qkv: Tensor<3>, heads: usize, norm: &QkNorm) -> (Tensor<4>, Tensor<
         norm.key_norm.forward(part(1)),
         part(2),
     )
-}
-
-fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
-    let [b, h, n, d] = q.dims();
-    let weights = softmax(q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt()), 3);
-    weights.matmul(v).swap_dims(1, 2).reshape([b, n, h * d])
 }
 
 /// The official `timestep_embedding(t, 256, 1000)`: `1000 t` against periods up to 1000,

@@ -11,6 +11,8 @@ use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Device, IndexingUpdateOp, Tensor, TensorData};
 use serde::Deserialize;
 
+use super::attend;
+
 /// Where the denoiser's weights sit in the official bundled checkpoint.
 pub const CHECKPOINT_PREFIX: &str = "model.";
 
@@ -41,19 +43,14 @@ fn two() -> usize {
     2
 }
 
-/// The checkpoint name of a module path (burn's norms call their parameters gamma/beta; the
-/// timestep MLP and diffusers' FeedForward are index-named in PyTorch).
+/// The checkpoint name of a module path (the timestep MLP and diffusers' FeedForward are
+/// index-named in PyTorch).
 pub fn checkpoint_name(path: &str) -> String {
-    let mut name = path
+    let name = path
         .replace("t_embedder.fc_in.", "t_embedder.mlp.0.")
         .replace("t_embedder.fc_out.", "t_embedder.mlp.2.")
         .replace(".proj_in.", ".net.0.proj.")
         .replace(".proj_out.", ".net.2.");
-    if let Some(head) = name.strip_suffix(".gamma") {
-        name = format!("{head}.weight");
-    } else if let Some(head) = name.strip_suffix(".beta") {
-        name = format!("{head}.bias");
-    }
     format!("{CHECKPOINT_PREFIX}{name}")
 }
 
@@ -180,12 +177,6 @@ pub struct Moe {
 pub struct FinalLayer {
     pub norm_final: LayerNorm,
     pub linear: Linear,
-}
-
-fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
-    let [b, h, n, d] = q.dims();
-    let weights = softmax(q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt()), 3);
-    weights.matmul(v).swap_dims(1, 2).reshape([b, n, h * d])
 }
 
 impl Attention {

@@ -6,9 +6,11 @@
 
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
+
+use super::attend;
 
 /// Where the decoder's weights sit in the official bundled checkpoint.
 pub const CHECKPOINT_PREFIX: &str = "vae.";
@@ -46,13 +48,8 @@ fn one() -> usize {
     1
 }
 
-/// burn's LayerNorm calls its parameters gamma/beta; the checkpoint weight/bias.
+/// The checkpoint name of a module path: the module tree mirrors the official one.
 pub fn checkpoint_name(path: &str) -> String {
-    let path = match path.rsplit_once('.') {
-        Some((head, "gamma")) => format!("{head}.weight"),
-        Some((head, "beta")) => format!("{head}.bias"),
-        _ => path.to_string(),
-    };
     format!("{CHECKPOINT_PREFIX}{path}")
 }
 
@@ -198,13 +195,6 @@ pub struct CrossAttention {
 pub struct KeyValues {
     k: Tensor<4>,
     v: Tensor<4>,
-}
-
-/// Softmax attention of `q` `[b, h, n, d]` over `k`, `v` `[b, h, m, d]`, heads merged back.
-fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
-    let [b, h, n, d] = q.dims();
-    let weights = softmax(q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt()), 3);
-    weights.matmul(v).swap_dims(1, 2).reshape([b, n, h * d])
 }
 
 impl Mlp {

@@ -65,7 +65,9 @@ pub fn apply_weights_renamed<M: Module>(
 }
 
 /// As [`apply_weights_renamed`] for PyTorch state dicts: a 2-D parameter named `weight` is a
-/// linear layer's, stored `[out, in]` by PyTorch and `[in, out]` by burn, so it is transposed.
+/// linear layer's, stored `[out, in]` by PyTorch and `[in, out]` by burn, so it is transposed;
+/// burn's norm parameters `gamma`/`beta` are PyTorch's `weight`/`bias` (renamed before `rename`
+/// sees the path).
 pub fn apply_torch_weights<M: Module>(
     module: M,
     weights: WeightSet,
@@ -115,7 +117,17 @@ impl<R: Fn(&str) -> String> ModuleMapper for WeightMapper<R> {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let name = (self.rename)(&self.path.join("."));
+        let mut path = self.path.clone();
+        if self.torch_linear
+            && let Some(last) = path.last_mut()
+        {
+            match last.as_str() {
+                "gamma" => *last = "weight".into(),
+                "beta" => *last = "bias".into(),
+                _ => {}
+            }
+        }
+        let name = (self.rename)(&path.join("."));
         let want = param.lazy_shape().to_vec();
         let Some(stored) = self.weights.take(&name) else {
             self.error.missing.push(name);
