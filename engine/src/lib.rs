@@ -10,6 +10,7 @@ pub mod gpu;
 pub mod input;
 pub mod mesh;
 pub mod models;
+pub mod pipeline;
 pub mod sampler;
 pub mod volume;
 pub mod weights;

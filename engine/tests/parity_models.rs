@@ -3,123 +3,19 @@
 //! `fixtures.json`, weights go through our packer and streaming loader under their official
 //! names, and every stage runs on the CPU backend and on wgpu (lavapipe in CI).
 
-use std::path::PathBuf;
-
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use orfeas_engine::mesh::{Field, marching_cubes};
-use orfeas_engine::models::dinov2::{
-    CHECKPOINT_PREFIX, Dinov2Config, checkpoint_name, pixels_tensor, preprocess,
-};
+use orfeas_engine::models::dinov2::{Dinov2Config, checkpoint_name, pixels_tensor, preprocess};
 use orfeas_engine::models::dit20::Dit20Config;
 use orfeas_engine::models::dit21::Dit21Config;
 use orfeas_engine::models::shape_vae::ShapeVaeConfig;
+use orfeas_engine::pipeline::{GenerateOptions, Progress};
 use orfeas_engine::sampler::{FlowMatchSchedule, sample};
 use orfeas_engine::volume::{Grid, decode_dense};
-use orfeas_engine::weights::pack::{PackOptions, pack};
-use orfeas_engine::weights::source::DirSource;
-use orfeas_engine::weights::{WeightSet, apply_torch_weights, load_all};
-use safetensors::SafeTensors;
+use orfeas_engine::weights::apply_torch_weights;
 
-fn fixtures() -> PathBuf {
-    std::env::var_os("ORFEAS_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/public")
-        })
-}
-
-fn stage(name: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("fixtures.json")).expect("fixtures.json");
-    let all: serde_json::Value = serde_json::from_str(&text).expect("fixtures.json parses");
-    all[name].clone()
-}
-
-/// Tolerance for an fp32 port: 30× the reference's own fp32-vs-fp64 difference, at least
-/// `floor` (the README's suggested value).
-fn tolerance(stage: &serde_json::Value, quantity: &str, floor: f32) -> f32 {
-    let measured = stage["tol_fp32_vs_fp64"][quantity]["max_abs"]
-        .as_f64()
-        .unwrap_or(0.0) as f32;
-    (measured * 30.0).max(floor)
-}
-
-/// The devices to check: the CPU backend always, wgpu when an adapter exists (required in CI).
-fn devices() -> Vec<(&'static str, Device)> {
-    let mut out = vec![("cpu", orfeas_engine::device::cpu())];
-    match orfeas_engine::device::gpu() {
-        Some(gpu) => out.push(("wgpu", gpu)),
-        None => {
-            assert!(
-                std::env::var_os("ORFEAS_REQUIRE_GPU").is_none(),
-                "ORFEAS_REQUIRE_GPU is set but wgpu found no adapter"
-            );
-            eprintln!("SKIPPED on wgpu: no adapter (install mesa-vulkan-drivers for lavapipe)");
-        }
-    }
-    out
-}
-
-/// Pack a fixture weight file into our shard format and stream it back through the loader.
-fn load(file: &str, device: &Device) -> WeightSet {
-    let dir = tempfile::tempdir().unwrap();
-    pack(
-        &[fixtures().join(file)],
-        dir.path(),
-        &PackOptions {
-            shard_size: 256 << 10,
-            ..Default::default()
-        },
-        |_, _| {},
-    )
-    .expect("pack the fixture weights");
-    let source = DirSource::new(dir.path());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (_, weights) = runtime
-        .block_on(load_all(&source, device, DType::F32, |_| {}))
-        .expect("load the packed weights");
-    weights
-}
-
-struct Io(Vec<u8>);
-
-impl Io {
-    fn read(file: &str) -> Self {
-        Self(std::fs::read(fixtures().join(file)).expect("fixture io file"))
-    }
-
-    fn tensor(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
-        let st = SafeTensors::deserialize(&self.0).unwrap();
-        let view = st
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("{name} in the io file"));
-        assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
-        let values = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        (values, view.shape().to_vec())
-    }
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "sizes");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-fn dinov2_name(path: &str) -> String {
-    format!("{CHECKPOINT_PREFIX}{}", checkpoint_name(path))
-}
+mod fixtures;
+use fixtures::*;
 
 #[test]
 fn parity_dinov2() {
@@ -144,7 +40,7 @@ fn parity_dinov2() {
     let tol = tolerance(&stage, "last_hidden_state", 1e-4);
     for (name, device) in devices() {
         let weights = load("dinov2.weights.safetensors", &device);
-        let model = apply_torch_weights(config.init(&device), weights, dinov2_name)
+        let model = apply_torch_weights(config.init(&device), weights, checkpoint_name)
             .unwrap_or_else(|e| panic!("{e}"));
         let input = pixels_tensor(pixels_ref.clone(), size, &device);
         let states = model.hidden_states(input.clone());
@@ -179,7 +75,7 @@ fn dinov2_names_a_wrong_checkpoint() {
     config.num_hidden_layers -= 1;
     let device = orfeas_engine::device::cpu();
     let weights = load("dinov2.weights.safetensors", &device);
-    let err = apply_torch_weights(config.init(&device), weights, dinov2_name).unwrap_err();
+    let err = apply_torch_weights(config.init(&device), weights, checkpoint_name).unwrap_err();
     let last = config.num_hidden_layers;
     assert!(err.missing.is_empty() && err.mismatched.is_empty(), "{err}");
     assert!(
@@ -214,8 +110,12 @@ fn parity_vae() {
     }
     for (name, device) in devices() {
         let weights = load("vae.weights.safetensors", &device);
-        let vae = apply_torch_weights(config.init(&device).unwrap(), weights, vae_name)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let vae = apply_torch_weights(
+            config.init(&device).unwrap(),
+            weights,
+            orfeas_engine::models::shape_vae::checkpoint_name,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let dims: [usize; 3] = latents_shape.clone().try_into().unwrap();
         let input = Tensor::<3>::from_data(TensorData::new(latents.clone(), dims), &device);
         let decoded = vae.decode_latents(input);
@@ -239,10 +139,6 @@ fn parity_vae() {
             "{name}: same inside/outside on every grid point"
         );
     }
-}
-
-fn vae_name(path: &str) -> String {
-    orfeas_engine::models::shape_vae::checkpoint_name(path)
 }
 
 #[test]
@@ -322,76 +218,31 @@ fn parity_dit21() {
     }
 }
 
-/// DINOv2 with the fixture weights on `device`.
-fn dinov2(device: &Device) -> (orfeas_engine::models::dinov2::Dinov2, usize) {
-    let stage = stage("dinov2");
-    let config: Dinov2Config = serde_json::from_value(stage["config"]["config"].clone()).unwrap();
-    let size = stage["config"]["encoder_kwargs"]["image_size"]
-        .as_u64()
-        .map_or(config.image_size, |s| s as usize);
-    let weights = load("dinov2.weights.safetensors", device);
-    let model = apply_torch_weights(config.init(device), weights, dinov2_name).unwrap();
-    (model, size)
-}
-
-/// The official CFG call: one batch of [x, x] at [t, t] with [cond, zeros], conditional first.
-async fn sample_with_dit21(
-    dit: &orfeas_engine::models::dit21::Dit21,
-    noise: Tensor<3>,
-    cond: Tensor<3>,
-    steps: usize,
-    guidance: f32,
-) -> Tensor<3> {
-    let uncond = cond.zeros_like();
-    let context = Tensor::cat(vec![cond, uncond], 0);
-    let schedule = FlowMatchSchedule::new(steps);
-    sample(
-        noise,
-        &schedule,
-        guidance,
-        async |x, t| {
-            let batch = x.dims()[0];
-            let v = dit.forward(Tensor::cat(vec![x.clone(), x], 0), &[t, t], context.clone());
-            let [_, n, c] = v.dims();
-            (
-                v.clone().slice([0..batch, 0..n, 0..c]),
-                v.slice([batch..2 * batch, 0..n, 0..c]),
-            )
-        },
-        |_, _| {},
-    )
-    .await
-}
-
 #[test]
 fn parity_sampler() {
+    // The pipeline's CFG sampler (DINOv2 tokens, the 2.1 DiT, all steps) from the reference's
+    // initial noise, against the official loop's final latents.
     let stage = stage("sampler");
     let guidance = stage["config"]["guidance_scale"].as_f64().unwrap() as f32;
     let steps = stage["config"]["num_inference_steps"].as_u64().unwrap() as usize;
-    let dit_config: Dit21Config =
-        serde_json::from_value(self::stage("dit21")["config"]["params"].clone()).unwrap();
     let io = Io::read("sampler.io.safetensors");
     let (noise, noise_shape) = io.tensor("initial_noise");
     let (image, image_shape) = io.tensor("image_in");
     let (cond_ref, _) = io.tensor("cond");
     let (final_ref, _) = io.tensor("final_latents");
     for (name, device) in devices() {
-        let (encoder, size) = dinov2(&device);
-        let pixels = preprocess(&image, image_shape[2], image_shape[3], size);
-        let cond = encoder.forward(pixels_tensor(pixels, size, &device));
+        let model = shape_model("dit21", &device);
+        let cond = model.condition(&image, image_shape[2], image_shape[3]);
         let diff = max_abs_diff(&values(cond.clone()), &cond_ref);
         assert!(diff <= 1e-4, "{name}: cond differs by {diff}");
-        let weights = load("dit21.weights.safetensors", &device);
-        let dit = apply_torch_weights(
-            dit_config.init(&device),
-            weights,
-            orfeas_engine::models::dit21::checkpoint_name,
-        )
-        .unwrap();
         let dims: [usize; 3] = noise_shape.clone().try_into().unwrap();
         let noise = Tensor::<3>::from_data(TensorData::new(noise.clone(), dims), &device);
+        let mut seen = Vec::new();
         let out =
-            futures::executor::block_on(sample_with_dit21(&dit, noise, cond, steps, guidance));
+            futures::executor::block_on(
+                model.sample(cond, noise, steps, guidance, |d, t| seen.push((d, t))),
+            );
+        assert_eq!(seen, (1..=steps).map(|d| (d, steps)).collect::<Vec<_>>());
         let diff = max_abs_diff(&values(out), &final_ref);
         eprintln!("sampler on {name}: final latents max abs diff {diff:.2e} (tolerance 3e-4)");
         assert!(diff <= 3e-4, "{name}: final latents differ by {diff}");
@@ -400,61 +251,48 @@ fn parity_sampler() {
 
 #[test]
 fn image_to_field_to_mesh_end_to_end() {
-    // The whole chain on fixture weights: image → DINOv2 → sampler with the 2.1 DiT → ShapeVAE
-    // → field on the official grid → marching cubes, against the official chain's field.
+    // The whole chain on fixture weights through the pipeline: image → DINOv2 → sampler with
+    // the 2.1 DiT → ShapeVAE → field on the official grid → marching cubes, from the
+    // reference's noise, against the official chain's field and mesh.
     let sampler = stage("sampler");
-    let guidance = sampler["config"]["guidance_scale"].as_f64().unwrap() as f32;
-    let steps = sampler["config"]["num_inference_steps"].as_u64().unwrap() as usize;
-    let vae_stage = stage("vae");
-    let vae_config: ShapeVaeConfig =
-        serde_json::from_value(vae_stage["config"]["params"].clone()).unwrap();
-    let resolution = vae_stage["config"]["octree_resolution"].as_u64().unwrap() as usize;
-    let dit_config: Dit21Config =
-        serde_json::from_value(stage("dit21")["config"]["params"].clone()).unwrap();
+    let options = GenerateOptions {
+        guidance: sampler["config"]["guidance_scale"].as_f64().unwrap() as f32,
+        steps: sampler["config"]["num_inference_steps"].as_u64().unwrap() as usize,
+        resolution: stage("vae")["config"]["octree_resolution"]
+            .as_u64()
+            .unwrap() as usize,
+        chunk: 4096,
+        dense: true,
+        ..Default::default()
+    };
     let io = Io::read("sampler.io.safetensors");
     let (noise, noise_shape) = io.tensor("initial_noise");
     let (image, image_shape) = io.tensor("image_in");
     let (field_ref, _) = Io::read("vae.io.safetensors").tensor("field");
     let device = orfeas_engine::device::cpu();
-    let (encoder, size) = dinov2(&device);
-    let dit = apply_torch_weights(
-        dit_config.init(&device),
-        load("dit21.weights.safetensors", &device),
-        orfeas_engine::models::dit21::checkpoint_name,
-    )
-    .unwrap();
-    let vae = apply_torch_weights(
-        vae_config.init(&device).unwrap(),
-        load("vae.weights.safetensors", &device),
-        vae_name,
-    )
-    .unwrap();
+    let model = shape_model("dit21", &device);
     let dims: [usize; 3] = noise_shape.try_into().unwrap();
+    let grid = Grid::official(options.resolution);
     let run = || {
-        let pixels = preprocess(&image, image_shape[2], image_shape[3], size);
-        let cond = encoder.forward(pixels_tensor(pixels, size, &device));
-        let noise = Tensor::<3>::from_data(TensorData::new(noise.clone(), dims), &device);
-        let latents =
-            futures::executor::block_on(sample_with_dit21(&dit, noise, cond, steps, guidance));
-        let kv = vae.key_values(vae.decode_latents(latents));
-        futures::executor::block_on(decode_dense(
-            Grid::official(resolution),
-            4096,
-            async |points| {
-                let flat: Vec<f32> = points.iter().flatten().copied().collect();
-                let tensor =
-                    Tensor::<3>::from_data(TensorData::new(flat, [1, points.len(), 3]), &device);
-                values(vae.field(tensor, &kv))
-            },
-        ))
+        futures::executor::block_on(async {
+            let cond = model.condition(&image, image_shape[2], image_shape[3]);
+            let noise = Tensor::<3>::from_data(TensorData::new(noise.clone(), dims), &device);
+            let latents = model
+                .sample(cond, noise, options.steps, options.guidance, |_, _| {})
+                .await;
+            let kv = model.key_values(latents);
+            decode_dense(grid, options.chunk, async |points| {
+                model.field_at(points, &kv).await
+            })
+            .await
+        })
     };
     let field = run();
     let diff = max_abs_diff(&field, &field_ref);
-    let tol = tolerance(&vae_stage, "field_chain", 1e-4);
+    let tol = tolerance(&stage("vae"), "field_chain", 1e-4);
     eprintln!("image → field: max abs diff {diff:.2e} (tolerance {tol:.1e})");
     assert!(diff <= tol, "the chain's field differs by {diff}");
     assert_eq!(run(), field, "deterministic for the same noise");
-    let grid = Grid::official(resolution);
     let ours = marching_cubes(Field {
         values: &field,
         dims: grid.dims(),
@@ -466,6 +304,66 @@ fn image_to_field_to_mesh_end_to_end() {
     assert!(!ours.triangles.is_empty());
     assert_eq!(ours.positions.len(), theirs.positions.len());
     assert_eq!(ours.triangles.len(), theirs.triangles.len());
+}
+
+#[test]
+fn generation_is_deterministic_under_a_seed() {
+    // ShapeModel::generate from a seed: the same seed gives the same surface, another seed
+    // another one; progress reports every stage in order.
+    let io = Io::read("sampler.io.safetensors");
+    let (image, shape) = io.tensor("image_in");
+    let device = orfeas_engine::device::cpu();
+    let model = shape_model("dit21", &device);
+    let options = GenerateOptions {
+        steps: 4,
+        resolution: 24,
+        chunk: 1000,
+        ..Default::default()
+    };
+    let generate = |seed: u64| {
+        let mut stages = Vec::new();
+        let options = GenerateOptions {
+            seed,
+            ..options.clone()
+        };
+        let surface = futures::executor::block_on(model.generate(
+            &image,
+            shape[2],
+            shape[3],
+            &options,
+            |p| stages.push(p),
+        ));
+        (surface, stages)
+    };
+    let (a, stages) = generate(7);
+    let (b, _) = generate(7);
+    let (c, _) = generate(8);
+    assert!(
+        !a.mesh.triangles.is_empty(),
+        "the fixture model's field crosses zero"
+    );
+    assert_eq!(
+        a.mesh.positions, b.mesh.positions,
+        "same seed, same surface"
+    );
+    assert_eq!(a.mesh.triangles, b.mesh.triangles);
+    assert_ne!(
+        a.mesh.positions, c.mesh.positions,
+        "another seed, another surface"
+    );
+    assert_eq!(stages[0], Progress::Encoding);
+    assert_eq!(stages[4], Progress::Sampling { done: 4, total: 4 });
+    assert!(matches!(stages[5], Progress::Decoding { .. }));
+    assert_eq!(*stages.last().unwrap(), Progress::Meshing);
+    assert!(
+        a.queries < 25usize.pow(3),
+        "coarse-to-fine asks fewer than every point"
+    );
+    let (lo, hi) = a.mesh.bounds().unwrap();
+    assert!(
+        lo.iter().chain(&hi).all(|v| v.abs() <= 1.01),
+        "inside the official box"
+    );
 }
 
 #[test]

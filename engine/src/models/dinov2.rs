@@ -11,18 +11,20 @@ use burn::tensor::activation::{gelu, silu};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
 
-use super::attend;
+use super::{attend, by_rows};
 
 /// Where the encoder's weights sit in the official bundled checkpoint.
 pub const CHECKPOINT_PREFIX: &str = "conditioner.main_image_encoder.model.";
 
-/// The Hugging Face parameter name of a module path: the FFN enum's variant appears in the
-/// path, the checkpoint has no such level.
+/// The bundled checkpoint's name of a module path: the prefix, then the Hugging Face name
+/// (the FFN enum's variant appears in our path; the checkpoint has no such level).
 pub fn checkpoint_name(path: &str) -> String {
-    path.split('.')
+    let name = path
+        .split('.')
         .filter(|segment| !matches!(*segment, "Mlp" | "SwiGlu"))
         .collect::<Vec<_>>()
-        .join(".")
+        .join(".");
+    format!("{CHECKPOINT_PREFIX}{name}")
 }
 
 /// The Hugging Face `Dinov2Config` fields the forward pass depends on.
@@ -288,14 +290,16 @@ impl Attention {
 impl Ffn {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         match self {
-            Ffn::Mlp(mlp) => mlp.fc2.forward(gelu(mlp.fc1.forward(x))),
-            Ffn::SwiGlu(ffn) => {
+            Ffn::Mlp(mlp) => by_rows(x, mlp.fc1.weight.dims()[1], |x| {
+                mlp.fc2.forward(gelu(mlp.fc1.forward(x)))
+            }),
+            Ffn::SwiGlu(ffn) => by_rows(x, ffn.weights_in.weight.dims()[1], |x| {
                 let both = ffn.weights_in.forward(x);
                 let half = both.dims()[2] / 2;
                 let gate = both.clone().narrow(2, 0, half);
                 let value = both.narrow(2, half, half);
                 ffn.weights_out.forward(silu(gate) * value)
-            }
+            }),
         }
     }
 }

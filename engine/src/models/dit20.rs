@@ -10,7 +10,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
 
-use super::attend;
+use super::{attend, by_rows, linear_columns};
 
 pub const CHECKPOINT_PREFIX: &str = "model.";
 
@@ -283,7 +283,11 @@ impl DoubleStreamBlock {
         let [b, n, d] = attn.dims();
         let txt_attn = attn.clone().slice([0..b, 0..n_txt, 0..d]);
         let img_attn = attn.slice([0..b, n_txt..n, 0..d]);
-        let mlp = |m: &TwoLayerMlp, x: Tensor<3>| m.fc_out.forward(gelu_tanh(m.fc_in.forward(x)));
+        let mlp = |m: &TwoLayerMlp, x: Tensor<3>| {
+            by_rows(x, m.fc_in.weight.dims()[1], |x| {
+                m.fc_out.forward(gelu_tanh(m.fc_in.forward(x)))
+            })
+        };
         let img = img + im[2].clone() * self.img_attn.proj.forward(img_attn);
         let img = img.clone()
             + im[5].clone()
@@ -306,15 +310,26 @@ impl SingleStreamBlock {
     fn forward(&self, x: Tensor<3>, vec: Tensor<2>, heads: usize) -> Tensor<3> {
         let m = modulate(&self.modulation, vec, 3);
         let x_mod = (m[1].clone() + 1.0) * layer_norm(x.clone()) + m[0].clone();
-        let both = self.linear1.forward(x_mod);
-        let [_, _, width] = both.dims();
+        // linear1 is the fused [qkv | mlp] projection; its two parts are computed separately
+        // (and by slices of rows) so that no activation outgrows the buffer budget.
         let d = self.linear2.weight.dims()[1];
-        let qkv = both.clone().narrow(2, 0, 3 * d);
-        let mlp = both.narrow(2, 3 * d, width - 3 * d);
+        let width = self.linear1.weight.dims()[1];
+        let qkv = by_rows(x_mod.clone(), 3 * d, |x| {
+            linear_columns(&self.linear1, x, 0..3 * d)
+        });
         let (q, k, v) = split_qkv(qkv, heads, &self.norm);
-        let out = self
-            .linear2
-            .forward(Tensor::cat(vec![attend(q, k, v), gelu_tanh(mlp)], 2));
+        let attended = attend(q, k, v);
+        let out = by_rows(
+            Tensor::cat(vec![x_mod, attended], 2),
+            width - 3 * d,
+            |rows| {
+                let x_mod = rows.clone().narrow(2, 0, d);
+                let attended = rows.narrow(2, d, d);
+                let mlp = linear_columns(&self.linear1, x_mod, 3 * d..width);
+                self.linear2
+                    .forward(Tensor::cat(vec![attended, gelu_tanh(mlp)], 2))
+            },
+        );
         x + m[2].clone() * out
     }
 }

@@ -11,7 +11,7 @@ use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Device, IndexingUpdateOp, Tensor, TensorData};
 use serde::Deserialize;
 
-use super::attend;
+use super::{attend, by_rows};
 
 /// Where the denoiser's weights sit in the official bundled checkpoint.
 pub const CHECKPOINT_PREFIX: &str = "model.";
@@ -230,6 +230,11 @@ impl FeedForward {
 }
 
 impl Moe {
+    /// The widest activation per token: one expert's hidden layer.
+    fn hidden_width(&self) -> usize {
+        self.shared_experts.proj_in.weight.dims()[1]
+    }
+
     /// Top-k experts per token, weighted by their softmax scores (not renormalised), plus the
     /// shared expert. Every expert runs on every token here and the unchosen ones are weighted
     /// by zero: simple and exact; routing tokens to experts is the next optimisation.
@@ -269,8 +274,10 @@ impl Block {
                 .cross_attention(self.norm2.forward(h), context, heads);
         let normed = self.norm3.forward(h.clone());
         let fed = match (&self.mlp, &self.moe) {
-            (_, Some(moe)) => moe.forward(normed),
-            (Some(mlp), None) => mlp.fc2.forward(gelu(mlp.fc1.forward(normed))),
+            (_, Some(moe)) => by_rows(normed, moe.hidden_width(), |x| moe.forward(x)),
+            (Some(mlp), None) => by_rows(normed, mlp.fc1.weight.dims()[1], |x| {
+                mlp.fc2.forward(gelu(mlp.fc1.forward(x)))
+            }),
             (None, None) => unreachable!("a block has an MLP or a MoE"),
         };
         h + fed

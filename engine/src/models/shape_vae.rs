@@ -10,7 +10,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
 
-use super::attend;
+use super::{attend, by_rows};
 
 /// Where the decoder's weights sit in the official bundled checkpoint.
 pub const CHECKPOINT_PREFIX: &str = "vae.";
@@ -18,6 +18,8 @@ pub const CHECKPOINT_PREFIX: &str = "vae.";
 /// The official `ShapeVAE` params the decoder depends on.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ShapeVaeConfig {
+    /// Latent tokens the sampler makes (the official `num_latents`).
+    pub num_latents: usize,
     pub embed_dim: usize,
     pub width: usize,
     pub heads: usize,
@@ -199,7 +201,9 @@ pub struct KeyValues {
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.c_proj.forward(gelu(self.c_fc.forward(x)))
+        by_rows(x, self.c_fc.weight.dims()[1], |x| {
+            self.c_proj.forward(gelu(self.c_fc.forward(x)))
+        })
     }
 }
 
