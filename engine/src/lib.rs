@@ -11,6 +11,7 @@ pub mod input;
 pub mod mesh;
 pub mod models;
 pub mod pipeline;
+pub mod recenter;
 pub mod sampler;
 pub mod volume;
 pub mod weights;

@@ -7,7 +7,7 @@
 //! an official checkpoint); each set's index carries its part of the official `config.yaml`
 //! ([`ShapeConfig`]), and the tensors keep their official names.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::mesh::marching_cubes::scale_to_bounds;
@@ -18,7 +18,7 @@ use crate::models::dit21::{self, Dit21, Dit21Config};
 use crate::models::shape_vae::{self, KeyValues, ShapeVae, ShapeVaeConfig};
 use crate::sampler::{FlowMatchSchedule, initial_noise, sample};
 use crate::volume::{Grid, Refinement, decode_coarse_to_fine, decode_dense};
-use crate::weights::{WeightSet, apply_torch_weights};
+use crate::weights::{LoadProgress, ShardSource, WeightSet, apply_torch_weights, load_all};
 
 /// The conditioner set's config: the Hugging Face `Dinov2Config` and the side the transform
 /// resizes to (the official `main_image_encoder.kwargs`).
@@ -406,4 +406,28 @@ impl ShapeModel {
         let kv = self.key_values(latents);
         self.surface(&kv, options, on_progress).await
     }
+}
+
+/// Stream a converted model's three shard sets (in [`COMPONENTS`] order) onto `device` and
+/// build the networks; `on_progress(component, progress)` follows each set's loader.
+pub async fn load_shape_model<S: ShardSource + ?Sized>(
+    sources: [&S; 3],
+    device: &Device,
+    dtype: DType,
+    mut on_progress: impl FnMut(&str, &LoadProgress),
+) -> Result<ShapeModel, String> {
+    let mut configs = Vec::new();
+    let mut weights = Vec::new();
+    for (component, source) in COMPONENTS.iter().zip(sources) {
+        let (index, set) = load_all(source, device, dtype, |p| on_progress(component, p))
+            .await
+            .map_err(|e| format!("{component}: {e}"))?;
+        configs.push(index.config);
+        weights.push(set);
+    }
+    let config = ShapeConfig::from_values(&configs[0], &configs[1], &configs[2])?;
+    let vae = weights.pop().expect("three sets");
+    let denoiser = weights.pop().expect("three sets");
+    let conditioner = weights.pop().expect("three sets");
+    ShapeModel::new(&config, conditioner, denoiser, vae, device)
 }

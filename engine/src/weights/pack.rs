@@ -41,18 +41,18 @@ impl Default for PackOptions {
     }
 }
 
-/// One tensor of an input file.
-struct Source {
-    name: String,
-    file: usize,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    /// Absolute byte range in the input file.
-    start: u64,
-    len: u64,
+/// One tensor to pack: its name, element type and shape, and how to read its bytes
+/// (little-endian) when its shard is written.
+pub struct PackTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Where it comes from, for error messages (an input file).
+    pub origin: String,
+    pub read: Box<dyn Fn() -> std::io::Result<Vec<u8>> + Send>,
 }
 
-impl Source {
+impl PackTensor {
     fn f16_len(&self) -> u64 {
         self.shape.iter().product::<usize>() as u64 * 2
     }
@@ -84,7 +84,8 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, PackError> {
 }
 
 /// Read a safetensors file's header (only the header) and list its tensors.
-fn read_header(path: &Path, file_index: usize) -> Result<Vec<Source>, PackError> {
+/// The tensors of one safetensors file, read lazily.
+pub fn read_safetensors(path: &Path) -> Result<Vec<PackTensor>, PackError> {
     let err = |m: String| PackError(format!("{}: {m}", path.display()));
     let mut file = File::open(path).map_err(|e| err(e.to_string()))?;
     let file_len = file.metadata().map_err(|e| err(e.to_string()))?.len();
@@ -121,22 +122,45 @@ fn read_header(path: &Path, file_index: usize) -> Result<Vec<Source>, PackError>
                     info.dtype
                 )));
             }
-            Ok(Source {
-                file: file_index,
+            let start = data_start + info.data_offsets.0 as u64;
+            let len = info.data_offsets.1 - info.data_offsets.0;
+            let file = path.to_path_buf();
+            Ok(PackTensor {
                 dtype: info.dtype,
                 shape: info.shape.clone(),
-                start: data_start + info.data_offsets.0 as u64,
-                len: (info.data_offsets.1 - info.data_offsets.0) as u64,
+                origin: path.display().to_string(),
+                read: Box::new(move || {
+                    let mut reader = File::open(&file)?;
+                    reader.seek(SeekFrom::Start(start))?;
+                    let mut bytes = vec![0u8; len];
+                    reader.read_exact(&mut bytes)?;
+                    Ok(bytes)
+                }),
                 name,
             })
         })
         .collect()
 }
 
-/// Pack `inputs` into a shard set in `out_dir`; `on_bytes` is told how many tensor bytes of
-/// the total have been written.
+/// Pack `inputs` (safetensors files, or folders of them) into a shard set in `out_dir`;
+/// `on_bytes` is told how many tensor bytes of the total have been written.
 pub fn pack(
     inputs: &[PathBuf],
+    out_dir: &Path,
+    options: &PackOptions,
+    on_bytes: impl FnMut(u64, u64),
+) -> Result<ShardIndex, PackError> {
+    let files = expand_inputs(inputs)?;
+    let mut tensors = Vec::new();
+    for path in &files {
+        tensors.extend(read_safetensors(path)?);
+    }
+    pack_tensors(tensors, out_dir, options, on_bytes)
+}
+
+/// Pack `tensors` from any source (a converter's checkpoint reader, say) into a shard set.
+pub fn pack_tensors(
+    mut tensors: Vec<PackTensor>,
     out_dir: &Path,
     options: &PackOptions,
     mut on_bytes: impl FnMut(u64, u64),
@@ -144,23 +168,22 @@ pub fn pack(
     if options.shard_size == 0 {
         return Err(PackError("shard size must be positive".into()));
     }
-    let files = expand_inputs(inputs)?;
-    let mut tensors = Vec::new();
-    for (i, path) in files.iter().enumerate() {
-        tensors.extend(read_header(path, i)?);
+    if let Some(tensor) = tensors.iter().find(|t| !is_float(t.dtype)) {
+        return Err(PackError(format!(
+            "{}: tensor {} has dtype {:?}, which cannot be stored as F16",
+            tensor.origin, tensor.name, tensor.dtype
+        )));
     }
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(pair) = tensors.windows(2).find(|w| w[0].name == w[1].name) {
         return Err(PackError(format!(
             "tensor {} appears in more than one input ({} and {})",
-            pair[0].name,
-            files[pair[0].file].display(),
-            files[pair[1].file].display()
+            pair[0].name, pair[0].origin, pair[1].origin
         )));
     }
 
     // Greedy split in name order: a shard closes when the next tensor would overflow it.
-    let mut groups: Vec<Vec<&Source>> = vec![Vec::new()];
+    let mut groups: Vec<Vec<&PackTensor>> = vec![Vec::new()];
     let mut current = 0u64;
     for tensor in &tensors {
         let size = tensor.f16_len();
@@ -176,15 +199,14 @@ pub fn pack(
 
     std::fs::create_dir_all(out_dir)
         .map_err(|e| PackError(format!("{}: {e}", out_dir.display())))?;
-    let total: u64 = tensors.iter().map(Source::f16_len).sum();
+    let total: u64 = tensors.iter().map(PackTensor::f16_len).sum();
     let mut done = 0u64;
-    let mut readers: Vec<Option<File>> = files.iter().map(|_| None).collect();
     let mut shards = Vec::new();
     let mut weight_map = std::collections::BTreeMap::new();
     let count = groups.len();
     for (i, group) in groups.iter().enumerate() {
         let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
-        let info = write_shard(out_dir, &file, group, &files, &mut readers, |n| {
+        let info = write_shard(out_dir, &file, group, |n| {
             done += n;
             on_bytes(done, total);
         })?;
@@ -218,9 +240,7 @@ pub fn pack(
 fn write_shard(
     out_dir: &Path,
     file_name: &str,
-    group: &[&Source],
-    files: &[PathBuf],
-    readers: &mut [Option<File>],
+    group: &[&PackTensor],
     mut on_bytes: impl FnMut(u64),
 ) -> Result<ShardInfo, PackError> {
     let mut offset = 0usize;
@@ -256,20 +276,20 @@ fn write_shard(
         .and_then(|_| writer.write_all(&header))
         .map_err(write_err)?;
 
-    let mut raw = Vec::new();
     let mut converted = Vec::new();
     for tensor in group {
-        let path = &files[tensor.file];
-        let read_err = |e: std::io::Error| PackError(format!("{}: {e}", path.display()));
-        let reader = match &mut readers[tensor.file] {
-            Some(reader) => reader,
-            slot => slot.insert(File::open(path).map_err(read_err)?),
-        };
-        raw.resize(tensor.len as usize, 0);
-        reader
-            .seek(SeekFrom::Start(tensor.start))
-            .and_then(|_| reader.read_exact(&mut raw))
-            .map_err(read_err)?;
+        let raw = (tensor.read)()
+            .map_err(|e| PackError(format!("{}: reading {}: {e}", tensor.origin, tensor.name)))?;
+        let expected = tensor.shape.iter().product::<usize>() * tensor.dtype.bitsize() / 8;
+        if raw.len() != expected {
+            return Err(PackError(format!(
+                "{}: tensor {} holds {} bytes, its shape {:?} needs {expected}",
+                tensor.origin,
+                tensor.name,
+                raw.len(),
+                tensor.shape
+            )));
+        }
         converted.clear();
         let overflowed = append_f16(tensor.dtype, &raw, &mut converted).expect("float dtype");
         if overflowed > 0 {
