@@ -119,6 +119,23 @@ pub struct GenerateOptions {
     pub chunk: usize,
     /// Query every grid point (as the official decoder) instead of coarse-to-fine.
     pub dense: bool,
+    /// Fine cells per coarse cell for coarse-to-fine decoding; 0 picks `R / 64` (1 to 4), so
+    /// the coarse grid always has at least 64 cells a side and features smaller than a coarse
+    /// cell are rare.
+    pub coarse_stride: usize,
+}
+
+impl GenerateOptions {
+    pub fn refinement(&self) -> Refinement {
+        let stride = match self.coarse_stride {
+            0 => (self.resolution / 64).clamp(1, 4),
+            s => s,
+        };
+        Refinement {
+            stride,
+            ..Refinement::default()
+        }
+    }
 }
 
 impl Default for GenerateOptions {
@@ -130,6 +147,7 @@ impl Default for GenerateOptions {
             seed: 1234,
             chunk: 8000,
             dense: false,
+            coarse_stride: 0,
         }
     }
 }
@@ -370,7 +388,7 @@ impl ShapeModel {
             })
         } else {
             let decoded =
-                decode_coarse_to_fine(grid, Refinement::default(), options.chunk, query).await;
+                decode_coarse_to_fine(grid, options.refinement(), options.chunk, query).await;
             on_progress(Progress::Meshing);
             marching_cubes_sparse(&decoded.field)
         };

@@ -317,6 +317,7 @@ fn generation_is_deterministic_under_a_seed() {
     let options = GenerateOptions {
         steps: 4,
         resolution: 24,
+        coarse_stride: 4,
         chunk: 1000,
         ..Default::default()
     };

@@ -74,6 +74,59 @@ enum Command {
         #[arg(long)]
         load_throttle_mibps: Option<f64>,
     },
+    /// Convert an official Hunyuan3D checkpoint (model.fp16.ckpt, or its .safetensors repack)
+    /// and its config.yaml into three fp16 shard sets: conditioner/, denoiser/, vae/.
+    Convert {
+        /// The bundled checkpoint ({model, vae, conditioner}); read without running pickle code.
+        checkpoint: PathBuf,
+        /// The checkpoint's config.yaml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Output folder (gets conditioner/, denoiser/ and vae/).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Target shard size in MiB (16-64).
+        #[arg(long, default_value_t = 32)]
+        shard_size: u64,
+    },
+    /// Generate a mesh from an image with a converted shape model.
+    Generate {
+        /// PNG, JPEG or WebP; an RGBA cut-out keeps its alpha as the object's outline.
+        image: PathBuf,
+        /// A folder written by `orfeas convert`.
+        #[arg(long)]
+        model: PathBuf,
+        /// The mesh file: .glb, .obj, .stl or .ply.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Sampler steps (turbo models: 5-8).
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        /// Classifier-free guidance scale (the guidance input for fast/turbo models).
+        #[arg(long, default_value_t = 5.0)]
+        guidance: f32,
+        /// Octree resolution: the field is sampled on (R + 1)³ points.
+        #[arg(long, default_value_t = 256)]
+        octree_resolution: usize,
+        #[arg(long, default_value_t = 1234)]
+        seed: u64,
+        /// Field points per decoder call.
+        #[arg(long, default_value_t = 8000)]
+        num_chunks: usize,
+        /// Query every grid point instead of coarse-to-fine (same mesh, slower).
+        #[arg(long)]
+        dense: bool,
+        /// Fine cells per coarse cell (coarse-to-fine); 0 picks R / 64, between 1 and 4.
+        #[arg(long, default_value_t = 0)]
+        coarse_stride: usize,
+        /// Reduce to at most this many faces; 0 keeps them all.
+        #[arg(long, default_value_t = 40_000)]
+        max_faces: usize,
+        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+        backend: Backend,
+        #[arg(long, value_enum, default_value_t = Precision::F32)]
+        dtype: Precision,
+    },
     /// Stream a shard set onto a device with the engine's loader (a load check, and a demo).
     Load {
         /// A shard-set folder, or an http:// URL of one.
@@ -179,6 +232,78 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Convert {
+            checkpoint,
+            config,
+            output,
+            shard_size,
+        } => {
+            let shard_size = shard_size << 20;
+            if !(MIN_SHARD_SIZE..=MAX_SHARD_SIZE).contains(&shard_size) {
+                bail!("--shard-size must be between 16 and 64 (MiB)");
+            }
+            let bar = bytes_bar(0, "convert");
+            let converted = crate::convert::convert(
+                &checkpoint,
+                &config,
+                &output,
+                shard_size,
+                |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                },
+            );
+            bar.finish_and_clear();
+            let converted = converted?;
+            println!(
+                "Hunyuan3D-{} ({}) → {}",
+                converted.variant.name,
+                converted.variant.architecture,
+                output.display()
+            );
+            for (component, tensors, bytes) in &converted.sets {
+                println!("  {component}: {tensors} tensors, {bytes} bytes");
+            }
+            if !converted.skipped.is_empty() {
+                println!(
+                    "  skipped {} tensors outside model./vae./conditioner. (first: {})",
+                    converted.skipped.len(),
+                    converted.skipped[0]
+                );
+            }
+            Ok(())
+        }
+        Command::Generate {
+            image,
+            model,
+            output,
+            steps,
+            guidance,
+            octree_resolution,
+            seed,
+            num_chunks,
+            dense,
+            coarse_stride,
+            max_faces,
+            backend,
+            dtype,
+        } => crate::generate::run(crate::generate::GenerateArgs {
+            image,
+            model,
+            output,
+            options: orfeas_engine::pipeline::GenerateOptions {
+                steps,
+                guidance,
+                resolution: octree_resolution,
+                seed,
+                chunk: num_chunks.max(1),
+                dense,
+                coarse_stride,
+            },
+            max_faces,
+            device: device_for(backend)?,
+            dtype: dtype_for(dtype),
+        }),
         Command::Verify { dir } => {
             let problems = pack::verify_dir(&dir)?;
             if problems.is_empty() {

@@ -39,10 +39,7 @@ fn read_checkpoint(path: &Path) -> Result<Vec<PackTensor>> {
         return pack::read_safetensors(path).map_err(anyhow::Error::msg);
     }
     let reader = pytorch_reader::PytorchReader::new(path).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: not a readable PyTorch checkpoint: {e}",
-            path.display()
-        )
+        anyhow::anyhow!("{}: not a readable PyTorch checkpoint: {e}", path.display())
     })?;
     let origin = path.display().to_string();
     reader
@@ -116,7 +113,9 @@ fn detect(tensors: &[PackTensor], scheduler_is_consistency: bool) -> Result<Vari
         8 => "2mini".to_string(),
         n => format!("Hunyuan3DDiT with {n} double blocks"),
     };
-    let distilled = tensors.iter().any(|t| t.name.starts_with("model.guidance_in."));
+    let distilled = tensors
+        .iter()
+        .any(|t| t.name.starts_with("model.guidance_in."));
     let suffix = match (distilled, scheduler_is_consistency) {
         (false, _) => "",
         (true, false) => "-fast",

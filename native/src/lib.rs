@@ -2,5 +2,7 @@
 //! original studio's API ([`server`]).
 
 pub mod cli;
+pub mod convert;
+pub mod generate;
 pub mod progress;
 pub mod server;

@@ -1,0 +1,170 @@
+//! `orfeas generate`: an image and a converted model folder → a mesh file, natively.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{DType, Device};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use orfeas_engine::input::decode_image;
+use orfeas_engine::mesh::{Mesh, cleanup, decimate::decimate, export};
+use orfeas_engine::pipeline::{COMPONENTS, GenerateOptions, Progress, load_shape_model};
+use orfeas_engine::recenter::{SIZE, shape_input};
+use orfeas_engine::weights::source::DirSource;
+
+use crate::progress::{bytes_bar, show_load};
+
+/// The mesh formats we write, by file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Glb,
+    Obj,
+    Stl,
+    Ply,
+}
+
+impl Format {
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        Ok(match ext.as_deref() {
+            Some("glb") => Format::Glb,
+            Some("obj") => Format::Obj,
+            Some("stl") => Format::Stl,
+            Some("ply") => Format::Ply,
+            _ => bail!(
+                "{}: the output must end in .glb, .obj, .stl or .ply",
+                path.display()
+            ),
+        })
+    }
+
+    pub fn encode(self, mesh: &Mesh) -> Vec<u8> {
+        match self {
+            Format::Glb => export::to_glb(mesh),
+            Format::Obj => export::to_obj(mesh).into_bytes(),
+            Format::Stl => export::to_stl(mesh, 1.0),
+            Format::Ply => export::to_ply(mesh),
+        }
+    }
+}
+
+pub struct GenerateArgs {
+    pub image: PathBuf,
+    pub model: PathBuf,
+    pub output: PathBuf,
+    pub options: GenerateOptions,
+    /// Reduce to at most this many faces (the reference's 40 000); 0 keeps every face.
+    pub max_faces: usize,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+/// The official post-processing: floaters and degenerate faces go, then the face budget.
+pub fn clean_up(mut mesh: Mesh, max_faces: usize) -> Mesh {
+    cleanup::remove_small_components(&mut mesh, 0.01);
+    cleanup::remove_degenerate(&mut mesh, 1e-12);
+    cleanup::compact(&mut mesh);
+    if max_faces > 0 && mesh.triangles.len() > max_faces {
+        mesh = decimate(&mesh, max_faces);
+    }
+    mesh
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let format = Format::from_path(&args.output)?;
+    let bytes =
+        std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    let rgba =
+        decode_image(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
+    if rgba.pixels().all(|p| p[3] == 255) {
+        eprintln!(
+            "note: {} has no transparency and this build has no background removal yet: \
+             the whole picture is taken as the object (give an RGBA cut-out for a better shape)",
+            args.image.display()
+        );
+    }
+    let input =
+        shape_input(&rgba, SIZE).map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
+    for component in COMPONENTS {
+        let dir = args.model.join(component);
+        if !dir.join(orfeas_engine::weights::INDEX_FILE).is_file() {
+            bail!(
+                "{}: not a converted model (no {component}/ shard set; run `orfeas convert`)",
+                args.model.display()
+            );
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bars = MultiProgress::new();
+    let model = runtime.block_on(async {
+        let sources = COMPONENTS.map(|c| DirSource::new(args.model.join(c)));
+        let load_bars: Vec<ProgressBar> = COMPONENTS
+            .iter()
+            .map(|c| bars.add(bytes_bar(0, c)))
+            .collect();
+        let model = load_shape_model(
+            [&sources[0], &sources[1], &sources[2]],
+            &args.device,
+            args.dtype,
+            |component, p| {
+                let i = COMPONENTS.iter().position(|c| *c == component).unwrap_or(0);
+                show_load(&load_bars[i], p);
+            },
+        )
+        .await;
+        for bar in &load_bars {
+            bar.finish();
+        }
+        model.map_err(anyhow::Error::msg)
+    })?;
+
+    let steps = bars.add(ProgressBar::new(args.options.steps as u64));
+    steps.set_style(
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} steps {elapsed} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    steps.set_prefix("sample");
+    let started = std::time::Instant::now();
+    let surface = runtime.block_on(model.generate(
+        &input.image,
+        input.size,
+        input.size,
+        &args.options,
+        |progress| match progress {
+            Progress::Encoding => steps.set_message("encoding the image"),
+            Progress::Sampling { done, total } => {
+                steps.set_length(total as u64);
+                steps.set_position(done as u64);
+                steps.set_message("");
+            }
+            Progress::Decoding { queries } => {
+                steps.set_message(format!("decoding the field: {queries} queries"))
+            }
+            Progress::Meshing => steps.set_message("marching cubes"),
+        },
+    ));
+    steps.finish_with_message(format!(
+        "{:.1} s, {} field queries",
+        started.elapsed().as_secs_f64(),
+        surface.queries
+    ));
+    let raw_faces = surface.mesh.triangles.len();
+    if raw_faces == 0 {
+        bail!("the model's field has no surface at level 0 (nothing to mesh)");
+    }
+    let mesh = clean_up(surface.mesh, args.max_faces);
+    std::fs::write(&args.output, format.encode(&mesh))
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    println!(
+        "wrote {} ({} vertices, {} faces; {raw_faces} before clean-up)",
+        args.output.display(),
+        mesh.positions.len(),
+        mesh.triangles.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! `orfeas convert` on a real torch-format checkpoint (a zip holding a protocol-2 pickle and raw
+//! storages, as `torch.save` writes) built from the fixture weights under the official bundle
+//! layout `{model, vae, conditioner}`, with a config.yaml made from the fixture configs; then
+//! `orfeas generate` on the converted model.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::{DType, Tensor, TensorData};
+use orfeas_engine::pipeline::{COMPONENTS, load_shape_model};
+use orfeas_engine::weights::source::DirSource;
+use safetensors::SafeTensors;
+use serde_json::{Value, json};
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("ORFEAS_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/public")
+        })
+}
+
+fn stage(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixtures().join("fixtures.json")).unwrap();
+    serde_json::from_str::<Value>(&text).unwrap()[name].clone()
+}
+
+fn orfeas(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_orfeas"))
+        .args(args)
+        .output()
+        .expect("orfeas runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A fixture weight file's tensors: (official name, shape, F16 bytes).
+type Tensors = Vec<(String, Vec<usize>, Vec<u8>)>;
+
+fn fixture_tensors(file: &str) -> Tensors {
+    let bytes = std::fs::read(fixtures().join(file)).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), safetensors::Dtype::F16);
+            (name, view.shape().to_vec(), view.data().to_vec())
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Pickle protocol 2, only the opcodes `torch.save` uses for a state dict.
+struct Pickle(Vec<u8>);
+
+impl Pickle {
+    fn string(&mut self, s: &str) {
+        self.0.push(b'X');
+        self.0.extend((s.len() as u32).to_le_bytes());
+        self.0.extend(s.as_bytes());
+    }
+    fn int(&mut self, v: usize) {
+        self.0.push(b'J');
+        self.0.extend((v as i32).to_le_bytes());
+    }
+    fn global(&mut self, module: &str, name: &str) {
+        self.0.push(b'c');
+        self.0.extend(format!("{module}\n{name}\n").as_bytes());
+    }
+    fn ints(&mut self, values: &[usize]) {
+        self.0.push(b'(');
+        for &v in values {
+            self.int(v);
+        }
+        self.0.push(b't');
+    }
+    /// `_rebuild_tensor_v2(storage, 0, shape, stride, False, OrderedDict())`, the storage a
+    /// persistent id ('storage', HalfStorage, key, 'cpu', numel).
+    fn tensor(&mut self, key: &str, shape: &[usize]) {
+        let numel = shape.iter().product();
+        let mut stride = vec![1; shape.len()];
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            stride[d] = stride[d + 1] * shape[d + 1];
+        }
+        self.global("torch._utils", "_rebuild_tensor_v2");
+        self.0.push(b'(');
+        self.0.push(b'(');
+        self.string("storage");
+        self.global("torch", "HalfStorage");
+        self.string(key);
+        self.string("cpu");
+        self.int(numel);
+        self.0.extend(b"tQ");
+        self.int(0);
+        self.ints(shape);
+        self.ints(&stride);
+        self.0.push(0x89); // NEWFALSE
+        self.global("collections", "OrderedDict");
+        self.0.extend(b")R");
+        self.0.extend(b"tR");
+    }
+}
+
+/// Write `parts` (bundle key → tensors named with that key as prefix) as a torch zip checkpoint.
+fn write_checkpoint(path: &Path, parts: &[(&str, &Tensors)]) {
+    let mut pickle = Pickle(vec![0x80, 2, b'}', b'(']);
+    let mut storages = Vec::new();
+    for (part, tensors) in parts {
+        pickle.string(part);
+        pickle.0.extend(b"}(");
+        for (name, shape, bytes) in tensors.iter() {
+            let inner = name
+                .strip_prefix(&format!("{part}."))
+                .expect("fixture names carry the bundle prefix");
+            pickle.string(inner);
+            let key = storages.len().to_string();
+            pickle.tensor(&key, shape);
+            storages.push((key, bytes));
+        }
+        pickle.0.push(b'u');
+    }
+    pickle.0.extend(b"u.");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut entry = |name: &str, bytes: &[u8]| {
+        zip.start_file(format!("archive/{name}"), stored).unwrap();
+        zip.write_all(bytes).unwrap();
+    };
+    entry("data.pkl", &pickle.0);
+    entry("byteorder", b"little");
+    for (key, bytes) in storages {
+        entry(&format!("data/{key}"), bytes);
+    }
+    entry("version", b"3\n");
+    zip.finish().unwrap();
+}
+
+/// An official-style config.yaml for the fixture configs with the given denoiser class.
+fn write_config(path: &Path, class: &str, params: &Value) {
+    let dinov2 = stage("dinov2");
+    let yaml = json!({
+        "model": {"target": format!("hy3dshape.models.denoisers.{class}"), "params": params},
+        "vae": {"target": "hy3dshape.models.autoencoders.ShapeVAE", "params": stage("vae")["config"]["params"]},
+        "conditioner": {
+            "target": "hy3dshape.models.conditioner.SingleImageEncoder",
+            "params": {"main_image_encoder": {"type": "DinoImageEncoder", "kwargs": {
+                "config": dinov2["config"]["config"],
+                "image_size": dinov2["config"]["encoder_kwargs"]["image_size"],
+                "use_cls_token": true,
+            }}},
+        },
+        "scheduler": {"target": "hy3dshape.schedulers.FlowMatchEulerDiscreteScheduler", "params": {"num_train_timesteps": 1000}},
+        "image_processor": {"target": "hy3dshape.preprocessors.ImageProcessorV2", "params": {"size": 512, "border_ratio": 0.15}},
+    });
+    std::fs::write(path, yaml_serde::to_string(&yaml).unwrap()).unwrap();
+}
+
+fn f32s(file: &str, name: &str) -> (Vec<f32>, Vec<usize>) {
+    let bytes = std::fs::read(fixtures().join(file)).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let view = st.tensor(name).unwrap();
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (values, view.shape().to_vec())
+}
+
+#[test]
+fn a_bundled_checkpoint_converts_loads_and_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, yaml, out) = (
+        dir.path().join("model.fp16.ckpt"),
+        dir.path().join("config.yaml"),
+        dir.path().join("converted"),
+    );
+    let (dit, vae, dino) = (
+        fixture_tensors("dit21.weights.safetensors"),
+        fixture_tensors("vae.weights.safetensors"),
+        fixture_tensors("dinov2.weights.safetensors"),
+    );
+    write_checkpoint(
+        &ckpt,
+        &[("model", &dit), ("vae", &vae), ("conditioner", &dino)],
+    );
+    write_config(
+        &yaml,
+        "hunyuandit.HunYuanDiTPlain",
+        &stage("dit21")["config"]["params"],
+    );
+    let converted = orfeas(&[
+        "convert",
+        ckpt.to_str().unwrap(),
+        "--config",
+        yaml.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--shard-size",
+        "16",
+    ]);
+    assert!(converted.status.success(), "{}", text(&converted));
+    let said = text(&converted);
+    assert!(said.contains("Hunyuan3D-2.1 (HunYuanDiTPlain)"), "{said}");
+    for (component, count) in [
+        ("conditioner", dino.len()),
+        ("denoiser", dit.len()),
+        ("vae", vae.len()),
+    ] {
+        assert!(
+            said.contains(&format!("{component}: {count} tensors")),
+            "{said}"
+        );
+        let verified = orfeas(&["verify", out.join(component).to_str().unwrap()]);
+        assert!(verified.status.success(), "{}", text(&verified));
+    }
+
+    // The converted sets load through the engine and reproduce the official sampler.
+    let device = orfeas_engine::device::cpu();
+    let sources = COMPONENTS.map(|c| DirSource::new(out.join(c)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let model = runtime
+        .block_on(load_shape_model(
+            [&sources[0], &sources[1], &sources[2]],
+            &device,
+            DType::F32,
+            |_, _| {},
+        ))
+        .expect("the converted model loads");
+    let (image, image_shape) = f32s("sampler.io.safetensors", "image_in");
+    let (noise, noise_shape) = f32s("sampler.io.safetensors", "initial_noise");
+    let (final_ref, _) = f32s("sampler.io.safetensors", "final_latents");
+    let sampler = stage("sampler")["config"].clone();
+    let cond = model.condition(&image, image_shape[2], image_shape[3]);
+    let dims: [usize; 3] = noise_shape.try_into().unwrap();
+    let noise = Tensor::<3>::from_data(TensorData::new(noise, dims), &device);
+    let latents = runtime.block_on(model.sample(
+        cond,
+        noise,
+        sampler["num_inference_steps"].as_u64().unwrap() as usize,
+        sampler["guidance_scale"].as_f64().unwrap() as f32,
+        |_, _| {},
+    ));
+    let ours = latents
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let diff = ours
+        .iter()
+        .zip(&final_ref)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        diff <= 3e-4,
+        "converted model: final latents differ by {diff}"
+    );
+
+    // `orfeas generate` end to end: a mesh file that re-parses, the same for the same seed.
+    let image = fixtures().join("preprocess_input_0.png");
+    let generate = |output: &Path, seed: &str| {
+        orfeas(&[
+            "generate",
+            image.to_str().unwrap(),
+            "--model",
+            out.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+            "--steps",
+            "4",
+            "--octree-resolution",
+            "32",
+            "--seed",
+            seed,
+        ])
+    };
+    let (a, b) = (dir.path().join("a.glb"), dir.path().join("b.glb"));
+    let made = generate(&a, "7");
+    assert!(made.status.success(), "{}", text(&made));
+    assert!(text(&made).contains("wrote"), "{}", text(&made));
+    let again = generate(&b, "7");
+    assert!(again.status.success(), "{}", text(&again));
+    let glb = std::fs::read(&a).unwrap();
+    assert_eq!(glb, std::fs::read(&b).unwrap(), "same seed, same mesh");
+    let gltf = gltf::Gltf::from_slice(&glb).expect("the GLB re-parses");
+    let primitive = gltf.meshes().next().unwrap().primitives().next().unwrap();
+    let faces = primitive.indices().unwrap().count() / 3;
+    assert!(faces > 0, "a mesh with faces");
+    let obj = dir.path().join("c.obj");
+    assert!(generate(&obj, "8").status.success());
+    let obj_text = std::fs::read_to_string(&obj).unwrap();
+    assert!(obj_text.lines().any(|l| l.starts_with("f ")));
+}
+
+#[test]
+fn the_variant_is_detected_and_a_mismatched_config_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, yaml) = (dir.path().join("m.ckpt"), dir.path().join("config.yaml"));
+    let (dit, vae, dino) = (
+        fixture_tensors("dit20.weights.safetensors"),
+        fixture_tensors("vae.weights.safetensors"),
+        fixture_tensors("dinov2.weights.safetensors"),
+    );
+    write_checkpoint(
+        &ckpt,
+        &[("model", &dit), ("vae", &vae), ("conditioner", &dino)],
+    );
+    let params = &stage("dit20")["config"]["params"];
+    let run = |out: &str| {
+        orfeas(&[
+            "convert",
+            ckpt.to_str().unwrap(),
+            "--config",
+            yaml.to_str().unwrap(),
+            "-o",
+            dir.path().join(out).to_str().unwrap(),
+        ])
+    };
+    // 2.0-family weights with a 2.1 config: refused, naming both.
+    write_config(&yaml, "hunyuandit.HunYuanDiTPlain", params);
+    let refused = run("wrong");
+    assert!(!refused.status.success());
+    let said = text(&refused);
+    assert!(
+        said.contains("HunYuanDiTPlain") && said.contains("Hunyuan3DDiT"),
+        "{said}"
+    );
+    assert!(!dir.path().join("wrong").exists(), "nothing written");
+    // With its own config it converts, named by its block count.
+    write_config(&yaml, "hunyuan3ddit.Hunyuan3DDiT", params);
+    let ok = run("right");
+    assert!(ok.status.success(), "{}", text(&ok));
+    let blocks = params["depth"].as_u64().unwrap();
+    assert!(
+        text(&ok).contains(&format!("Hunyuan3DDiT with {blocks} double blocks")),
+        "{}",
+        text(&ok)
+    );
+}
+
+#[test]
+fn broken_checkpoints_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = dir.path().join("config.yaml");
+    write_config(
+        &yaml,
+        "hunyuandit.HunYuanDiTPlain",
+        &stage("dit21")["config"]["params"],
+    );
+    let convert = |ckpt: &Path| {
+        orfeas(&[
+            "convert",
+            ckpt.to_str().unwrap(),
+            "--config",
+            yaml.to_str().unwrap(),
+            "-o",
+            dir.path().join("out").to_str().unwrap(),
+        ])
+    };
+    // Not a checkpoint at all.
+    let html = dir.path().join("page.ckpt");
+    std::fs::write(&html, "<!doctype html><title>404</title>").unwrap();
+    let out = convert(&html);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("not a readable PyTorch checkpoint"),
+        "{}",
+        text(&out)
+    );
+    // Cut short.
+    let (dit, vae, dino) = (
+        fixture_tensors("dit21.weights.safetensors"),
+        fixture_tensors("vae.weights.safetensors"),
+        fixture_tensors("dinov2.weights.safetensors"),
+    );
+    let whole = dir.path().join("whole.ckpt");
+    write_checkpoint(
+        &whole,
+        &[("model", &dit), ("vae", &vae), ("conditioner", &dino)],
+    );
+    let bytes = std::fs::read(&whole).unwrap();
+    let cut = dir.path().join("cut.ckpt");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = convert(&cut);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("cut.ckpt"), "{}", text(&out));
+    // A bundle without its vae.
+    let partial = dir.path().join("partial.ckpt");
+    write_checkpoint(&partial, &[("model", &dit), ("conditioner", &dino)]);
+    let out = convert(&partial);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no vae tensors"), "{}", text(&out));
+    assert!(!dir.path().join("out").join("vae").exists());
+}
