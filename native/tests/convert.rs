@@ -349,6 +349,42 @@ fn the_variant_is_detected_and_a_mismatched_config_is_named() {
         "{}",
         text(&ok)
     );
+    // The safetensors repack (flat prefixed names) converts to the same shard sets.
+    let repack = dir.path().join("model.fp16.safetensors");
+    let all: Tensors = [&dit, &vae, &dino].into_iter().flatten().cloned().collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = all
+        .iter()
+        .map(|(n, s, b)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), b);
+            (n.clone(), view.unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &repack).unwrap();
+    let from_repack = orfeas(&[
+        "convert",
+        repack.to_str().unwrap(),
+        "--config",
+        yaml.to_str().unwrap(),
+        "-o",
+        dir.path().join("repacked").to_str().unwrap(),
+    ]);
+    assert!(from_repack.status.success(), "{}", text(&from_repack));
+    for component in COMPONENTS {
+        let index = |set: &str| {
+            std::fs::read_to_string(
+                dir.path()
+                    .join(set)
+                    .join(component)
+                    .join(orfeas_engine::weights::INDEX_FILE),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            index("right"),
+            index("repacked"),
+            "{component}: same shards, same hashes"
+        );
+    }
 }
 
 #[test]
