@@ -57,3 +57,17 @@ if ! "$node_dir/node_modules/.bin/wasm-opt" --version 2>/dev/null | grep -q "ver
   (cd "$node_dir" && npm install --no-audit --no-fund --silent binaryen@132.0.0 >/dev/null)
 fi
 export PATH="$node_dir/node_modules/.bin:$PATH"
+
+# ISNet background-removal weights: the npm package @imgly/background-removal-data@1.4.5 (AGPL;
+# the model inside is MIT). npm checks the tarball's integrity; `orfeas convert-isnet` checks
+# every chunk's sha256 and the reassembled model's, and converts it (scripts/test.sh runs it
+# after the build). Neither the package nor the weights are ever committed.
+isnet_npm="$HOME/.cache/orfeas/isnet-npm"
+export ORFEAS_ISNET_DIST="$isnet_npm/node_modules/@imgly/background-removal-data/dist"
+export ORFEAS_ISNET="${ORFEAS_ISNET:-$HOME/.cache/orfeas/models/isnet-medium}"
+if [ ! -f "$ORFEAS_ISNET_DIST/resources.json" ]; then
+  echo "setup: fetching @imgly/background-removal-data@1.4.5 from npm (136 MB)"
+  mkdir -p "$isnet_npm"
+  (cd "$isnet_npm" && npm install --no-audit --no-fund --silent --ignore-scripts \
+    @imgly/background-removal-data@1.4.5 >/dev/null)
+fi

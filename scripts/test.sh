@@ -22,6 +22,9 @@ cargo clippy -p orfeas-app --target wasm32-unknown-unknown --no-default-features
 step "wasm build of the app (trunk): the browser tests run against it"
 trunk build --release
 
+step "ISNet weights: convert the npm package's model (skipped when already converted and verified)"
+cargo run -p orfeas --locked --quiet -- convert-isnet "$ORFEAS_ISNET_DIST" -o "$ORFEAS_ISNET"
+
 step "tests: native (CPU backend + wgpu on lavapipe) and end-to-end in headless Chromium"
 # setup.sh installed lavapipe: the wgpu tests must run, not skip.
 ORFEAS_REQUIRE_GPU=1 cargo test --workspace --locked -- --test-threads=2

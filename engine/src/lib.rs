@@ -4,6 +4,7 @@
 //! image) → models → pipeline → [`mesh`] (field → triangles → preview, clean-up, export).
 //! [`device`] and [`gpu`] pick where the tensors live.
 
+pub mod background;
 pub mod device;
 #[cfg(any(feature = "wgpu", feature = "webgpu"))]
 pub mod gpu;

@@ -89,6 +89,16 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         shard_size: u64,
     },
+    /// Convert the ISNet background-removal model from the npm package
+    /// @imgly/background-removal-data@1.4.5 (its dist/ folder) into a shard set; does nothing
+    /// when the output already holds a verified conversion.
+    ConvertIsnet {
+        /// The package's dist/ folder (resources.json and the sha256-named chunks).
+        dist: PathBuf,
+        /// Output folder for the shard set.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Generate a mesh from an image with a converted shape model.
     Generate {
         /// PNG, JPEG or WebP; an RGBA cut-out keeps its alpha as the object's outline.
@@ -270,6 +280,24 @@ pub fn run(cli: Cli) -> Result<()> {
                     converted.skipped.len(),
                     converted.skipped[0]
                 );
+            }
+            Ok(())
+        }
+        Command::ConvertIsnet { dist, output } => {
+            let bar = bytes_bar(0, "isnet");
+            let converted = crate::isnet::convert(&dist, &output, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            });
+            bar.finish_and_clear();
+            if converted? {
+                println!(
+                    "converted ISNet ({}) into {}",
+                    crate::isnet::NPM_PACKAGE,
+                    output.display()
+                );
+            } else {
+                println!("{}: already converted and verified", output.display());
             }
             Ok(())
         }

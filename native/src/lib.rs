@@ -4,5 +4,6 @@
 pub mod cli;
 pub mod convert;
 pub mod generate;
+pub mod isnet;
 pub mod progress;
 pub mod server;

@@ -8,6 +8,7 @@
 pub mod dinov2;
 pub mod dit20;
 pub mod dit21;
+pub mod isnet;
 pub mod shape_vae;
 
 use std::ops::Range;

@@ -1,0 +1,249 @@
+//! ISNet (DIS, "Highly Accurate Dichotomous Image Segmentation", MIT) as shipped by
+//! `@imgly/background-removal-data` (`isnet_medium`): a U²-Net-style encoder/decoder of
+//! residual U-blocks (RSU) with BatchNorm already folded into every convolution. Only the
+//! finest side output is needed at inference: `sigmoid(upsample(side1(stage1d)))`.
+//!
+//! Module paths mirror the ONNX node names (`stage1.rebnconv7.conv_s1`), which carry the
+//! PyTorch module tree; [`checkpoint_name`] maps our `encoder.i` / `decoder.j` lists to them.
+
+use burn::module::Module;
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::module::{interpolate, max_pool2d};
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};
+use burn::tensor::{Device, Tensor};
+
+/// The side the reference runtime resizes every image to.
+pub const INPUT_SIZE: usize = 1024;
+
+/// A 3×3 convolution (BN folded in) then ReLU, dilated by `dilation` with matching padding.
+#[derive(Module, Debug)]
+pub struct RebnConv {
+    pub conv_s1: Conv2d,
+}
+
+/// A residual U-block: `rebnconvin`, an encoder of `rebnconv1..L` (pooled between levels
+/// unless dilated, the "F" variant), a decoder `rebnconv(L−1)d..1d`, plus the input.
+#[derive(Module, Debug)]
+pub struct Rsu {
+    pub rebnconvin: RebnConv,
+    pub encoder: Vec<RebnConv>,
+    pub decoder: Vec<RebnConv>,
+}
+
+#[derive(Module, Debug)]
+pub struct IsNet {
+    pub conv_in: Conv2d,
+    pub stage1: Rsu,
+    pub stage2: Rsu,
+    pub stage3: Rsu,
+    pub stage4: Rsu,
+    pub stage5: Rsu,
+    pub stage6: Rsu,
+    pub stage5d: Rsu,
+    pub stage4d: Rsu,
+    pub stage3d: Rsu,
+    pub stage2d: Rsu,
+    pub stage1d: Rsu,
+    pub side1: Conv2d,
+    // Training-time side outputs: in the weights, unused at inference.
+    pub side2: Conv2d,
+    pub side3: Conv2d,
+    pub side4: Conv2d,
+    pub side5: Conv2d,
+    pub side6: Conv2d,
+}
+
+/// The checkpoint (ONNX-derived) name of a module path.
+pub fn checkpoint_name(path: &str) -> String {
+    let mut out = Vec::new();
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        match part {
+            "encoder" | "decoder" => {
+                let index: usize = parts.next().and_then(|i| i.parse().ok()).unwrap_or(0);
+                let suffix = if part == "decoder" { "d" } else { "" };
+                out.push(format!("rebnconv{}{suffix}", index + 1));
+            }
+            other => out.push(other.to_string()),
+        }
+    }
+    out.join(".")
+}
+
+fn conv(input: usize, output: usize, dilation: usize, stride: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([input, output], [3, 3])
+        .with_stride([stride, stride])
+        .with_dilation([dilation, dilation])
+        .with_padding(PaddingConfig2d::Explicit(
+            dilation, dilation, dilation, dilation,
+        ))
+        .init(device)
+}
+
+impl RebnConv {
+    fn new(input: usize, output: usize, dilation: usize, device: &Device) -> Self {
+        Self {
+            conv_s1: conv(input, output, dilation, 1, device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        relu(self.conv_s1.forward(x))
+    }
+}
+
+impl Rsu {
+    /// RSU-`height` (7, 6, 5, 4): pooled levels, the deepest conv dilated by 2.
+    fn pooled(height: usize, input: usize, mid: usize, output: usize, device: &Device) -> Self {
+        let encoder = (1..=height)
+            .map(|level| {
+                let from = if level == 1 { output } else { mid };
+                RebnConv::new(from, mid, if level == height { 2 } else { 1 }, device)
+            })
+            .collect();
+        let decoder = (1..height)
+            .map(|level| RebnConv::new(2 * mid, if level == 1 { output } else { mid }, 1, device))
+            .collect();
+        Self {
+            rebnconvin: RebnConv::new(input, output, 1, device),
+            encoder,
+            decoder,
+        }
+    }
+
+    /// RSU-4F: no pooling, dilations 1, 2, 4, 8 down and 4, 2, 1 up.
+    fn dilated(input: usize, mid: usize, output: usize, device: &Device) -> Self {
+        let encoder = (0..4)
+            .map(|level| {
+                RebnConv::new(
+                    if level == 0 { output } else { mid },
+                    mid,
+                    1 << level,
+                    device,
+                )
+            })
+            .collect();
+        let decoder = (0..3)
+            .map(|level| {
+                RebnConv::new(
+                    2 * mid,
+                    if level == 0 { output } else { mid },
+                    1 << level,
+                    device,
+                )
+            })
+            .collect();
+        Self {
+            rebnconvin: RebnConv::new(input, output, 1, device),
+            encoder,
+            decoder,
+        }
+    }
+
+    /// The "F" blocks keep the resolution and dilate instead.
+    fn is_dilated(&self) -> bool {
+        self.encoder[1].conv_s1.dilation[0] > 1
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let input = self.rebnconvin.forward(x);
+        let pooled = !self.is_dilated();
+        let depth = self.encoder.len();
+        // Down: every level's output is kept for its skip; pool between the shallow levels.
+        let mut skips = Vec::with_capacity(depth);
+        let mut hx = input.clone();
+        for (level, conv) in self.encoder.iter().enumerate() {
+            hx = conv.forward(hx);
+            skips.push(hx.clone());
+            if pooled && level + 2 < depth {
+                hx = pool(hx);
+            }
+        }
+        // Up: the deepest two levels meet first, then each shallower skip.
+        let deepest = skips.pop().expect("levels");
+        let mut up = deepest;
+        for conv in self.decoder.iter().rev() {
+            let skip = skips.pop().expect("a skip per decoder level");
+            up = conv.forward(Tensor::cat(vec![upsample_like(up, &skip), skip], 1));
+        }
+        up + input
+    }
+}
+
+/// 2×2 max pooling, stride 2, ceil mode (as the reference).
+fn pool(x: Tensor<4>) -> Tensor<4> {
+    max_pool2d(x, MaxPoolOptions::new([2, 2]).with_ceil_mode(true))
+}
+
+/// Bilinear resize (half-pixel centres, as `F.interpolate(align_corners=False)`) to `target`'s size.
+fn upsample_like(x: Tensor<4>, target: &Tensor<4>) -> Tensor<4> {
+    let [_, _, h, w] = target.dims();
+    let [_, _, xh, xw] = x.dims();
+    if (xh, xw) == (h, w) {
+        return x;
+    }
+    interpolate(
+        x,
+        InterpolateOptions::new(InterpolateMode::Bilinear)
+            .with_align_corners(false)
+            .with_output_size([h, w]),
+    )
+}
+
+impl IsNet {
+    /// The `isnet_medium` architecture (ISNetDIS, 3 input channels, 1 output).
+    pub fn init(device: &Device) -> Self {
+        let side = |channels| conv(channels, 1, 1, 1, device);
+        Self {
+            conv_in: conv(3, 64, 1, 2, device),
+            stage1: Rsu::pooled(7, 64, 32, 64, device),
+            stage2: Rsu::pooled(6, 64, 32, 128, device),
+            stage3: Rsu::pooled(5, 128, 64, 256, device),
+            stage4: Rsu::pooled(4, 256, 128, 512, device),
+            stage5: Rsu::dilated(512, 256, 512, device),
+            stage6: Rsu::dilated(512, 256, 512, device),
+            stage5d: Rsu::dilated(1024, 256, 512, device),
+            stage4d: Rsu::pooled(4, 1024, 128, 256, device),
+            stage3d: Rsu::pooled(5, 512, 64, 128, device),
+            stage2d: Rsu::pooled(6, 256, 32, 64, device),
+            stage1d: Rsu::pooled(7, 128, 16, 64, device),
+            side1: side(64),
+            side2: side(64),
+            side3: side(128),
+            side4: side(256),
+            side5: side(512),
+            side6: side(512),
+        }
+    }
+
+    /// Foreground probability `[b, 1, h, w]` for normalised RGB `[b, 3, h, w]`
+    /// (`(u8 − 128) / 256`, see [`normalise`]).
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let hxin = self.conv_in.forward(x.clone());
+        let hx1 = self.stage1.forward(hxin);
+        let hx2 = self.stage2.forward(pool(hx1.clone()));
+        let hx3 = self.stage3.forward(pool(hx2.clone()));
+        let hx4 = self.stage4.forward(pool(hx3.clone()));
+        let hx5 = self.stage5.forward(pool(hx4.clone()));
+        let hx6 = self.stage6.forward(pool(hx5.clone()));
+        let join = |deeper: Tensor<4>, skip: Tensor<4>| {
+            Tensor::cat(vec![upsample_like(deeper, &skip), skip], 1)
+        };
+        let hx5d = self.stage5d.forward(join(hx6, hx5));
+        let hx4d = self.stage4d.forward(join(hx5d, hx4));
+        let hx3d = self.stage3d.forward(join(hx4d, hx3));
+        let hx2d = self.stage2d.forward(join(hx3d, hx2));
+        let hx1d = self.stage1d.forward(join(hx2d, hx1));
+        sigmoid(upsample_like(self.side1.forward(hx1d), &x))
+    }
+}
+
+/// The reference runtime's normalisation of 8-bit RGB planes: `(v − 128) / 256`.
+pub fn normalise(planes_u8: &[u8]) -> Vec<f32> {
+    planes_u8
+        .iter()
+        .map(|&v| (v as f32 - 128.0) / 256.0)
+        .collect()
+}
