@@ -99,6 +99,23 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Cut the object out of an image with ISNet: a PNG with the matte as alpha.
+    RemoveBg {
+        /// PNG, JPEG or WebP.
+        image: PathBuf,
+        /// The cut-out, a .png.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The converted ISNet shard set (default: $ORFEAS_ISNET or
+        /// ~/.cache/orfeas/models/isnet-medium, where the set-up puts it).
+        #[arg(long)]
+        isnet: Option<PathBuf>,
+        /// Run the model even when the image already has transparency.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+        backend: Backend,
+    },
     /// Generate a mesh from an image with a converted shape model.
     Generate {
         /// PNG, JPEG or WebP; an RGBA cut-out keeps its alpha as the object's outline.
@@ -132,6 +149,10 @@ enum Command {
         /// Reduce to at most this many faces; 0 keeps them all.
         #[arg(long, default_value_t = 40_000)]
         max_faces: usize,
+        /// ISNet weights for images without transparency (default: $ORFEAS_ISNET or
+        /// ~/.cache/orfeas/models/isnet-medium; without them the whole picture is the object).
+        #[arg(long)]
+        isnet: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Backend::Cpu)]
         backend: Backend,
         #[arg(long, value_enum, default_value_t = Precision::F32)]
@@ -301,6 +322,20 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::RemoveBg {
+            image,
+            output,
+            isnet,
+            force,
+            backend,
+        } => crate::remove_bg::run(
+            &image,
+            &output,
+            &isnet.unwrap_or_else(crate::remove_bg::default_isnet_dir),
+            force,
+            &device_for(backend)?,
+            DType::F32,
+        ),
         Command::Generate {
             image,
             model,
@@ -313,6 +348,7 @@ pub fn run(cli: Cli) -> Result<()> {
             dense,
             coarse_stride,
             max_faces,
+            isnet,
             backend,
             dtype,
         } => crate::generate::run(crate::generate::GenerateArgs {
@@ -329,6 +365,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 coarse_stride,
             },
             max_faces,
+            isnet: isnet.unwrap_or_else(crate::remove_bg::default_isnet_dir),
             device: device_for(backend)?,
             dtype: dtype_for(dtype),
         }),

@@ -57,6 +57,8 @@ pub struct GenerateArgs {
     pub options: GenerateOptions,
     /// Reduce to at most this many faces (the reference's 40 000); 0 keeps every face.
     pub max_faces: usize,
+    /// ISNet weights, used when the image has no transparency and they exist.
+    pub isnet: PathBuf,
     pub device: Device,
     pub dtype: DType,
 }
@@ -78,13 +80,24 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
     let rgba =
         decode_image(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
-    if rgba.pixels().all(|p| p[3] == 255) {
+    let rgba = if orfeas_engine::background::has_alpha(&rgba) {
+        rgba
+    } else if args
+        .isnet
+        .join(orfeas_engine::weights::INDEX_FILE)
+        .is_file()
+    {
+        let isnet = crate::remove_bg::load_isnet(&args.isnet, &args.device, DType::F32)?;
+        crate::remove_bg::cut_out(&isnet, &rgba, &args.device)?
+    } else {
         eprintln!(
-            "note: {} has no transparency and this build has no background removal yet: \
-             the whole picture is taken as the object (give an RGBA cut-out for a better shape)",
-            args.image.display()
+            "note: {} has no transparency and there are no ISNet weights at {}: the whole \
+             picture is taken as the object",
+            args.image.display(),
+            args.isnet.display()
         );
-    }
+        rgba
+    };
     let input =
         shape_input(&rgba, SIZE).map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
     for component in COMPONENTS {

@@ -6,4 +6,5 @@ pub mod convert;
 pub mod generate;
 pub mod isnet;
 pub mod progress;
+pub mod remove_bg;
 pub mod server;

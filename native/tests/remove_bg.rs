@@ -1,0 +1,140 @@
+//! `orfeas remove-bg` as a user runs it, with the ISNet weights the set-up converted
+//! (`ORFEAS_ISNET`, default `~/.cache/orfeas/models/isnet-medium`).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("ORFEAS_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/public")
+        })
+}
+
+fn orfeas(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_orfeas"))
+        .args(args)
+        .output()
+        .expect("orfeas runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn isnet_dir() -> Option<PathBuf> {
+    let dir = orfeas::remove_bg::default_isnet_dir();
+    if dir.join(orfeas_engine::weights::INDEX_FILE).is_file() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the set-up (ISNet weights)"
+    );
+    eprintln!("SKIPPED: no ISNet weights at {}", dir.display());
+    None
+}
+
+#[test]
+fn an_opaque_photo_gets_the_reference_matte() {
+    let Some(dir) = isnet_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cutout.png");
+    let input = fixtures().join("isnet_input_0.png");
+    let run = orfeas(&[
+        "remove-bg",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--isnet",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    let cutout = image::open(&out).unwrap().to_rgba8();
+    let original = image::open(&input).unwrap().to_rgba8();
+    assert_eq!(cutout.dimensions(), original.dimensions());
+    // Colour untouched, alpha = the reference runtime's matte (onnxruntime + imgly 1.4.5).
+    let io = std::fs::read(fixtures().join("isnet.io.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&io).unwrap();
+    let reference = st.tensor("img0.alpha_u8_src").unwrap();
+    let (mut worst, mut off) = (0i32, 0usize);
+    for ((ours, theirs), src) in cutout.pixels().zip(reference.data()).zip(original.pixels()) {
+        assert_eq!(ours.0[..3], src.0[..3], "colour is kept");
+        let d = (ours[3] as i32 - *theirs as i32).abs();
+        worst = worst.max(d);
+        off += (d > 1) as usize;
+    }
+    let share = off as f64 / (cutout.width() * cutout.height()) as f64;
+    eprintln!(
+        "matte vs reference: worst {worst} levels, {:.3} % beyond ±1",
+        share * 100.0
+    );
+    assert!(
+        share < 0.01,
+        "{:.2} % of the matte differs by more than 1",
+        share * 100.0
+    );
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let png = fixtures().join("isnet_input_0.png");
+    let not_image = tmp.path().join("notes.png");
+    std::fs::write(&not_image, "just some text").unwrap();
+    let out = tmp.path().join("o.png");
+    let run = orfeas(&[
+        "remove-bg",
+        not_image.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    assert!(text(&run).contains("not an image"), "{}", text(&run));
+    let jpg = tmp.path().join("o.jpg");
+    let run = orfeas(&[
+        "remove-bg",
+        png.to_str().unwrap(),
+        "-o",
+        jpg.to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    assert!(text(&run).contains("PNG"), "{}", text(&run));
+    let run = orfeas(&[
+        "remove-bg",
+        png.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--isnet",
+        tmp.path().join("nowhere").to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    assert!(text(&run).contains("no ISNet weights"), "{}", text(&run));
+    assert!(!out.exists(), "nothing written on failure");
+}
+
+#[test]
+fn a_cut_out_keeps_its_own_alpha() {
+    // As the reference, an image with real transparency skips the model.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = fixtures().join("preprocess_input_0.png");
+    let out = tmp.path().join("same.png");
+    let run = orfeas(&[
+        "remove-bg",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--isnet",
+        tmp.path().join("nowhere").to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(text(&run).contains("already has transparency"));
+    let a = image::open(&input).unwrap().to_rgba8();
+    let b = image::open(&out).unwrap().to_rgba8();
+    assert_eq!(a, b);
+}
