@@ -24,7 +24,13 @@ fn best(reps: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-fn ours(dir: &PathBuf, device: &Device, planes: &[u8], side: usize, reps: usize) -> Result<f64> {
+fn ours(
+    dir: &std::path::Path,
+    device: &Device,
+    planes: &[u8],
+    side: usize,
+    reps: usize,
+) -> Result<f64> {
     let isnet = load_isnet(dir, device, DType::F32)?;
     let input = if side == INPUT_SIZE {
         planes.to_vec()
