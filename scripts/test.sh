@@ -22,8 +22,11 @@ cargo clippy -p orfeas-app --target wasm32-unknown-unknown --no-default-features
 step "wasm build of the app (trunk): the browser tests run against it"
 trunk build --release
 
+step "build the tests (the orfeas binary among them)"
+cargo test --workspace --locked --no-run
+
 step "ISNet weights: convert the npm package's model (skipped when already converted and verified)"
-cargo run -p orfeas --locked --quiet -- convert-isnet "$ORFEAS_ISNET_DIST" -o "$ORFEAS_ISNET"
+"$CARGO_TARGET_DIR/debug/orfeas" convert-isnet "$ORFEAS_ISNET_DIST" -o "$ORFEAS_ISNET"
 
 step "tests: native (CPU backend + wgpu on lavapipe) and end-to-end in headless Chromium"
 # setup.sh installed lavapipe: the wgpu tests must run, not skip.
