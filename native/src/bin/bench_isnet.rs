@@ -85,6 +85,7 @@ fn main() -> Result<()> {
         &planes,
         INPUT_SIZE,
         reps,
+        true,
     )?;
     println!("ISNet {INPUT_SIZE}², best of {reps} after a warm-up");
     println!("  flex (CPU backend)  {flex:8.2} s");
