@@ -1,24 +1,11 @@
 //! The `orfeas` binary as a user runs it: pack, verify, load, and clear errors on bad input.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use safetensors::tensor::{Dtype, TensorView};
 
-fn orfeas(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_orfeas"))
-        .args(args)
-        .output()
-        .expect("orfeas runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+mod common;
+use common::{orfeas, text};
 
 fn write_model(path: &Path) -> usize {
     let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = (0..5)

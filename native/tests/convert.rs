@@ -4,8 +4,7 @@
 //! `orfeas generate` on the converted model.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use burn::tensor::{DType, Tensor, TensorData};
 use orfeas_engine::pipeline::{COMPONENTS, load_shape_model};
@@ -13,32 +12,12 @@ use orfeas_engine::weights::source::DirSource;
 use safetensors::SafeTensors;
 use serde_json::{Value, json};
 
-fn fixtures() -> PathBuf {
-    std::env::var_os("ORFEAS_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/public")
-        })
-}
+mod common;
+use common::{fixtures, orfeas, text};
 
 fn stage(name: &str) -> Value {
     let text = std::fs::read_to_string(fixtures().join("fixtures.json")).unwrap();
     serde_json::from_str::<Value>(&text).unwrap()[name].clone()
-}
-
-fn orfeas(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_orfeas"))
-        .args(args)
-        .output()
-        .expect("orfeas runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A fixture weight file's tensors: (official name, shape, F16 bytes).

@@ -2,30 +2,9 @@
 //! (`ORFEAS_ISNET`, default `~/.cache/orfeas/models/isnet-medium`).
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
-fn fixtures() -> PathBuf {
-    std::env::var_os("ORFEAS_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/public")
-        })
-}
-
-fn orfeas(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_orfeas"))
-        .args(args)
-        .output()
-        .expect("orfeas runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+mod common;
+use common::{fixtures, orfeas, text};
 
 fn isnet_dir() -> Option<PathBuf> {
     let dir = orfeas::remove_bg::default_isnet_dir();
