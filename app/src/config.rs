@@ -33,8 +33,9 @@ pub struct ConfigModel {
 }
 
 /// The models of the product, loaded in this order (background removal is small and first).
+/// `isnet-medium` is what `orfeas convert-isnet` writes (and `orfeas serve --models` serves).
 pub const DEFAULT_MODELS: [(&str, &str); 2] = [
-    ("isnet", "Background removal"),
+    ("isnet-medium", "Background removal"),
     ("hunyuan3d", "Shape generation"),
 ];
 
@@ -106,8 +107,8 @@ mod tests {
     fn defaults_are_same_origin_per_model() {
         let models = resolve(None, &[]);
         assert_eq!(models.len(), 2);
-        assert_eq!(models[0].id, "isnet");
-        assert_eq!(models[0].url, "models/isnet/");
+        assert_eq!(models[0].id, "isnet-medium");
+        assert_eq!(models[0].url, "models/isnet-medium/");
         assert_eq!(models[1].url, "models/hunyuan3d/");
     }
 

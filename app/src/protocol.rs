@@ -5,7 +5,8 @@
 //! the UI bundle small; messages the workers parse carry a `"type"` field. Bulk data travels
 //! beside them as transferred typed arrays: an image `File` to the engine, a mesh (`{type:
 //! "mesh", meta: <MeshMeta JSON>, positions, normals, colors, indices, glb, obj, stl, ply}`)
-//! from it, the same geometry on to the viewer, a PNG snapshot back.
+//! and the cut-out (`{type: "cutout", report: <FromWorker::Cutout JSON>, png}`) from it, the
+//! same geometry on to the viewer, a PNG snapshot back.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +17,11 @@ use crate::config::ModelSpec;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToWorker {
     /// Acquire the GPU, then load every model in order.
-    Start { models: Vec<ModelSpec> },
+    Start {
+        models: Vec<ModelSpec>,
+        #[serde(default)]
+        options: EngineOptions,
+    },
     /// Load a failed model again; shards already verified are not fetched again.
     Retry { model: String },
     /// Run the image-to-3D pipeline; answered by `Result` or `Error` with the same id, or by
@@ -28,6 +33,67 @@ pub enum ToWorker {
     VerifyCache,
     /// Destroy the GPU device as a driver reset would (for tests and support).
     SimulateDeviceLoss,
+}
+
+/// Engine settings the page passes on (from its query parameters).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineOptions {
+    /// Side of background removal's square input (`?background_size=`): the reference's 1024
+    /// when absent; smaller is faster on weak GPUs, at some cost in edge detail.
+    #[serde(default)]
+    pub background_size: Option<u32>,
+    /// Letterbox the image for background removal instead of stretching it (`?letterbox=1`).
+    #[serde(default)]
+    pub letterbox: bool,
+}
+
+impl EngineOptions {
+    /// Read `background_size` (clamped to 64..=2048, rounded to a multiple of 32) and
+    /// `letterbox` from query parameters.
+    pub fn from_params(params: &[(String, String)]) -> Self {
+        let value = |key: &str| params.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v);
+        Self {
+            background_size: value("background_size")
+                .and_then(|v| v.parse::<u32>().ok())
+                .map(|size| (size.clamp(64, 2048) / 32) * 32),
+            letterbox: value("letterbox").is_some_and(|v| v == "1" || v == "true"),
+        }
+    }
+}
+
+/// Where the cut-out of the current image stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CutoutState {
+    /// Background removal is still loading; the cut-out follows once it is ready.
+    Waiting,
+    Running,
+    Ready,
+    /// The image already had transparency: used as it is, as the reference does.
+    Kept,
+    Failed,
+}
+
+impl CutoutState {
+    /// The panel's `data-state`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Running => "running",
+            Self::Ready => "ready",
+            Self::Kept => "kept",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// The cut-out's state for the image `name` (with a `png` beside it when ready or kept: see
+/// [`crate::protocol`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CutoutReport {
+    pub name: String,
+    pub state: CutoutState,
+    pub message: String,
 }
 
 /// What the engine says about a mesh it sends (the `meta` of a mesh message).
@@ -197,6 +263,9 @@ pub enum FromWorker {
         name: String,
         reason: String,
     },
+    /// Background removal on the current image (a finished cut-out comes as an object
+    /// message instead, `{type: "cutout", report: <this JSON>, png}`).
+    Cutout(CutoutReport),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -371,6 +440,43 @@ mod tests {
             let json = serde_json::to_string(&mode).unwrap();
             assert_eq!(json, format!("\"{}\"", mode.name()));
         }
+    }
+
+    #[test]
+    fn engine_options_come_from_the_query() {
+        let params = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(EngineOptions::from_params(&[]), EngineOptions::default());
+        let options =
+            EngineOptions::from_params(&params(&[("background_size", "250"), ("letterbox", "1")]));
+        assert_eq!(options.background_size, Some(224));
+        assert!(options.letterbox);
+        let tiny = EngineOptions::from_params(&params(&[("background_size", "3")]));
+        assert_eq!(tiny.background_size, Some(64));
+        let bad = EngineOptions::from_params(&params(&[("background_size", "big")]));
+        assert_eq!(bad.background_size, None);
+        // An old UI's Start without options still parses.
+        let start: ToWorker = serde_json::from_str(r#"{"type":"start","models":[]}"#).unwrap();
+        assert_eq!(
+            start,
+            ToWorker::Start {
+                models: vec![],
+                options: EngineOptions::default()
+            }
+        );
+        let cutout = FromWorker::Cutout(CutoutReport {
+            name: "a.png".into(),
+            state: CutoutState::Ready,
+            message: "done".into(),
+        });
+        assert_eq!(
+            serde_json::from_str::<FromWorker>(&cutout.to_json()).unwrap(),
+            cutout
+        );
     }
 
     #[test]

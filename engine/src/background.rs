@@ -3,9 +3,14 @@
 //! (no half-pixel offset, rounded half up), normalised `(v − 128) / 256`; the probabilities
 //! become an 8-bit matte (truncated), stretched back to the image's size with the same filter,
 //! and used as the cut-out's alpha.
+//!
+//! [`Options`] can shrink the network's input (slow GPUs; the network is fully convolutional)
+//! or letterbox the image (aspect kept, padded with mid-grey, which normalises to zero)
+//! instead of stretching it.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbaImage;
+use thiserror::Error;
 
 use crate::models::isnet::{INPUT_SIZE, IsNet, normalise};
 
@@ -44,27 +49,88 @@ pub fn resize_bilinear(
     out
 }
 
-/// The model's input planes (R, G, B; u8) for an image: stretched to 1024², aspect ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BackgroundError {
+    /// The GPU did not hand the matte back (e.g. the device was lost meanwhile).
+    #[error("reading the matte back from the device failed: {0}")]
+    Readback(String),
+}
+
+/// How the image is fed to the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Side of the square input (the reference: 1024).
+    pub size: usize,
+    /// Keep the aspect ratio (pad) rather than stretch as the reference does.
+    pub letterbox: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            size: INPUT_SIZE,
+            letterbox: false,
+        }
+    }
+}
+
+/// Where the image sits in the square input: `(x, y, width, height)`.
+pub fn placement(width: usize, height: usize, options: &Options) -> (usize, usize, usize, usize) {
+    let size = options.size;
+    if !options.letterbox {
+        return (0, 0, size, size);
+    }
+    let scale = size as f64 / width.max(height) as f64;
+    let w = ((width as f64 * scale).round() as usize).clamp(1, size);
+    let h = ((height as f64 * scale).round() as usize).clamp(1, size);
+    ((size - w) / 2, (size - h) / 2, w, h)
+}
+
+/// The model's input planes (R, G, B; u8) for an image, at the reference's 1024² stretch.
 pub fn input_planes(rgba: &RgbaImage) -> Vec<u8> {
+    input_planes_with(rgba, &Options::default())
+}
+
+/// The model's input planes (R, G, B; u8, `size²` each) as `options` place the image.
+pub fn input_planes_with(rgba: &RgbaImage, options: &Options) -> Vec<u8> {
     let (w, h) = (rgba.width() as usize, rgba.height() as usize);
-    let resized = resize_bilinear(rgba.as_raw(), w, h, 4, INPUT_SIZE, INPUT_SIZE);
-    let n = INPUT_SIZE * INPUT_SIZE;
-    let mut planes = vec![0u8; 3 * n];
+    let (x0, y0, pw, ph) = placement(w, h, options);
+    let resized = resize_bilinear(rgba.as_raw(), w, h, 4, pw, ph);
+    let size = options.size;
+    let n = size * size;
+    let mut planes = vec![128u8; 3 * n];
     for (p, px) in resized.chunks_exact(4).enumerate() {
+        let at = (y0 + p / pw) * size + x0 + p % pw;
         for c in 0..3 {
-            planes[c * n + p] = px[c];
+            planes[c * n + at] = px[c];
         }
     }
     planes
 }
 
-/// The matte at the image's size from the model's 1024² probabilities.
+/// The matte at the image's size from the model's 1024² probabilities (the reference's).
 pub fn matte(probabilities: &[f32], width: usize, height: usize) -> Vec<u8> {
-    let alpha: Vec<u8> = probabilities
-        .iter()
-        .map(|p| (p * 255.0).clamp(0.0, 255.0) as u8)
-        .collect();
-    resize_bilinear(&alpha, INPUT_SIZE, INPUT_SIZE, 1, width, height)
+    matte_with(probabilities, width, height, &Options::default())
+}
+
+/// The matte at the image's size from the model's `size²` probabilities.
+pub fn matte_with(
+    probabilities: &[f32],
+    width: usize,
+    height: usize,
+    options: &Options,
+) -> Vec<u8> {
+    let size = options.size;
+    let (x0, y0, pw, ph) = placement(width, height, options);
+    let mut alpha = Vec::with_capacity(pw * ph);
+    for y in y0..y0 + ph {
+        alpha.extend(
+            probabilities[y * size + x0..][..pw]
+                .iter()
+                .map(|p| (p * 255.0).clamp(0.0, 255.0) as u8),
+        );
+    }
+    resize_bilinear(&alpha, pw, ph, 1, width, height)
 }
 
 /// Whether an image already carries a real cut-out (some pixel not opaque), in which case the
@@ -82,26 +148,80 @@ pub fn cutout(rgba: &RgbaImage, matte: &[u8]) -> RgbaImage {
     out
 }
 
-/// Run ISNet on `rgba` and return the cut-out (the model's probabilities read back async,
+/// Run ISNet on `rgba` and return its matte (the model's probabilities are read back async,
 /// so this works in the browser too).
-pub async fn remove_background(model: &IsNet, rgba: &RgbaImage, device: &Device) -> RgbaImage {
-    let planes = normalise(&input_planes(rgba));
-    let x = Tensor::<4>::from_data(
-        TensorData::new(planes, [1, 3, INPUT_SIZE, INPUT_SIZE]),
-        device,
-    );
+pub async fn matte_of(
+    model: &IsNet,
+    rgba: &RgbaImage,
+    device: &Device,
+    options: &Options,
+) -> Result<Vec<u8>, BackgroundError> {
+    let size = options.size;
+    let planes = normalise(&input_planes_with(rgba, options));
+    let x = Tensor::<4>::from_data(TensorData::new(planes, [1, 3, size, size]), device);
     let probabilities = model
         .forward(x)
         .into_data_async()
         .await
-        .expect("read the matte back")
+        .map_err(|e| BackgroundError::Readback(format!("{e:?}")))?
         .convert::<f32>()
         .try_into_vec::<f32>()
-        .expect("f32 probabilities");
-    let matte = matte(
+        .map_err(|e| BackgroundError::Readback(format!("{e:?}")))?;
+    Ok(matte_with(
         &probabilities,
         rgba.width() as usize,
         rgba.height() as usize,
-    );
-    cutout(rgba, &matte)
+        options,
+    ))
+}
+
+/// The cut-out of `rgba`: ISNet's matte as its alpha.
+pub async fn remove_background(
+    model: &IsNet,
+    rgba: &RgbaImage,
+    device: &Device,
+    options: &Options,
+) -> Result<RgbaImage, BackgroundError> {
+    Ok(cutout(rgba, &matte_of(model, rgba, device, options).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn letterboxing_keeps_the_aspect_and_centres_the_image() {
+        let options = Options {
+            size: 100,
+            letterbox: true,
+        };
+        assert_eq!(placement(640, 480, &options), (0, 12, 100, 75));
+        assert_eq!(placement(400, 600, &options), (16, 0, 67, 100));
+        let stretched = Options {
+            size: 100,
+            letterbox: false,
+        };
+        assert_eq!(placement(640, 480, &stretched), (0, 0, 100, 100));
+    }
+
+    #[test]
+    fn letterboxed_planes_are_padded_grey_and_the_matte_comes_back_from_the_box() {
+        let options = Options {
+            size: 8,
+            letterbox: true,
+        };
+        let image = RgbaImage::from_pixel(8, 4, image::Rgba([10, 20, 30, 255]));
+        let planes = input_planes_with(&image, &options);
+        // Rows 0–1 and 6–7 are padding, 2–5 the image.
+        assert_eq!(planes[0], 128);
+        assert_eq!(planes[2 * 8], 10);
+        assert_eq!(planes[64 + 2 * 8], 20);
+        assert_eq!(planes[7 * 8 + 7], 128);
+        // Probabilities 1 inside the box and 0 on the padding give an opaque matte.
+        let probabilities: Vec<f32> = (0..64)
+            .map(|i| if (2..6).contains(&(i / 8)) { 1.0 } else { 0.0 })
+            .collect();
+        let matte = matte_with(&probabilities, 8, 4, &options);
+        assert!(matte.iter().all(|&a| a == 255), "{matte:?}");
+    }
 }

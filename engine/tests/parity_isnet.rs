@@ -85,41 +85,26 @@ fn parity_isnet() {
 }
 
 #[test]
-fn parity_isnet_wgpu_matches_the_cpu_backend() {
-    // lavapipe needs over ten minutes for one 1024² pass on 2 cores, so wgpu runs the same
-    // network on fixture image 0 shrunk to 256² and is held to the CPU backend's
-    // output there (which the test above holds to onnxruntime at full size).
+fn parity_isnet_wgpu() {
+    // wgpu against onnxruntime's probabilities on fixture image 0 at the full 1024² (the issue
+    // allows one image: lavapipe, a CPU rasteriser, needs ~15 minutes for this pass here).
     let Some(dir) = weights_dir() else { return };
     let Some((_, gpu)) = devices().into_iter().find(|(name, _)| *name == "wgpu") else {
         return;
     };
     let io = Io::read("isnet.io.safetensors");
     let (input, _) = io.bytes("img0.input_u8");
-    // The whole picture at 256² (each plane resized), so the object is in view.
-    let side = 256;
-    let crop: Vec<u8> = input
-        .chunks_exact(INPUT_SIZE * INPUT_SIZE)
-        .flat_map(|plane| {
-            orfeas_engine::background::resize_bilinear(plane, INPUT_SIZE, INPUT_SIZE, 1, side, side)
-        })
-        .collect();
-    let run = |device: &Device| {
-        let x = Tensor::<4>::from_data(
-            TensorData::new(normalise(&crop), [1, 3, side, side]),
-            device,
-        );
-        values(model(&dir, device).forward(x))
-    };
-    let cpu = run(&orfeas_engine::device::cpu());
-    let wgpu = run(&gpu);
-    let foreground = cpu.iter().filter(|p| **p > 0.5).count();
-    assert!(
-        foreground > side * side / 20,
-        "the object is in view ({foreground} px)"
+    let (reference, _) = io.tensor("img0.output");
+    let x = Tensor::<4>::from_data(
+        TensorData::new(normalise(&input), [1, 3, INPUT_SIZE, INPUT_SIZE]),
+        &gpu,
     );
-    let (max, iou) = compare("wgpu vs cpu, image 0 at 256²", &wgpu, &cpu);
+    let started = std::time::Instant::now();
+    let ours = values(model(&dir, &gpu).forward(x));
+    eprintln!("wgpu pass: {:.0} s", started.elapsed().as_secs_f64());
+    let (max, iou) = compare("wgpu/img0", &ours, &reference);
     assert!(iou >= 0.99, "IoU {iou}");
-    assert!(max <= 1e-3, "max abs {max}");
+    assert!(max <= 5e-3, "max abs {max}");
 }
 
 #[test]

@@ -58,7 +58,12 @@ pub fn cut_out(isnet: &IsNet, rgba: &RgbaImage, device: &Device) -> Result<RgbaI
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    Ok(runtime.block_on(remove_background(isnet, rgba, device)))
+    Ok(runtime.block_on(remove_background(
+        isnet,
+        rgba,
+        device,
+        &orfeas_engine::background::Options::default(),
+    ))?)
 }
 
 pub fn run(

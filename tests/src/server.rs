@@ -37,6 +37,8 @@ pub enum Fault {
     DropAtHalf,
     /// A plain HTTP error status.
     Status(u16),
+    /// Half the body, then nothing more (the connection stays open): a load that never ends.
+    Stall,
 }
 
 /// Slow shard responses.
@@ -328,11 +330,12 @@ async fn serve_model_file(state: Arc<State>, path: &str, rest: &str) -> Response
             let middle = bytes.len() / 2;
             bytes[middle] ^= 0x5a;
         }
-        Some(Fault::DropAtHalf) | None => {}
+        Some(Fault::DropAtHalf) | Some(Fault::Stall) | None => {}
     }
     let len = bytes.len();
     let entry = record(&state, path, 200, false);
     let drop_at = (fault == Some(Fault::DropAtHalf)).then_some(len / 2);
+    let stall_at = (fault == Some(Fault::Stall)).then_some(len / 2);
     let chunk = 64 << 10;
     let bytes = Bytes::from(bytes);
     let log_state = state.clone();
@@ -346,6 +349,11 @@ async fn serve_model_file(state: Arc<State>, path: &str, rest: &str) -> Response
             if at >= bytes.len() {
                 return None;
             }
+            if let Some(limit) = stall_at
+                && at >= limit
+            {
+                futures::future::pending::<()>().await;
+            }
             if let Some(limit) = drop_at
                 && at >= limit
             {
@@ -353,7 +361,9 @@ async fn serve_model_file(state: Arc<State>, path: &str, rest: &str) -> Response
                 return Some((Err(reset), usize::MAX));
             }
             let end = (at + chunk).min(bytes.len());
-            let end = drop_at.map_or(end, |limit| end.min(limit.max(at + 1)));
+            let end = drop_at
+                .or(stall_at)
+                .map_or(end, |limit| end.min(limit.max(at + 1)));
             if let Some(rate) = throttle.bytes_per_sec.filter(|_| is_shard) {
                 let secs = (end - at) as f64 / rate as f64;
                 tokio::time::sleep(Duration::from_secs_f64(secs)).await;

@@ -7,11 +7,13 @@ use std::cell::RefCell;
 
 use leptos::prelude::*;
 use orfeas_app::config::{self, ConfigFile};
-use orfeas_app::protocol::{FromWorker, ModelStatusReport, NoticeLevel, ToWorker};
+use orfeas_app::protocol::{
+    CutoutReport, EngineOptions, FromWorker, ModelStatusReport, NoticeLevel, ToWorker,
+};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
 
-use super::{EngineState, GpuState, ModelView, RequestState, Studio};
+use super::{CutoutView, EngineState, GpuState, ModelView, RequestState, Studio};
 
 thread_local! {
     static STUDIO: RefCell<Option<Studio>> = const { RefCell::new(None) };
@@ -99,7 +101,10 @@ pub fn start() {
             return;
         }
         if ensure_worker(studio) {
-            send(&ToWorker::Start { models });
+            send(&ToWorker::Start {
+                models,
+                options: EngineOptions::from_params(&params),
+            });
         }
         if params.iter().any(|(k, v)| k == "generate" && v == "1") {
             studio.request_generate();
@@ -187,8 +192,15 @@ fn spawn_worker(studio: Studio) -> Result<(), String> {
         Closure::<dyn Fn(web_sys::MessageEvent)>::new(move |event: web_sys::MessageEvent| {
             let data = event.data();
             let Some(json) = data.as_string() else {
-                // The only object the engine sends is a mesh (typed arrays beside the JSON).
-                super::viewer::show_mesh(studio, &data);
+                // Objects carry bulk data beside their JSON: a cut-out or a mesh.
+                let kind = js_sys::Reflect::get(&data, &"type".into())
+                    .ok()
+                    .and_then(|t| t.as_string());
+                if kind.as_deref() == Some("cutout") {
+                    show_cutout(studio, &data);
+                } else {
+                    super::viewer::show_mesh(studio, &data);
+                }
                 return;
             };
             match serde_json::from_str::<FromWorker>(&json) {
@@ -294,5 +306,52 @@ fn apply(studio: Studio, message: FromWorker) {
         FromWorker::ImageFailed { name, reason } => {
             studio.image_error.set(Some(format!("{name}: {reason}")))
         }
+        FromWorker::Cutout(report) => set_cutout(studio, report, None),
     }
+}
+
+/// A finished cut-out: `{type: "cutout", report: <JSON>, png: Uint8Array}`.
+fn show_cutout(studio: Studio, data: &JsValue) {
+    let field = |key: &str| js_sys::Reflect::get(data, &key.into()).ok();
+    let report = field("report")
+        .and_then(|r| r.as_string())
+        .and_then(|json| serde_json::from_str::<FromWorker>(&json).ok());
+    let Some(FromWorker::Cutout(report)) = report else {
+        studio.notify(
+            NoticeLevel::Warning,
+            "a malformed cut-out from the engine".into(),
+        );
+        return;
+    };
+    let url = field("png").and_then(|png| {
+        let parts = js_sys::Array::of1(&png);
+        let options = web_sys::BlobPropertyBag::new();
+        options.set_type("image/png");
+        let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &options).ok()?;
+        web_sys::Url::create_object_url_with_blob(&blob).ok()
+    });
+    set_cutout(studio, report, url);
+}
+
+fn set_cutout(studio: Studio, report: CutoutReport, url: Option<String>) {
+    let previous = studio.cutout.get_untracked();
+    // A status for the same image keeps its picture until a new one arrives.
+    let url = match (url, previous) {
+        (Some(url), Some(old)) => {
+            if let Some(old_url) = old.url {
+                let _ = web_sys::Url::revoke_object_url(&old_url);
+            }
+            Some(url)
+        }
+        (Some(url), None) => Some(url),
+        (None, Some(old)) if old.report.name == report.name => old.url,
+        (None, Some(old)) => {
+            if let Some(old_url) = old.url {
+                let _ = web_sys::Url::revoke_object_url(&old_url);
+            }
+            None
+        }
+        (None, None) => None,
+    };
+    studio.cutout.set(Some(CutoutView { report, url }));
 }

@@ -10,10 +10,11 @@ use std::time::Duration;
 use leptos::prelude::*;
 use orfeas_app::config::ModelSpec;
 use orfeas_app::protocol::{
-    GpuReport, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker, ViewMode, retry_after_s,
+    CutoutReport, GpuReport, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker, ViewMode,
+    retry_after_s,
 };
 
-use panels::{EnginePanel, GenerateControl, ImageDrop, ModelPanel, Notices};
+use panels::{CutoutPanel, EnginePanel, GenerateControl, ImageDrop, ModelPanel, Notices};
 use viewer::{MeshView, ViewerArea, ViewerState};
 
 /// One model's panel state.
@@ -62,6 +63,13 @@ pub enum RequestState {
     },
 }
 
+/// The current image's background removal: its state and, once done, the PNG's object URL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CutoutView {
+    pub report: CutoutReport,
+    pub url: Option<String>,
+}
+
 /// Everything the page shows, as signals, shared through context.
 #[derive(Clone, Copy)]
 pub struct Studio {
@@ -79,6 +87,7 @@ pub struct Studio {
     pub wasm_heap: RwSignal<Option<u64>>,
     /// Why the chosen image was refused.
     pub image_error: RwSignal<Option<String>>,
+    pub cutout: RwSignal<Option<CutoutView>>,
     /// The mesh on show (the preview, later the model's) with its downloads.
     pub mesh: RwSignal<Option<MeshView>>,
     pub viewer: RwSignal<ViewerState>,
@@ -103,6 +112,7 @@ impl Studio {
             cache_report: RwSignal::new(None),
             wasm_heap: RwSignal::new(None),
             image_error: RwSignal::new(None),
+            cutout: RwSignal::new(None),
             mesh: RwSignal::new(None),
             viewer: RwSignal::new(ViewerState::Empty),
             view_mode: RwSignal::new(ViewMode::Shaded),
@@ -221,6 +231,7 @@ pub fn App() -> impl IntoView {
         <main class="studio">
             <div class="side">
                 <ImageDrop />
+                <CutoutPanel />
                 <GenerateControl />
                 <section class="models" data-testid="model-panel">
                     <h2>"Models"</h2>

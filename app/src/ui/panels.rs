@@ -89,6 +89,47 @@ pub fn ImageDrop() -> impl IntoView {
     }
 }
 
+/// The cut-out of the current image on a checkerboard (so transparency shows), with its state:
+/// waiting for background removal to load, running, ready (with a download), kept, failed.
+#[component]
+pub fn CutoutPanel() -> impl IntoView {
+    let studio = studio();
+    let state = move || {
+        studio
+            .cutout
+            .get()
+            .map_or("none", |c| c.report.state.name())
+    };
+    let message = move || {
+        studio
+            .cutout
+            .get()
+            .map(|c| c.report.message)
+            .unwrap_or_default()
+    };
+    let url = move || studio.cutout.get().and_then(|c| c.url);
+    view! {
+        <Show when=move || studio.cutout.get().is_some()>
+            <section class="cutout" data-testid="cutout" data-state=state>
+                <h2>"Cut-out"</h2>
+                <p class="muted" data-testid="cutout-status">{message}</p>
+                <Show when=move || url().is_some()>
+                    <div class="checkerboard" data-testid="checkerboard">
+                        <img
+                            data-testid="cutout-image"
+                            alt="the subject without its background"
+                            src=move || url().unwrap_or_default()
+                        />
+                    </div>
+                    <a class="download" href=move || url().unwrap_or_default() download="cutout.png">
+                        "Download cut-out (PNG)"
+                    </a>
+                </Show>
+            </section>
+        </Show>
+    }
+}
+
 /// The Generate button (enabled once every model is ready), the `g` shortcut, and the state
 /// of the current request, including "still loading, retrying in N s".
 #[component]

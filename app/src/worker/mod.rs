@@ -25,9 +25,11 @@ use orfeas_engine::mesh::preview::inflate;
 
 use crate::config::ModelSpec;
 use crate::protocol::{
-    FromWorker, GpuReport, MeshMeta, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker,
-    retry_after_s,
+    EngineOptions, FromWorker, GpuReport, MeshMeta, ModelStatusReport, NoticeLevel, ProgressReport,
+    ToWorker, retry_after_s,
 };
+
+mod cutout;
 
 /// Cache Storage name for model shards; bump the suffix if the stored format ever changes.
 pub const MODEL_CACHE: &str = "orfeas-models-v1";
@@ -70,6 +72,13 @@ struct Engine {
     lost: RefCell<Option<mpsc::UnboundedSender<String>>>,
     /// The user's image, upright RGBA, for generation.
     image: RefCell<Option<(String, image::RgbaImage)>>,
+    options: RefCell<EngineOptions>,
+    /// Background removal, once its weights are on the current device.
+    isnet: RefCell<Option<Rc<orfeas_engine::models::isnet::IsNet>>>,
+    /// Bumped per image, so a cut-out of an older image is not shown.
+    cutout_generation: Cell<u64>,
+    /// The current image's cut-out (the shape model's input once generation is wired).
+    cutout: RefCell<Option<image::RgbaImage>>,
 }
 
 thread_local! {
@@ -94,7 +103,10 @@ pub fn on_message(json: &str) {
     };
     let engine = engine();
     match message {
-        ToWorker::Start { models } => spawn_local(start(engine, models)),
+        ToWorker::Start { models, options } => {
+            *engine.options.borrow_mut() = options;
+            spawn_local(start(engine, models))
+        }
         ToWorker::Retry { model } => {
             let position = engine
                 .models
@@ -163,7 +175,9 @@ pub fn on_image(name: &str, bytes: &[u8]) {
         height as usize,
         PREVIEW_GRID,
     );
-    engine().image.replace(Some((name.to_string(), image)));
+    let engine = engine();
+    engine.image.replace(Some((name.to_string(), image)));
+    cutout::request(&engine);
     if preview.mesh.triangles.is_empty() {
         post(&FromWorker::ImageFailed {
             name: name.to_string(),
@@ -392,6 +406,8 @@ async fn load_model(engine: Rc<Engine>, i: usize) {
         }
         let tensors = weights.len();
         engine.models.borrow_mut()[i].weights = Some(weights);
+        let outcome =
+            outcome.and_then(|from_cache| cutout::adopt_if_isnet(&engine, i).map(|()| from_cache));
         match outcome {
             Ok(from_cache) => {
                 set_status(
@@ -402,8 +418,12 @@ async fn load_model(engine: Rc<Engine>, i: usize) {
                         from_cache,
                     },
                 );
+                cutout::request(&engine);
             }
-            Err(reason) => set_status(&engine, &id, ModelStatusReport::Failed { reason }),
+            Err(reason) => {
+                set_status(&engine, &id, ModelStatusReport::Failed { reason });
+                cutout::request(&engine);
+            }
         }
         post(&FromWorker::Memory {
             wasm_heap_bytes: wasm_heap_bytes(),
@@ -609,6 +629,7 @@ async fn verify_cache(engine: Rc<Engine>) {
 async fn watch_device_loss(engine: Rc<Engine>, mut lost: mpsc::UnboundedReceiver<String>) {
     while let Some(reason) = lost.next().await {
         engine.gpu.borrow_mut().take();
+        engine.isnet.borrow_mut().take();
         engine
             .device_generation
             .set(engine.device_generation.get() + 1);

@@ -1,0 +1,161 @@
+//! Background removal in the worker: ISNet is built as soon as its weights are on the GPU, and
+//! every image the user picks gets its cut-out then (or at once, when ISNet is ready first).
+
+use std::rc::Rc;
+
+use image::RgbaImage;
+use orfeas_engine::background::{Options, has_alpha, remove_background};
+use orfeas_engine::models::isnet::{INPUT_SIZE, IsNet, checkpoint_name};
+use orfeas_engine::weights::apply_torch_weights;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::spawn_local;
+
+use super::{Engine, post};
+use crate::protocol::{CutoutReport, CutoutState, FromWorker, ModelStatusReport};
+
+/// Whether a shard set is ISNet (by the model id its index names).
+fn is_isnet(id: &str) -> bool {
+    id.starts_with("isnet")
+}
+
+/// After model `i` loaded: if it is ISNet, build the network from its weights. A set whose
+/// tensors do not fit the network fails the model with the reason.
+pub(super) fn adopt_if_isnet(engine: &Engine, i: usize) -> Result<(), String> {
+    let (weights, index_id) = {
+        let slots = engine.models.borrow();
+        let slot = &slots[i];
+        let Some(index) = &slot.index else {
+            return Ok(());
+        };
+        (slot.weights.clone(), index.model.id.clone())
+    };
+    if !is_isnet(&index_id) {
+        return Ok(());
+    }
+    let device = engine.gpu.borrow().as_ref().map(|gpu| gpu.device.clone());
+    let (Some(weights), Some(device)) = (weights, device) else {
+        return Err("no GPU device".into());
+    };
+    let model = apply_torch_weights(IsNet::init(&device), weights, checkpoint_name)
+        .map_err(|e| format!("{index_id} does not fit ISNet: {e}"))?;
+    *engine.isnet.borrow_mut() = Some(Rc::new(model));
+    Ok(())
+}
+
+fn report(name: &str, state: CutoutState, message: impl Into<String>) -> FromWorker {
+    FromWorker::Cutout(CutoutReport {
+        name: name.to_string(),
+        state,
+        message: message.into(),
+    })
+}
+
+/// Send a finished cut-out as a PNG beside its report.
+fn post_image(name: &str, state: CutoutState, message: String, image: &RgbaImage) {
+    let mut png = Vec::new();
+    if let Err(e) = image.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png) {
+        post(&report(
+            name,
+            CutoutState::Failed,
+            format!("PNG encoding: {e}"),
+        ));
+        return;
+    }
+    let object = js_sys::Object::new();
+    let set = |key: &str, value: &wasm_bindgen::JsValue| {
+        let _ = js_sys::Reflect::set(&object, &key.into(), value);
+    };
+    set("type", &"cutout".into());
+    set("report", &report(name, state, message).to_json().into());
+    let bytes = js_sys::Uint8Array::from(png.as_slice());
+    set("png", &bytes);
+    let transfer = js_sys::Array::of1(&bytes.buffer());
+    let scope: web_sys::DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    let _ = scope.post_message_with_transfer(&object, &transfer);
+}
+
+/// Cut out the current image if background removal can run now; otherwise say what it waits for.
+pub(super) fn request(engine: &Rc<Engine>) {
+    let Some((name, image)) = engine.image.borrow().clone() else {
+        return;
+    };
+    let generation = engine.cutout_generation.get() + 1;
+    engine.cutout_generation.set(generation);
+    engine.cutout.borrow_mut().take();
+    if has_alpha(&image) {
+        engine.cutout.replace(Some(image.clone()));
+        let message = "the image already has transparency: used as it is".to_string();
+        post_image(&name, CutoutState::Kept, message, &image);
+        return;
+    }
+    let Some(model) = engine.isnet.borrow().clone() else {
+        let isnet_status = engine
+            .models
+            .borrow()
+            .iter()
+            .find(|slot| {
+                slot.index
+                    .as_ref()
+                    .map_or(slot.spec.id.as_str(), |i| i.model.id.as_str())
+                    .starts_with("isnet")
+            })
+            .map(|slot| (slot.spec.label.clone(), slot.status.clone()));
+        let message = match isnet_status {
+            None => report(
+                &name,
+                CutoutState::Failed,
+                "no background-removal model is configured",
+            ),
+            Some((label, ModelStatusReport::Failed { reason })) => report(
+                &name,
+                CutoutState::Failed,
+                format!("{label} failed to load ({reason}): retry it on its panel"),
+            ),
+            Some((label, _)) => report(
+                &name,
+                CutoutState::Waiting,
+                format!("the cut-out follows when {label} is ready"),
+            ),
+        };
+        post(&message);
+        return;
+    };
+    let Some(device) = engine.gpu.borrow().as_ref().map(|gpu| gpu.device.clone()) else {
+        return;
+    };
+    let chosen = engine.options.borrow().clone();
+    let options = Options {
+        size: chosen.background_size.map_or(INPUT_SIZE, |s| s as usize),
+        letterbox: chosen.letterbox,
+    };
+    post(&report(
+        &name,
+        CutoutState::Running,
+        "removing the background…",
+    ));
+    let engine = engine.clone();
+    spawn_local(async move {
+        let started = web_time::Instant::now();
+        let result = remove_background(&model, &image, &device, &options).await;
+        if engine.cutout_generation.get() != generation {
+            return; // the user picked another image meanwhile
+        }
+        match result {
+            Ok(cut) => {
+                let fit = if options.letterbox {
+                    "letterboxed"
+                } else {
+                    "stretched"
+                };
+                let message = format!(
+                    "background removed in {:.1} s (ISNet at {}², {fit})",
+                    started.elapsed().as_secs_f64(),
+                    options.size
+                );
+                engine.cutout.replace(Some(cut.clone()));
+                post_image(&name, CutoutState::Ready, message, &cut);
+            }
+            Err(e) => post(&report(&name, CutoutState::Failed, e.to_string())),
+        }
+    });
+}

@@ -1,0 +1,225 @@
+//! Background removal in the web app, in a real headless Chromium (WebGPU on SwiftShader),
+//! with the ISNet weights the set-up converted: the cut-out appears on a checkerboard as soon as
+//! ISNet is ready, while the other model is still loading, and matches the engine's own CPU
+//! result pixel for pixel (within a level).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use image::RgbaImage;
+use orfeas_engine::background::{Options, remove_background};
+use orfeas_tests::browser::{Browser, Chromedriver, model_attr};
+use orfeas_tests::server::{Fault, Server};
+use orfeas_tests::{dist_dir, model};
+
+/// SwiftShader runs WebGPU on the CPU: the network runs at 128² here (`?background_size=`),
+/// which keeps one pass to tens of seconds on two cores.
+const SIZE: usize = 128;
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+fn isnet_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("ORFEAS_ISNET")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/orfeas/models/isnet-medium"))
+        })?;
+    if dir.join(orfeas_engine::weights::INDEX_FILE).is_file() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the set-up: no ISNet weights at {}",
+        dir.display()
+    );
+    eprintln!(
+        "SKIPPED: no converted ISNet weights at {} (run scripts/setup.sh)",
+        dir.display()
+    );
+    None
+}
+
+fn fixture(name: &str) -> PathBuf {
+    let dir = std::env::var_os("ORFEAS_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| orfeas_tests::repo_root().join("../shared/fixtures/public"));
+    let path = dir.join(name);
+    // WebDriver wants a canonical path for an upload.
+    path.canonicalize().unwrap_or(path)
+}
+
+/// The cut-out the engine makes on the CPU backend with the same options.
+fn cpu_cutout(weights: &Path, rgba: &RgbaImage) -> anyhow::Result<RgbaImage> {
+    let device = orfeas_engine::device::cpu();
+    let isnet = orfeas::remove_bg::load_isnet(weights, &device, burn::tensor::DType::F32)?;
+    let options = Options {
+        size: SIZE,
+        letterbox: false,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    Ok(runtime.block_on(remove_background(&isnet, rgba, &device, &options))?)
+}
+
+async fn cutout_state(browser: &Browser) -> anyhow::Result<String> {
+    Ok(browser
+        .eval("const c = document.querySelector('[data-testid=cutout]'); return c ? c.dataset.state : 'none'")
+        .await?
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads()
+-> anyhow::Result<()> {
+    let Some(weights) = isnet_dir() else {
+        return Ok(());
+    };
+    let models = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(&weights, models.path().join("isnet-medium"))?;
+    // The "shape model" stand-in never finishes: its last shard stalls half-way.
+    let slow = model::generate(
+        &models.path().join("shape"),
+        "shape",
+        2 << 20,
+        160 << 10,
+        640 << 10,
+        21,
+    )?;
+    let server = Server::start(&dist_dir()?, models.path()).await?;
+    server.put_file(
+        "orfeas.json",
+        "application/json",
+        r#"{"models":[{"id":"isnet-medium","label":"Background removal"},{"id":"shape","label":"Shape generation"}]}"#,
+    );
+    server.set_fault(&slow.shards.last().unwrap().file, Fault::Stall);
+    let driver = Chromedriver::start().await?;
+    let browser = Browser::open(&driver, true).await?;
+    browser
+        .goto(&server.url(&format!("/?background_size={SIZE}&turntable=0")))
+        .await?;
+
+    // An image picked before ISNet is ready waits for it, and says so.
+    browser
+        .wait_for(
+            "the drop zone",
+            "document.querySelector('input[type=file]')",
+            Duration::from_secs(30),
+        )
+        .await?;
+    let photo = fixture("isnet_input_0.png");
+    browser.choose_file("input[type=file]", &photo).await?;
+    let first = browser
+        .wait_for(
+            "the cut-out panel",
+            "document.querySelector('[data-testid=cutout]')?.dataset.state",
+            Duration::from_secs(120),
+        )
+        .await?;
+    let isnet_status = browser
+        .eval(&format!("return {}", model_attr("isnet-medium", "status")))
+        .await?;
+    eprintln!("first cut-out state {first} while ISNet is {isnet_status}");
+    if isnet_status != "ready" {
+        assert!(
+            matches!(first.as_str(), Some("waiting" | "running")),
+            "{first}"
+        );
+    }
+
+    browser
+        .wait_for(
+            "the cut-out",
+            "document.querySelector('[data-testid=cutout]')?.dataset.state === 'ready' || \
+             document.querySelector('[data-testid=cutout]')?.dataset.state === 'failed'",
+            TIMEOUT,
+        )
+        .await?;
+    let status = browser
+        .eval("return document.querySelector('[data-testid=cutout-status]').innerText")
+        .await?;
+    eprintln!("cut-out: {status}");
+    assert_eq!(cutout_state(&browser).await?, "ready", "{status}");
+    // The other model is still loading: background removal did not wait for it.
+    let shape = browser
+        .eval(&format!("return {}", model_attr("shape", "status")))
+        .await?;
+    assert_eq!(shape, "loading", "the shape model should still be loading");
+
+    // On a checkerboard, so transparency shows.
+    let background = browser
+        .eval("return getComputedStyle(document.querySelector('[data-testid=checkerboard]')).backgroundImage")
+        .await?;
+    assert!(
+        background
+            .as_str()
+            .unwrap_or_default()
+            .contains("conic-gradient"),
+        "checkerboard background: {background}"
+    );
+    let shown = browser
+        .eval("const i = document.querySelector('[data-testid=cutout-image]'); return i.complete && i.naturalWidth")
+        .await?;
+    assert_eq!(
+        shown, 640,
+        "the cut-out image is decoded at the photo's size"
+    );
+
+    // Its pixels: the photo's colours, and the engine's CPU matte as alpha.
+    let url = browser
+        .eval("return document.querySelector('[data-testid=cutout-image]').src")
+        .await?;
+    let png = browser
+        .fetch_bytes(url.as_str().unwrap_or_default())
+        .await?;
+    let shown = image::load_from_memory(&png)?.to_rgba8();
+    let original = orfeas_engine::input::decode_image(&std::fs::read(&photo)?)?;
+    assert_eq!(shown.dimensions(), original.dimensions());
+    let expected = tokio::task::spawn_blocking({
+        let original = original.clone();
+        move || cpu_cutout(&weights, &original)
+    })
+    .await??;
+    let (mut both, mut either, mut off) = (0usize, 0usize, 0usize);
+    for ((s, e), o) in shown.pixels().zip(expected.pixels()).zip(original.pixels()) {
+        assert_eq!(s.0[..3], o.0[..3], "the cut-out keeps the photo's colours");
+        let (a, b) = (s[3] >= 128, e[3] >= 128);
+        both += (a && b) as usize;
+        either += (a || b) as usize;
+        off += (s[3].abs_diff(e[3]) > 2) as usize;
+    }
+    let iou = both as f64 / either.max(1) as f64;
+    let pixels = (shown.width() * shown.height()) as usize;
+    eprintln!(
+        "browser vs CPU backend at {SIZE}²: IoU {iou:.5}, {off} of {pixels} alphas differ by > 2"
+    );
+    assert!(iou >= 0.99, "IoU {iou}");
+    assert!(
+        off * 1000 <= pixels,
+        "{off} alphas differ by more than 2 levels"
+    );
+    assert!(both > pixels / 10, "the subject is found ({both} px)");
+
+    // A picture that is already a cut-out is used as it is.
+    let files = tempfile::tempdir()?;
+    let transparent = files.path().join("cutout.png");
+    let mut clear = RgbaImage::from_pixel(64, 48, image::Rgba([200, 30, 30, 255]));
+    for (x, _, px) in clear.enumerate_pixels_mut() {
+        if x < 16 {
+            px[3] = 0;
+        }
+    }
+    clear.save(&transparent)?;
+    browser
+        .choose_file("input[type=file]", &transparent)
+        .await?;
+    browser
+        .wait_for(
+            "the kept cut-out",
+            "document.querySelector('[data-testid=cutout]')?.dataset.state === 'kept'",
+            Duration::from_secs(60),
+        )
+        .await?;
+    browser.close().await;
+    Ok(())
+}
