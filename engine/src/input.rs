@@ -111,6 +111,37 @@ mod tests {
         );
     }
 
+    fn data(name: &str) -> Vec<u8> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        std::fs::read(dir.join(name)).unwrap()
+    }
+
+    /// `scripts/image_vectors.py`: 8×4, left half red, right half blue.
+    #[test]
+    fn cmyk_jpeg_exif_orientation_and_palette_png_decode_upright() {
+        let red = |p: &Rgba<u8>| p[0] > 150 && p[2] < 90 && p[3] == 255;
+        let blue = |p: &Rgba<u8>| p[2] > 150 && p[0] < 90 && p[3] == 255;
+        for name in ["cmyk.jpg", "palette.png"] {
+            let image = decode_image(&data(name)).unwrap();
+            assert_eq!(image.dimensions(), (8, 4), "{name}");
+            assert!(
+                red(image.get_pixel(1, 2)),
+                "{name}: {:?}",
+                image.get_pixel(1, 2)
+            );
+            assert!(
+                blue(image.get_pixel(6, 2)),
+                "{name}: {:?}",
+                image.get_pixel(6, 2)
+            );
+        }
+        // Orientation 6: stored 8×4, shown rotated 90° clockwise, so red is on top.
+        let image = decode_image(&data("orientation6.jpg")).unwrap();
+        assert_eq!(image.dimensions(), (4, 8));
+        assert!(red(image.get_pixel(2, 1)), "{:?}", image.get_pixel(2, 1));
+        assert!(blue(image.get_pixel(2, 6)), "{:?}", image.get_pixel(2, 6));
+    }
+
     #[test]
     fn bad_input_is_named() {
         assert_eq!(decode_image(b""), Err(ImageError::Empty));
@@ -135,6 +166,16 @@ mod tests {
                 width: 10_000,
                 height: 10_000
             })
+        );
+        // A header claiming 0 × 10: refused (by us or by the PNG decoder), never decoded.
+        let mut empty = huge.clone();
+        empty[16..20].copy_from_slice(&0u32.to_be_bytes());
+        let crc = crc32(&empty[12..29]);
+        empty[29..33].copy_from_slice(&crc.to_be_bytes());
+        let error = decode_image(&empty).unwrap_err();
+        assert!(
+            matches!(error, ImageError::ZeroSized { .. } | ImageError::Corrupt(_)),
+            "{error}"
         );
     }
 
