@@ -10,33 +10,9 @@ use burn::tensor::{DType, Tensor, TensorData};
 use orfeas_engine::pipeline::{COMPONENTS, load_shape_model};
 use orfeas_engine::weights::source::DirSource;
 use safetensors::SafeTensors;
-use serde_json::{Value, json};
 
 mod common;
-use common::{fixtures, orfeas, text};
-
-fn stage(name: &str) -> Value {
-    let text = std::fs::read_to_string(fixtures().join("fixtures.json")).unwrap();
-    serde_json::from_str::<Value>(&text).unwrap()[name].clone()
-}
-
-/// A fixture weight file's tensors: (official name, shape, F16 bytes).
-type Tensors = Vec<(String, Vec<usize>, Vec<u8>)>;
-
-fn fixture_tensors(file: &str) -> Tensors {
-    let bytes = std::fs::read(fixtures().join(file)).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Tensors = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), safetensors::Dtype::F16);
-            (name, view.shape().to_vec(), view.data().to_vec())
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
+use common::{Tensors, fixture_tensors, fixtures, orfeas, stage, text, write_config};
 
 /// Pickle protocol 2, only the opcodes `torch.save` uses for a state dict.
 struct Pickle(Vec<u8>);
@@ -122,26 +98,6 @@ fn write_checkpoint(path: &Path, parts: &[(&str, &Tensors)]) {
     }
     entry("version", b"3\n");
     zip.finish().unwrap();
-}
-
-/// An official-style config.yaml for the fixture configs with the given denoiser class.
-fn write_config(path: &Path, class: &str, params: &Value) {
-    let dinov2 = stage("dinov2");
-    let yaml = json!({
-        "model": {"target": format!("hy3dshape.models.denoisers.{class}"), "params": params},
-        "vae": {"target": "hy3dshape.models.autoencoders.ShapeVAE", "params": stage("vae")["config"]["params"]},
-        "conditioner": {
-            "target": "hy3dshape.models.conditioner.SingleImageEncoder",
-            "params": {"main_image_encoder": {"type": "DinoImageEncoder", "kwargs": {
-                "config": dinov2["config"]["config"],
-                "image_size": dinov2["config"]["encoder_kwargs"]["image_size"],
-                "use_cls_token": true,
-            }}},
-        },
-        "scheduler": {"target": "hy3dshape.schedulers.FlowMatchEulerDiscreteScheduler", "params": {"num_train_timesteps": 1000}},
-        "image_processor": {"target": "hy3dshape.preprocessors.ImageProcessorV2", "params": {"size": 512, "border_ratio": 0.15}},
-    });
-    std::fs::write(path, yaml_serde::to_string(&yaml).unwrap()).unwrap();
 }
 
 fn f32s(file: &str, name: &str) -> (Vec<f32>, Vec<usize>) {

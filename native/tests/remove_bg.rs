@@ -1,23 +1,8 @@
 //! `orfeas remove-bg` as a user runs it, with the ISNet weights the set-up converted
 //! (`ORFEAS_ISNET`, default `~/.cache/orfeas/models/isnet-medium`).
 
-use std::path::PathBuf;
-
 mod common;
-use common::{fixtures, orfeas, text};
-
-fn isnet_dir() -> Option<PathBuf> {
-    let dir = orfeas::remove_bg::default_isnet_dir();
-    if dir.join(orfeas_engine::weights::INDEX_FILE).is_file() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run the set-up (ISNet weights)"
-    );
-    eprintln!("SKIPPED: no ISNet weights at {}", dir.display());
-    None
-}
+use common::{fixtures, isnet_weights as isnet_dir, orfeas, text};
 
 #[test]
 fn an_opaque_photo_gets_the_reference_matte() {

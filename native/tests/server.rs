@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod common;
+use common::{converted_fixture_model, fixtures};
+
 /// A running server; killed on drop.
 struct Server {
     child: Child,
@@ -150,7 +153,8 @@ async fn wait_ready(client: &reqwest::Client, server: &Server) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_at_once_503s_while_loading_then_runs_jobs() {
     let dir = tempfile::tempdir().unwrap();
-    model(dir.path(), "shape", 4);
+    model(dir.path(), "weights", 4);
+    converted_fixture_model(&dir.path().join("hunyuan"));
     // 4 MiB at 1 MiB/s: several seconds of `loading`.
     let server = Server::start(dir.path(), &["--load-throttle-mibps", "1"]);
     let client = client();
@@ -194,22 +198,39 @@ async fn answers_at_once_503s_while_loading_then_runs_jobs() {
     }
     let loading = health(&client, &server).await;
     let progress = &loading["models"][0]["progress"];
+    assert_eq!(
+        loading["models"][0]["id"], "weights",
+        "the smallest set loads first"
+    );
     assert!(progress["bytes_total"].as_u64().unwrap() > 0, "{loading}");
 
     let ready = wait_ready(&client, &server).await;
     assert_eq!(ready["models_ready"], true);
-    assert_eq!(ready["processor"]["shape"]["tensors"], 4);
+    assert_eq!(ready["processor"]["weights"]["tensors"], 4);
+    for part in ["conditioner", "denoiser", "vae"] {
+        let id = format!("hunyuan/{part}");
+        assert!(
+            ready["processor"][&id]["tensors"].as_u64().unwrap() > 0,
+            "{ready}"
+        );
+    }
 
-    // Ready: a request becomes a job with a status URL.
+    // Ready: a request becomes a job with a status URL, and the job runs the fixture shape
+    // model (converted from the official layout) to a mesh file.
+    let cutout = std::fs::read(fixtures().join("preprocess_input_0.png")).unwrap();
+    let request = json!({
+        "image": b64(&cutout), "steps": 4, "octree_resolution": 32, "seed": 7, "format": "obj",
+    });
     let response = client
         .post(server.url("/api/generate-3d"))
-        .json(&json!({ "image": b64(&png(16, 16)), "steps": 5, "format": "obj" }))
+        .json(&request)
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
     let accepted: Value = response.json().await.unwrap();
     let status_url = server.url(accepted["status_url"].as_str().unwrap());
+    let mut seen = Vec::new();
     let status = loop {
         let status: Value = client
             .get(&status_url)
@@ -219,23 +240,77 @@ async fn answers_at_once_503s_while_loading_then_runs_jobs() {
             .json()
             .await
             .unwrap();
+        seen.push(status["status"].as_str().unwrap_or_default().to_string());
         if !matches!(status["status"].as_str(), Some("queued" | "running")) {
             break status;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    // This build has no shape pipeline yet: the job says so, and there is no result.
-    assert_eq!(status["status"], "failed", "{status}");
-    assert!(
-        status["error"].as_str().unwrap().contains("16×16"),
-        "{status}"
-    );
+    eprintln!("job states seen: {seen:?}");
+    assert_eq!(status["status"], "done", "{status}");
     let result = client
         .get(server.url(accepted["result_url"].as_str().unwrap()))
         .send()
         .await
         .unwrap();
-    assert_eq!(result.status(), 409);
+    assert_eq!(result.status(), 200);
+    assert_eq!(result.headers()["content-type"], "model/obj");
+    let obj = result.text().await.unwrap();
+    let faces = obj.lines().filter(|l| l.starts_with("f ")).count();
+    assert!(faces > 0, "an OBJ with faces");
+
+    // `?wait=true` answers with the file itself: a GLB that re-parses, the same for the same seed.
+    let glb = |seed: u64| {
+        let mut request = request.clone();
+        request["format"] = json!("glb");
+        request["seed"] = json!(seed);
+        let response = client
+            .post(server.url("/api/generate-3d?wait=true"))
+            .json(&request)
+            .send();
+        async move {
+            let response = response.await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["content-type"], "model/gltf-binary");
+            response.bytes().await.unwrap().to_vec()
+        }
+    };
+    let (first, again) = (glb(7).await, glb(7).await);
+    assert_eq!(first, again, "same seed, same mesh");
+    let gltf = gltf::Gltf::from_slice(&first).expect("the GLB re-parses");
+    let primitive = gltf.meshes().next().unwrap().primitives().next().unwrap();
+    assert!(primitive.indices().unwrap().count() / 3 > 0);
+
+    // An opaque photo needs background removal, and this server has no ISNet: it says so,
+    // and the same photo with remove_background=false runs.
+    let opaque = json!({ "image": b64(&std::fs::read(fixtures().join("isnet_input_0.png")).unwrap()),
+        "steps": 2, "octree_resolution": 32 });
+    let response = client
+        .post(server.url("/api/generate-3d"))
+        .json(&opaque)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let refused: Value = response.json().await.unwrap();
+    assert_eq!(refused["status"], "models_not_ready", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("background-removal"),
+        "{refused}"
+    );
+    let mut whole = opaque.clone();
+    whole["remove_background"] = json!(false);
+    let response = client
+        .post(server.url("/api/generate-3d?wait=true"))
+        .json(&whole)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+
     let missing = client
         .get(server.url("/api/jobs/job-999"))
         .send()
@@ -245,9 +320,32 @@ async fn answers_at_once_503s_while_loading_then_runs_jobs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_shape_model_generation_is_not_ready_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    model(dir.path(), "weights", 1);
+    let server = Server::start(dir.path(), &[]);
+    let client = client();
+    let ready = wait_ready(&client, &server).await;
+    assert_eq!(ready["models_status"], "ready");
+    let response = client
+        .post(server.url("/api/generate-3d"))
+        .json(&json!({ "image": b64(&png(16, 16)) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "models_not_ready");
+    assert!(
+        body["error"].as_str().unwrap().contains("orfeas convert"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_400_or_413_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
-    model(dir.path(), "shape", 1);
+    converted_fixture_model(&dir.path().join("hunyuan"));
     let server = Server::start(dir.path(), &["--max-upload-mb", "1"]);
     let client = client();
     wait_ready(&client, &server).await;
@@ -522,9 +620,16 @@ async fn binds_to_loopback_by_default_and_stops_cleanly_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_written_for_the_original_studio_works_unchanged() {
+    // The client sends an opaque picture, so the server needs background removal as well as a
+    // shape model, as the original studio had.
+    let Some(isnet) = common::isnet_weights() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    model(dir.path(), "shape", 2);
-    let server = Server::start(dir.path(), &["--load-throttle-mibps", "1"]);
+    std::os::unix::fs::symlink(&isnet, dir.path().join("isnet-medium")).unwrap();
+    converted_fixture_model(&dir.path().join("hunyuan"));
+    // ~90 MB at 30 MiB/s: a few seconds of `loading` for the client to see.
+    let server = Server::start(dir.path(), &["--load-throttle-mibps", "30"]);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/original_client.mjs");
     let base = server.base.clone();
     let output = tokio::task::spawn_blocking(move || {

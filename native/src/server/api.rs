@@ -102,6 +102,18 @@ pub async fn generate(
         Ok(input) => input,
         Err(response) => return response,
     };
+    // Loaded, but without a model this request needs (e.g. no shape model at all).
+    if let Some((model, reason)) = state.jobs.unavailable(&input) {
+        return retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({
+                "error": format!("AI models not ready: {reason}"),
+                "status": "models_not_ready",
+                "model": model,
+            }),
+            30,
+        );
+    }
     let format = input.params.format;
     let id = match state.jobs.submit(input) {
         Ok(id) => id,

@@ -85,6 +85,11 @@ pub struct MeshFile {
 /// Turns an image into a mesh file. One implementation runs the models; tests use others.
 #[async_trait::async_trait]
 pub trait Pipeline: Send + Sync {
+    /// A model `input` needs that is not there, as `(model, reason)`; checked before queueing.
+    fn unavailable(&self, _input: &JobInput) -> Option<(String, String)> {
+        None
+    }
+
     /// `step(done, total)` reports progress (sampling steps).
     async fn run(
         &self,
@@ -125,6 +130,7 @@ struct Queued {
 pub struct QueueFull;
 
 pub struct Jobs {
+    pipeline: Arc<dyn Pipeline>,
     sender: mpsc::Sender<Queued>,
     entries: Mutex<HashMap<String, JobEntry>>,
     order: Mutex<Vec<String>>,
@@ -136,6 +142,7 @@ impl Jobs {
     pub fn start(capacity: usize, pipeline: Arc<dyn Pipeline>) -> Arc<Self> {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let jobs = Arc::new(Self {
+            pipeline: pipeline.clone(),
             sender,
             entries: Mutex::new(HashMap::new()),
             order: Mutex::new(Vec::new()),
@@ -143,6 +150,11 @@ impl Jobs {
         });
         tokio::spawn(run(jobs.clone(), receiver, pipeline));
         jobs
+    }
+
+    /// What the pipeline would miss for `input` (see [`Pipeline::unavailable`]).
+    pub fn unavailable(&self, input: &JobInput) -> Option<(String, String)> {
+        self.pipeline.unavailable(input)
     }
 
     /// Queue a job, or refuse at once when the queue is full.

@@ -9,6 +9,7 @@ pub mod api;
 pub mod files;
 pub mod jobs;
 pub mod models;
+pub mod pipeline;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use burn::tensor::{DType, Device};
 
-use jobs::{JobInput, Jobs, MeshFile, Pipeline};
+use jobs::Jobs;
 use models::Models;
 
 pub struct AppState {
@@ -65,25 +66,6 @@ pub fn router(
     app
 }
 
-/// The pipeline of this build: the image is decoded and checked, but the image-to-3D models
-/// (issue 5) and meshing (issue 6) are not in the engine yet, so jobs fail with that reason.
-pub struct PendingPipeline;
-
-#[async_trait::async_trait]
-impl Pipeline for PendingPipeline {
-    async fn run(
-        &self,
-        input: JobInput,
-        _step: &(dyn Fn(u32, u32) + Send + Sync),
-    ) -> Result<MeshFile, String> {
-        let (width, height) = input.image.dimensions();
-        Err(format!(
-            "received a {width}×{height} image, but this build has no shape-generation \
-             pipeline yet (the Hunyuan3D models and meshing are not implemented)"
-        ))
-    }
-}
-
 /// Listen on `options.bind`, print the address, load models in the background, serve until
 /// SIGINT/SIGTERM.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
@@ -93,7 +75,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", options.bind))?;
     let address = listener.local_addr()?;
     let models = Arc::new(Models::discover(options.models.as_deref())?);
-    let jobs = Jobs::start(options.queue, Arc::new(PendingPipeline));
+    let pipeline = pipeline::ModelPipeline::new(models.clone(), options.device.clone());
+    let jobs = Jobs::start(options.queue, Arc::new(pipeline));
     let state = Arc::new(AppState {
         models: models.clone(),
         jobs: jobs.clone(),

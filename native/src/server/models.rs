@@ -7,6 +7,7 @@ use std::time::Duration;
 use burn::tensor::{DType, Device};
 use bytes::Bytes;
 use futures::StreamExt;
+use orfeas_engine::pipeline::COMPONENTS;
 use orfeas_engine::weights::loader::{initial_progress, read_index};
 use orfeas_engine::weights::source::{ByteStream, DirSource, SourceError, boxed};
 use orfeas_engine::weights::status::retry_after;
@@ -27,7 +28,26 @@ pub struct LoadedModel {
 pub struct ModelSlot {
     pub id: String,
     pub dir: PathBuf,
+    /// For the three shard sets of a converted shape model: the model's folder name and which
+    /// part this is (`conditioner`, `denoiser`, `vae`).
+    pub part_of: Option<(String, &'static str)>,
     pub state: RwLock<ModelState<Arc<LoadedModel>>>,
+}
+
+impl ModelSlot {
+    fn new(id: String, dir: PathBuf, part_of: Option<(String, &'static str)>) -> Self {
+        Self {
+            state: RwLock::new(ModelState::new(id.clone())),
+            id,
+            dir,
+            part_of,
+        }
+    }
+
+    /// The loaded model, when ready.
+    pub fn loaded(&self) -> Option<Arc<LoadedModel>> {
+        self.state.read().expect("state lock").get().ok()
+    }
 }
 
 /// The original studio's aggregate: `loading` while any model loads, `ready` when all are,
@@ -54,29 +74,78 @@ pub struct Models {
 }
 
 impl Models {
-    /// Every sub-folder of `root` holding a shard-set index is a model (its folder name is its id).
+    /// The models under `root`: every sub-folder holding a shard-set index is one (its folder
+    /// name is its id), and every sub-folder holding `conditioner/`, `denoiser/` and `vae/`
+    /// shard sets (what `orfeas convert` writes) is a shape model of three (`<name>/<part>`).
+    /// Smaller sets load first, so background removal is ready before the shape model.
     pub fn discover(root: Option<&Path>) -> anyhow::Result<Self> {
         let mut slots = Vec::new();
         if let Some(root) = root {
             let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
                 .map_err(|e| anyhow::anyhow!("--models {}: {e}", root.display()))?
                 .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|path| path.join(INDEX_FILE).is_file())
+                .filter(|path| path.is_dir())
                 .collect();
             dirs.sort();
             for dir in dirs {
-                let id = dir
+                let name = dir
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                slots.push(ModelSlot {
-                    state: RwLock::new(ModelState::new(id.clone())),
-                    id,
-                    dir,
-                });
+                if dir.join(INDEX_FILE).is_file() {
+                    slots.push(ModelSlot::new(name, dir, None));
+                } else if COMPONENTS
+                    .iter()
+                    .all(|c| dir.join(c).join(INDEX_FILE).is_file())
+                {
+                    for part in COMPONENTS {
+                        slots.push(ModelSlot::new(
+                            format!("{name}/{part}"),
+                            dir.join(part),
+                            Some((name.clone(), part)),
+                        ));
+                    }
+                }
             }
         }
+        let size = |slot: &ModelSlot| {
+            let index = std::fs::read(slot.dir.join(INDEX_FILE)).unwrap_or_default();
+            serde_json::from_slice::<ShardIndex>(&index).map_or(u64::MAX, |i| i.total_bytes())
+        };
+        // A shape model's parts stay together, in their order, after the stand-alone sets.
+        slots.sort_by_key(|slot| match &slot.part_of {
+            None => (0, size(slot), String::new()),
+            Some((name, _)) => (1, 0, name.clone()),
+        });
         Ok(Self { slots })
+    }
+
+    /// The first shape model's three slots, in [`COMPONENTS`] order.
+    pub fn shape_model(&self) -> Option<[&ModelSlot; 3]> {
+        let first = self.slots.iter().find_map(|s| s.part_of.as_ref())?;
+        let part = |wanted: &str| {
+            self.slots.iter().find(|s| {
+                s.part_of
+                    .as_ref()
+                    .is_some_and(|(name, p)| *name == first.0 && *p == wanted)
+            })
+        };
+        Some([
+            part(COMPONENTS[0])?,
+            part(COMPONENTS[1])?,
+            part(COMPONENTS[2])?,
+        ])
+    }
+
+    /// The background-removal model (a set whose id, or index model id, starts with `isnet`).
+    pub fn isnet(&self) -> Option<&ModelSlot> {
+        self.slots.iter().find(|slot| {
+            slot.part_of.is_none()
+                && (slot.id.starts_with("isnet")
+                    || slot
+                        .loaded()
+                        .is_some_and(|m| m.index.model.id.starts_with("isnet")))
+        })
     }
 
     pub fn aggregate(&self) -> Aggregate {

@@ -1,8 +1,11 @@
 //! Shared by the CLI tests: the fixture folder and running the `orfeas` binary.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use safetensors::SafeTensors;
+use serde_json::{Value, json};
 
 /// `ORFEAS_FIXTURES`, default `../shared/fixtures/public`.
 pub fn fixtures() -> PathBuf {
@@ -27,4 +30,101 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+pub fn stage(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixtures().join("fixtures.json")).unwrap();
+    serde_json::from_str::<Value>(&text).unwrap()[name].clone()
+}
+
+/// A fixture weight file's tensors: (official name, shape, F16 bytes).
+pub type Tensors = Vec<(String, Vec<usize>, Vec<u8>)>;
+
+pub fn fixture_tensors(file: &str) -> Tensors {
+    let bytes = std::fs::read(fixtures().join(file)).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), safetensors::Dtype::F16);
+            (name, view.shape().to_vec(), view.data().to_vec())
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// An official-style config.yaml for the fixture configs with the given denoiser class.
+pub fn write_config(path: &Path, class: &str, params: &Value) {
+    let dinov2 = stage("dinov2");
+    let yaml = json!({
+        "model": {"target": format!("hy3dshape.models.denoisers.{class}"), "params": params},
+        "vae": {"target": "hy3dshape.models.autoencoders.ShapeVAE", "params": stage("vae")["config"]["params"]},
+        "conditioner": {
+            "target": "hy3dshape.models.conditioner.SingleImageEncoder",
+            "params": {"main_image_encoder": {"type": "DinoImageEncoder", "kwargs": {
+                "config": dinov2["config"]["config"],
+                "image_size": dinov2["config"]["encoder_kwargs"]["image_size"],
+                "use_cls_token": true,
+            }}},
+        },
+        "scheduler": {"target": "hy3dshape.schedulers.FlowMatchEulerDiscreteScheduler", "params": {"num_train_timesteps": 1000}},
+        "image_processor": {"target": "hy3dshape.preprocessors.ImageProcessorV2", "params": {"size": 512, "border_ratio": 0.15}},
+    });
+    std::fs::write(path, yaml_serde::to_string(&yaml).unwrap()).unwrap();
+}
+
+/// The fixture shape model (the 2.1 DiT, VAE, DINOv2 test weights) converted by `orfeas
+/// convert` into `dir` (three shard sets), as a user's real checkpoint would be.
+pub fn converted_fixture_model(dir: &Path) -> PathBuf {
+    let work = tempfile::tempdir().unwrap();
+    let (bundle, yaml) = (
+        work.path().join("model.fp16.safetensors"),
+        work.path().join("config.yaml"),
+    );
+    let parts = [
+        fixture_tensors("dit21.weights.safetensors"),
+        fixture_tensors("vae.weights.safetensors"),
+        fixture_tensors("dinov2.weights.safetensors"),
+    ];
+    let views: Vec<(String, safetensors::tensor::TensorView)> = parts
+        .iter()
+        .flatten()
+        .map(|(n, s, b)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), b);
+            (n.clone(), view.unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &bundle).unwrap();
+    write_config(
+        &yaml,
+        "hunyuandit.HunYuanDiTPlain",
+        &stage("dit21")["config"]["params"],
+    );
+    let out = orfeas(&[
+        "convert",
+        bundle.to_str().unwrap(),
+        "--config",
+        yaml.to_str().unwrap(),
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    dir.to_path_buf()
+}
+
+/// The ISNet weights the set-up converted (`ORFEAS_ISNET` or the default folder); `None` with
+/// a SKIPPED note when absent, which CI does not allow.
+pub fn isnet_weights() -> Option<PathBuf> {
+    let dir = orfeas::remove_bg::default_isnet_dir();
+    if dir.join(orfeas_engine::weights::INDEX_FILE).is_file() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the set-up (ISNet weights)"
+    );
+    eprintln!("SKIPPED: no ISNet weights at {}", dir.display());
+    None
 }
