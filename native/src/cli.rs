@@ -5,7 +5,7 @@ use burn::tensor::DType;
 use clap::{Parser, Subcommand, ValueEnum};
 use orfeas_engine::weights::pack::{self, MAX_SHARD_SIZE, MIN_SHARD_SIZE, PackOptions};
 use orfeas_engine::weights::source::{DirSource, HttpSource};
-use orfeas_engine::weights::{ShardSource, load_all};
+use orfeas_engine::weights::{INDEX_FILE, ShardSource, load_all};
 
 use crate::progress::{bytes_bar, show_load};
 
@@ -45,7 +45,8 @@ enum Command {
     },
     /// Re-hash every shard of a shard set and report any that do not match the index.
     Verify {
-        /// Folder with model.safetensors.index.json.
+        /// Folder with model.safetensors.index.json, or a converted shape model (its
+        /// conditioner/, denoiser/ and vae/ sets are each checked).
         dir: PathBuf,
     },
     /// Serve the original studio's HTTP API (and the web app, and the shard sets) while the
@@ -370,7 +371,26 @@ pub fn run(cli: Cli) -> Result<()> {
             dtype: dtype_for(dtype),
         }),
         Command::Verify { dir } => {
-            let problems = pack::verify_dir(&dir)?;
+            // A converted shape model is three shard sets: verify each.
+            let parts = orfeas_engine::pipeline::COMPONENTS;
+            let sets: Vec<(String, PathBuf)> = if !dir.join(INDEX_FILE).is_file()
+                && parts.iter().all(|p| dir.join(p).join(INDEX_FILE).is_file())
+            {
+                parts
+                    .iter()
+                    .map(|p| (format!("{p}/"), dir.join(p)))
+                    .collect()
+            } else {
+                vec![(String::new(), dir.clone())]
+            };
+            let mut problems = Vec::new();
+            for (prefix, set) in &sets {
+                problems.extend(
+                    pack::verify_dir(set)?
+                        .into_iter()
+                        .map(|p| format!("{prefix}{p}")),
+                );
+            }
             if problems.is_empty() {
                 println!("{}: all shards verify", dir.display());
                 Ok(())

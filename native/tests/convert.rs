@@ -159,6 +159,28 @@ fn a_bundled_checkpoint_converts_loads_and_generates() {
         let verified = orfeas(&["verify", out.join(component).to_str().unwrap()]);
         assert!(verified.status.success(), "{}", text(&verified));
     }
+    // The whole model folder verifies too, and a damaged shard is named with its part.
+    let verified = orfeas(&["verify", out.to_str().unwrap()]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    let index = std::fs::read(out.join("vae/model.safetensors.index.json")).unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    let shard = out
+        .join("vae")
+        .join(index["shards"][0]["file"].as_str().unwrap());
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    let original = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes).unwrap();
+    let damaged = orfeas(&["verify", out.to_str().unwrap()]);
+    assert!(!damaged.status.success());
+    assert!(text(&damaged).contains("vae/model-"), "{}", text(&damaged));
+    assert!(
+        text(&damaged).contains("sha256 mismatch"),
+        "{}",
+        text(&damaged)
+    );
+    std::fs::write(&shard, original).unwrap();
 
     // The converted sets load through the engine and reproduce the official sampler.
     let device = orfeas_engine::device::cpu();
