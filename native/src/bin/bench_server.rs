@@ -2,8 +2,11 @@
 //! studio took 0.9 s after its fix, 26 s before), and health latency under 1000 concurrent
 //! requests while a model is loading, side by side with the same requests once it is ready.
 //!
-//! `cargo run -p orfeas --bin bench-server -- [--runs 5] [--requests 1000] [--model-mib 64]`
-//! (it starts the `orfeas` binary that sits next to it).
+//! With `--shape-model DIR` (a converted model, `orfeas convert`), also the same burst while a
+//! generation job runs on it.
+//!
+//! `cargo run -p orfeas --bin bench-server -- [--runs 5] [--requests 1000] [--model-mib 64]
+//!  [--shape-model DIR]` (it starts the `orfeas` binary that sits next to it).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -131,6 +134,7 @@ async fn main() -> Result<()> {
     let mut runs = 5usize;
     let mut requests = 1000usize;
     let mut model_mib = 64usize;
+    let mut shape_model: Option<PathBuf> = None;
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         let value = pair.get(1).context("a flag without a value")?;
@@ -138,6 +142,7 @@ async fn main() -> Result<()> {
             "--runs" => runs = value.parse()?,
             "--requests" => requests = value.parse()?,
             "--model-mib" => model_mib = value.parse()?,
+            "--shape-model" => shape_model = Some(PathBuf::from(value)),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -182,6 +187,12 @@ async fn main() -> Result<()> {
     let (ready, ready_wall) = burst(&server.base, requests).await?;
     drop(server);
 
+    // 3. The same burst while a generation job runs (the job leaves the request threads).
+    let during_job = match &shape_model {
+        Some(shape) => Some(burst_during_job(&binary, dir.path(), shape, requests).await?),
+        None => None,
+    };
+
     println!(
         "Orfeas server benchmark ({} cores, loopback)",
         std::thread::available_parallelism()?
@@ -212,9 +223,93 @@ async fn main() -> Result<()> {
             wall
         );
     }
+    if let Some((latencies, wall, job_s)) = &during_job {
+        println!(
+            "  {:<28} p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, all {requests} in {:.2} s \
+             (the job took {job_s:.1} s)",
+            "while a generation job runs",
+            percentile(latencies, 0.5),
+            percentile(latencies, 0.99),
+            latencies[latencies.len() - 1],
+            wall
+        );
+    }
     println!(
         "  p99 loading / p99 ready: {:.2}",
         percentile(&loading, 0.99) / percentile(&ready, 0.99)
     );
+    if let Some((latencies, _, _)) = &during_job {
+        println!(
+            "  p99 during a job / p99 ready: {:.2}",
+            percentile(latencies, 0.99) / percentile(&ready, 0.99)
+        );
+    }
     Ok(())
+}
+
+/// A cut-out (a disc on transparency), PNG, base64: generation needs no background removal.
+fn disc_png_base64() -> Result<String> {
+    use base64::Engine;
+    let image = image::RgbaImage::from_fn(256, 256, |x, y| {
+        let (dx, dy) = (x as f32 - 128.0, y as f32 - 128.0);
+        let inside = dx * dx + dy * dy < 90.0 * 90.0;
+        image::Rgba([200, 60, 40, if inside { 255 } else { 0 }])
+    });
+    let mut png = Vec::new();
+    image.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(png))
+}
+
+/// Start a server with `shape` beside the bench model, queue one job (30 steps, R = 256) and
+/// burst health while it runs: (latencies, burst wall time, job seconds).
+async fn burst_during_job(
+    binary: &Path,
+    bench_models: &Path,
+    shape: &Path,
+    requests: usize,
+) -> Result<(Vec<f64>, f64, f64)> {
+    let models = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(bench_models.join("bench"), models.path().join("bench"))?;
+    std::os::unix::fs::symlink(std::fs::canonicalize(shape)?, models.path().join("shape"))?;
+    let (server, _) = start(binary, models.path(), 100_000.0)?;
+    while models_status(&server.base).await? != "ready" {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = reqwest::Client::new();
+    let submitted = Instant::now();
+    let accepted: serde_json::Value = client
+        .post(format!("{}/api/generate-3d", server.base))
+        .json(&serde_json::json!({
+            "image": disc_png_base64()?, "steps": 30, "octree_resolution": 256,
+            "remove_background": false,
+        }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let status_url = format!(
+        "{}{}",
+        server.base,
+        accepted["status_url"].as_str().context("a job")?
+    );
+    let status = |client: reqwest::Client, url: String| async move {
+        let status: serde_json::Value = client.get(&url).send().await?.json().await?;
+        Ok::<String, anyhow::Error>(status["status"].as_str().unwrap_or_default().to_string())
+    };
+    while status(client.clone(), status_url.clone()).await? != "running" {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (latencies, wall) = burst(&server.base, requests).await?;
+    anyhow::ensure!(
+        status(client.clone(), status_url.clone()).await? == "running",
+        "the job finished before the burst did: use a larger model"
+    );
+    loop {
+        match status(client.clone(), status_url.clone()).await?.as_str() {
+            "running" | "queued" => tokio::time::sleep(Duration::from_millis(20)).await,
+            "done" => break,
+            other => bail!("the job ended {other}"),
+        }
+    }
+    Ok((latencies, wall, submitted.elapsed().as_secs_f64()))
 }
