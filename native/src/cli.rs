@@ -55,14 +55,18 @@ enum Command {
         /// Address to listen on; 127.0.0.1 keeps it local, 0.0.0.0:PORT exposes it.
         #[arg(long, default_value = "127.0.0.1:8000")]
         bind: std::net::SocketAddr,
-        /// Folder of shard sets, one sub-folder per model (served at /models/ as well).
+        /// Folder of models, one sub-folder each: a shard set (e.g. isnet-medium from
+        /// `convert-isnet`) or a converted shape model (conditioner/, denoiser/, vae/ from
+        /// `convert`). Served at /models/ as well, for the web app.
         #[arg(long)]
         models: Option<PathBuf>,
         /// The built web app to serve at / (`trunk build --release` writes dist/).
         #[arg(long)]
         web: Option<PathBuf>,
+        /// Where the models run: the CPU backend, or the GPU through wgpu (Vulkan, Metal, DX12).
         #[arg(long, value_enum, default_value_t = Backend::Cpu)]
         backend: Backend,
+        /// Precision of the weights on the device (f16 halves GPU memory).
         #[arg(long, value_enum, default_value_t = Precision::F32)]
         dtype: Precision,
         /// Generation requests that may wait in the queue (more get 429).
@@ -114,6 +118,7 @@ enum Command {
         /// Run the model even when the image already has transparency.
         #[arg(long)]
         force: bool,
+        /// Where the models run: the CPU backend, or the GPU through wgpu (Vulkan, Metal, DX12).
         #[arg(long, value_enum, default_value_t = Backend::Cpu)]
         backend: Backend,
     },
@@ -154,8 +159,10 @@ enum Command {
         /// ~/.cache/orfeas/models/isnet-medium; without them the whole picture is the object).
         #[arg(long)]
         isnet: Option<PathBuf>,
+        /// Where the models run: the CPU backend, or the GPU through wgpu (Vulkan, Metal, DX12).
         #[arg(long, value_enum, default_value_t = Backend::Cpu)]
         backend: Backend,
+        /// Precision of the weights on the device (f16 halves GPU memory).
         #[arg(long, value_enum, default_value_t = Precision::F32)]
         dtype: Precision,
     },
@@ -163,8 +170,10 @@ enum Command {
     Load {
         /// A shard-set folder, or an http:// URL of one.
         from: String,
+        /// Where the models run: the CPU backend, or the GPU through wgpu (Vulkan, Metal, DX12).
         #[arg(long, value_enum, default_value_t = Backend::Cpu)]
         backend: Backend,
+        /// Precision of the weights on the device (f16 halves GPU memory).
         #[arg(long, value_enum, default_value_t = Precision::F32)]
         dtype: Precision,
     },
