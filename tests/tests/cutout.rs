@@ -18,12 +18,7 @@ const SIZE: usize = 128;
 const TIMEOUT: Duration = Duration::from_secs(600);
 
 fn isnet_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ORFEAS_ISNET")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/orfeas/models/isnet-medium"))
-        })?;
+    let dir = orfeas::remove_bg::default_isnet_dir();
     if dir.join(orfeas_engine::weights::INDEX_FILE).is_file() {
         return Some(dir);
     }
