@@ -33,10 +33,13 @@ pub struct ConfigModel {
 }
 
 /// The models of the product, loaded in this order (background removal is small and first).
-/// `isnet-medium` is what `orfeas convert-isnet` writes (and `orfeas serve --models` serves).
-pub const DEFAULT_MODELS: [(&str, &str); 2] = [
+/// `isnet-medium` is what `orfeas convert-isnet` writes, `hunyuan3d/{conditioner,denoiser,vae}`
+/// what `orfeas convert -o hunyuan3d` writes (and `orfeas serve --models` serves both).
+pub const DEFAULT_MODELS: [(&str, &str); 4] = [
     ("isnet-medium", "Background removal"),
-    ("hunyuan3d", "Shape generation"),
+    ("hunyuan3d/conditioner", "Shape model: image encoder"),
+    ("hunyuan3d/denoiser", "Shape model: denoiser"),
+    ("hunyuan3d/vae", "Shape model: shape decoder"),
 ];
 
 pub const DEFAULT_BASE: &str = "models/";
@@ -106,10 +109,10 @@ mod tests {
     #[test]
     fn defaults_are_same_origin_per_model() {
         let models = resolve(None, &[]);
-        assert_eq!(models.len(), 2);
+        assert_eq!(models.len(), 4);
         assert_eq!(models[0].id, "isnet-medium");
         assert_eq!(models[0].url, "models/isnet-medium/");
-        assert_eq!(models[1].url, "models/hunyuan3d/");
+        assert_eq!(models[2].url, "models/hunyuan3d/denoiser/");
     }
 
     #[test]

@@ -45,6 +45,16 @@ pub struct EngineOptions {
     /// Letterbox the image for background removal instead of stretching it (`?letterbox=1`).
     #[serde(default)]
     pub letterbox: bool,
+    /// Shape generation settings (`?steps=`, `?guidance=`, `?octree_resolution=`, `?seed=`):
+    /// the reference's when absent.
+    #[serde(default)]
+    pub steps: Option<u32>,
+    #[serde(default)]
+    pub guidance: Option<f32>,
+    #[serde(default)]
+    pub octree_resolution: Option<u32>,
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 impl EngineOptions {
@@ -57,6 +67,17 @@ impl EngineOptions {
                 .and_then(|v| v.parse::<u32>().ok())
                 .map(|size| (size.clamp(64, 2048) / 32) * 32),
             letterbox: value("letterbox").is_some_and(|v| v == "1" || v == "true"),
+            steps: value("steps")
+                .and_then(|v| v.parse::<u32>().ok())
+                .map(|s| s.clamp(1, 200)),
+            guidance: value("guidance")
+                .and_then(|v| v.parse::<f32>().ok())
+                .filter(|g| g.is_finite())
+                .map(|g| g.clamp(0.0, 50.0)),
+            octree_resolution: value("octree_resolution")
+                .and_then(|v| v.parse::<u32>().ok())
+                .map(|r| r.clamp(16, 1024)),
+            seed: value("seed").and_then(|v| v.parse::<u64>().ok()),
         }
     }
 }
@@ -266,6 +287,14 @@ pub enum FromWorker {
     /// Background removal on the current image (a finished cut-out comes as an object
     /// message instead, `{type: "cutout", report: <this JSON>, png}`).
     Cutout(CutoutReport),
+    /// Where a running generation is: `stage` encoding | sampling | decoding | meshing, with
+    /// `done` of `total` sampling steps.
+    Generating {
+        request_id: u64,
+        stage: String,
+        done: u32,
+        total: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -459,6 +488,21 @@ mod tests {
         assert_eq!(tiny.background_size, Some(64));
         let bad = EngineOptions::from_params(&params(&[("background_size", "big")]));
         assert_eq!(bad.background_size, None);
+        let shape = EngineOptions::from_params(&params(&[
+            ("steps", "4"),
+            ("octree_resolution", "5000"),
+            ("seed", "9"),
+            ("guidance", "NaN"),
+        ]));
+        assert_eq!(
+            (
+                shape.steps,
+                shape.octree_resolution,
+                shape.seed,
+                shape.guidance
+            ),
+            (Some(4), Some(1024), Some(9), None)
+        );
         // An old UI's Start without options still parses.
         let start: ToWorker = serde_json::from_str(r#"{"type":"start","models":[]}"#).unwrap();
         assert_eq!(

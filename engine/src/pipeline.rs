@@ -348,8 +348,9 @@ impl ShapeModel {
         self.vae.key_values(self.vae.decode_latents(latents))
     }
 
-    /// The field (positive inside) at `points`.
-    pub async fn field_at(&self, points: &[[f32; 3]], kv: &KeyValues) -> Vec<f32> {
+    /// The field (positive inside) at `points`; an error when the device cannot hand it back
+    /// (e.g. it was lost).
+    pub async fn field_at(&self, points: &[[f32; 3]], kv: &KeyValues) -> Result<Vec<f32>, String> {
         let flat: Vec<f32> = points.iter().flatten().copied().collect();
         let tensor =
             Tensor::<3>::from_data(TensorData::new(flat, [1, points.len(), 3]), &self.device());
@@ -358,10 +359,10 @@ impl ShapeModel {
             .field(tensor, kv)
             .into_data_async()
             .await
-            .expect("read the field back");
+            .map_err(|e| format!("reading the field back from the device failed: {e:?}"))?;
         data.convert::<f32>()
             .try_into_vec::<f32>()
-            .expect("f32 field")
+            .map_err(|e| format!("the field is not f32: {e:?}"))
     }
 
     /// Decode the surface on the official grid (dense or coarse-to-fine) and extract it with
@@ -371,16 +372,28 @@ impl ShapeModel {
         kv: &KeyValues,
         options: &GenerateOptions,
         mut on_progress: impl FnMut(Progress),
-    ) -> Surface {
+    ) -> Result<Surface, String> {
         let grid = Grid::official(options.resolution);
         let mut queries = 0;
+        // After a failed read-back the remaining queries are not sent (the device is gone);
+        // the error is returned once decoding stops.
+        let mut failure = None;
         let query = async |points: &[[f32; 3]]| {
             queries += points.len();
             on_progress(Progress::Decoding { queries });
-            self.field_at(points, kv).await
+            if failure.is_none() {
+                match self.field_at(points, kv).await {
+                    Ok(values) => return values,
+                    Err(e) => failure = Some(e),
+                }
+            }
+            vec![f32::NAN; points.len()]
         };
         let mut mesh = if options.dense {
             let values = decode_dense(grid, options.chunk, query).await;
+            if let Some(e) = failure {
+                return Err(e);
+            }
             on_progress(Progress::Meshing);
             marching_cubes(Field {
                 values: &values,
@@ -389,16 +402,19 @@ impl ShapeModel {
         } else {
             let decoded =
                 decode_coarse_to_fine(grid, options.refinement(), options.chunk, query).await;
+            if let Some(e) = failure {
+                return Err(e);
+            }
             on_progress(Progress::Meshing);
             marching_cubes_sparse(&decoded.field)
         };
         let bounds = grid.bounds as f32;
         scale_to_bounds(&mut mesh, grid.dims(), [-bounds; 3], [bounds; 3]);
-        Surface {
+        Ok(Surface {
             grid,
             mesh,
             queries,
-        }
+        })
     }
 
     /// The whole generation for a pre-processed image `[3, height, width]` in [-1, 1].
@@ -409,7 +425,7 @@ impl ShapeModel {
         width: usize,
         options: &GenerateOptions,
         mut on_progress: impl FnMut(Progress),
-    ) -> Surface {
+    ) -> Result<Surface, String> {
         on_progress(Progress::Encoding);
         let cond = self.condition(image, height, width);
         let latents = self

@@ -33,7 +33,10 @@ fn the_models_stay_within_a_small_buffer_budget() {
                         Tensor::<3>::from_data(TensorData::new(noise.clone(), dims), &device);
                     let latents = model.sample(cond, noise, 3, 5.0, |_, _| {}).await;
                     let kv = model.key_values(latents);
-                    model.field_at(&points, &kv).await
+                    model
+                        .field_at(&points, &kv)
+                        .await
+                        .expect("the field reads back")
                 })
             };
             set_buffer_budget(DEFAULT_BUFFER_BUDGET);

@@ -282,7 +282,10 @@ fn image_to_field_to_mesh_end_to_end() {
                 .await;
             let kv = model.key_values(latents);
             decode_dense(grid, options.chunk, async |points| {
-                model.field_at(points, &kv).await
+                model
+                    .field_at(points, &kv)
+                    .await
+                    .expect("the field reads back")
             })
             .await
         })
@@ -333,7 +336,8 @@ fn generation_is_deterministic_under_a_seed() {
             shape[3],
             &options,
             |p| stages.push(p),
-        ));
+        ))
+        .expect("generation runs");
         (surface, stages)
     };
     let (a, stages) = generate(7);

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::{DType, Device};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use orfeas_engine::input::decode_image;
-use orfeas_engine::mesh::{Mesh, cleanup, decimate::decimate, export};
+use orfeas_engine::mesh::{Mesh, cleanup, export};
 use orfeas_engine::pipeline::{COMPONENTS, GenerateOptions, Progress, load_shape_model};
 use orfeas_engine::recenter::{SIZE, shape_input};
 use orfeas_engine::weights::source::DirSource;
@@ -61,17 +61,6 @@ pub struct GenerateArgs {
     pub isnet: PathBuf,
     pub device: Device,
     pub dtype: DType,
-}
-
-/// The official post-processing: floaters and degenerate faces go, then the face budget.
-pub fn clean_up(mut mesh: Mesh, max_faces: usize) -> Mesh {
-    cleanup::remove_small_components(&mut mesh, 0.01);
-    cleanup::remove_degenerate(&mut mesh, 1e-12);
-    cleanup::compact(&mut mesh);
-    if max_faces > 0 && mesh.triangles.len() > max_faces {
-        mesh = decimate(&mesh, max_faces);
-    }
-    mesh
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -161,6 +150,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             Progress::Meshing => steps.set_message("marching cubes"),
         },
     ));
+    let surface = surface.map_err(anyhow::Error::msg)?;
     steps.finish_with_message(format!(
         "{:.1} s, {} field queries",
         started.elapsed().as_secs_f64(),
@@ -170,7 +160,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if raw_faces == 0 {
         bail!("the model's field has no surface at level 0 (nothing to mesh)");
     }
-    let mesh = clean_up(surface.mesh, args.max_faces);
+    let mesh = cleanup::official(surface.mesh, args.max_faces);
     std::fs::write(&args.output, format.encode(&mesh))
         .with_context(|| format!("writing {}", args.output.display()))?;
     println!(

@@ -16,6 +16,15 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The shared fixtures: `$ORFEAS_FIXTURES` or `<repo>/../shared/fixtures/public`.
+pub fn fixtures_dir() -> PathBuf {
+    let dir = std::env::var_os("ORFEAS_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/fixtures/public"));
+    // Canonical, as WebDriver wants for uploads.
+    dir.canonicalize().unwrap_or(dir)
+}
+
 /// The trunk-built app: `$ORFEAS_DIST` or `<repo>/dist`.
 pub fn dist_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::var_os("ORFEAS_DIST")

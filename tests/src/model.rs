@@ -65,3 +65,58 @@ pub fn generate(
     };
     Ok(pack(&inputs, out, &options, |_, _| {})?)
 }
+
+/// The fixture shape model (the official code's small random-weight 2.1 DiT, VAE and DINOv2,
+/// `ORFEAS_FIXTURES`) converted by `orfeas convert` into `out` (`conditioner/`, `denoiser/`,
+/// `vae/`), as a user's checkpoint would be.
+pub fn fixture_shape_model(out: &Path) -> anyhow::Result<()> {
+    let fixtures = crate::fixtures_dir();
+    let scratch = tempfile::tempdir()?;
+    // The bundle: the three weight files' tensors, already named `model.`, `vae.`,
+    // `conditioner.` as in the official checkpoint.
+    let files: Vec<Vec<u8>> = ["dit21", "vae", "dinov2"]
+        .iter()
+        .map(|stage| std::fs::read(fixtures.join(format!("{stage}.weights.safetensors"))))
+        .collect::<Result<_, _>>()?;
+    let parsed: Vec<safetensors::SafeTensors> = files
+        .iter()
+        .map(|bytes| safetensors::SafeTensors::deserialize(bytes))
+        .collect::<Result<_, _>>()?;
+    let views: Vec<(String, TensorView)> = parsed.iter().flat_map(|st| st.tensors()).collect();
+    let bundle = scratch.path().join("model.fp16.safetensors");
+    safetensors::serialize_to_file(views, None, &bundle)?;
+    // config.yaml as the official repository lays it out (JSON is YAML).
+    let stages: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures.join("fixtures.json"))?)?;
+    let dinov2 = &stages["dinov2"]["config"];
+    let config = serde_json::json!({
+        "model": {
+            "target": "hy3dshape.models.denoisers.hunyuandit.HunYuanDiTPlain",
+            "params": stages["dit21"]["config"]["params"],
+        },
+        "vae": {
+            "target": "hy3dshape.models.autoencoders.ShapeVAE",
+            "params": stages["vae"]["config"]["params"],
+        },
+        "conditioner": {
+            "target": "hy3dshape.models.conditioner.SingleImageEncoder",
+            "params": {"main_image_encoder": {"type": "DinoImageEncoder", "kwargs": {
+                "config": dinov2["config"],
+                "image_size": dinov2["encoder_kwargs"]["image_size"],
+                "use_cls_token": true,
+            }}},
+        },
+        "scheduler": {
+            "target": "hy3dshape.schedulers.FlowMatchEulerDiscreteScheduler",
+            "params": {"num_train_timesteps": 1000},
+        },
+        "image_processor": {
+            "target": "hy3dshape.preprocessors.ImageProcessorV2",
+            "params": {"size": 512, "border_ratio": 0.15},
+        },
+    });
+    let yaml = scratch.path().join("config.yaml");
+    std::fs::write(&yaml, serde_json::to_vec_pretty(&config)?)?;
+    orfeas::convert::convert(&bundle, &yaml, out, 16 << 20, |_, _| {})?;
+    Ok(())
+}

@@ -35,12 +35,7 @@ fn isnet_dir() -> Option<PathBuf> {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    let dir = std::env::var_os("ORFEAS_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| orfeas_tests::repo_root().join("../shared/fixtures/public"));
-    let path = dir.join(name);
-    // WebDriver wants a canonical path for an upload.
-    path.canonicalize().unwrap_or(path)
+    orfeas_tests::fixtures_dir().join(name)
 }
 
 /// The cut-out the engine makes on the CPU backend with the same options.

@@ -55,6 +55,8 @@ pub enum RequestState {
     },
     Running {
         id: u64,
+        /// What the engine is doing, e.g. "sampling 3 / 30".
+        stage: String,
     },
     Finished {
         id: u64,
@@ -156,7 +158,10 @@ impl Studio {
 
     fn try_send(&self, id: u64) {
         if self.all_ready() {
-            self.request.set(RequestState::Running { id });
+            self.request.set(RequestState::Running {
+                id,
+                stage: String::new(),
+            });
             bridge::send(&ToWorker::Generate { request_id: id });
             return;
         }

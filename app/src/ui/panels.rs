@@ -150,7 +150,10 @@ pub fn GenerateControl() -> impl IntoView {
         RequestState::Waiting {
             retry_in_s, reason, ..
         } => ("waiting", format!("{reason}, retrying in {retry_in_s} s")),
-        RequestState::Running { id } => ("running", format!("request {id} running…")),
+        RequestState::Running { id, stage } if stage.is_empty() => {
+            ("running", format!("request {id} running…"))
+        }
+        RequestState::Running { id, stage } => ("running", format!("request {id}: {stage}…")),
         RequestState::Finished { id, ok, message } => (
             if ok { "done" } else { "error" },
             format!("request {id}: {message}"),

@@ -30,6 +30,7 @@ use crate::protocol::{
 };
 
 mod cutout;
+mod shape;
 
 /// Cache Storage name for model shards; bump the suffix if the stored format ever changes.
 pub const MODEL_CACHE: &str = "orfeas-models-v1";
@@ -77,8 +78,10 @@ struct Engine {
     isnet: RefCell<Option<Rc<orfeas_engine::models::isnet::IsNet>>>,
     /// Bumped per image, so a cut-out of an older image is not shown.
     cutout_generation: Cell<u64>,
-    /// The current image's cut-out (the shape model's input once generation is wired).
+    /// The current image's cut-out (the shape model's input).
     cutout: RefCell<Option<image::RgbaImage>>,
+    /// The shape model, built from its three shard sets at the first generation.
+    shape: RefCell<Option<Rc<orfeas_engine::pipeline::ShapeModel>>>,
 }
 
 thread_local! {
@@ -129,7 +132,7 @@ pub fn on_message(json: &str) {
                 }),
             }
         }
-        ToWorker::Generate { request_id } => generate(&engine, request_id),
+        ToWorker::Generate { request_id } => generate(engine, request_id),
         ToWorker::ClearCache => spawn_local(async {
             let message = match delete_cache(MODEL_CACHE).await {
                 Ok(true) => "model cache cleared: the next visit downloads the models again".into(),
@@ -281,14 +284,24 @@ async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
     let result = match webgpu_missing() {
         Some(reason) => Err(reason),
         None => {
-            let lost = engine.lost.borrow().clone();
-            gpu::acquire(move |reason| {
-                if let Some(lost) = &lost {
-                    let _ = lost.unbounded_send(reason);
+            // The browser's GPU process may be restarting (another context lost its device a
+            // moment ago): then the first requests fail, and a later one succeeds.
+            let mut attempt = 0;
+            loop {
+                let lost = engine.lost.borrow().clone();
+                let result = gpu::acquire(move |reason| {
+                    if let Some(lost) = &lost {
+                        let _ = lost.unbounded_send(reason);
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string());
+                attempt += 1;
+                if result.is_ok() || attempt == GPU_ATTEMPTS {
+                    break result;
                 }
-            })
-            .await
-            .map_err(|e| e.to_string())
+                sleep_ms(500 * attempt).await;
+            }
         }
     };
     match result {
@@ -334,6 +347,17 @@ async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
             false
         }
     }
+}
+
+/// Tries at acquiring the GPU before reporting it unavailable.
+const GPU_ATTEMPTS: i32 = 3;
+
+async fn sleep_ms(ms: i32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+        let _ = scope.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+    });
+    let _ = JsFuture::from(promise).await;
 }
 
 /// `Some(reason)` when this browser has no WebGPU at all.
@@ -394,6 +418,9 @@ async fn load_model(engine: Rc<Engine>, i: usize) {
         (slot.spec.id.clone(), slot.source.clone(), weights)
     };
     let mut weights = weights;
+    if shape::is_part(&engine, i) {
+        engine.shape.borrow_mut().take();
+    }
     set_status(&engine, &id, ModelStatusReport::Loading);
     loop {
         let generation = engine.device_generation.get();
@@ -531,7 +558,7 @@ async fn check_storage(id: &str, source: &CachedFetchSource, index: &ShardIndex)
     }
 }
 
-fn generate(engine: &Engine, request_id: u64) {
+fn generate(engine: Rc<Engine>, request_id: u64) {
     let slots = engine.models.borrow();
     if slots.is_empty() {
         post(&FromWorker::Error {
@@ -572,17 +599,8 @@ fn generate(engine: &Engine, request_id: u64) {
         });
         return;
     }
-    let tensors: usize = slots
-        .iter()
-        .filter_map(|s| s.weights.as_ref().map(WeightSet::len))
-        .sum();
-    post(&FromWorker::Error {
-        request_id: Some(request_id),
-        message: format!(
-            "all models are loaded ({tensors} tensors on the GPU), but this build has no \
-             image-to-3D pipeline yet"
-        ),
-    });
+    drop(slots);
+    spawn_local(shape::run(engine, request_id));
 }
 
 async fn verify_cache(engine: Rc<Engine>) {
@@ -630,6 +648,7 @@ async fn watch_device_loss(engine: Rc<Engine>, mut lost: mpsc::UnboundedReceiver
     while let Some(reason) = lost.next().await {
         engine.gpu.borrow_mut().take();
         engine.isnet.borrow_mut().take();
+        engine.shape.borrow_mut().take();
         engine
             .device_generation
             .set(engine.device_generation.get() + 1);
@@ -660,6 +679,11 @@ async fn watch_device_loss(engine: Rc<Engine>, mut lost: mpsc::UnboundedReceiver
                 })
                 .collect()
         };
+        // Their tensors went with the device: nothing may use them until they are back.
+        for &i in &reload {
+            let id = engine.models.borrow()[i].spec.id.clone();
+            set_status(&engine, &id, ModelStatusReport::Loading);
+        }
         if !acquire_gpu(&engine).await {
             continue;
         }

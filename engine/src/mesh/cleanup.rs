@@ -86,3 +86,19 @@ pub fn compact(mesh: &mut Mesh) {
         *t = t.map(|i| new_index[i as usize]);
     }
 }
+
+/// The reference's face budget after generation.
+pub const MAX_FACES: usize = 40_000;
+
+/// The official post-processing of a generated mesh: floaters (components under 1 % of the
+/// faces) and degenerate faces go, unused vertices with them, then decimation to `max_faces`
+/// (0 keeps every face).
+pub fn official(mut mesh: Mesh, max_faces: usize) -> Mesh {
+    remove_small_components(&mut mesh, 0.01);
+    remove_degenerate(&mut mesh, 1e-12);
+    compact(&mut mesh);
+    if max_faces > 0 && mesh.triangles.len() > max_faces {
+        mesh = super::decimate::decimate(&mesh, max_faces);
+    }
+    mesh
+}

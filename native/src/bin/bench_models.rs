@@ -124,10 +124,16 @@ fn bench(
     });
     let (decode, decode_mem, kv) = time(reps, || {
         let kv = model.key_values(latents.clone());
-        let _ = runtime.block_on(model.field_at(&points[..1], &kv));
+        let _ = runtime
+            .block_on(model.field_at(&points[..1], &kv))
+            .expect("field");
         kv
     });
-    let (field, field_mem, _) = time(reps, || runtime.block_on(model.field_at(&points, &kv)));
+    let (field, field_mem, _) = time(reps, || {
+        runtime
+            .block_on(model.field_at(&points, &kv))
+            .expect("field")
+    });
     let row = |stage: &str, secs: f64, mem: usize| {
         println!(
             "| {} | {backend} | {stage} | {:.3} | {:.2} |",

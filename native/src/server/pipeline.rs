@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use burn::tensor::Device;
 use orfeas_engine::background::{Options, has_alpha, remove_background};
-use orfeas_engine::mesh::export;
+use orfeas_engine::mesh::{cleanup, export};
 use orfeas_engine::models::isnet::{IsNet, checkpoint_name};
 use orfeas_engine::pipeline::{GenerateOptions, Progress, ShapeConfig, ShapeModel};
 use orfeas_engine::recenter::{SIZE, shape_input};
@@ -15,10 +15,6 @@ use orfeas_engine::weights::apply_torch_weights;
 
 use super::jobs::{JobInput, MeshFile, MeshFormat, Pipeline};
 use super::models::Models;
-use crate::generate::clean_up;
-
-/// The reference's face budget after generation.
-const MAX_FACES: usize = 40_000;
 
 struct Networks {
     shape: ShapeModel,
@@ -112,11 +108,11 @@ impl ModelPipeline {
                     step(done as u32, total as u32);
                 }
             })
-            .await;
+            .await?;
         if surface.mesh.triangles.is_empty() {
             return Err("the model's field has no surface at level 0 (nothing to mesh)".into());
         }
-        let mesh = clean_up(surface.mesh, MAX_FACES);
+        let mesh = cleanup::official(surface.mesh, cleanup::MAX_FACES);
         let bytes = match params.format {
             MeshFormat::Glb => export::to_glb(&mesh),
             MeshFormat::Obj => export::to_obj(&mesh).into_bytes(),

@@ -1,0 +1,150 @@
+//! Image → 3D in the web app, in a real headless Chromium (WebGPU on SwiftShader): the fixture
+//! shape model (converted from the official layout by `orfeas convert`) streams in as three
+//! shard sets; Generate runs the pipeline in the engine worker and the mesh reaches the viewer
+//! and its downloads, matching the engine's own run on the CPU backend.
+
+use std::time::Duration;
+
+use orfeas_engine::mesh::cleanup;
+use orfeas_engine::pipeline::{COMPONENTS, GenerateOptions, load_shape_model};
+use orfeas_engine::recenter::{SIZE, shape_input};
+use orfeas_engine::weights::source::DirSource;
+use orfeas_tests::browser::{Browser, Chromedriver, model_attr};
+use orfeas_tests::server::Server;
+use orfeas_tests::{dist_dir, fixtures_dir, model};
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Faces and bounds of the engine's own run on the CPU backend, with the page's settings.
+fn cpu_reference(model_dir: &std::path::Path) -> anyhow::Result<(usize, [f32; 3], [f32; 3])> {
+    let device = orfeas_engine::device::cpu();
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let sources = COMPONENTS.map(|c| DirSource::new(model_dir.join(c)));
+    let model = runtime
+        .block_on(load_shape_model(
+            [&sources[0], &sources[1], &sources[2]],
+            &device,
+            burn::tensor::DType::F32,
+            |_, _| {},
+        ))
+        .map_err(anyhow::Error::msg)?;
+    let png = std::fs::read(fixtures_dir().join("preprocess_input_0.png"))?;
+    let input = shape_input(&orfeas_engine::input::decode_image(&png)?, SIZE)?;
+    let options = GenerateOptions {
+        steps: 4,
+        resolution: 32,
+        seed: 7,
+        ..GenerateOptions::default()
+    };
+    let surface = runtime
+        .block_on(model.generate(&input.image, SIZE, SIZE, &options, |_| {}))
+        .map_err(anyhow::Error::msg)?;
+    let mesh = cleanup::official(surface.mesh, cleanup::MAX_FACES);
+    let (lo, hi) = mesh.bounds().ok_or_else(|| anyhow::anyhow!("no mesh"))?;
+    Ok((mesh.triangles.len(), lo, hi))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generate_runs_the_shape_model_in_the_browser_and_shows_the_mesh() -> anyhow::Result<()> {
+    let models = tempfile::tempdir()?;
+    let shape = models.path().join("hunyuan3d");
+    model::fixture_shape_model(&shape)?;
+    let server = Server::start(&dist_dir()?, models.path()).await?;
+    server.put_file(
+        "orfeas.json",
+        "application/json",
+        r#"{"models":[{"id":"hunyuan3d/conditioner","label":"Image encoder"},{"id":"hunyuan3d/denoiser","label":"Denoiser"},{"id":"hunyuan3d/vae","label":"Shape decoder"}]}"#,
+    );
+    let driver = Chromedriver::start().await?;
+    let browser = Browser::open(&driver, true).await?;
+    browser
+        .goto(&server.url("/?steps=4&octree_resolution=32&seed=7&turntable=0"))
+        .await?;
+    browser
+        .wait_for(
+            "the drop zone",
+            "document.querySelector('input[type=file]')",
+            Duration::from_secs(30),
+        )
+        .await?;
+    for part in COMPONENTS {
+        browser
+            .wait_for(
+                &format!("{part} ready"),
+                &format!(
+                    "{} === 'ready'",
+                    model_attr(&format!("hunyuan3d/{part}"), "status")
+                ),
+                TIMEOUT,
+            )
+            .await?;
+    }
+    // A cut-out already (alpha), so no background removal is needed.
+    let photo = fixtures_dir().join("preprocess_input_0.png");
+    browser.choose_file("input[type=file]", &photo).await?;
+    browser
+        .wait_for(
+            "the cut-out",
+            "document.querySelector('[data-testid=cutout]')?.dataset.state === 'kept'",
+            Duration::from_secs(60),
+        )
+        .await?;
+    browser.click("[data-testid=generate]").await?;
+    let outcome = browser
+        .wait_for(
+            "the generation",
+            "(() => { const s = document.querySelector('[data-testid=request-status]'); \
+             return (s.dataset.state === 'done' || s.dataset.state === 'error') && s.innerText; })()",
+            TIMEOUT,
+        )
+        .await?;
+    eprintln!("generation: {outcome}");
+    let state = browser
+        .eval("return document.querySelector('[data-testid=request-status]').dataset.state")
+        .await?;
+    assert_eq!(state, "done", "{outcome}");
+    assert!(
+        outcome.as_str().unwrap_or_default().contains("faces"),
+        "{outcome}"
+    );
+    let label = browser
+        .wait_for(
+            "the shape in the viewer",
+            "(() => { const l = document.querySelector('[data-testid=mesh-label]'); \
+             return l && l.innerText.includes('Shape') && l.innerText; })()",
+            Duration::from_secs(30),
+        )
+        .await?;
+    assert!(
+        label.as_str().unwrap_or_default().contains("4 steps"),
+        "{label}"
+    );
+
+    // The GLB download re-parses, and agrees with the CPU backend's run of the same model.
+    let href = browser
+        .eval("return document.querySelector('a.download[data-format=glb]').href")
+        .await?;
+    let glb = browser
+        .fetch_bytes(href.as_str().unwrap_or_default())
+        .await?;
+    let gltf = gltf::Gltf::from_slice(&glb)?;
+    let primitive = gltf.meshes().next().unwrap().primitives().next().unwrap();
+    let faces = primitive.indices().map_or(0, |i| i.count()) / 3;
+    let bounds = primitive.bounding_box();
+    let (cpu_faces, lo, hi) = tokio::task::spawn_blocking(move || cpu_reference(&shape)).await??;
+    eprintln!(
+        "browser: {faces} faces, bounds {bounds:?}; CPU backend: {cpu_faces} faces, {lo:?}..{hi:?}"
+    );
+    assert!(faces > 0);
+    let ratio = faces as f64 / cpu_faces as f64;
+    assert!(
+        (0.95..=1.05).contains(&ratio),
+        "{faces} vs {cpu_faces} faces"
+    );
+    for d in 0..3 {
+        assert!((bounds.min[d] - lo[d]).abs() < 0.05, "{bounds:?} vs {lo:?}");
+        assert!((bounds.max[d] - hi[d]).abs() < 0.05, "{bounds:?} vs {hi:?}");
+    }
+    browser.close().await;
+    Ok(())
+}
