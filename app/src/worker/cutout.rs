@@ -13,31 +13,31 @@ use wasm_bindgen_futures::spawn_local;
 use super::{Engine, post};
 use crate::protocol::{CutoutReport, CutoutState, FromWorker, ModelStatusReport};
 
-/// Whether a shard set is ISNet (by the model id its index names).
-fn is_isnet(id: &str) -> bool {
-    id.starts_with("isnet")
+/// Whether slot `i` is background removal: its index names an `isnet…` model (or, before the
+/// index is read, its id does).
+pub(super) fn is_isnet(engine: &Engine, i: usize) -> bool {
+    let slots = engine.models.borrow();
+    let slot = &slots[i];
+    slot.index
+        .as_ref()
+        .map_or(slot.spec.id.as_str(), |index| index.model.id.as_str())
+        .starts_with("isnet")
 }
 
-/// After model `i` loaded: if it is ISNet, build the network from its weights. A set whose
-/// tensors do not fit the network fails the model with the reason.
-pub(super) fn adopt_if_isnet(engine: &Engine, i: usize) -> Result<(), String> {
-    let (weights, index_id) = {
+/// Build ISNet from slot `i`'s weights; a set whose tensors do not fit the network fails the
+/// model with the reason.
+pub(super) fn adopt(engine: &Engine, i: usize) -> Result<(), String> {
+    let (weights, id) = {
         let slots = engine.models.borrow();
         let slot = &slots[i];
-        let Some(index) = &slot.index else {
-            return Ok(());
-        };
-        (slot.weights.clone(), index.model.id.clone())
+        (slot.weights.clone(), slot.spec.id.clone())
     };
-    if !is_isnet(&index_id) {
-        return Ok(());
-    }
     let device = engine.gpu.borrow().as_ref().map(|gpu| gpu.device.clone());
     let (Some(weights), Some(device)) = (weights, device) else {
         return Err("no GPU device".into());
     };
     let model = apply_torch_weights(IsNet::init(&device), weights, checkpoint_name)
-        .map_err(|e| format!("{index_id} does not fit ISNet: {e}"))?;
+        .map_err(|e| format!("{id} does not fit ISNet: {e}"))?;
     *engine.isnet.borrow_mut() = Some(Rc::new(model));
     Ok(())
 }
@@ -89,17 +89,11 @@ pub(super) fn request(engine: &Rc<Engine>) {
         return;
     }
     let Some(model) = engine.isnet.borrow().clone() else {
-        let isnet_status = engine
-            .models
-            .borrow()
-            .iter()
-            .find(|slot| {
-                slot.index
-                    .as_ref()
-                    .map_or(slot.spec.id.as_str(), |i| i.model.id.as_str())
-                    .starts_with("isnet")
-            })
-            .map(|slot| (slot.spec.label.clone(), slot.status.clone()));
+        let count = engine.models.borrow().len();
+        let isnet_status = (0..count).find(|&i| is_isnet(engine, i)).map(|i| {
+            let slots = engine.models.borrow();
+            (slots[i].spec.label.clone(), slots[i].status.clone())
+        });
         let message = match isnet_status {
             None => report(
                 &name,

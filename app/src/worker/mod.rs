@@ -433,24 +433,27 @@ async fn load_model(engine: Rc<Engine>, i: usize) {
         }
         let tensors = weights.len();
         engine.models.borrow_mut()[i].weights = Some(weights);
-        let outcome =
-            outcome.and_then(|from_cache| cutout::adopt_if_isnet(&engine, i).map(|()| from_cache));
+        let isnet = cutout::is_isnet(&engine, i);
+        let outcome = outcome.and_then(|from_cache| {
+            if isnet {
+                cutout::adopt(&engine, i)?;
+            }
+            Ok(from_cache)
+        });
         match outcome {
-            Ok(from_cache) => {
-                set_status(
-                    &engine,
-                    &id,
-                    ModelStatusReport::Ready {
-                        tensors,
-                        from_cache,
-                    },
-                );
-                cutout::request(&engine);
-            }
-            Err(reason) => {
-                set_status(&engine, &id, ModelStatusReport::Failed { reason });
-                cutout::request(&engine);
-            }
+            Ok(from_cache) => set_status(
+                &engine,
+                &id,
+                ModelStatusReport::Ready {
+                    tensors,
+                    from_cache,
+                },
+            ),
+            Err(reason) => set_status(&engine, &id, ModelStatusReport::Failed { reason }),
+        }
+        // Background removal ready (or failed): the current image's cut-out follows (or says so).
+        if isnet {
+            cutout::request(&engine);
         }
         post(&FromWorker::Memory {
             wasm_heap_bytes: wasm_heap_bytes(),
