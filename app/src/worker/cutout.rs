@@ -32,9 +32,9 @@ pub(super) fn adopt(engine: &Engine, i: usize) -> Result<(), String> {
         let slot = &slots[i];
         (slot.weights.clone(), slot.spec.id.clone())
     };
-    let device = engine.gpu.borrow().as_ref().map(|gpu| gpu.device.clone());
-    let (Some(weights), Some(device)) = (weights, device) else {
-        return Err("no GPU device".into());
+    let device = engine.device()?;
+    let Some(weights) = weights else {
+        return Err(format!("{id} is not loaded"));
     };
     let model = apply_torch_weights(IsNet::init(&device), weights, checkpoint_name)
         .map_err(|e| format!("{id} does not fit ISNet: {e}"))?;
@@ -114,7 +114,7 @@ pub(super) fn request(engine: &Rc<Engine>) {
         post(&message);
         return;
     };
-    let Some(device) = engine.gpu.borrow().as_ref().map(|gpu| gpu.device.clone()) else {
+    let Ok(device) = engine.device() else {
         return;
     };
     let chosen = engine.options.borrow().clone();

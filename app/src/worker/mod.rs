@@ -84,6 +84,17 @@ struct Engine {
     shape: RefCell<Option<Rc<orfeas_engine::pipeline::ShapeModel>>>,
 }
 
+impl Engine {
+    /// The current GPU device.
+    fn device(&self) -> Result<burn::tensor::Device, String> {
+        self.gpu
+            .borrow()
+            .as_ref()
+            .map(|gpu| gpu.device.clone())
+            .ok_or_else(|| "no GPU device".to_string())
+    }
+}
+
 thread_local! {
     static ENGINE: Rc<Engine> = Rc::new(Engine::default());
 }

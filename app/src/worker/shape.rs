@@ -40,12 +40,7 @@ fn build(engine: &Engine) -> Result<Rc<ShapeModel>, String> {
     let parts = parts(engine).ok_or(
         "no shape model is configured (models <name>/conditioner, <name>/denoiser, <name>/vae)",
     )?;
-    let device = engine
-        .gpu
-        .borrow()
-        .as_ref()
-        .map(|gpu| gpu.device.clone())
-        .ok_or("no GPU device")?;
+    let device = engine.device()?;
     let [conditioner, denoiser, vae] = parts.map(|i| {
         let slots = engine.models.borrow();
         let slot = &slots[i];
@@ -103,12 +98,7 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, String
             model
         }
     };
-    let device = engine
-        .gpu
-        .borrow()
-        .as_ref()
-        .map(|gpu| gpu.device.clone())
-        .ok_or("no GPU device")?;
+    let device = engine.device()?;
     // The cut-out of this image if background removal made it; else make it (or use the
     // picture whole when it has transparency, or there is no background removal).
     let mut notes = Vec::new();
