@@ -12,7 +12,7 @@ use orfeas_engine::weights::source::DirSource;
 use safetensors::SafeTensors;
 
 mod common;
-use common::{Tensors, fixture_tensors, fixtures, orfeas, stage, text, write_config};
+use common::{Tensors, fixture_tensors, fixtures, orfeas, stage, text, write_bundle, write_config};
 
 /// Pickle protocol 2, only the opcodes `torch.save` uses for a state dict.
 struct Pickle(Vec<u8>);
@@ -308,15 +308,7 @@ fn the_variant_is_detected_and_a_mismatched_config_is_named() {
     );
     // The safetensors repack (flat prefixed names) converts to the same shard sets.
     let repack = dir.path().join("model.fp16.safetensors");
-    let all: Tensors = [&dit, &vae, &dino].into_iter().flatten().cloned().collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = all
-        .iter()
-        .map(|(n, s, b)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), b);
-            (n.clone(), view.unwrap())
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &repack).unwrap();
+    write_bundle(&repack, &[&dit, &vae, &dino]);
     let from_repack = orfeas(&[
         "convert",
         repack.to_str().unwrap(),

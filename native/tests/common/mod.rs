@@ -75,6 +75,21 @@ pub fn write_config(path: &Path, class: &str, params: &Value) {
     std::fs::write(path, yaml_serde::to_string(&yaml).unwrap()).unwrap();
 }
 
+/// The official safetensors repack of a checkpoint: every part's tensors, flat, F16, under
+/// their prefixed names.
+pub fn write_bundle(path: &Path, parts: &[&Tensors]) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = parts
+        .iter()
+        .copied()
+        .flatten()
+        .map(|(n, s, b)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), b);
+            (n.clone(), view.unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
 /// The fixture shape model (the 2.1 DiT, VAE, DINOv2 test weights) converted by `orfeas
 /// convert` into `dir` (three shard sets), as a user's real checkpoint would be.
 pub fn converted_fixture_model(dir: &Path) -> PathBuf {
@@ -88,15 +103,7 @@ pub fn converted_fixture_model(dir: &Path) -> PathBuf {
         fixture_tensors("vae.weights.safetensors"),
         fixture_tensors("dinov2.weights.safetensors"),
     ];
-    let views: Vec<(String, safetensors::tensor::TensorView)> = parts
-        .iter()
-        .flatten()
-        .map(|(n, s, b)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), b);
-            (n.clone(), view.unwrap())
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &bundle).unwrap();
+    write_bundle(&bundle, &[&parts[0], &parts[1], &parts[2]]);
     write_config(
         &yaml,
         "hunyuandit.HunYuanDiTPlain",
