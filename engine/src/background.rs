@@ -8,7 +8,7 @@
 //! or letterbox the image (aspect kept, padded with mid-grey, which normalises to zero)
 //! instead of stretching it.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use image::RgbaImage;
 use thiserror::Error;
 
@@ -158,7 +158,10 @@ pub async fn matte_of(
 ) -> Result<Vec<u8>, BackgroundError> {
     let size = options.size;
     let planes = normalise(&input_planes_with(rgba, options));
-    let x = Tensor::<4>::from_data(TensorData::new(planes, [1, 3, size, size]), device);
+    let x = Tensor::<4>::from_data(
+        TensorData::new(planes, [1, 3, size, size]),
+        (device, DType::F32),
+    );
     let probabilities = model
         .forward(x)
         .into_data_async()

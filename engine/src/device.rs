@@ -1,9 +1,9 @@
 //! Picking a compute device. Backends are cargo features: `flex` (CPU), `wgpu` (native GPU
 //! through Vulkan/Metal/DX12), `webgpu` (the browser's).
 
-use burn::tensor::Device;
 #[cfg(feature = "wgpu")]
 use burn::tensor::DeviceType;
+use burn::tensor::{DType, Device};
 
 /// burn's CPU backend, used where no GPU is wanted and in parity tests.
 #[cfg(feature = "flex")]
@@ -31,5 +31,24 @@ pub fn by_name(name: &str) -> Result<Device, String> {
             "no wgpu adapter found (install a Vulkan driver, e.g. mesa-vulkan-drivers)".to_string()
         }),
         other => Err(format!("backend {other:?} is not available in this build")),
+    }
+}
+
+/// Whether `device` computes in f16 (on wgpu: the adapter has `shader-f16`; burn's CPU
+/// backend reports its own support).
+pub fn supports_f16(device: &Device) -> bool {
+    device.supports_dtype(DType::F16)
+}
+
+/// The one place that decides the float dtype models run in: `requested` when the device can
+/// compute in it, else an error saying why.
+pub fn model_dtype(device: &Device, requested: DType) -> Result<DType, String> {
+    match requested {
+        DType::F32 => Ok(DType::F32),
+        DType::F16 if supports_f16(device) => Ok(DType::F16),
+        DType::F16 => Err(format!(
+            "this device ({device:?}) cannot compute in f16 (no shader-f16): use f32"
+        )),
+        other => Err(format!("models run in f32 or f16, not {other:?}")),
     }
 }

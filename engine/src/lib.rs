@@ -6,6 +6,7 @@
 
 pub mod background;
 pub mod device;
+pub mod fit;
 #[cfg(any(feature = "wgpu", feature = "webgpu"))]
 pub mod gpu;
 pub mod input;

@@ -20,25 +20,104 @@ use crate::sampler::{FlowMatchSchedule, initial_noise, sample};
 use crate::volume::{Grid, Refinement, decode_coarse_to_fine, decode_dense};
 use crate::weights::{LoadProgress, ShardSource, WeightSet, apply_torch_weights, load_all};
 
-/// The conditioner set's config: the Hugging Face `Dinov2Config` and the side the transform
-/// resizes to (the official `main_image_encoder.kwargs`).
+/// The conditioner set's config: the encoder class, the Hugging Face `Dinov2Config`, the side
+/// the transform resizes to and whether the CLS token is kept (the official
+/// `main_image_encoder.{type, kwargs}`), and the image processor's params.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConditionerConfig {
+    /// The official `main_image_encoder.type`; only `DinoImageEncoder` is implemented.
+    #[serde(default = "dino_image_encoder")]
+    pub encoder: String,
     pub config: Dinov2Config,
     pub image_size: usize,
+    #[serde(default)]
+    pub use_cls_token: Option<bool>,
+    #[serde(default)]
+    pub image_processor: Option<ImageProcessorConfig>,
 }
 
-/// The denoiser set's config: the official `model` target and params, and the scheduler.
+fn dino_image_encoder() -> String {
+    "DinoImageEncoder".into()
+}
+
+/// The official `ImageProcessorV2` params.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageProcessorConfig {
+    #[serde(default = "processor_size")]
+    pub size: usize,
+    #[serde(default = "border_ratio")]
+    pub border_ratio: f64,
+}
+
+fn processor_size() -> usize {
+    crate::recenter::SIZE
+}
+fn border_ratio() -> f64 {
+    crate::recenter::BORDER_RATIO
+}
+
+impl Default for ImageProcessorConfig {
+    fn default() -> Self {
+        Self {
+            size: processor_size(),
+            border_ratio: border_ratio(),
+        }
+    }
+}
+
+impl ConditionerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.encoder != "DinoImageEncoder" {
+            return Err(format!(
+                "conditioner main_image_encoder.type: {:?} is not supported (only \
+                 \"DinoImageEncoder\"; multi-view and CLIP encoders are not implemented)",
+                self.encoder
+            ));
+        }
+        self.config.validate()?;
+        let patch = self.config.patch_size;
+        if self.image_size == 0 || !self.image_size.is_multiple_of(patch) {
+            return Err(format!(
+                "conditioner image_size: {} is not a multiple of the patch size {patch}",
+                self.image_size
+            ));
+        }
+        let processor = self.image_processor.unwrap_or_default();
+        if processor.size < 16 || !(0.0..1.0).contains(&processor.border_ratio) {
+            return Err(format!(
+                "image_processor size {} / border_ratio {}: out of range",
+                processor.size, processor.border_ratio
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The denoiser set's config: the official `model` target and params, the scheduler, and the
+/// variant's name (what the converter detected).
 #[derive(Debug, Clone, Deserialize)]
 pub struct DenoiserConfig {
     #[serde(flatten)]
     pub architecture: Architecture,
     #[serde(default)]
     pub scheduler: Scheduler,
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+impl DenoiserConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.architecture {
+            Architecture::HunYuanDiTPlain { params } => params.validate(),
+            Architecture::Hunyuan3DDiT { params } => params.validate(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "architecture")]
+#[serde(tag = "architecture", deny_unknown_fields)]
 pub enum Architecture {
     /// 2.1.
     HunYuanDiTPlain { params: Dit21Config },
@@ -70,6 +149,7 @@ impl Scheduler {
 
 /// The vae set's config: the official `vae.params`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VaeConfig {
     pub params: ShapeVaeConfig,
 }
@@ -83,7 +163,8 @@ pub struct ShapeConfig {
 }
 
 impl ShapeConfig {
-    /// The configs as the three shard-set indexes store them.
+    /// The configs as the three shard-set indexes store them, checked: a field the engine
+    /// does not know or a value it does not implement is refused, naming both.
     pub fn from_values(
         conditioner: &serde_json::Value,
         denoiser: &serde_json::Value,
@@ -95,22 +176,50 @@ impl ShapeConfig {
         ) -> Result<T, String> {
             T::deserialize(value).map_err(|e| format!("the {part} config: {e}"))
         }
-        Ok(Self {
+        let config = Self {
             conditioner: parse("conditioner", conditioner)?,
             denoiser: parse("denoiser", denoiser)?,
             vae: parse("vae", vae)?,
-        })
+        };
+        config
+            .conditioner
+            .validate()
+            .map_err(|e| format!("the conditioner config: {e}"))?;
+        config
+            .denoiser
+            .validate()
+            .map_err(|e| format!("the denoiser config: {e}"))?;
+        config
+            .vae
+            .params
+            .validate()
+            .map_err(|e| format!("the vae config: {e}"))?;
+        Ok(config)
+    }
+
+    /// The sampler steps the variant is meant for: the turbo checkpoints' consistency ladder
+    /// was distilled for 5 (the official demos' setting), the others run 30.
+    pub fn default_steps(&self) -> usize {
+        match self.denoiser.scheduler {
+            Scheduler::Consistency { .. } => TURBO_STEPS,
+            Scheduler::FlowMatch => DEFAULT_STEPS,
+        }
     }
 }
 
 /// The sub-folders of a converted model, one shard set each.
 pub const COMPONENTS: [&str; 3] = ["conditioner", "denoiser", "vae"];
 
+/// The official demos' step counts: 30 with the flow-matching ladder, 5 for turbo.
+pub const DEFAULT_STEPS: usize = 30;
+pub const TURBO_STEPS: usize = 5;
+
 /// Knobs of one generation (the original studio's parameters; its defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GenerateOptions {
-    pub steps: usize,
+    /// Sampler steps; `None` takes the model's own (`ShapeModel::default_steps`: 5 for turbo, else 30).
+    pub steps: Option<usize>,
     pub guidance: f32,
     /// Octree resolution: the grid has `resolution + 1` points per axis.
     pub resolution: usize,
@@ -141,7 +250,7 @@ impl GenerateOptions {
 impl Default for GenerateOptions {
     fn default() -> Self {
         Self {
-            steps: 30,
+            steps: None,
             guidance: 5.0,
             resolution: 256,
             seed: 1234,
@@ -176,20 +285,22 @@ pub enum Denoiser {
 impl Denoiser {
     /// Guidance-distilled variants take the guidance scale as an input and need no CFG batch.
     pub fn guidance_distilled(&self) -> bool {
-        matches!(self, Denoiser::Flux(dit) if dit.guidance_in.is_some())
+        matches!(self, Denoiser::Flux(dit) if dit.guidance_embed())
     }
 
+    /// The velocity in f32 (the sampler's latents stay f32 whatever the network computes in).
     pub fn forward(
         &self,
         x: Tensor<3>,
         t: &[f32],
         context: Tensor<3>,
         guidance: Option<&[f32]>,
-    ) -> Tensor<3> {
-        match self {
+    ) -> Result<Tensor<3>, String> {
+        let v = match self {
             Denoiser::Plain(dit) => dit.forward(x, t, context),
-            Denoiser::Flux(dit) => dit.forward(x, t, context, guidance),
-        }
+            Denoiser::Flux(dit) => dit.forward(x, t, context, guidance)?,
+        };
+        Ok(v.cast(DType::F32))
     }
 }
 
@@ -205,6 +316,10 @@ pub struct Surface {
 pub struct ShapeModel {
     pub encoder: Dinov2,
     pub encoder_size: usize,
+    /// Keep DINOv2's CLS token in the image tokens (`use_cls_token`).
+    pub use_cls_token: bool,
+    pub image_processor: ImageProcessorConfig,
+    pub default_steps: usize,
     pub denoiser: Denoiser,
     pub scheduler: Scheduler,
     pub vae: ShapeVae,
@@ -222,19 +337,15 @@ impl ShapeModel {
         device: &Device,
     ) -> Result<Self, String> {
         let encoder_config = &config.conditioner.config;
-        if encoder_config.image_size != config.conditioner.image_size {
-            return Err(format!(
-                "the conditioner resizes to {} but its position embeddings are for {}; \
-                 interpolating them is not supported yet",
-                config.conditioner.image_size, encoder_config.image_size
-            ));
-        }
+        // An encoder size other than the position table's (2mini-turbo's 1022 over DINOv2's
+        // 518) resamples the table once, as Hugging Face does on every call.
         let encoder = apply_torch_weights(
             encoder_config.init(device),
             conditioner,
             dinov2::checkpoint_name,
         )
-        .map_err(|e| format!("conditioner: {e}"))?;
+        .map_err(|e| format!("conditioner: {e}"))?
+        .resize_positions(config.conditioner.image_size);
         let (model, channels) = match &config.denoiser.architecture {
             Architecture::HunYuanDiTPlain { params } => (
                 Denoiser::Plain(Box::new(
@@ -263,6 +374,9 @@ impl ShapeModel {
         Ok(Self {
             encoder,
             encoder_size: config.conditioner.image_size,
+            use_cls_token: config.conditioner.use_cls_token.unwrap_or(true),
+            image_processor: config.conditioner.image_processor.unwrap_or_default(),
+            default_steps: config.default_steps(),
             denoiser: model,
             scheduler: config.denoiser.scheduler,
             vae,
@@ -271,27 +385,53 @@ impl ShapeModel {
         })
     }
 
+    /// The float dtype the networks compute in (the loader's choice).
+    pub fn dtype(&self) -> DType {
+        self.vae.dtype()
+    }
+
+    /// The official `ImageProcessorV2` with this model's params (`image_processor.size`:
+    /// 512, or 1022 for 2mini-turbo) on an RGBA cut-out.
+    pub fn preprocess(
+        &self,
+        rgba: &image::RgbaImage,
+    ) -> Result<crate::recenter::ShapeInput, crate::recenter::RecenterError> {
+        crate::recenter::shape_input_with(
+            rgba,
+            self.image_processor.size,
+            self.image_processor.border_ratio,
+        )
+    }
+
     /// Image tokens for a pre-processed RGB image `[3, height, width]` in [-1, 1].
     pub fn condition(&self, image: &[f32], height: usize, width: usize) -> Tensor<3> {
         let device = self.device();
         let pixels = dinov2::preprocess(image, height, width, self.encoder_size);
-        self.encoder
-            .forward(dinov2::pixels_tensor(pixels, self.encoder_size, &device))
+        let tokens =
+            self.encoder
+                .forward(dinov2::pixels_tensor(pixels, self.encoder_size, &device));
+        if self.use_cls_token {
+            tokens
+        } else {
+            let [b, n, d] = tokens.dims();
+            tokens.slice([0..b, 1..n, 0..d])
+        }
     }
 
     fn device(&self) -> Device {
         self.vae.post_kl.weight.val().device()
     }
 
-    /// The seeded initial latents `[1, num_latents, channels]`.
+    /// The seeded initial latents `[1, num_latents, channels]`, f32.
     pub fn noise(&self, seed: u64) -> Tensor<3> {
         let dims = [1, self.num_latents, self.latent_channels];
         let values = initial_noise(seed, dims.iter().product());
-        Tensor::from_data(TensorData::new(values, dims), &self.device())
+        Tensor::from_data(TensorData::new(values, dims), (&self.device(), DType::F32))
     }
 
     /// Run the sampler from `noise` given image tokens `cond` (batch 1); `on_step(done,
-    /// total)` after every step.
+    /// total)` after every step. The latents and the Euler update stay f32; the denoiser sees
+    /// them in its own dtype.
     pub async fn sample(
         &self,
         cond: Tensor<3>,
@@ -303,6 +443,7 @@ impl ShapeModel {
         let schedule = self.scheduler.schedule(steps);
         let total = schedule.steps();
         let report = |i: usize, _: &Tensor<3>| on_step(i + 1, total);
+        let noise = noise.cast(DType::F32);
         if self.denoiser.guidance_distilled() {
             // The pipeline passes the scale through the guidance embedding and skips CFG.
             return sample(
@@ -312,7 +453,8 @@ impl ShapeModel {
                 async |x, t| {
                     let v = self
                         .denoiser
-                        .forward(x, &[t], cond.clone(), Some(&[guidance]));
+                        .forward(x, &[t], cond.clone(), Some(&[guidance]))
+                        .expect("the sampler gives a guidance-distilled denoiser its guidance");
                     (v.clone(), v)
                 },
                 report,
@@ -326,12 +468,15 @@ impl ShapeModel {
             &schedule,
             guidance,
             async |x, t| {
-                let v = self.denoiser.forward(
-                    Tensor::cat(vec![x.clone(), x], 0),
-                    &[t, t],
-                    context.clone(),
-                    None,
-                );
+                let v = self
+                    .denoiser
+                    .forward(
+                        Tensor::cat(vec![x.clone(), x], 0),
+                        &[t, t],
+                        context.clone(),
+                        None,
+                    )
+                    .expect("a CFG denoiser needs no guidance input");
                 let [_, n, c] = v.dims();
                 (
                     v.clone().slice([0..1, 0..n, 0..c]),
@@ -352,8 +497,10 @@ impl ShapeModel {
     /// (e.g. it was lost).
     pub async fn field_at(&self, points: &[[f32; 3]], kv: &KeyValues) -> Result<Vec<f32>, String> {
         let flat: Vec<f32> = points.iter().flatten().copied().collect();
-        let tensor =
-            Tensor::<3>::from_data(TensorData::new(flat, [1, points.len(), 3]), &self.device());
+        let tensor = Tensor::<3>::from_data(
+            TensorData::new(flat, [1, points.len(), 3]),
+            (&self.device(), DType::F32),
+        );
         let data = self
             .vae
             .field(tensor, kv)
@@ -432,7 +579,7 @@ impl ShapeModel {
             .sample(
                 cond,
                 self.noise(options.seed),
-                options.steps,
+                options.steps.unwrap_or(self.default_steps),
                 options.guidance,
                 |done, total| on_progress(Progress::Sampling { done, total }),
             )

@@ -37,12 +37,16 @@ fn weights_dir() -> Option<PathBuf> {
 }
 
 fn model(dir: &PathBuf, device: &Device) -> IsNet {
+    model_as(dir, device, DType::F32)
+}
+
+fn model_as(dir: &PathBuf, device: &Device, dtype: DType) -> IsNet {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let (_, weights) = runtime
-        .block_on(load_all(&DirSource::new(dir), device, DType::F32, |_| {}))
+        .block_on(load_all(&DirSource::new(dir), device, dtype, |_| {}))
         .expect("the converted ISNet weights load");
     apply_torch_weights(IsNet::init(device), weights, checkpoint_name)
         .expect("the converted weights fit the model")
@@ -105,6 +109,59 @@ fn parity_isnet_wgpu() {
     let (max, iou) = compare("wgpu/img0", &ours, &reference);
     assert!(iou >= 0.99, "IoU {iou}");
     assert!(max <= 5e-3, "max abs {max}");
+}
+
+#[test]
+fn parity_isnet_f16() {
+    // ISNet computing in f16 (the path of a browser with shader-f16). The reference model
+    // itself computes in fp16 (fixture README: 3.4e-4 from an fp32-activation run; its
+    // suggested bound for an fp16 port is 1e-2). CPU backend: image 0 at the full 1024²
+    // against onnxruntime. wgpu (lavapipe needs ~15 min per 1024² pass): image 0 at 256²,
+    // against the CPU backend's f32 run at the same size.
+    let Some(dir) = weights_dir() else { return };
+    let io = Io::read("isnet.io.safetensors");
+    let (input, _) = io.bytes("img0.input_u8");
+    let (reference, _) = io.tensor("img0.output");
+    let cpu = orfeas_engine::device::cpu();
+    let x = |device: &Device, planes: Vec<f32>, size: usize| {
+        Tensor::<4>::from_data(
+            TensorData::new(planes, [1, 3, size, size]),
+            (device, DType::F32),
+        )
+    };
+    let started = std::time::Instant::now();
+    let isnet = model_as(&dir, &cpu, DType::F16);
+    let out = isnet.forward(x(&cpu, normalise(&input), INPUT_SIZE));
+    assert_eq!(out.dtype(), DType::F32, "probabilities come back in f32");
+    let ours = values(out);
+    eprintln!("cpu f16 pass: {:.0} s", started.elapsed().as_secs_f64());
+    let (max, iou) = compare("cpu f16/img0", &ours, &reference);
+    assert!(iou >= 0.99, "IoU {iou}");
+    assert!(max <= 1e-2, "max abs {max}");
+
+    let Some((_, gpu)) = f16_devices().into_iter().find(|(name, _)| *name == "wgpu") else {
+        return;
+    };
+    let small = 256;
+    let png = std::fs::read(fixtures().join("isnet_input_0.png")).unwrap();
+    let rgba = orfeas_engine::input::decode_image(&png).unwrap();
+    let options = orfeas_engine::background::Options {
+        size: small,
+        ..Default::default()
+    };
+    let planes = normalise(&orfeas_engine::background::input_planes_with(
+        &rgba, &options,
+    ));
+    let f32_run = values(model(&dir, &cpu).forward(x(&cpu, planes.clone(), small)));
+    let started = std::time::Instant::now();
+    let f16_run = values(model_as(&dir, &gpu, DType::F16).forward(x(&gpu, planes, small)));
+    eprintln!(
+        "wgpu f16 pass at {small}²: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let (max, iou) = compare("wgpu f16 vs cpu f32 at 256²", &f16_run, &f32_run);
+    assert!(iou >= 0.99, "IoU {iou}");
+    assert!(max <= 1e-2, "max abs {max}");
 }
 
 #[test]

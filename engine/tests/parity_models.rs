@@ -257,7 +257,7 @@ fn image_to_field_to_mesh_end_to_end() {
     let sampler = stage("sampler");
     let options = GenerateOptions {
         guidance: sampler["config"]["guidance_scale"].as_f64().unwrap() as f32,
-        steps: sampler["config"]["num_inference_steps"].as_u64().unwrap() as usize,
+        steps: Some(sampler["config"]["num_inference_steps"].as_u64().unwrap() as usize),
         resolution: stage("vae")["config"]["octree_resolution"]
             .as_u64()
             .unwrap() as usize,
@@ -278,7 +278,13 @@ fn image_to_field_to_mesh_end_to_end() {
             let cond = model.condition(&image, image_shape[2], image_shape[3]);
             let noise = Tensor::<3>::from_data(TensorData::new(noise.clone(), dims), &device);
             let latents = model
-                .sample(cond, noise, options.steps, options.guidance, |_, _| {})
+                .sample(
+                    cond,
+                    noise,
+                    options.steps.unwrap(),
+                    options.guidance,
+                    |_, _| {},
+                )
                 .await;
             let kv = model.key_values(latents);
             decode_dense(grid, options.chunk, async |points| {
@@ -318,7 +324,7 @@ fn generation_is_deterministic_under_a_seed() {
     let device = orfeas_engine::device::cpu();
     let model = shape_model("dit21", &device);
     let options = GenerateOptions {
-        steps: 4,
+        steps: Some(4),
         resolution: 24,
         coarse_stride: 4,
         chunk: 1000,
@@ -373,10 +379,11 @@ fn generation_is_deterministic_under_a_seed() {
 
 #[test]
 fn parity_dit20() {
+    // Guidance-distilled sets give the guidance per sample in the io file (`{case}.guidance`);
+    // the model gets exactly those values.
     let stage = stage("dit20");
     let config: Dit20Config =
         serde_json::from_value(stage["config"]["params"].clone()).expect("the DiT params");
-    let guidance = stage["config"]["gen_guidance"].as_f64().map(|g| g as f32);
     let io = Io::read("dit20.io.safetensors");
     for (name, device) in devices() {
         let weights = load("dit20.weights.safetensors", &device);
@@ -386,6 +393,7 @@ fn parity_dit20() {
             orfeas_engine::models::dit20::checkpoint_name,
         )
         .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(model.guidance_embed(), config.guidance_embed);
         for case in ["pipe", "gen"] {
             let (x, x_shape) = io.tensor(&format!("{case}.x"));
             let (t, _) = io.tensor(&format!("{case}.t"));
@@ -395,17 +403,139 @@ fn parity_dit20() {
                 let dims: [usize; 3] = shape.try_into().unwrap();
                 Tensor::<3>::from_data(TensorData::new(values, dims), &device)
             };
-            let guidance: Option<Vec<f32>> = guidance.map(|g| vec![g; t.len()]);
-            let out = model.forward(
-                tensor(x, x_shape),
-                &t,
-                tensor(context, context_shape),
-                guidance.as_deref(),
+            let guidance = io.optional(&format!("{case}.guidance")).map(|(g, _)| g);
+            assert_eq!(
+                guidance.is_some(),
+                config.guidance_embed,
+                "{case}: the io file gives guidance exactly when the model embeds it"
             );
+            let out = model
+                .forward(
+                    tensor(x, x_shape),
+                    &t,
+                    tensor(context, context_shape),
+                    guidance.as_deref(),
+                )
+                .unwrap_or_else(|e| panic!("{name}/{case}: {e}"));
             let diff = max_abs_diff(&values(out), &out_ref);
             let tol = tolerance(&stage, case, 5e-5);
             eprintln!("dit20 {case} on {name}: max abs diff {diff:.2e} (tolerance {tol:.1e})");
             assert!(diff <= tol, "{name}/{case}: output differs by {diff}");
+        }
+    }
+}
+
+#[test]
+fn a_guidance_distilled_dit_refuses_to_run_without_guidance() {
+    // As the official model raises ValueError: a fast/turbo denoiser given no guidance scale.
+    let stage = stage("dit20");
+    let mut config: Dit20Config =
+        serde_json::from_value(stage["config"]["params"].clone()).unwrap();
+    config.guidance_embed = true;
+    let device = orfeas_engine::device::cpu();
+    let model = config.init(&device);
+    let x = Tensor::<3>::zeros([1, 4, config.in_channels], &device);
+    let context = Tensor::<3>::zeros([1, 3, config.context_in_dim], &device);
+    let err = model
+        .forward(x.clone(), &[0.5], context.clone(), None)
+        .unwrap_err();
+    assert!(err.contains("guidance"), "{err}");
+    let out = model
+        .forward(x, &[0.5], context, Some(&[5.0]))
+        .expect("runs with guidance");
+    assert_eq!(out.dims(), [1, 4, config.in_channels]);
+}
+
+/// The committed vectors of Hugging Face's own `interpolate_pos_encoding` (transformers 4.46.0,
+/// `scripts/dinov2_interpolation_vectors.py`).
+fn interpolation_vectors() -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/dinov2_interpolation.safetensors"),
+    )
+    .unwrap()
+}
+
+fn tensor_of(st: &safetensors::SafeTensors, name: &str) -> (Vec<f32>, Vec<usize>) {
+    let view = st.tensor(name).unwrap();
+    let values = match view.dtype() {
+        safetensors::Dtype::F32 => view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        safetensors::Dtype::F16 => view
+            .data()
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => panic!("{name}: {other:?}"),
+    };
+    (values, view.shape().to_vec())
+}
+
+#[test]
+fn dinov2_positions_interpolate_as_hugging_face_does() {
+    // 2mini-turbo's case: DINOv2's 37 × 37 table resampled for 1022 px (73 × 73 patches).
+    let bytes = interpolation_vectors();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (table, shape) = tensor_of(&st, "table.in");
+    let (expected, expected_shape) = tensor_of(&st, "table.out");
+    for (name, device) in devices() {
+        let dims: [usize; 3] = shape.clone().try_into().unwrap();
+        let table = Tensor::<3>::from_data(TensorData::new(table.clone(), dims), &device);
+        let out = orfeas_engine::models::dinov2::interpolate_positions(table, 73);
+        assert_eq!(out.dims().to_vec(), expected_shape);
+        let diff = max_abs_diff(&values(out), &expected);
+        eprintln!("position table 37² → 73² on {name}: max abs diff {diff:.2e}");
+        assert!(
+            diff <= 1e-5,
+            "{name}: the resampled table differs by {diff}"
+        );
+    }
+}
+
+#[test]
+fn dinov2_runs_at_other_sizes_than_its_table() {
+    // A tiny Dinov2Model (table for 56 px) run by Hugging Face at 98 px (upsampled table) and
+    // 42 px (downsampled): our resized model gives the same last hidden state.
+    let bytes = interpolation_vectors();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let config: Dinov2Config = serde_json::from_value(serde_json::json!({
+        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "patch_size": 14,
+        "image_size": 56, "mlp_ratio": 4, "layer_norm_eps": 1e-6, "qkv_bias": true,
+        "use_swiglu_ffn": false
+    }))
+    .unwrap();
+    for (name, device) in devices() {
+        for side in [98usize, 42] {
+            let mut weights = orfeas_engine::weights::WeightSet::new();
+            let tensors = st
+                .tensors()
+                .into_iter()
+                .filter_map(|(n, view)| {
+                    let n = n.strip_prefix("model.")?.to_string();
+                    let stored = orfeas_engine::weights::StoredTensor::upload(
+                        view.dtype(),
+                        view.shape(),
+                        view.data(),
+                        &device,
+                        burn::tensor::DType::F32,
+                    )
+                    .unwrap();
+                    Some((n, stored))
+                })
+                .collect();
+            weights.commit_shard("vectors", tensors);
+            let model = apply_torch_weights(config.init(&device), weights, checkpoint_name)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .resize_positions(side);
+            let (pixels, _) = tensor_of(&st, &format!("pixels.{side}"));
+            let (expected, _) = tensor_of(&st, &format!("hidden.{side}"));
+            let out = model.forward(pixels_tensor(pixels, side, &device));
+            let diff = max_abs_diff(&values(out), &expected);
+            eprintln!("DINOv2 at {side} px over a 56 px table on {name}: max abs diff {diff:.2e}");
+            assert!(diff <= 1e-4, "{name}/{side}: differs by {diff}");
         }
     }
 }

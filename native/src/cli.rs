@@ -94,6 +94,29 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         shard_size: u64,
     },
+    /// Write a checkpoint in an official Hunyuan3D variant's layout (its config.yaml, real
+    /// tensor names and shapes) filled with seeded random F16 weights: for tests and benchmarks
+    /// of `convert` and the engine at real sizes when no real checkpoint is at hand.
+    Synthesize {
+        /// The official variant whose layout to write.
+        #[arg(long, value_enum)]
+        variant: crate::synthetic::Variant,
+        /// The same layout at small depth and width (image sizes stay real).
+        #[arg(long)]
+        reduced: bool,
+        /// A torch zip checkpoint (model.fp16.ckpt) or the safetensors repack.
+        #[arg(long, value_enum, default_value_t = crate::synthetic::Format::Ckpt)]
+        format: crate::synthetic::Format,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write only config.yaml.
+        #[arg(long)]
+        config_only: bool,
+        /// Output folder (gets config.yaml and the checkpoint).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Convert the ISNet background-removal model from the npm package
     /// @imgly/background-removal-data@1.4.5 (its dist/ folder) into a shard set; does nothing
     /// when the output already holds a verified conversion.
@@ -132,9 +155,9 @@ enum Command {
         /// The mesh file: .glb, .obj, .stl or .ply.
         #[arg(short, long)]
         output: PathBuf,
-        /// Sampler steps (turbo models: 5-8).
-        #[arg(long, default_value_t = 30)]
-        steps: usize,
+        /// Sampler steps (default: the model's own, 5 for turbo checkpoints, else 30).
+        #[arg(long)]
+        steps: Option<usize>,
         /// Classifier-free guidance scale (the guidance input for fast/turbo models).
         #[arg(long, default_value_t = 5.0)]
         guidance: f32,
@@ -307,11 +330,45 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             if !converted.skipped.is_empty() {
                 println!(
-                    "  skipped {} tensors outside model./vae./conditioner. (first: {})",
+                    "  skipped {} tensors that image-to-3D does not use (the VAE's point-cloud \
+                     encoder): {}",
                     converted.skipped.len(),
-                    converted.skipped[0]
+                    crate::convert::summarize(&converted.skipped)
                 );
             }
+            Ok(())
+        }
+        Command::Synthesize {
+            variant,
+            reduced,
+            format,
+            seed,
+            config_only,
+            output,
+        } => {
+            if config_only {
+                std::fs::create_dir_all(&output)?;
+                std::fs::write(output.join("config.yaml"), variant.config_yaml(reduced))?;
+                return Ok(());
+            }
+            let bar = bytes_bar(0, variant.name());
+            let (path, entries) =
+                crate::synthetic::write(variant, reduced, format, &output, seed, |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })?;
+            bar.finish_and_clear();
+            let (all, used) = crate::synthetic::sizes(&entries);
+            println!(
+                "Hunyuan3D-{} layout ({}{}): {} ({} tensors, {all} bytes of f16; {used} used by \
+                 image-to-3D) and {}",
+                variant.name(),
+                variant.source(),
+                if reduced { ", reduced" } else { "" },
+                path.display(),
+                entries.len(),
+                output.join("config.yaml").display()
+            );
             Ok(())
         }
         Command::ConvertIsnet { dist, output } => {

@@ -10,8 +10,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use orfeas_engine::pipeline::{COMPONENTS, ShapeConfig};
+use orfeas_engine::models::{dinov2, dit20, dit21, shape_vae};
+use orfeas_engine::pipeline::{Architecture, COMPONENTS, ShapeConfig};
 use orfeas_engine::weights::pack::{self, PackOptions, PackTensor};
+use orfeas_engine::weights::torch_layout;
 use safetensors::Dtype;
 use serde_json::{Value, json};
 
@@ -28,7 +30,8 @@ pub struct Converted {
     pub variant: Variant,
     /// Per component: tensors and F16 bytes written.
     pub sets: Vec<(&'static str, usize, u64)>,
-    /// Tensors in the checkpoint that belong to none of the three parts.
+    /// Tensors of the checkpoint that image-to-3D does not use (the 2.1 VAE's encoder and
+    /// `pre_kl`), left out.
     pub skipped: Vec<String>,
 }
 
@@ -108,60 +111,205 @@ fn detect(tensors: &[PackTensor], scheduler_is_consistency: bool) -> Result<Vari
              nor Hunyuan3DDiT (no model.double_blocks.*)"
         );
     }
+    let distilled = tensors
+        .iter()
+        .any(|t| t.name.starts_with("model.guidance_in."));
+    Ok(flux_variant(double, distilled, scheduler_is_consistency))
+}
+
+/// A `Hunyuan3DDiT` variant's name: 16 double blocks are 2.0, 8 are 2mini; guidance-distilled
+/// ones are -fast, or -turbo with the consistency scheduler.
+fn flux_variant(double: usize, distilled: bool, consistency: bool) -> Variant {
     let family = match double {
         16 => "2.0".to_string(),
         8 => "2mini".to_string(),
         n => format!("Hunyuan3DDiT with {n} double blocks"),
     };
-    let distilled = tensors
-        .iter()
-        .any(|t| t.name.starts_with("model.guidance_in."));
-    let suffix = match (distilled, scheduler_is_consistency) {
+    let suffix = match (distilled, consistency) {
         (false, _) => "",
         (true, false) => "-fast",
         (true, true) => "-turbo",
     };
-    Ok(Variant {
+    Variant {
         architecture: "Hunyuan3DDiT",
         name: format!("{family}{suffix}"),
-    })
+    }
 }
 
-/// The three index configs from the official `config.yaml`.
-fn configs(yaml: &Value, variant: &Variant) -> Result<[Value; 3]> {
+fn is_consistency(yaml: &Value) -> bool {
+    yaml["scheduler"]["target"]
+        .as_str()
+        .is_some_and(|t| t.ends_with("ConsistencyFlowMatchEulerDiscreteScheduler"))
+}
+
+/// The variant a `config.yaml` describes (its model class, block count, guidance flag and
+/// scheduler).
+pub fn variant_from_config(yaml: &Value) -> Result<Variant> {
     let target = yaml["model"]["target"].as_str().unwrap_or_default();
+    match target.rsplit('.').next().unwrap_or_default() {
+        "HunYuanDiTPlain" => Ok(Variant {
+            architecture: "HunYuanDiTPlain",
+            name: "2.1".into(),
+        }),
+        "Hunyuan3DDiT" => {
+            let params = &yaml["model"]["params"];
+            Ok(flux_variant(
+                params["depth"].as_u64().unwrap_or(16) as usize,
+                params["guidance_embed"].as_bool().unwrap_or(false),
+                is_consistency(yaml),
+            ))
+        }
+        _ => bail!(
+            "config.yaml model.target: {target:?} is not a Hunyuan3D shape denoiser \
+             (HunYuanDiTPlain or Hunyuan3DDiT)"
+        ),
+    }
+}
+
+/// Tensors of the official bundles that image-to-3D never runs: the 2.1 VAE's point-cloud
+/// encoder and its `pre_kl` projection (used to encode meshes, for training).
+pub fn unused_by_image_to_3d(name: &str) -> bool {
+    name.starts_with("vae.encoder.") || name.starts_with("vae.pre_kl.")
+}
+
+/// Names grouped by their first three segments, with counts: `vae.encoder.self_attn (96),
+/// vae.pre_kl (2)`.
+pub fn summarize(names: &[String]) -> String {
+    let mut groups: Vec<(String, usize)> = Vec::new();
+    for name in names {
+        let key = name.split('.').take(3).collect::<Vec<_>>().join(".");
+        let key = key
+            .trim_end_matches(".weight")
+            .trim_end_matches(".bias")
+            .to_string();
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => groups.push((key, 1)),
+        }
+    }
+    groups
+        .iter()
+        .map(|(k, n)| format!("{k}.* ({n})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `target`'s class must be one of `classes` (the official module paths vary: `hy3dshape.…`
+/// in 2.1, `hy3dgen.shapegen.…` in 2.0).
+fn expect_class(yaml: &Value, section: &str, classes: &[&str]) -> Result<String> {
+    let target = yaml[section]["target"].as_str().unwrap_or_default();
     let class = target.rsplit('.').next().unwrap_or_default();
+    if !classes.contains(&class) {
+        bail!(
+            "config.yaml {section}.target: {target:?} is not supported (only {})",
+            classes.join(" or ")
+        );
+    }
+    Ok(class.to_string())
+}
+
+/// Refuse any key of `map` outside `known`, naming it and its value.
+fn only_known(map: &Value, what: &str, known: &[&str]) -> Result<()> {
+    if let Some(map) = map.as_object()
+        && let Some((key, value)) = map.iter().find(|(k, _)| !known.contains(&k.as_str()))
+    {
+        bail!("config.yaml {what}.{key}: {value} is not a setting orfeas knows");
+    }
+    Ok(())
+}
+
+/// The three index configs from the official `config.yaml`: every section the engine reads is
+/// checked, and a value the engine does not implement is refused naming the field and value.
+pub fn configs(yaml: &Value, variant: &Variant) -> Result<[Value; 3]> {
+    let class = expect_class(yaml, "model", &["HunYuanDiTPlain", "Hunyuan3DDiT"])?;
     if class != variant.architecture {
         bail!(
-            "config.yaml's model is {target:?} but the weights are a {} ({})",
+            "config.yaml's model is {:?} but the weights are a {} ({})",
+            yaml["model"]["target"].as_str().unwrap_or_default(),
             variant.architecture,
             variant.name
         );
     }
-    let encoder = &yaml["conditioner"]["params"]["main_image_encoder"];
+    expect_class(yaml, "vae", &["ShapeVAE"])?;
+    expect_class(yaml, "conditioner", &["SingleImageEncoder"])?;
+    let conditioner_params = &yaml["conditioner"]["params"];
+    only_known(
+        conditioner_params,
+        "conditioner.params",
+        &["main_image_encoder"],
+    )?;
+    let encoder = &conditioner_params["main_image_encoder"];
+    only_known(
+        encoder,
+        "conditioner.params.main_image_encoder",
+        &["type", "kwargs"],
+    )?;
     let kwargs = &encoder["kwargs"];
+    only_known(
+        kwargs,
+        "conditioner.params.main_image_encoder.kwargs",
+        &["config", "image_size", "use_cls_token", "version"],
+    )?;
     if kwargs["config"].is_null() {
         bail!("config.yaml has no conditioner.params.main_image_encoder.kwargs.config");
     }
     let image_size = kwargs["image_size"]
         .as_u64()
-        .or_else(|| kwargs["config"]["image_size"].as_u64())
-        .context("config.yaml gives no conditioner image_size")?;
-    let scheduler_target = yaml["scheduler"]["target"].as_str().unwrap_or_default();
-    let scheduler = if scheduler_target.ends_with("ConsistencyFlowMatchEulerDiscreteScheduler") {
+        .context("config.yaml gives no conditioner.params.main_image_encoder.kwargs.image_size")?;
+    let scheduler_class = expect_class(
+        yaml,
+        "scheduler",
+        &[
+            "FlowMatchEulerDiscreteScheduler",
+            "ConsistencyFlowMatchEulerDiscreteScheduler",
+        ],
+    )?;
+    let scheduler_params = &yaml["scheduler"]["params"];
+    let train = scheduler_params["num_train_timesteps"]
+        .as_u64()
+        .unwrap_or(1000);
+    if train != 1000 {
+        bail!(
+            "config.yaml scheduler.params.num_train_timesteps: {train} is not supported (only 1000)"
+        );
+    }
+    let scheduler = if scheduler_class == "ConsistencyFlowMatchEulerDiscreteScheduler" {
+        only_known(
+            scheduler_params,
+            "scheduler.params",
+            &["num_train_timesteps", "pcm_timesteps"],
+        )?;
         // The class default is 50; the turbo configs set 100.
-        let pcm = yaml["scheduler"]["params"]["pcm_timesteps"]
-            .as_u64()
-            .unwrap_or(50);
+        let pcm = scheduler_params["pcm_timesteps"].as_u64().unwrap_or(50);
+        if pcm == 0 || 1000 % pcm != 0 {
+            bail!("config.yaml scheduler.params.pcm_timesteps: {pcm} must divide 1000");
+        }
         json!({"kind": "consistency", "pcm_timesteps": pcm})
     } else {
+        only_known(
+            scheduler_params,
+            "scheduler.params",
+            &["num_train_timesteps", "shift"],
+        )?;
+        let shift = scheduler_params["shift"].as_f64().unwrap_or(1.0);
+        if shift != 1.0 {
+            bail!("config.yaml scheduler.params.shift: {shift} is not supported (only 1.0)");
+        }
         json!({"kind": "flow_match"})
     };
+    let processor = match yaml.get("image_processor") {
+        None | Some(Value::Null) => Value::Null,
+        Some(_) => {
+            expect_class(yaml, "image_processor", &["ImageProcessorV2"])?;
+            yaml["image_processor"]["params"].clone()
+        }
+    };
     let conditioner = json!({
+        "encoder": encoder["type"].as_str().unwrap_or("DinoImageEncoder"),
         "config": kwargs["config"],
         "image_size": image_size,
         "use_cls_token": kwargs["use_cls_token"],
-        "image_processor": yaml["image_processor"]["params"],
+        "image_processor": processor,
     });
     let denoiser = json!({
         "architecture": variant.architecture,
@@ -172,6 +320,115 @@ fn configs(yaml: &Value, variant: &Variant) -> Result<[Value; 3]> {
     let vae = json!({ "params": yaml["vae"]["params"] });
     ShapeConfig::from_values(&conditioner, &denoiser, &vae).map_err(anyhow::Error::msg)?;
     Ok([conditioner, denoiser, vae])
+}
+
+/// One tensor the engine expects from a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+/// Every tensor the engine loads for the model `config.yaml` describes, under the official
+/// names and shapes (`conditioner.`, `model.`, `vae.` in that order); the parameters stay lazy,
+/// so a full-size layout allocates nothing.
+pub fn layout(yaml: &Value) -> Result<(Variant, Vec<Expected>)> {
+    let variant = variant_from_config(yaml)?;
+    let [conditioner, denoiser, vae] = configs(yaml, &variant)?;
+    let config =
+        ShapeConfig::from_values(&conditioner, &denoiser, &vae).map_err(anyhow::Error::msg)?;
+    let device = burn::tensor::Device::flex();
+    let mut out = Vec::new();
+    let mut push = |list: Vec<(String, Vec<usize>)>| {
+        out.extend(
+            list.into_iter()
+                .map(|(name, shape)| Expected { name, shape }),
+        );
+    };
+    push(torch_layout(
+        &config.conditioner.config.init(&device),
+        dinov2::checkpoint_name,
+    ));
+    match &config.denoiser.architecture {
+        Architecture::HunYuanDiTPlain { params } => {
+            push(torch_layout(&params.init(&device), dit21::checkpoint_name))
+        }
+        Architecture::Hunyuan3DDiT { params } => {
+            push(torch_layout(&params.init(&device), dit20::checkpoint_name))
+        }
+    }
+    push(torch_layout(
+        &config
+            .vae
+            .params
+            .init(&device)
+            .map_err(anyhow::Error::msg)?,
+        shape_vae::checkpoint_name,
+    ));
+    Ok((variant, out))
+}
+
+/// Check the checkpoint's tensors against the layout: every expected tensor present with its
+/// shape and a float dtype; the others either unused by image-to-3D (returned, to skip and
+/// list) or refused.
+fn check_tensors(tensors: &[PackTensor], expected: &[Expected]) -> Result<Vec<String>> {
+    use std::collections::HashMap;
+    let by_name: HashMap<&str, &PackTensor> =
+        tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let wanted: HashMap<&str, &Expected> = expected.iter().map(|e| (e.name.as_str(), e)).collect();
+    let missing: Vec<&str> = expected
+        .iter()
+        .filter(|e| !by_name.contains_key(e.name.as_str()))
+        .map(|e| e.name.as_str())
+        .collect();
+    let list = |names: &[&str]| {
+        let mut s = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        if names.len() > 5 {
+            s.push_str(&format!(" and {} more", names.len() - 5));
+        }
+        s
+    };
+    if !missing.is_empty() {
+        bail!(
+            "the checkpoint does not fit its config.yaml: {} tensors missing ({})",
+            missing.len(),
+            list(&missing)
+        );
+    }
+    for e in expected {
+        let t = by_name[e.name.as_str()];
+        if t.shape != e.shape {
+            bail!(
+                "the checkpoint does not fit its config.yaml: {} is {:?}, the config makes {:?}",
+                e.name,
+                t.shape,
+                e.shape
+            );
+        }
+        if !orfeas_engine::weights::dtype::is_float(t.dtype) {
+            bail!("{}: dtype {:?} is not a float", e.name, t.dtype);
+        }
+    }
+    let extra: Vec<&str> = tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|n| !wanted.contains_key(n))
+        .collect();
+    let refused: Vec<&str> = extra
+        .iter()
+        .copied()
+        .filter(|n| !unused_by_image_to_3d(n))
+        .collect();
+    if !refused.is_empty() {
+        bail!(
+            "the checkpoint does not fit its config.yaml: {} tensors the model does not have ({})",
+            refused.len(),
+            list(&refused)
+        );
+    }
+    let mut skipped: Vec<String> = extra.into_iter().map(str::to_string).collect();
+    skipped.sort();
+    Ok(skipped)
 }
 
 /// Convert `checkpoint` with its `config_yaml` into shard sets under `out`; `on_bytes(done,
@@ -188,31 +445,31 @@ pub fn convert(
     let yaml: Value = yaml_serde::from_str(&text)
         .with_context(|| format!("{} is not valid YAML", config_yaml.display()))?;
     let tensors = read_checkpoint(checkpoint)?;
-    let consistency = yaml["scheduler"]["target"]
-        .as_str()
-        .is_some_and(|t| t.ends_with("ConsistencyFlowMatchEulerDiscreteScheduler"));
-    let variant = detect(&tensors, consistency)?;
-    let configs = configs(&yaml, &variant)?;
-
-    let mut parts: Vec<Vec<PackTensor>> = COMPONENTS.iter().map(|_| Vec::new()).collect();
-    let mut skipped = Vec::new();
-    for tensor in tensors {
-        match component_of(&tensor.name) {
-            Some(c) => parts[COMPONENTS.iter().position(|&x| x == c).expect("known")].push(tensor),
-            None => skipped.push(tensor.name),
+    for component in COMPONENTS {
+        let prefix = match component {
+            "denoiser" => "model.".to_string(),
+            other => format!("{other}."),
+        };
+        if !tensors.iter().any(|t| t.name.starts_with(&prefix)) {
+            bail!(
+                "{}: no {component} tensors (names starting with {prefix:?})",
+                checkpoint.display()
+            );
         }
     }
-    skipped.sort();
-    for (component, part) in COMPONENTS.iter().zip(&parts) {
-        if part.is_empty() {
-            bail!(
-                "{}: no {component} tensors (names starting with {:?})",
-                checkpoint.display(),
-                match *component {
-                    "denoiser" => "model.",
-                    other => other,
-                }
-            );
+    let variant = detect(&tensors, is_consistency(&yaml))?;
+    let configs = configs(&yaml, &variant)?;
+    // Everything is checked before anything is written: a refusal leaves no output.
+    let (_, expected) = layout(&yaml)?;
+    let skipped = check_tensors(&tensors, &expected)?;
+
+    let mut parts: Vec<Vec<PackTensor>> = COMPONENTS.iter().map(|_| Vec::new()).collect();
+    for tensor in tensors {
+        if skipped.binary_search(&tensor.name).is_ok() {
+            continue;
+        }
+        if let Some(c) = component_of(&tensor.name) {
+            parts[COMPONENTS.iter().position(|&x| x == c).expect("known")].push(tensor);
         }
     }
     let total: u64 = parts

@@ -8,7 +8,6 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use orfeas_engine::input::decode_image;
 use orfeas_engine::mesh::{Mesh, cleanup, export};
 use orfeas_engine::pipeline::{COMPONENTS, GenerateOptions, Progress, load_shape_model};
-use orfeas_engine::recenter::{SIZE, shape_input};
 use orfeas_engine::weights::source::DirSource;
 
 use crate::progress::{bytes_bar, show_load};
@@ -76,7 +75,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .join(orfeas_engine::weights::INDEX_FILE)
         .is_file()
     {
-        let isnet = crate::remove_bg::load_isnet(&args.isnet, &args.device, DType::F32)?;
+        let isnet = crate::remove_bg::load_isnet(&args.isnet, &args.device, args.dtype)?;
         crate::remove_bg::cut_out(&isnet, &rgba, &args.device)?
     } else {
         eprintln!(
@@ -87,8 +86,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         );
         rgba
     };
-    let input =
-        shape_input(&rgba, SIZE).map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
     for component in COMPONENTS {
         let dir = args.model.join(component);
         if !dir.join(orfeas_engine::weights::INDEX_FILE).is_file() {
@@ -123,8 +120,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         model.map_err(anyhow::Error::msg)
     })?;
+    // The model's own image processor (2mini-turbo takes 1022 px).
+    let input = model
+        .preprocess(&rgba)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
+    let total_steps = args.options.steps.unwrap_or(model.default_steps);
 
-    let steps = bars.add(ProgressBar::new(args.options.steps as u64));
+    let steps = bars.add(ProgressBar::new(total_steps as u64));
     steps.set_style(
         ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} steps {elapsed} {msg}")
             .expect("valid template")

@@ -8,3 +8,4 @@ pub mod isnet;
 pub mod progress;
 pub mod remove_bg;
 pub mod server;
+pub mod synthetic;

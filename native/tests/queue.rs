@@ -24,7 +24,7 @@ impl Pipeline for Gated {
         input: JobInput,
         step: &(dyn Fn(u32, u32) + Send + Sync),
     ) -> Result<MeshFile, String> {
-        step(1, input.params.steps);
+        step(1, input.params.steps.unwrap_or(30));
         self.permits
             .acquire()
             .await

@@ -31,7 +31,7 @@ fn cpu_reference(model_dir: &std::path::Path) -> anyhow::Result<(usize, [f32; 3]
     let png = std::fs::read(fixtures_dir().join("preprocess_input_0.png"))?;
     let input = shape_input(&orfeas_engine::input::decode_image(&png)?, SIZE)?;
     let options = GenerateOptions {
-        steps: 4,
+        steps: Some(4),
         resolution: 32,
         seed: 7,
         ..GenerateOptions::default()

@@ -8,7 +8,6 @@ use std::rc::Rc;
 use orfeas_engine::background::{Options, has_alpha, remove_background};
 use orfeas_engine::mesh::cleanup;
 use orfeas_engine::pipeline::{COMPONENTS, GenerateOptions, Progress, ShapeConfig, ShapeModel};
-use orfeas_engine::recenter::{SIZE, shape_input};
 
 use super::{Engine, post, post_mesh};
 use crate::protocol::{FromWorker, MeshMeta};
@@ -117,11 +116,13 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, String
             }
         },
     };
-    let input = shape_input(&cutout, SIZE).map_err(|e| format!("{name}: {e}"))?;
+    let input = model
+        .preprocess(&cutout)
+        .map_err(|e| format!("{name}: {e}"))?;
     let chosen = engine.options.borrow().clone();
     let defaults = GenerateOptions::default();
     let options = GenerateOptions {
-        steps: chosen.steps.map_or(defaults.steps, |s| s as usize),
+        steps: chosen.steps.map(|s| s as usize),
         guidance: chosen.guidance.unwrap_or(defaults.guidance),
         resolution: chosen
             .octree_resolution
@@ -129,6 +130,7 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, String
         seed: chosen.seed.unwrap_or(defaults.seed),
         ..defaults
     };
+    let steps = options.steps.unwrap_or(model.default_steps);
     let report = |stage: &str, done: usize, total: usize| {
         post(&FromWorker::Generating {
             request_id,
@@ -140,14 +142,14 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, String
     let surface = model
         .generate(
             &input.image,
-            SIZE,
-            SIZE,
+            input.size,
+            input.size,
             &options,
             |progress| match progress {
-                Progress::Encoding => report("encoding", 0, options.steps),
+                Progress::Encoding => report("encoding", 0, steps),
                 Progress::Sampling { done, total } => report("sampling", done, total),
-                Progress::Decoding { .. } => report("decoding", options.steps, options.steps),
-                Progress::Meshing => report("meshing", options.steps, options.steps),
+                Progress::Decoding { .. } => report("decoding", steps, steps),
+                Progress::Meshing => report("meshing", steps, steps),
             },
         )
         .await?;
@@ -159,7 +161,7 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, String
     let meta = MeshMeta {
         label: format!(
             "Shape: {} steps, octree {}, seed {}",
-            options.steps, options.resolution, options.seed
+            steps, options.resolution, options.seed
         ),
         preview: false,
         vertices: mesh.positions.len(),

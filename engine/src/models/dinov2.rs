@@ -8,10 +8,12 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, silu};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::{attend, by_rows};
+use super::{attend, by_rows, host_tensor, linear};
 
 /// Where the encoder's weights sit in the official bundled checkpoint.
 pub const CHECKPOINT_PREFIX: &str = "conditioner.main_image_encoder.model.";
@@ -27,32 +29,63 @@ pub fn checkpoint_name(path: &str) -> String {
     format!("{CHECKPOINT_PREFIX}{name}")
 }
 
-/// The Hugging Face `Dinov2Config` fields the forward pass depends on.
+/// The Hugging Face `Dinov2Config` fields the forward pass depends on, with HF's defaults.
+/// The other fields a saved HF config carries are training or bookkeeping settings
+/// ([`INERT_HF_FIELDS`]); any field outside both lists is refused by [`Dinov2Config::validate`].
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Dinov2Config {
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub patch_size: usize,
-    /// The side the position embeddings were trained for (and the transform resizes to).
+    /// The side the position embeddings were trained for.
     pub image_size: usize,
     #[serde(default = "three")]
     pub num_channels: usize,
+    /// HF keeps it an int in practice; `int(hidden_size * mlp_ratio)` wide.
     #[serde(default = "four")]
-    pub mlp_ratio: usize,
+    pub mlp_ratio: f64,
     #[serde(default = "eps")]
     pub layer_norm_eps: f64,
     #[serde(default = "yes")]
     pub qkv_bias: bool,
     #[serde(default)]
     pub use_swiglu_ffn: bool,
+    #[serde(default = "gelu_name")]
+    pub hidden_act: String,
+    /// Every other field, checked against [`INERT_HF_FIELDS`].
+    #[serde(flatten)]
+    pub other: std::collections::BTreeMap<String, serde_json::Value>,
 }
+
+/// `Dinov2Config` fields that do not change inference (dropout, init, bookkeeping, the
+/// backbone-only outputs).
+pub const INERT_HF_FIELDS: &[&str] = &[
+    "attention_probs_dropout_prob",
+    "hidden_dropout_prob",
+    "drop_path_rate",
+    "initializer_range",
+    "layerscale_value",
+    "model_type",
+    "torch_dtype",
+    "attn_implementation",
+    "_attn_implementation",
+    "architectures",
+    "transformers_version",
+    "apply_layernorm",
+    "reshape_hidden_states",
+    "out_features",
+    "out_indices",
+    "stage_names",
+    "use_mask_token",
+    "_name_or_path",
+];
 
 fn three() -> usize {
     3
 }
-fn four() -> usize {
-    4
+fn four() -> f64 {
+    4.0
 }
 fn eps() -> f64 {
     1e-6
@@ -60,10 +93,48 @@ fn eps() -> f64 {
 fn yes() -> bool {
     true
 }
+fn gelu_name() -> String {
+    "gelu".into()
+}
 
 impl Dinov2Config {
     pub fn patches_per_side(&self) -> usize {
         self.image_size / self.patch_size
+    }
+
+    /// Refuse settings the engine does not implement, naming the field and the value.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(field) = self
+            .other
+            .keys()
+            .find(|k| !INERT_HF_FIELDS.contains(&k.as_str()))
+        {
+            return Err(format!(
+                "Dinov2Config {field}: {} is a setting the engine does not know",
+                self.other[field]
+            ));
+        }
+        if !self.use_swiglu_ffn && self.hidden_act != "gelu" {
+            return Err(format!(
+                "Dinov2Config hidden_act: {:?} is not supported (only \"gelu\")",
+                self.hidden_act
+            ));
+        }
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
+            return Err(format!(
+                "Dinov2Config num_attention_heads: {} must divide hidden_size {}",
+                self.num_attention_heads, self.hidden_size
+            ));
+        }
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+            return Err(format!(
+                "Dinov2Config image_size: {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        Ok(())
     }
 
     pub fn init(&self, device: &Device) -> Dinov2 {
@@ -103,7 +174,7 @@ impl Dinov2Config {
     fn init_layer(&self, device: &Device) -> Layer {
         let d = self.hidden_size;
         let linear = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
-        let hidden = d * self.mlp_ratio;
+        let hidden = (d as f64 * self.mlp_ratio) as usize;
         let mlp = if self.use_swiglu_ffn {
             // HF's SwiGLU width: two thirds of the MLP's, rounded up to a multiple of 8.
             let hidden = (hidden * 2 / 3).div_ceil(8) * 8;
@@ -219,6 +290,25 @@ pub struct SwiGluFfn {
 }
 
 impl Dinov2 {
+    /// The float dtype the network computes in (its weights').
+    pub fn dtype(&self) -> DType {
+        self.layernorm.gamma.val().dtype()
+    }
+
+    /// Resample the position table for `side × side` images (Hugging Face's
+    /// `interpolate_pos_encoding`, which Hunyuan3D relies on when its encoder size is not the
+    /// table's: bicubic, `align_corners=False`, in f32). Done once, when the model is built.
+    pub fn resize_positions(mut self, side: usize) -> Self {
+        let patch = self.embeddings.patch_embeddings.projection.weight.dims()[2];
+        let table = self.embeddings.position_embeddings.val();
+        let from = ((table.dims()[1] - 1) as f64).sqrt().round() as usize;
+        if side / patch != from {
+            let resized = interpolate_positions(table, side / patch);
+            self.embeddings.position_embeddings = Param::from_tensor(resized);
+        }
+        self
+    }
+
     /// `pixels` `[batch, channels, size, size]` (already transformed) → the last hidden state
     /// `[batch, 1 + patches, hidden]`, CLS first.
     pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
@@ -243,7 +333,8 @@ impl Dinov2 {
 impl Embeddings {
     fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
         let batch = pixels.dims()[0];
-        let patches = self.patch_embeddings.projection.forward(pixels); // [b, d, h, w]
+        let dtype = self.cls_token.val().dtype();
+        let patches = self.patch_embeddings.forward_f32(pixels).cast(dtype); // [b, d, h, w]
         let [_, d, h, w] = patches.dims();
         let patches = patches.reshape([batch, d, h * w]).swap_dims(1, 2);
         let cls = self.cls_token.val().repeat_dim(0, batch);
@@ -252,11 +343,26 @@ impl Embeddings {
         assert_eq!(
             positions.dims()[1],
             tokens.dims()[1],
-            "DINOv2: the image gives {} patches; the position embeddings are for {} (resize the image to the model's size)",
+            "DINOv2: the image gives {} patches; the position embeddings are for {} (resize them with Dinov2::resize_positions)",
             tokens.dims()[1] - 1,
             positions.dims()[1] - 1
         );
         tokens + positions
+    }
+}
+
+impl PatchEmbeddings {
+    /// The patch projection in f32 whatever the weights' dtype: each output sums 3·14·14
+    /// products of raw pixels, and fp16 accumulation there (wgpu's fp16 convolution) lands
+    /// 8× further from fp32 than PyTorch's fp16 (which accumulates in fp32).
+    fn forward_f32(&self, pixels: Tensor<4>) -> Tensor<4> {
+        let conv = &self.projection;
+        conv2d(
+            pixels.cast(DType::F32),
+            conv.weight.val().cast(DType::F32),
+            conv.bias.as_ref().map(|b| b.val().cast(DType::F32)),
+            ConvOptions::new(conv.stride, [0, 0], conv.dilation, conv.groups),
+        )
     }
 }
 
@@ -280,10 +386,10 @@ impl Attention {
     fn forward(&self, x: Tensor<3>, heads: usize) -> Tensor<3> {
         let [b, n, d] = x.dims();
         let split = |t: Tensor<3>| t.reshape([b, n, heads, d / heads]).swap_dims(1, 2);
-        let q = split(self.attention.query.forward(x.clone()));
-        let k = split(self.attention.key.forward(x.clone()));
-        let v = split(self.attention.value.forward(x));
-        self.output.dense.forward(attend(q, k, v))
+        let q = split(linear(&self.attention.query, x.clone()));
+        let k = split(linear(&self.attention.key, x.clone()));
+        let v = split(linear(&self.attention.value, x));
+        linear(&self.output.dense, attend(q, k, v))
     }
 }
 
@@ -291,14 +397,14 @@ impl Ffn {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         match self {
             Ffn::Mlp(mlp) => by_rows(x, mlp.fc1.weight.dims()[1], |x| {
-                mlp.fc2.forward(gelu(mlp.fc1.forward(x)))
+                linear(&mlp.fc2, gelu(linear(&mlp.fc1, x)))
             }),
             Ffn::SwiGlu(ffn) => by_rows(x, ffn.weights_in.weight.dims()[1], |x| {
-                let both = ffn.weights_in.forward(x);
+                let both = linear(&ffn.weights_in, x);
                 let half = both.dims()[2] / 2;
                 let gate = both.clone().narrow(2, 0, half);
                 let value = both.narrow(2, half, half);
-                ffn.weights_out.forward(silu(gate) * value)
+                linear(&ffn.weights_out, silu(gate) * value)
             }),
         }
     }
@@ -363,7 +469,52 @@ fn resample_weights(input: usize, output: usize) -> Vec<(usize, Vec<f32>)> {
         .collect()
 }
 
-/// A `[1, 3, size, size]` tensor from [`preprocess`]'s output.
+/// A `[1, 3, size, size]` f32 tensor from [`preprocess`]'s output (the network narrows it to
+/// its own dtype).
 pub fn pixels_tensor(values: Vec<f32>, size: usize, device: &Device) -> Tensor<4> {
-    Tensor::from_data(TensorData::new(values, [1, 3, size, size]), device)
+    host_tensor(values, [1, 3, size, size], DType::F32, device)
+}
+
+/// A position table `[1, 1 + n², d]` (CLS first) resampled to `[1, 1 + to², d]`: the CLS
+/// position kept, the n × n grid resized bicubically (`align_corners=False`) in f32 and
+/// narrowed back to the table's dtype, as Hugging Face's `interpolate_pos_encoding`.
+pub fn interpolate_positions(table: Tensor<3>, to: usize) -> Tensor<3> {
+    let [_, tokens, d] = table.dims();
+    let from = ((tokens - 1) as f64).sqrt().round() as usize;
+    let dtype = table.dtype();
+    let device = table.device();
+    let table = table.cast(DType::F32);
+    let cls = table.clone().narrow(1, 0, 1);
+    let grid = table.narrow(1, 1, from * from).reshape([from, from * d]);
+    let weights = host_tensor(bicubic_weights(from, to), [to, from], DType::F32, &device);
+    // Rows, then columns: [from, from, d] → [to, from, d] → [to, to, d].
+    let rows = weights.clone().matmul(grid).reshape([to, from, d]);
+    let cols = weights
+        .matmul(rows.swap_dims(0, 1).reshape([from, to * d]))
+        .reshape([to, to, d]);
+    let grid = cols.swap_dims(0, 1).reshape([1, to * to, d]);
+    Tensor::cat(vec![cls, grid], 1).cast(dtype)
+}
+
+/// PyTorch's bicubic resampling matrix `[to, from]` (`F.interpolate(mode="bicubic",
+/// align_corners=False)` with an output size: source `(i + 0.5)·from/to − 0.5`, Keys' kernel
+/// with A = −0.75, taps clamped to the border).
+pub fn bicubic_weights(from: usize, to: usize) -> Vec<f32> {
+    const A: f64 = -0.75;
+    let near = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let far = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    let scale = from as f32 / to as f32;
+    let mut matrix = vec![0f32; to * from];
+    for i in 0..to {
+        // In f32, as PyTorch's kernel computes the source index.
+        let source = (scale * (i as f32 + 0.5) - 0.5) as f64;
+        let base = source.floor();
+        let t = source - base;
+        let taps = [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)];
+        for (k, w) in taps.into_iter().enumerate() {
+            let j = (base as i64 - 1 + k as i64).clamp(0, from as i64 - 1) as usize;
+            matrix[i * from + j] += w as f32;
+        }
+    }
+    matrix
 }

@@ -7,30 +7,110 @@
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::silu;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::{attend, by_rows, linear_columns};
+use super::{attend, by_rows, cat, host_tensor, linear, linear_columns};
 
 pub const CHECKPOINT_PREFIX: &str = "model.";
 
+/// The official `Hunyuan3DDiT` params, with the official defaults. Every field the class
+/// takes is listed: an unknown one is refused, and [`Dit20Config::validate`] refuses what the
+/// official constructor refuses.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Dit20Config {
+    #[serde(default = "d64")]
     pub in_channels: usize,
+    #[serde(default = "d1536")]
     pub context_in_dim: usize,
+    #[serde(default = "d1024")]
     pub hidden_size: usize,
+    #[serde(default = "ratio4")]
     pub mlp_ratio: f64,
+    #[serde(default = "d16")]
     pub num_heads: usize,
+    #[serde(default = "d16")]
     pub depth: usize,
+    #[serde(default = "d32")]
     pub depth_single_blocks: usize,
+    /// Rotary axes; unused (the official forward passes no positional encoding) but checked
+    /// against the head width as the official constructor does.
+    #[serde(default = "axes")]
+    pub axes_dim: Vec<usize>,
+    #[serde(default = "theta")]
+    pub theta: f64,
     #[serde(default = "yes")]
     pub qkv_bias: bool,
+    /// Lands in `timestep_embedding`'s `max_period` argument (the official call's quirk).
+    #[serde(default = "thousand")]
+    pub time_factor: f64,
     #[serde(default)]
     pub guidance_embed: bool,
+    /// A training-time checkpoint path; the weights come from the bundle.
+    #[serde(default)]
+    pub ckpt_path: Option<String>,
 }
 
+fn d16() -> usize {
+    16
+}
+fn d32() -> usize {
+    32
+}
+fn d64() -> usize {
+    64
+}
+fn d1024() -> usize {
+    1024
+}
+fn d1536() -> usize {
+    1536
+}
+fn ratio4() -> f64 {
+    4.0
+}
+fn axes() -> Vec<usize> {
+    vec![64]
+}
+fn theta() -> f64 {
+    10_000.0
+}
+fn thousand() -> f64 {
+    1000.0
+}
 fn yes() -> bool {
     true
+}
+
+impl Dit20Config {
+    /// The official constructor's own checks.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
+            return Err(format!(
+                "Hunyuan3DDiT num_heads: {} must divide hidden_size {}",
+                self.num_heads, self.hidden_size
+            ));
+        }
+        let head = self.hidden_size / self.num_heads;
+        if self.axes_dim.iter().sum::<usize>() != head {
+            return Err(format!(
+                "Hunyuan3DDiT axes_dim: {:?} must sum to the head width {head}",
+                self.axes_dim
+            ));
+        }
+        if self.mlp_ratio.is_nan()
+            || self.mlp_ratio <= 0.0
+            || self.time_factor.is_nan()
+            || self.time_factor <= 1.0
+        {
+            return Err(format!(
+                "Hunyuan3DDiT mlp_ratio {} / time_factor {}: both must be positive (time_factor > 1)",
+                self.mlp_ratio, self.time_factor
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The checkpoint name of a module path (index-named PyTorch `Sequential`s).
@@ -102,6 +182,7 @@ impl Dit20Config {
                 linear: linear(d, self.in_channels, true),
             },
             heads: self.num_heads,
+            max_period: self.time_factor,
         }
     }
 }
@@ -116,6 +197,7 @@ pub struct Dit20 {
     pub single_blocks: Vec<SingleStreamBlock>,
     pub final_layer: LastLayer,
     heads: usize,
+    max_period: f64,
 }
 
 #[derive(Module, Debug)]
@@ -137,9 +219,13 @@ impl RmsNorm {
         }
     }
 
+    /// Flux's QK RMSNorm: computed in f32 (squares of fp16 values overflow past 256), the
+    /// normalised value narrowed back before the scale, as the official code does.
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
         let rms = (x.clone().powf_scalar(2.0).mean_dim(3) + 1e-6).sqrt();
-        x / rms * self.scale.val().unsqueeze::<4>()
+        (x / rms).cast(dtype) * self.scale.val().unsqueeze::<4>()
     }
 }
 
@@ -191,12 +277,14 @@ pub struct LastLayer {
     pub linear: Linear,
 }
 
-/// LayerNorm without affine parameters (eps 1e-6), over the last dimension.
+/// LayerNorm without affine parameters (eps 1e-6), over the last dimension; statistics in f32.
 fn layer_norm(x: Tensor<3>) -> Tensor<3> {
+    let dtype = x.dtype();
+    let x = x.cast(DType::F32);
     let mean = x.clone().mean_dim(2);
     let centred = x - mean;
     let var = centred.clone().powf_scalar(2.0).mean_dim(2);
-    centred / (var + 1e-6).sqrt()
+    (centred / (var + 1e-6).sqrt()).cast(dtype)
 }
 
 /// GELU, tanh approximation (Flux's MLPs).
@@ -208,7 +296,7 @@ fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
 
 /// `(shift, scale, gate)` triples from `silu(vec)`, each `[b, 1, d]`.
 fn modulate(modulation: &Modulation, vec: Tensor<2>, parts: usize) -> Vec<Tensor<3>> {
-    let out = modulation.lin.forward(silu(vec)).unsqueeze_dim::<3>(1);
+    let out = linear(&modulation.lin, silu(vec)).unsqueeze_dim::<3>(1);
     out.chunk(parts, 2)
 }
 
@@ -230,25 +318,25 @@ fn split_qkv(qkv: Tensor<3>, heads: usize, norm: &QkNorm) -> (Tensor<4>, Tensor<
     )
 }
 
-/// The official `timestep_embedding(t, 256, 1000)`: `1000 t` against periods up to 1000,
-/// cos half first.
-fn timestep_features(t: &[f32], device: &Device) -> Tensor<2> {
+/// The official `timestep_embedding(t, 256, time_factor)`: `1000 t` against periods up to
+/// `max_period` (the config's `time_factor`, 1000), cos half first; in f32 on the host.
+fn timestep_features(t: &[f32], max_period: f64) -> Vec<f32> {
     let half = TIME_FEATURES / 2;
     let mut rows = Vec::with_capacity(t.len() * TIME_FEATURES);
     for &t in t {
         let t = t * 1000.0;
         let args: Vec<f32> = (0..half)
-            .map(|i| t * (-(1000f32.ln()) * i as f32 / half as f32).exp())
+            .map(|i| t * (-((max_period as f32).ln()) * i as f32 / half as f32).exp())
             .collect();
         rows.extend(args.iter().map(|a| a.cos()));
         rows.extend(args.iter().map(|a| a.sin()));
     }
-    Tensor::from_data(TensorData::new(rows, [t.len(), TIME_FEATURES]), device)
+    rows
 }
 
 impl MlpEmbedder {
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.out_layer.forward(silu(self.in_layer.forward(x)))
+        linear(&self.out_layer, silu(linear(&self.in_layer, x)))
     }
 }
 
@@ -264,38 +352,38 @@ impl DoubleStreamBlock {
         let tm = modulate(&self.txt_mod, vec, 6);
         let pre =
             |x: Tensor<3>, m: &[Tensor<3>]| (m[1].clone() + 1.0) * layer_norm(x) + m[0].clone();
-        let (iq, ik, iv) = split_qkv(
-            self.img_attn.qkv.forward(pre(img.clone(), &im)),
-            heads,
-            &self.img_attn.norm,
-        );
-        let (tq, tk, tv) = split_qkv(
-            self.txt_attn.qkv.forward(pre(txt.clone(), &tm)),
-            heads,
-            &self.txt_attn.norm,
-        );
+        let qkv = |attn: &SelfAttention, x: Tensor<3>| {
+            let d = x.dims()[2];
+            split_qkv(
+                by_rows(x, 3 * d, |x| linear(&attn.qkv, x)),
+                heads,
+                &attn.norm,
+            )
+        };
+        let (iq, ik, iv) = qkv(&self.img_attn, pre(img.clone(), &im));
+        let (tq, tk, tv) = qkv(&self.txt_attn, pre(txt.clone(), &tm));
         let n_txt = txt.dims()[1];
         let attn = attend(
-            Tensor::cat(vec![tq, iq], 2),
-            Tensor::cat(vec![tk, ik], 2),
-            Tensor::cat(vec![tv, iv], 2),
+            cat(vec![tq, iq], 2),
+            cat(vec![tk, ik], 2),
+            cat(vec![tv, iv], 2),
         );
         let [b, n, d] = attn.dims();
         let txt_attn = attn.clone().slice([0..b, 0..n_txt, 0..d]);
         let img_attn = attn.slice([0..b, n_txt..n, 0..d]);
         let mlp = |m: &TwoLayerMlp, x: Tensor<3>| {
             by_rows(x, m.fc_in.weight.dims()[1], |x| {
-                m.fc_out.forward(gelu_tanh(m.fc_in.forward(x)))
+                linear(&m.fc_out, gelu_tanh(linear(&m.fc_in, x)))
             })
         };
-        let img = img + im[2].clone() * self.img_attn.proj.forward(img_attn);
+        let img = img + im[2].clone() * linear(&self.img_attn.proj, img_attn);
         let img = img.clone()
             + im[5].clone()
                 * mlp(
                     &self.img_mlp,
                     (im[4].clone() + 1.0) * layer_norm(img) + im[3].clone(),
                 );
-        let txt = txt + tm[2].clone() * self.txt_attn.proj.forward(txt_attn);
+        let txt = txt + tm[2].clone() * linear(&self.txt_attn.proj, txt_attn);
         let txt = txt.clone()
             + tm[5].clone()
                 * mlp(
@@ -319,55 +407,81 @@ impl SingleStreamBlock {
         });
         let (q, k, v) = split_qkv(qkv, heads, &self.norm);
         let attended = attend(q, k, v);
-        let out = by_rows(
-            Tensor::cat(vec![x_mod, attended], 2),
-            width - 3 * d,
-            |rows| {
-                let x_mod = rows.clone().narrow(2, 0, d);
-                let attended = rows.narrow(2, d, d);
-                let mlp = linear_columns(&self.linear1, x_mod, 3 * d..width);
-                self.linear2
-                    .forward(Tensor::cat(vec![attended, gelu_tanh(mlp)], 2))
-            },
-        );
+        // linear2(cat(attn, gelu(mlp))): the widest row is that concatenation, d + mlp wide.
+        let out = by_rows(cat(vec![x_mod, attended], 2), width - 2 * d, |rows| {
+            let x_mod = rows.clone().narrow(2, 0, d);
+            let attended = rows.narrow(2, d, d);
+            let mlp = linear_columns(&self.linear1, x_mod, 3 * d..width);
+            linear(&self.linear2, cat(vec![attended, gelu_tanh(mlp)], 2))
+        });
         x + m[2].clone() * out
     }
 }
 
 impl Dit20 {
+    /// The float dtype the network computes in (its weights').
+    pub fn dtype(&self) -> DType {
+        self.latent_in.weight.val().dtype()
+    }
+
+    /// Whether the network takes the guidance scale as an input (fast / turbo).
+    pub fn guidance_embed(&self) -> bool {
+        self.guidance_in.is_some()
+    }
+
+    fn time_vector(&self, t: &[f32], device: &Device) -> Tensor<2> {
+        let features = timestep_features(t, self.max_period);
+        host_tensor(features, [t.len(), TIME_FEATURES], self.dtype(), device)
+    }
+
     /// Velocity for latents `x` `[b, latents, channels]` at times `t` given image tokens
-    /// `context`; `guidance` (one per row) for the guidance-distilled variants.
+    /// `context`; `guidance` (one per row) for the guidance-distilled variants, which refuse
+    /// to run without it (as the official model raises).
     pub fn forward(
         &self,
         x: Tensor<3>,
         t: &[f32],
         context: Tensor<3>,
         guidance: Option<&[f32]>,
-    ) -> Tensor<3> {
+    ) -> Result<Tensor<3>, String> {
         let device = x.device();
-        let mut vec = self.time_in.forward(timestep_features(t, &device));
-        if let (Some(embedder), Some(g)) = (&self.guidance_in, guidance) {
-            vec = vec + embedder.forward(timestep_features(g, &device));
+        let mut vec = self.time_in.forward(self.time_vector(t, &device));
+        if let Some(embedder) = &self.guidance_in {
+            let g = guidance.ok_or(
+                "this denoiser is guidance-distilled (guidance_embed): it needs the guidance \
+                 scale as an input, and none was given",
+            )?;
+            if g.len() != t.len() {
+                return Err(format!(
+                    "{} guidance values for a batch of {}",
+                    g.len(),
+                    t.len()
+                ));
+            }
+            vec = vec + embedder.forward(self.time_vector(g, &device));
         }
-        let mut img = self.latent_in.forward(x);
-        let mut txt = self.cond_in.forward(context);
+        let mut img = linear(&self.latent_in, x.cast(self.dtype()));
+        let mut txt = by_rows(context.cast(self.dtype()), self.hidden_width(), |c| {
+            linear(&self.cond_in, c)
+        });
         for block in &self.double_blocks {
             (img, txt) = block.forward(img, txt, vec.clone(), self.heads);
         }
         let n_txt = txt.dims()[1];
-        let mut joint = Tensor::cat(vec![txt, img], 1);
+        let mut joint = cat(vec![txt, img], 1);
         for block in &self.single_blocks {
             joint = block.forward(joint, vec.clone(), self.heads);
         }
         let [b, n, d] = joint.dims();
         let img = joint.slice([0..b, n_txt..n, 0..d]);
-        let shift_scale = self
-            .final_layer
-            .ada_ln
-            .forward(silu(vec))
+        let shift_scale = linear(&self.final_layer.ada_ln, silu(vec))
             .unsqueeze_dim::<3>(1)
             .chunk(2, 2);
         let img = (shift_scale[1].clone() + 1.0) * layer_norm(img) + shift_scale[0].clone();
-        self.final_layer.linear.forward(img)
+        Ok(linear(&self.final_layer.linear, img))
+    }
+
+    fn hidden_width(&self) -> usize {
+        self.latent_in.weight.dims()[1]
     }
 }

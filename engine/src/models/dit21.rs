@@ -8,39 +8,110 @@
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::{Device, IndexingUpdateOp, Tensor, TensorData};
+use burn::tensor::{DType, Device, IndexingUpdateOp, Tensor};
 use serde::Deserialize;
 
-use super::{attend, by_rows};
+use super::{attend, by_rows, by_rows_many, cat, host_tensor, linear, linear_of_cat};
 
 /// Where the denoiser's weights sit in the official bundled checkpoint.
 pub const CHECKPOINT_PREFIX: &str = "model.";
 
-/// The official `HunYuanDiTPlain` params the forward pass depends on.
+/// The official `HunYuanDiTPlain` params, with the official defaults. Every field the class
+/// takes is listed: an unknown one is refused, and [`Dit21Config::validate`] refuses values whose
+/// code path the engine does not implement (naming the field and the value).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Dit21Config {
+    /// Latent tokens (used only by the positional embedding).
+    #[serde(default = "d1024")]
+    pub input_size: usize,
+    #[serde(default = "d4")]
     pub in_channels: usize,
+    #[serde(default = "d1024")]
     pub hidden_size: usize,
+    #[serde(default = "d1024")]
     pub context_dim: usize,
+    #[serde(default = "d24")]
     pub depth: usize,
+    #[serde(default = "d16")]
     pub num_heads: usize,
-    #[serde(default = "four")]
-    pub mlp_ratio: usize,
+    /// A float in the official signature (`int(hidden_size * mlp_ratio)` wide).
+    #[serde(default = "ratio4")]
+    pub mlp_ratio: f64,
+    #[serde(default = "layer")]
+    pub norm_type: String,
+    #[serde(default = "rms")]
+    pub qk_norm_type: String,
     #[serde(default)]
+    pub qk_norm: bool,
+    /// Image tokens (used only by attention pooling).
+    #[serde(default = "d257")]
+    pub text_len: usize,
+    #[serde(default)]
+    pub with_decoupled_ca: bool,
+    #[serde(default = "d768")]
+    pub additional_cond_hidden_state: usize,
+    #[serde(default = "d16")]
+    pub decoupled_ca_dim: usize,
+    #[serde(default = "one")]
+    pub decoupled_ca_weight: f64,
+    #[serde(default)]
+    pub use_pos_emb: bool,
+    #[serde(default = "yes")]
+    pub use_attention_pooling: bool,
+    #[serde(default)]
+    pub guidance_cond_proj_dim: Option<usize>,
+    #[serde(default = "yes")]
     pub qkv_bias: bool,
-    #[serde(default)]
+    #[serde(default = "d6")]
     pub num_moe_layers: usize,
-    #[serde(default)]
+    #[serde(default = "d8")]
     pub num_experts: usize,
-    #[serde(default = "two")]
+    #[serde(default = "d2")]
     pub moe_top_k: usize,
 }
 
-fn four() -> usize {
+fn d2() -> usize {
+    2
+}
+fn d4() -> usize {
     4
 }
-fn two() -> usize {
-    2
+fn d6() -> usize {
+    6
+}
+fn d8() -> usize {
+    8
+}
+fn d16() -> usize {
+    16
+}
+fn d24() -> usize {
+    24
+}
+fn d257() -> usize {
+    257
+}
+fn d768() -> usize {
+    768
+}
+fn d1024() -> usize {
+    1024
+}
+fn ratio4() -> f64 {
+    4.0
+}
+fn one() -> f64 {
+    1.0
+}
+fn yes() -> bool {
+    true
+}
+fn layer() -> String {
+    "layer".into()
+}
+fn rms() -> String {
+    "rms".into()
 }
 
 /// The checkpoint name of a module path (the timestep MLP and diffusers' FeedForward are
@@ -55,13 +126,86 @@ pub fn checkpoint_name(path: &str) -> String {
 }
 
 impl Dit21Config {
+    /// Refuse the official options whose code paths the engine does not implement.
+    pub fn validate(&self) -> Result<(), String> {
+        let refuse = |field: &str, value: String, why: &str| {
+            Err(format!(
+                "HunYuanDiTPlain {field}: {value} is not supported ({why})"
+            ))
+        };
+        if self.norm_type != "layer" {
+            return refuse(
+                "norm_type",
+                format!("{:?}", self.norm_type),
+                "only \"layer\"",
+            );
+        }
+        if self.qk_norm && self.qk_norm_type != "rms" {
+            return refuse(
+                "qk_norm_type",
+                format!("{:?}", self.qk_norm_type),
+                "only \"rms\"",
+            );
+        }
+        if self.with_decoupled_ca {
+            return refuse(
+                "with_decoupled_ca",
+                "true".into(),
+                "no decoupled cross-attention",
+            );
+        }
+        if self.use_pos_emb {
+            return refuse("use_pos_emb", "true".into(), "no positional embedding");
+        }
+        if self.use_attention_pooling {
+            return refuse(
+                "use_attention_pooling",
+                "true".into(),
+                "no attention pooling",
+            );
+        }
+        if let Some(dim) = self.guidance_cond_proj_dim {
+            return refuse(
+                "guidance_cond_proj_dim",
+                dim.to_string(),
+                "no guidance projection",
+            );
+        }
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
+            return refuse(
+                "num_heads",
+                self.num_heads.to_string(),
+                &format!("it must divide hidden_size {}", self.hidden_size),
+            );
+        }
+        if self.num_moe_layers > 0 && (self.moe_top_k == 0 || self.moe_top_k > self.num_experts) {
+            return refuse(
+                "moe_top_k",
+                self.moe_top_k.to_string(),
+                &format!("it must be 1 to num_experts ({})", self.num_experts),
+            );
+        }
+        if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 {
+            return refuse(
+                "mlp_ratio",
+                self.mlp_ratio.to_string(),
+                "it must be positive",
+            );
+        }
+        Ok(())
+    }
+
     pub fn init(&self, device: &Device) -> Dit21 {
         let d = self.hidden_size;
         let hd = d / self.num_heads;
-        let inner = d * self.mlp_ratio;
+        // Python's int(hidden_size * mlp_ratio).
+        let inner = (d as f64 * self.mlp_ratio) as usize;
         let linear = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
         let norm = |n| LayerNormConfig::new(n).with_epsilon(1e-6).init(device);
-        let rms = || RmsNormConfig::new(hd).with_epsilon(1e-6).init(device);
+        let rms = || {
+            self.qk_norm
+                .then(|| RmsNormConfig::new(hd).with_epsilon(1e-6).init(device))
+        };
         let attention = |context: usize| Attention {
             to_q: linear(d, d, self.qkv_bias),
             to_k: linear(context, d, self.qkv_bias),
@@ -148,8 +292,9 @@ pub struct Attention {
     pub to_q: Linear,
     pub to_k: Linear,
     pub to_v: Linear,
-    pub q_norm: RmsNorm,
-    pub k_norm: RmsNorm,
+    /// RMS qk-norm (`qk_norm: true`), or none.
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     pub out_proj: Linear,
 }
 
@@ -179,25 +324,43 @@ pub struct FinalLayer {
     pub linear: Linear,
 }
 
+/// `norm(x)` where the norm exists.
+fn maybe_norm(norm: &Option<RmsNorm>, x: Tensor<4>) -> Tensor<4> {
+    match norm {
+        Some(norm) => norm.forward(x),
+        None => x,
+    }
+}
+
 impl Attention {
     /// Self-attention: q|k|v concatenated, then sliced per head (the official interleave).
+    /// The concatenation is built a slice of rows at a time (at the real size it would be
+    /// three times the activation's width: 192 MiB in f32).
     fn self_attention(&self, x: Tensor<3>, heads: usize) -> Tensor<3> {
         let [b, n, d] = x.dims();
         let hd = d / heads;
-        let qkv = Tensor::cat(
-            vec![
-                self.to_q.forward(x.clone()),
-                self.to_k.forward(x.clone()),
-                self.to_v.forward(x),
-            ],
-            2,
-        )
-        .reshape([b, n, heads, 3 * hd]);
-        let q = self.q_norm.forward(qkv.clone().narrow(3, 0, hd));
-        let k = self.k_norm.forward(qkv.clone().narrow(3, hd, hd));
-        let v = qkv.narrow(3, 2 * hd, hd);
-        let out = attend(q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
-        self.out_proj.forward(out)
+        let [q, k, v] = by_rows_many(x, 3 * d, |x| {
+            let rows = x.dims()[1];
+            let qkv = cat(
+                vec![
+                    linear(&self.to_q, x.clone()),
+                    linear(&self.to_k, x.clone()),
+                    linear(&self.to_v, x),
+                ],
+                2,
+            )
+            .reshape([b, rows, heads, 3 * hd]);
+            [0, 1, 2].map(|i| qkv.clone().narrow(3, i * hd, hd).reshape([b, rows, d]))
+        });
+        let split = |t: Tensor<3>| t.reshape([b, n, heads, hd]);
+        let q = maybe_norm(&self.q_norm, split(q));
+        let k = maybe_norm(&self.k_norm, split(k));
+        let out = attend(
+            q.swap_dims(1, 2),
+            k.swap_dims(1, 2),
+            split(v).swap_dims(1, 2),
+        );
+        linear(&self.out_proj, out)
     }
 
     /// Cross-attention to `context`: plain heads for q, the k|v interleave for the context.
@@ -205,27 +368,29 @@ impl Attention {
         let [b, n, d] = x.dims();
         let m = context.dims()[1];
         let hd = d / heads;
-        let q = self
-            .q_norm
-            .forward(self.to_q.forward(x).reshape([b, n, heads, hd]));
-        let kv = Tensor::cat(
-            vec![
-                self.to_k.forward(context.clone()),
-                self.to_v.forward(context),
-            ],
-            2,
-        )
-        .reshape([b, m, heads, 2 * hd]);
-        let k = self.k_norm.forward(kv.clone().narrow(3, 0, hd));
-        let v = kv.narrow(3, hd, hd);
+        let q = maybe_norm(
+            &self.q_norm,
+            linear(&self.to_q, x).reshape([b, n, heads, hd]),
+        );
+        let [k, v] = by_rows_many(context, 2 * d, |c| {
+            let rows = c.dims()[1];
+            let kv = cat(
+                vec![linear(&self.to_k, c.clone()), linear(&self.to_v, c)],
+                2,
+            )
+            .reshape([b, rows, heads, 2 * hd]);
+            [0, 1].map(|i| kv.clone().narrow(3, i * hd, hd).reshape([b, rows, d]))
+        });
+        let k = maybe_norm(&self.k_norm, k.reshape([b, m, heads, hd]));
+        let v = v.reshape([b, m, heads, hd]);
         let out = attend(q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
-        self.out_proj.forward(out)
+        linear(&self.out_proj, out)
     }
 }
 
 impl FeedForward {
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.proj_out.forward(gelu(self.proj_in.forward(x)))
+        linear(&self.proj_out, gelu(linear(&self.proj_in, x)))
     }
 }
 
@@ -241,11 +406,13 @@ impl Moe {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, n, d] = x.dims();
         let tokens = x.reshape([b * n, d]);
-        let scores = softmax(self.gate.forward(tokens.clone()), 1);
+        // The routing scores in f32: fp16 would tie near-equal experts.
+        let scores = softmax(self.gate.forward(tokens.clone()).cast(DType::F32), 1);
         let (top, index) = scores.clone().topk_with_indices(self.top_k, 1);
         let weights = scores
             .zeros_like()
-            .scatter(1, index, top, IndexingUpdateOp::Add);
+            .scatter(1, index, top, IndexingUpdateOp::Add)
+            .cast(tokens.dtype());
         let mut out = self.shared_experts.forward(tokens.clone());
         for (e, expert) in self.experts.iter().enumerate() {
             let w = weights.clone().narrow(1, e, 1);
@@ -264,8 +431,11 @@ impl Block {
         heads: usize,
     ) -> Tensor<3> {
         let mut h = h;
-        if let (Some(skip), Some(linear), Some(norm)) = (skip, &self.skip_linear, &self.skip_norm) {
-            h = norm.forward(linear.forward(Tensor::cat(vec![skip, h], 2)));
+        if let (Some(skip), Some(skip_linear), Some(norm)) =
+            (skip, &self.skip_linear, &self.skip_norm)
+        {
+            // skip_linear(cat([skip, h])) without the double-width concatenation.
+            h = norm.forward(linear_of_cat(skip_linear, vec![skip, h]));
         }
         h = h.clone() + self.attn1.self_attention(self.norm1.forward(h), heads);
         h = h.clone()
@@ -276,7 +446,7 @@ impl Block {
         let fed = match (&self.mlp, &self.moe) {
             (_, Some(moe)) => by_rows(normed, moe.hidden_width(), |x| moe.forward(x)),
             (Some(mlp), None) => by_rows(normed, mlp.fc1.weight.dims()[1], |x| {
-                mlp.fc2.forward(gelu(mlp.fc1.forward(x)))
+                linear(&mlp.fc2, gelu(linear(&mlp.fc1, x)))
             }),
             (None, None) => unreachable!("a block has an MLP or a MoE"),
         };
@@ -285,7 +455,13 @@ impl Block {
 }
 
 impl Dit21 {
-    /// The sinusoidal timestep features: `t` in [0, 1] (not × 1000), sin half first.
+    /// The float dtype the network computes in (its weights').
+    pub fn dtype(&self) -> DType {
+        self.x_embedder.weight.val().dtype()
+    }
+
+    /// The sinusoidal timestep features: `t` in [0, 1] (not × 1000), sin half first; computed
+    /// in f32 and narrowed to the network's dtype.
     fn timestep_features(&self, t: &[f32], device: &Device) -> Tensor<2> {
         let d = self.x_embedder.weight.dims()[1];
         let half = d / 2;
@@ -297,19 +473,26 @@ impl Dit21 {
             rows.extend(args.iter().map(|a| a.sin()));
             rows.extend(args.iter().map(|a| a.cos()));
         }
-        Tensor::from_data(TensorData::new(rows, [t.len(), d]), device)
+        host_tensor(rows, [t.len(), d], self.dtype(), device)
     }
 
     /// Velocity for latents `x` `[b, latents, channels]` at times `t` (one per batch row) given
     /// image tokens `context` `[b, tokens, context_dim]`.
     pub fn forward(&self, x: Tensor<3>, t: &[f32], context: Tensor<3>) -> Tensor<3> {
         let device = x.device();
-        let c = self.t_embedder.fc_out.forward(gelu(
-            self.t_embedder
-                .fc_in
-                .forward(self.timestep_features(t, &device)),
-        ));
-        let mut h = Tensor::cat(vec![c.unsqueeze_dim::<3>(1), self.x_embedder.forward(x)], 1);
+        let x = x.cast(self.dtype());
+        let context = context.cast(self.dtype());
+        let c = linear(
+            &self.t_embedder.fc_out,
+            gelu(linear(
+                &self.t_embedder.fc_in,
+                self.timestep_features(t, &device),
+            )),
+        );
+        let mut h = cat(
+            vec![c.unsqueeze_dim::<3>(1), linear(&self.x_embedder, x)],
+            1,
+        );
         let half = self.blocks.len() / 2;
         let mut skips = Vec::new();
         for (layer, block) in self.blocks.iter().enumerate() {
@@ -321,6 +504,6 @@ impl Dit21 {
         }
         let h = self.final_layer.norm_final.forward(h);
         let [b, n, d] = h.dims();
-        self.final_layer.linear.forward(h.slice([0..b, 1..n, 0..d]))
+        linear(&self.final_layer.linear, h.slice([0..b, 1..n, 0..d]))
     }
 }

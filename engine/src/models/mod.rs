@@ -1,9 +1,17 @@
 //! The shape pipeline's networks, one file per model, each with a `Config` (parsed from the
 //! official config values), modules with `init`, and a forward pass that reads like the paper.
 //!
-//! No tensor a model creates may exceed one GPU storage-buffer binding (WebGPU's default is
-//! 128 MiB; at real sizes the DiT's attention scores alone would be 2 GiB), so attention runs
-//! over slices of queries and the wide MLPs over slices of rows; see [`set_buffer_budget`].
+//! **Precision.** A network computes in its weights' dtype: the loader decides it once (F16 on
+//! a device with `shader-f16`, or when asked; F32 otherwise) and nothing here hard-codes one.
+//! Where fp16 loses too much the networks widen to f32 as PyTorch's autocast does: norm
+//! statistics (burn's norms widen f16 themselves), softmax, the timestep and Fourier features
+//! (computed on the host in f32, narrowed once), the sampler's latents and the field.
+//!
+//! **Buffer budget.** No tensor a model creates may exceed one GPU storage-buffer binding
+//! (WebGPU's default is 128 MiB; at real sizes the DiT's attention scores alone would be 2 GiB),
+//! so attention runs over slices of queries and every wide projection over slices of rows; see
+//! [`set_buffer_budget`]. The widest tensors (projections, concatenations, attention scores)
+//! are recorded as they are made, so a test can check the whole forward pass against it.
 
 pub mod dinov2;
 pub mod dit20;
@@ -14,18 +22,19 @@ pub mod shape_vae;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use burn::nn::Linear;
-use burn::tensor::Tensor;
+use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation::softmax;
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 /// WebGPU's default `maxStorageBufferBindingSize`, which every adapter offers.
 pub const DEFAULT_BUFFER_BUDGET: usize = 128 << 20;
 
 static BUFFER_BUDGET: AtomicUsize = AtomicUsize::new(DEFAULT_BUFFER_BUDGET);
 static LARGEST_INTERMEDIATE: AtomicUsize = AtomicUsize::new(0);
+static LARGEST_ACTIVATION: AtomicUsize = AtomicUsize::new(0);
 
-/// The most bytes one attention-score or MLP-hidden tensor may take (at least one row is
-/// always computed, however small the budget).
+/// The most bytes one activation may take (at least one row is always computed, however small
+/// the budget). The app and the server set it from the device's real binding limit.
 pub fn set_buffer_budget(bytes: usize) {
     BUFFER_BUDGET.store(bytes.max(1), Ordering::Relaxed);
 }
@@ -34,47 +43,90 @@ pub fn buffer_budget() -> usize {
     BUFFER_BUDGET.load(Ordering::Relaxed)
 }
 
-/// The largest attention-score or MLP-hidden tensor created since the last reset, in bytes
-/// (these are the models' largest activations).
+/// The largest sliced intermediate (attention-score slice, wide-MLP slice) made since the last
+/// reset, in bytes: what the budget bounds however small it is set.
 pub fn largest_intermediate_bytes() -> usize {
     LARGEST_INTERMEDIATE.load(Ordering::Relaxed)
 }
 
-pub fn reset_largest_intermediate() {
-    LARGEST_INTERMEDIATE.store(0, Ordering::Relaxed);
+/// The largest activation of any kind recorded since the last reset (projections,
+/// concatenations, scores and their f32 copies, sliced or not), in bytes: at the real model
+/// sizes this must stay within one binding too.
+pub fn largest_activation_bytes() -> usize {
+    LARGEST_ACTIVATION.load(Ordering::Relaxed)
 }
 
-/// How many of `rows` fit the budget when each costs `row_bytes`, and record the size used.
-fn rows_per_slice(rows: usize, row_bytes: usize) -> usize {
+pub fn reset_largest_intermediate() {
+    LARGEST_INTERMEDIATE.store(0, Ordering::Relaxed);
+    LARGEST_ACTIVATION.store(0, Ordering::Relaxed);
+}
+
+/// Note `tensor`'s size as an activation the model made.
+pub(crate) fn record<const D: usize>(tensor: Tensor<D>) -> Tensor<D> {
+    let bytes = tensor.shape().num_elements() * tensor.dtype().size();
+    LARGEST_ACTIVATION.fetch_max(bytes, Ordering::Relaxed);
+    tensor
+}
+
+/// `linear(x)`, recorded.
+pub(crate) fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
+    record(linear.forward(x))
+}
+
+/// `Tensor::cat`, recorded.
+pub(crate) fn cat<const D: usize>(parts: Vec<Tensor<D>>, dim: usize) -> Tensor<D> {
+    record(Tensor::cat(parts, dim))
+}
+
+/// Host values (computed in f32: pixels, timestep and Fourier features, points) as a tensor
+/// of the network's dtype, narrowed once as PyTorch's `.to(dtype)` does.
+pub(crate) fn host_tensor<const D: usize>(
+    values: Vec<f32>,
+    dims: [usize; D],
+    dtype: DType,
+    device: &Device,
+) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values, dims), (device, dtype))
+}
+
+/// The row ranges of `rows` rows, each costing `row_bytes`, that fit the budget.
+pub(crate) fn row_slices(rows: usize, row_bytes: usize) -> Vec<Range<usize>> {
     let fit = (buffer_budget() / row_bytes.max(1)).clamp(1, rows.max(1));
     LARGEST_INTERMEDIATE.fetch_max(fit * row_bytes, Ordering::Relaxed);
-    fit
+    (0..rows)
+        .step_by(fit)
+        .map(|start| start..(start + fit).min(rows))
+        .collect()
 }
 
 /// Scaled dot-product attention of `q` `[b, h, n, d]` over `k`, `v` `[b, h, m, d]`, heads
 /// merged back to `[b, n, h·d]` (every model's attention ends here). The `[b, h, n, m]`
-/// scores are built for as many queries at a time as the buffer budget allows.
+/// scores are built for as many queries at a time as the buffer budget allows, and go
+/// through the softmax in f32 (an fp16 sum over thousands of keys would lose the small ones).
 pub(crate) fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
     let [b, h, n, d] = q.dims();
     let m = k.dims()[2];
-    let scale = 1.0 / (d as f64).sqrt();
+    let dtype = q.dtype();
+    // Scaling q first keeps fp16 scores in range, as fused attention kernels do.
+    let q = q * (1.0 / (d as f64).sqrt());
     let k_t = k.swap_dims(2, 3);
-    let per_query = b * h * m * q.dtype().size();
-    let slice = rows_per_slice(n, per_query);
+    let per_query = b * h * m * DType::F32.size();
     let attend_slice = |q: Tensor<4>| {
         let rows = q.dims()[2];
-        let weights = softmax(q.matmul(k_t.clone()) * scale, 3);
+        let scores = record(record(q.matmul(k_t.clone())).cast(DType::F32));
+        let weights = softmax(scores, 3).cast(dtype);
         weights
             .matmul(v.clone())
             .swap_dims(1, 2)
             .reshape([b, rows, h * d])
     };
-    if slice >= n {
+    let slices = row_slices(n, per_query);
+    if slices.len() == 1 {
         return attend_slice(q);
     }
-    let parts = (0..n)
-        .step_by(slice)
-        .map(|start| attend_slice(q.clone().narrow(2, start, slice.min(n - start))))
+    let parts = slices
+        .into_iter()
+        .map(|rows| attend_slice(q.clone().narrow(2, rows.start, rows.len())))
         .collect();
     Tensor::cat(parts, 1)
 }
@@ -87,24 +139,99 @@ pub(crate) fn by_rows(
     f: impl Fn(Tensor<3>) -> Tensor<3>,
 ) -> Tensor<3> {
     let [b, n, _] = x.dims();
-    let slice = rows_per_slice(n, b * widest * x.dtype().size());
-    if slice >= n {
+    let slices = row_slices(n, b * widest * x.dtype().size());
+    if slices.len() == 1 {
         return f(x);
     }
-    let parts = (0..n)
-        .step_by(slice)
-        .map(|start| f(x.clone().narrow(1, start, slice.min(n - start))))
+    let parts = slices
+        .into_iter()
+        .map(|rows| f(x.clone().narrow(1, rows.start, rows.len())))
         .collect();
     Tensor::cat(parts, 1)
+}
+
+/// As [`by_rows`] for an `f` with several row-wise outputs (e.g. q, k and v from one fused
+/// projection): each output is put back together from its slices.
+pub(crate) fn by_rows_many<const N: usize>(
+    x: Tensor<3>,
+    widest: usize,
+    f: impl Fn(Tensor<3>) -> [Tensor<3>; N],
+) -> [Tensor<3>; N] {
+    let [b, n, _] = x.dims();
+    let slices = row_slices(n, b * widest * x.dtype().size());
+    if slices.len() == 1 {
+        return f(x);
+    }
+    let mut parts: [Vec<Tensor<3>>; N] = std::array::from_fn(|_| Vec::new());
+    for rows in slices {
+        for (i, out) in f(x.clone().narrow(1, rows.start, rows.len()))
+            .into_iter()
+            .enumerate()
+        {
+            parts[i].push(out);
+        }
+    }
+    parts.map(|p| Tensor::cat(p, 1))
 }
 
 /// `linear`'s output columns `columns` only (a fused projection's one part), for `x` `[b, n, c]`.
 pub(crate) fn linear_columns(linear: &Linear, x: Tensor<3>, columns: Range<usize>) -> Tensor<3> {
     let width = columns.len();
     let weight = linear.weight.val().narrow(1, columns.start, width);
-    let out = x.matmul(weight.unsqueeze::<3>());
+    let out = record(x.matmul(weight.unsqueeze::<3>()));
     match &linear.bias {
         Some(bias) => out + bias.val().narrow(0, columns.start, width).unsqueeze::<3>(),
+        None => out,
+    }
+}
+
+/// `linear(x)` in f32 whatever the weights' dtype (the last projections before a value the
+/// host reads, e.g. the field).
+pub(crate) fn linear_f32<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let weight = linear.weight.val().cast(DType::F32);
+    let out = x.cast(DType::F32).matmul(weight.unsqueeze::<D>());
+    match &linear.bias {
+        Some(bias) => out + bias.val().cast(DType::F32).unsqueeze::<D>(),
+        None => out,
+    }
+}
+
+/// `norm(x)` computed and returned in f32 whatever the weights' dtype (burn's norms return
+/// the input's dtype); `eps` is the norm's own.
+pub(crate) fn layer_norm_f32<const D: usize>(
+    norm: &LayerNorm,
+    x: Tensor<D>,
+    eps: f64,
+) -> Tensor<D> {
+    let x = x.cast(DType::F32);
+    let mean = x.clone().mean_dim(D - 1);
+    let centred = x - mean;
+    let var = centred.clone().powf_scalar(2.0).mean_dim(D - 1);
+    let normed = centred / (var + eps).sqrt() * norm.gamma.val().cast(DType::F32).unsqueeze::<D>();
+    match &norm.beta {
+        Some(beta) => normed + beta.val().cast(DType::F32).unsqueeze::<D>(),
+        None => normed,
+    }
+}
+
+/// `linear(cat(parts, 2))` without building the concatenation: each part meets its own rows of
+/// the weight (the U-Net skip joins two full-width activations).
+pub(crate) fn linear_of_cat(linear: &Linear, parts: Vec<Tensor<3>>) -> Tensor<3> {
+    let mut start = 0;
+    let mut out: Option<Tensor<3>> = None;
+    for part in parts {
+        let width = part.dims()[2];
+        let weight = linear.weight.val().narrow(0, start, width);
+        let term = record(part.matmul(weight.unsqueeze::<3>()));
+        out = Some(match out {
+            Some(sum) => sum + term,
+            None => term,
+        });
+        start += width;
+    }
+    let out = out.expect("at least one part");
+    match &linear.bias {
+        Some(bias) => out + bias.val().unsqueeze::<3>(),
         None => out,
     }
 }

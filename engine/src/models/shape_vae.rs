@@ -7,16 +7,20 @@
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::{attend, by_rows};
+use super::{attend, by_rows, by_rows_many, host_tensor, layer_norm_f32, linear, linear_f32};
 
 /// Where the decoder's weights sit in the official bundled checkpoint.
 pub const CHECKPOINT_PREFIX: &str = "vae.";
 
-/// The official `ShapeVAE` params the decoder depends on.
+/// The official `ShapeVAE` params, with the official defaults. Every field the class takes
+/// is listed (the encoder's too: they are accepted and unused, the encoder is not part of
+/// image-to-3D); an unknown one is refused, and [`ShapeVaeConfig::validate`] refuses decoder
+/// settings the engine does not implement.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ShapeVaeConfig {
     /// Latent tokens the sampler makes (the official `num_latents`).
     pub num_latents: usize,
@@ -24,31 +28,72 @@ pub struct ShapeVaeConfig {
     pub width: usize,
     pub heads: usize,
     pub num_decoder_layers: usize,
-    pub num_freqs: usize,
-    #[serde(default)]
-    pub include_pi: bool,
-    #[serde(default)]
-    pub qkv_bias: bool,
-    #[serde(default = "yes")]
-    pub qk_norm: bool,
-    pub scale_factor: f64,
-    #[serde(default = "four")]
-    pub geo_decoder_mlp_expand_ratio: usize,
-    #[serde(default = "one")]
+    #[serde(default = "d8")]
+    pub num_encoder_layers: usize,
+    #[serde(default = "d5120")]
+    pub pc_size: usize,
+    #[serde(default = "d5120")]
+    pub pc_sharpedge_size: usize,
+    #[serde(default = "d3")]
+    pub point_feats: usize,
+    #[serde(default = "d20")]
+    pub downsample_ratio: usize,
+    #[serde(default = "d1")]
     pub geo_decoder_downsample_ratio: usize,
+    #[serde(default = "d4")]
+    pub geo_decoder_mlp_expand_ratio: usize,
     #[serde(default = "yes")]
     pub geo_decoder_ln_post: bool,
+    #[serde(default = "d8")]
+    pub num_freqs: usize,
+    #[serde(default = "yes")]
+    pub include_pi: bool,
+    #[serde(default = "yes")]
+    pub qkv_bias: bool,
+    #[serde(default)]
+    pub qk_norm: bool,
+    #[serde(default = "binary")]
+    pub label_type: String,
+    #[serde(default)]
+    pub drop_path_rate: f64,
+    #[serde(default = "one")]
+    pub scale_factor: f64,
+    #[serde(default = "yes")]
+    pub use_ln_post: bool,
+    #[serde(default)]
+    pub ckpt_path: Option<String>,
 }
 
 fn yes() -> bool {
     true
 }
-fn four() -> usize {
-    4
-}
-fn one() -> usize {
+fn d1() -> usize {
     1
 }
+fn d3() -> usize {
+    3
+}
+fn d4() -> usize {
+    4
+}
+fn d8() -> usize {
+    8
+}
+fn d20() -> usize {
+    20
+}
+fn d5120() -> usize {
+    5120
+}
+fn one() -> f64 {
+    1.0
+}
+fn binary() -> String {
+    "binary".into()
+}
+
+/// `geo_decoder.ln_post` is the one LayerNorm built with PyTorch's default eps.
+const LN_POST_EPS: f64 = 1e-5;
 
 /// The checkpoint name of a module path: the module tree mirrors the official one.
 pub fn checkpoint_name(path: &str) -> String {
@@ -61,13 +106,39 @@ impl ShapeVaeConfig {
         3 * (2 * self.num_freqs + 1)
     }
 
-    pub fn init(&self, device: &Device) -> Result<ShapeVae, String> {
-        if self.geo_decoder_downsample_ratio != 1 || !self.geo_decoder_ln_post {
+    /// Refuse decoder settings the engine does not implement, naming the field and value.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.geo_decoder_downsample_ratio != 1 {
             return Err(format!(
-                "ShapeVAE: the turbo geometry decoder (downsample ratio {}, ln_post {}) is not supported yet",
-                self.geo_decoder_downsample_ratio, self.geo_decoder_ln_post
+                "ShapeVAE geo_decoder_downsample_ratio: {} is the turbo (FlashVDM) geometry \
+                 decoder, which is not supported yet (only 1)",
+                self.geo_decoder_downsample_ratio
             ));
         }
+        if !self.geo_decoder_ln_post {
+            return Err(
+                "ShapeVAE geo_decoder_ln_post: false is the turbo (FlashVDM) geometry decoder, \
+                 which is not supported yet (only true)"
+                    .into(),
+            );
+        }
+        if self.heads == 0 || !self.width.is_multiple_of(self.heads) {
+            return Err(format!(
+                "ShapeVAE heads: {} must divide width {}",
+                self.heads, self.width
+            ));
+        }
+        if self.scale_factor == 0.0 || !self.scale_factor.is_finite() {
+            return Err(format!(
+                "ShapeVAE scale_factor: {} is not usable",
+                self.scale_factor
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn init(&self, device: &Device) -> Result<ShapeVae, String> {
+        self.validate()?;
         let w = self.width;
         let head_dim = w / self.heads;
         let linear = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
@@ -113,7 +184,7 @@ impl ShapeVaeConfig {
                     mlp: mlp(self.geo_decoder_mlp_expand_ratio),
                 },
                 // The one LayerNorm with PyTorch's default eps.
-                ln_post: norm(w, 1e-5),
+                ln_post: norm(w, LN_POST_EPS),
                 output_proj: linear(w, 1, true),
             },
             heads: self.heads,
@@ -202,7 +273,7 @@ pub struct KeyValues {
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         by_rows(x, self.c_fc.weight.dims()[1], |x| {
-            self.c_proj.forward(gelu(self.c_fc.forward(x)))
+            linear(&self.c_proj, gelu(linear(&self.c_fc, x)))
         })
     }
 }
@@ -212,25 +283,40 @@ impl SelfAttention {
         let [b, n, w] = x.dims();
         let hd = w / heads;
         // The official per-head interleave: each head's slice of the concatenated q|k|v.
-        let qkv = self.c_qkv.forward(x).reshape([b, n, heads, 3 * hd]);
-        let mut q = qkv.clone().narrow(3, 0, hd);
-        let mut k = qkv.clone().narrow(3, hd, hd);
-        let v = qkv.narrow(3, 2 * hd, hd);
+        let [q, k, v] = by_rows_many(x, 3 * w, |x| {
+            let rows = x.dims()[1];
+            let qkv = linear(&self.c_qkv, x).reshape([b, rows, heads, 3 * hd]);
+            [0, 1, 2].map(|i| qkv.clone().narrow(3, i * hd, hd).reshape([b, rows, w]))
+        });
+        let split = |t: Tensor<3>| t.reshape([b, n, heads, hd]);
+        let (mut q, mut k) = (split(q), split(k));
         if let Some(norm) = &self.attention {
             q = norm.q_norm.forward(q);
             k = norm.k_norm.forward(k);
         }
-        let out = attend(q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
-        self.c_proj.forward(out)
+        let out = attend(
+            q.swap_dims(1, 2),
+            k.swap_dims(1, 2),
+            split(v).swap_dims(1, 2),
+        );
+        linear(&self.c_proj, out)
     }
 }
 
 impl ShapeVae {
-    /// Sampler latents `[batch, latents, embed_dim]` → decoded latents `[batch, latents, width]`.
+    /// The float dtype the network computes in (its weights').
+    pub fn dtype(&self) -> DType {
+        self.post_kl.weight.val().dtype()
+    }
+
+    /// Sampler latents `[batch, latents, embed_dim]` (f32) → decoded latents
+    /// `[batch, latents, width]` in the network's dtype.
     pub fn decode_latents(&self, latents: Tensor<3>) -> Tensor<3> {
-        // As the reference: one f32 multiply by float32(1 / scale_factor).
+        // As the reference: one f32 multiply by float32(1 / scale_factor), then the network's
+        // dtype.
         let unscale = (1.0 / self.scale_factor) as f32;
-        let mut x = self.post_kl.forward(latents * unscale);
+        let latents = (latents.cast(DType::F32) * unscale).cast(self.dtype());
+        let mut x = linear(&self.post_kl, latents);
         for block in &self.transformer.resblocks {
             x = x.clone() + block.attn.forward(block.ln_1.forward(x), self.heads);
             x = x.clone() + block.mlp.forward(block.ln_2.forward(x));
@@ -244,12 +330,13 @@ impl ShapeVae {
         let [b, m, w] = decoded.dims();
         let hd = w / self.heads;
         let ln = &self.geo_decoder.cross_attn_decoder.ln_2;
-        let kv = attn
-            .c_kv
-            .forward(ln.forward(decoded))
-            .reshape([b, m, self.heads, 2 * hd]);
-        let mut k = kv.clone().narrow(3, 0, hd);
-        let v = kv.narrow(3, hd, hd);
+        let [k, v] = by_rows_many(ln.forward(decoded), 2 * w, |x| {
+            let rows = x.dims()[1];
+            let kv = linear(&attn.c_kv, x).reshape([b, rows, self.heads, 2 * hd]);
+            [0, 1].map(|i| kv.clone().narrow(3, i * hd, hd).reshape([b, rows, w]))
+        });
+        let mut k = k.reshape([b, m, self.heads, hd]);
+        let v = v.reshape([b, m, self.heads, hd]);
         if let Some(norm) = &attn.attention {
             k = norm.k_norm.forward(k);
         }
@@ -260,8 +347,10 @@ impl ShapeVae {
     }
 
     /// The Fourier embedding of points `[batch, n, 3]`: xyz, then sin and cos of each
-    /// coordinate times 1, 2, 4, … (x's frequencies first, then y's, then z's).
+    /// coordinate times 1, 2, 4, … (x's frequencies first, then y's, then z's). Always in f32:
+    /// at fp16 a coordinate times 128 keeps barely a digit after the point.
     pub fn embed(&self, points: Tensor<3>) -> Tensor<3> {
+        let points = points.cast(DType::F32);
         let [b, n, _] = points.dims();
         let scale = if self.include_pi {
             std::f32::consts::PI
@@ -271,33 +360,34 @@ impl ShapeVae {
         let freqs: Vec<f32> = (0..self.num_freqs)
             .map(|i| 2f32.powi(i as i32) * scale)
             .collect();
-        let freqs = Tensor::<4>::from_data(
-            TensorData::new(freqs, [1, 1, 1, self.num_freqs]),
+        let freqs = host_tensor(
+            freqs,
+            [1, 1, 1, self.num_freqs],
+            DType::F32,
             &points.device(),
         );
         let e = (points.clone().unsqueeze_dim::<4>(3) * freqs).reshape([b, n, 3 * self.num_freqs]);
         Tensor::cat(vec![points, e.clone().sin(), e.cos()], 2)
     }
 
-    /// The field at `points` `[batch, n, 3]` → `[batch, n]`, positive inside.
+    /// The field at `points` `[batch, n, 3]` → `[batch, n]` in f32, positive inside. The last
+    /// norm and projection run in f32: the field's sign decides the surface.
     pub fn field(&self, points: Tensor<3>, kv: &KeyValues) -> Tensor<2> {
         let decoder = &self.geo_decoder;
         let block = &decoder.cross_attn_decoder;
-        let q = decoder.query_proj.forward(self.embed(points));
+        let q = linear(&decoder.query_proj, self.embed(points).cast(self.dtype()));
         let [b, n, w] = q.dims();
         let hd = w / self.heads;
-        let mut query = block
-            .attn
-            .c_q
-            .forward(block.ln_1.forward(q.clone()))
-            .reshape([b, n, self.heads, hd]);
+        let mut query =
+            linear(&block.attn.c_q, block.ln_1.forward(q.clone())).reshape([b, n, self.heads, hd]);
         if let Some(norm) = &block.attn.attention {
             query = norm.q_norm.forward(query);
         }
         let attended = attend(query.swap_dims(1, 2), kv.k.clone(), kv.v.clone());
-        let x = q + block.attn.c_proj.forward(attended);
+        let x = q + linear(&block.attn.c_proj, attended);
         let x = x.clone() + block.mlp.forward(block.ln_3.forward(x));
-        let out = decoder.output_proj.forward(decoder.ln_post.forward(x));
+        let x = layer_norm_f32(&decoder.ln_post, x, LN_POST_EPS);
+        let out = linear_f32(&decoder.output_proj, x);
         out.reshape([b, n])
     }
 }

@@ -29,9 +29,19 @@ pub struct ShapeInput {
     pub mask: Vec<u8>,
 }
 
-/// `ImageProcessorV2` on `rgba` (an image without transparency counts as all object).
+/// `ImageProcessorV2` on `rgba` (an image without transparency counts as all object), with
+/// the official border.
 pub fn shape_input(rgba: &RgbaImage, size: usize) -> Result<ShapeInput, RecenterError> {
-    let (rgb, mask) = recenter(rgba, BORDER_RATIO)?;
+    shape_input_with(rgba, size, BORDER_RATIO)
+}
+
+/// `ImageProcessorV2(size, border_ratio)` on `rgba`.
+pub fn shape_input_with(
+    rgba: &RgbaImage,
+    size: usize,
+    border_ratio: f64,
+) -> Result<ShapeInput, RecenterError> {
+    let (rgb, mask) = recenter(rgba, border_ratio)?;
     let rgb = resize_cubic(&rgb, size, size).data;
     let mask = resize_nearest(&mask, size, size).data;
     let mut image = vec![0f32; 3 * size * size];

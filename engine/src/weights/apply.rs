@@ -2,7 +2,7 @@
 //! path; a missing, extra or wrong-shaped tensor is reported by name. Parameters are still
 //! lazy when this runs, so the module's random initialisation never allocates.
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use thiserror::Error;
 
@@ -117,27 +117,12 @@ impl<R: Fn(&str) -> String> ModuleMapper for WeightMapper<R> {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let mut path = self.path.clone();
-        if self.torch_linear
-            && let Some(last) = path.last_mut()
-        {
-            match last.as_str() {
-                "gamma" => *last = "weight".into(),
-                "beta" => *last = "bias".into(),
-                _ => {}
-            }
-        }
-        let name = (self.rename)(&path.join("."));
         let want = param.lazy_shape().to_vec();
+        let (name, expected, linear) =
+            checkpoint_entry(&self.path, &want, self.torch_linear, &self.rename);
         let Some(stored) = self.weights.take(&name) else {
             self.error.missing.push(name);
             return param;
-        };
-        let linear = self.torch_linear && D == 2 && self.path.last().is_some_and(|p| p == "weight");
-        let expected = if linear {
-            vec![want[1], want[0]]
-        } else {
-            want.clone()
         };
         if stored.shape != expected {
             self.error.mismatched.push((name, stored.shape, expected));
@@ -150,4 +135,64 @@ impl<R: Fn(&str) -> String> ModuleMapper for WeightMapper<R> {
         let id = param.id;
         param.transform_for_load(tensor, id)
     }
+}
+
+/// A parameter's checkpoint name and stored shape, from its module path and shape: with
+/// `torch` naming, burn's norm `gamma`/`beta` are PyTorch's `weight`/`bias` and a 2-D `weight`
+/// is a linear layer's, stored `[out, in]` (the third value says it must be transposed).
+fn checkpoint_entry(
+    path: &[String],
+    shape: &[usize],
+    torch: bool,
+    rename: impl Fn(&str) -> String,
+) -> (String, Vec<usize>, bool) {
+    let mut path = path.to_vec();
+    if torch && let Some(last) = path.last_mut() {
+        match last.as_str() {
+            "gamma" => *last = "weight".into(),
+            "beta" => *last = "bias".into(),
+            _ => {}
+        }
+    }
+    let linear = torch && shape.len() == 2 && path.last().is_some_and(|p| p == "weight");
+    let stored = if linear {
+        vec![shape[1], shape[0]]
+    } else {
+        shape.to_vec()
+    };
+    (rename(&path.join(".")), stored, linear)
+}
+
+/// Every parameter of `module` as the PyTorch checkpoint that [`apply_torch_weights`] takes
+/// would store it: `(name, shape)` in module order. Parameters are not materialised (a
+/// full-size model's layout costs nothing).
+pub fn torch_layout<M: Module>(
+    module: &M,
+    rename: impl Fn(&str) -> String,
+) -> Vec<(String, Vec<usize>)> {
+    struct Layout<R> {
+        rename: R,
+        path: Vec<String>,
+        out: Vec<(String, Vec<usize>)>,
+    }
+    impl<R: Fn(&str) -> String> ModuleVisitor for Layout<R> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let (name, shape, _) =
+                checkpoint_entry(&self.path, &param.lazy_shape(), true, &self.rename);
+            self.out.push((name, shape));
+        }
+    }
+    let mut layout = Layout {
+        rename,
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut layout);
+    layout.out
 }

@@ -26,9 +26,16 @@ pub struct ShardIndex {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IndexMetadata {
-    /// Sum of tensor data bytes (the Hugging Face meaning).
+    /// Sum of tensor data bytes (the Hugging Face meaning): the weights' bytes in f16, the
+    /// shards' dtype (twice that in f32 on the device).
     pub total_size: u64,
     pub format: String,
+    /// The largest tensor (one GPU buffer each), so a client can tell whether the model fits
+    /// the device before it downloads anything. Absent from sets packed before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub largest_tensor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub largest_tensor_elements: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +73,21 @@ impl ShardIndex {
     /// Bytes the loader will stream: the sum of shard file sizes.
     pub fn total_bytes(&self) -> u64 {
         self.shards.iter().map(|s| s.size).sum()
+    }
+
+    /// What the set needs on a device (see [`crate::fit`]); for a set packed before the
+    /// largest tensor was recorded only the total is checked.
+    pub fn footprint(&self) -> crate::fit::Footprint {
+        let f16 = self.metadata.total_size;
+        crate::fit::Footprint {
+            weights_f16: f16,
+            largest_tensor_elements: self.metadata.largest_tensor_elements.unwrap_or(0),
+            largest_tensor: self
+                .metadata
+                .largest_tensor
+                .clone()
+                .unwrap_or_else(|| format!("{} (not recorded)", self.model.id)),
+        }
     }
 
     pub fn tensor_count(&self) -> usize {

@@ -18,7 +18,9 @@ pub mod source;
 pub mod status;
 pub mod upload;
 
-pub use apply::{ApplyError, apply_torch_weights, apply_weights, apply_weights_renamed};
+pub use apply::{
+    ApplyError, apply_torch_weights, apply_weights, apply_weights_renamed, torch_layout,
+};
 pub use error::{LoadError, ShardError};
 pub use index::{INDEX_FILE, ModelMeta, ShardIndex, ShardInfo};
 pub use loader::{CacheCheck, load_all, load_weights, verify_cached};

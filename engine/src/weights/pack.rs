@@ -216,10 +216,17 @@ pub fn pack_tensors(
         shards.push(info);
     }
 
+    let largest = tensors
+        .iter()
+        .max_by_key(|t| t.shape.iter().product::<usize>())
+        .map(|t| (t.name.clone(), t.shape.iter().product::<usize>() as u64))
+        .unwrap_or_default();
     let index = ShardIndex {
         metadata: IndexMetadata {
             total_size: total,
             format: FORMAT.into(),
+            largest_tensor: Some(largest.0),
+            largest_tensor_elements: Some(largest.1),
         },
         weight_map,
         model: ModelMeta {

@@ -51,10 +51,12 @@ fn mid(width: usize, depth: usize, latents: usize) -> Result<Configs> {
         dit: serde_json::from_value(serde_json::json!({
             "in_channels": 64, "hidden_size": width, "context_dim": width, "depth": depth,
             "num_heads": heads, "num_moe_layers": 2, "num_experts": 4, "moe_top_k": 2,
+            "qk_norm": true, "qkv_bias": false, "use_attention_pooling": false,
         }))?,
         vae: serde_json::from_value(serde_json::json!({
             "num_latents": latents, "embed_dim": 64, "width": width, "heads": heads,
             "num_decoder_layers": depth, "num_freqs": 8, "scale_factor": 1.0,
+            "qk_norm": true, "qkv_bias": false, "include_pi": false,
         }))?,
     })
 }
@@ -63,6 +65,9 @@ fn build(configs: &Configs, device: &Device) -> Result<ShapeModel> {
     Ok(ShapeModel {
         encoder: configs.dinov2.init(device),
         encoder_size: configs.dinov2.image_size,
+        use_cls_token: true,
+        image_processor: Default::default(),
+        default_steps: orfeas_engine::pipeline::DEFAULT_STEPS,
         denoiser: Denoiser::Plain(Box::new(configs.dit.init(device))),
         scheduler: Scheduler::FlowMatch,
         vae: configs.vae.init(device).map_err(anyhow::Error::msg)?,

@@ -353,7 +353,7 @@ fn validate(raw: &RawParams) -> Result<GenerateParams, String> {
         if !(1..=200).contains(&steps) {
             return Err(format!("steps must be 1–200, got {steps}"));
         }
-        params.steps = steps;
+        params.steps = Some(steps);
     }
     if let Some(guidance) = number::<f32>(&raw.guidance, "guidance")? {
         if !(0.0..=50.0).contains(&guidance) {
@@ -423,7 +423,7 @@ mod tests {
             ..Default::default()
         };
         let params = validate(&raw).unwrap();
-        assert_eq!(params.steps, 12);
+        assert_eq!(params.steps, Some(12));
         assert_eq!(params.guidance, 7.5);
         assert_eq!(params.format, MeshFormat::Stl);
         assert!(!params.remove_background);

@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, watch};
 /// What a generation request asks for (the original studio's parameters).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateParams {
-    pub steps: u32,
+    /// `None`: the model's own default (5 for turbo checkpoints, else 30).
+    pub steps: Option<u32>,
     pub guidance: f32,
     pub octree_resolution: u32,
     pub seed: u64,
@@ -23,7 +24,7 @@ pub struct GenerateParams {
 impl Default for GenerateParams {
     fn default() -> Self {
         Self {
-            steps: 30,
+            steps: None,
             guidance: 5.0,
             octree_resolution: 256,
             seed: 1234,
@@ -272,7 +273,7 @@ async fn run(jobs: Arc<Jobs>, mut receiver: mpsc::Receiver<Queued>, pipeline: Ar
         if jobs.status(&id) == Some(JobStatus::Cancelled) {
             continue;
         }
-        let steps = input.params.steps;
+        let steps = input.params.steps.unwrap_or(0);
         jobs.set(&id, JobStatus::Running { step: 0, steps });
         let progress_jobs = jobs.clone();
         let progress_id = id.clone();

@@ -10,7 +10,6 @@ use orfeas_engine::background::{Options, has_alpha, remove_background};
 use orfeas_engine::mesh::{cleanup, export};
 use orfeas_engine::models::isnet::{IsNet, checkpoint_name};
 use orfeas_engine::pipeline::{GenerateOptions, Progress, ShapeConfig, ShapeModel};
-use orfeas_engine::recenter::{SIZE, shape_input};
 use orfeas_engine::weights::apply_torch_weights;
 
 use super::jobs::{JobInput, MeshFile, MeshFormat, Pipeline};
@@ -93,9 +92,12 @@ impl ModelPipeline {
         } else {
             image
         };
-        let input = shape_input(&image, SIZE).map_err(|e| e.to_string())?;
+        let input = networks
+            .shape
+            .preprocess(&image)
+            .map_err(|e| e.to_string())?;
         let options = GenerateOptions {
-            steps: params.steps as usize,
+            steps: params.steps.map(|s| s as usize),
             guidance: params.guidance,
             resolution: params.octree_resolution as usize,
             seed: params.seed,
@@ -103,7 +105,7 @@ impl ModelPipeline {
         };
         let surface = networks
             .shape
-            .generate(&input.image, SIZE, SIZE, &options, |progress| {
+            .generate(&input.image, input.size, input.size, &options, |progress| {
                 if let Progress::Sampling { done, total } = progress {
                     step(done as u32, total as u32);
                 }

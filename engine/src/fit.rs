@@ -1,0 +1,166 @@
+//! Whether a model fits the device, decided from its indexes before a byte of weights is
+//! fetched: the index records the model's bytes per dtype and its largest tensor; the device
+//! says whether it computes in f16 (`shader-f16`), its largest buffer and how much memory the
+//! models may take. A refusal says what is missing and which official model would fit.
+
+use burn::tensor::DType;
+use serde::{Deserialize, Serialize};
+
+use crate::weights::ShardIndex;
+
+/// What a model needs on the device, from its shard sets' indexes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Footprint {
+    /// Weight bytes when the weights stay f16 on the device.
+    pub weights_f16: u64,
+    /// Elements of the largest tensor (one GPU buffer each); 0 when not recorded.
+    pub largest_tensor_elements: u64,
+    pub largest_tensor: String,
+}
+
+impl Footprint {
+    pub fn weights(&self, dtype: DType) -> u64 {
+        self.weights_f16 / 2 * dtype.size() as u64
+    }
+
+    /// The footprint of several shard sets loaded together (a shape model's three).
+    pub fn of(indexes: &[&ShardIndex]) -> Self {
+        let mut out = Footprint {
+            weights_f16: 0,
+            largest_tensor_elements: 0,
+            largest_tensor: String::new(),
+        };
+        for index in indexes {
+            let own = index.footprint();
+            out.weights_f16 += own.weights_f16;
+            if own.largest_tensor_elements > out.largest_tensor_elements {
+                out.largest_tensor_elements = own.largest_tensor_elements;
+                out.largest_tensor = own.largest_tensor;
+            }
+        }
+        out
+    }
+}
+
+/// What the device offers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// Computes in f16 (a GPU with `shader-f16`, or the CPU backend).
+    pub f16: bool,
+    /// Bytes of memory the weights may take.
+    pub memory: u64,
+    /// Where `memory` comes from ("host memory", "assumed: WebGPU does not report GPU memory;
+    /// set gpu_memory_gib", …), for the message.
+    pub memory_source: String,
+    /// The largest single buffer.
+    pub max_buffer_size: u64,
+}
+
+/// The weights may take this share of the memory; the rest is for activations (a few
+/// buffer-budget slices), the other models and the browser.
+pub const WEIGHT_SHARE: f64 = 0.85;
+
+/// The official shape models' weights (what image-to-3D loads, f16 bytes), for "what would
+/// fit" (measured from the real layouts: `orfeas synthesize` / `tests/real_layouts.rs`).
+pub const OFFICIAL_MODELS: &[(&str, u64)] = &[
+    ("Hunyuan3D-2.1", 7_138_680_450),
+    ("Hunyuan3D-2.0 (-fast, -turbo)", 4_930_561_666),
+    ("Hunyuan3D-2mini (-fast, -turbo)", 3_822_405_250),
+];
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// The dtype `name` (with `footprint`) will run in on a device with `capacity`, or why it
+/// cannot run there.
+pub fn check(name: &str, footprint: &Footprint, capacity: &Capacity) -> Result<DType, String> {
+    let dtype = if capacity.f16 { DType::F16 } else { DType::F32 };
+    let precision = if capacity.f16 {
+        "f16".to_string()
+    } else {
+        "f32 (this GPU has no shader-f16, so weights cannot stay f16)".to_string()
+    };
+    let largest = footprint.largest_tensor_elements * dtype.size() as u64;
+    if largest > capacity.max_buffer_size {
+        return Err(format!(
+            "{name}: its largest tensor ({}, {}) is over this GPU's largest buffer ({})",
+            footprint.largest_tensor,
+            gib(largest),
+            gib(capacity.max_buffer_size)
+        ));
+    }
+    let needs = footprint.weights(dtype);
+    let room = (capacity.memory as f64 * WEIGHT_SHARE) as u64;
+    if needs <= room {
+        return Ok(dtype);
+    }
+    let fitting: Vec<String> = OFFICIAL_MODELS
+        .iter()
+        .map(|(model, f16)| (model, f16 / 2 * dtype.size() as u64))
+        .filter(|(_, bytes)| *bytes <= room)
+        .map(|(model, bytes)| format!("{model} ({})", gib(bytes)))
+        .collect();
+    let instead = if fitting.is_empty() {
+        "no official Hunyuan3D model fits".to_string()
+    } else {
+        format!("would fit: {}", fitting.join(", "))
+    };
+    Err(format!(
+        "{name} does not fit: it needs {} of memory in {precision}, and {} is available for \
+         weights ({}% of {}, {}); {instead}",
+        gib(needs),
+        gib(room),
+        (WEIGHT_SHARE * 100.0).round(),
+        gib(capacity.memory),
+        capacity.memory_source
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_21() -> Footprint {
+        Footprint {
+            weights_f16: 7_138_680_450,
+            largest_tensor_elements: 8192 * 2048,
+            largest_tensor: "model.blocks.15.moe.experts.0.net.0.proj.weight".into(),
+        }
+    }
+
+    fn gpu(f16: bool, memory_gib: u64) -> Capacity {
+        Capacity {
+            f16,
+            memory: memory_gib << 30,
+            memory_source: "assumed".into(),
+            max_buffer_size: 256 << 20,
+        }
+    }
+
+    #[test]
+    fn without_shader_f16_the_big_model_is_refused_naming_what_fits() {
+        let err = check("Hunyuan3D-2.1", &model_21(), &gpu(false, 12)).unwrap_err();
+        assert!(
+            err.contains("13.3 GiB") && err.contains("shader-f16"),
+            "{err}"
+        );
+        assert!(err.contains("2mini"), "{err}");
+        assert!(!err.contains("would fit: Hunyuan3D-2.1"), "{err}");
+        assert_eq!(
+            check("Hunyuan3D-2.1", &model_21(), &gpu(true, 12)),
+            Ok(DType::F16)
+        );
+    }
+
+    #[test]
+    fn a_tensor_over_the_largest_buffer_is_refused() {
+        let mut small = gpu(true, 64);
+        small.max_buffer_size = 16 << 20;
+        let err = check("m", &model_21(), &small).unwrap_err();
+        assert!(
+            err.contains("largest tensor") && err.contains("moe.experts"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! Every official Hunyuan3D variant's checkpoint layout, with synthetic weights (`orfeas
+//! synthesize`): the layouts equal the official classes' `state_dict()`s at full and reduced
+//! size; each variant converts from its torch `.ckpt` and its safetensors repack to the same
+//! shard sets, loads, and runs in f32 and f16; what the engine does not implement is refused
+//! naming the field and value, with nothing written; a checkpoint `torch.save` wrote from the
+//! official classes converts and its weights come through.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::{DType, Tensor, TensorData};
+use orfeas::synthetic::{Format, Variant, layout};
+use orfeas_engine::pipeline::{COMPONENTS, ShapeModel, load_shape_model};
+use orfeas_engine::weights::source::DirSource;
+
+mod common;
+use common::{orfeas, text};
+
+fn official_layouts() -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/official_layouts.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("official_layouts.json")).unwrap()
+}
+
+#[test]
+fn synthetic_layouts_are_the_official_ones() {
+    // The official classes' state_dict()s at full and reduced size: a digest of the sorted
+    // `name:shape` lines (and, reduced, the whole list for a readable difference).
+    use sha2::Digest;
+    let official = official_layouts();
+    for variant in Variant::ALL {
+        for reduced in [false, true] {
+            let scale = if reduced { "reduced" } else { "full" };
+            let what = format!("{}/{scale}", variant.name());
+            let entries =
+                layout(&variant.config_yaml(reduced)).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let ours: BTreeMap<String, Vec<usize>> = entries
+                .iter()
+                .map(|e| (e.name.clone(), e.shape.clone()))
+                .collect();
+            assert_eq!(ours.len(), entries.len(), "{what}: no name twice");
+            let theirs = &official[variant.name()][scale];
+            if let Some(list) = theirs.get("layout") {
+                let theirs: BTreeMap<String, Vec<usize>> =
+                    serde_json::from_value(list.clone()).unwrap();
+                let only_ours: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
+                let only_theirs: Vec<_> =
+                    theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
+                assert!(
+                    only_ours.is_empty() && only_theirs.is_empty(),
+                    "{what}: only ours {only_ours:?}, only official {only_theirs:?}"
+                );
+                for (name, shape) in &ours {
+                    assert_eq!(shape, &theirs[name], "{what}: {name}");
+                }
+            }
+            let lines: String = ours
+                .iter()
+                .map(|(name, shape)| {
+                    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+                    format!("{name}:{}\n", dims.join(","))
+                })
+                .collect();
+            let digest = hex::encode(sha2::Sha256::digest(lines.as_bytes()));
+            assert_eq!(
+                theirs["tensors"].as_u64(),
+                Some(ours.len() as u64),
+                "{what}: tensor count"
+            );
+            assert_eq!(
+                theirs["sha256"].as_str(),
+                Some(digest.as_str()),
+                "{what}: names and shapes"
+            );
+            if !reduced {
+                let (all, used) = orfeas::synthetic::sizes(&entries);
+                eprintln!(
+                    "{}: {} tensors, {all} bytes in f16 ({used} used by image-to-3D)",
+                    variant.name(),
+                    ours.len()
+                );
+            }
+        }
+    }
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+fn convert(checkpoint: &Path, config: &Path, out: &Path) -> std::process::Output {
+    orfeas(&[
+        "convert",
+        checkpoint.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ])
+}
+
+fn load(dir: &Path, device: &burn::tensor::Device, dtype: DType) -> ShapeModel {
+    let sources = COMPONENTS.map(|c| DirSource::new(dir.join(c)));
+    block_on(load_shape_model(
+        [&sources[0], &sources[1], &sources[2]],
+        device,
+        dtype,
+        |_, _| {},
+    ))
+    .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+/// Encode a grey disc, sample a few steps and query the field: everything finite.
+fn runs(model: &ShapeModel, what: &str) {
+    let size = model.image_processor.size;
+    let mut rgba = image::RgbaImage::new(96, 96);
+    for (x, y, px) in rgba.enumerate_pixels_mut() {
+        let inside = (x as i32 - 48).pow(2) + (y as i32 - 48).pow(2) < 30 * 30;
+        *px = image::Rgba([180, 120, 60, if inside { 255 } else { 0 }]);
+    }
+    let input = model.preprocess(&rgba).expect("the disc is an object");
+    assert_eq!(
+        input.size, size,
+        "{what}: the config's image_processor.size"
+    );
+    block_on(async {
+        let cond = model.condition(&input.image, input.size, input.size);
+        let latents = model.sample(cond, model.noise(3), 2, 5.0, |_, _| {}).await;
+        let kv = model.key_values(latents.clone());
+        let field = model
+            .field_at(&[[0.0, 0.0, 0.0], [0.5, -0.25, 0.9]], &kv)
+            .await
+            .expect("the field reads back");
+        let latents: Vec<f32> = latents
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert!(
+            latents.iter().all(|v| v.is_finite()),
+            "{what}: latents finite"
+        );
+        assert!(
+            field.iter().all(|v| v.is_finite()),
+            "{what}: field finite: {field:?}"
+        );
+    });
+}
+
+#[test]
+fn every_variant_converts_loads_and_runs() {
+    let cpu = orfeas_engine::device::cpu();
+    let gpu = orfeas_engine::device::gpu();
+    for variant in Variant::ALL {
+        let work = tempfile::tempdir().unwrap();
+        let mut converted = Vec::new();
+        for format in [Format::Ckpt, Format::Safetensors] {
+            let (checkpoint, _) = orfeas::synthetic::write(
+                variant,
+                true,
+                format,
+                &work.path().join("src"),
+                7,
+                |_, _| {},
+            )
+            .unwrap();
+            let out = work.path().join(format!("{format:?}"));
+            let run = convert(&checkpoint, &work.path().join("src/config.yaml"), &out);
+            let said = text(&run);
+            assert!(
+                run.status.success(),
+                "{} {format:?}: {said}",
+                variant.name()
+            );
+            if variant == Variant::V21 {
+                assert!(
+                    said.contains("skipped")
+                        && said.contains("vae.encoder")
+                        && said.contains("vae.pre_kl"),
+                    "2.1 lists the encoder tensors it leaves out: {said}"
+                );
+            } else {
+                assert!(!said.contains("skipped"), "{}: {said}", variant.name());
+            }
+            converted.push(out);
+        }
+        for component in COMPONENTS {
+            let index = |dir: &Path| {
+                std::fs::read_to_string(
+                    dir.join(component).join(orfeas_engine::weights::INDEX_FILE),
+                )
+                .unwrap()
+            };
+            assert_eq!(
+                index(&converted[0]),
+                index(&converted[1]),
+                "{} {component}: the .ckpt and the repack give the same shard sets",
+                variant.name()
+            );
+        }
+        for dtype in [DType::F32, DType::F16] {
+            let model = load(&converted[0], &cpu, dtype);
+            assert_eq!(model.dtype(), dtype);
+            let turbo = matches!(variant, Variant::V20Turbo | Variant::MiniTurbo);
+            assert_eq!(
+                model.default_steps,
+                if turbo { 5 } else { 30 },
+                "{}",
+                variant.name()
+            );
+            runs(&model, &format!("{} {dtype:?} on cpu", variant.name()));
+        }
+        // The real user's path once: f16 on the GPU, with 2mini-turbo (1022 px, interpolated
+        // positions, guidance embedding, consistency ladder).
+        if variant == Variant::MiniTurbo
+            && let Some(gpu) = &gpu
+        {
+            let model = load(&converted[0], gpu, DType::F16);
+            runs(&model, "2mini-turbo F16 on wgpu");
+        }
+    }
+}
+
+/// Write `variant`'s reduced config with `edit` applied, next to a checkpoint that fits the
+/// unedited config; converting must fail naming `expect` and write nothing.
+fn refused(variant: Variant, edit: &dyn Fn(&mut serde_json::Value), expect: &[&str]) {
+    let work = tempfile::tempdir().unwrap();
+    let (checkpoint, _) = orfeas::synthetic::write(
+        variant,
+        true,
+        Format::Safetensors,
+        work.path(),
+        1,
+        |_, _| {},
+    )
+    .unwrap();
+    let mut yaml: serde_json::Value = yaml_serde::from_str(&variant.config_yaml(true)).unwrap();
+    edit(&mut yaml);
+    let config = work.path().join("edited.yaml");
+    std::fs::write(&config, yaml_serde::to_string(&yaml).unwrap()).unwrap();
+    let out = work.path().join("out");
+    let run = convert(&checkpoint, &config, &out);
+    let said = text(&run);
+    assert!(!run.status.success(), "{expect:?} was accepted: {said}");
+    for word in expect {
+        assert!(said.contains(word), "the refusal names {word:?}: {said}");
+    }
+    assert!(!out.exists(), "nothing written on refusal");
+}
+
+#[test]
+fn config_values_the_engine_does_not_implement_are_refused() {
+    refused(
+        Variant::V21,
+        &|y| y["model"]["params"]["with_decoupled_ca"] = true.into(),
+        &["with_decoupled_ca", "true"],
+    );
+    refused(
+        Variant::V21,
+        &|y| y["model"]["params"]["qk_norm_type"] = "layer".into(),
+        &["qk_norm_type", "layer"],
+    );
+    refused(
+        Variant::V21,
+        &|y| y["model"]["params"]["use_attention_pooling"] = true.into(),
+        &["use_attention_pooling", "true"],
+    );
+    refused(
+        Variant::V21,
+        &|y| y["model"]["params"]["guidance_cond_proj_dim"] = 256.into(),
+        &["guidance_cond_proj_dim", "256"],
+    );
+    refused(
+        Variant::V21,
+        &|y| y["model"]["params"]["norm_type"] = "rms".into(),
+        &["norm_type", "rms"],
+    );
+    refused(
+        Variant::V20,
+        &|y| y["conditioner"]["params"]["main_image_encoder"]["type"] = "DinoImageEncoderMV".into(),
+        &["main_image_encoder.type", "DinoImageEncoderMV"],
+    );
+    refused(
+        Variant::V20,
+        &|y| y["vae"]["params"]["geo_decoder_downsample_ratio"] = 2.into(),
+        &["geo_decoder_downsample_ratio", "2"],
+    );
+    refused(
+        Variant::V20,
+        &|y| y["model"]["params"]["rope_scaling"] = 2.into(),
+        &["rope_scaling"],
+    );
+    refused(
+        Variant::Mini,
+        &|y| y["scheduler"]["params"]["shift"] = 3.0.into(),
+        &["shift", "3"],
+    );
+    refused(
+        Variant::Mini,
+        &|y| {
+            y["image_processor"]["target"] =
+                "hy3dgen.shapegen.preprocessors.MVImageProcessorV2".into()
+        },
+        &["image_processor", "MVImageProcessorV2"],
+    );
+    refused(
+        Variant::V21,
+        &|y| {
+            y["conditioner"]["params"]["main_image_encoder"]["kwargs"]["config"]["hidden_act"] =
+                "relu".into()
+        },
+        &["hidden_act", "relu"],
+    );
+    // A config that does not describe the tensors (the guidance embedding absent from it).
+    refused(
+        Variant::V20Fast,
+        &|y| y["model"]["params"]["guidance_embed"] = false.into(),
+        &["guidance_in"],
+    );
+}
+
+#[test]
+fn a_checkpoint_saved_by_the_official_classes_converts() {
+    // `torch.save` of the official hy3dshape modules' fp16 state dicts (OrderedDicts with
+    // `_metadata`, the VAE encoder included), as the real model.fp16.ckpt is written.
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/official_tiny");
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("tiny");
+    let run = convert(
+        &data.join("model.fp16.ckpt"),
+        &data.join("config.yaml"),
+        &out,
+    );
+    let said = text(&run);
+    assert!(run.status.success(), "{said}");
+    assert!(said.contains("vae.encoder"), "{said}");
+    // The DiT's weights came through: its output on the stored input matches the official
+    // module's (f32 run of the same fp16 weights).
+    let reference = std::fs::read(data.join("reference.safetensors")).unwrap();
+    let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
+    let get = |name: &str| {
+        let view = reference.tensor(name).unwrap();
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        (values, view.shape().to_vec())
+    };
+    let cpu = orfeas_engine::device::cpu();
+    let model = load(&out, &cpu, DType::F32);
+    let tensor = |(values, shape): (Vec<f32>, Vec<usize>)| {
+        let dims: [usize; 3] = shape.try_into().unwrap();
+        Tensor::<3>::from_data(TensorData::new(values, dims), &cpu)
+    };
+    let (t, _) = get("t");
+    let out = model
+        .denoiser
+        .forward(tensor(get("x")), &t, tensor(get("context")), None)
+        .unwrap();
+    let ours: Vec<f32> = out
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let (theirs, _) = get("out");
+    let diff = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("official torch.save checkpoint: DiT output within {diff:.2e}");
+    assert!(diff < 1e-4, "the converted DiT differs by {diff}");
+}
