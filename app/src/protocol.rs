@@ -55,6 +55,10 @@ pub struct EngineOptions {
     pub octree_resolution: Option<u32>,
     #[serde(default)]
     pub seed: Option<u64>,
+    /// GPU memory the models may take, in GiB (`?gpu_memory_gib=`): WebGPU does not report
+    /// it, so a model is checked against this, else 8 GiB (a software adapter: the host's).
+    #[serde(default)]
+    pub gpu_memory_gib: Option<f64>,
 }
 
 impl EngineOptions {
@@ -78,6 +82,9 @@ impl EngineOptions {
                 .and_then(|v| v.parse::<u32>().ok())
                 .map(|r| r.clamp(16, 1024)),
             seed: value("seed").and_then(|v| v.parse::<u64>().ok()),
+            gpu_memory_gib: value("gpu_memory_gib")
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|g| g.is_finite() && *g > 0.0),
         }
     }
 }

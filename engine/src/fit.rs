@@ -58,7 +58,7 @@ pub struct Capacity {
 
 /// The weights may take this share of the memory; the rest is for activations (a few
 /// buffer-budget slices), the other models and the browser.
-pub const WEIGHT_SHARE: f64 = 0.85;
+pub const WEIGHT_SHARE: f64 = 0.9;
 
 /// The official shape models' weights (what image-to-3D loads, f16 bytes), for "what would
 /// fit" (measured from the real layouts: `orfeas synthesize` / `tests/real_layouts.rs`).
@@ -68,18 +68,37 @@ pub const OFFICIAL_MODELS: &[(&str, u64)] = &[
     ("Hunyuan3D-2mini (-fast, -turbo)", 3_822_405_250),
 ];
 
+/// Bytes in GiB, or MiB below one GiB.
 fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    if gib >= 1.0 {
+        format!("{gib:.1} GiB")
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
 }
 
-/// The dtype `name` (with `footprint`) will run in on a device with `capacity`, or why it
-/// cannot run there.
-pub fn check(name: &str, footprint: &Footprint, capacity: &Capacity) -> Result<DType, String> {
-    let dtype = if capacity.f16 { DType::F16 } else { DType::F32 };
-    let precision = if capacity.f16 {
-        "f16".to_string()
-    } else {
-        "f32 (this GPU has no shader-f16, so weights cannot stay f16)".to_string()
+impl Capacity {
+    /// The dtype models run in here by default: f16 where the device computes in it.
+    pub fn preferred_dtype(&self) -> DType {
+        if self.f16 { DType::F16 } else { DType::F32 }
+    }
+}
+
+/// Whether `name` (with `footprint`) fits a device with `capacity` in `dtype`; why not when it
+/// does not, and which official model would.
+pub fn check(
+    name: &str,
+    footprint: &Footprint,
+    capacity: &Capacity,
+    dtype: DType,
+) -> Result<(), String> {
+    let precision = match (dtype, capacity.f16) {
+        (DType::F32, false) => {
+            "f32 (this GPU has no shader-f16, so the weights cannot stay f16)".to_string()
+        }
+        (DType::F32, true) => "f32 (f16 would halve it)".to_string(),
+        _ => "f16".to_string(),
     };
     let largest = footprint.largest_tensor_elements * dtype.size() as u64;
     if largest > capacity.max_buffer_size {
@@ -93,7 +112,7 @@ pub fn check(name: &str, footprint: &Footprint, capacity: &Capacity) -> Result<D
     let needs = footprint.weights(dtype);
     let room = (capacity.memory as f64 * WEIGHT_SHARE) as u64;
     if needs <= room {
-        return Ok(dtype);
+        return Ok(());
     }
     let fitting: Vec<String> = OFFICIAL_MODELS
         .iter()
@@ -140,24 +159,35 @@ mod tests {
 
     #[test]
     fn without_shader_f16_the_big_model_is_refused_naming_what_fits() {
-        let err = check("Hunyuan3D-2.1", &model_21(), &gpu(false, 12)).unwrap_err();
+        let no_f16 = gpu(false, 12);
+        let err = check(
+            "Hunyuan3D-2.1",
+            &model_21(),
+            &no_f16,
+            no_f16.preferred_dtype(),
+        )
+        .unwrap_err();
         assert!(
             err.contains("13.3 GiB") && err.contains("shader-f16"),
             "{err}"
         );
         assert!(err.contains("2mini"), "{err}");
         assert!(!err.contains("would fit: Hunyuan3D-2.1"), "{err}");
+        let f16 = gpu(true, 12);
+        assert_eq!(f16.preferred_dtype(), DType::F16);
         assert_eq!(
-            check("Hunyuan3D-2.1", &model_21(), &gpu(true, 12)),
-            Ok(DType::F16)
+            check("Hunyuan3D-2.1", &model_21(), &f16, DType::F16),
+            Ok(())
         );
+        let err = check("Hunyuan3D-2.1", &model_21(), &f16, DType::F32).unwrap_err();
+        assert!(err.contains("f16 would halve it"), "{err}");
     }
 
     #[test]
     fn a_tensor_over_the_largest_buffer_is_refused() {
         let mut small = gpu(true, 64);
         small.max_buffer_size = 16 << 20;
-        let err = check("m", &model_21(), &small).unwrap_err();
+        let err = check("m", &model_21(), &small, DType::F16).unwrap_err();
         assert!(
             err.contains("largest tensor") && err.contains("moe.experts"),
             "{err}"

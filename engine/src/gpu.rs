@@ -7,6 +7,8 @@ use burn::tensor::{DType, Device};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::fit::Capacity;
+
 /// The smallest storage-buffer binding the models may need: WebGPU's default limit, which every
 /// adapter offers. Larger tensors are split by the models (they never bind more than this).
 pub const MIN_STORAGE_BINDING: u64 = 128 << 20;
@@ -32,7 +34,39 @@ impl GpuInfo {
             DType::F32
         }
     }
+
+    /// The buffer budget the models may use on this device: its storage binding (at least
+    /// WebGPU's default, which the device was refused without), no larger than a buffer.
+    pub fn buffer_budget(&self) -> usize {
+        self.max_storage_buffer_binding_size
+            .min(self.max_buffer_size)
+            .try_into()
+            .unwrap_or(usize::MAX)
+    }
+
+    /// What the models may take on this GPU (see [`crate::fit`]). WebGPU and wgpu do not
+    /// report GPU memory: `memory` is the user's figure when given, the host's memory for a
+    /// software adapter (it renders in RAM), else [`ASSUMED_GPU_MEMORY`], saying so.
+    pub fn capacity(&self, memory: Option<u64>, host_memory: Option<u64>) -> Capacity {
+        let (memory, memory_source) = match (memory, self.software, host_memory) {
+            (Some(m), _, _) => (m, "as configured".to_string()),
+            (None, true, Some(host)) => (host, "host memory: a software adapter".to_string()),
+            (None, _, _) => (
+                ASSUMED_GPU_MEMORY,
+                "assumed: the GPU does not report its memory; set gpu_memory_gib".to_string(),
+            ),
+        };
+        Capacity {
+            f16: self.shader_f16,
+            memory,
+            memory_source,
+            max_buffer_size: self.max_buffer_size,
+        }
+    }
 }
+
+/// GPU memory assumed when nothing says otherwise (a common consumer GPU's).
+pub const ASSUMED_GPU_MEMORY: u64 = 8 << 30;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum GpuError {
@@ -64,10 +98,28 @@ impl Gpu {
     }
 }
 
+/// Which limits to ask the device for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Limits {
+    /// The adapter's own (the models' buffer budget follows its storage binding).
+    #[default]
+    Adapter,
+    /// WebGPU's defaults (128 MiB storage binding, 256 MiB buffer): what every device grants.
+    WebGpuDefaults,
+}
+
 /// Acquire the first adapter, request a device with all its features (but mappable primary
 /// buffers, which burn does not use) and its full limits (clamped to the adapter's by
 /// construction), and register it with burn. `on_lost` is called once if the device is lost.
 pub async fn acquire(on_lost: impl Fn(String) + Send + 'static) -> Result<Gpu, GpuError> {
+    acquire_with(Limits::Adapter, on_lost).await
+}
+
+/// As [`acquire`], asking for `limits`.
+pub async fn acquire_with(
+    limits_wanted: Limits,
+    on_lost: impl Fn(String) + Send + 'static,
+) -> Result<Gpu, GpuError> {
     let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
     descriptor.backends = if cfg!(target_arch = "wasm32") {
         wgpu::Backends::BROWSER_WEBGPU
@@ -92,6 +144,10 @@ pub async fn acquire(on_lost: impl Fn(String) + Send + 'static) -> Result<Gpu, G
             need: MIN_STORAGE_BINDING,
         });
     }
+    let limits = match limits_wanted {
+        Limits::Adapter => limits,
+        Limits::WebGpuDefaults => wgpu::Limits::default(),
+    };
     let features = adapter
         .features()
         .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS);
@@ -117,7 +173,7 @@ pub async fn acquire(on_lost: impl Fn(String) + Send + 'static) -> Result<Gpu, G
             || adapter_info.name.to_lowercase().contains("swiftshader"),
         shader_f16: features.contains(wgpu::Features::SHADER_F16),
         max_buffer_size: limits.max_buffer_size,
-        max_storage_buffer_binding_size: binding,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
     };
     let backend = adapter_info.backend;
     let setup = WgpuSetup {

@@ -2,11 +2,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use orfeas_engine::weights::pack::{self, MAX_SHARD_SIZE, MIN_SHARD_SIZE, PackOptions};
 use orfeas_engine::weights::source::{DirSource, HttpSource};
 use orfeas_engine::weights::{INDEX_FILE, ShardSource, load_all};
 
+use crate::compute::DeviceArgs;
 use crate::progress::{bytes_bar, show_load};
 
 #[derive(Parser, Debug)]
@@ -63,12 +64,8 @@ enum Command {
         /// The built web app to serve at / (`trunk build --release` writes dist/).
         #[arg(long)]
         web: Option<PathBuf>,
-        /// Where the models run: the CPU backend, or the GPU through wgpu (Vulkan, Metal, DX12).
-        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-        backend: Backend,
-        /// Precision of the weights on the device (f16 halves GPU memory).
-        #[arg(long, value_enum, default_value_t = Precision::F32)]
-        dtype: Precision,
+        #[command(flatten)]
+        device: DeviceArgs,
         /// Generation requests that may wait in the queue (more get 429).
         #[arg(long, default_value_t = 8)]
         queue: usize,
@@ -141,9 +138,8 @@ enum Command {
         /// Run the model even when the image already has transparency.
         #[arg(long)]
         force: bool,
-        /// Where the models run: the CPU backend, or the GPU through wgpu (Vulkan, Metal, DX12).
-        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-        backend: Backend,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Generate a mesh from an image with a converted shape model.
     Generate {
@@ -182,51 +178,16 @@ enum Command {
         /// ~/.cache/orfeas/models/isnet-medium; without them the whole picture is the object).
         #[arg(long)]
         isnet: Option<PathBuf>,
-        /// Where the models run: the CPU backend, or the GPU through wgpu (Vulkan, Metal, DX12).
-        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-        backend: Backend,
-        /// Precision of the weights on the device (f16 halves GPU memory).
-        #[arg(long, value_enum, default_value_t = Precision::F32)]
-        dtype: Precision,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Stream a shard set onto a device with the engine's loader (a load check, and a demo).
     Load {
         /// A shard-set folder, or an http:// URL of one.
         from: String,
-        /// Where the models run: the CPU backend, or the GPU through wgpu (Vulkan, Metal, DX12).
-        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-        backend: Backend,
-        /// Precision of the weights on the device (f16 halves GPU memory).
-        #[arg(long, value_enum, default_value_t = Precision::F32)]
-        dtype: Precision,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Backend {
-    Cpu,
-    Wgpu,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Precision {
-    F32,
-    F16,
-}
-
-fn device_for(backend: Backend) -> Result<burn::tensor::Device> {
-    orfeas_engine::device::by_name(match backend {
-        Backend::Cpu => "cpu",
-        Backend::Wgpu => "wgpu",
-    })
-    .map_err(anyhow::Error::msg)
-}
-
-fn dtype_for(precision: Precision) -> DType {
-    match precision {
-        Precision::F32 => DType::F32,
-        Precision::F16 => DType::F16,
-    }
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -235,18 +196,19 @@ pub fn run(cli: Cli) -> Result<()> {
             bind,
             models,
             web,
-            backend,
-            dtype,
+            device,
             queue,
             max_upload_mb,
             load_throttle_mibps,
         } => {
+            let compute = device.open()?;
             let options = crate::server::ServeOptions {
                 bind,
                 models,
                 web,
-                device: device_for(backend)?,
-                dtype: dtype_for(dtype),
+                device: compute.device,
+                dtype: compute.dtype,
+                capacity: compute.capacity,
                 queue,
                 max_upload_bytes: max_upload_mb << 20,
                 load_throttle: load_throttle_mibps.map(|m| (m * (1 << 20) as f64) as u64),
@@ -394,15 +356,18 @@ pub fn run(cli: Cli) -> Result<()> {
             output,
             isnet,
             force,
-            backend,
-        } => crate::remove_bg::run(
-            &image,
-            &output,
-            &isnet.unwrap_or_else(crate::remove_bg::default_isnet_dir),
-            force,
-            &device_for(backend)?,
-            DType::F32,
-        ),
+            device,
+        } => {
+            let compute = device.open()?;
+            crate::remove_bg::run(
+                &image,
+                &output,
+                &isnet.unwrap_or_else(crate::remove_bg::default_isnet_dir),
+                force,
+                &compute.device,
+                compute.dtype,
+            )
+        }
         Command::Generate {
             image,
             model,
@@ -416,8 +381,7 @@ pub fn run(cli: Cli) -> Result<()> {
             coarse_stride,
             max_faces,
             isnet,
-            backend,
-            dtype,
+            device,
         } => crate::generate::run(crate::generate::GenerateArgs {
             image,
             model,
@@ -433,8 +397,7 @@ pub fn run(cli: Cli) -> Result<()> {
             },
             max_faces,
             isnet: isnet.unwrap_or_else(crate::remove_bg::default_isnet_dir),
-            device: device_for(backend)?,
-            dtype: dtype_for(dtype),
+            compute: device.open()?,
         }),
         Command::Verify { dir } => {
             // A converted shape model is three shard sets: verify each.
@@ -467,13 +430,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 bail!("{} shard(s) failed verification", problems.len())
             }
         }
-        Command::Load {
-            from,
-            backend,
-            dtype,
-        } => {
-            let device = device_for(backend)?;
-            let dtype = dtype_for(dtype);
+        Command::Load { from, device } => {
+            let compute = device.open()?;
+            let (device, dtype) = (compute.device, compute.dtype);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

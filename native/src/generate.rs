@@ -3,7 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::{DType, Device};
+use burn::tensor::DType;
+use orfeas_engine::fit::{Capacity, Footprint};
+use orfeas_engine::weights::ShardIndex;
+
+use crate::compute::Compute;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use orfeas_engine::input::decode_image;
 use orfeas_engine::mesh::{Mesh, cleanup, export};
@@ -58,12 +62,42 @@ pub struct GenerateArgs {
     pub max_faces: usize,
     /// ISNet weights, used when the image has no transparency and they exist.
     pub isnet: PathBuf,
-    pub device: Device,
-    pub dtype: DType,
+    pub compute: Compute,
+}
+
+/// The three shard sets' indexes of a converted model, and the check that the model fits
+/// the device (before a byte of weights is read).
+pub fn check_fit(model: &Path, capacity: &Capacity, dtype: DType) -> Result<()> {
+    let mut indexes = Vec::new();
+    for component in COMPONENTS {
+        let path = model
+            .join(component)
+            .join(orfeas_engine::weights::INDEX_FILE);
+        if !path.is_file() {
+            bail!(
+                "{}: not a converted model (no {component}/ shard set; run `orfeas convert`)",
+                model.display()
+            );
+        }
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        indexes.push(
+            ShardIndex::from_json(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        );
+    }
+    let name = indexes[1].config["variant"]
+        .as_str()
+        .map(|v| format!("Hunyuan3D-{v}"))
+        .unwrap_or_else(|| model.display().to_string());
+    let footprint = Footprint::of(&indexes.iter().collect::<Vec<_>>());
+    orfeas_engine::fit::check(&name, &footprint, capacity, dtype).map_err(anyhow::Error::msg)
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let format = Format::from_path(&args.output)?;
+    let device = &args.compute.device;
+    // Refuse before reading anything large: the model must fit the device in this dtype.
+    check_fit(&args.model, &args.compute.capacity, args.compute.dtype)?;
     let bytes =
         std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
     let rgba =
@@ -75,8 +109,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .join(orfeas_engine::weights::INDEX_FILE)
         .is_file()
     {
-        let isnet = crate::remove_bg::load_isnet(&args.isnet, &args.device, args.dtype)?;
-        crate::remove_bg::cut_out(&isnet, &rgba, &args.device)?
+        let isnet = crate::remove_bg::load_isnet(&args.isnet, device, args.compute.dtype)?;
+        crate::remove_bg::cut_out(&isnet, &rgba, device)?
     } else {
         eprintln!(
             "note: {} has no transparency and there are no ISNet weights at {}: the whole \
@@ -86,15 +120,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         );
         rgba
     };
-    for component in COMPONENTS {
-        let dir = args.model.join(component);
-        if !dir.join(orfeas_engine::weights::INDEX_FILE).is_file() {
-            bail!(
-                "{}: not a converted model (no {component}/ shard set; run `orfeas convert`)",
-                args.model.display()
-            );
-        }
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -107,8 +132,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             .collect();
         let model = load_shape_model(
             [&sources[0], &sources[1], &sources[2]],
-            &args.device,
-            args.dtype,
+            device,
+            args.compute.dtype,
             |component, p| {
                 let i = COMPONENTS.iter().position(|c| *c == component).unwrap_or(0);
                 show_load(&load_bars[i], p);

@@ -2,6 +2,7 @@
 //! original studio's API ([`server`]).
 
 pub mod cli;
+pub mod compute;
 pub mod convert;
 pub mod generate;
 pub mod isnet;

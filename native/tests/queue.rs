@@ -69,14 +69,15 @@ async fn a_full_queue_answers_429_and_jobs_deliver_their_mesh() {
     let dir = tempfile::tempdir().unwrap();
     tiny_model(dir.path());
     let models = Arc::new(Models::discover(Some(dir.path())).unwrap());
-    load_in_background(
-        models.clone(),
-        orfeas_engine::device::cpu(),
-        DType::F32,
+    let cpu = orfeas::compute::open(
+        orfeas::compute::Backend::Cpu,
+        orfeas::compute::Precision::F32,
         None,
     )
-    .join()
     .unwrap();
+    load_in_background(models.clone(), cpu.device, DType::F32, cpu.capacity, None)
+        .join()
+        .unwrap();
     let permits = Arc::new(Semaphore::new(0));
     let jobs = Jobs::start(
         1,

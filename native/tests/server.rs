@@ -497,6 +497,70 @@ async fn a_failed_model_is_not_ready_with_its_reason() {
     assert!(json["error"].as_str().unwrap().contains("not ready"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_does_not_fit_is_refused_before_it_loads() {
+    // The converted fixture shape model against a device with almost no memory for weights:
+    // its three sets are failed at start-up with the reason (needs, has, what would fit) and
+    // not one shard is read; a generation request is not ready with that reason.
+    let dir = tempfile::tempdir().unwrap();
+    let model = converted_fixture_model(&dir.path().join("hunyuan3d"));
+    // Had a shard been read, its broken hash would be the error.
+    let shard = std::fs::read_dir(model.join("denoiser"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .unwrap();
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&shard, bytes).unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["--gpu-memory-gib", "0.0001", "--dtype", "f32"],
+    );
+    let client = client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let h = loop {
+        let h = health(&client, &server).await;
+        if h["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["status"] == "failed")
+        {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(h["models_status"], "not_ready", "{h}");
+    let models = h["models"].as_array().unwrap();
+    assert_eq!(models.len(), 3, "{h}");
+    for model in models {
+        assert_eq!(model["status"], "failed", "{h}");
+        let error = model["error"].as_str().unwrap();
+        assert!(
+            error.contains("does not fit")
+                && error.contains("in f32")
+                && error.contains("as configured")
+                && error.contains("MiB"),
+            "{error}"
+        );
+    }
+    let response = client
+        .post(server.url("/api/generate-3d"))
+        .json(&json!({ "image": b64(&png(8, 8)), "remove_background": false }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let json: Value = response.json().await.unwrap();
+    assert!(
+        json["error"].as_str().unwrap().contains("does not fit"),
+        "{json}"
+    );
+}
+
 /// A raw HTTP/1.1 request, so that paths reach the server exactly as written.
 fn raw_get(base: &str, path: &str, headers: &str) -> (u16, String, Vec<u8>) {
     let address = base.trim_start_matches("http://");

@@ -540,6 +540,12 @@ async fn a_kiosk_runs_on_orfeas_serve_alone() -> anyhow::Result<()> {
         web: Some(web.path().to_path_buf()),
         device: orfeas_engine::device::cpu(),
         dtype: burn::tensor::DType::F32,
+        capacity: orfeas::compute::open(
+            orfeas::compute::Backend::Cpu,
+            orfeas::compute::Precision::F32,
+            None,
+        )?
+        .capacity,
         queue: 4,
         max_upload_bytes: 1 << 20,
         load_throttle: None,

@@ -60,6 +60,9 @@ struct ModelSlot {
     weights: Option<WeightSet>,
     status: ModelStatusReport,
     progress: Option<ProgressReport>,
+    /// Why the model cannot run on this device (decided from its index before any shard is
+    /// fetched); such a model is never loaded.
+    refused: Option<String>,
 }
 
 #[derive(Default)]
@@ -274,6 +277,7 @@ async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {
                 weights: Some(WeightSet::new()),
                 status: ModelStatusReport::Waiting,
                 progress: None,
+                refused: None,
             });
         }
     }
@@ -283,10 +287,92 @@ async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {
     if !acquire_gpu(&engine).await {
         return;
     }
+    check_fit(&engine).await;
     let count = engine.models.borrow().len();
     for i in 0..count {
         load_model(engine.clone(), i).await;
     }
+}
+
+/// Before anything large is fetched: read every model's index (small) and check that the
+/// model — a shape model's three sets together — fits this GPU in the dtype it will run in;
+/// one that does not is refused with the reason (what is missing, what would fit).
+async fn check_fit(engine: &Rc<Engine>) {
+    let Some((capacity, dtype)) = engine.gpu.borrow().as_ref().map(|gpu| {
+        let memory = engine
+            .options
+            .borrow()
+            .gpu_memory_gib
+            .map(|gib| (gib * (1u64 << 30) as f64) as u64);
+        let capacity = gpu.info.capacity(memory, device_memory());
+        let dtype = gpu.info.model_dtype();
+        (capacity, dtype)
+    }) else {
+        return;
+    };
+    let count = engine.models.borrow().len();
+    for i in 0..count {
+        let source = engine.models.borrow()[i].source.clone();
+        if engine.models.borrow()[i].index.is_none()
+            && let Ok(index) = read_index(source.as_ref()).await
+        {
+            engine.models.borrow_mut()[i].index = Some(index);
+        }
+    }
+    let groups: Vec<(String, Vec<usize>)> = {
+        let slots = engine.models.borrow();
+        let shape = shape::parts(engine);
+        let mut groups = Vec::new();
+        if let Some(parts) = shape {
+            let name = slots[parts[1]]
+                .spec
+                .id
+                .trim_end_matches("/denoiser")
+                .to_string();
+            groups.push((name, parts.to_vec()));
+        }
+        for (i, slot) in slots.iter().enumerate() {
+            if !shape.is_some_and(|p| p.contains(&i)) {
+                groups.push((slot.spec.id.clone(), vec![i]));
+            }
+        }
+        groups
+    };
+    for (name, members) in groups {
+        let verdict = {
+            let slots = engine.models.borrow();
+            let indexes: Option<Vec<&ShardIndex>> =
+                members.iter().map(|&i| slots[i].index.as_ref()).collect();
+            // An index that cannot be read is reported by the load itself.
+            indexes.map(|indexes| {
+                let name = indexes
+                    .iter()
+                    .find_map(|i| i.config["variant"].as_str())
+                    .map_or(name.clone(), |v| format!("Hunyuan3D-{v}"));
+                orfeas_engine::fit::check(
+                    &name,
+                    &orfeas_engine::fit::Footprint::of(&indexes),
+                    &capacity,
+                    dtype,
+                )
+            })
+        };
+        if let Some(Err(reason)) = verdict {
+            for &i in &members {
+                engine.models.borrow_mut()[i].refused = Some(reason.clone());
+            }
+        }
+    }
+}
+
+/// `navigator.deviceMemory` in bytes (the browser's rounded figure of the host's RAM), where
+/// the browser says.
+fn device_memory() -> Option<u64> {
+    let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    let gib = js_sys::Reflect::get(&scope.navigator(), &JsValue::from_str("deviceMemory"))
+        .ok()?
+        .as_f64()?;
+    Some((gib * (1u64 << 30) as f64) as u64)
 }
 
 /// Acquire the GPU and tell the UI what it is; on failure mark every model failed with the
@@ -318,6 +404,8 @@ async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
     match result {
         Ok(gpu) => {
             let info = &gpu.info;
+            // No activation outgrows one storage binding of this device.
+            orfeas_engine::models::set_buffer_budget(info.buffer_budget());
             post(&FromWorker::Gpu {
                 info: GpuReport {
                     adapter: if info.adapter.is_empty() {
@@ -431,6 +519,12 @@ async fn load_model(engine: Rc<Engine>, i: usize) {
     let mut weights = weights;
     if shape::is_part(&engine, i) {
         engine.shape.borrow_mut().take();
+    }
+    let refused = engine.models.borrow()[i].refused.clone();
+    if let Some(reason) = refused {
+        engine.models.borrow_mut()[i].weights = Some(weights);
+        set_status(&engine, &id, ModelStatusReport::Failed { reason });
+        return;
     }
     set_status(&engine, &id, ModelStatusReport::Loading);
     loop {

@@ -13,7 +13,7 @@ use super::{Engine, post, post_mesh};
 use crate::protocol::{FromWorker, MeshMeta};
 
 /// The slots of the first shape model, in [`COMPONENTS`] order.
-fn parts(engine: &Engine) -> Option<[usize; 3]> {
+pub(super) fn parts(engine: &Engine) -> Option<[usize; 3]> {
     let slots = engine.models.borrow();
     let name = slots
         .iter()

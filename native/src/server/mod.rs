@@ -36,6 +36,8 @@ pub struct ServeOptions {
     pub web: Option<PathBuf>,
     pub device: Device,
     pub dtype: DType,
+    /// What the device can hold: a model that does not fit is refused before it loads.
+    pub capacity: orfeas_engine::fit::Capacity,
     pub queue: usize,
     pub max_upload_bytes: usize,
     /// Read model shards at most this fast (bytes/s): a stand-in for a slow disk or a far
@@ -100,8 +102,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let _loading =
-        models::load_in_background(models, options.device, options.dtype, options.load_throttle);
+    let _loading = models::load_in_background(
+        models,
+        options.device,
+        options.dtype,
+        options.capacity,
+        options.load_throttle,
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal(jobs.clone()))
         .await?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use burn::tensor::{DType, Device};
 use bytes::Bytes;
 use futures::StreamExt;
+use orfeas_engine::fit::{Capacity, Footprint};
 use orfeas_engine::pipeline::COMPONENTS;
 use orfeas_engine::weights::loader::{initial_progress, read_index};
 use orfeas_engine::weights::source::{ByteStream, DirSource, SourceError, boxed};
@@ -73,7 +74,39 @@ pub struct Models {
     pub slots: Vec<ModelSlot>,
 }
 
+fn read_index_file(dir: &Path) -> Result<ShardIndex, String> {
+    let bytes =
+        std::fs::read(dir.join(INDEX_FILE)).map_err(|e| format!("{}: {e}", dir.display()))?;
+    ShardIndex::from_json(&bytes).map_err(|e| e.to_string())
+}
+
 impl Models {
+    /// Whether `slot`'s model (a shape model's three sets together) fits `capacity` in the
+    /// dtype the device computes in; the reason when not.
+    pub fn fits(&self, slot: &ModelSlot, capacity: &Capacity, dtype: DType) -> Result<(), String> {
+        let group: Vec<&ModelSlot> = match &slot.part_of {
+            None => vec![slot],
+            Some((name, _)) => self
+                .slots
+                .iter()
+                .filter(|s| s.part_of.as_ref().is_some_and(|(n, _)| n == name))
+                .collect(),
+        };
+        let indexes = group
+            .iter()
+            .map(|s| read_index_file(&s.dir))
+            .collect::<Result<Vec<_>, _>>()?;
+        let name = match &slot.part_of {
+            Some((name, _)) => indexes
+                .iter()
+                .find_map(|i| i.config["variant"].as_str())
+                .map_or(name.clone(), |v| format!("{name} (Hunyuan3D-{v})")),
+            None => slot.id.clone(),
+        };
+        let footprint = Footprint::of(&indexes.iter().collect::<Vec<_>>());
+        orfeas_engine::fit::check(&name, &footprint, capacity, dtype)
+    }
+
     /// The models under `root`: every sub-folder holding a shard-set index is one (its folder
     /// name is its id), and every sub-folder holding `conditioner/`, `denoiser/` and `vae/`
     /// shard sets (what `orfeas convert` writes) is a shape model of three (`<name>/<part>`).
@@ -278,6 +311,7 @@ pub fn load_in_background(
     models: Arc<Models>,
     device: Device,
     dtype: DType,
+    capacity: Capacity,
     throttle: Option<u64>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
@@ -287,8 +321,27 @@ pub fn load_in_background(
                 .enable_all()
                 .build()
                 .expect("a runtime for loading");
+            // A model that cannot fit the device is refused before any shard is read (all of
+            // them first, so health shows every refusal at once).
+            let refused: Vec<bool> = models
+                .slots
+                .iter()
+                .map(|slot| match models.fits(slot, &capacity, dtype) {
+                    Ok(()) => false,
+                    Err(reason) => {
+                        let mut state = slot.state.write().expect("state lock");
+                        let _ = state.start_loading(LoadProgress::new(&slot.id, 0, 0, 0));
+                        let _ = state.set_failed(reason.clone());
+                        tracing::error!("model {}: {reason}", slot.id);
+                        true
+                    }
+                })
+                .collect();
             runtime.block_on(async {
-                for slot in &models.slots {
+                for (slot, refused) in models.slots.iter().zip(refused) {
+                    if refused {
+                        continue;
+                    }
                     let source = Throttled {
                         inner: DirSource::new(&slot.dir),
                         bytes_per_sec: throttle,
