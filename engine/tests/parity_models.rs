@@ -448,39 +448,19 @@ fn a_guidance_distilled_dit_refuses_to_run_without_guidance() {
 
 /// The committed vectors of Hugging Face's own `interpolate_pos_encoding` (transformers 4.46.0,
 /// `scripts/dinov2_interpolation_vectors.py`).
-fn interpolation_vectors() -> Vec<u8> {
-    std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+fn interpolation_vectors() -> Io {
+    Io::open(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/data/dinov2_interpolation.safetensors"),
     )
-    .unwrap()
-}
-
-fn tensor_of(st: &safetensors::SafeTensors, name: &str) -> (Vec<f32>, Vec<usize>) {
-    let view = st.tensor(name).unwrap();
-    let values = match view.dtype() {
-        safetensors::Dtype::F32 => view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect(),
-        safetensors::Dtype::F16 => view
-            .data()
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        other => panic!("{name}: {other:?}"),
-    };
-    (values, view.shape().to_vec())
 }
 
 #[test]
 fn dinov2_positions_interpolate_as_hugging_face_does() {
     // 2mini-turbo's case: DINOv2's 37 × 37 table resampled for 1022 px (73 × 73 patches).
-    let bytes = interpolation_vectors();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let (table, shape) = tensor_of(&st, "table.in");
-    let (expected, expected_shape) = tensor_of(&st, "table.out");
+    let io = interpolation_vectors();
+    let (table, shape) = io.tensor("table.in");
+    let (expected, expected_shape) = io.tensor("table.out");
     for (name, device) in devices() {
         let dims: [usize; 3] = shape.clone().try_into().unwrap();
         let table = Tensor::<3>::from_data(TensorData::new(table.clone(), dims), &device);
@@ -499,8 +479,8 @@ fn dinov2_positions_interpolate_as_hugging_face_does() {
 fn dinov2_runs_at_other_sizes_than_its_table() {
     // A tiny Dinov2Model (table for 56 px) run by Hugging Face at 98 px (upsampled table) and
     // 42 px (downsampled): our resized model gives the same last hidden state.
-    let bytes = interpolation_vectors();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let io = interpolation_vectors();
+    let st = io.safetensors();
     let config: Dinov2Config = serde_json::from_value(serde_json::json!({
         "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "patch_size": 14,
         "image_size": 56, "mlp_ratio": 4, "layer_norm_eps": 1e-6, "qkv_bias": true,
@@ -530,8 +510,8 @@ fn dinov2_runs_at_other_sizes_than_its_table() {
             let model = apply_torch_weights(config.init(&device), weights, checkpoint_name)
                 .unwrap_or_else(|e| panic!("{e}"))
                 .resize_positions(side);
-            let (pixels, _) = tensor_of(&st, &format!("pixels.{side}"));
-            let (expected, _) = tensor_of(&st, &format!("hidden.{side}"));
+            let (pixels, _) = io.tensor(&format!("pixels.{side}"));
+            let (expected, _) = io.tensor(&format!("hidden.{side}"));
             let out = model.forward(pixels_tensor(pixels, side, &device));
             let diff = max_abs_diff(&values(out), &expected);
             eprintln!("DINOv2 at {side} px over a 56 px table on {name}: max abs diff {diff:.2e}");

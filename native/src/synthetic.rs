@@ -14,7 +14,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use half::f16;
 use orfeas_engine::models::shape_vae;
 use serde_json::Value;
 
@@ -411,13 +410,10 @@ fn vae_encoder_layout(params: &shape_vae::ShapeVaeConfig) -> Vec<Entry> {
 /// N(0, 1/fan_in), a norm's weight 1 + 0.1·N, a bias 0.05·N, embeddings 0.5·N, the MoE gates
 /// 1.5·N/√d; so a forward pass stays in range.
 fn values(entry: &Entry, seed: u64) -> Vec<u8> {
-    use chacha20::rand_core::SeedableRng;
-    use rand_distr::Distribution;
     let mut hash = seed ^ 0x9e37_79b9_7f4a_7c15;
     for b in entry.name.bytes() {
         hash = (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3);
     }
-    let mut rng = chacha20::ChaCha8Rng::seed_from_u64(hash);
     let last = entry.name.rsplit('.').next().unwrap_or_default();
     let is_norm = entry.name.contains("norm") || entry.name.contains(".ln_");
     let (mean, std) = if entry.name.ends_with("position_embeddings")
@@ -437,13 +433,7 @@ fn values(entry: &Entry, seed: u64) -> Vec<u8> {
         let fan_in: usize = entry.shape[1..].iter().product();
         (0.0, 1.0 / (fan_in as f32).sqrt())
     };
-    let normal = rand_distr::StandardNormal;
-    let mut out = Vec::with_capacity(numel(entry) * 2);
-    for _ in 0..numel(entry) {
-        let v: f32 = normal.sample(&mut rng);
-        out.extend_from_slice(&f16::from_f32(mean + std * v).to_le_bytes());
-    }
-    out
+    orfeas_engine::weights::dtype::normal_f16(hash, numel(entry), mean, std)
 }
 
 /// The checkpoint file formats.
@@ -482,7 +472,15 @@ pub fn write(
     let total: u64 = entries.iter().map(|e| numel(e) as u64 * 2).sum();
     match format {
         Format::Safetensors => write_safetensors(&path, &entries, seed, total, &mut on_bytes)?,
-        Format::Ckpt => write_torch_zip(&path, &entries, seed, total, &mut on_bytes)?,
+        Format::Ckpt => {
+            let mut done = 0u64;
+            write_torch_zip(&path, &entries, |entry| {
+                let bytes = values(entry, seed);
+                done += bytes.len() as u64;
+                on_bytes(done, total);
+                bytes
+            })?
+        }
     }
     Ok((path, entries))
 }
@@ -578,12 +576,13 @@ impl Pickle {
     }
 }
 
-fn write_torch_zip(
+/// Write `entries` (bundle names: `model.`, `vae.`, `conditioner.` prefixes) as the torch zip
+/// checkpoint `torch.save` makes of the official bundle, each tensor's F16 bytes from `data`
+/// (called once per tensor, in order: one tensor is in memory at a time).
+pub fn write_torch_zip(
     path: &Path,
     entries: &[Entry],
-    seed: u64,
-    total: u64,
-    on_bytes: &mut dyn FnMut(u64, u64),
+    mut data: impl FnMut(&Entry) -> Vec<u8>,
 ) -> Result<()> {
     let stem = "archive";
     let mut pickle = Pickle(vec![0x80, 2, b'}', b'(']);
@@ -619,12 +618,8 @@ fn write_torch_zip(
     };
     entry(&mut zip, "data.pkl", &pickle.0)?;
     entry(&mut zip, "byteorder", b"little")?;
-    let mut done = 0u64;
     for (key, tensor) in entries.iter().enumerate() {
-        let bytes = values(tensor, seed);
-        entry(&mut zip, &format!("data/{key}"), &bytes)?;
-        done += bytes.len() as u64;
-        on_bytes(done, total);
+        entry(&mut zip, &format!("data/{key}"), &data(tensor))?;
     }
     entry(&mut zip, "version", b"3\n")?;
     zip.finish()?.flush()?;

@@ -3,7 +3,6 @@
 //! layout `{model, vae, conditioner}`, with a config.yaml made from the fixture configs; then
 //! `orfeas generate` on the converted model.
 
-use std::io::Write;
 use std::path::Path;
 
 use burn::tensor::{DType, Tensor, TensorData};
@@ -14,90 +13,25 @@ use safetensors::SafeTensors;
 mod common;
 use common::{Tensors, fixture_tensors, fixtures, orfeas, stage, text, write_bundle, write_config};
 
-/// Pickle protocol 2, only the opcodes `torch.save` uses for a state dict.
-struct Pickle(Vec<u8>);
-
-impl Pickle {
-    fn string(&mut self, s: &str) {
-        self.0.push(b'X');
-        self.0.extend((s.len() as u32).to_le_bytes());
-        self.0.extend(s.as_bytes());
-    }
-    fn int(&mut self, v: usize) {
-        self.0.push(b'J');
-        self.0.extend((v as i32).to_le_bytes());
-    }
-    fn global(&mut self, module: &str, name: &str) {
-        self.0.push(b'c');
-        self.0.extend(format!("{module}\n{name}\n").as_bytes());
-    }
-    fn ints(&mut self, values: &[usize]) {
-        self.0.push(b'(');
-        for &v in values {
-            self.int(v);
-        }
-        self.0.push(b't');
-    }
-    /// `_rebuild_tensor_v2(storage, 0, shape, stride, False, OrderedDict())`, the storage a
-    /// persistent id ('storage', HalfStorage, key, 'cpu', numel).
-    fn tensor(&mut self, key: &str, shape: &[usize]) {
-        let numel = shape.iter().product();
-        let mut stride = vec![1; shape.len()];
-        for d in (0..shape.len().saturating_sub(1)).rev() {
-            stride[d] = stride[d + 1] * shape[d + 1];
-        }
-        self.global("torch._utils", "_rebuild_tensor_v2");
-        self.0.push(b'(');
-        self.0.push(b'(');
-        self.string("storage");
-        self.global("torch", "HalfStorage");
-        self.string(key);
-        self.string("cpu");
-        self.int(numel);
-        self.0.extend(b"tQ");
-        self.int(0);
-        self.ints(shape);
-        self.ints(&stride);
-        self.0.push(0x89); // NEWFALSE
-        self.global("collections", "OrderedDict");
-        self.0.extend(b")R");
-        self.0.extend(b"tR");
-    }
-}
-
-/// Write `parts` (bundle key → tensors named with that key as prefix) as a torch zip checkpoint.
+/// Write `parts` (bundle key → tensors named with that key as prefix) as a torch zip checkpoint,
+/// as `torch.save` writes the official bundle.
 fn write_checkpoint(path: &Path, parts: &[(&str, &Tensors)]) {
-    let mut pickle = Pickle(vec![0x80, 2, b'}', b'(']);
-    let mut storages = Vec::new();
-    for (part, tensors) in parts {
-        pickle.string(part);
-        pickle.0.extend(b"}(");
-        for (name, shape, bytes) in tensors.iter() {
-            let inner = name
-                .strip_prefix(&format!("{part}."))
-                .expect("fixture names carry the bundle prefix");
-            pickle.string(inner);
-            let key = storages.len().to_string();
-            pickle.tensor(&key, shape);
-            storages.push((key, bytes));
-        }
-        pickle.0.push(b'u');
-    }
-    pickle.0.extend(b"u.");
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    let stored =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    let mut entry = |name: &str, bytes: &[u8]| {
-        zip.start_file(format!("archive/{name}"), stored).unwrap();
-        zip.write_all(bytes).unwrap();
-    };
-    entry("data.pkl", &pickle.0);
-    entry("byteorder", b"little");
-    for (key, bytes) in storages {
-        entry(&format!("data/{key}"), bytes);
-    }
-    entry("version", b"3\n");
-    zip.finish().unwrap();
+    let tensors: Vec<&(String, Vec<usize>, Vec<u8>)> = parts
+        .iter()
+        .flat_map(|(_, tensors)| tensors.iter())
+        .collect();
+    let entries: Vec<orfeas::synthetic::Entry> = tensors
+        .iter()
+        .map(|(name, shape, _)| orfeas::synthetic::Entry {
+            name: name.clone(),
+            shape: shape.clone(),
+        })
+        .collect();
+    let mut next = tensors.iter();
+    orfeas::synthetic::write_torch_zip(path, &entries, |_| {
+        next.next().expect("one tensor per entry").2.clone()
+    })
+    .unwrap();
 }
 
 fn f32s(file: &str, name: &str) -> (Vec<f32>, Vec<usize>) {

@@ -100,6 +100,19 @@ fn model(root: &Path, id: &str, mib: usize) -> PathBuf {
     out
 }
 
+/// Flip a byte in the middle of the shard set's first shard.
+fn corrupt_a_shard(set: &Path) {
+    let shard = std::fs::read_dir(set)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .unwrap();
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&shard, bytes).unwrap();
+}
+
 fn png(width: u32, height: u32) -> Vec<u8> {
     let mut bytes = Vec::new();
     let image = image_rgba(width, height);
@@ -457,16 +470,7 @@ async fn bad_requests_get_400_or_413_with_a_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_model_is_not_ready_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let shard_dir = model(dir.path(), "shape", 1);
-    let shard = std::fs::read_dir(&shard_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .unwrap();
-    let mut bytes = std::fs::read(&shard).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    std::fs::write(&shard, bytes).unwrap();
+    corrupt_a_shard(&model(dir.path(), "shape", 1));
     let server = Server::start(dir.path(), &[]);
     let client = client();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -505,15 +509,7 @@ async fn a_model_that_does_not_fit_is_refused_before_it_loads() {
     let dir = tempfile::tempdir().unwrap();
     let model = converted_fixture_model(&dir.path().join("hunyuan3d"));
     // Had a shard been read, its broken hash would be the error.
-    let shard = std::fs::read_dir(model.join("denoiser"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .unwrap();
-    let mut bytes = std::fs::read(&shard).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    std::fs::write(&shard, bytes).unwrap();
+    corrupt_a_shard(&model.join("denoiser"));
     let server = Server::start(
         dir.path(),
         &["--gpu-memory-gib", "0.0001", "--dtype", "f32"],

@@ -68,6 +68,18 @@ async fn wait_status(browser: &Browser, status: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The failed model panel's reason.
+async fn model_error(browser: &Browser) -> anyhow::Result<String> {
+    let error = browser
+        .wait_for(
+            "the error text",
+            "document.querySelector('[data-testid=model-error]')?.innerText",
+            Duration::from_secs(5),
+        )
+        .await?;
+    Ok(error.as_str().unwrap_or_default().to_string())
+}
+
 fn files(index: &ShardIndex, range: std::ops::RangeFrom<usize>) -> Vec<String> {
     index.shards[range].iter().map(|s| s.file.clone()).collect()
 }
@@ -206,14 +218,7 @@ async fn each_shard_fault_names_the_shard_and_retry_fetches_only_the_rest() -> a
         rig.server.set_fault(&target, fault);
         let browser = rig.open("/").await?;
         wait_status(&browser, "failed").await?;
-        let error = browser
-            .wait_for(
-                "the error text",
-                "document.querySelector('[data-testid=model-error]')?.innerText",
-                Duration::from_secs(5),
-            )
-            .await?;
-        let error = error.as_str().unwrap_or_default();
+        let error = model_error(&browser).await?;
         assert!(
             error.contains(&target),
             "{fault:?}: error names the shard: {error}"
@@ -233,6 +238,33 @@ async fn each_shard_fault_names_the_shard_and_retry_fetches_only_the_rest() -> a
         );
         browser.close().await;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_that_does_not_fit_the_gpu_is_refused_before_any_shard_is_fetched()
+-> anyhow::Result<()> {
+    // The 3 MB model against a GPU said to have 1 MiB (`?gpu_memory_gib`): the index is read,
+    // the model failed with the reason (needs, has, the dtype), and no shard is requested.
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let rig = rig().await?;
+    rig.server.clear_log();
+    let browser = rig.open("/?gpu_memory_gib=0.001").await?;
+    wait_status(&browser, "failed").await?;
+    let error = model_error(&browser).await?;
+    assert!(
+        error.contains("does not fit") && error.contains("MiB") && error.contains("as configured"),
+        "{error}"
+    );
+    // SwiftShader has no shader-f16: the weights would be f32, and the reason says so.
+    assert!(error.contains("shader-f16"), "{error}");
+    assert!(
+        rig.server.shard_requests().is_empty(),
+        "no shard fetched: {:?}",
+        rig.server.shard_requests()
+    );
+    assert!(generate_disabled(&browser).await?);
+    browser.close().await;
     Ok(())
 }
 

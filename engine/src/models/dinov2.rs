@@ -13,7 +13,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::{attend, by_rows, host_tensor, linear};
+use super::{attend, by_rows, float, host_tensor, int, linear, yes};
 
 /// Where the encoder's weights sit in the official bundled checkpoint.
 pub const CHECKPOINT_PREFIX: &str = "conditioner.main_image_encoder.model.";
@@ -40,10 +40,10 @@ pub struct Dinov2Config {
     pub patch_size: usize,
     /// The side the position embeddings were trained for.
     pub image_size: usize,
-    #[serde(default = "three")]
+    #[serde(default = "int::<3>")]
     pub num_channels: usize,
     /// HF keeps it an int in practice; `int(hidden_size * mlp_ratio)` wide.
-    #[serde(default = "four")]
+    #[serde(default = "float::<4>")]
     pub mlp_ratio: f64,
     #[serde(default = "eps")]
     pub layer_norm_eps: f64,
@@ -81,17 +81,8 @@ pub const INERT_HF_FIELDS: &[&str] = &[
     "_name_or_path",
 ];
 
-fn three() -> usize {
-    3
-}
-fn four() -> f64 {
-    4.0
-}
 fn eps() -> f64 {
     1e-6
-}
-fn yes() -> bool {
-    true
 }
 fn gelu_name() -> String {
     "gelu".into()

@@ -10,7 +10,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::{attend, by_rows, cat, host_tensor, linear, linear_columns};
+use super::{attend, by_rows, cat, float, host_tensor, int, linear, linear_columns, yes};
 
 pub const CHECKPOINT_PREFIX: &str = "model.";
 
@@ -20,30 +20,30 @@ pub const CHECKPOINT_PREFIX: &str = "model.";
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dit20Config {
-    #[serde(default = "d64")]
+    #[serde(default = "int::<64>")]
     pub in_channels: usize,
-    #[serde(default = "d1536")]
+    #[serde(default = "int::<1536>")]
     pub context_in_dim: usize,
-    #[serde(default = "d1024")]
+    #[serde(default = "int::<1024>")]
     pub hidden_size: usize,
-    #[serde(default = "ratio4")]
+    #[serde(default = "float::<4>")]
     pub mlp_ratio: f64,
-    #[serde(default = "d16")]
+    #[serde(default = "int::<16>")]
     pub num_heads: usize,
-    #[serde(default = "d16")]
+    #[serde(default = "int::<16>")]
     pub depth: usize,
-    #[serde(default = "d32")]
+    #[serde(default = "int::<32>")]
     pub depth_single_blocks: usize,
     /// Rotary axes; unused (the official forward passes no positional encoding) but checked
     /// against the head width as the official constructor does.
     #[serde(default = "axes")]
     pub axes_dim: Vec<usize>,
-    #[serde(default = "theta")]
+    #[serde(default = "float::<10000>")]
     pub theta: f64,
     #[serde(default = "yes")]
     pub qkv_bias: bool,
     /// Lands in `timestep_embedding`'s `max_period` argument (the official call's quirk).
-    #[serde(default = "thousand")]
+    #[serde(default = "float::<1000>")]
     pub time_factor: f64,
     #[serde(default)]
     pub guidance_embed: bool,
@@ -52,35 +52,8 @@ pub struct Dit20Config {
     pub ckpt_path: Option<String>,
 }
 
-fn d16() -> usize {
-    16
-}
-fn d32() -> usize {
-    32
-}
-fn d64() -> usize {
-    64
-}
-fn d1024() -> usize {
-    1024
-}
-fn d1536() -> usize {
-    1536
-}
-fn ratio4() -> f64 {
-    4.0
-}
 fn axes() -> Vec<usize> {
     vec![64]
-}
-fn theta() -> f64 {
-    10_000.0
-}
-fn thousand() -> f64 {
-    1000.0
-}
-fn yes() -> bool {
-    true
 }
 
 impl Dit20Config {

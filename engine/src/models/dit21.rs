@@ -11,7 +11,9 @@ use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{DType, Device, IndexingUpdateOp, Tensor};
 use serde::Deserialize;
 
-use super::{attend, by_rows, by_rows_many, cat, host_tensor, linear, linear_of_cat};
+use super::{
+    attend, by_rows, by_rows_many, cat, float, host_tensor, int, linear, linear_of_cat, yes,
+};
 
 /// Where the denoiser's weights sit in the official bundled checkpoint.
 pub const CHECKPOINT_PREFIX: &str = "model.";
@@ -23,20 +25,20 @@ pub const CHECKPOINT_PREFIX: &str = "model.";
 #[serde(deny_unknown_fields)]
 pub struct Dit21Config {
     /// Latent tokens (used only by the positional embedding).
-    #[serde(default = "d1024")]
+    #[serde(default = "int::<1024>")]
     pub input_size: usize,
-    #[serde(default = "d4")]
+    #[serde(default = "int::<4>")]
     pub in_channels: usize,
-    #[serde(default = "d1024")]
+    #[serde(default = "int::<1024>")]
     pub hidden_size: usize,
-    #[serde(default = "d1024")]
+    #[serde(default = "int::<1024>")]
     pub context_dim: usize,
-    #[serde(default = "d24")]
+    #[serde(default = "int::<24>")]
     pub depth: usize,
-    #[serde(default = "d16")]
+    #[serde(default = "int::<16>")]
     pub num_heads: usize,
     /// A float in the official signature (`int(hidden_size * mlp_ratio)` wide).
-    #[serde(default = "ratio4")]
+    #[serde(default = "float::<4>")]
     pub mlp_ratio: f64,
     #[serde(default = "layer")]
     pub norm_type: String,
@@ -45,15 +47,15 @@ pub struct Dit21Config {
     #[serde(default)]
     pub qk_norm: bool,
     /// Image tokens (used only by attention pooling).
-    #[serde(default = "d257")]
+    #[serde(default = "int::<257>")]
     pub text_len: usize,
     #[serde(default)]
     pub with_decoupled_ca: bool,
-    #[serde(default = "d768")]
+    #[serde(default = "int::<768>")]
     pub additional_cond_hidden_state: usize,
-    #[serde(default = "d16")]
+    #[serde(default = "int::<16>")]
     pub decoupled_ca_dim: usize,
-    #[serde(default = "one")]
+    #[serde(default = "float::<1>")]
     pub decoupled_ca_weight: f64,
     #[serde(default)]
     pub use_pos_emb: bool,
@@ -63,50 +65,14 @@ pub struct Dit21Config {
     pub guidance_cond_proj_dim: Option<usize>,
     #[serde(default = "yes")]
     pub qkv_bias: bool,
-    #[serde(default = "d6")]
+    #[serde(default = "int::<6>")]
     pub num_moe_layers: usize,
-    #[serde(default = "d8")]
+    #[serde(default = "int::<8>")]
     pub num_experts: usize,
-    #[serde(default = "d2")]
+    #[serde(default = "int::<2>")]
     pub moe_top_k: usize,
 }
 
-fn d2() -> usize {
-    2
-}
-fn d4() -> usize {
-    4
-}
-fn d6() -> usize {
-    6
-}
-fn d8() -> usize {
-    8
-}
-fn d16() -> usize {
-    16
-}
-fn d24() -> usize {
-    24
-}
-fn d257() -> usize {
-    257
-}
-fn d768() -> usize {
-    768
-}
-fn d1024() -> usize {
-    1024
-}
-fn ratio4() -> f64 {
-    4.0
-}
-fn one() -> f64 {
-    1.0
-}
-fn yes() -> bool {
-    true
-}
 fn layer() -> String {
     "layer".into()
 }

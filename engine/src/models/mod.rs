@@ -26,6 +26,20 @@ use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
+/// Serde defaults for config fields, mirroring the official constructors' keyword defaults
+/// (`#[serde(default = "int::<16>")]`).
+pub(crate) fn int<const N: usize>() -> usize {
+    N
+}
+
+pub(crate) fn float<const N: u32>() -> f64 {
+    N as f64
+}
+
+pub(crate) fn yes() -> bool {
+    true
+}
+
 /// WebGPU's default `maxStorageBufferBindingSize`, which every adapter offers.
 pub const DEFAULT_BUFFER_BUDGET: usize = 128 << 20;
 

@@ -10,7 +10,9 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::{attend, by_rows, by_rows_many, host_tensor, layer_norm_f32, linear, linear_f32};
+use super::{
+    attend, by_rows, by_rows_many, float, host_tensor, int, layer_norm_f32, linear, linear_f32, yes,
+};
 
 /// Where the decoder's weights sit in the official bundled checkpoint.
 pub const CHECKPOINT_PREFIX: &str = "vae.";
@@ -28,23 +30,23 @@ pub struct ShapeVaeConfig {
     pub width: usize,
     pub heads: usize,
     pub num_decoder_layers: usize,
-    #[serde(default = "d8")]
+    #[serde(default = "int::<8>")]
     pub num_encoder_layers: usize,
-    #[serde(default = "d5120")]
+    #[serde(default = "int::<5120>")]
     pub pc_size: usize,
-    #[serde(default = "d5120")]
+    #[serde(default = "int::<5120>")]
     pub pc_sharpedge_size: usize,
-    #[serde(default = "d3")]
+    #[serde(default = "int::<3>")]
     pub point_feats: usize,
-    #[serde(default = "d20")]
+    #[serde(default = "int::<20>")]
     pub downsample_ratio: usize,
-    #[serde(default = "d1")]
+    #[serde(default = "int::<1>")]
     pub geo_decoder_downsample_ratio: usize,
-    #[serde(default = "d4")]
+    #[serde(default = "int::<4>")]
     pub geo_decoder_mlp_expand_ratio: usize,
     #[serde(default = "yes")]
     pub geo_decoder_ln_post: bool,
-    #[serde(default = "d8")]
+    #[serde(default = "int::<8>")]
     pub num_freqs: usize,
     #[serde(default = "yes")]
     pub include_pi: bool,
@@ -56,7 +58,7 @@ pub struct ShapeVaeConfig {
     pub label_type: String,
     #[serde(default)]
     pub drop_path_rate: f64,
-    #[serde(default = "one")]
+    #[serde(default = "float::<1>")]
     pub scale_factor: f64,
     #[serde(default = "yes")]
     pub use_ln_post: bool,
@@ -64,30 +66,6 @@ pub struct ShapeVaeConfig {
     pub ckpt_path: Option<String>,
 }
 
-fn yes() -> bool {
-    true
-}
-fn d1() -> usize {
-    1
-}
-fn d3() -> usize {
-    3
-}
-fn d4() -> usize {
-    4
-}
-fn d8() -> usize {
-    8
-}
-fn d20() -> usize {
-    20
-}
-fn d5120() -> usize {
-    5120
-}
-fn one() -> f64 {
-    1.0
-}
 fn binary() -> String {
     "binary".into()
 }

@@ -65,6 +65,20 @@ pub fn append_f16(dtype: Dtype, bytes: &[u8], out: &mut Vec<u8>) -> Option<usize
     Some(overflowed)
 }
 
+/// `len` seeded draws from N(`mean`, `std`²) as F16 bytes (synthetic weights for tests and
+/// benchmarks: the same ChaCha8 stream and normal draws as the sampler's noise).
+pub fn normal_f16(seed: u64, len: usize, mean: f32, std: f32) -> Vec<u8> {
+    use chacha20::rand_core::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = chacha20::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(len * 2);
+    for _ in 0..len {
+        let v: f32 = rand_distr::StandardNormal.sample(&mut rng);
+        out.extend_from_slice(&f16::from_f32(mean + std * v).to_le_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
