@@ -39,9 +39,13 @@ self.addEventListener("fetch", (event) => {
   event.respondWith(
     (async () => {
       const cache = await caches.open(SHELL);
+      // One entry per file: the shell is keyed without its query string (`/?steps=8` and
+      // `/?x=1` are the same page), so no URL can grow the cache.
+      const key = new URL(request.url);
+      key.search = "";
       try {
         const response = await fetch(request);
-        if (response.ok && response.status === 200) await cache.put(request, response.clone());
+        if (response.ok && response.status === 200) await cache.put(key.href, response.clone());
         return response;
       } catch (offline) {
         const cached = await cache.match(request, { ignoreSearch: true });

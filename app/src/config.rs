@@ -1,7 +1,9 @@
 //! Which models the app loads and where from: same-origin `models/<id>/` by default, or a
-//! config file (`orfeas.json` next to the app, or `?config=<url>`), or query parameters
-//! (`?models=<base url>` for all, `?model.<id>=<url>` for one, `?models=none` for none), so a
-//! kiosk or a CDN can serve them.
+//! config file (`orfeas.json` next to the app, or `?config=<same-origin url>`), or query
+//! parameters (`?models=<base url>` for all, `?model.<id>=<url>` for one, `?models=none` for
+//! none), so a kiosk or a CDN can serve them. A model URL on another origin is only used when
+//! the site's own `orfeas.json` lists that origin in `allow_origins`: a link cannot make the
+//! app load weights from wherever it likes.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +23,9 @@ pub struct ConfigFile {
     pub models_base: Option<String>,
     #[serde(default)]
     pub models: Option<Vec<ConfigModel>>,
+    /// Origins (`scheme://host[:port]`) model URLs may point at besides the app's own.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +54,56 @@ fn with_slash(mut url: String) -> String {
         url.push('/');
     }
     url
+}
+
+/// The origin (`scheme://host[:port]`) of an absolute http(s) URL; `None` for a relative one.
+pub fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    Some(format!(
+        "{}://{}",
+        scheme.to_ascii_lowercase(),
+        authority.to_ascii_lowercase()
+    ))
+}
+
+/// Whether `url` may be fetched by an app at `page_origin`: relative (`//host` included, as
+/// another origin), same-origin, or on an origin the config allows.
+pub fn allowed(url: &str, page_origin: &str, file: Option<&ConfigFile>) -> bool {
+    if url.starts_with("//") {
+        return false;
+    }
+    match origin_of(url) {
+        None => !url.contains(':') || url.starts_with('/') || url.starts_with('.'),
+        Some(origin) => {
+            origin == page_origin.to_ascii_lowercase()
+                || file.is_some_and(|f| {
+                    f.allow_origins
+                        .iter()
+                        .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(&origin))
+                })
+        }
+    }
+}
+
+/// The model list, split into what may load and what was refused (a URL on an origin the
+/// site does not allow), for a notice.
+pub struct Resolved {
+    pub models: Vec<ModelSpec>,
+    pub refused: Vec<ModelSpec>,
+}
+
+/// Resolve the model list from the config file (if any) and the page's query parameters
+/// (which win), keeping only URLs this page may fetch (see [`allowed`]).
+pub fn resolve_for(
+    file: Option<&ConfigFile>,
+    params: &[(String, String)],
+    page_origin: &str,
+) -> Resolved {
+    let (models, refused) = resolve(file, params)
+        .into_iter()
+        .partition(|spec| allowed(&spec.url, page_origin, file));
+    Resolved { models, refused }
 }
 
 /// Resolve the model list from the config file (if any) and the page's query parameters,
@@ -118,6 +173,7 @@ mod tests {
     #[test]
     fn query_parameters_override_the_file() {
         let file = ConfigFile {
+            allow_origins: Vec::new(),
             models_base: Some("https://cdn.example/m".into()),
             models: Some(vec![ConfigModel {
                 id: "tiny".into(),
@@ -133,5 +189,26 @@ mod tests {
         let models = resolve(Some(&file), &params(&[("model.tiny", "/x/y")]));
         assert_eq!(models[0].url, "/x/y/");
         assert!(resolve(Some(&file), &params(&[("models", "none")])).is_empty());
+    }
+
+    #[test]
+    fn other_origins_need_the_sites_own_allow_list() {
+        let page = "http://127.0.0.1:8000";
+        let hostile = params(&[("models", "https://evil.example/m")]);
+        let resolved = resolve_for(None, &hostile, page);
+        assert!(resolved.models.is_empty());
+        assert_eq!(resolved.refused.len(), 4);
+        let file = ConfigFile {
+            allow_origins: vec!["https://cdn.example".into()],
+            ..Default::default()
+        };
+        let cdn = params(&[("models", "https://cdn.example/m")]);
+        assert_eq!(resolve_for(Some(&file), &cdn, page).models.len(), 4);
+        assert!(resolve_for(Some(&file), &hostile, page).models.is_empty());
+        assert!(allowed("models/x/", page, None));
+        assert!(allowed("/models/x/", page, None));
+        assert!(allowed("http://127.0.0.1:8000/models/x/", page, None));
+        assert!(!allowed("//evil.example/x/", page, None));
+        assert!(!allowed("javascript:alert(1)", page, None));
     }
 }

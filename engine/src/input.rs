@@ -9,6 +9,10 @@ use thiserror::Error;
 /// The largest image accepted, in pixels (64 MP, as the server's upload limit implies).
 pub const MAX_PIXELS: u64 = 64_000_000;
 
+/// The longest side accepted: a 32 000 000 × 2 strip is within the pixel count, but the shape
+/// pre-processor squares the longer side.
+pub const MAX_SIDE: u32 = 8192;
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ImageError {
     #[error("the image is empty")]
@@ -19,6 +23,8 @@ pub enum ImageError {
     ZeroSized { width: u32, height: u32 },
     #[error("the image is {width}×{height} ({:.0} MP); at most 64 MP", f64::from(*width) * f64::from(*height) / 1e6)]
     TooLarge { width: u32, height: u32 },
+    #[error("the image is {width}×{height}; its longer side may be at most {MAX_SIDE} pixels")]
+    TooLong { width: u32, height: u32 },
     #[error("not a readable image: {0}")]
     Corrupt(String),
 }
@@ -42,6 +48,9 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbaImage, ImageError> {
         return Err(ImageError::ZeroSized { width, height });
     }
     // Checked before any pixel is decoded, so a decompression bomb costs nothing.
+    if width.max(height) > MAX_SIDE {
+        return Err(ImageError::TooLong { width, height });
+    }
     if u64::from(width) * u64::from(height) > MAX_PIXELS {
         return Err(ImageError::TooLarge { width, height });
     }
@@ -154,17 +163,29 @@ mod tests {
             decode_image(&png[..png.len() / 2]),
             Err(ImageError::Corrupt(_))
         ));
-        // A PNG header claiming 10 000 × 10 000 pixels: refused before decoding.
-        let mut huge = encode(&DynamicImage::new_rgb8(1, 1), ImageFormat::Png);
-        huge[16..20].copy_from_slice(&10_000u32.to_be_bytes());
-        huge[20..24].copy_from_slice(&10_000u32.to_be_bytes());
-        let crc = crc32(&huge[12..29]);
-        huge[29..33].copy_from_slice(&crc.to_be_bytes());
+        // PNG headers claiming more than we take: refused before decoding.
+        let claiming = |width: u32, height: u32| {
+            let mut png = encode(&DynamicImage::new_rgb8(1, 1), ImageFormat::Png);
+            png[16..20].copy_from_slice(&width.to_be_bytes());
+            png[20..24].copy_from_slice(&height.to_be_bytes());
+            let crc = crc32(&png[12..29]);
+            png[29..33].copy_from_slice(&crc.to_be_bytes());
+            png
+        };
+        let huge = claiming(8000, 8001);
         assert_eq!(
             decode_image(&huge),
             Err(ImageError::TooLarge {
-                width: 10_000,
-                height: 10_000
+                width: 8000,
+                height: 8001
+            })
+        );
+        // 64 MP in a strip: within the pixel count, but the longer side is refused.
+        assert_eq!(
+            decode_image(&claiming(32_000_000, 2)),
+            Err(ImageError::TooLong {
+                width: 32_000_000,
+                height: 2
             })
         );
         // A header claiming 0 × 10: refused (by us or by the PNG decoder), never decoded.

@@ -16,7 +16,7 @@ use crate::models::dinov2::{self, Dinov2, Dinov2Config};
 use crate::models::dit20::{self, Dit20, Dit20Config};
 use crate::models::dit21::{self, Dit21, Dit21Config};
 use crate::models::shape_vae::{self, KeyValues, ShapeVae, ShapeVaeConfig};
-use crate::sampler::{FlowMatchSchedule, initial_noise, sample};
+use crate::sampler::{FlowMatchSchedule, initial_noise, sample_until};
 use crate::volume::{Grid, Refinement, decode_coarse_to_fine, decode_dense};
 use crate::weights::{LoadProgress, ShardSource, WeightSet, apply_torch_weights, load_all};
 
@@ -206,6 +206,9 @@ impl ShapeConfig {
         }
     }
 }
+
+/// The error of a generation stopped by its caller (`generate_until`).
+pub const STOPPED: &str = "stopped before it finished";
 
 /// The sub-folders of a converted model, one shard set each.
 pub const COMPONENTS: [&str; 3] = ["conditioner", "denoiser", "vae"];
@@ -438,15 +441,31 @@ impl ShapeModel {
         noise: Tensor<3>,
         steps: usize,
         guidance: f32,
-        mut on_step: impl FnMut(usize, usize),
+        on_step: impl FnMut(usize, usize),
     ) -> Tensor<3> {
+        self.sample_until(cond, noise, steps, guidance, on_step, || false)
+            .await
+            .expect("never stopped")
+    }
+
+    /// As [`Self::sample`], checking `should_stop` before every step: `None` when it said
+    /// stop (a cancelled job, a deadline).
+    pub async fn sample_until(
+        &self,
+        cond: Tensor<3>,
+        noise: Tensor<3>,
+        steps: usize,
+        guidance: f32,
+        mut on_step: impl FnMut(usize, usize),
+        should_stop: impl Fn() -> bool,
+    ) -> Option<Tensor<3>> {
         let schedule = self.scheduler.schedule(steps);
         let total = schedule.steps();
         let report = |i: usize, _: &Tensor<3>| on_step(i + 1, total);
         let noise = noise.cast(DType::F32);
         if self.denoiser.guidance_distilled() {
             // The pipeline passes the scale through the guidance embedding and skips CFG.
-            return sample(
+            return sample_until(
                 noise,
                 &schedule,
                 1.0,
@@ -458,12 +477,13 @@ impl ShapeModel {
                     (v.clone(), v)
                 },
                 report,
+                should_stop,
             )
             .await;
         }
         // The official CFG batch: [x, x] at [t, t] with [cond, zeros], conditional first.
         let context = Tensor::cat(vec![cond.clone(), cond.zeros_like()], 0);
-        sample(
+        sample_until(
             noise,
             &schedule,
             guidance,
@@ -484,6 +504,7 @@ impl ShapeModel {
                 )
             },
             report,
+            should_stop,
         )
         .await
     }
@@ -518,16 +539,30 @@ impl ShapeModel {
         &self,
         kv: &KeyValues,
         options: &GenerateOptions,
+        on_progress: impl FnMut(Progress),
+    ) -> Result<Surface, String> {
+        self.surface_until(kv, options, on_progress, || false).await
+    }
+
+    /// As [`Self::surface`], checking `should_stop` before every chunk of queries.
+    pub async fn surface_until(
+        &self,
+        kv: &KeyValues,
+        options: &GenerateOptions,
         mut on_progress: impl FnMut(Progress),
+        should_stop: impl Fn() -> bool,
     ) -> Result<Surface, String> {
         let grid = Grid::official(options.resolution);
         let mut queries = 0;
-        // After a failed read-back the remaining queries are not sent (the device is gone);
-        // the error is returned once decoding stops.
+        // After a failed read-back (the device is gone) or a stop, the remaining queries are
+        // not sent; the error is returned once decoding stops.
         let mut failure = None;
         let query = async |points: &[[f32; 3]]| {
             queries += points.len();
             on_progress(Progress::Decoding { queries });
+            if failure.is_none() && should_stop() {
+                failure = Some(STOPPED.to_string());
+            }
             if failure.is_none() {
                 match self.field_at(points, kv).await {
                     Ok(values) => return values,
@@ -571,21 +606,39 @@ impl ShapeModel {
         height: usize,
         width: usize,
         options: &GenerateOptions,
+        on_progress: impl FnMut(Progress),
+    ) -> Result<Surface, String> {
+        self.generate_until(image, height, width, options, on_progress, || false)
+            .await
+    }
+
+    /// As [`Self::generate`], checking `should_stop` at every sampler step and decoding
+    /// chunk; a stop is the error [`STOPPED`].
+    pub async fn generate_until(
+        &self,
+        image: &[f32],
+        height: usize,
+        width: usize,
+        options: &GenerateOptions,
         mut on_progress: impl FnMut(Progress),
+        should_stop: impl Fn() -> bool,
     ) -> Result<Surface, String> {
         on_progress(Progress::Encoding);
         let cond = self.condition(image, height, width);
         let latents = self
-            .sample(
+            .sample_until(
                 cond,
                 self.noise(options.seed),
                 options.steps.unwrap_or(self.default_steps),
                 options.guidance,
                 |done, total| on_progress(Progress::Sampling { done, total }),
+                &should_stop,
             )
-            .await;
+            .await
+            .ok_or(STOPPED)?;
         let kv = self.key_values(latents);
-        self.surface(&kv, options, on_progress).await
+        self.surface_until(&kv, options, on_progress, should_stop)
+            .await
     }
 }
 

@@ -95,11 +95,28 @@ pub async fn sample(
     noise: Tensor<3>,
     schedule: &FlowMatchSchedule,
     guidance_scale: f32,
+    velocity: impl AsyncFnMut(Tensor<3>, f32) -> (Tensor<3>, Tensor<3>),
+    on_step: impl FnMut(usize, &Tensor<3>),
+) -> Tensor<3> {
+    sample_until(noise, schedule, guidance_scale, velocity, on_step, || false)
+        .await
+        .expect("never stopped")
+}
+
+/// As [`sample`], checking `should_stop` before every model call: `None` when it said stop.
+pub async fn sample_until(
+    noise: Tensor<3>,
+    schedule: &FlowMatchSchedule,
+    guidance_scale: f32,
     mut velocity: impl AsyncFnMut(Tensor<3>, f32) -> (Tensor<3>, Tensor<3>),
     mut on_step: impl FnMut(usize, &Tensor<3>),
-) -> Tensor<3> {
+    should_stop: impl Fn() -> bool,
+) -> Option<Tensor<3>> {
     let mut x = noise;
     for i in 0..schedule.steps() {
+        if should_stop() {
+            return None;
+        }
         let dt = schedule.dt(i);
         if dt != 0.0 {
             let (v_cond, v_uncond) = velocity(x.clone(), schedule.model_t(i)).await;
@@ -108,7 +125,7 @@ pub async fn sample(
         }
         on_step(i, &x);
     }
-    x
+    Some(x)
 }
 
 #[cfg(test)]

@@ -69,9 +69,35 @@ enum Command {
         /// Generation requests that may wait in the queue (more get 429).
         #[arg(long, default_value_t = 8)]
         queue: usize,
-        /// Largest upload accepted, in MB (more gets 413).
+        /// Largest upload accepted, in MB (more gets 413, whatever the framing).
         #[arg(long, default_value_t = 32)]
         max_upload_mb: usize,
+        /// Most sampler steps a request may ask for.
+        #[arg(long, default_value_t = 100)]
+        max_steps: u32,
+        /// Largest octree resolution a request may ask for.
+        #[arg(long, default_value_t = 512)]
+        max_octree: u32,
+        /// A job still running after this many seconds is stopped at its next step (0: never).
+        #[arg(long, default_value_t = 1800)]
+        job_timeout: u64,
+        /// Finished jobs kept for their results (older ones are evicted first).
+        #[arg(long, default_value_t = 64)]
+        keep_jobs: usize,
+        /// Seconds a finished job's result is kept (then: 410 Gone).
+        #[arg(long, default_value_t = 3600)]
+        keep_results_s: u64,
+        /// Seconds an upload may take to arrive (then: 408).
+        #[arg(long, default_value_t = 60)]
+        upload_timeout_s: u64,
+        /// A web origin (scheme://host[:port]) whose pages may post jobs, besides the server's
+        /// own. Repeatable.
+        #[arg(long)]
+        allow_origin: Vec<String>,
+        /// A host name this server answers to, besides loopback names, IP literals and the
+        /// --bind address (names are checked against DNS rebinding). Repeatable.
+        #[arg(long)]
+        allow_host: Vec<String>,
         /// Read model shards at most this many MiB/s (to demo or test the loading state).
         #[arg(long)]
         load_throttle_mibps: Option<f64>,
@@ -199,6 +225,14 @@ pub fn run(cli: Cli) -> Result<()> {
             device,
             queue,
             max_upload_mb,
+            max_steps,
+            max_octree,
+            job_timeout,
+            keep_jobs,
+            keep_results_s,
+            upload_timeout_s,
+            allow_origin,
+            allow_host,
             load_throttle_mibps,
         } => {
             let compute = device.open()?;
@@ -209,8 +243,22 @@ pub fn run(cli: Cli) -> Result<()> {
                 device: compute.device,
                 dtype: compute.dtype,
                 capacity: compute.capacity,
-                queue,
-                max_upload_bytes: max_upload_mb << 20,
+                limits: crate::server::RequestLimits {
+                    max_upload_bytes: max_upload_mb << 20,
+                    max_steps: max_steps.max(1),
+                    max_octree: max_octree.max(16),
+                    body_timeout: std::time::Duration::from_secs(upload_timeout_s.max(1)),
+                },
+                jobs: crate::server::jobs::JobLimits {
+                    queue,
+                    retain: keep_jobs,
+                    retain_for: std::time::Duration::from_secs(keep_results_s),
+                    timeout: (job_timeout > 0).then(|| std::time::Duration::from_secs(job_timeout)),
+                },
+                access: crate::server::guard::Access {
+                    hosts: allow_host.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                    origins: allow_origin,
+                },
                 load_throttle: load_throttle_mibps.map(|m| (m * (1 << 20) as f64) as u64),
             };
             tokio::runtime::Builder::new_multi_thread()

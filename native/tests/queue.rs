@@ -1,30 +1,43 @@
-//! The job queue over real HTTP with a pipeline the test controls: queue full → 429, job
-//! status and result, `?wait=true`. (The server binary's own pipeline cannot make meshes yet.)
+//! The job queue over real HTTP with a pipeline the test scripts: queue full → 429, status
+//! and result, `?wait=true`, random ids, a panicking job failed while the runner goes on,
+//! cancellation (queued and running), the per-job deadline, eviction by count and age (410).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::tensor::DType;
-use orfeas::server::jobs::{JobInput, Jobs, MeshFile, Pipeline};
+use orfeas::server::guard::Access;
+use orfeas::server::jobs::{JobControl, JobInput, JobLimits, Jobs, MeshFile, Pipeline};
 use orfeas::server::models::{Models, load_in_background};
-use orfeas::server::{AppState, router};
+use orfeas::server::{AppState, RequestLimits, router};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-/// Finishes a job each time the test adds a permit; the mesh names the request's seed.
-struct Gated {
+/// A pipeline the test drives by seed: 666 panics; 777 runs steps until it is told to stop
+/// (a long job); any other finishes each time the test adds a permit, with a mesh naming the
+/// seed.
+struct Scripted {
     permits: Arc<Semaphore>,
 }
 
 #[async_trait::async_trait]
-impl Pipeline for Gated {
-    async fn run(
-        &self,
-        input: JobInput,
-        step: &(dyn Fn(u32, u32) + Send + Sync),
-    ) -> Result<MeshFile, String> {
-        step(1, input.params.steps.unwrap_or(30));
+impl Pipeline for Scripted {
+    async fn run(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, String> {
+        control.step(1, input.params.steps.unwrap_or(30));
+        match input.params.seed {
+            666 => panic!("boom in the pipeline"),
+            777 => {
+                let mut step = 1;
+                while !control.should_stop() {
+                    step += 1;
+                    control.step(step, 1000);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                return Err("stopped".into());
+            }
+            _ => {}
+        }
         self.permits
             .acquire()
             .await
@@ -64,8 +77,8 @@ fn png() -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_answers_429_and_jobs_deliver_their_mesh() {
+/// A server over the scripted pipeline with `limits`; its base URL and the gate.
+async fn serve(limits: JobLimits) -> (String, Arc<Semaphore>) {
     let dir = tempfile::tempdir().unwrap();
     tiny_model(dir.path());
     let models = Arc::new(Models::discover(Some(dir.path())).unwrap());
@@ -80,65 +93,102 @@ async fn a_full_queue_answers_429_and_jobs_deliver_their_mesh() {
         .unwrap();
     let permits = Arc::new(Semaphore::new(0));
     let jobs = Jobs::start(
-        1,
-        Arc::new(Gated {
+        limits,
+        Arc::new(Scripted {
             permits: permits.clone(),
         }),
     );
-    let state = Arc::new(AppState {
+    let state = Arc::new(AppState::new(
         models,
         jobs,
-        max_upload_bytes: 1 << 20,
-        started: Instant::now(),
-    });
+        RequestLimits {
+            max_upload_bytes: 1 << 20,
+            ..RequestLimits::default()
+        },
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
-        axum::serve(listener, router(state, None, None))
+        let _dir = dir;
+        axum::serve(listener, router(state, None, None, Access::default()))
             .await
             .unwrap();
     });
-    let client = reqwest::Client::new();
-    let submit = |seed: u64| {
-        client
-            .post(format!("{base}/api/generate-3d"))
-            .json(&json!({ "image": png(), "seed": seed, "format": "stl", "steps": 7 }))
-            .send()
-    };
+    (base, permits)
+}
 
-    // One job runs (held by the gate), one waits in the queue of 1, the next is refused.
-    let first: Value = submit(1).await.unwrap().json().await.unwrap();
-    let first_url = format!("{base}{}", first["status_url"].as_str().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status: Value = client
-            .get(&first_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["status"] == "running" {
-            assert_eq!(status["steps"], 7);
-            break;
-        }
-        assert!(Instant::now() < deadline, "{status}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let second: Value = submit(2).await.unwrap().json().await.unwrap();
-    let second_url = format!("{base}{}", second["status_url"].as_str().unwrap());
-    let queued: Value = client
-        .get(&second_url)
+async fn submit(client: &reqwest::Client, base: &str, seed: u64) -> Value {
+    client
+        .post(format!("{base}/api/generate-3d"))
+        .json(&json!({ "image": png(), "seed": seed, "format": "stl", "steps": 7 }))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = client.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Poll `url` until its `status` is `want` (10 s at most).
+async fn wait_for(client: &reqwest::Client, url: &str, want: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = get_json(client, url).await;
+        if status["status"] == want {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "waiting for {want}: {status}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Health answers within a second.
+async fn healthy(client: &reqwest::Client, base: &str) {
+    let started = Instant::now();
+    let (code, _) = get_json(client, &format!("{base}/api/health")).await;
+    assert_eq!(code, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "health took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_and_jobs_deliver_their_mesh() {
+    let (base, permits) = serve(JobLimits {
+        queue: 1,
+        ..JobLimits::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+
+    // One job runs (held by the gate), one waits in the queue of 1, the next is refused.
+    let first = submit(&client, &base, 1).await;
+    let id = first["job_id"].as_str().unwrap();
+    assert_eq!(id.len(), 32, "a 128-bit id: {id}");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    let first_url = format!("{base}{}", first["status_url"].as_str().unwrap());
+    let running = wait_for(&client, &first_url, "running").await;
+    assert_eq!(running["steps"], 7);
+    let second = submit(&client, &base, 2).await;
+    assert_ne!(second["job_id"], first["job_id"]);
+    let second_url = format!("{base}{}", second["status_url"].as_str().unwrap());
+    let (_, queued) = get_json(&client, &second_url).await;
     assert_eq!(queued["status"], "queued");
     assert_eq!(queued["position"], 0);
-    let refused = submit(3).await.unwrap();
+    let refused = client
+        .post(format!("{base}/api/generate-3d"))
+        .json(&json!({ "image": png(), "seed": 3 }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().contains_key("retry-after"));
     let refused: Value = refused.json().await.unwrap();
@@ -177,4 +227,125 @@ async fn a_full_queue_answers_429_and_jobs_deliver_their_mesh() {
             .ends_with(".obj\"")
     );
     assert_eq!(waited.text().await.unwrap(), "solid seed9\nendsolid\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_panics_fails_and_the_next_job_runs() {
+    let (base, permits) = serve(JobLimits::default()).await;
+    let client = reqwest::Client::new();
+    let crashed = submit(&client, &base, 666).await;
+    let url = format!("{base}{}", crashed["status_url"].as_str().unwrap());
+    let failed = wait_for(&client, &url, "failed").await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("crashed: boom in the pipeline"),
+        "{failed}"
+    );
+    healthy(&client, &base).await;
+    // The runner goes on: the next job is done, and a later one is not refused as "full".
+    permits.add_permits(2);
+    let next = submit(&client, &base, 5).await;
+    wait_for(
+        &client,
+        &format!("{base}{}", next["status_url"].as_str().unwrap()),
+        "done",
+    )
+    .await;
+    let after = submit(&client, &base, 6).await;
+    assert_eq!(after["status"], "queued", "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_cancelled_queued_or_running() {
+    let (base, permits) = serve(JobLimits::default()).await;
+    let client = reqwest::Client::new();
+    let long = submit(&client, &base, 777).await;
+    let long_url = format!("{base}{}", long["status_url"].as_str().unwrap());
+    wait_for(&client, &long_url, "running").await;
+    let waiting = submit(&client, &base, 8).await;
+    let waiting_url = format!("{base}{}", waiting["status_url"].as_str().unwrap());
+    // The queued one is dropped at once.
+    let cancelled = client.delete(&waiting_url).send().await.unwrap();
+    assert_eq!(cancelled.status(), 200);
+    let (_, status) = get_json(&client, &waiting_url).await;
+    assert_eq!(status["status"], "cancelled", "{status}");
+    // The running one stops at its next step.
+    let cancelling = client.delete(&long_url).send().await.unwrap();
+    assert_eq!(cancelling.status(), 202);
+    let stopped = wait_for(&client, &long_url, "cancelled").await;
+    assert!(
+        stopped["reason"].as_str().unwrap().contains("client"),
+        "{stopped}"
+    );
+    // Finished jobs cannot be cancelled; unknown ones are unknown.
+    assert_eq!(client.delete(&long_url).send().await.unwrap().status(), 409);
+    let unknown = format!("{base}/api/jobs/{}", "0".repeat(32));
+    assert_eq!(client.delete(&unknown).send().await.unwrap().status(), 404);
+    healthy(&client, &base).await;
+    permits.add_permits(1);
+    let next = submit(&client, &base, 9).await;
+    wait_for(
+        &client,
+        &format!("{base}{}", next["status_url"].as_str().unwrap()),
+        "done",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_deadline_is_stopped_and_failed() {
+    let (base, permits) = serve(JobLimits {
+        timeout: Some(Duration::from_millis(300)),
+        ..JobLimits::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let long = submit(&client, &base, 777).await;
+    let url = format!("{base}{}", long["status_url"].as_str().unwrap());
+    let failed = wait_for(&client, &url, "failed").await;
+    assert!(
+        failed["error"].as_str().unwrap().contains("timed out"),
+        "{failed}"
+    );
+    permits.add_permits(1);
+    let next = submit(&client, &base, 10).await;
+    wait_for(
+        &client,
+        &format!("{base}{}", next["status_url"].as_str().unwrap()),
+        "done",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_evicted_by_count_and_age_then_gone() {
+    let (base, permits) = serve(JobLimits {
+        retain: 2,
+        retain_for: Duration::from_millis(800),
+        ..JobLimits::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    permits.add_permits(3);
+    let mut urls = Vec::new();
+    for seed in 1..=3 {
+        let job = submit(&client, &base, seed).await;
+        let url = format!("{base}{}", job["status_url"].as_str().unwrap());
+        wait_for(&client, &url, "done").await;
+        urls.push(url);
+    }
+    // Three finished, two kept: the oldest is gone (410), its result too.
+    let (code, body) = get_json(&client, &urls[0]).await;
+    assert_eq!(code, 410, "{body}");
+    assert_eq!(body["status"], "gone");
+    let (code, _) = get_json(&client, &format!("{}/result", urls[0])).await;
+    assert_eq!(code, 410);
+    assert_eq!(get_json(&client, &urls[2]).await.0, 200);
+    // After the age limit, all are gone; an id never issued stays 404.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(get_json(&client, &urls[2]).await.0, 410);
+    let never = format!("{base}/api/jobs/{}", "f".repeat(32));
+    assert_eq!(get_json(&client, &never).await.0, 404);
 }

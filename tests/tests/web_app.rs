@@ -578,8 +578,15 @@ async fn a_kiosk_runs_on_orfeas_serve_alone() -> anyhow::Result<()> {
             None,
         )?
         .capacity,
-        queue: 4,
-        max_upload_bytes: 1 << 20,
+        limits: orfeas::server::RequestLimits {
+            max_upload_bytes: 1 << 20,
+            ..Default::default()
+        },
+        jobs: orfeas::server::jobs::JobLimits {
+            queue: 4,
+            ..Default::default()
+        },
+        access: Default::default(),
         load_throttle: None,
     };
     let server = tokio::spawn(orfeas::server::serve(options));

@@ -85,7 +85,21 @@ pub fn start() {
     let params = query_params();
     spawn_local(async move {
         let file = load_config(&studio, &params).await;
-        let models = config::resolve(file.as_ref(), &params);
+        let origin = web_sys::window()
+            .and_then(|w| w.location().origin().ok())
+            .unwrap_or_default();
+        let resolved = config::resolve_for(file.as_ref(), &params, &origin);
+        for spec in &resolved.refused {
+            studio.notify(
+                NoticeLevel::Warning,
+                format!(
+                    "not loading {} from {}: another site's models load only when this site's \
+                     orfeas.json lists that origin in allow_origins",
+                    spec.id, spec.url
+                ),
+            );
+        }
+        let models = resolved.models;
         studio.models.set(
             models
                 .iter()
@@ -119,7 +133,14 @@ async fn load_config(studio: &Studio, params: &[(String, String)]) -> Option<Con
         .find(|(k, _)| k == "config")
         .map(|(_, v)| v.clone());
     let url = explicit.clone().unwrap_or_else(|| "orfeas.json".into());
+    let origin = web_sys::window()
+        .and_then(|w| w.location().origin().ok())
+        .unwrap_or_default();
     let result: Result<ConfigFile, String> = async {
+        // The config decides where weights come from: only this site's own is read.
+        if !config::allowed(&url, &origin, None) {
+            return Err("a model config is only read from this site".to_string());
+        }
         let window = web_sys::window().ok_or("no window")?;
         let response: web_sys::Response = JsFuture::from(window.fetch_with_str(&url))
             .await

@@ -11,6 +11,13 @@ use super::error::LoadError;
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub const FORMAT: &str = "orfeas-shards/1";
 
+/// The largest shard an index may declare (ours are 16–64 MiB; Hugging Face's up to ~10 GB,
+/// which we repack): a lying size cannot make a reader expect more.
+pub const MAX_SHARD_BYTES: u64 = 4 << 30;
+
+/// The largest index read (a 2.1 model's is ~200 KB).
+pub const MAX_INDEX_BYTES: usize = 16 << 20;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardIndex {
     pub metadata: IndexMetadata,
@@ -55,6 +62,12 @@ pub struct ShardInfo {
 
 impl ShardIndex {
     pub fn from_json(bytes: &[u8]) -> Result<Self, LoadError> {
+        if bytes.len() > MAX_INDEX_BYTES {
+            return Err(LoadError::Index(format!(
+                "the index is {} bytes; at most {MAX_INDEX_BYTES}",
+                bytes.len()
+            )));
+        }
         if looks_like_html(bytes) {
             return Err(LoadError::Index(
                 "not an index: the server sent an HTML page".into(),
@@ -122,9 +135,9 @@ impl ShardIndex {
             if !files.insert(shard.file.as_str()) {
                 return bad(format!("shard {} listed twice", shard.file));
             }
-            if shard.size < 8 {
+            if shard.size < 8 || shard.size > MAX_SHARD_BYTES {
                 return bad(format!(
-                    "shard {} has an impossible size {}",
+                    "shard {} has an impossible size {} (at most {MAX_SHARD_BYTES})",
                     shard.file, shard.size
                 ));
             }
@@ -137,17 +150,27 @@ impl ShardIndex {
                 return bad(format!("tensor {name} maps to unknown shard {file}"));
             }
         }
+        // The shards hold the tensors' bytes (plus headers): a larger total is a lie.
+        let shard_bytes: u64 = self.shards.iter().map(|s| s.size).sum();
+        if self.metadata.total_size > shard_bytes {
+            return bad(format!(
+                "total_size {} is more than the shards hold ({shard_bytes} bytes)",
+                self.metadata.total_size
+            ));
+        }
         Ok(())
     }
 }
 
-/// A file name without directories, so a hostile index cannot point outside the model folder.
+/// A plain file name (`[A-Za-z0-9._-]`, not starting with a dot), so a hostile index cannot
+/// point outside the model folder, at a hidden file, or at a drive (`C:x`) or device name.
 pub fn is_plain_file_name(name: &str) -> bool {
     !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.contains(['/', '\\', '\0'])
+        && name.len() <= 255
         && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// An HTML page where data was expected (a captive portal, an SPA fallback, a 404 page with 200).

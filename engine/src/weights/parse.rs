@@ -210,12 +210,10 @@ impl ShardParser {
     }
 
     /// Move bytes from `chunk` into `pending` until it holds `want` bytes; true when it does.
+    /// The buffer grows with the bytes that arrive, never to a size a header merely claims.
     fn take_into_pending(&mut self, chunk: &mut &[u8], want: usize) -> bool {
         let need = want - self.pending.len();
         let n = need.min(chunk.len());
-        if self.pending.capacity() < want {
-            self.pending.reserve_exact(want - self.pending.len());
-        }
         self.pending.extend_from_slice(&chunk[..n]);
         *chunk = &chunk[n..];
         self.pending.len() == want

@@ -78,10 +78,10 @@ pub use native::{DirSource, HttpSource};
 mod native {
     use std::path::PathBuf;
 
-    use futures::TryStreamExt;
+    use futures::{StreamExt, TryStreamExt};
 
     use super::*;
-    use crate::weights::index::INDEX_FILE;
+    use crate::weights::index::{INDEX_FILE, MAX_INDEX_BYTES};
 
     /// A shard set in a local folder, streamed in chunks.
     #[derive(Debug, Clone)]
@@ -103,6 +103,16 @@ mod native {
     impl ShardSource for DirSource {
         async fn read_index(&self) -> Result<Vec<u8>, SourceError> {
             let path = self.dir.join(INDEX_FILE);
+            let size = tokio::fs::metadata(&path)
+                .await
+                .map_err(|e| SourceError(format!("{}: {e}", path.display())))?
+                .len();
+            if size > MAX_INDEX_BYTES as u64 {
+                return Err(SourceError(format!(
+                    "{}: {size} bytes; an index is at most {MAX_INDEX_BYTES}",
+                    path.display()
+                )));
+            }
             tokio::fs::read(&path)
                 .await
                 .map_err(|e| SourceError(format!("{}: {e}", path.display())))
@@ -168,11 +178,20 @@ mod native {
     impl ShardSource for HttpSource {
         async fn read_index(&self) -> Result<Vec<u8>, SourceError> {
             let response = self.get(INDEX_FILE).await?;
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| SourceError(format!("reading the index: {e}")))?;
-            Ok(body.to_vec())
+            // Read as it arrives, and stop at the bound: a hostile server cannot make us hold
+            // more than an index could be.
+            let mut stream = response.bytes_stream();
+            let mut body = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| SourceError(format!("reading the index: {e}")))?;
+                if body.len() + chunk.len() > MAX_INDEX_BYTES {
+                    return Err(SourceError(format!(
+                        "the index is over {MAX_INDEX_BYTES} bytes"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(body)
         }
 
         async fn open_shard(&self, file: &str) -> Result<ByteStream, SourceError> {

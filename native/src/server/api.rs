@@ -12,14 +12,16 @@ use orfeas_engine::weights::NotReadyKind;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::jobs::{GenerateParams, JobInput, JobStatus, MeshFile, MeshFormat};
-use super::{AppState, models::Aggregate};
+use super::jobs::{GenerateParams, JobInput, JobStatus, Lookup, MeshFile, MeshFormat, SubmitError};
+use super::{AppState, RequestLimits, models::Aggregate};
 
-/// How much of an oversize upload is read and discarded before answering 413.
-const DRAIN_LIMIT: usize = 64 << 20;
+/// The largest image accepted, in pixels (64 MP), and its longest side.
+pub use orfeas_engine::input::{MAX_PIXELS, MAX_SIDE};
 
-/// The largest image accepted, in pixels (64 MP).
-pub use orfeas_engine::input::MAX_PIXELS;
+/// A job's working copy of the image: the pipeline's inputs are 1024² (background removal) and
+/// 512² (the shape model), so a larger picture is shrunk to this longer side before it waits
+/// in the queue.
+pub const WORKING_SIDE: u32 = 2048;
 
 fn error(status: StatusCode, message: impl Into<String>, kind: &str) -> Response {
     (
@@ -98,9 +100,24 @@ pub async fn generate(
             ),
         };
     }
-    let input = match read_input(request, state.max_upload_bytes).await {
-        Ok(input) => input,
-        Err(response) => return response,
+    // A full queue answers before the upload is read or decoded.
+    if let Some(refused) = state.jobs.full() {
+        return queue_refusal(refused);
+    }
+    let read = tokio::time::timeout(state.limits.body_timeout, read_input(&state, request));
+    let input = match read.await {
+        Ok(Ok(input)) => input,
+        Ok(Err(response)) => return response,
+        Err(_) => {
+            return closing(error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the upload took longer than {} s",
+                    state.limits.body_timeout.as_secs()
+                ),
+                "timeout",
+            ));
+        }
     };
     // Loaded, but without a model this request needs (e.g. no shape model at all).
     if let Some((model, reason)) = state.jobs.unavailable(&input) {
@@ -117,17 +134,7 @@ pub async fn generate(
     let format = input.params.format;
     let id = match state.jobs.submit(input) {
         Ok(id) => id,
-        Err(_) => {
-            return retry_later(
-                StatusCode::TOO_MANY_REQUESTS,
-                json!({
-                    "error": "the generation queue is full, try again shortly",
-                    "status": "queue_full",
-                    "retry_after": 5,
-                }),
-                5,
-            );
-        }
+        Err(refused) => return queue_refusal(refused),
     };
     let wait = matches!(query.wait.as_deref(), Some("true" | "1" | "yes"));
     if !wait {
@@ -148,7 +155,7 @@ pub async fn generate(
     }
     match state.jobs.wait(&id).await {
         Some(JobStatus::Done) => match state.jobs.result(&id) {
-            Some(Ok(file)) => mesh_response(&id, file),
+            Lookup::Found(Ok(file)) => mesh_response(&id, file),
             _ => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "result missing",
@@ -158,9 +165,9 @@ pub async fn generate(
         Some(JobStatus::Failed { error: reason }) => {
             error(StatusCode::INTERNAL_SERVER_ERROR, reason, "failed")
         }
-        Some(JobStatus::Cancelled) => error(
+        Some(JobStatus::Cancelled { reason }) => error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down",
+            format!("the job was cancelled: {reason}"),
             "cancelled",
         ),
         _ => error(
@@ -169,6 +176,46 @@ pub async fn generate(
             "failed",
         ),
     }
+}
+
+/// 429 for a full queue (try again), 500 when the runner is gone (the server's fault).
+fn queue_refusal(refused: SubmitError) -> Response {
+    match refused {
+        SubmitError::Full => retry_later(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({
+                "error": "the generation queue is full, try again shortly",
+                "status": "queue_full",
+                "retry_after": 5,
+            }),
+            5,
+        ),
+        SubmitError::Closed => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the generation queue is closed (the server is stopping)",
+            "queue_closed",
+        ),
+    }
+}
+
+/// `response` with `Connection: close`: the rest of a refused upload is never read.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+fn unknown_job(id: &str) -> Response {
+    error(StatusCode::NOT_FOUND, format!("no job {id}"), "not_found")
+}
+
+fn evicted_job(id: &str) -> Response {
+    error(
+        StatusCode::GONE,
+        format!("job {id} finished and its result was discarded (results are kept for a while)"),
+        "gone",
+    )
 }
 
 fn mesh_response(id: &str, file: MeshFile) -> Response {
@@ -186,35 +233,65 @@ fn mesh_response(id: &str, file: MeshFile) -> Response {
 
 pub async fn job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match state.jobs.describe(&id) {
-        Some(value) => Json(value).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no job {id}"), "not_found"),
+        Lookup::Found(value) => Json(value).into_response(),
+        Lookup::Evicted => evicted_job(&id),
+        Lookup::Unknown => unknown_job(&id),
     }
 }
 
 pub async fn job_result(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match state.jobs.result(&id) {
-        Some(Ok(file)) => mesh_response(&id, file),
-        Some(Err(status)) => {
+        Lookup::Found(Ok(file)) => mesh_response(&id, file),
+        Lookup::Found(Err(status)) => {
             let mut body = serde_json::to_value(&status).unwrap_or(Value::Null);
             body["error"] = json!(match &status {
                 JobStatus::Failed { error } => format!("{id} failed: {error}"),
-                JobStatus::Cancelled => format!("{id} was cancelled"),
+                JobStatus::Cancelled { reason } => format!("{id} was cancelled: {reason}"),
                 _ => format!("{id} is not finished yet"),
             });
             (StatusCode::CONFLICT, Json(body)).into_response()
         }
-        None => error(StatusCode::NOT_FOUND, format!("no job {id}"), "not_found"),
+        Lookup::Evicted => evicted_job(&id),
+        Lookup::Unknown => unknown_job(&id),
     }
 }
 
-/// Body → validated job input, or the 400/413 response that explains what is wrong.
-async fn read_input(request: Request, limit: usize) -> Result<JobInput, Response> {
+/// `DELETE /api/jobs/{id}`: a queued job is dropped, a running one stops at its next step.
+pub async fn cancel_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match state.jobs.cancel(&id, "cancelled by the client") {
+        Lookup::Found(status) if status.finished() => {
+            let mut body = serde_json::to_value(&status).unwrap_or(Value::Null);
+            body["error"] = json!(format!("{id} has already finished"));
+            (StatusCode::CONFLICT, Json(body)).into_response()
+        }
+        Lookup::Found(JobStatus::Queued { .. }) => Json(json!({
+            "id": id, "status": "cancelled", "reason": "cancelled by the client",
+        }))
+        .into_response(),
+        Lookup::Found(_) => (
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "id": id, "status": "cancelling",
+                "message": "the job stops at its next step",
+            })),
+        )
+            .into_response(),
+        Lookup::Evicted => evicted_job(&id),
+        Lookup::Unknown => unknown_job(&id),
+    }
+}
+
+/// Body → validated job input, or the 400/413 response that explains what is wrong. The body
+/// is read within the upload limit whatever its framing (a chunked body is cut off at the
+/// limit); the image is decoded off the async threads, a few at a time.
+async fn read_input(state: &AppState, request: Request) -> Result<JobInput, Response> {
+    let limit = state.limits.max_upload_bytes;
     let too_large = || {
-        error(
+        closing(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("upload larger than {} MB", limit >> 20),
             "too_large",
-        )
+        ))
     };
     let declared = request
         .headers()
@@ -222,9 +299,6 @@ async fn read_input(request: Request, limit: usize) -> Result<JobInput, Response
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        // Read (and drop) a bounded amount of what is being sent, so that an ordinary client
-        // sees the 413 instead of a connection reset in the middle of its upload.
-        let _ = axum::body::to_bytes(request.into_body(), limit.saturating_add(DRAIN_LIMIT)).await;
         return Err(too_large());
     }
     let content_type = request
@@ -276,11 +350,29 @@ async fn read_input(request: Request, limit: usize) -> Result<JobInput, Response
             "bad_request",
         ));
     };
-    let params =
-        validate(&raw).map_err(|message| error(StatusCode::BAD_REQUEST, message, "bad_request"))?;
-    let image = decode_image(&image_bytes)
+    let params = validate(&raw, &state.limits)
+        .map_err(|message| error(StatusCode::BAD_REQUEST, message, "bad_request"))?;
+    let image = decode_off_thread(&state.decoding, image_bytes)
+        .await
         .map_err(|message| error(StatusCode::BAD_REQUEST, message, "bad_request"))?;
     Ok(JobInput { image, params })
+}
+
+/// Decode on the blocking pool, at most as many at once as `permits` allows, and shrink the
+/// result to the job's working size (so a waiting job holds ≤ 16 MB of pixels).
+async fn decode_off_thread(
+    permits: &tokio::sync::Semaphore,
+    bytes: Vec<u8>,
+) -> Result<image::RgbaImage, String> {
+    let _permit = permits
+        .acquire()
+        .await
+        .map_err(|_| "the server is stopping".to_string())?;
+    tokio::task::spawn_blocking(move || {
+        decode_image(&bytes).map(|image| orfeas_engine::input::fit_within(&image, WORKING_SIDE))
+    })
+    .await
+    .map_err(|e| format!("decoding the image failed: {e}"))?
 }
 
 async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Vec<u8>), Response> {
@@ -297,7 +389,11 @@ async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Ve
             Ok(None) => break,
             Err(e) => {
                 return Err(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    error(StatusCode::PAYLOAD_TOO_LARGE, e.body_text(), "too_large")
+                    closing(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        e.body_text(),
+                        "too_large",
+                    ))
                 } else {
                     bad(format!("malformed multipart body: {}", e.body_text()))
                 });
@@ -306,18 +402,22 @@ async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Ve
         let name = field.name().unwrap_or_default().to_string();
         let bytes = field.bytes().await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                error(StatusCode::PAYLOAD_TOO_LARGE, e.body_text(), "too_large")
+                closing(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    e.body_text(),
+                    "too_large",
+                ))
             } else {
                 bad(format!("reading field {name:?}: {}", e.body_text()))
             }
         })?;
         total += bytes.len();
         if total > limit {
-            return Err(error(
+            return Err(closing(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("upload larger than {} MB", limit >> 20),
                 "too_large",
-            ));
+            )));
         }
         let text = || Value::String(String::from_utf8_lossy(&bytes).trim().to_string());
         match name.as_str() {
@@ -347,11 +447,14 @@ fn number<T: std::str::FromStr>(value: &Option<Value>, name: &str) -> Result<Opt
         .map_err(|_| format!("{name}: {text:?} is not a valid number"))
 }
 
-fn validate(raw: &RawParams) -> Result<GenerateParams, String> {
+fn validate(raw: &RawParams, limits: &RequestLimits) -> Result<GenerateParams, String> {
     let mut params = GenerateParams::default();
     if let Some(steps) = number::<u32>(&raw.steps, "steps")? {
-        if !(1..=200).contains(&steps) {
-            return Err(format!("steps must be 1–200, got {steps}"));
+        if !(1..=limits.max_steps).contains(&steps) {
+            return Err(format!(
+                "steps must be 1–{} on this server, got {steps}",
+                limits.max_steps
+            ));
         }
         params.steps = Some(steps);
     }
@@ -362,9 +465,10 @@ fn validate(raw: &RawParams) -> Result<GenerateParams, String> {
         params.guidance = guidance;
     }
     if let Some(resolution) = number::<u32>(&raw.octree_resolution, "octree_resolution")? {
-        if !(16..=1024).contains(&resolution) {
+        if !(16..=limits.max_octree).contains(&resolution) {
             return Err(format!(
-                "octree_resolution must be 16–1024, got {resolution}"
+                "octree_resolution must be 16–{} on this server, got {resolution}",
+                limits.max_octree
             ));
         }
         params.octree_resolution = resolution;
@@ -409,12 +513,17 @@ mod tests {
             steps: Some(json!("0")),
             ..Default::default()
         };
-        assert!(validate(&raw).unwrap_err().contains("steps"));
+        let limits = RequestLimits::default();
+        assert!(validate(&raw, &limits).unwrap_err().contains("steps"));
         let raw = RawParams {
             format: Some(json!("fbx")),
             ..Default::default()
         };
-        assert!(validate(&raw).unwrap_err().contains("glb, obj or stl"));
+        assert!(
+            validate(&raw, &limits)
+                .unwrap_err()
+                .contains("glb, obj or stl")
+        );
         let raw = RawParams {
             steps: Some(json!(12)),
             guidance: Some(json!("7.5")),
@@ -422,7 +531,12 @@ mod tests {
             remove_background: Some(json!("false")),
             ..Default::default()
         };
-        let params = validate(&raw).unwrap();
+        let params = validate(&raw, &limits).unwrap();
+        let tight = RequestLimits {
+            max_steps: 10,
+            ..RequestLimits::default()
+        };
+        assert!(validate(&raw, &tight).unwrap_err().contains("1–10"));
         assert_eq!(params.steps, Some(12));
         assert_eq!(params.guidance, 7.5);
         assert_eq!(params.format, MeshFormat::Stl);

@@ -1,10 +1,18 @@
 //! Generation jobs: a bounded queue in front of one runner (the GPU does one job at a time),
-//! job status for polling, and the result file.
+//! job status for polling, the result file, cancellation and a per-job deadline.
+//!
+//! Nothing a job does can take the queue down: a job that panics is `failed` with the panic's
+//! message and the runner goes on; a poisoned lock is recovered (the data behind it is only
+//! ever replaced whole). Job ids are random 128-bit values, so one client cannot read another's
+//! results; finished jobs are evicted by age and count, and an evicted id answers "gone".
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
@@ -83,6 +91,47 @@ pub struct MeshFile {
     pub bytes: Vec<u8>,
 }
 
+/// What a running job reports and obeys: its progress, and a request to stop (cancelled, past
+/// its deadline, the server shutting down) that the pipeline honours at its next step.
+pub struct JobControl {
+    stop: Mutex<Option<String>>,
+    stopping: AtomicBool,
+    progress: Box<dyn Fn(u32, u32) + Send + Sync>,
+}
+
+impl JobControl {
+    pub fn new(progress: impl Fn(u32, u32) + Send + Sync + 'static) -> Self {
+        Self {
+            stop: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            progress: Box::new(progress),
+        }
+    }
+
+    /// `done` of `total` steps finished.
+    pub fn step(&self, done: u32, total: u32) {
+        (self.progress)(done, total);
+    }
+
+    /// Ask the job to stop at its next step; the first reason wins.
+    pub fn stop(&self, reason: impl Into<String>) {
+        let mut stop = lock(&self.stop);
+        if stop.is_none() {
+            *stop = Some(reason.into());
+        }
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// Whether the job should stop now (cheap: checked at every step).
+    pub fn should_stop(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub fn stop_reason(&self) -> Option<String> {
+        lock(&self.stop).clone()
+    }
+}
+
 /// Turns an image into a mesh file. One implementation runs the models; tests use others.
 #[async_trait::async_trait]
 pub trait Pipeline: Send + Sync {
@@ -91,12 +140,8 @@ pub trait Pipeline: Send + Sync {
         None
     }
 
-    /// `step(done, total)` reports progress (sampling steps).
-    async fn run(
-        &self,
-        input: JobInput,
-        step: &(dyn Fn(u32, u32) + Send + Sync),
-    ) -> Result<MeshFile, String>;
+    /// Run the job, reporting steps and stopping early when `control` says so.
+    async fn run(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, String>;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -106,19 +151,47 @@ pub enum JobStatus {
     Running { step: u32, steps: u32 },
     Done,
     Failed { error: String },
-    Cancelled,
+    Cancelled { reason: String },
 }
 
 impl JobStatus {
     pub fn finished(&self) -> bool {
-        matches!(self, Self::Done | Self::Failed { .. } | Self::Cancelled)
+        matches!(
+            self,
+            Self::Done | Self::Failed { .. } | Self::Cancelled { .. }
+        )
+    }
+}
+
+/// How long finished jobs are kept, and how many; how long one may run.
+#[derive(Debug, Clone)]
+pub struct JobLimits {
+    /// Jobs that may wait in the queue (more are refused: 429).
+    pub queue: usize,
+    /// Finished jobs kept (oldest evicted first).
+    pub retain: usize,
+    /// How long a finished job's result is kept.
+    pub retain_for: Duration,
+    /// A job still running after this is stopped at its next step.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        Self {
+            queue: 8,
+            retain: 64,
+            retain_for: Duration::from_secs(3600),
+            timeout: Some(Duration::from_secs(1800)),
+        }
     }
 }
 
 struct JobEntry {
     status: watch::Sender<JobStatus>,
     result: Option<MeshFile>,
-    format: MeshFormat,
+    control: Arc<JobControl>,
+    finished_at: Option<Instant>,
 }
 
 struct Queued {
@@ -126,28 +199,64 @@ struct Queued {
     input: JobInput,
 }
 
-/// The queue is full: try again later.
-#[derive(Debug)]
-pub struct QueueFull;
+/// Why a job could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue is full: try again later.
+    Full,
+    /// The runner is gone (the server is stopping): not the client's fault.
+    Closed,
+}
+
+/// What is known of a job id.
+pub enum Lookup<T> {
+    Found(T),
+    /// It finished and its result was evicted (by age or count).
+    Evicted,
+    Unknown,
+}
+
+struct Table {
+    entries: HashMap<String, JobEntry>,
+    /// Ids in submission order.
+    order: VecDeque<String>,
+    /// Recently evicted ids (bounded), so they answer "gone" rather than "unknown".
+    evicted: VecDeque<String>,
+}
 
 pub struct Jobs {
     pipeline: Arc<dyn Pipeline>,
     sender: mpsc::Sender<Queued>,
-    entries: Mutex<HashMap<String, JobEntry>>,
-    order: Mutex<Vec<String>>,
-    next: AtomicU64,
+    table: Mutex<Table>,
+    limits: JobLimits,
+}
+
+/// A lock whose holder panicked still guards whole values (every write replaces one): recover
+/// it rather than fail every later request.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A random 128-bit job id (hex), from the OS-seeded generator.
+fn new_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 impl Jobs {
-    /// A queue holding at most `capacity` waiting jobs, drained by one runner task.
-    pub fn start(capacity: usize, pipeline: Arc<dyn Pipeline>) -> Arc<Self> {
-        let (sender, receiver) = mpsc::channel(capacity.max(1));
+    /// A queue holding at most `limits.queue` waiting jobs, drained by one runner task.
+    pub fn start(limits: JobLimits, pipeline: Arc<dyn Pipeline>) -> Arc<Self> {
+        let (sender, receiver) = mpsc::channel(limits.queue.max(1));
         let jobs = Arc::new(Self {
             pipeline: pipeline.clone(),
             sender,
-            entries: Mutex::new(HashMap::new()),
-            order: Mutex::new(Vec::new()),
-            next: AtomicU64::new(1),
+            table: Mutex::new(Table {
+                entries: HashMap::new(),
+                order: VecDeque::new(),
+                evicted: VecDeque::new(),
+            }),
+            limits,
         });
         tokio::spawn(run(jobs.clone(), receiver, pipeline));
         jobs
@@ -158,21 +267,39 @@ impl Jobs {
         self.pipeline.unavailable(input)
     }
 
-    /// Queue a job, or refuse at once when the queue is full.
-    pub fn submit(&self, input: JobInput) -> Result<String, QueueFull> {
-        let id = format!("job-{}", self.next.fetch_add(1, Ordering::Relaxed));
-        let format = input.params.format;
-        let permit = self.sender.try_reserve().map_err(|_| QueueFull)?;
+    /// Whether a submission would be refused now (checked before the upload is decoded).
+    pub fn full(&self) -> Option<SubmitError> {
+        if self.sender.is_closed() {
+            Some(SubmitError::Closed)
+        } else if self.sender.capacity() == 0 {
+            Some(SubmitError::Full)
+        } else {
+            None
+        }
+    }
+
+    /// Queue a job, or refuse at once when the queue is full or closed.
+    pub fn submit(&self, input: JobInput) -> Result<String, SubmitError> {
+        let permit = self.sender.try_reserve().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(()) => SubmitError::Full,
+            mpsc::error::TrySendError::Closed(()) => SubmitError::Closed,
+        })?;
+        let id = new_id();
         let (status, _) = watch::channel(JobStatus::Queued { position: 0 });
-        self.entries.lock().expect("jobs lock").insert(
-            id.clone(),
-            JobEntry {
-                status,
-                result: None,
-                format,
-            },
-        );
-        self.order.lock().expect("jobs lock").push(id.clone());
+        {
+            let mut table = lock(&self.table);
+            self.evict(&mut table);
+            table.entries.insert(
+                id.clone(),
+                JobEntry {
+                    status,
+                    result: None,
+                    control: Arc::new(JobControl::new(|_, _| {})),
+                    finished_at: None,
+                },
+            );
+            table.order.push_back(id.clone());
+        }
         permit.send(Queued {
             id: id.clone(),
             input,
@@ -180,41 +307,92 @@ impl Jobs {
         Ok(id)
     }
 
-    pub fn status(&self, id: &str) -> Option<JobStatus> {
-        let entries = self.entries.lock().expect("jobs lock");
-        let status = entries.get(id)?.status.borrow().clone();
-        Some(match status {
-            JobStatus::Queued { .. } => {
-                let order = self.order.lock().expect("jobs lock");
-                let position = order
-                    .iter()
-                    .filter(|other| {
-                        entries
-                            .get(*other)
-                            .is_some_and(|e| matches!(*e.status.borrow(), JobStatus::Queued { .. }))
-                    })
-                    .position(|other| other == id)
-                    .unwrap_or(0);
-                JobStatus::Queued { position }
+    /// Drop finished jobs past their age, then the oldest finished beyond the count.
+    fn evict(&self, table: &mut Table) {
+        let now = Instant::now();
+        let expired = |entry: &JobEntry| {
+            entry
+                .finished_at
+                .is_some_and(|at| now.duration_since(at) > self.limits.retain_for)
+        };
+        let mut finished: Vec<String> = table
+            .order
+            .iter()
+            .filter(|id| {
+                table
+                    .entries
+                    .get(*id)
+                    .is_some_and(|e| e.finished_at.is_some())
+            })
+            .cloned()
+            .collect();
+        let over = finished.len().saturating_sub(self.limits.retain);
+        let mut gone: Vec<String> = finished.drain(..over).collect();
+        gone.extend(
+            finished
+                .into_iter()
+                .filter(|id| table.entries.get(id).is_some_and(expired)),
+        );
+        for id in gone {
+            table.entries.remove(&id);
+            table.order.retain(|other| *other != id);
+            table.evicted.push_back(id);
+        }
+        let keep = (self.limits.retain * 16).max(1024);
+        while table.evicted.len() > keep {
+            table.evicted.pop_front();
+        }
+    }
+
+    fn lookup<T>(&self, id: &str, f: impl FnOnce(&Table, &JobEntry) -> T) -> Lookup<T> {
+        let mut table = lock(&self.table);
+        self.evict(&mut table);
+        match table.entries.get(id) {
+            Some(entry) => Lookup::Found(f(&table, entry)),
+            None if table.evicted.iter().any(|e| e == id) => Lookup::Evicted,
+            None => Lookup::Unknown,
+        }
+    }
+
+    pub fn status(&self, id: &str) -> Lookup<JobStatus> {
+        self.lookup(id, |table, entry| {
+            let status = entry.status.borrow().clone();
+            match status {
+                JobStatus::Queued { .. } => {
+                    let position = table
+                        .order
+                        .iter()
+                        .filter(|other| {
+                            table.entries.get(*other).is_some_and(|e| {
+                                matches!(*e.status.borrow(), JobStatus::Queued { .. })
+                            })
+                        })
+                        .position(|other| other == id)
+                        .unwrap_or(0);
+                    JobStatus::Queued { position }
+                }
+                other => other,
             }
-            other => other,
         })
     }
 
-    pub fn describe(&self, id: &str) -> Option<Value> {
-        let status = self.status(id)?;
-        let mut value = serde_json::to_value(&status).unwrap_or(Value::Null);
-        value["id"] = json!(id);
-        if status == JobStatus::Done {
-            value["result_url"] = json!(format!("/api/jobs/{id}/result"));
+    pub fn describe(&self, id: &str) -> Lookup<Value> {
+        match self.status(id) {
+            Lookup::Found(status) => {
+                let mut value = serde_json::to_value(&status).unwrap_or(Value::Null);
+                value["id"] = json!(id);
+                if status == JobStatus::Done {
+                    value["result_url"] = json!(format!("/api/jobs/{id}/result"));
+                }
+                Lookup::Found(value)
+            }
+            Lookup::Evicted => Lookup::Evicted,
+            Lookup::Unknown => Lookup::Unknown,
         }
-        Some(value)
     }
 
-    pub fn result(&self, id: &str) -> Option<Result<MeshFile, JobStatus>> {
-        let entries = self.entries.lock().expect("jobs lock");
-        let entry = entries.get(id)?;
-        Some(match &entry.result {
+    pub fn result(&self, id: &str) -> Lookup<Result<MeshFile, JobStatus>> {
+        self.lookup(id, |_, entry| match &entry.result {
             Some(file) => Ok(file.clone()),
             None => Err(entry.status.borrow().clone()),
         })
@@ -222,62 +400,89 @@ impl Jobs {
 
     /// Wait until job `id` has finished (for `?wait=true`).
     pub async fn wait(&self, id: &str) -> Option<JobStatus> {
-        let mut receiver = self
-            .entries
-            .lock()
-            .expect("jobs lock")
-            .get(id)?
-            .status
-            .subscribe();
+        let mut receiver = lock(&self.table).entries.get(id)?.status.subscribe();
         let status = receiver.wait_for(JobStatus::finished).await.ok()?.clone();
         Some(status)
     }
 
-    /// Mark every queued job cancelled (shutdown); the running one finishes.
-    pub fn cancel_queued(&self) -> usize {
-        let entries = self.entries.lock().expect("jobs lock");
-        let mut cancelled = 0;
-        for entry in entries.values() {
-            if matches!(*entry.status.borrow(), JobStatus::Queued { .. }) {
-                entry.status.send_replace(JobStatus::Cancelled);
-                cancelled += 1;
+    /// Cancel job `id`: a queued one is dropped, a running one stops at its next step. The
+    /// status it had, or why not.
+    pub fn cancel(&self, id: &str, reason: &str) -> Lookup<JobStatus> {
+        let status = self.lookup(id, |_, entry| {
+            let status = entry.status.borrow().clone();
+            match status {
+                JobStatus::Queued { .. } => {
+                    entry.status.send_replace(JobStatus::Cancelled {
+                        reason: reason.into(),
+                    });
+                }
+                JobStatus::Running { .. } => entry.control.stop(reason),
+                _ => {}
             }
+            status
+        });
+        if let Lookup::Found(status) = &status
+            && matches!(status, JobStatus::Queued { .. })
+        {
+            self.finish(id, None);
         }
-        cancelled
+        status
+    }
+
+    /// Cancel everything (shutdown): queued jobs at once, the running one at its next step.
+    pub fn cancel_all(&self, reason: &str) -> usize {
+        let ids: Vec<String> = lock(&self.table).order.iter().cloned().collect();
+        ids.iter()
+            .filter(|id| {
+                matches!(
+                    self.cancel(id, reason),
+                    Lookup::Found(JobStatus::Queued { .. } | JobStatus::Running { .. })
+                )
+            })
+            .count()
     }
 
     pub fn running(&self) -> bool {
-        let entries = self.entries.lock().expect("jobs lock");
-        entries
+        lock(&self.table)
+            .entries
             .values()
             .any(|e| matches!(*e.status.borrow(), JobStatus::Running { .. }))
     }
 
-    pub fn format_of(&self, id: &str) -> Option<MeshFormat> {
-        self.entries
-            .lock()
-            .expect("jobs lock")
-            .get(id)
-            .map(|e| e.format)
+    fn set(&self, id: &str, status: JobStatus) {
+        if let Some(entry) = lock(&self.table).entries.get(id) {
+            entry.status.send_replace(status);
+        }
     }
 
-    fn set(&self, id: &str, status: JobStatus) {
-        if let Some(entry) = self.entries.lock().expect("jobs lock").get(id) {
-            entry.status.send_replace(status);
+    /// Record a finished job (its result, if any) for eviction by age.
+    fn finish(&self, id: &str, result: Option<MeshFile>) {
+        if let Some(entry) = lock(&self.table).entries.get_mut(id) {
+            entry.result = result;
+            entry.finished_at = Some(Instant::now());
         }
     }
 }
 
+/// The text of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 async fn run(jobs: Arc<Jobs>, mut receiver: mpsc::Receiver<Queued>, pipeline: Arc<dyn Pipeline>) {
     while let Some(Queued { id, input }) = receiver.recv().await {
-        if jobs.status(&id) == Some(JobStatus::Cancelled) {
-            continue;
+        if !matches!(jobs.status(&id), Lookup::Found(JobStatus::Queued { .. })) {
+            continue; // cancelled while it waited
         }
         let steps = input.params.steps.unwrap_or(0);
         jobs.set(&id, JobStatus::Running { step: 0, steps });
         let progress_jobs = jobs.clone();
         let progress_id = id.clone();
-        let step = move |done: u32, total: u32| {
+        let control = Arc::new(JobControl::new(move |done, total| {
             progress_jobs.set(
                 &progress_id,
                 JobStatus::Running {
@@ -285,19 +490,46 @@ async fn run(jobs: Arc<Jobs>, mut receiver: mpsc::Receiver<Queued>, pipeline: Ar
                     steps: total,
                 },
             );
-        };
-        let outcome = pipeline.run(input, &step).await;
-        match outcome {
-            Ok(file) => {
-                if let Some(entry) = jobs.entries.lock().expect("jobs lock").get_mut(&id) {
-                    entry.result = Some(file);
-                }
-                jobs.set(&id, JobStatus::Done);
-            }
-            Err(error) => {
-                tracing::warn!("{id} failed: {error}");
-                jobs.set(&id, JobStatus::Failed { error });
-            }
+        }));
+        if let Some(entry) = lock(&jobs.table).entries.get_mut(&id) {
+            entry.control = control.clone();
         }
+        // The deadline: a timer on another task asks the job to stop at its next step.
+        let deadline = jobs.limits.timeout.map(|timeout| {
+            let control = control.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                control.stop(format!("timed out after {} s", timeout.as_secs()));
+            })
+        });
+        let outcome = AssertUnwindSafe(pipeline.run(input, &control))
+            .catch_unwind()
+            .await;
+        if let Some(deadline) = deadline {
+            deadline.abort();
+        }
+        let stopped = control.stop_reason();
+        let (status, result) = match (outcome, stopped) {
+            (Ok(Ok(file)), _) => (JobStatus::Done, Some(file)),
+            (Ok(Err(_)), Some(reason)) if reason.starts_with("timed out") => (
+                JobStatus::Failed {
+                    error: format!("the job {reason}"),
+                },
+                None,
+            ),
+            (Ok(Err(_)), Some(reason)) => (JobStatus::Cancelled { reason }, None),
+            (Ok(Err(error)), None) => (JobStatus::Failed { error }, None),
+            (Err(panic), _) => (
+                JobStatus::Failed {
+                    error: format!("the job crashed: {}", panic_message(panic.as_ref())),
+                },
+                None,
+            ),
+        };
+        if let JobStatus::Failed { error } = &status {
+            tracing::warn!("{id} failed: {error}");
+        }
+        jobs.finish(&id, result);
+        jobs.set(&id, status);
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod files;
+pub mod guard;
 pub mod jobs;
 pub mod models;
 pub mod pipeline;
@@ -26,8 +27,46 @@ use models::Models;
 pub struct AppState {
     pub models: Arc<Models>,
     pub jobs: Arc<Jobs>,
-    pub max_upload_bytes: usize,
+    pub limits: RequestLimits,
+    /// Images decoded at once (decoding runs on the blocking pool, behind this).
+    pub decoding: tokio::sync::Semaphore,
     pub started: Instant,
+}
+
+impl AppState {
+    pub fn new(models: Arc<Models>, jobs: Arc<Jobs>, limits: RequestLimits) -> Self {
+        Self {
+            models,
+            jobs,
+            limits,
+            decoding: tokio::sync::Semaphore::new(DECODERS),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Uploads decoded at the same time: each may hold a 64 MP image (256 MB) for a moment.
+pub const DECODERS: usize = 2;
+
+/// What one request may ask for.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    pub max_upload_bytes: usize,
+    pub max_steps: u32,
+    pub max_octree: u32,
+    /// The whole upload must arrive within this.
+    pub body_timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 32 << 20,
+            max_steps: 100,
+            max_octree: 512,
+            body_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 pub struct ServeOptions {
@@ -38,34 +77,42 @@ pub struct ServeOptions {
     pub dtype: DType,
     /// What the device can hold: a model that does not fit is refused before it loads.
     pub capacity: orfeas_engine::fit::Capacity,
-    pub queue: usize,
-    pub max_upload_bytes: usize,
+    pub limits: RequestLimits,
+    pub jobs: jobs::JobLimits,
+    /// Hosts and origins let in beyond loopback and the server's own.
+    pub access: guard::Access,
     /// Read model shards at most this fast (bytes/s): a stand-in for a slow disk or a far
     /// larger model, to see and test the loading state.
     pub load_throttle: Option<u64>,
 }
 
-/// The API and static routes over `state`.
+/// The API and static routes over `state`, behind the Host/Origin guard.
 pub fn router(
     state: Arc<AppState>,
     web: Option<&std::path::Path>,
     models: Option<&std::path::Path>,
+    access: guard::Access,
 ) -> Router {
+    let limit = state.limits.max_upload_bytes;
     let mut app = Router::new()
         .route("/api/health", get(api::health))
         .route("/api/generate-3d", post(api::generate))
-        .route("/api/jobs/{id}", get(api::job))
+        .route("/api/jobs/{id}", get(api::job).delete(api::cancel_job))
         .route("/api/jobs/{id}/result", get(api::job_result))
-        // The body limit is enforced by the handler (it answers 413 with a reason).
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        // Every extractor stops reading at the upload limit, whatever the framing; the
+        // handler checks the declared length first and says so (413, Connection: close).
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state);
     if let Some(models) = models {
-        app = app.nest_service("/models", files::serve_dir(models));
+        app = app.nest_service("/models", files::serve_dir(models, None));
     }
     if let Some(web) = web {
-        app = app.fallback_service(files::serve_dir(web));
+        app = app.fallback_service(files::serve_dir(web, Some(files::shell_policy(web))));
     }
-    app
+    app.layer(axum::middleware::from_fn_with_state(
+        Arc::new(access),
+        guard::guard,
+    ))
 }
 
 /// Listen on `options.bind`, print the address, load models in the background, serve until
@@ -78,14 +125,17 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let models = Arc::new(Models::discover(options.models.as_deref())?);
     let pipeline = pipeline::ModelPipeline::new(models.clone(), options.device.clone());
-    let jobs = Jobs::start(options.queue, Arc::new(pipeline));
-    let state = Arc::new(AppState {
-        models: models.clone(),
-        jobs: jobs.clone(),
-        max_upload_bytes: options.max_upload_bytes,
-        started,
-    });
-    let app = router(state, options.web.as_deref(), options.models.as_deref());
+    let jobs = Jobs::start(options.jobs.clone(), Arc::new(pipeline));
+    let mut state = AppState::new(models.clone(), jobs.clone(), options.limits.clone());
+    state.started = started;
+    let mut access = options.access.clone();
+    access.hosts.push(options.bind.ip().to_string());
+    let app = router(
+        Arc::new(state),
+        options.web.as_deref(),
+        options.models.as_deref(),
+        access,
+    );
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
@@ -112,7 +162,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal(jobs.clone()))
         .await?;
-    // Let a running job finish (bounded), then go.
+    // The running job was asked to stop at its next step: wait for that (bounded), then go.
     let deadline = Instant::now() + Duration::from_secs(30);
     while jobs.running() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -138,6 +188,6 @@ async fn shutdown_signal(jobs: Arc<Jobs>) {
         _ = interrupt => {}
         _ = terminate => {}
     }
-    let cancelled = jobs.cancel_queued();
-    eprintln!("orfeas: shutting down ({cancelled} queued job(s) cancelled)");
+    let cancelled = jobs.cancel_all("the server is shutting down");
+    eprintln!("orfeas: shutting down ({cancelled} job(s) cancelled)");
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use burn::tensor::{DType, Device};
 use bytes::Bytes;
-use futures::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, StreamExt};
 use orfeas_engine::fit::{Capacity, Footprint};
 use orfeas_engine::pipeline::COMPONENTS;
 use orfeas_engine::weights::loader::{initial_progress, read_index};
@@ -47,7 +49,11 @@ impl ModelSlot {
 
     /// The loaded model, when ready.
     pub fn loaded(&self) -> Option<Arc<LoadedModel>> {
-        self.state.read().expect("state lock").get().ok()
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get()
+            .ok()
     }
 }
 
@@ -185,7 +191,13 @@ impl Models {
         let statuses: Vec<ModelStatus> = self
             .slots
             .iter()
-            .map(|s| s.state.read().expect("state lock").status().clone())
+            .map(|s| {
+                s.state
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .status()
+                    .clone()
+            })
             .collect();
         if statuses.is_empty() {
             return Aggregate::NotReady;
@@ -217,7 +229,7 @@ impl Models {
         }
         let mut loading: Option<NotReady> = None;
         for slot in &self.slots {
-            let state = slot.state.read().expect("state lock");
+            let state = slot.state.read().unwrap_or_else(|e| e.into_inner());
             let result = match state.status() {
                 // Not picked up by the loading thread yet: as good as loading.
                 ModelStatus::NotLoaded => Err(NotReady {
@@ -252,7 +264,7 @@ impl Models {
             .slots
             .iter()
             .map(|slot| {
-                let state = slot.state.read().expect("state lock");
+                let state = slot.state.read().unwrap_or_else(|e| e.into_inner());
                 let mut entry = json!({ "id": slot.id, "status": state.status().name() });
                 match state.status() {
                     ModelStatus::Loading { progress } => {
@@ -287,7 +299,7 @@ impl Models {
         }
         let mut processor = serde_json::Map::new();
         for slot in &self.slots {
-            if let Ok(model) = slot.state.read().expect("state lock").get() {
+            if let Ok(model) = slot.state.read().unwrap_or_else(|e| e.into_inner()).get() {
                 processor.insert(slot.id.clone(), info(&model.index, model.weights.len()));
             }
         }
@@ -329,7 +341,7 @@ pub fn load_in_background(
                 .map(|slot| match models.fits(slot, &capacity, dtype) {
                     Ok(()) => false,
                     Err(reason) => {
-                        let mut state = slot.state.write().expect("state lock");
+                        let mut state = slot.state.write().unwrap_or_else(|e| e.into_inner());
                         let _ = state.start_loading(LoadProgress::new(&slot.id, 0, 0, 0));
                         let _ = state.set_failed(reason.clone());
                         tracing::error!("model {}: {reason}", slot.id);
@@ -346,7 +358,21 @@ pub fn load_in_background(
                         inner: DirSource::new(&slot.dir),
                         bytes_per_sec: throttle,
                     };
-                    load_one(slot, &source, &device, dtype).await;
+                    // A loader that panics fails its model (with the panic's message, and a
+                    // retry stays possible); the others still load.
+                    let load = AssertUnwindSafe(load_one(slot, &source, &device, dtype));
+                    if let Err(panic) = load.catch_unwind().await {
+                        let message = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic without a message".into());
+                        let mut state = slot.state.write().unwrap_or_else(|e| e.into_inner());
+                        if !matches!(state.status(), ModelStatus::Loading { .. }) {
+                            let _ = state.start_loading(LoadProgress::new(&slot.id, 0, 0, 0));
+                        }
+                        let _ = state.set_failed(format!("loading crashed: {message}"));
+                    }
                 }
             });
         })
@@ -356,7 +382,13 @@ pub fn load_in_background(
 async fn load_one<S: ShardSource>(slot: &ModelSlot, source: &S, device: &Device, dtype: DType) {
     let fail = |reason: String| {
         tracing::error!("model {}: {reason}", slot.id);
-        let _ = slot.state.write().expect("state lock").set_failed(reason);
+        // Health shows the model's id, not where it lives on this machine.
+        let reason = reason.replace(&slot.dir.display().to_string(), &slot.id);
+        let _ = slot
+            .state
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_failed(reason);
     };
     let index = match read_index(source).await {
         Ok(index) => index,
@@ -365,7 +397,7 @@ async fn load_one<S: ShardSource>(slot: &ModelSlot, source: &S, device: &Device,
             let _ = slot
                 .state
                 .write()
-                .expect("state lock")
+                .unwrap_or_else(|e| e.into_inner())
                 .start_loading(LoadProgress::new(&slot.id, 0, 0, 0));
             return fail(e.to_string());
         }
@@ -374,14 +406,18 @@ async fn load_one<S: ShardSource>(slot: &ModelSlot, source: &S, device: &Device,
     if let Err(e) = slot
         .state
         .write()
-        .expect("state lock")
+        .unwrap_or_else(|e| e.into_inner())
         .start_loading(progress)
     {
         return fail(e.to_string());
     }
     let mut last_log = std::time::Instant::now();
     let mut tracker = ProgressTracker::new(initial_progress(&index), |p: &LoadProgress| {
-        let _ = slot.state.write().expect("state lock").update_progress(p);
+        let _ = slot
+            .state
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .update_progress(p);
         if last_log.elapsed() > Duration::from_secs(2) || p.phase == Phase::Ready {
             last_log = std::time::Instant::now();
             tracing::info!(
@@ -400,7 +436,11 @@ async fn load_one<S: ShardSource>(slot: &ModelSlot, source: &S, device: &Device,
             drop(tracker);
             tracing::info!("model {}: ready ({} tensors)", slot.id, weights.len());
             let model = Arc::new(LoadedModel { index, weights });
-            let _ = slot.state.write().expect("state lock").set_ready(model);
+            let _ = slot
+                .state
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_ready(model);
         }
         Err(e) => {
             drop(tracker);

@@ -12,7 +12,7 @@ use orfeas_engine::models::isnet::{IsNet, checkpoint_name};
 use orfeas_engine::pipeline::{GenerateOptions, Progress, ShapeConfig, ShapeModel};
 use orfeas_engine::weights::apply_torch_weights;
 
-use super::jobs::{JobInput, MeshFile, MeshFormat, Pipeline};
+use super::jobs::{JobControl, JobInput, MeshFile, MeshFormat, Pipeline};
 use super::models::Models;
 
 struct Networks {
@@ -36,7 +36,11 @@ impl ModelPipeline {
     }
 
     fn networks(&self) -> Result<Arc<Networks>, String> {
-        let mut cached = self.networks.lock().expect("networks lock");
+        // A job that panicked while building left nothing half-made behind: recover the lock.
+        let mut cached = self
+            .networks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(networks) = cached.as_ref() {
             return Ok(networks.clone());
         }
@@ -74,11 +78,7 @@ impl ModelPipeline {
         Ok(networks)
     }
 
-    async fn generate(
-        &self,
-        input: JobInput,
-        step: &(dyn Fn(u32, u32) + Send + Sync),
-    ) -> Result<MeshFile, String> {
+    async fn generate(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, String> {
         let networks = self.networks()?;
         let JobInput { image, params } = input;
         let image = if params.remove_background && !has_alpha(&image) {
@@ -105,11 +105,18 @@ impl ModelPipeline {
         };
         let surface = networks
             .shape
-            .generate(&input.image, input.size, input.size, &options, |progress| {
-                if let Progress::Sampling { done, total } = progress {
-                    step(done as u32, total as u32);
-                }
-            })
+            .generate_until(
+                &input.image,
+                input.size,
+                input.size,
+                &options,
+                |progress| {
+                    if let Progress::Sampling { done, total } = progress {
+                        control.step(done as u32, total as u32);
+                    }
+                },
+                || control.should_stop(),
+            )
             .await?;
         if surface.mesh.triangles.is_empty() {
             return Err("the model's field has no surface at level 0 (nothing to mesh)".into());
@@ -152,17 +159,13 @@ impl Pipeline for ModelPipeline {
         None
     }
 
-    async fn run(
-        &self,
-        input: JobInput,
-        step: &(dyn Fn(u32, u32) + Send + Sync),
-    ) -> Result<MeshFile, String> {
+    async fn run(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, String> {
         // Generation is seconds to minutes of compute: it leaves the runtime's worker thread
         // (another takes over), so health stays fast while a job runs.
         let handle = tokio::runtime::Handle::current();
         match handle.runtime_flavor() {
             tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| handle.block_on(self.generate(input, step)))
+                tokio::task::block_in_place(|| handle.block_on(self.generate(input, control)))
             }
             // A single-threaded runtime cannot lend its thread: run on one of our own.
             _ => std::thread::scope(|scope| {
@@ -172,7 +175,7 @@ impl Pipeline for ModelPipeline {
                             .enable_all()
                             .build()
                             .map_err(|e| e.to_string())?
-                            .block_on(self.generate(input, step))
+                            .block_on(self.generate(input, control))
                     })
                     .join()
                     .map_err(|_| "the generation thread panicked".to_string())?
