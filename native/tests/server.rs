@@ -726,3 +726,339 @@ async fn a_client_written_for_the_original_studio_works_unchanged() {
         "{stdout}"
     );
 }
+
+/// The server's peak resident memory so far (VmHWM), in bytes.
+fn peak_rss(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// After an attack: health answers within a second, and a normal job (the fixture shape
+/// model, 2 steps, octree 16) is done.
+async fn still_serves(client: &reqwest::Client, server: &Server) {
+    let started = Instant::now();
+    assert_eq!(health(client, server).await["status"], "healthy");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "health took {:?}",
+        started.elapsed()
+    );
+    let response = client
+        .post(server.url("/api/generate-3d?wait=true"))
+        .json(&json!({
+            "image": b64(&png(32, 32)), "steps": 2, "octree_resolution": 16,
+            "remove_background": false, "format": "obj",
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "a normal job after the attack: {body}");
+}
+
+/// A PNG whose header claims `width × height` (the pixels are never there).
+fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = png(1, 1);
+    bytes[16..20].copy_from_slice(&width.to_be_bytes());
+    bytes[20..24].copy_from_slice(&height.to_be_bytes());
+    let mut crc = 0xffff_ffffu32;
+    for &b in &bytes[12..29] {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    bytes[29..33].copy_from_slice(&(!crc).to_be_bytes());
+    bytes
+}
+
+/// A JPEG whose frame header claims `width × height`.
+fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([90, 90, 90]))
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    let sof = bytes.windows(2).position(|w| w == [0xff, 0xc0]).unwrap();
+    bytes[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    bytes[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_png_and_a_tall_jpeg_are_refused_naming_the_limit() {
+    // 32 000 000 × 2 is 64 MP (within the pixel count) and once killed the process: the
+    // recentring squares the longer side. 65 000 × 980 asked for 17 GB.
+    let dir = tempfile::tempdir().unwrap();
+    converted_fixture_model(&dir.path().join("hunyuan"));
+    let server = Server::start(dir.path(), &[]);
+    let client = client();
+    wait_ready(&client, &server).await;
+    for (what, bytes) in [
+        ("32 000 000 × 2 PNG", png_claiming(32_000_000, 2)),
+        ("65 000 × 980 JPEG", jpeg_claiming(980, 65_000)),
+    ] {
+        let response = client
+            .post(server.url("/api/generate-3d"))
+            .json(&json!({ "image": b64(&bytes), "remove_background": false }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{what}");
+        let body: Value = response.json().await.unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("8192"), "{what}: {error}");
+    }
+    still_serves(&client, &server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_chunked_body_is_cut_off_with_413_and_memory_stays_bounded() {
+    // A chunked multipart body (no Content-Length) that never ends: the server answers 413
+    // once the limit is passed, closes the connection, and its memory does not follow.
+    let dir = tempfile::tempdir().unwrap();
+    converted_fixture_model(&dir.path().join("hunyuan"));
+    let server = Server::start(dir.path(), &["--max-upload-mb", "4"]);
+    let client = client();
+    wait_ready(&client, &server).await;
+    let before = peak_rss(&server);
+    let address = server.base.trim_start_matches("http://").to_string();
+    let (status, sent) = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        write!(
+            stream,
+            "POST /api/generate-3d HTTP/1.1\r\nHost: {address}\r\nContent-Type: \
+             multipart/form-data; boundary=zzz\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .unwrap();
+        let head = "--zzz\r\nContent-Disposition: form-data; name=\"image\"; \
+                    filename=\"a.png\"\r\n\r\n";
+        write!(stream, "{:x}\r\n{head}\r\n", head.len()).unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        let mut sent = 0usize;
+        // Up to 200 MB; the server stops us long before.
+        while sent < 200 << 20 {
+            let ok = write!(stream, "{:x}\r\n", chunk.len()).is_ok()
+                && stream.write_all(&chunk).is_ok()
+                && stream.write_all(b"\r\n").is_ok();
+            if !ok {
+                break;
+            }
+            sent += chunk.len();
+        }
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let text = String::from_utf8_lossy(&response).to_string();
+        let status = text.get(9..12).and_then(|s| s.parse::<u16>().ok());
+        (status, sent)
+    })
+    .await
+    .unwrap();
+    let after = peak_rss(&server);
+    eprintln!(
+        "endless chunked upload: cut off after {} MB sent; server peak RSS {} → {} MiB",
+        sent >> 20,
+        before >> 20,
+        after >> 20
+    );
+    assert_eq!(status, Some(413), "413 for the endless body");
+    assert!(
+        sent < 100 << 20,
+        "cut off early, not after {} MB",
+        sent >> 20
+    );
+    assert!(
+        after.saturating_sub(before) < 64 << 20,
+        "the server's memory grew by {} MiB",
+        (after - before) >> 20
+    );
+    still_serves(&client, &server).await;
+}
+
+/// A raw request with our own Host and headers; the status.
+fn raw_status(base: &str, request: &str) -> u16 {
+    let address = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    String::from_utf8_lossy(&response)[9..12].parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_origin_cannot_post_and_a_rebinding_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    converted_fixture_model(&dir.path().join("hunyuan"));
+    let server = Server::start(dir.path(), &["--allow-origin", "https://studio.example"]);
+    let client = client();
+    wait_ready(&client, &server).await;
+    let own = server.base.clone();
+    let body = json!({ "image": b64(&png(8, 8)), "remove_background": false });
+    let post = |origin: &str| {
+        client
+            .post(server.url("/api/generate-3d"))
+            .header("origin", origin)
+            .json(&body)
+            .send()
+    };
+    // Any page the kiosk's browser opens: refused.
+    let refused = post("http://evil.example").await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let text: Value = refused.json().await.unwrap();
+    assert!(
+        text["error"].as_str().unwrap().contains("evil.example"),
+        "{text}"
+    );
+    assert!(!text.to_string().contains("job_id"));
+    // The app itself, and an allowed origin: accepted.
+    assert_eq!(post(&own).await.unwrap().status(), 202);
+    assert_eq!(post("https://studio.example").await.unwrap().status(), 202);
+    // No CORS headers: another origin's page cannot read the answers.
+    let health = client
+        .get(server.url("/api/health"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        health
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    assert_eq!(health.headers()["x-content-type-options"], "nosniff");
+    // DNS rebinding: the page's own name in Host, pointing at 127.0.0.1.
+    let rebinding = raw_status(
+        &server.base,
+        "GET /api/health HTTP/1.1\r\nHost: evil.example:8000\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(rebinding, 403);
+    let loopback = raw_status(
+        &server.base,
+        "GET /api/health HTTP/1.1\r\nHost: localhost:8000\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(loopback, 200);
+    still_serves(&client, &server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_out_of_the_folder_and_dotfiles_are_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    converted_fixture_model(&dir.path().join("hunyuan"));
+    let web = tempfile::tempdir().unwrap();
+    let secret = tempfile::tempdir().unwrap();
+    std::fs::write(secret.path().join("key"), "top secret").unwrap();
+    std::fs::write(
+        web.path().join("index.html"),
+        "<!doctype html><script>1</script>",
+    )
+    .unwrap();
+    std::fs::write(web.path().join(".env"), "TOKEN=x").unwrap();
+    std::fs::create_dir(web.path().join(".git")).unwrap();
+    std::fs::write(web.path().join(".git/config"), "[core]").unwrap();
+    std::os::unix::fs::symlink(secret.path().join("key"), web.path().join("key.txt")).unwrap();
+    std::os::unix::fs::symlink(secret.path(), web.path().join("outside")).unwrap();
+    std::os::unix::fs::symlink(web.path().join("index.html"), web.path().join("alias.html"))
+        .unwrap();
+    let server = Server::start(dir.path(), &["--web", web.path().to_str().unwrap()]);
+    let client = client();
+    wait_ready(&client, &server).await;
+    for path in [
+        "/.env",
+        "/.git/config",
+        "/key.txt",
+        "/outside/key",
+        "/hunyuan/.hidden",
+    ] {
+        let response = client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        assert!(!response.text().await.unwrap().contains("secret"), "{path}");
+    }
+    // Inside links still work; the page carries its policy and nosniff.
+    let page = client.get(server.url("/alias.html")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page = client.get(server.url("/")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self' 'wasm-unsafe-eval' 'sha256-"),
+        "{csp}"
+    );
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+    // Health names models, not where they live.
+    let h = health(&client, &server).await.to_string();
+    assert!(!h.contains(dir.path().to_str().unwrap()), "{h}");
+    still_serves(&client, &server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_running_job_at_its_next_step() {
+    // A long job (100 steps at octree 256 on the CPU backend: over a minute here) is stopped
+    // at its next step by SIGTERM; the process exits within seconds, not after the job.
+    let dir = tempfile::tempdir().unwrap();
+    converted_fixture_model(&dir.path().join("hunyuan"));
+    let mut server = Server::start(dir.path(), &[]);
+    let client = client();
+    wait_ready(&client, &server).await;
+    let job: Value = client
+        .post(server.url("/api/generate-3d"))
+        .json(&json!({
+            "image": b64(&png(32, 32)), "steps": 100, "octree_resolution": 256,
+            "remove_background": false,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = server.url(job["status_url"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+        if status["status"] == "running" && status["step"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signalled = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stderr = String::new();
+    server
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
+    assert!(stderr.contains("1 job(s) cancelled"), "{stderr}");
+}

@@ -286,21 +286,26 @@ pub async fn cancel_job(State(state): State<Arc<AppState>>, Path(id): Path<Strin
 /// limit); the image is decoded off the async threads, a few at a time.
 async fn read_input(state: &AppState, request: Request) -> Result<JobInput, Response> {
     let limit = state.limits.max_upload_bytes;
-    let too_large = || {
-        closing(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("upload larger than {} MB", limit >> 20),
-            "too_large",
-        ))
-    };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
+    let (raw, image_bytes) = parse_body(request, limit).await?;
+    let params = validate(&raw, &state.limits)
+        .map_err(|message| error(StatusCode::BAD_REQUEST, message, "bad_request"))?;
+    let image = decode_off_thread(&state.decoding, image_bytes)
+        .await
+        .map_err(|message| error(StatusCode::BAD_REQUEST, message, "bad_request"))?;
+    Ok(JobInput { image, params })
+}
+
+/// The request's form fields and image bytes, from a multipart or JSON body read within
+/// `limit` bytes; or the 400/413 answer.
+async fn parse_body(request: Request, limit: usize) -> Result<(RawParams, Vec<u8>), Response> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -314,7 +319,7 @@ async fn read_input(state: &AppState, request: Request) -> Result<JobInput, Resp
         drop(parts);
         let bytes = axum::body::to_bytes(body, limit)
             .await
-            .map_err(|_| too_large())?;
+            .map_err(|_| too_large(limit))?;
         let raw: RawParams = serde_json::from_slice(&bytes).map_err(|e| {
             error(
                 StatusCode::BAD_REQUEST,
@@ -350,12 +355,16 @@ async fn read_input(state: &AppState, request: Request) -> Result<JobInput, Resp
             "bad_request",
         ));
     };
-    let params = validate(&raw, &state.limits)
-        .map_err(|message| error(StatusCode::BAD_REQUEST, message, "bad_request"))?;
-    let image = decode_off_thread(&state.decoding, image_bytes)
-        .await
-        .map_err(|message| error(StatusCode::BAD_REQUEST, message, "bad_request"))?;
-    Ok(JobInput { image, params })
+    Ok((raw, image_bytes))
+}
+
+/// 413, closing the connection: the rest of the body is not drained.
+fn too_large(limit: usize) -> Response {
+    closing(error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("upload larger than {} MB", limit >> 20),
+        "too_large",
+    ))
 }
 
 /// Decode on the blocking pool, at most as many at once as `permits` allows, and shrink the
@@ -413,11 +422,7 @@ async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Ve
         })?;
         total += bytes.len();
         if total > limit {
-            return Err(closing(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("upload larger than {} MB", limit >> 20),
-                "too_large",
-            )));
+            return Err(too_large(limit));
         }
         let text = || Value::String(String::from_utf8_lossy(&bytes).trim().to_string());
         match name.as_str() {
@@ -505,6 +510,8 @@ pub fn decode_image(bytes: &[u8]) -> Result<image::RgbaImage, String> {
 mod tests {
     use std::io::Cursor;
 
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -541,6 +548,189 @@ mod tests {
         assert_eq!(params.guidance, 7.5);
         assert_eq!(params.format, MeshFormat::Stl);
         assert!(!params.remove_background);
+    }
+
+    /// A multipart body with the form's fields, the image last.
+    fn multipart(boundary: &str, fields: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (name, value) in fields {
+            body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+            let disposition = if *name == "image" {
+                "form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png"
+                    .to_string()
+            } else {
+                format!("form-data; name=\"{name}\"")
+            };
+            body.extend_from_slice(
+                format!("Content-Disposition: {disposition}\r\n\r\n").as_bytes(),
+            );
+            body.extend_from_slice(value);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        body
+    }
+
+    /// Parse one body as the server would, answering its status (200 for a parsed body).
+    fn parse(content_type: &str, body: Vec<u8>, limit: usize) -> StatusCode {
+        let request = axum::http::Request::builder()
+            .method("POST")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        match runtime.block_on(parse_body(request, limit)) {
+            Ok((raw, image)) => {
+                // Whatever parsed must validate or be refused by name, and decode or not,
+                // without panicking.
+                let _ = validate(&raw, &RequestLimits::default());
+                let _ = decode_image(&image);
+                StatusCode::OK
+            }
+            Err(response) => response.status(),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Truncate(usize),
+        Flip(usize, u8),
+        Insert(usize, Vec<u8>),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            any::<usize>().prop_map(Mutation::Truncate),
+            (any::<usize>(), any::<u8>()).prop_map(|(at, bits)| Mutation::Flip(at, bits)),
+            (
+                any::<usize>(),
+                prop_oneof![
+                    Just(b"\r\n".to_vec()),
+                    Just(b"--".to_vec()),
+                    Just(b"\"".to_vec()),
+                    Just(b"\\u0000".to_vec()),
+                    proptest::collection::vec(any::<u8>(), 1..16),
+                ]
+            )
+                .prop_map(|(at, bytes)| Mutation::Insert(at, bytes)),
+        ]
+    }
+
+    fn mutate(mut body: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
+        for mutation in mutations {
+            let len = body.len().max(1);
+            match mutation {
+                Mutation::Truncate(at) => body.truncate(at % len),
+                Mutation::Flip(at, bits) => {
+                    if let Some(byte) = body.get_mut(at % len) {
+                        *byte ^= bits;
+                    }
+                }
+                Mutation::Insert(at, bytes) => {
+                    let at = (at % len).min(body.len());
+                    body.splice(at..at, bytes.iter().copied());
+                }
+            }
+        }
+        body
+    }
+
+    fn field_value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"12".to_vec()),
+            Just(b"-1".to_vec()),
+            Just(b"1e309".to_vec()),
+            Just(b"NaN".to_vec()),
+            Just(b"glb".to_vec()),
+            Just(b"true".to_vec()),
+            Just(vec![0xff, 0xfe, 0x00]),
+            proptest::collection::vec(any::<u8>(), 0..24),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        /// Mutated multipart forms: every one parses or is answered 400/413, never a panic.
+        #[test]
+        fn mangled_multipart_forms_are_400_or_413(
+            fields in proptest::collection::vec(
+                (prop_oneof![
+                    Just("steps"), Just("guidance"), Just("octree_resolution"), Just("seed"),
+                    Just("remove_background"), Just("format"), Just("image"), Just("extra"),
+                ], field_value()),
+                0..6,
+            ),
+            mutations in proptest::collection::vec(mutation(), 0..4),
+            limit in prop_oneof![Just(64usize), Just(4096usize)],
+        ) {
+            let boundary = "orfeasBoundary7";
+            let fields: Vec<(&str, Vec<u8>)> = fields;
+            let body = mutate(multipart(boundary, &fields), &mutations);
+            let status = parse(&format!("multipart/form-data; boundary={boundary}"), body, limit);
+            prop_assert!(
+                matches!(status, StatusCode::OK | StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE),
+                "answered {status}"
+            );
+        }
+
+        /// Mutated JSON requests: parsed or 400/413, never a panic.
+        #[test]
+        fn mangled_json_requests_are_400_or_413(
+            steps in field_value(),
+            image in prop_oneof![
+                Just("data:image/png;base64,iVBORw0KGgo=".to_string()),
+                Just("!!!".to_string()),
+                "[A-Za-z0-9+/=]{0,40}",
+            ],
+            mutations in proptest::collection::vec(mutation(), 0..4),
+            limit in prop_oneof![Just(32usize), Just(4096usize)],
+        ) {
+            let steps = String::from_utf8_lossy(&steps).into_owned();
+            let body = serde_json::to_vec(&json!({ "image": image, "steps": steps, "format": "obj" })).unwrap();
+            let status = parse("application/json", mutate(body, &mutations), limit);
+            prop_assert!(
+                matches!(status, StatusCode::OK | StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE),
+                "answered {status}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unmangled_form_parses_and_a_missing_image_is_named() {
+        let boundary = "b0";
+        let form = multipart(
+            boundary,
+            &[("steps", b"7".to_vec()), ("image", b"png".to_vec())],
+        );
+        assert_eq!(
+            parse(
+                &format!("multipart/form-data; boundary={boundary}"),
+                form,
+                4096
+            ),
+            StatusCode::OK
+        );
+        let form = multipart(boundary, &[("steps", b"7".to_vec())]);
+        assert_eq!(
+            parse(
+                &format!("multipart/form-data; boundary={boundary}"),
+                form,
+                4096
+            ),
+            StatusCode::BAD_REQUEST
+        );
+        let form = multipart(boundary, &[("image", vec![0; 100])]);
+        assert_eq!(
+            parse(
+                &format!("multipart/form-data; boundary={boundary}"),
+                form,
+                64
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 
     #[test]
