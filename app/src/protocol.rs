@@ -59,6 +59,10 @@ pub struct EngineOptions {
     /// it, so a model is checked against this, else 8 GiB (a software adapter: the host's).
     #[serde(default)]
     pub gpu_memory_gib: Option<f64>,
+    /// Debugging the recovery: hold each device rebuild this long (`?debug_gpu_rebuild_ms=`),
+    /// as a slow driver reset would, so loads cut short by the loss finish meanwhile.
+    #[serde(default)]
+    pub debug_gpu_rebuild_ms: Option<u32>,
 }
 
 impl EngineOptions {
@@ -85,6 +89,9 @@ impl EngineOptions {
             gpu_memory_gib: value("gpu_memory_gib")
                 .and_then(|v| v.parse::<f64>().ok())
                 .filter(|g| g.is_finite() && *g > 0.0),
+            debug_gpu_rebuild_ms: value("debug_gpu_rebuild_ms")
+                .and_then(|v| v.parse::<u32>().ok())
+                .map(|ms| ms.min(60_000)),
         }
     }
 }

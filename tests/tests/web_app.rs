@@ -1,7 +1,7 @@
 //! The web app in a real headless Chromium (WebGPU on SwiftShader: no shader-f16, so the f32
 //! path), served with its model shards by a real HTTP server that injects faults.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use orfeas_engine::weights::ShardIndex;
 use orfeas_tests::browser::{Browser, Chromedriver, model_attr};
@@ -390,6 +390,72 @@ async fn without_webgpu_the_page_says_what_is_missing() -> anyhow::Result<()> {
     assert!(
         rig.server.shard_requests().is_empty(),
         "no download without a GPU"
+    );
+    browser.close().await;
+    Ok(())
+}
+
+/// A device lost while a model streams in (a driver reset, a GPU watchdog): the load that was
+/// cut short finishes while the new device is still coming up (held 6 s here, as a slow reset
+/// is), and the model waits for that device and loads there, instead of failing ("no GPU
+/// device") or passing as ready with its tensors on the lost one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gpu_lost_mid_load_waits_for_the_new_device_and_loads_there() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let rig = rig().await?;
+    rig.server.set_throttle(Throttle {
+        first_byte_delay: Duration::ZERO,
+        bytes_per_sec: Some(1 << 20),
+    });
+    let browser = rig.open("/?debug=1&debug_gpu_rebuild_ms=6000").await?;
+    let started = Instant::now();
+    while rig.server.completed_shards().is_empty() {
+        anyhow::ensure!(started.elapsed() < READY_TIMEOUT, "no shard arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = browser
+        .eval(&format!("return {}", model_attr(MODEL, "status")))
+        .await?;
+    assert_eq!(status, "loading", "the loss should come mid-load");
+    browser.click("[data-testid=simulate-gpu-loss]").await?;
+    browser
+        .wait_for(
+            "the reset notice",
+            "document.querySelector('[data-testid=notices]').innerText.includes('GPU reset')",
+            Duration::from_secs(30),
+        )
+        .await?;
+    // Until the model is back: every state it shows is "loading" or ready with every tensor.
+    let tensors = rig.index.weight_map.len().to_string();
+    let mut seen = Vec::new();
+    loop {
+        let state = browser
+            .eval(&format!(
+                "return [{}, {}, document.querySelector('[data-testid=notices]').innerText.includes('GPU restored')]",
+                model_attr(MODEL, "status"),
+                model_attr(MODEL, "tensors"),
+            ))
+            .await?;
+        let status = state[0].as_str().unwrap_or("none").to_string();
+        let count = state[1].as_str().unwrap_or_default().to_string();
+        let restored = state[2].as_bool() == Some(true);
+        if status == "ready" && restored {
+            assert_eq!(count, tensors, "every tensor on the new device");
+            break;
+        }
+        seen.push(format!("{status} {count}").trim().to_string());
+        assert!(
+            status == "loading" || (status == "ready" && count == tensors),
+            "while the device was rebuilt the model was {seen:?}"
+        );
+        anyhow::ensure!(started.elapsed() < READY_TIMEOUT, "no restore: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shards = rig.index.shards.len();
+    let streamed = rig.server.completed_shards().len();
+    assert!(
+        streamed >= shards,
+        "the cut-short load should have streamed every shard ({streamed} of {shards})"
     );
     browser.close().await;
     Ok(())

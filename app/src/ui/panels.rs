@@ -291,6 +291,10 @@ pub fn ModelPanel(model: ModelView) -> impl IntoView {
             data-progress=move || format!("{:.4}", fraction())
             data-load-s=move || model.progress.get().map(|p| format!("{:.3}", p.elapsed_s)).unwrap_or_default()
             data-bytes=move || model.progress.get().map(|p| p.bytes_total.to_string()).unwrap_or_default()
+            data-tensors=move || match model.status.get() {
+                ModelStatusReport::Ready { tensors, .. } => tensors.to_string(),
+                _ => String::new(),
+            }
         >
             <div class="model-head">
                 <strong>{spec.label.clone()}</strong>

@@ -63,6 +63,8 @@ struct ModelSlot {
     /// Why the model cannot run on this device (decided from its index before any shard is
     /// fetched); such a model is never loaded.
     refused: Option<String>,
+    /// Its load was cut short by a device loss: the device's rebuild reloads it.
+    awaiting_device: bool,
 }
 
 #[derive(Default)]
@@ -73,6 +75,8 @@ struct Engine {
     /// its work.
     device_generation: Cell<u32>,
     gpu_resets: Cell<u32>,
+    /// A lost device is being replaced: loads cut short wait for the new one.
+    rebuilding: Cell<bool>,
     lost: RefCell<Option<mpsc::UnboundedSender<String>>>,
     /// The user's image, upright RGBA, for generation.
     image: RefCell<Option<(String, image::RgbaImage)>>,
@@ -278,6 +282,7 @@ async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {
                 status: ModelStatusReport::Waiting,
                 progress: None,
                 refused: None,
+                awaiting_device: false,
             });
         }
     }
@@ -430,9 +435,12 @@ async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
             });
             let ids: Vec<String> = engine
                 .models
-                .borrow()
-                .iter()
-                .map(|s| s.spec.id.clone())
+                .borrow_mut()
+                .iter_mut()
+                .map(|s| {
+                    s.awaiting_device = false; // Retry reloads it
+                    s.spec.id.clone()
+                })
                 .collect();
             for id in ids {
                 set_status(
@@ -530,11 +538,22 @@ async fn load_model(engine: Rc<Engine>, i: usize) {
     loop {
         let generation = engine.device_generation.get();
         let outcome = load_once(&engine, i, &id, &source, &mut weights).await;
-        if engine.device_generation.get() != generation {
+        let mut outcome = outcome;
+        if engine.device_generation.get() != generation || engine.gpu.borrow().is_none() {
+            // The device was lost under this load: whatever happened here happened to tensors
+            // that are gone.
             weights = WeightSet::new();
+            if engine.rebuilding.get() {
+                // The rebuild reloads this model once the new device is up (or fails it).
+                let mut slots = engine.models.borrow_mut();
+                slots[i].weights = Some(weights);
+                slots[i].awaiting_device = true;
+                return;
+            }
             if engine.gpu.borrow().is_some() {
                 continue;
             }
+            outcome = Err("the GPU device was lost and could not be rebuilt".into());
         }
         let tensors = weights.len();
         engine.models.borrow_mut()[i].weights = Some(weights);
@@ -774,27 +793,42 @@ async fn watch_device_loss(engine: Rc<Engine>, mut lost: mpsc::UnboundedReceiver
             level: NoticeLevel::Warning,
             message: format!("GPU reset ({reason}), restoring…"),
         });
+        engine.rebuilding.set(true);
+        let hold = engine.options.borrow().debug_gpu_rebuild_ms;
+        if let Some(ms) = hold {
+            sleep_ms(ms as i32).await;
+        }
+        // Their tensors went with the device: nothing may use them until they are back. A
+        // model still loading marks itself when its load notices the loss.
+        let lost_models: Vec<String> = {
+            let mut slots = engine.models.borrow_mut();
+            slots
+                .iter_mut()
+                .filter(|s| s.weights.is_some())
+                .filter(|s| !matches!(s.status, ModelStatusReport::Failed { .. }))
+                .map(|s| {
+                    s.weights = Some(WeightSet::new());
+                    s.awaiting_device = true;
+                    s.spec.id.clone()
+                })
+                .collect()
+        };
+        for id in lost_models {
+            set_status(&engine, &id, ModelStatusReport::Loading);
+        }
+        let acquired = acquire_gpu(&engine).await;
+        engine.rebuilding.set(false);
+        if !acquired {
+            continue;
+        }
         let reload: Vec<usize> = {
             let mut slots = engine.models.borrow_mut();
             slots
                 .iter_mut()
                 .enumerate()
-                .filter(|(_, s)| s.weights.is_some())
-                .filter(|(_, s)| !matches!(s.status, ModelStatusReport::Failed { .. }))
-                .map(|(i, s)| {
-                    s.weights = Some(WeightSet::new());
-                    i
-                })
+                .filter_map(|(i, s)| std::mem::take(&mut s.awaiting_device).then_some(i))
                 .collect()
         };
-        // Their tensors went with the device: nothing may use them until they are back.
-        for &i in &reload {
-            let id = engine.models.borrow()[i].spec.id.clone();
-            set_status(&engine, &id, ModelStatusReport::Loading);
-        }
-        if !acquire_gpu(&engine).await {
-            continue;
-        }
         for i in reload {
             load_model(engine.clone(), i).await;
         }
