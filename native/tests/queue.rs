@@ -309,6 +309,7 @@ async fn a_job_past_its_deadline_is_stopped_and_failed() {
         failed["error"].as_str().unwrap().contains("timed out"),
         "{failed}"
     );
+    healthy(&client, &base).await;
     permits.add_permits(1);
     let next = submit(&client, &base, 10).await;
     wait_for(
@@ -348,4 +349,13 @@ async fn finished_jobs_are_evicted_by_count_and_age_then_gone() {
     assert_eq!(get_json(&client, &urls[2]).await.0, 410);
     let never = format!("{base}/api/jobs/{}", "f".repeat(32));
     assert_eq!(get_json(&client, &never).await.0, 404);
+    healthy(&client, &base).await;
+    permits.add_permits(1);
+    let next = submit(&client, &base, 4).await;
+    wait_for(
+        &client,
+        &format!("{base}{}", next["status_url"].as_str().unwrap()),
+        "done",
+    )
+    .await;
 }

@@ -888,6 +888,46 @@ async fn an_endless_chunked_body_is_cut_off_with_413_and_memory_stays_bounded() 
     still_serves(&client, &server).await;
 }
 
+/// A client still sending an oversize body reads the 413, not a reset connection: the server
+/// reads (and discards) what remains of a body up to three times the limit before it closes.
+/// Before it did, a plain client (reqwest) got "broken pipe" now and then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_an_oversize_body_reads_the_413() {
+    let dir = tempfile::tempdir().unwrap();
+    converted_fixture_model(&dir.path().join("hunyuan"));
+    let server = Server::start(dir.path(), &["--max-upload-mb", "1"]);
+    let client = client();
+    wait_ready(&client, &server).await;
+    let url = server.url("/api/generate-3d");
+    for round in 0..20 {
+        let size = (5 << 19) + round * 4096; // ~2.5 MB
+        let json = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(vec![b' '; size]);
+        let form = client
+            .post(&url)
+            .multipart(reqwest::multipart::Form::new().part(
+                "image",
+                reqwest::multipart::Part::bytes(vec![0u8; size]).file_name("big.png"),
+            ));
+        let chunked = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(
+                (0..size / 65536).map(|_| Ok::<_, std::io::Error>(vec![b' '; 65536])),
+            )));
+        for (kind, request) in [("json", json), ("multipart", form), ("chunked", chunked)] {
+            let response = request
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("round {round}, {kind}: {e:?}"));
+            assert_eq!(response.status(), 413, "round {round}, {kind}");
+        }
+    }
+    still_serves(&client, &server).await;
+}
+
 /// A raw request with our own Host and headers; the status.
 fn raw_status(base: &str, request: &str) -> u16 {
     let address = base.trim_start_matches("http://");

@@ -2,11 +2,18 @@
 //! studio took 0.9 s after its fix, 26 s before), and health latency under 1000 concurrent
 //! requests while a model is loading, side by side with the same requests once it is ready.
 //!
-//! With `--shape-model DIR` (a converted model, `orfeas convert`), also the same burst while a
-//! generation job runs on it.
+//! With a shape model (`--shape-model DIR`, a converted model; else the bench synthesizes the
+//! 2.1 layout at reduced width and converts it), also:
+//! - the same burst while a generation job runs on it;
+//! - health latency (p50/p99, one request every 10 ms) while 20 uploads of a 64 MP PNG arrive at
+//!   once (each decoded off the request threads, two at a time), side by side with idle, and the
+//!   server's peak RSS;
+//! - the server's RSS before any job, after `--keep-jobs` jobs and after `--jobs` (1000) jobs:
+//!   finished jobs are evicted past the retention bound, so it must not grow with the count.
 //!
-//! `cargo run -p orfeas --bin bench-server -- [--runs 5] [--requests 1000] [--model-mib 64]
-//!  [--shape-model DIR]` (it starts the `orfeas` binary that sits next to it).
+//! `cargo run --release -p orfeas --bin bench-server -- [--runs 5] [--requests 1000]
+//!  [--model-mib 64] [--shape-model DIR] [--uploads 20] [--jobs 1000]` (it starts the `orfeas`
+//!  binary that sits next to it).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use image::ImageEncoder;
 
 const ORIGINAL_STARTUP_S: f64 = 0.9;
 
@@ -41,11 +49,21 @@ fn orfeas_binary() -> Result<PathBuf> {
 }
 
 fn start(binary: &Path, models: &Path, throttle_mibps: f64) -> Result<(Server, Instant)> {
+    start_with(binary, models, throttle_mibps, &[])
+}
+
+fn start_with(
+    binary: &Path,
+    models: &Path,
+    throttle_mibps: f64,
+    extra: &[&str],
+) -> Result<(Server, Instant)> {
     let spawned = Instant::now();
     let mut child = Command::new(binary)
         .args(["serve", "--bind", "127.0.0.1:0", "--models"])
         .arg(models)
         .args(["--load-throttle-mibps", &throttle_mibps.to_string()])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -135,6 +153,8 @@ async fn main() -> Result<()> {
     let mut requests = 1000usize;
     let mut model_mib = 64usize;
     let mut shape_model: Option<PathBuf> = None;
+    let mut uploads = 20usize;
+    let mut jobs = 1000usize;
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         let value = pair.get(1).context("a flag without a value")?;
@@ -143,6 +163,8 @@ async fn main() -> Result<()> {
             "--requests" => requests = value.parse()?,
             "--model-mib" => model_mib = value.parse()?,
             "--shape-model" => shape_model = Some(PathBuf::from(value)),
+            "--uploads" => uploads = value.parse()?,
+            "--jobs" => jobs = value.parse()?,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -188,10 +210,15 @@ async fn main() -> Result<()> {
     drop(server);
 
     // 3. The same burst while a generation job runs (the job leaves the request threads).
-    let during_job = match &shape_model {
-        Some(shape) => Some(burst_during_job(&binary, dir.path(), shape, requests).await?),
-        None => None,
+    let synthesized = tempfile::tempdir()?;
+    let shape = match shape_model {
+        Some(shape) => shape,
+        None => synthesize_shape_model(&binary, synthesized.path())?,
     };
+    let during_job = burst_during_job(&binary, dir.path(), &shape, requests).await?;
+    // 4. Health while large uploads arrive; 5. memory over many jobs.
+    let under_uploads = health_during_uploads(&binary, &shape, uploads).await?;
+    let over_jobs = memory_over_jobs(&binary, &shape, jobs).await?;
 
     println!(
         "Orfeas server benchmark ({} cores, loopback)",
@@ -223,7 +250,8 @@ async fn main() -> Result<()> {
             wall
         );
     }
-    if let Some((latencies, wall, job_s)) = &during_job {
+    {
+        let (latencies, wall, job_s) = &during_job;
         println!(
             "  {:<28} p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, all {requests} in {:.2} s \
              (the job took {job_s:.1} s)",
@@ -238,13 +266,344 @@ async fn main() -> Result<()> {
         "  p99 loading / p99 ready: {:.2}",
         percentile(&loading, 0.99) / percentile(&ready, 0.99)
     );
-    if let Some((latencies, _, _)) = &during_job {
+    println!(
+        "  p99 during a job / p99 ready: {:.2}",
+        percentile(&during_job.0, 0.99) / percentile(&ready, 0.99)
+    );
+    let u = &under_uploads;
+    println!(
+        "/api/health, one request every 10 ms, with {uploads} concurrent uploads of a {}×{} PNG \
+         ({:.0} KB each; {} accepted, {} refused {:?}; all answered in {:.1} s; server peak RSS \
+         {} MiB):",
+        UPLOAD_SIDE,
+        UPLOAD_SIDE,
+        u.png_bytes as f64 / 1e3,
+        u.accepted,
+        u.refused.len(),
+        u.refused,
+        u.uploads_s,
+        u.peak_rss >> 20
+    );
+    for (label, latencies) in [("idle", &u.idle), ("while the uploads arrive", &u.busy)] {
         println!(
-            "  p99 during a job / p99 ready: {:.2}",
-            percentile(latencies, 0.99) / percentile(&ready, 0.99)
+            "  {label:<28} p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} requests)",
+            percentile(latencies, 0.5),
+            percentile(latencies, 0.99),
+            latencies[latencies.len() - 1],
+            latencies.len()
         );
     }
+    println!(
+        "  p99 during uploads / p99 idle: {:.2}",
+        percentile(&u.busy, 0.99) / percentile(&u.idle, 0.99)
+    );
+    let m = &over_jobs;
+    println!(
+        "server RSS over {jobs} jobs (steps 1, octree 16, --keep-jobs {KEEP_JOBS}; {:.1} s): \
+         {} MiB before any job, {} MiB after {KEEP_JOBS}, {} MiB after {jobs}; \
+         after {jobs} / after {KEEP_JOBS}: {:.3}",
+        m.seconds,
+        m.before >> 20,
+        m.after_retention >> 20,
+        m.after_all >> 20,
+        m.after_all as f64 / m.after_retention as f64
+    );
+    println!(
+        "  RSS every 100 jobs (MiB): {:?}",
+        m.every_100.iter().map(|b| b >> 20).collect::<Vec<_>>()
+    );
     Ok(())
+}
+
+/// The 2.1 layout at reduced width (`orfeas synthesize --reduced`), converted into
+/// `dir/shape`: a shape model for the job parts when none is given.
+fn synthesize_shape_model(binary: &Path, dir: &Path) -> Result<PathBuf> {
+    let checkpoint = dir.join("checkpoint");
+    let run = |args: &[&std::ffi::OsStr]| -> Result<()> {
+        let out = Command::new(binary).args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "orfeas {:?}: {}",
+            args,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    run(&[
+        "synthesize".as_ref(),
+        "--variant".as_ref(),
+        "2.1".as_ref(),
+        "--reduced".as_ref(),
+        "--format".as_ref(),
+        "safetensors".as_ref(),
+        "-o".as_ref(),
+        checkpoint.as_os_str(),
+    ])?;
+    let shape = dir.join("shape");
+    run(&[
+        "convert".as_ref(),
+        checkpoint.join("model.fp16.safetensors").as_os_str(),
+        "--config".as_ref(),
+        checkpoint.join("config.yaml").as_os_str(),
+        "-o".as_ref(),
+        shape.as_os_str(),
+    ])?;
+    Ok(shape)
+}
+
+/// A models folder holding only `shape` (as `shape`).
+fn shape_only(shape: &Path) -> Result<tempfile::TempDir> {
+    let models = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(std::fs::canonicalize(shape)?, models.path().join("shape"))?;
+    Ok(models)
+}
+
+async fn wait_ready(base: &str) -> Result<()> {
+    let started = Instant::now();
+    while models_status(base).await? != "ready" {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the shape model did not load"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// The server's resident memory now (`VmRSS`) and at its peak (`VmHWM`), in bytes.
+fn rss(server: &Server) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))?;
+    let field = |name: &str| -> Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in /proc/PID/status"))?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .context("a value")?
+            .parse::<u64>()?
+            * 1024)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Side of the large upload: 8000² = 64 MP, the most pixels the server accepts.
+const UPLOAD_SIDE: u32 = 8000;
+
+struct UploadFigures {
+    png_bytes: usize,
+    accepted: usize,
+    refused: Vec<u16>,
+    uploads_s: f64,
+    peak_rss: u64,
+    idle: Vec<f64>,
+    busy: Vec<f64>,
+}
+
+/// Health latencies, one request every 10 ms, until `done` is set; sorted.
+async fn sample_health(
+    base: String,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Vec<f64>> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let url = format!("{base}/api/health");
+    let mut latencies = Vec::new();
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        let t = Instant::now();
+        let response = client.get(&url).send().await?;
+        anyhow::ensure!(response.status().is_success(), "health failed");
+        response.bytes().await?;
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
+}
+
+const BOUNDARY: &str = "orfeas-bench-boundary";
+
+/// A multipart/form-data body: the text fields, then the file as `image`.
+fn multipart_form(fields: &[(&str, &[u8])], file: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(file.len() + 1024);
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(value);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; \
+             filename=\"large.png\"\r\nContent-Type: image/png\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// 20 (`uploads`) POSTs of a 64 MP PNG at once, health sampled meanwhile, and idle before.
+async fn health_during_uploads(
+    binary: &Path,
+    shape: &Path,
+    uploads: usize,
+) -> Result<UploadFigures> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let models = shape_only(shape)?;
+    // A queue that takes them all: every upload is read and decoded, none refused early.
+    let queue = (uploads + 4).to_string();
+    let (server, _) = start_with(binary, models.path(), 100_000.0, &["--queue", &queue])?;
+    wait_ready(&server.base).await?;
+    // A gradient with a disc: compresses well (the attack's point), decodes to 256 MB.
+    let image = image::RgbaImage::from_fn(UPLOAD_SIDE, UPLOAD_SIDE, |x, y| {
+        let (dx, dy) = (x as f32 - 4000.0, y as f32 - 4000.0);
+        let inside = dx * dx + dy * dy < 3000.0 * 3000.0;
+        image::Rgba([
+            (x / 32) as u8,
+            (y / 32) as u8,
+            90,
+            if inside { 255 } else { 0 },
+        ])
+    });
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut png,
+        image::codecs::png::CompressionType::Fast,
+        image::codecs::png::FilterType::Sub,
+    )
+    .write_image(
+        image.as_raw(),
+        UPLOAD_SIDE,
+        UPLOAD_SIDE,
+        image::ExtendedColorType::Rgba8,
+    )?;
+    drop(image);
+    let png_bytes = png.len();
+    let form = bytes::Bytes::from(multipart_form(
+        &[
+            ("steps", b"1"),
+            ("octree_resolution", b"16"),
+            ("remove_background", b"false"),
+        ],
+        &png,
+    ));
+    drop(png);
+
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn(sample_health(server.base.clone(), done.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    done.store(true, Ordering::Relaxed);
+    let idle = sampler.await??;
+
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn(sample_health(server.base.clone(), done.clone()));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let started = Instant::now();
+    let posts: Vec<_> = (0..uploads)
+        .map(|_| {
+            let client = client.clone();
+            let url = format!("{}/api/generate-3d", server.base);
+            let png = form.clone();
+            tokio::spawn(async move {
+                let response = client
+                    .post(&url)
+                    .header(
+                        "content-type",
+                        format!("multipart/form-data; boundary={BOUNDARY}"),
+                    )
+                    .body(png)
+                    .send()
+                    .await?;
+                Ok::<u16, anyhow::Error>(response.status().as_u16())
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    let mut refused = Vec::new();
+    for post in posts {
+        match post.await?? {
+            202 => accepted += 1,
+            other => refused.push(other),
+        }
+    }
+    let uploads_s = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let busy = sampler.await??;
+    let (_, peak_rss) = rss(&server)?;
+    Ok(UploadFigures {
+        png_bytes,
+        accepted,
+        refused,
+        uploads_s,
+        peak_rss,
+        idle,
+        busy,
+    })
+}
+
+/// Finished jobs the memory run keeps (`--keep-jobs`).
+const KEEP_JOBS: usize = 64;
+
+struct MemoryFigures {
+    before: u64,
+    /// After every 100 jobs.
+    every_100: Vec<u64>,
+    after_retention: u64,
+    after_all: u64,
+    seconds: f64,
+}
+
+/// `jobs` small jobs one after another (each result fetched), RSS read along the way.
+async fn memory_over_jobs(binary: &Path, shape: &Path, jobs: usize) -> Result<MemoryFigures> {
+    let models = shape_only(shape)?;
+    let keep = KEEP_JOBS.to_string();
+    let (server, _) = start_with(binary, models.path(), 100_000.0, &["--keep-jobs", &keep])?;
+    wait_ready(&server.base).await?;
+    let client = reqwest::Client::new();
+    let image = disc_png_base64()?;
+    let (before, _) = rss(&server)?;
+    let mut after_retention = before;
+    let mut every_100 = Vec::new();
+    let started = Instant::now();
+    for i in 0..jobs {
+        let response = client
+            .post(format!("{}/api/generate-3d?wait=true", server.base))
+            .json(&serde_json::json!({
+                "image": image, "steps": 1, "octree_resolution": 16, "seed": i,
+                "remove_background": false, "format": "glb",
+            }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "job {i}: {}",
+            response.status()
+        );
+        response.bytes().await?;
+        if i + 1 == KEEP_JOBS.min(jobs) {
+            after_retention = rss(&server)?.0;
+        }
+        if (i + 1) % 100 == 0 {
+            every_100.push(rss(&server)?.0);
+        }
+    }
+    let (after_all, _) = rss(&server)?;
+    Ok(MemoryFigures {
+        before,
+        every_100,
+        after_retention,
+        after_all,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// A cut-out (a disc on transparency), PNG, base64: generation needs no background removal.

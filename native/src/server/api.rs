@@ -8,6 +8,7 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use futures::StreamExt;
 use orfeas_engine::weights::NotReadyKind;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -291,10 +292,34 @@ async fn read_input(state: &AppState, request: Request) -> Result<JobInput, Resp
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    let expects_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (parts, body) = request.into_parts();
+    let body: SharedBody = Arc::new(tokio::sync::Mutex::new(body.into_data_stream()));
+    if let Some(declared) = declared.filter(|&n| n > limit) {
+        // A client waiting for "100 Continue" has sent nothing: answer at once. Otherwise
+        // read the rest (discarded) when it is not far over, so the client reads the answer.
+        if !expects_continue && declared <= limit.saturating_mul(3) {
+            linger(&body, declared).await;
+        }
         return Err(too_large(limit));
     }
-    let (raw, image_bytes) = parse_body(request, limit).await?;
+    let forwarded = futures::stream::unfold(body.clone(), |body| async move {
+        let item = body.lock().await.next().await;
+        item.map(|item| (item, body))
+    });
+    let request = Request::from_parts(parts, Body::from_stream(forwarded));
+    let (raw, image_bytes) = match parse_body(request, limit).await {
+        Ok(parsed) => parsed,
+        Err(response) => {
+            if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                linger(&body, limit.saturating_mul(2)).await;
+            }
+            return Err(response);
+        }
+    };
     let params = validate(&raw, &state.limits)
         .map_err(|message| error(StatusCode::BAD_REQUEST, message, "bad_request"))?;
     let image = decode_off_thread(&state.decoding, image_bytes)
@@ -358,7 +383,29 @@ async fn parse_body(request: Request, limit: usize) -> Result<(RawParams, Vec<u8
     Ok((raw, image_bytes))
 }
 
-/// 413, closing the connection: the rest of the body is not drained.
+/// A request body the parser reads through, which the handler can go on reading after it.
+type SharedBody = Arc<tokio::sync::Mutex<axum::body::BodyDataStream>>;
+
+/// How long a refused upload's remainder is read (and discarded) at most.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Read and discard up to `budget` more bytes of a refused body, for at most [`LINGER`]: a
+/// client still sending then reads the 413 instead of a reset connection (closing a socket
+/// with unread bytes resets it, and the reset can overtake the answer). Nothing is kept, and an
+/// endless body is still cut off.
+async fn linger(body: &SharedBody, budget: usize) {
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut stream = body.lock().await;
+    let mut drained = 0usize;
+    while drained < budget {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => drained += chunk.len(),
+            _ => break,
+        }
+    }
+}
+
+/// 413, closing the connection once the answer is sent.
 fn too_large(limit: usize) -> Response {
     closing(error(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -378,7 +425,7 @@ async fn decode_off_thread(
         .await
         .map_err(|_| "the server is stopping".to_string())?;
     tokio::task::spawn_blocking(move || {
-        decode_image(&bytes).map(|image| orfeas_engine::input::fit_within(&image, WORKING_SIDE))
+        decode_image(&bytes).map(|image| orfeas_engine::input::shrink_within(image, WORKING_SIDE))
     })
     .await
     .map_err(|e| format!("decoding the image failed: {e}"))?
