@@ -308,6 +308,132 @@ async fn reload_comes_from_cache_and_the_app_opens_offline() -> anyhow::Result<(
         .await?;
     wait_status(&browser, "ready").await?;
     assert!(!generate_disabled(&browser).await?);
+
+    // A query string never visited online is the same shell (kept once, not per variant).
+    browser.goto(&rig.server.url("/?steps=3&seed=7")).await?;
+    browser
+        .wait_for(
+            "the shell offline, new query",
+            "document.querySelector('[data-testid=drop-zone]')",
+            Duration::from_secs(30),
+        )
+        .await?;
+    wait_status(&browser, "ready").await?;
+    let shells = browser
+        .eval(
+            "window.__keys = null; (async () => { const names = await caches.keys(); \
+             let urls = []; for (const n of names) { if (!n.startsWith('orfeas-shell')) continue; \
+             const c = await caches.open(n); urls = urls.concat((await c.keys()).map(r => r.url)); } \
+             window.__keys = urls; })(); return true",
+        )
+        .await?;
+    assert_eq!(shells, true);
+    let keys = browser
+        .wait_for(
+            "the shell cache's keys",
+            "window.__keys",
+            Duration::from_secs(10),
+        )
+        .await?;
+    let keys: Vec<String> = serde_json::from_value(keys)?;
+    assert!(
+        keys.iter().all(|k| !k.contains('?')),
+        "the shell is cached without query strings: {keys:?}"
+    );
+    browser.close().await;
+    Ok(())
+}
+
+/// A link cannot point the app at another site's models or config: `?models=` and `?config=`
+/// on another origin (here `localhost` for a page on `127.0.0.1`) are refused with a notice
+/// and nothing is fetched from there, unless the site's own orfeas.json allows that origin.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_cannot_point_the_app_at_another_sites_models() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let rig = rig().await?;
+    let port = rig
+        .server
+        .url("/")
+        .split(':')
+        .nth(2)
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_string();
+    let foreign = format!("http://localhost:{port}");
+    let browser = rig.open(&format!("/?models={foreign}/models/")).await?;
+    let notice = browser
+        .wait_for(
+            "the refusal notice",
+            "document.querySelector('[data-testid=notices]')?.innerText.includes('not loading') \
+             && document.querySelector('[data-testid=notices]').innerText",
+            Duration::from_secs(30),
+        )
+        .await?;
+    let notice = notice.as_str().unwrap_or_default().to_string();
+    assert!(
+        notice.contains(&foreign) && notice.contains("allow_origins"),
+        "{notice}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        rig.server
+            .log()
+            .iter()
+            .all(|e| !e.path.contains("/models/")),
+        "nothing fetched from the other origin: {:?}",
+        rig.server.log().iter().map(|e| &e.path).collect::<Vec<_>>()
+    );
+    // ?config= on another origin: refused, named, not fetched.
+    rig.server.clear_log();
+    browser
+        .goto(&rig.server.url(&format!("/?config={foreign}/orfeas.json")))
+        .await?;
+    let notice = browser
+        .wait_for(
+            "the config refusal",
+            "document.querySelector('[data-testid=notices]')?.innerText.includes('orfeas.json') \
+             && document.querySelector('[data-testid=notices]').innerText",
+            Duration::from_secs(30),
+        )
+        .await?;
+    assert!(
+        notice.as_str().unwrap_or_default().contains(&foreign),
+        "{notice}"
+    );
+    assert!(
+        rig.server
+            .log()
+            .iter()
+            .all(|e| !e.path.ends_with("orfeas.json")),
+        "the foreign config was fetched"
+    );
+
+    // The site's own orfeas.json allows that origin: the same link is taken (the model id is
+    // listed with the foreign base; whether it then loads is CORS's business, not ours).
+    rig.server.put_file(
+        "orfeas.json",
+        "application/json",
+        format!(
+            r#"{{"models":[{{"id":"{MODEL}","label":"Test model"}}],"allow_origins":["{foreign}"]}}"#
+        ),
+    );
+    browser
+        .goto(&rig.server.url(&format!("/?models={foreign}/models/")))
+        .await?;
+    browser
+        .wait_for(
+            "the model panel",
+            &format!("{} !== null", model_attr(MODEL, "status")),
+            Duration::from_secs(30),
+        )
+        .await?;
+    let notices = browser
+        .eval("return document.querySelector('[data-testid=notices]').innerText")
+        .await?;
+    assert!(
+        !notices.as_str().unwrap_or_default().contains("not loading"),
+        "{notices}"
+    );
     browser.close().await;
     Ok(())
 }
