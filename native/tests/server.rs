@@ -499,6 +499,72 @@ async fn a_failed_model_is_not_ready_with_its_reason() {
     let json: Value = response.json().await.unwrap();
     assert_eq!(json["status"], "models_not_ready");
     assert!(json["error"].as_str().unwrap().contains("not ready"));
+    // Health names the model, never where it lives on this machine.
+    let folder = dir.path().to_str().unwrap();
+    assert!(!h.to_string().contains(folder), "a path in health: {h}");
+
+    // The shard is put right: a retry loads the model without a restart.
+    let retry = |model: &str| {
+        client
+            .post(server.url(&format!("/api/models/retry?model={model}")))
+            .send()
+    };
+    assert_eq!(retry("nothing-by-that-name").await.unwrap().status(), 404);
+    corrupt_a_shard(&dir.path().join("shape")); // flips the byte back
+    let started = retry("shape").await.unwrap();
+    assert_eq!(started.status(), 202);
+    let body: Value = started.json().await.unwrap();
+    assert_eq!(body["models"], json!(["shape"]), "{body}");
+    // Once is enough: a second retry while it loads is refused.
+    assert_eq!(retry("shape").await.unwrap().status(), 409);
+    let ready = wait_ready(&client, &server).await;
+    assert_eq!(ready["models"][0]["status"], "ready", "{ready}");
+    assert_eq!(retry("shape").await.unwrap().status(), 409);
+    still_serves_health(&client, &server).await;
+}
+
+/// Health within a second (for servers without a shape model).
+async fn still_serves_health(client: &reqwest::Client, server: &Server) {
+    let started = Instant::now();
+    assert_eq!(health(client, server).await["status"], "healthy");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+/// An upload that stops arriving is answered 408 once `--upload-timeout-s` has passed, and
+/// its connection closed: a slow client cannot hold a request open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_answered_408_within_the_upload_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    converted_fixture_model(&dir.path().join("hunyuan"));
+    let server = Server::start(dir.path(), &["--upload-timeout-s", "1"]);
+    let client = client();
+    wait_ready(&client, &server).await;
+    let address = server.base.trim_start_matches("http://").to_string();
+    let (response, waited) = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let started = Instant::now();
+        write!(
+            stream,
+            "POST /api/generate-3d HTTP/1.1\r\nHost: {address}\r\nContent-Type: \
+             application/json\r\nContent-Length: 100000\r\n\r\n{{\"image\": \""
+        )
+        .unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        (
+            String::from_utf8_lossy(&response).to_string(),
+            started.elapsed(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("longer than 1 s"), "{response}");
+    assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
+    still_serves(&client, &server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

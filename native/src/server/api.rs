@@ -14,7 +14,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::jobs::{GenerateParams, JobInput, JobStatus, Lookup, MeshFile, MeshFormat, SubmitError};
-use super::{AppState, RequestLimits, models::Aggregate};
+use super::models::{Aggregate, Retry};
+use super::{AppState, RequestLimits};
 
 /// The largest image accepted, in pixels (64 MP), and its longest side.
 pub use orfeas_engine::input::{MAX_PIXELS, MAX_SIDE};
@@ -279,6 +280,47 @@ pub async fn cancel_job(State(state): State<Arc<AppState>>, Path(id): Path<Strin
             .into_response(),
         Lookup::Evicted => evicted_job(&id),
         Lookup::Unknown => unknown_job(&id),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RetryQuery {
+    model: Option<String>,
+}
+
+/// `POST /api/models/retry[?model=ID]`: load the failed models again (all, or the one named:
+/// an id from health, or a shape model's name), without a restart — after a corrupt shard is
+/// replaced, or a loader crashed.
+pub async fn retry_models(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<RetryQuery>,
+) -> Response {
+    let Some(loader) = &state.loader else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server cannot reload models",
+            "unavailable",
+        );
+    };
+    match state.models.retry(loader, query.model.as_deref()) {
+        Retry::Started(models) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "status": "loading", "models": models })),
+        )
+            .into_response(),
+        Retry::NothingFailed => error(
+            StatusCode::CONFLICT,
+            match &query.model {
+                Some(model) => format!("{model} has not failed: nothing to retry"),
+                None => "no model has failed: nothing to retry".into(),
+            },
+            "conflict",
+        ),
+        Retry::Unknown => error(
+            StatusCode::NOT_FOUND,
+            format!("no model {:?}", query.model.unwrap_or_default()),
+            "unknown_model",
+        ),
     }
 }
 

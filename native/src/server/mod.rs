@@ -31,6 +31,8 @@ pub struct AppState {
     /// Images decoded at once (decoding runs on the blocking pool, behind this).
     pub decoding: tokio::sync::Semaphore,
     pub started: Instant,
+    /// How models are loaded, for `POST /api/models/retry` (`None`: retry unavailable).
+    pub loader: Option<models::Loader>,
 }
 
 impl AppState {
@@ -41,6 +43,7 @@ impl AppState {
             limits,
             decoding: tokio::sync::Semaphore::new(DECODERS),
             started: Instant::now(),
+            loader: None,
         }
     }
 }
@@ -99,6 +102,7 @@ pub fn router(
         .route("/api/generate-3d", post(api::generate))
         .route("/api/jobs/{id}", get(api::job).delete(api::cancel_job))
         .route("/api/jobs/{id}/result", get(api::job_result))
+        .route("/api/models/retry", post(api::retry_models))
         // Every extractor stops reading at the upload limit, whatever the framing; the
         // handler checks the declared length first and says so (413, Connection: close).
         .layer(axum::extract::DefaultBodyLimit::max(limit))
@@ -128,6 +132,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let jobs = Jobs::start(options.jobs.clone(), Arc::new(pipeline));
     let mut state = AppState::new(models.clone(), jobs.clone(), options.limits.clone());
     state.started = started;
+    let loader = models::Loader {
+        device: options.device.clone(),
+        dtype: options.dtype,
+        capacity: options.capacity.clone(),
+        throttle: options.load_throttle,
+    };
+    state.loader = Some(loader.clone());
     let mut access = options.access.clone();
     access.hosts.push(options.bind.ip().to_string());
     let app = router(
@@ -154,10 +165,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     );
     let _loading = models::load_in_background(
         models,
-        options.device,
-        options.dtype,
-        options.capacity,
-        options.load_throttle,
+        loader.device,
+        loader.dtype,
+        loader.capacity,
+        loader.throttle,
     );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal(jobs.clone()))

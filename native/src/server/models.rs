@@ -1,6 +1,7 @@
 //! The models the server loads in the background, and what `/api/health` says about them.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -35,12 +36,15 @@ pub struct ModelSlot {
     /// part this is (`conditioner`, `denoiser`, `vae`).
     pub part_of: Option<(String, &'static str)>,
     pub state: RwLock<ModelState<Arc<LoadedModel>>>,
+    /// A retry of this model is under way (so two retries do not load it twice).
+    retrying: AtomicBool,
 }
 
 impl ModelSlot {
     fn new(id: String, dir: PathBuf, part_of: Option<(String, &'static str)>) -> Self {
         Self {
             state: RwLock::new(ModelState::new(id.clone())),
+            retrying: AtomicBool::new(false),
             id,
             dir,
             part_of,
@@ -317,6 +321,16 @@ fn info(index: &ShardIndex, tensors: usize) -> Value {
     })
 }
 
+/// What loading needs: the device, the dtype it computes in, what fits on it, and the read
+/// throttle (bytes/s) for demos.
+#[derive(Clone)]
+pub struct Loader {
+    pub device: Device,
+    pub dtype: DType,
+    pub capacity: Capacity,
+    pub throttle: Option<u64>,
+}
+
 /// Load every model, one after another, on a thread of its own (loading is CPU work: it must
 /// not slow the threads that answer requests).
 pub fn load_in_background(
@@ -325,6 +339,73 @@ pub fn load_in_background(
     dtype: DType,
     capacity: Capacity,
     throttle: Option<u64>,
+) -> std::thread::JoinHandle<()> {
+    let loader = Loader {
+        device,
+        dtype,
+        capacity,
+        throttle,
+    };
+    let all = (0..models.slots.len()).collect();
+    spawn_loading(models, loader, all)
+}
+
+/// What a retry did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// These models are loading again.
+    Started(Vec<String>),
+    /// None of the models asked for has failed (they load, are ready, or are being retried).
+    NothingFailed,
+    /// No model has that name.
+    Unknown,
+}
+
+impl Models {
+    /// Load the failed models again — all, or the one named (a model's id, or a shape model's
+    /// name for its failed parts) — on a thread of their own: a shard replaced on disk, a
+    /// loader that crashed, a device with room again. Nothing is restarted.
+    pub fn retry(self: &Arc<Self>, loader: &Loader, model: Option<&str>) -> Retry {
+        let named: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                let slot = &self.slots[i];
+                model.is_none_or(|m| {
+                    slot.id == m || slot.part_of.as_ref().is_some_and(|(name, _)| name == m)
+                })
+            })
+            .collect();
+        if named.is_empty() {
+            return Retry::Unknown;
+        }
+        let chosen: Vec<usize> = named
+            .into_iter()
+            .filter(|&i| {
+                let slot = &self.slots[i];
+                let mut state = slot.state.write().unwrap_or_else(|e| e.into_inner());
+                if !matches!(state.status(), ModelStatus::Failed { .. })
+                    || slot.retrying.swap(true, Ordering::SeqCst)
+                {
+                    return false;
+                }
+                // Loading from now on, so health never shows the old failure after a retry.
+                let _ = state.start_loading(LoadProgress::new(&slot.id, 0, 0, 0));
+                true
+            })
+            .collect();
+        if chosen.is_empty() {
+            return Retry::NothingFailed;
+        }
+        let ids = chosen.iter().map(|&i| self.slots[i].id.clone()).collect();
+        spawn_loading(self.clone(), loader.clone(), chosen);
+        Retry::Started(ids)
+    }
+}
+
+/// Load the slots `which` (indexes), one after another, on a thread of its own.
+fn spawn_loading(
+    models: Arc<Models>,
+    loader: Loader,
+    which: Vec<usize>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("orfeas-load".into())
@@ -335,48 +416,56 @@ pub fn load_in_background(
                 .expect("a runtime for loading");
             // A model that cannot fit the device is refused before any shard is read (all of
             // them first, so health shows every refusal at once).
-            let refused: Vec<bool> = models
-                .slots
+            let refused: Vec<bool> = which
                 .iter()
-                .map(|slot| match models.fits(slot, &capacity, dtype) {
-                    Ok(()) => false,
-                    Err(reason) => {
-                        let mut state = slot.state.write().unwrap_or_else(|e| e.into_inner());
-                        let _ = state.start_loading(LoadProgress::new(&slot.id, 0, 0, 0));
-                        let _ = state.set_failed(reason.clone());
-                        tracing::error!("model {}: {reason}", slot.id);
-                        true
+                .map(|&i| {
+                    let slot = &models.slots[i];
+                    match models.fits(slot, &loader.capacity, loader.dtype) {
+                        Ok(()) => false,
+                        Err(reason) => {
+                            let mut state = slot.state.write().unwrap_or_else(|e| e.into_inner());
+                            let _ = state.start_loading(LoadProgress::new(&slot.id, 0, 0, 0));
+                            let _ = state.set_failed(reason.clone());
+                            tracing::error!("model {}: {reason}", slot.id);
+                            true
+                        }
                     }
                 })
                 .collect();
             runtime.block_on(async {
-                for (slot, refused) in models.slots.iter().zip(refused) {
-                    if refused {
-                        continue;
+                for (&i, refused) in which.iter().zip(refused) {
+                    let slot = &models.slots[i];
+                    if !refused {
+                        let source = Throttled {
+                            inner: DirSource::new(&slot.dir),
+                            bytes_per_sec: loader.throttle,
+                        };
+                        load_guarded(slot, &source, &loader.device, loader.dtype).await;
                     }
-                    let source = Throttled {
-                        inner: DirSource::new(&slot.dir),
-                        bytes_per_sec: throttle,
-                    };
-                    // A loader that panics fails its model (with the panic's message, and a
-                    // retry stays possible); the others still load.
-                    let load = AssertUnwindSafe(load_one(slot, &source, &device, dtype));
-                    if let Err(panic) = load.catch_unwind().await {
-                        let message = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "a panic without a message".into());
-                        let mut state = slot.state.write().unwrap_or_else(|e| e.into_inner());
-                        if !matches!(state.status(), ModelStatus::Loading { .. }) {
-                            let _ = state.start_loading(LoadProgress::new(&slot.id, 0, 0, 0));
-                        }
-                        let _ = state.set_failed(format!("loading crashed: {message}"));
-                    }
+                    slot.retrying.store(false, Ordering::SeqCst);
                 }
             });
         })
         .expect("spawning the loading thread")
+}
+
+/// [`load_one`], with a loader that panics failing its model (with the panic's message; a
+/// retry stays possible) instead of ending the loading thread with the others still to load.
+async fn load_guarded<S: ShardSource>(slot: &ModelSlot, source: &S, device: &Device, dtype: DType) {
+    let load = AssertUnwindSafe(load_one(slot, source, device, dtype));
+    if let Err(panic) = load.catch_unwind().await {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        tracing::error!("model {}: loading crashed: {message}", slot.id);
+        let mut state = slot.state.write().unwrap_or_else(|e| e.into_inner());
+        if !matches!(state.status(), ModelStatus::Loading { .. }) {
+            let _ = state.start_loading(LoadProgress::new(&slot.id, 0, 0, 0));
+        }
+        let _ = state.set_failed(format!("loading crashed: {message}"));
+    }
 }
 
 async fn load_one<S: ShardSource>(slot: &ModelSlot, source: &S, device: &Device, dtype: DType) {
@@ -403,12 +492,16 @@ async fn load_one<S: ShardSource>(slot: &ModelSlot, source: &S, device: &Device,
         }
     };
     let progress = initial_progress(&index);
-    if let Err(e) = slot
-        .state
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .start_loading(progress)
-    {
+    let started = {
+        let mut state = slot.state.write().unwrap_or_else(|e| e.into_inner());
+        if matches!(state.status(), ModelStatus::Loading { .. }) {
+            // A retry marked it loading already.
+            state.update_progress(&progress)
+        } else {
+            state.start_loading(progress)
+        }
+    };
+    if let Err(e) = started {
         return fail(e.to_string());
     }
     let mut last_log = std::time::Instant::now();
@@ -495,5 +588,56 @@ impl ShardSource for Throttled {
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source whose index read panics, as a loader bug would.
+    struct Panicking;
+
+    #[async_trait::async_trait]
+    impl ShardSource for Panicking {
+        async fn read_index(&self) -> Result<Vec<u8>, SourceError> {
+            panic!("index parser bug");
+        }
+
+        async fn open_shard(&self, _file: &str) -> Result<ByteStream, SourceError> {
+            unreachable!()
+        }
+
+        fn describe(&self) -> String {
+            "a panicking source".into()
+        }
+    }
+
+    #[test]
+    fn a_loader_that_panics_fails_its_model_with_the_message() {
+        let slot = ModelSlot::new("isnet".into(), PathBuf::from("/nowhere"), None);
+        let device = orfeas_engine::device::cpu();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(load_guarded(&slot, &Panicking, &device, DType::F32));
+        let state = slot.state.read().unwrap();
+        match state.status() {
+            ModelStatus::Failed { reason } => {
+                assert!(
+                    reason.contains("loading crashed: index parser bug"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected failed, got {other:?}"),
+        }
+        // ... and may be retried: failed → loading is a valid transition.
+        drop(state);
+        let mut state = slot.state.write().unwrap();
+        assert!(
+            state
+                .start_loading(LoadProgress::new("isnet", 0, 0, 0))
+                .is_ok()
+        );
     }
 }
