@@ -523,6 +523,47 @@ mod decimate {
         }
     }
 
+    /// The same cube with its vertices numbered and its faces listed in another order: the
+    /// order must not decide whether an edge vertex is left stranded (a collapse refused early
+    /// and never tried again once allowed) and two corners merged instead.
+    #[test]
+    fn any_numbering_of_the_cube_collapses_to_its_corners() {
+        use rand::seq::SliceRandom;
+        use rand::{SeedableRng, rngs::StdRng};
+        let cube = subdivided_cube(8);
+        for seed in 0..24 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut ids: Vec<u32> = (0..cube.positions.len() as u32).collect();
+            ids.shuffle(&mut rng);
+            let mut positions = vec![[0.0; 3]; ids.len()];
+            for (old, &new) in ids.iter().enumerate() {
+                positions[new as usize] = cube.positions[old];
+            }
+            let mut triangles: Vec<[u32; 3]> = cube
+                .triangles
+                .iter()
+                .map(|t| t.map(|v| ids[v as usize]))
+                .collect();
+            triangles.shuffle(&mut rng);
+            let shuffled = Mesh {
+                positions,
+                triangles,
+            };
+            let simple = decimate(&shuffled, 12);
+            assert_eq!(simple.triangles.len(), 12, "seed {seed}");
+            assert!(
+                (simple.signed_volume() - 8.0).abs() < 1e-4,
+                "seed {seed}: volume {}",
+                simple.signed_volume()
+            );
+            assert_eq!(
+                decimate(&shuffled, 12).triangles,
+                simple.triangles,
+                "seed {seed}: a second run differs"
+            );
+        }
+    }
+
     #[test]
     fn a_sphere_keeps_its_shape_and_stays_closed() {
         let radius = 14.0;

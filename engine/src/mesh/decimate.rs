@@ -2,13 +2,15 @@
 //! vertex carries the sum of the squared distances to the planes of its faces; the edge whose
 //! merged vertex would move least off those planes collapses first, to the position that
 //! minimises it. Collapses that would fold a face over, pinch the surface (the link condition)
-//! or tear an open border are refused, so a closed, consistently wound mesh stays so.
+//! or tear an open border are refused, so a closed, consistently wound mesh stays so. A refused
+//! collapse is tried again once a collapse next to it changes its neighbourhood (it may be
+//! allowed then), and ties are broken by vertex ids, so the same mesh always decimates alike.
 //!
 //! Hand-written: the maintained simplifier (meshoptimizer, through the `meshopt` crate) is C++
 //! and does not build for wasm32-unknown-unknown, where the browser app needs this too.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use super::Mesh;
 use super::cleanup::compact;
@@ -124,9 +126,12 @@ impl PartialOrd for Candidate {
     }
 }
 impl Ord for Candidate {
-    /// Reversed, so that the heap pops the cheapest collapse first.
+    /// Reversed, so that the heap pops the cheapest collapse first; equal costs go by ids.
     fn cmp(&self, other: &Self) -> Ordering {
-        other.cost.total_cmp(&self.cost)
+        other
+            .cost
+            .total_cmp(&self.cost)
+            .then_with(|| (other.into, other.from).cmp(&(self.into, self.from)))
     }
 }
 
@@ -139,9 +144,23 @@ struct State {
     stamps: Vec<u32>,
     removed: Vec<bool>,
     on_border: Vec<bool>,
+    /// Edges whose collapse was refused and has not been tried again, each once (min, max) …
+    refused: BTreeSet<(u32, u32)>,
+    /// … and listed under both ends, so that a change at either finds them.
+    refused_at: Vec<Vec<u32>>,
 }
 
 impl State {
+    /// Whether `a` and `b` (both still there) share a face.
+    fn adjacent(&self, a: u32, b: u32) -> bool {
+        a != b
+            && !self.removed[a as usize]
+            && !self.removed[b as usize]
+            && self.faces_of[a as usize]
+                .iter()
+                .any(|&f| self.triangles[f as usize].contains(&b))
+    }
+
     fn neighbours(&self, v: u32) -> Vec<u32> {
         let mut out: Vec<u32> = self.faces_of[v as usize]
             .iter()
@@ -286,8 +305,11 @@ pub fn decimate(mesh: &Mesh, target_faces: usize) -> Mesh {
         stamps: vec![0; n],
         removed: vec![false; n],
         on_border: vec![false; n],
+        refused: BTreeSet::new(),
+        refused_at: vec![Vec::new(); n],
     };
-    let mut edge_faces: HashMap<(u32, u32), Vec<u32>> = HashMap::new();
+    // Ordered, so that the first candidates (and so every tie) come in the same order each run.
+    let mut edge_faces: BTreeMap<(u32, u32), Vec<u32>> = BTreeMap::new();
     for (f, t) in mesh.triangles.iter().enumerate() {
         for &v in t {
             state.faces_of[v as usize].push(f as u32);
@@ -343,11 +365,29 @@ pub fn decimate(mesh: &Mesh, target_faces: usize) -> Mesh {
             continue;
         }
         if !state.allowed(c.into, c.from, c.target) {
+            let edge = (c.into.min(c.from), c.into.max(c.from));
+            if state.refused.insert(edge) {
+                state.refused_at[c.into as usize].push(c.from);
+                state.refused_at[c.from as usize].push(c.into);
+            }
             continue;
         }
         faces -= state.collapse(c.into, c.from, c.target);
-        for w in state.neighbours(c.into) {
+        let ring = state.neighbours(c.into);
+        for &w in &ring {
             heap.push(state.candidate(c.into, w));
+        }
+        // The collapse changed the links and faces around the ring: collapses refused there may
+        // be allowed now (left out, the cheapest ones can be lost for good while dearer ones go
+        // ahead: a cube's edge vertex stayed while two corners merged).
+        for v in std::iter::once(c.into).chain(ring).chain([c.from]) {
+            for w in std::mem::take(&mut state.refused_at[v as usize]) {
+                let (a, b) = (v.min(w), v.max(w));
+                // The other end's list still names the edge; the set says it is taken.
+                if state.refused.remove(&(a, b)) && state.adjacent(a, b) {
+                    heap.push(state.candidate(a, b));
+                }
+            }
         }
     }
     let mut out = Mesh {
