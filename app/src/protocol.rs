@@ -66,8 +66,36 @@ pub struct EngineOptions {
 }
 
 impl EngineOptions {
-    /// Read `background_size` (clamped to 64..=2048, rounded to a multiple of 32) and
-    /// `letterbox` from query parameters.
+    /// The generation knobs asked for, brought inside the engine's ranges (a URL is forgiving:
+    /// `?octree_resolution=5000` runs at the largest).
+    #[cfg(feature = "worker")]
+    pub fn generate_options(&self) -> orfeas_engine::pipeline::GenerateOptions {
+        let defaults = orfeas_engine::pipeline::GenerateOptions::default();
+        orfeas_engine::pipeline::GenerateOptions {
+            steps: self.steps.map(|s| s as usize),
+            guidance: self.guidance.unwrap_or(defaults.guidance),
+            resolution: self
+                .octree_resolution
+                .map_or(defaults.resolution, |r| r as usize),
+            seed: self.seed.unwrap_or(defaults.seed),
+            ..defaults
+        }
+        .clamped()
+    }
+
+    /// The background-removal settings asked for.
+    #[cfg(feature = "worker")]
+    pub fn background_options(&self) -> orfeas_engine::background::Options {
+        orfeas_engine::background::Options {
+            size: self
+                .background_size
+                .map_or(orfeas_engine::models::isnet::INPUT_SIZE, |s| s as usize),
+            letterbox: self.letterbox,
+        }
+    }
+
+    /// Read `background_size` (clamped to 64..=2048, rounded to a multiple of 32),
+    /// `letterbox` and the generation knobs from query parameters.
     pub fn from_params(params: &[(String, String)]) -> Self {
         let value = |key: &str| params.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v);
         Self {
@@ -75,16 +103,12 @@ impl EngineOptions {
                 .and_then(|v| v.parse::<u32>().ok())
                 .map(|size| (size.clamp(64, 2048) / 32) * 32),
             letterbox: value("letterbox").is_some_and(|v| v == "1" || v == "true"),
-            steps: value("steps")
-                .and_then(|v| v.parse::<u32>().ok())
-                .map(|s| s.clamp(1, 200)),
+            // Brought inside the engine's ranges by the worker (`GenerateOptions::clamped`).
+            steps: value("steps").and_then(|v| v.parse::<u32>().ok()),
             guidance: value("guidance")
                 .and_then(|v| v.parse::<f32>().ok())
-                .filter(|g| g.is_finite())
-                .map(|g| g.clamp(0.0, 50.0)),
-            octree_resolution: value("octree_resolution")
-                .and_then(|v| v.parse::<u32>().ok())
-                .map(|r| r.clamp(16, 1024)),
+                .filter(|g| g.is_finite()),
+            octree_resolution: value("octree_resolution").and_then(|v| v.parse::<u32>().ok()),
             seed: value("seed").and_then(|v| v.parse::<u64>().ok()),
             gpu_memory_gib: value("gpu_memory_gib")
                 .and_then(|v| v.parse::<f64>().ok())
@@ -301,13 +325,10 @@ pub enum FromWorker {
     /// Background removal on the current image (a finished cut-out comes as an object
     /// message instead, `{type: "cutout", report: <this JSON>, png}`).
     Cutout(CutoutReport),
-    /// Where a running generation is: `stage` encoding | sampling | decoding | meshing, with
-    /// `done` of `total` sampling steps.
+    /// Where a running generation is.
     Generating {
         request_id: u64,
-        stage: String,
-        done: u32,
-        total: u32,
+        stage: GenerationStage,
     },
 }
 
@@ -351,12 +372,96 @@ pub struct GpuReport {
     pub dtype: String,
 }
 
+/// The engine's `pipeline::Stage`, mirrored so the UI bundle does not link the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GenerationStage {
+    RemovingBackground,
+    Encoding,
+    Sampling { done: u32, total: u32 },
+    Decoding { queries: u64 },
+    Meshing,
+    CleaningUp,
+}
+
+impl std::fmt::Display for GenerationStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::RemovingBackground => write!(f, "removing the background"),
+            Self::Encoding => write!(f, "encoding the image"),
+            Self::Sampling { done, total } => write!(f, "sampling {done} / {total}"),
+            Self::Decoding { .. } => write!(f, "decoding the shape"),
+            Self::Meshing => write!(f, "extracting the surface"),
+            Self::CleaningUp => write!(f, "cleaning up the mesh"),
+        }
+    }
+}
+
+#[cfg(feature = "worker")]
+impl From<orfeas_engine::pipeline::Stage> for GenerationStage {
+    fn from(stage: orfeas_engine::pipeline::Stage) -> Self {
+        use orfeas_engine::pipeline::Stage;
+        match stage {
+            Stage::RemovingBackground => Self::RemovingBackground,
+            Stage::Encoding => Self::Encoding,
+            Stage::Sampling { done, total } => Self::Sampling {
+                done: done as u32,
+                total: total as u32,
+            },
+            Stage::Decoding { queries } => Self::Decoding {
+                queries: queries as u64,
+            },
+            Stage::Meshing => Self::Meshing,
+            Stage::CleaningUp => Self::CleaningUp,
+        }
+    }
+}
+
+/// The engine's loading `Phase`, mirrored (same names on the wire: `"fetch"`…).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadPhase {
+    Fetch,
+    Verify,
+    Upload,
+    Warmup,
+    Ready,
+    Failed,
+}
+
+impl std::fmt::Display for LoadPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fetch => "fetch",
+            Self::Verify => "verify",
+            Self::Upload => "upload",
+            Self::Warmup => "warmup",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+        })
+    }
+}
+
+#[cfg(feature = "worker")]
+impl From<orfeas_engine::weights::Phase> for LoadPhase {
+    fn from(phase: orfeas_engine::weights::Phase) -> Self {
+        use orfeas_engine::weights::Phase;
+        match phase {
+            Phase::Fetch => Self::Fetch,
+            Phase::Verify => Self::Verify,
+            Phase::Upload => Self::Upload,
+            Phase::Warmup => Self::Warmup,
+            Phase::Ready => Self::Ready,
+            Phase::Failed => Self::Failed,
+        }
+    }
+}
+
 /// The engine's `LoadProgress`, mirrored so the UI bundle does not link the engine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProgressReport {
     pub model: String,
-    /// fetch | verify | upload | warmup | ready | failed
-    pub phase: String,
+    pub phase: LoadPhase,
     pub bytes_done: u64,
     pub bytes_total: u64,
     pub shards_done: usize,
@@ -373,7 +478,11 @@ impl ProgressReport {
     /// 0..=1 by bytes (`data-progress`).
     pub fn fraction(&self) -> f64 {
         if self.bytes_total == 0 {
-            return if self.phase == "ready" { 1.0 } else { 0.0 };
+            return if self.phase == LoadPhase::Ready {
+                1.0
+            } else {
+                0.0
+            };
         }
         (self.bytes_done as f64 / self.bytes_total as f64).clamp(0.0, 1.0)
     }
@@ -515,7 +624,7 @@ mod tests {
                 shape.seed,
                 shape.guidance
             ),
-            (Some(4), Some(1024), Some(9), None)
+            (Some(4), Some(5000), Some(9), None)
         );
         // An old UI's Start without options still parses.
         let start: ToWorker = serde_json::from_str(r#"{"type":"start","models":[]}"#).unwrap();

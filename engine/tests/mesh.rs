@@ -564,6 +564,64 @@ mod decimate {
         }
     }
 
+    /// sha256 of a decimated mesh's vertex and index bytes: the subdivided cube (all costs
+    /// tie on its flat faces, so any order dependence shows) and a rippled ball.
+    fn decimation_digest_now() -> String {
+        use sha2::{Digest, Sha256};
+        let mut ball = ball(40, 16.0);
+        for p in &mut ball.positions {
+            let r = 1.0 + 0.04 * (p[0] * 0.7).sin() * (p[1] * 0.5).cos();
+            *p = p.map(|x| x * r);
+        }
+        let cube = subdivided_cube(12);
+        let meshes = [
+            decimate(&cube, 100),
+            decimate(&ball, ball.triangles.len() / 10),
+        ];
+        let mut hash = Sha256::new();
+        for simple in &meshes {
+            for x in simple.positions.iter().flatten() {
+                hash.update(x.to_le_bytes());
+            }
+            for i in simple.triangles.iter().flatten() {
+                hash.update(i.to_le_bytes());
+            }
+        }
+        format!("{:x}", hash.finalize())
+    }
+
+    /// Prints the digest for [`the_same_input_decimates_to_the_same_bytes_in_two_processes`]
+    /// (each process seeds its hash maps afresh), after checking two runs in this one agree.
+    #[test]
+    fn decimation_digest() {
+        let digest = decimation_digest_now();
+        assert_eq!(
+            decimation_digest_now(),
+            digest,
+            "a second run in one process differs"
+        );
+        println!("decimation digest {digest}");
+    }
+
+    #[test]
+    fn the_same_input_decimates_to_the_same_bytes_in_two_processes() {
+        let ours = decimation_digest_now();
+        let exe = std::env::current_exe().unwrap();
+        for _ in 0..2 {
+            let out = std::process::Command::new(&exe)
+                .args(["decimate::decimation_digest", "--exact", "--nocapture"])
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{said}");
+            let theirs = said
+                .lines()
+                .find_map(|l| l.strip_prefix("decimation digest "))
+                .unwrap_or_else(|| panic!("no digest in {said}"));
+            assert_eq!(theirs, ours, "another process decimated differently");
+        }
+    }
+
     #[test]
     fn a_sphere_keeps_its_shape_and_stays_closed() {
         let radius = 14.0;

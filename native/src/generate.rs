@@ -10,48 +10,15 @@ use orfeas_engine::weights::ShardIndex;
 use crate::compute::Compute;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use orfeas_engine::input::decode_image;
-use orfeas_engine::mesh::{Mesh, cleanup, export};
-use orfeas_engine::pipeline::{COMPONENTS, GenerateOptions, Progress, load_shape_model};
+use orfeas_engine::mesh::export::Format;
+use orfeas_engine::pipeline::{
+    COMPONENTS, GenerateOptions, ImageToMesh, Request, Stage, load_shape_model,
+};
+use orfeas_engine::weights::INDEX_FILE;
 use orfeas_engine::weights::source::DirSource;
 
 use crate::progress::{bytes_bar, show_load};
-
-/// The mesh formats we write, by file extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Glb,
-    Obj,
-    Stl,
-    Ply,
-}
-
-impl Format {
-    pub fn from_path(path: &Path) -> Result<Self> {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        Ok(match ext.as_deref() {
-            Some("glb") => Format::Glb,
-            Some("obj") => Format::Obj,
-            Some("stl") => Format::Stl,
-            Some("ply") => Format::Ply,
-            _ => bail!(
-                "{}: the output must end in .glb, .obj, .stl or .ply",
-                path.display()
-            ),
-        })
-    }
-
-    pub fn encode(self, mesh: &Mesh) -> Vec<u8> {
-        match self {
-            Format::Glb => export::to_glb(mesh),
-            Format::Obj => export::to_obj(mesh).into_bytes(),
-            Format::Stl => export::to_stl(mesh, 1.0),
-            Format::Ply => export::to_ply(mesh),
-        }
-    }
-}
+use crate::remove_bg::load_isnet;
 
 pub struct GenerateArgs {
     pub image: PathBuf,
@@ -94,31 +61,26 @@ pub fn check_fit(model: &Path, capacity: &Capacity, dtype: DType) -> Result<()> 
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let format = Format::from_path(&args.output)?;
+    let format = Format::of_path(&args.output).map_err(anyhow::Error::msg)?;
+    args.options.validate().map_err(anyhow::Error::msg)?;
     let device = &args.compute.device;
     // Refuse before reading anything large: the model must fit the device in this dtype.
     check_fit(&args.model, &args.compute.capacity, args.compute.dtype)?;
     let bytes =
         std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
-    let rgba =
+    let picture =
         decode_image(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
-    let rgba = if orfeas_engine::background::has_alpha(&rgba) {
-        rgba
-    } else if args
-        .isnet
-        .join(orfeas_engine::weights::INDEX_FILE)
-        .is_file()
+    let request = Request {
+        max_faces: args.max_faces,
+        ..Request::new(picture, args.options.clone())
+    };
+    // ISNet is read only when this picture needs it; without it the picture is used whole.
+    let isnet = if ImageToMesh::wants_background_removal(&request)
+        && args.isnet.join(INDEX_FILE).is_file()
     {
-        let isnet = crate::remove_bg::load_isnet(&args.isnet, device, args.compute.dtype)?;
-        crate::remove_bg::cut_out(&isnet, &rgba, device)?
+        Some(load_isnet(&args.isnet, device, args.compute.dtype)?)
     } else {
-        eprintln!(
-            "note: {} has no transparency and there are no ISNet weights at {}: the whole \
-             picture is taken as the object",
-            args.image.display(),
-            args.isnet.display()
-        );
-        rgba
+        None
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -145,56 +107,46 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         model.map_err(anyhow::Error::msg)
     })?;
-    // The model's own image processor (2mini-turbo takes 1022 px).
-    let input = model
-        .preprocess(&rgba)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
-    let total_steps = args.options.steps.unwrap_or(model.default_steps);
 
-    let steps = bars.add(ProgressBar::new(total_steps as u64));
+    let steps = bars.add(ProgressBar::new(
+        args.options.steps.unwrap_or(model.default_steps) as u64,
+    ));
     steps.set_style(
         ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} steps {elapsed} {msg}")
             .expect("valid template")
             .progress_chars("=> "),
     );
-    steps.set_prefix("sample");
+    steps.set_prefix("generate");
     let started = std::time::Instant::now();
-    let surface = runtime.block_on(model.generate(
-        &input.image,
-        input.size,
-        input.size,
-        &args.options,
-        |progress| match progress {
-            Progress::Encoding => steps.set_message("encoding the image"),
-            Progress::Sampling { done, total } => {
-                steps.set_length(total as u64);
-                steps.set_position(done as u64);
-                steps.set_message("");
-            }
-            Progress::Decoding { queries } => {
-                steps.set_message(format!("decoding the field: {queries} queries"))
-            }
-            Progress::Meshing => steps.set_message("marching cubes"),
-        },
-    ));
-    let surface = surface.map_err(anyhow::Error::msg)?;
+    let job = ImageToMesh::new(&model, isnet.as_ref(), device);
+    let on_stage = |stage| match stage {
+        Stage::Sampling { done, total } => {
+            steps.set_length(total as u64);
+            steps.set_position(done as u64);
+            steps.set_message("");
+        }
+        other => steps.set_message(other.to_string()),
+    };
+    let generated = runtime
+        .block_on(job.run(&request, on_stage, || false))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
     steps.finish_with_message(format!(
         "{:.1} s, {} field queries",
         started.elapsed().as_secs_f64(),
-        surface.queries
+        generated.queries
     ));
-    let raw_faces = surface.mesh.triangles.len();
-    if raw_faces == 0 {
-        bail!("the model's field has no surface at level 0 (nothing to mesh)");
+    for note in &generated.notes {
+        eprintln!("note: {note}");
     }
-    let mesh = cleanup::official(surface.mesh, args.max_faces);
-    std::fs::write(&args.output, format.encode(&mesh))
+    let mesh = &generated.mesh;
+    std::fs::write(&args.output, format.encode(mesh, None))
         .with_context(|| format!("writing {}", args.output.display()))?;
     println!(
-        "wrote {} ({} vertices, {} faces; {raw_faces} before clean-up)",
+        "wrote {} ({} vertices, {} faces; {} before clean-up)",
         args.output.display(),
         mesh.positions.len(),
-        mesh.triangles.len()
+        mesh.triangles.len(),
+        generated.raw_faces
     );
     Ok(())
 }

@@ -24,8 +24,8 @@ struct Scripted {
 #[async_trait::async_trait]
 impl Pipeline for Scripted {
     async fn run(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, String> {
-        control.step(1, input.params.steps.unwrap_or(30));
-        match input.params.seed {
+        control.step(1, input.params.options.steps.unwrap_or(30) as u32);
+        match input.params.options.seed {
             666 => panic!("boom in the pipeline"),
             777 => {
                 let mut step = 1;
@@ -45,7 +45,8 @@ impl Pipeline for Scripted {
             .forget();
         Ok(MeshFile {
             format: input.params.format,
-            bytes: format!("solid seed{}\nendsolid\n", input.params.seed).into_bytes(),
+            bytes: format!("solid seed{}\nendsolid\n", input.params.options.seed).into_bytes(),
+            notes: Vec::new(),
         })
     }
 }

@@ -1,60 +1,14 @@
 //! `orfeas serve` as a real process on a loopback port, driven by a real HTTP client.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 mod common;
-use common::{converted_fixture_model, fixtures};
-
-/// A running server; killed on drop.
-struct Server {
-    child: Child,
-    base: String,
-    started: Instant,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(models: &Path, extra: &[&str]) -> Self {
-        let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_orfeas"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--models"])
-            .arg(models)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting orfeas serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("orfeas: listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Server {
-            child,
-            base,
-            started,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-}
+use common::{Server, converted_fixture_model, fixtures};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -294,26 +248,49 @@ async fn answers_at_once_503s_while_loading_then_runs_jobs() {
     let primitive = gltf.meshes().next().unwrap().primitives().next().unwrap();
     assert!(primitive.indices().unwrap().count() / 3 > 0);
 
-    // An opaque photo needs background removal, and this server has no ISNet: it says so,
-    // and the same photo with remove_background=false runs.
+    // An opaque photo on a server with no ISNet: the one policy of every front-end (the
+    // engine's `ImageToMesh`) takes the whole picture and the job's status says so; the same
+    // photo with remove_background=false gives the same mesh.
     let opaque = json!({ "image": b64(&std::fs::read(fixtures().join("isnet_input_0.png")).unwrap()),
         "steps": 2, "octree_resolution": 32 });
-    let response = client
+    let accepted: Value = client
         .post(server.url("/api/generate-3d"))
         .json(&opaque)
         .send()
         .await
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    assert_eq!(response.status(), 503);
-    let refused: Value = response.json().await.unwrap();
-    assert_eq!(refused["status"], "models_not_ready", "{refused}");
-    assert!(
-        refused["error"]
-            .as_str()
+    let status_url = server.url(accepted["status_url"].as_str().expect("queued"));
+    let status = loop {
+        let status: Value = client
+            .get(&status_url)
+            .send()
+            .await
             .unwrap()
-            .contains("background-removal"),
-        "{refused}"
+            .json()
+            .await
+            .unwrap();
+        if status["status"] != "queued" && status["status"] != "running" {
+            break status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["status"], "done", "{status}");
+    assert_eq!(
+        status["notes"],
+        json!(["no background removal: the whole picture is taken as the object"]),
+        "{status}"
     );
+    let used_whole = client
+        .get(server.url(status["result_url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     let mut whole = opaque.clone();
     whole["remove_background"] = json!(false);
     let response = client
@@ -322,7 +299,26 @@ async fn answers_at_once_503s_while_loading_then_runs_jobs() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap(), used_whole);
+    // PLY, as the CLI and the app write it.
+    let mut ply = whole.clone();
+    ply["format"] = json!("ply");
+    let response = client
+        .post(server.url("/api/generate-3d?wait=true"))
+        .json(&ply)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ply");
+    assert!(
+        response
+            .bytes()
+            .await
+            .unwrap()
+            .starts_with(b"ply\nformat binary_little_endian")
+    );
 
     let missing = client
         .get(server.url("/api/jobs/job-999"))
@@ -410,7 +406,7 @@ async fn bad_requests_get_400_or_413_with_a_reason() {
                 .post(&url)
                 .json(&json!({ "image": b64(&png(8, 8)), "format": "fbx" })),
             400,
-            "glb, obj or stl",
+            "glb, obj, stl or ply",
         ),
         (
             client

@@ -328,18 +328,8 @@ fn apply(studio: Studio, message: FromWorker) {
             studio.image_error.set(Some(format!("{name}: {reason}")))
         }
         FromWorker::Cutout(report) => set_cutout(studio, report, None),
-        FromWorker::Generating {
-            request_id,
-            stage,
-            done,
-            total,
-        } => {
-            let stage = match stage.as_str() {
-                "sampling" => format!("sampling {done} / {total}"),
-                "decoding" => "decoding the shape".to_string(),
-                "meshing" => "extracting the surface".to_string(),
-                _ => "encoding the image".to_string(),
-            };
+        FromWorker::Generating { request_id, stage } => {
+            let stage = stage.to_string();
             studio.request.set(RequestState::Running {
                 id: request_id,
                 stage,

@@ -1,7 +1,7 @@
 //! Small components, each reading the [`Studio`] signals it shows.
 
 use leptos::prelude::*;
-use orfeas_app::protocol::{ModelStatusReport, NoticeLevel, ProgressReport, ToWorker};
+use orfeas_app::protocol::{LoadPhase, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker};
 use wasm_bindgen::JsCast;
 
 use super::{EngineState, GpuState, ModelView, RequestState, Studio, bridge};
@@ -22,13 +22,13 @@ pub fn progress_line(p: &ProgressReport) -> String {
         megabytes(p.bytes_total),
         p.fraction() * 100.0
     )];
-    if p.bytes_per_sec > 0.0 && p.phase != "ready" {
+    if p.bytes_per_sec > 0.0 && p.phase != LoadPhase::Ready {
         parts.push(format!("{:.1} MB/s", p.bytes_per_sec / 1e6));
     }
-    if let Some(eta) = p.eta_s.filter(|_| p.phase != "ready") {
+    if let Some(eta) = p.eta_s.filter(|_| p.phase != LoadPhase::Ready) {
         parts.push(format!("ETA {:.0} s", eta.ceil()));
     }
-    parts.push(p.phase.clone());
+    parts.push(p.phase.to_string());
     if p.from_cache {
         parts.push("from cache".into());
     }

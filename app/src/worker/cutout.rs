@@ -4,8 +4,8 @@
 use std::rc::Rc;
 
 use image::RgbaImage;
-use orfeas_engine::background::{Options, has_alpha, remove_background};
-use orfeas_engine::models::isnet::{INPUT_SIZE, IsNet, checkpoint_name};
+use orfeas_engine::background::{has_alpha, remove_background};
+use orfeas_engine::models::isnet::{IsNet, checkpoint_name};
 use orfeas_engine::weights::apply_torch_weights;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::spawn_local;
@@ -117,11 +117,7 @@ pub(super) fn request(engine: &Rc<Engine>) {
     let Ok(device) = engine.device() else {
         return;
     };
-    let chosen = engine.options.borrow().clone();
-    let options = Options {
-        size: chosen.background_size.map_or(INPUT_SIZE, |s| s as usize),
-        letterbox: chosen.letterbox,
-    };
+    let options = engine.options.borrow().background_options();
     post(&report(
         &name,
         CutoutState::Running,

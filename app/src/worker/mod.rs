@@ -499,7 +499,7 @@ fn set_status(engine: &Engine, id: &str, status: ModelStatusReport) {
 fn report(progress: &LoadProgress) -> ProgressReport {
     ProgressReport {
         model: progress.model.clone(),
-        phase: progress.phase.name().into(),
+        phase: progress.phase.into(),
         bytes_done: progress.bytes_done,
         bytes_total: progress.bytes_total,
         shards_done: progress.shards_done,

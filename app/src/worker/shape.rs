@@ -1,13 +1,14 @@
 //! Shape generation in the worker. A converted shape model is three shard sets (models
 //! `<name>/conditioner`, `<name>/denoiser`, `<name>/vae`); once all are on the GPU the first
-//! Generate builds one `ShapeModel` from them, then every request runs cut-out → the shape
-//! pre-processor → sampler → surface → the official clean-up, and sends the mesh to the viewer.
+//! Generate builds one `ShapeModel` from them, then every request runs the engine's
+//! image-to-mesh job on it (reusing the cut-out already shown) and sends the mesh to the viewer.
 
 use std::rc::Rc;
 
-use orfeas_engine::background::{Options, has_alpha, remove_background};
-use orfeas_engine::mesh::cleanup;
-use orfeas_engine::pipeline::{COMPONENTS, GenerateOptions, Progress, ShapeConfig, ShapeModel};
+use orfeas_engine::background::has_alpha;
+use orfeas_engine::pipeline::{
+    COMPONENTS, ImageToMesh, Note, Request, ShapeConfig, ShapeModel, Stage,
+};
 
 use super::{Engine, post, post_mesh};
 use crate::protocol::{FromWorker, MeshMeta};
@@ -98,70 +99,38 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, String
         }
     };
     let device = engine.device()?;
-    // The cut-out of this image if background removal made it; else make it (or use the
-    // picture whole when it has transparency, or there is no background removal).
-    let mut notes = Vec::new();
-    let cutout = engine.cutout.borrow().clone();
-    let isnet = engine.isnet.borrow().clone();
-    let cutout = match cutout {
-        Some(cutout) => cutout,
-        None if has_alpha(&image) => image,
-        None => match isnet {
-            Some(isnet) => remove_background(&isnet, &image, &device, &Options::default())
-                .await
-                .map_err(|e| e.to_string())?,
-            None => {
-                notes.push("no background removal: the whole picture is the object");
-                image
-            }
-        },
-    };
-    let input = model
-        .preprocess(&cutout)
-        .map_err(|e| format!("{name}: {e}"))?;
     let chosen = engine.options.borrow().clone();
-    let defaults = GenerateOptions::default();
-    let options = GenerateOptions {
-        steps: chosen.steps.map(|s| s as usize),
-        guidance: chosen.guidance.unwrap_or(defaults.guidance),
-        resolution: chosen
-            .octree_resolution
-            .map_or(defaults.resolution, |r| r as usize),
-        seed: chosen.seed.unwrap_or(defaults.seed),
-        ..defaults
+    let isnet = engine.isnet.borrow().clone();
+    let job = ImageToMesh {
+        background_options: chosen.background_options(),
+        ..ImageToMesh::new(&model, isnet.as_deref(), &device)
     };
-    let steps = options.steps.unwrap_or(model.default_steps);
-    let report = |stage: &str, done: usize, total: usize| {
+    let request = Request::new(image, chosen.generate_options());
+    let on_stage = |stage: Stage| {
         post(&FromWorker::Generating {
             request_id,
             stage: stage.into(),
-            done: done as u32,
-            total: total as u32,
         })
     };
-    let surface = model
-        .generate(
-            &input.image,
-            input.size,
-            input.size,
-            &options,
-            |progress| match progress {
-                Progress::Encoding => report("encoding", 0, steps),
-                Progress::Sampling { done, total } => report("sampling", done, total),
-                Progress::Decoding { .. } => report("decoding", steps, steps),
-                Progress::Meshing => report("meshing", steps, steps),
-            },
-        )
-        .await?;
-    if surface.mesh.triangles.is_empty() {
-        return Err("the model's field has no surface at level 0 (nothing to mesh)".into());
+    // The cut-out shown for this image, when background removal made it already.
+    let cutout = engine.cutout.borrow().clone();
+    let generated = match cutout {
+        Some(cutout) if !has_alpha(&request.picture) => {
+            job.run_on_cutout(&cutout, Note::BackgroundRemoved, &request, on_stage, || {
+                false
+            })
+            .await
+        }
+        _ => job.run(&request, on_stage, || false).await,
     }
-    let mesh = cleanup::official(surface.mesh, cleanup::MAX_FACES);
+    .map_err(|e| format!("{name}: {e}"))?;
+    let mesh = &generated.mesh;
+    let options = &request.options;
     let seconds = started.elapsed().as_secs_f64();
     let meta = MeshMeta {
         label: format!(
             "Shape: {} steps, octree {}, seed {}",
-            steps, options.resolution, options.seed
+            generated.steps, options.resolution, options.seed
         ),
         preview: false,
         vertices: mesh.positions.len(),
@@ -169,9 +138,9 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, String
         source: name,
         build_ms: seconds * 1000.0,
     };
-    post_mesh(&meta, &mesh, None);
+    post_mesh(&meta, mesh, None);
     let mut message = format!("{} faces in {seconds:.1} s", mesh.triangles.len());
-    for note in notes {
+    for note in generated.notes.iter().filter(|n| **n == Note::WholePicture) {
         message.push_str(&format!(" ({note})"));
     }
     Ok(message)

@@ -6,9 +6,86 @@
 
 use std::borrow::Cow;
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Mesh;
+
+/// The mesh files we write: one list for the CLI (by extension), the server (`format=`) and
+/// the app's downloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Glb,
+    Obj,
+    Stl,
+    Ply,
+}
+
+impl Format {
+    pub const ALL: [Format; 4] = [Format::Glb, Format::Obj, Format::Stl, Format::Ply];
+
+    /// By name or file extension, any case (`glb`, `OBJ`…).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.extension().eq_ignore_ascii_case(name))
+    }
+
+    /// The format a file name asks for, by its extension.
+    pub fn of_path(path: &std::path::Path) -> Result<Self, String> {
+        path.extension()
+            .and_then(|e| e.to_str())
+            .and_then(Self::parse)
+            .ok_or_else(|| {
+                format!(
+                    "{}: the output must end in {}",
+                    path.display(),
+                    Self::names()
+                )
+            })
+    }
+
+    /// "glb, obj, stl or ply", for messages.
+    pub fn names() -> String {
+        let names: Vec<&str> = Self::ALL.iter().map(|f| f.extension()).collect();
+        format!(
+            "{} or {}",
+            names[..names.len() - 1].join(", "),
+            names[names.len() - 1]
+        )
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Glb => "glb",
+            Format::Obj => "obj",
+            Format::Stl => "stl",
+            Format::Ply => "ply",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Glb => "model/gltf-binary",
+            Format::Obj => "model/obj",
+            Format::Stl => "model/stl",
+            // No registered type; what Blender and MeshLab serve it as.
+            Format::Ply => "application/x-ply",
+        }
+    }
+
+    /// The file, with per-vertex colours where the format carries them (STL has none).
+    pub fn encode(self, mesh: &Mesh, colors: Option<&[[u8; 3]]>) -> Vec<u8> {
+        match self {
+            Format::Glb => to_glb_colored(mesh, colors),
+            Format::Obj => to_obj_colored(mesh, colors).into_bytes(),
+            Format::Stl => to_stl(mesh, 1.0),
+            Format::Ply => to_ply_colored(mesh, colors),
+        }
+    }
+}
 
 /// Area-weighted vertex normals, unit length (zero for unused vertices).
 pub fn vertex_normals(mesh: &Mesh) -> Vec<[f32; 3]> {

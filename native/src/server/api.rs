@@ -13,9 +13,10 @@ use orfeas_engine::weights::NotReadyKind;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::jobs::{GenerateParams, JobInput, JobStatus, Lookup, MeshFile, MeshFormat, SubmitError};
+use super::jobs::{Format, GenerateParams, JobInput, JobStatus, Lookup, MeshFile, SubmitError};
 use super::models::{Aggregate, Retry};
 use super::{AppState, RequestLimits};
+use orfeas_engine::pipeline::{OCTREE_RESOLUTION, STEPS, out_of_range};
 
 /// The largest image accepted, in pixels (64 MP), and its longest side.
 pub use orfeas_engine::input::{MAX_PIXELS, MAX_SIDE};
@@ -541,34 +542,35 @@ fn number<T: std::str::FromStr>(value: &Option<Value>, name: &str) -> Result<Opt
         .map_err(|_| format!("{name}: {text:?} is not a valid number"))
 }
 
+/// The request's parameters, checked against the engine's ranges and then this server's
+/// narrower limits (`--max-steps`, `--max-octree`).
 fn validate(raw: &RawParams, limits: &RequestLimits) -> Result<GenerateParams, String> {
     let mut params = GenerateParams::default();
-    if let Some(steps) = number::<u32>(&raw.steps, "steps")? {
-        if !(1..=limits.max_steps).contains(&steps) {
-            return Err(format!(
-                "steps must be 1–{} on this server, got {steps}",
-                limits.max_steps
-            ));
-        }
-        params.steps = Some(steps);
+    let options = &mut params.options;
+    if let Some(steps) = number::<usize>(&raw.steps, "steps")? {
+        options.steps = Some(steps);
     }
     if let Some(guidance) = number::<f32>(&raw.guidance, "guidance")? {
-        if !(0.0..=50.0).contains(&guidance) {
-            return Err(format!("guidance must be 0–50, got {guidance}"));
-        }
-        params.guidance = guidance;
+        options.guidance = guidance;
     }
-    if let Some(resolution) = number::<u32>(&raw.octree_resolution, "octree_resolution")? {
-        if !(16..=limits.max_octree).contains(&resolution) {
-            return Err(format!(
-                "octree_resolution must be 16–{} on this server, got {resolution}",
-                limits.max_octree
-            ));
-        }
-        params.octree_resolution = resolution;
+    if let Some(resolution) = number::<usize>(&raw.octree_resolution, "octree_resolution")? {
+        options.resolution = resolution;
     }
     if let Some(seed) = number::<u64>(&raw.seed, "seed")? {
-        params.seed = seed;
+        options.seed = seed;
+    }
+    options.validate()?;
+    let narrower = |name, range: std::ops::RangeInclusive<usize>, got| {
+        Err(format!("{} on this server", out_of_range(name, range, got)))
+    };
+    let max_steps = limits.max_steps as usize;
+    if let Some(steps) = options.steps.filter(|&s| s > max_steps) {
+        return narrower("steps", *STEPS.start()..=max_steps, steps);
+    }
+    let max_octree = limits.max_octree as usize;
+    if options.resolution > max_octree {
+        let range = *OCTREE_RESOLUTION.start()..=max_octree;
+        return narrower("octree_resolution", range, options.resolution);
     }
     if let Some(flag) = &raw.remove_background {
         params.remove_background = match flag {
@@ -584,8 +586,8 @@ fn validate(raw: &RawParams, limits: &RequestLimits) -> Result<GenerateParams, S
     }
     if let Some(format) = &raw.format {
         let text = format.as_str().unwrap_or_default();
-        params.format = MeshFormat::parse(text)
-            .ok_or_else(|| format!("format must be glb, obj or stl, got {format}"))?;
+        params.format = Format::parse(text)
+            .ok_or_else(|| format!("format must be {}, got {format}", Format::names()))?;
     }
     Ok(params)
 }
@@ -618,7 +620,7 @@ mod tests {
         assert!(
             validate(&raw, &limits)
                 .unwrap_err()
-                .contains("glb, obj or stl")
+                .contains("glb, obj, stl or ply")
         );
         let raw = RawParams {
             steps: Some(json!(12)),
@@ -633,9 +635,9 @@ mod tests {
             ..RequestLimits::default()
         };
         assert!(validate(&raw, &tight).unwrap_err().contains("1–10"));
-        assert_eq!(params.steps, Some(12));
-        assert_eq!(params.guidance, 7.5);
-        assert_eq!(params.format, MeshFormat::Stl);
+        assert_eq!(params.options.steps, Some(12));
+        assert_eq!(params.options.guidance, 7.5);
+        assert_eq!(params.format, Format::Stl);
         assert!(!params.remove_background);
     }
 

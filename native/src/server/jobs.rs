@@ -17,62 +17,24 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
-/// What a generation request asks for (the original studio's parameters).
+pub use orfeas_engine::mesh::export::Format;
+use orfeas_engine::pipeline::GenerateOptions;
+
+/// What a generation request asks for: the engine's knobs (their defaults and ranges are
+/// `orfeas_engine::pipeline`'s), whether to cut the object out, and the file to return.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateParams {
-    /// `None`: the model's own default (5 for turbo checkpoints, else 30).
-    pub steps: Option<u32>,
-    pub guidance: f32,
-    pub octree_resolution: u32,
-    pub seed: u64,
+    pub options: GenerateOptions,
     pub remove_background: bool,
-    pub format: MeshFormat,
+    pub format: Format,
 }
 
 impl Default for GenerateParams {
     fn default() -> Self {
         Self {
-            steps: None,
-            guidance: 5.0,
-            octree_resolution: 256,
-            seed: 1234,
+            options: GenerateOptions::default(),
             remove_background: true,
-            format: MeshFormat::Glb,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MeshFormat {
-    Glb,
-    Obj,
-    Stl,
-}
-
-impl MeshFormat {
-    pub fn parse(text: &str) -> Option<Self> {
-        match text.to_ascii_lowercase().as_str() {
-            "glb" => Some(Self::Glb),
-            "obj" => Some(Self::Obj),
-            "stl" => Some(Self::Stl),
-            _ => None,
-        }
-    }
-
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Self::Glb => "model/gltf-binary",
-            Self::Obj => "model/obj",
-            Self::Stl => "model/stl",
-        }
-    }
-
-    pub fn extension(self) -> &'static str {
-        match self {
-            Self::Glb => "glb",
-            Self::Obj => "obj",
-            Self::Stl => "stl",
+            format: Format::Glb,
         }
     }
 }
@@ -87,8 +49,10 @@ pub struct JobInput {
 /// The finished mesh file.
 #[derive(Debug, Clone)]
 pub struct MeshFile {
-    pub format: MeshFormat,
+    pub format: Format,
     pub bytes: Vec<u8>,
+    /// What the job did with the picture (e.g. "background removed"), for the job status.
+    pub notes: Vec<String>,
 }
 
 /// What a running job reports and obeys: its progress, and a request to stop (cancelled, past
@@ -383,6 +347,12 @@ impl Jobs {
                 value["id"] = json!(id);
                 if status == JobStatus::Done {
                     value["result_url"] = json!(format!("/api/jobs/{id}/result"));
+                    let notes = self.lookup(id, |_, entry| {
+                        entry.result.as_ref().map(|r| r.notes.clone())
+                    });
+                    if let Lookup::Found(Some(notes)) = notes {
+                        value["notes"] = json!(notes);
+                    }
                 }
                 Lookup::Found(value)
             }
@@ -478,7 +448,7 @@ async fn run(jobs: Arc<Jobs>, mut receiver: mpsc::Receiver<Queued>, pipeline: Ar
         if !matches!(jobs.status(&id), Lookup::Found(JobStatus::Queued { .. })) {
             continue; // cancelled while it waited
         }
-        let steps = input.params.steps.unwrap_or(0);
+        let steps = input.params.options.steps.unwrap_or(0) as u32;
         jobs.set(&id, JobStatus::Running { step: 0, steps });
         let progress_jobs = jobs.clone();
         let progress_id = id.clone();

@@ -1,18 +1,15 @@
-//! The server's image-to-mesh pipeline over the models it loaded: background removal (ISNet,
-//! when asked and the image is opaque) → the shape pre-processor → the shape model (conditioner,
-//! sampler, VAE, surface) → the official clean-up → the mesh file. The networks are built once,
-//! from the weights already on the device, the first time a job needs them.
+//! The server's jobs run the engine's image-to-mesh job ([`ImageToMesh`]) over the models it
+//! loaded, and write the mesh in the requested format. The networks are built once, from the
+//! weights already on the device, the first time a job needs them.
 
 use std::sync::{Arc, Mutex};
 
 use burn::tensor::Device;
-use orfeas_engine::background::{Options, has_alpha, remove_background};
-use orfeas_engine::mesh::{cleanup, export};
 use orfeas_engine::models::isnet::{IsNet, checkpoint_name};
-use orfeas_engine::pipeline::{GenerateOptions, Progress, ShapeConfig, ShapeModel};
+use orfeas_engine::pipeline::{ImageToMesh, Request, ShapeConfig, ShapeModel, Stage};
 use orfeas_engine::weights::apply_torch_weights;
 
-use super::jobs::{JobControl, JobInput, MeshFile, MeshFormat, Pipeline};
+use super::jobs::{JobControl, JobInput, MeshFile, Pipeline};
 use super::models::Models;
 
 struct Networks {
@@ -81,78 +78,36 @@ impl ModelPipeline {
     async fn generate(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, String> {
         let networks = self.networks()?;
         let JobInput { image, params } = input;
-        let image = if params.remove_background && !has_alpha(&image) {
-            let isnet = networks
-                .isnet
-                .as_ref()
-                .ok_or("no background-removal model is loaded (send remove_background=false)")?;
-            remove_background(isnet, &image, &self.device, &Options::default())
-                .await
-                .map_err(|e| e.to_string())?
-        } else {
-            image
+        let job = ImageToMesh::new(&networks.shape, networks.isnet.as_ref(), &self.device);
+        let request = Request {
+            remove_background: params.remove_background,
+            ..Request::new(image, params.options)
         };
-        let input = networks
-            .shape
-            .preprocess(&image)
+        let on_stage = |stage| {
+            if let Stage::Sampling { done, total } = stage {
+                control.step(done as u32, total as u32);
+            }
+        };
+        let generated = job
+            .run(&request, on_stage, || control.should_stop())
+            .await
             .map_err(|e| e.to_string())?;
-        let options = GenerateOptions {
-            steps: params.steps.map(|s| s as usize),
-            guidance: params.guidance,
-            resolution: params.octree_resolution as usize,
-            seed: params.seed,
-            ..GenerateOptions::default()
-        };
-        let surface = networks
-            .shape
-            .generate_until(
-                &input.image,
-                input.size,
-                input.size,
-                &options,
-                |progress| {
-                    if let Progress::Sampling { done, total } = progress {
-                        control.step(done as u32, total as u32);
-                    }
-                },
-                || control.should_stop(),
-            )
-            .await?;
-        if surface.mesh.triangles.is_empty() {
-            return Err("the model's field has no surface at level 0 (nothing to mesh)".into());
-        }
-        let mesh = cleanup::official(surface.mesh, cleanup::MAX_FACES);
-        let bytes = match params.format {
-            MeshFormat::Glb => export::to_glb(&mesh),
-            MeshFormat::Obj => export::to_obj(&mesh).into_bytes(),
-            MeshFormat::Stl => export::to_stl(&mesh, 1.0),
-        };
         Ok(MeshFile {
             format: params.format,
-            bytes,
+            bytes: params.format.encode(&generated.mesh, None),
+            notes: generated.notes.iter().map(ToString::to_string).collect(),
         })
     }
 }
 
 #[async_trait::async_trait]
 impl Pipeline for ModelPipeline {
-    fn unavailable(&self, input: &JobInput) -> Option<(String, String)> {
+    fn unavailable(&self, _input: &JobInput) -> Option<(String, String)> {
         if self.models.shape_model().is_none() {
             return Some((
                 "(shape model)".into(),
                 "no shape-generation model under --models: convert a checkpoint with \
                  `orfeas convert <ckpt> --config config.yaml -o <models>/<name>`"
-                    .into(),
-            ));
-        }
-        if input.params.remove_background
-            && !has_alpha(&input.image)
-            && self.models.isnet().is_none()
-        {
-            return Some((
-                "isnet-medium".into(),
-                "no background-removal model under --models (`orfeas convert-isnet` writes \
-                 isnet-medium); send an image with transparency or remove_background=false"
                     .into(),
             ));
         }

@@ -1,8 +1,10 @@
 //! Shared by the CLI tests: the fixture folder and running the `orfeas` binary.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Instant;
 
 use safetensors::SafeTensors;
 use serde_json::{Value, json};
@@ -134,4 +136,50 @@ pub fn isnet_weights() -> Option<PathBuf> {
     );
     eprintln!("SKIPPED: no ISNet weights at {}", dir.display());
     None
+}
+
+/// A running server; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub started: Instant,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    pub fn start(models: &Path, extra: &[&str]) -> Self {
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_orfeas"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--models"])
+            .arg(models)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting orfeas serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("orfeas: listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server {
+            child,
+            base,
+            started,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
 }

@@ -1,4 +1,4 @@
-//! One shape generation, as the official pipeline runs it: a pre-processed image → DINOv2
+//! The shape model: one shape generation, as the official pipeline runs it: a pre-processed image → DINOv2
 //! tokens → the flow-matching sampler with the DiT (CFG against all-zero tokens, or the
 //! guidance embedding for the distilled variants) → ShapeVAE → the field on the official grid
 //! → marching cubes.
@@ -17,7 +17,9 @@ use crate::models::dit20::{self, Dit20, Dit20Config};
 use crate::models::dit21::{self, Dit21, Dit21Config};
 use crate::models::shape_vae::{self, KeyValues, ShapeVae, ShapeVaeConfig};
 use crate::sampler::{FlowMatchSchedule, initial_noise, sample_until};
-use crate::volume::{Grid, Refinement, decode_coarse_to_fine, decode_dense};
+use crate::volume::{Grid, decode_coarse_to_fine, decode_dense};
+
+use super::options::{DEFAULT_STEPS, GenerateOptions, TURBO_STEPS};
 use crate::weights::{LoadProgress, ShardSource, WeightSet, apply_torch_weights, load_all};
 
 /// The conditioner set's config: the encoder class, the Hugging Face `Dinov2Config`, the side
@@ -212,57 +214,6 @@ pub const STOPPED: &str = "stopped before it finished";
 
 /// The sub-folders of a converted model, one shard set each.
 pub const COMPONENTS: [&str; 3] = ["conditioner", "denoiser", "vae"];
-
-/// The official demos' step counts: 30 with the flow-matching ladder, 5 for turbo.
-pub const DEFAULT_STEPS: usize = 30;
-pub const TURBO_STEPS: usize = 5;
-
-/// Knobs of one generation (the original studio's parameters; its defaults).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct GenerateOptions {
-    /// Sampler steps; `None` takes the model's own (`ShapeModel::default_steps`: 5 for turbo, else 30).
-    pub steps: Option<usize>,
-    pub guidance: f32,
-    /// Octree resolution: the grid has `resolution + 1` points per axis.
-    pub resolution: usize,
-    pub seed: u64,
-    /// Field queries per decoder call (the official `num_chunks`).
-    pub chunk: usize,
-    /// Query every grid point (as the official decoder) instead of coarse-to-fine.
-    pub dense: bool,
-    /// Fine cells per coarse cell for coarse-to-fine decoding; 0 picks `R / 64` (1 to 4), so
-    /// the coarse grid always has at least 64 cells a side and features smaller than a coarse
-    /// cell are rare.
-    pub coarse_stride: usize,
-}
-
-impl GenerateOptions {
-    pub fn refinement(&self) -> Refinement {
-        let stride = match self.coarse_stride {
-            0 => (self.resolution / 64).clamp(1, 4),
-            s => s,
-        };
-        Refinement {
-            stride,
-            ..Refinement::default()
-        }
-    }
-}
-
-impl Default for GenerateOptions {
-    fn default() -> Self {
-        Self {
-            steps: None,
-            guidance: 5.0,
-            resolution: 256,
-            seed: 1234,
-            chunk: 8000,
-            dense: false,
-            coarse_stride: 0,
-        }
-    }
-}
 
 /// Where a generation is, for progress displays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

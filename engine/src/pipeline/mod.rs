@@ -1,0 +1,279 @@
+//! The whole image-to-mesh job, written once for the app's worker, the server and the CLI:
+//!
+//! picture → cut-out (ISNet, [`crate::background`]) → shape input (recentre and crop, the
+//! model's image processor) → the shape model ([`ShapeModel`]: DINOv2 → sampler with the DiT →
+//! ShapeVAE → field → marching cubes) → the official clean-up ([`crate::mesh::cleanup`]) → a
+//! mesh, which the caller writes in a [`crate::mesh::export::Format`].
+//!
+//! One policy for an opaque picture with no background removal at hand (none configured, or
+//! the request turned it off): the whole picture is the object, and the result says so
+//! ([`Note::WholePicture`]). A picture with transparency is its own cut-out.
+
+mod options;
+mod shape;
+
+pub use options::*;
+pub use shape::*;
+
+use burn::tensor::Device;
+use image::RgbaImage;
+use serde::{Deserialize, Serialize};
+
+use crate::background::{self, has_alpha, remove_background};
+use crate::mesh::{Mesh, cleanup};
+use crate::models::isnet::IsNet;
+
+/// Where a job is; what the front-ends show (the worker sends it as is).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum Stage {
+    RemovingBackground,
+    /// DINOv2 on the shape input.
+    Encoding,
+    /// `done` of `total` sampler steps finished.
+    Sampling {
+        done: usize,
+        total: usize,
+    },
+    /// Field queries made so far.
+    Decoding {
+        queries: usize,
+    },
+    Meshing,
+    CleaningUp,
+}
+
+impl From<Progress> for Stage {
+    fn from(progress: Progress) -> Self {
+        match progress {
+            Progress::Encoding => Stage::Encoding,
+            Progress::Sampling { done, total } => Stage::Sampling { done, total },
+            Progress::Decoding { queries } => Stage::Decoding { queries },
+            Progress::Meshing => Stage::Meshing,
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stage::RemovingBackground => write!(f, "removing the background"),
+            Stage::Encoding => write!(f, "encoding the image"),
+            Stage::Sampling { done, total } => write!(f, "sampling: step {done} of {total}"),
+            Stage::Decoding { queries } => write!(f, "decoding the field: {queries} queries"),
+            Stage::Meshing => write!(f, "marching cubes"),
+            Stage::CleaningUp => write!(f, "cleaning up the mesh"),
+        }
+    }
+}
+
+/// What the job did with the picture's background.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Note {
+    /// ISNet cut the object out.
+    BackgroundRemoved,
+    /// The picture had transparency: it is its own cut-out.
+    TransparencyUsed,
+    /// Opaque, and no background removal (none loaded, or turned off): the whole picture is
+    /// the object.
+    WholePicture,
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Note::BackgroundRemoved => "background removed",
+            Note::TransparencyUsed => "the picture's transparency is the cut-out",
+            Note::WholePicture => "no background removal: the whole picture is taken as the object",
+        })
+    }
+}
+
+/// Why a job gave no mesh.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerateError {
+    /// A knob outside its range (the reason names it).
+    Options(String),
+    /// The picture cannot be made into the model's input (e.g. nothing left after the cut-out).
+    Image(String),
+    BackgroundRemoval(String),
+    /// The networks failed (a device error, a guidance-distilled model without guidance…).
+    Model(String),
+    /// The field has no surface at level 0.
+    NoSurface,
+    /// Stopped by its caller (cancelled, past a deadline, shutting down).
+    Stopped,
+}
+
+impl std::fmt::Display for GenerateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GenerateError::Options(reason)
+            | GenerateError::Image(reason)
+            | GenerateError::Model(reason) => f.write_str(reason),
+            GenerateError::BackgroundRemoval(reason) => {
+                write!(f, "background removal failed: {reason}")
+            }
+            GenerateError::NoSurface => {
+                f.write_str("the model's field has no surface at level 0 (nothing to mesh)")
+            }
+            GenerateError::Stopped => f.write_str(STOPPED),
+        }
+    }
+}
+
+impl std::error::Error for GenerateError {}
+
+/// A finished job.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// After the official clean-up.
+    pub mesh: Mesh,
+    /// Faces marching cubes made, before the clean-up.
+    pub raw_faces: usize,
+    /// Field queries made.
+    pub queries: usize,
+    /// Sampler steps run.
+    pub steps: usize,
+    pub notes: Vec<Note>,
+}
+
+/// One job's request: the picture (decoded, within [`crate::input`]'s limits) and its knobs.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub picture: RgbaImage,
+    pub options: GenerateOptions,
+    /// Cut the object out when the picture is opaque (the original studio's
+    /// `remove_background`, on by default).
+    pub remove_background: bool,
+    /// Reduce to at most this many faces ([`cleanup::MAX_FACES`], the reference's); 0 keeps
+    /// every face.
+    pub max_faces: usize,
+}
+
+impl Request {
+    pub fn new(picture: RgbaImage, options: GenerateOptions) -> Self {
+        Self {
+            picture,
+            options,
+            remove_background: true,
+            max_faces: cleanup::MAX_FACES,
+        }
+    }
+}
+
+/// The networks a job runs on, on one device.
+pub struct ImageToMesh<'a> {
+    pub shape: &'a ShapeModel,
+    /// ISNet, when one is loaded.
+    pub background: Option<&'a IsNet>,
+    pub background_options: background::Options,
+    pub device: &'a Device,
+}
+
+impl<'a> ImageToMesh<'a> {
+    pub fn new(shape: &'a ShapeModel, background: Option<&'a IsNet>, device: &'a Device) -> Self {
+        Self {
+            shape,
+            background,
+            background_options: background::Options::default(),
+            device,
+        }
+    }
+
+    /// Whether this picture would be cut out (so a caller can wait for ISNet, or say it will
+    /// be used whole).
+    pub fn wants_background_removal(request: &Request) -> bool {
+        request.remove_background && !has_alpha(&request.picture)
+    }
+
+    /// The cut-out the job would use, and what it did to get it.
+    pub async fn cut_out(&self, request: &Request) -> Result<(RgbaImage, Note), GenerateError> {
+        if has_alpha(&request.picture) {
+            return Ok((request.picture.clone(), Note::TransparencyUsed));
+        }
+        match self.background.filter(|_| request.remove_background) {
+            Some(isnet) => remove_background(
+                isnet,
+                &request.picture,
+                self.device,
+                &self.background_options,
+            )
+            .await
+            .map(|cutout| (cutout, Note::BackgroundRemoved))
+            .map_err(|e| GenerateError::BackgroundRemoval(e.to_string())),
+            None => Ok((request.picture.clone(), Note::WholePicture)),
+        }
+    }
+
+    /// The whole job, reporting each stage; `should_stop` is asked before every sampler step
+    /// and field chunk.
+    pub async fn run(
+        &self,
+        request: &Request,
+        mut on_stage: impl FnMut(Stage),
+        should_stop: impl Fn() -> bool,
+    ) -> Result<Generated, GenerateError> {
+        request.options.validate().map_err(GenerateError::Options)?;
+        if Self::wants_background_removal(request) && self.background.is_some() {
+            on_stage(Stage::RemovingBackground);
+        }
+        let (cutout, note) = self.cut_out(request).await?;
+        self.run_on_cutout(&cutout, note, request, on_stage, should_stop)
+            .await
+    }
+
+    /// The job from a cut-out made earlier (the app keeps the one it showed).
+    pub async fn run_on_cutout(
+        &self,
+        cutout: &RgbaImage,
+        note: Note,
+        request: &Request,
+        mut on_stage: impl FnMut(Stage),
+        should_stop: impl Fn() -> bool,
+    ) -> Result<Generated, GenerateError> {
+        let options = &request.options;
+        options.validate().map_err(GenerateError::Options)?;
+        if should_stop() {
+            return Err(GenerateError::Stopped);
+        }
+        let input = self
+            .shape
+            .preprocess(cutout)
+            .map_err(|e| GenerateError::Image(e.to_string()))?;
+        let steps = self
+            .shape
+            .scheduler
+            .schedule(options.steps.unwrap_or(self.shape.default_steps))
+            .steps();
+        let surface = self
+            .shape
+            .generate_until(
+                &input.image,
+                input.size,
+                input.size,
+                options,
+                |progress| on_stage(progress.into()),
+                &should_stop,
+            )
+            .await
+            .map_err(|e| match e == STOPPED {
+                true => GenerateError::Stopped,
+                false => GenerateError::Model(e),
+            })?;
+        let raw_faces = surface.mesh.triangles.len();
+        if raw_faces == 0 {
+            return Err(GenerateError::NoSurface);
+        }
+        on_stage(Stage::CleaningUp);
+        let mesh = cleanup::official(surface.mesh, request.max_faces);
+        Ok(Generated {
+            mesh,
+            raw_faces,
+            queries: surface.queries,
+            steps,
+            notes: vec![note],
+        })
+    }
+}
