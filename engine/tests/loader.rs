@@ -97,11 +97,12 @@ fn random_chunks_give_bit_identical_tensors_on_cpu() {
 fn random_chunks_give_bit_identical_tensors_on_wgpu() {
     let Some(device) = orfeas_engine::device::gpu() else {
         // scripts/test.sh installs lavapipe and sets this, so CI never skips silently.
+        // A skip must be asked for: a machine without lavapipe fails here by default.
         assert!(
-            std::env::var_os("ORFEAS_REQUIRE_GPU").is_none(),
-            "ORFEAS_REQUIRE_GPU is set but wgpu found no adapter"
+            std::env::var_os("ORFEAS_ALLOW_SKIP").is_some(),
+            "no wgpu adapter (install mesa-vulkan-drivers for lavapipe, or set ORFEAS_ALLOW_SKIP=1)"
         );
-        eprintln!("SKIPPED: no wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
+        eprintln!("SKIPPED (ORFEAS_ALLOW_SKIP): no wgpu adapter");
         return;
     };
     eprintln!("wgpu adapter: {:?}", device.identity());

@@ -15,10 +15,10 @@ use fixtures::*;
 fn the_pipeline_runs_under_webgpus_default_limits() {
     let Ok(gpu) = futures::executor::block_on(acquire_with(Limits::WebGpuDefaults, |_| {})) else {
         assert!(
-            std::env::var_os("ORFEAS_REQUIRE_GPU").is_none(),
-            "ORFEAS_REQUIRE_GPU is set but no GPU adapter was found"
+            std::env::var_os("ORFEAS_ALLOW_SKIP").is_some(),
+            "no GPU adapter (install mesa-vulkan-drivers for lavapipe, or set ORFEAS_ALLOW_SKIP=1)"
         );
-        eprintln!("SKIPPED: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
+        eprintln!("SKIPPED (ORFEAS_ALLOW_SKIP): no GPU adapter");
         return;
     };
     let info = gpu.info.clone();

@@ -69,6 +69,9 @@ struct State {
     offline: AtomicBool,
     kill: broadcast::Sender<()>,
     log: Mutex<Vec<LogEntry>>,
+    /// Model files under this path prefix wait (before their headers) until released.
+    held: Mutex<Option<String>>,
+    released: tokio::sync::Notify,
 }
 
 pub struct Server {
@@ -100,6 +103,8 @@ impl Server {
             offline: AtomicBool::new(false),
             kill,
             log: Mutex::new(Vec::new()),
+            held: Mutex::new(None),
+            released: tokio::sync::Notify::new(),
         });
         let task = tokio::spawn(accept_loop(listener, state.clone()));
         Ok(Self { addr, state, task })
@@ -123,6 +128,17 @@ impl Server {
             .lock()
             .unwrap()
             .insert(shard_file.to_string(), fault);
+    }
+
+    /// Hold every model file whose path under `/models/` starts with `prefix` until
+    /// [`Self::release`]: a load that is certainly not finished while the test looks.
+    pub fn hold(&self, prefix: &str) {
+        *self.state.held.lock().unwrap() = Some(prefix.to_string());
+    }
+
+    pub fn release(&self) {
+        *self.state.held.lock().unwrap() = None;
+        self.state.released.notify_waiters();
     }
 
     pub fn clear_faults(&self) {
@@ -301,6 +317,15 @@ async fn serve_model_file(state: Arc<State>, path: &str, rest: &str) -> Response
             full("refused"),
             None,
         );
+    }
+    loop {
+        // Registered before the check, so a release in between is not missed.
+        let released = state.released.notified();
+        let held = state.held.lock().unwrap().clone();
+        if !held.is_some_and(|prefix| rest.starts_with(&prefix)) {
+            break;
+        }
+        released.await;
     }
     let Ok(bytes) = tokio::fs::read(state.models.join(rest)).await else {
         record(&state, path, 404, true);
