@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use clap::{Parser, Subcommand};
+use orfeas_engine::pipeline;
 use orfeas_engine::weights::pack::{self, MAX_SHARD_SIZE, MIN_SHARD_SIZE, PackOptions};
 use orfeas_engine::weights::source::{DirSource, HttpSource};
 use orfeas_engine::weights::{INDEX_FILE, ShardSource, load_all};
@@ -24,201 +25,242 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Pack safetensors file(s) into an Orfeas shard set (F16, hashed, with an index).
-    Pack {
-        /// Input .safetensors files or folders holding them.
-        #[arg(required = true)]
-        inputs: Vec<PathBuf>,
-        /// Output folder for the shards and model.safetensors.index.json.
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Target shard size in MiB (16-64).
-        #[arg(long, default_value_t = 32)]
-        shard_size: u64,
-        /// Model id recorded in the index.
-        #[arg(long, default_value = "model")]
-        model_id: String,
-        /// Model version recorded in the index.
-        #[arg(long, default_value = "1")]
-        model_version: String,
-        /// JSON file with the model's config, stored in the index.
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    Pack(PackArgs),
     /// Re-hash every shard of a shard set and report any that do not match the index.
-    Verify {
-        /// Folder with model.safetensors.index.json, or a converted shape model (its
-        /// conditioner/, denoiser/ and vae/ sets are each checked).
-        dir: PathBuf,
-    },
+    Verify(VerifyArgs),
     /// Serve the original studio's HTTP API (and the web app, and the shard sets) while the
     /// models load in the background.
-    Serve {
-        /// Address to listen on; 127.0.0.1 keeps it local, 0.0.0.0:PORT exposes it.
-        #[arg(long, default_value = "127.0.0.1:8000")]
-        bind: std::net::SocketAddr,
-        /// Folder of models, one sub-folder each: a shard set (e.g. isnet-medium from
-        /// `convert-isnet`) or a converted shape model (conditioner/, denoiser/, vae/ from
-        /// `convert`). Served at /models/ as well, for the web app.
-        #[arg(long)]
-        models: Option<PathBuf>,
-        /// The built web app to serve at / (`trunk build --release` writes dist/).
-        #[arg(long)]
-        web: Option<PathBuf>,
-        #[command(flatten)]
-        device: DeviceArgs,
-        /// Generation requests that may wait in the queue (more get 429).
-        #[arg(long, default_value_t = 8)]
-        queue: usize,
-        /// Largest upload accepted, in MB (more gets 413, whatever the framing).
-        #[arg(long, default_value_t = 32)]
-        max_upload_mb: usize,
-        /// Most sampler steps a request may ask for.
-        #[arg(long, default_value_t = 100)]
-        max_steps: u32,
-        /// Largest octree resolution a request may ask for.
-        #[arg(long, default_value_t = 512)]
-        max_octree: u32,
-        /// A job still running after this many seconds is stopped at its next step (0: never).
-        #[arg(long, default_value_t = 1800)]
-        job_timeout: u64,
-        /// Finished jobs kept for their results (older ones are evicted first).
-        #[arg(long, default_value_t = 64)]
-        keep_jobs: usize,
-        /// Seconds a finished job's result is kept (then: 410 Gone).
-        #[arg(long, default_value_t = 3600)]
-        keep_results_s: u64,
-        /// Seconds an upload may take to arrive (then: 408).
-        #[arg(long, default_value_t = 60)]
-        upload_timeout_s: u64,
-        /// A web origin (scheme://host[:port]) whose pages may post jobs, besides the server's
-        /// own. Repeatable.
-        #[arg(long)]
-        allow_origin: Vec<String>,
-        /// A host name this server answers to, besides loopback names, IP literals and the
-        /// --bind address (names are checked against DNS rebinding). Repeatable.
-        #[arg(long)]
-        allow_host: Vec<String>,
-        /// Read model shards at most this many MiB/s (to demo or test the loading state).
-        #[arg(long)]
-        load_throttle_mibps: Option<f64>,
-    },
+    Serve(ServeArgs),
     /// Convert an official Hunyuan3D checkpoint (model.fp16.ckpt, or its .safetensors repack)
     /// and its config.yaml into three fp16 shard sets: conditioner/, denoiser/, vae/.
-    Convert {
-        /// The bundled checkpoint ({model, vae, conditioner}); read without running pickle code.
-        checkpoint: PathBuf,
-        /// The checkpoint's config.yaml.
-        #[arg(long)]
-        config: PathBuf,
-        /// Output folder (gets conditioner/, denoiser/ and vae/).
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Target shard size in MiB (16-64).
-        #[arg(long, default_value_t = 32)]
-        shard_size: u64,
-    },
+    Convert(ConvertArgs),
     /// Write a checkpoint in an official Hunyuan3D variant's layout (its config.yaml, real
     /// tensor names and shapes) filled with seeded random F16 weights: for tests and benchmarks
     /// of `convert` and the engine at real sizes when no real checkpoint is at hand.
-    Synthesize {
-        /// The official variant whose layout to write.
-        #[arg(long, value_enum)]
-        variant: crate::synthetic::Variant,
-        /// The same layout at small depth and width (image sizes stay real).
-        #[arg(long)]
-        reduced: bool,
-        /// A torch zip checkpoint (model.fp16.ckpt) or the safetensors repack.
-        #[arg(long, value_enum, default_value_t = crate::synthetic::Format::Ckpt)]
-        format: crate::synthetic::Format,
-        /// Seed of the random weights.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Write only config.yaml.
-        #[arg(long)]
-        config_only: bool,
-        /// Output folder (gets config.yaml and the checkpoint).
-        #[arg(short, long)]
-        output: PathBuf,
-    },
+    Synthesize(SynthesizeArgs),
     /// Convert the ISNet background-removal model from the npm package
     /// @imgly/background-removal-data@1.4.5 (its dist/ folder) into a shard set; does nothing
     /// when the output already holds a verified conversion.
-    ConvertIsnet {
-        /// The package's dist/ folder (resources.json and the sha256-named chunks).
-        dist: PathBuf,
-        /// Output folder for the shard set.
-        #[arg(short, long)]
-        output: PathBuf,
-    },
+    ConvertIsnet(ConvertIsnetArgs),
     /// Cut the object out of an image with ISNet: a PNG with the matte as alpha.
-    RemoveBg {
-        /// PNG, JPEG or WebP.
-        image: PathBuf,
-        /// The cut-out, a .png.
-        #[arg(short, long)]
-        output: PathBuf,
-        /// The converted ISNet shard set (default: $ORFEAS_ISNET or
-        /// ~/.cache/orfeas/models/isnet-medium, where the set-up puts it).
-        #[arg(long)]
-        isnet: Option<PathBuf>,
-        /// Run the model even when the image already has transparency.
-        #[arg(long)]
-        force: bool,
-        #[command(flatten)]
-        device: DeviceArgs,
-    },
+    RemoveBg(RemoveBgArgs),
     /// Generate a mesh from an image with a converted shape model.
-    Generate {
-        /// PNG, JPEG or WebP; an RGBA cut-out keeps its alpha as the object's outline.
-        image: PathBuf,
-        /// A folder written by `orfeas convert`.
-        #[arg(long)]
-        model: PathBuf,
-        /// The mesh file: .glb, .obj, .stl or .ply.
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Sampler steps (default: the model's own, 5 for turbo checkpoints, else 30).
-        #[arg(long)]
-        steps: Option<usize>,
-        /// Classifier-free guidance scale (the guidance input for fast/turbo models).
-        #[arg(long, default_value_t = 5.0)]
-        guidance: f32,
-        /// Octree resolution: the field is sampled on (R + 1)³ points.
-        #[arg(long, default_value_t = 256)]
-        octree_resolution: usize,
-        #[arg(long, default_value_t = 1234)]
-        seed: u64,
-        /// Field points per decoder call.
-        #[arg(long, default_value_t = 8000)]
-        num_chunks: usize,
-        /// Query every grid point instead of coarse-to-fine (same mesh, slower).
-        #[arg(long)]
-        dense: bool,
-        /// Fine cells per coarse cell (coarse-to-fine); 0 picks R / 64, between 1 and 4.
-        #[arg(long, default_value_t = 0)]
-        coarse_stride: usize,
-        /// Reduce to at most this many faces; 0 keeps them all.
-        #[arg(long, default_value_t = 40_000)]
-        max_faces: usize,
-        /// ISNet weights for images without transparency (default: $ORFEAS_ISNET or
-        /// ~/.cache/orfeas/models/isnet-medium; without them the whole picture is the object).
-        #[arg(long)]
-        isnet: Option<PathBuf>,
-        #[command(flatten)]
-        device: DeviceArgs,
-    },
+    Generate(GenerateArgs),
     /// Stream a shard set onto a device with the engine's loader (a load check, and a demo).
-    Load {
-        /// A shard-set folder, or an http:// URL of one.
-        from: String,
-        #[command(flatten)]
-        device: DeviceArgs,
-    },
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PackArgs {
+    /// Input .safetensors files or folders holding them.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Output folder for the shards and model.safetensors.index.json.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Target shard size in MiB (16-64).
+    #[arg(long, default_value_t = 32)]
+    shard_size: u64,
+    /// Model id recorded in the index.
+    #[arg(long, default_value = "model")]
+    model_id: String,
+    /// Model version recorded in the index.
+    #[arg(long, default_value = "1")]
+    model_version: String,
+    /// JSON file with the model's config, stored in the index.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyArgs {
+    /// Folder with model.safetensors.index.json, or a converted shape model (its
+    /// conditioner/, denoiser/ and vae/ sets are each checked).
+    dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on; 127.0.0.1 keeps it local, 0.0.0.0:PORT exposes it.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    bind: std::net::SocketAddr,
+    /// Folder of models, one sub-folder each: a shard set (e.g. isnet-medium from
+    /// `convert-isnet`) or a converted shape model (conditioner/, denoiser/, vae/ from
+    /// `convert`). Served at /models/ as well, for the web app.
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// The built web app to serve at / (`trunk build --release` writes dist/).
+    #[arg(long)]
+    web: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Generation requests that may wait in the queue (more get 429).
+    #[arg(long, default_value_t = 8)]
+    queue: usize,
+    /// Largest upload accepted, in MB (more gets 413, whatever the framing).
+    #[arg(long, default_value_t = 32)]
+    max_upload_mb: usize,
+    /// Most sampler steps a request may ask for.
+    #[arg(long, default_value_t = 100)]
+    max_steps: u32,
+    /// Largest octree resolution a request may ask for.
+    #[arg(long, default_value_t = 512)]
+    max_octree: u32,
+    /// A job still running after this many seconds is stopped at its next step (0: never).
+    #[arg(long, default_value_t = 1800)]
+    job_timeout: u64,
+    /// Finished jobs kept for their results (older ones are evicted first).
+    #[arg(long, default_value_t = 64)]
+    keep_jobs: usize,
+    /// Seconds a finished job's result is kept (then: 410 Gone).
+    #[arg(long, default_value_t = 3600)]
+    keep_results_s: u64,
+    /// Seconds an upload may take to arrive (then: 408).
+    #[arg(long, default_value_t = 60)]
+    upload_timeout_s: u64,
+    /// A web origin (scheme://host[:port]) whose pages may post jobs, besides the server's
+    /// own. Repeatable.
+    #[arg(long)]
+    allow_origin: Vec<String>,
+    /// A host name this server answers to, besides loopback names, IP literals and the
+    /// --bind address (names are checked against DNS rebinding). Repeatable.
+    #[arg(long)]
+    allow_host: Vec<String>,
+    /// Read model shards at most this many MiB/s (to demo or test the loading state).
+    #[arg(long)]
+    load_throttle_mibps: Option<f64>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ConvertArgs {
+    /// The bundled checkpoint ({model, vae, conditioner}); read without running pickle code.
+    checkpoint: PathBuf,
+    /// The checkpoint's config.yaml.
+    #[arg(long)]
+    config: PathBuf,
+    /// Output folder (gets conditioner/, denoiser/ and vae/).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Target shard size in MiB (16-64).
+    #[arg(long, default_value_t = 32)]
+    shard_size: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct SynthesizeArgs {
+    /// The official variant whose layout to write.
+    #[arg(long, value_enum)]
+    variant: crate::synthetic::Variant,
+    /// The same layout at small depth and width (image sizes stay real).
+    #[arg(long)]
+    reduced: bool,
+    /// A torch zip checkpoint (model.fp16.ckpt) or the safetensors repack.
+    #[arg(long, value_enum, default_value_t = crate::synthetic::Format::Ckpt)]
+    format: crate::synthetic::Format,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write only config.yaml.
+    #[arg(long)]
+    config_only: bool,
+    /// Output folder (gets config.yaml and the checkpoint).
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct ConvertIsnetArgs {
+    /// The package's dist/ folder (resources.json and the sha256-named chunks).
+    dist: PathBuf,
+    /// Output folder for the shard set.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct RemoveBgArgs {
+    /// PNG, JPEG or WebP.
+    image: PathBuf,
+    /// The cut-out, a .png.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// The converted ISNet shard set (default: $ORFEAS_ISNET or
+    /// ~/.cache/orfeas/models/isnet-medium, where the set-up puts it).
+    #[arg(long)]
+    isnet: Option<PathBuf>,
+    /// Run the model even when the image already has transparency.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct GenerateArgs {
+    /// PNG, JPEG or WebP; an RGBA cut-out keeps its alpha as the object's outline.
+    image: PathBuf,
+    /// A folder written by `orfeas convert`.
+    #[arg(long)]
+    model: PathBuf,
+    /// The mesh file: .glb, .obj, .stl or .ply.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Sampler steps (default: the model's own, 5 for turbo checkpoints, else 30).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale (the guidance input for fast/turbo models).
+    #[arg(long, default_value_t = pipeline::DEFAULT_GUIDANCE)]
+    guidance: f32,
+    /// Octree resolution: the field is sampled on (R + 1)³ points.
+    #[arg(long, default_value_t = pipeline::DEFAULT_OCTREE_RESOLUTION)]
+    octree_resolution: usize,
+    #[arg(long, default_value_t = pipeline::DEFAULT_SEED)]
+    seed: u64,
+    /// Field points per decoder call.
+    #[arg(long, default_value_t = pipeline::DEFAULT_CHUNK)]
+    num_chunks: usize,
+    /// Query every grid point instead of coarse-to-fine (same mesh, slower).
+    #[arg(long)]
+    dense: bool,
+    /// Fine cells per coarse cell (coarse-to-fine); 0 picks R / 64, between 1 and 4.
+    #[arg(long, default_value_t = 0)]
+    coarse_stride: usize,
+    /// Reduce to at most this many faces; 0 keeps them all.
+    #[arg(long, default_value_t = orfeas_engine::mesh::cleanup::MAX_FACES)]
+    max_faces: usize,
+    /// ISNet weights for images without transparency (default: $ORFEAS_ISNET or
+    /// ~/.cache/orfeas/models/isnet-medium; without them the whole picture is the object).
+    #[arg(long)]
+    isnet: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct LoadArgs {
+    /// A shard-set folder, or an http:// URL of one.
+    from: String,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve {
+        Command::Pack(args) => args.run(),
+        Command::Verify(args) => args.run(),
+        Command::Serve(args) => args.run(),
+        Command::Convert(args) => args.run(),
+        Command::Synthesize(args) => args.run(),
+        Command::ConvertIsnet(args) => args.run(),
+        Command::RemoveBg(args) => args.run(),
+        Command::Generate(args) => args.run(),
+        Command::Load(args) => args.run(),
+    }
+}
+
+impl ServeArgs {
+    fn run(self) -> Result<()> {
+        let Self {
             bind,
             models,
             web,
@@ -234,189 +276,214 @@ pub fn run(cli: Cli) -> Result<()> {
             allow_origin,
             allow_host,
             load_throttle_mibps,
-        } => {
-            let compute = device.open()?;
-            let options = crate::server::ServeOptions {
-                bind,
-                models,
-                web,
-                device: compute.device,
-                dtype: compute.dtype,
-                capacity: compute.capacity,
-                limits: crate::server::RequestLimits {
-                    max_upload_bytes: max_upload_mb << 20,
-                    max_steps: max_steps.max(1),
-                    max_octree: max_octree.max(16),
-                    body_timeout: std::time::Duration::from_secs(upload_timeout_s.max(1)),
-                },
-                jobs: crate::server::jobs::JobLimits {
-                    queue,
-                    retain: keep_jobs,
-                    retain_for: std::time::Duration::from_secs(keep_results_s),
-                    timeout: (job_timeout > 0).then(|| std::time::Duration::from_secs(job_timeout)),
-                },
-                access: crate::server::guard::Access {
-                    hosts: allow_host.iter().map(|h| h.to_ascii_lowercase()).collect(),
-                    origins: allow_origin,
-                },
-                load_throttle: load_throttle_mibps.map(|m| (m * (1 << 20) as f64) as u64),
-            };
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(crate::server::serve(options))
-        }
-        Command::Pack {
+        } = self;
+
+        let compute = device.open()?;
+        let options = crate::server::ServeOptions {
+            bind,
+            models,
+            web,
+            device: compute.device,
+            dtype: compute.dtype,
+            capacity: compute.capacity,
+            limits: crate::server::RequestLimits {
+                max_upload_bytes: max_upload_mb << 20,
+                max_steps: max_steps.max(1),
+                max_octree: max_octree.max(16),
+                body_timeout: std::time::Duration::from_secs(upload_timeout_s.max(1)),
+            },
+            jobs: crate::server::jobs::JobLimits {
+                queue,
+                retain: keep_jobs,
+                retain_for: std::time::Duration::from_secs(keep_results_s),
+                timeout: (job_timeout > 0).then(|| std::time::Duration::from_secs(job_timeout)),
+            },
+            access: crate::server::guard::Access {
+                hosts: allow_host.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                origins: allow_origin,
+            },
+            load_throttle: load_throttle_mibps.map(|m| (m * (1 << 20) as f64) as u64),
+        };
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::server::serve(options))
+    }
+}
+
+impl PackArgs {
+    fn run(self) -> Result<()> {
+        let Self {
             inputs,
             output,
             shard_size,
             model_id,
             model_version,
             config,
-        } => {
-            let shard_size = shard_size << 20;
-            if !(MIN_SHARD_SIZE..=MAX_SHARD_SIZE).contains(&shard_size) {
-                bail!("--shard-size must be between 16 and 64 (MiB)");
-            }
-            let config = match config {
-                Some(path) => serde_json::from_slice(
-                    &std::fs::read(&path).with_context(|| path.display().to_string())?,
-                )
-                .with_context(|| format!("{}: not JSON", path.display()))?,
-                None => serde_json::Value::Null,
-            };
-            let options = PackOptions {
-                shard_size,
-                model_id,
-                version: model_version,
-                config,
-            };
-            let bar = bytes_bar(0, "pack");
-            let index = pack::pack(&inputs, &output, &options, |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })?;
-            bar.finish_and_clear();
-            println!(
-                "packed {} tensors into {} shards ({} bytes) in {}",
-                index.tensor_count(),
-                index.shards.len(),
-                index.total_bytes(),
-                output.display()
-            );
-            Ok(())
+        } = self;
+
+        let shard_size = shard_size << 20;
+        if !(MIN_SHARD_SIZE..=MAX_SHARD_SIZE).contains(&shard_size) {
+            bail!("--shard-size must be between 16 and 64 (MiB)");
         }
-        Command::Convert {
+        let config = match config {
+            Some(path) => serde_json::from_slice(
+                &std::fs::read(&path).with_context(|| path.display().to_string())?,
+            )
+            .with_context(|| format!("{}: not JSON", path.display()))?,
+            None => serde_json::Value::Null,
+        };
+        let options = PackOptions {
+            shard_size,
+            model_id,
+            version: model_version,
+            config,
+        };
+        let bar = bytes_bar(0, "pack");
+        let index = pack::pack(&inputs, &output, &options, |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })?;
+        bar.finish_and_clear();
+        println!(
+            "packed {} tensors into {} shards ({} bytes) in {}",
+            index.tensor_count(),
+            index.shards.len(),
+            index.total_bytes(),
+            output.display()
+        );
+        Ok(())
+    }
+}
+
+impl ConvertArgs {
+    fn run(self) -> Result<()> {
+        let Self {
             checkpoint,
             config,
             output,
             shard_size,
-        } => {
-            let shard_size = shard_size << 20;
-            if !(MIN_SHARD_SIZE..=MAX_SHARD_SIZE).contains(&shard_size) {
-                bail!("--shard-size must be between 16 and 64 (MiB)");
-            }
-            let bar = bytes_bar(0, "convert");
-            let converted = crate::convert::convert(
-                &checkpoint,
-                &config,
-                &output,
-                shard_size,
-                |done, total| {
-                    bar.set_length(total);
-                    bar.set_position(done);
-                },
-            );
-            bar.finish_and_clear();
-            let converted = converted?;
-            println!(
-                "Hunyuan3D-{} ({}) → {}",
-                converted.variant.name,
-                converted.variant.architecture,
-                output.display()
-            );
-            for (component, tensors, bytes) in &converted.sets {
-                println!("  {component}: {tensors} tensors, {bytes} bytes");
-            }
-            if !converted.skipped.is_empty() {
-                println!(
-                    "  skipped {} tensors that image-to-3D does not use (the VAE's point-cloud \
-                     encoder): {}",
-                    converted.skipped.len(),
-                    crate::convert::summarize(&converted.skipped)
-                );
-            }
-            Ok(())
+        } = self;
+
+        let shard_size = shard_size << 20;
+        if !(MIN_SHARD_SIZE..=MAX_SHARD_SIZE).contains(&shard_size) {
+            bail!("--shard-size must be between 16 and 64 (MiB)");
         }
-        Command::Synthesize {
+        let bar = bytes_bar(0, "convert");
+        let converted =
+            crate::convert::convert(&checkpoint, &config, &output, shard_size, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            });
+        bar.finish_and_clear();
+        let converted = converted?;
+        println!(
+            "Hunyuan3D-{} ({}) → {}",
+            converted.variant.name,
+            converted.variant.architecture,
+            output.display()
+        );
+        for (component, tensors, bytes) in &converted.sets {
+            println!("  {component}: {tensors} tensors, {bytes} bytes");
+        }
+        if !converted.skipped.is_empty() {
+            println!(
+                "  skipped {} tensors that image-to-3D does not use (the VAE's point-cloud \
+                     encoder): {}",
+                converted.skipped.len(),
+                crate::convert::summarize(&converted.skipped)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl SynthesizeArgs {
+    fn run(self) -> Result<()> {
+        let Self {
             variant,
             reduced,
             format,
             seed,
             config_only,
             output,
-        } => {
-            if config_only {
-                std::fs::create_dir_all(&output)?;
-                std::fs::write(output.join("config.yaml"), variant.config_yaml(reduced))?;
-                return Ok(());
-            }
-            let bar = bytes_bar(0, variant.name());
-            let (path, entries) =
-                crate::synthetic::write(variant, reduced, format, &output, seed, |done, total| {
-                    bar.set_length(total);
-                    bar.set_position(done);
-                })?;
-            bar.finish_and_clear();
-            let (all, used) = crate::synthetic::sizes(&entries);
-            println!(
-                "Hunyuan3D-{} layout ({}{}): {} ({} tensors, {all} bytes of f16; {used} used by \
-                 image-to-3D) and {}",
-                variant.name(),
-                variant.source(),
-                if reduced { ", reduced" } else { "" },
-                path.display(),
-                entries.len(),
-                output.join("config.yaml").display()
-            );
-            Ok(())
+        } = self;
+
+        if config_only {
+            std::fs::create_dir_all(&output)?;
+            std::fs::write(output.join("config.yaml"), variant.config_yaml(reduced))?;
+            return Ok(());
         }
-        Command::ConvertIsnet { dist, output } => {
-            let bar = bytes_bar(0, "isnet");
-            let converted = crate::isnet::convert(&dist, &output, |done, total| {
+        let bar = bytes_bar(0, variant.name());
+        let (path, entries) =
+            crate::synthetic::write(variant, reduced, format, &output, seed, |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
-            });
-            bar.finish_and_clear();
-            if converted? {
-                println!(
-                    "converted ISNet ({}) into {}",
-                    crate::isnet::NPM_PACKAGE,
-                    output.display()
-                );
-            } else {
-                println!("{}: already converted and verified", output.display());
-            }
-            Ok(())
+            })?;
+        bar.finish_and_clear();
+        let (all, used) = crate::synthetic::sizes(&entries);
+        println!(
+            "Hunyuan3D-{} layout ({}{}): {} ({} tensors, {all} bytes of f16; {used} used by \
+                 image-to-3D) and {}",
+            variant.name(),
+            variant.source(),
+            if reduced { ", reduced" } else { "" },
+            path.display(),
+            entries.len(),
+            output.join("config.yaml").display()
+        );
+        Ok(())
+    }
+}
+
+impl ConvertIsnetArgs {
+    fn run(self) -> Result<()> {
+        let Self { dist, output } = self;
+
+        let bar = bytes_bar(0, "isnet");
+        let converted = crate::isnet::convert(&dist, &output, |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        });
+        bar.finish_and_clear();
+        if converted? {
+            println!(
+                "converted ISNet ({}) into {}",
+                crate::isnet::NPM_PACKAGE,
+                output.display()
+            );
+        } else {
+            println!("{}: already converted and verified", output.display());
         }
-        Command::RemoveBg {
+        Ok(())
+    }
+}
+
+impl RemoveBgArgs {
+    fn run(self) -> Result<()> {
+        let Self {
             image,
             output,
             isnet,
             force,
             device,
-        } => {
-            let compute = device.open()?;
-            crate::remove_bg::run(
-                &image,
-                &output,
-                &isnet.unwrap_or_else(crate::remove_bg::default_isnet_dir),
-                force,
-                &compute.device,
-                compute.dtype,
-            )
-        }
-        Command::Generate {
+        } = self;
+
+        let compute = device.open()?;
+        crate::remove_bg::run(
+            &image,
+            &output,
+            &isnet.unwrap_or_else(crate::remove_bg::default_isnet_dir),
+            force,
+            &compute.device,
+            compute.dtype,
+        )
+    }
+}
+
+impl GenerateArgs {
+    fn run(self) -> Result<()> {
+        let Self {
             image,
             model,
             output,
@@ -430,7 +497,8 @@ pub fn run(cli: Cli) -> Result<()> {
             max_faces,
             isnet,
             device,
-        } => crate::generate::run(crate::generate::GenerateArgs {
+        } = self;
+        crate::generate::run(crate::generate::GenerateArgs {
             image,
             model,
             output,
@@ -446,52 +514,62 @@ pub fn run(cli: Cli) -> Result<()> {
             max_faces,
             isnet: isnet.unwrap_or_else(crate::remove_bg::default_isnet_dir),
             compute: device.open()?,
-        }),
-        Command::Verify { dir } => {
-            // A converted shape model is three shard sets: verify each.
-            let parts = orfeas_engine::pipeline::COMPONENTS;
-            let sets: Vec<(String, PathBuf)> = if !dir.join(INDEX_FILE).is_file()
-                && parts.iter().all(|p| dir.join(p).join(INDEX_FILE).is_file())
-            {
-                parts
-                    .iter()
-                    .map(|p| (format!("{p}/"), dir.join(p)))
-                    .collect()
-            } else {
-                vec![(String::new(), dir.clone())]
-            };
-            let mut problems = Vec::new();
-            for (prefix, set) in &sets {
-                problems.extend(
-                    pack::verify_dir(set)?
-                        .into_iter()
-                        .map(|p| format!("{prefix}{p}")),
-                );
-            }
-            if problems.is_empty() {
-                println!("{}: all shards verify", dir.display());
-                Ok(())
-            } else {
-                for p in &problems {
-                    eprintln!("{p}");
-                }
-                bail!("{} shard(s) failed verification", problems.len())
-            }
+        })
+    }
+}
+
+impl VerifyArgs {
+    fn run(self) -> Result<()> {
+        let Self { dir } = self;
+
+        // A converted shape model is three shard sets: verify each.
+        let parts = orfeas_engine::pipeline::COMPONENTS;
+        let sets: Vec<(String, PathBuf)> = if !dir.join(INDEX_FILE).is_file()
+            && parts.iter().all(|p| dir.join(p).join(INDEX_FILE).is_file())
+        {
+            parts
+                .iter()
+                .map(|p| (format!("{p}/"), dir.join(p)))
+                .collect()
+        } else {
+            vec![(String::new(), dir.clone())]
+        };
+        let mut problems = Vec::new();
+        for (prefix, set) in &sets {
+            problems.extend(
+                pack::verify_dir(set)?
+                    .into_iter()
+                    .map(|p| format!("{prefix}{p}")),
+            );
         }
-        Command::Load { from, device } => {
-            let compute = device.open()?;
-            let (device, dtype) = (compute.device, compute.dtype);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                if from.starts_with("http://") || from.starts_with("https://") {
-                    load(&HttpSource::new(from), &device, dtype).await
-                } else {
-                    load(&DirSource::new(from), &device, dtype).await
-                }
-            })
+        if problems.is_empty() {
+            println!("{}: all shards verify", dir.display());
+            Ok(())
+        } else {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            bail!("{} shard(s) failed verification", problems.len())
         }
+    }
+}
+
+impl LoadArgs {
+    fn run(self) -> Result<()> {
+        let Self { from, device } = self;
+
+        let compute = device.open()?;
+        let (device, dtype) = (compute.device, compute.dtype);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            if from.starts_with("http://") || from.starts_with("https://") {
+                load(&HttpSource::new(from), &device, dtype).await
+            } else {
+                load(&DirSource::new(from), &device, dtype).await
+            }
+        })
     }
 }
 

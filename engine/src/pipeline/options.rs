@@ -14,6 +14,8 @@ pub const TURBO_STEPS: usize = 5;
 pub const DEFAULT_GUIDANCE: f32 = 5.0;
 pub const DEFAULT_OCTREE_RESOLUTION: usize = 256;
 pub const DEFAULT_SEED: u64 = 1234;
+/// Field queries per decoder call (the official `num_chunks`).
+pub const DEFAULT_CHUNK: usize = 8000;
 
 /// What a request may ask for. A server may narrow steps and octree further
 /// (`--max-steps`, `--max-octree`).
@@ -108,7 +110,7 @@ impl Default for GenerateOptions {
             guidance: DEFAULT_GUIDANCE,
             resolution: DEFAULT_OCTREE_RESOLUTION,
             seed: DEFAULT_SEED,
-            chunk: 8000,
+            chunk: DEFAULT_CHUNK,
             dense: false,
             coarse_stride: 0,
         }
