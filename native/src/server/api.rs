@@ -26,21 +26,144 @@ pub use orfeas_engine::input::{MAX_PIXELS, MAX_SIDE};
 /// in the queue.
 pub const WORKING_SIDE: u32 = 2048;
 
-fn error(status: StatusCode, message: impl Into<String>, kind: &str) -> Response {
-    (
-        status,
-        Json(json!({ "error": message.into(), "status": kind })),
-    )
-        .into_response()
+/// Every error the API answers with, in one place: its status, its JSON body (`error` and
+/// `status`, which the original studio's clients read) and its headers (`Retry-After` on the
+/// retryable ones; `Connection: close` where the rest of an upload is not read).
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: malformed or out of range; the message names the problem.
+    BadRequest(String),
+    /// 413: an upload over the limit.
+    TooLarge(String),
+    /// 408: an upload slower than the timeout.
+    UploadTimeout { seconds: u64 },
+    /// 503 while the models load, retry after their ETA.
+    ModelsLoading { retry_after_s: u32, models: Value },
+    /// 503: a model the request needs failed or is absent.
+    ModelsNotReady { model: String, reason: String },
+    /// 429: the queue is full.
+    QueueFull,
+    /// 500: the queue is closed (the server is stopping).
+    QueueClosed,
+    /// 404: a job id never issued.
+    UnknownJob(String),
+    /// 410: a finished job whose result was evicted.
+    EvictedJob(String),
+    /// 500: the job failed.
+    JobFailed(String),
+    /// 503: the job was cancelled.
+    JobCancelled(String),
+    /// 409: the request conflicts with the job's or model's state.
+    Conflict(String),
+    /// 404: no such model.
+    UnknownModel(String),
+    /// 503: this server cannot do it.
+    Unavailable(String),
 }
 
-/// A 503 or 429 with both the header and the JSON field the original clients read.
-fn retry_later(status: StatusCode, body: Value, retry_after_s: u32) -> Response {
-    let mut response = (status, Json(body)).into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
-    response
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UploadTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::ModelsLoading { .. }
+            | ApiError::ModelsNotReady { .. }
+            | ApiError::JobCancelled(_)
+            | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueClosed | ApiError::JobFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::UnknownJob(_) | ApiError::UnknownModel(_) => StatusCode::NOT_FOUND,
+            ApiError::EvictedJob(_) => StatusCode::GONE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+        }
+    }
+}
+
+impl ApiError {
+    /// The `status` field: what a client switches on.
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::UploadTimeout { .. } => "timeout",
+            ApiError::ModelsLoading { .. } => "models_loading",
+            ApiError::ModelsNotReady { .. } => "models_not_ready",
+            ApiError::QueueFull => "queue_full",
+            ApiError::QueueClosed => "queue_closed",
+            ApiError::UnknownJob(_) => "not_found",
+            ApiError::EvictedJob(_) => "gone",
+            ApiError::JobFailed(_) => "failed",
+            ApiError::JobCancelled(_) => "cancelled",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::UnknownModel(_) => "unknown_model",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The `error` field: what a person reads.
+    fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::TooLarge(m)
+            | ApiError::JobFailed(m)
+            | ApiError::Conflict(m)
+            | ApiError::UnknownModel(m)
+            | ApiError::Unavailable(m) => m.clone(),
+            ApiError::UploadTimeout { seconds } => {
+                format!("the upload took longer than {seconds} s")
+            }
+            ApiError::ModelsLoading { .. } => {
+                "AI models still loading, wait a few seconds...".into()
+            }
+            ApiError::ModelsNotReady { reason, .. } => format!("AI models not ready: {reason}"),
+            ApiError::QueueFull => "the generation queue is full, try again shortly".into(),
+            ApiError::QueueClosed => {
+                "the generation queue is closed (the server is stopping)".into()
+            }
+            ApiError::UnknownJob(id) => format!("no job {id}"),
+            ApiError::EvictedJob(id) => format!(
+                "job {id} finished and its result was discarded (results are kept for a while)"
+            ),
+            ApiError::JobCancelled(reason) => format!("the job was cancelled: {reason}"),
+        }
+    }
+
+    /// Seconds a client should wait before trying again, where trying again can work.
+    fn retry_after_s(&self) -> Option<u32> {
+        match self {
+            ApiError::ModelsLoading { retry_after_s, .. } => Some((*retry_after_s).max(1)),
+            ApiError::ModelsNotReady { .. } => Some(30),
+            ApiError::QueueFull => Some(5),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message(), "status": self.kind() });
+        match &self {
+            ApiError::ModelsLoading { models, .. } => body["models"] = models.clone(),
+            ApiError::ModelsNotReady { model, .. } => body["model"] = json!(model),
+            _ => {}
+        }
+        if let Some(seconds) = self.retry_after_s()
+            && !matches!(self, ApiError::ModelsNotReady { .. })
+        {
+            body["retry_after"] = json!(seconds);
+        }
+        let mut response = (self.status(), Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Some(seconds) = self.retry_after_s() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        // The rest of a refused upload is not read: say the connection ends here.
+        if matches!(self, ApiError::TooLarge(_) | ApiError::UploadTimeout { .. }) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
 }
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
@@ -82,62 +205,38 @@ pub async fn generate(
     // Models first, as the original did: a loading server answers at once, whatever the body.
     if let Some(not_ready) = state.models.not_ready() {
         return match not_ready.kind {
-            NotReadyKind::Loading => retry_later(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({
-                    "error": "AI models still loading, wait a few seconds...",
-                    "status": "models_loading",
-                    "retry_after": not_ready.retry_after_s,
-                    "models": state.models.describe(),
-                }),
-                not_ready.retry_after_s,
-            ),
-            NotReadyKind::NotReady => retry_later(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({
-                    "error": format!("AI models not ready: {}", not_ready.message),
-                    "status": "models_not_ready",
-                    "model": not_ready.model,
-                }),
-                30,
-            ),
-        };
+            NotReadyKind::Loading => ApiError::ModelsLoading {
+                retry_after_s: not_ready.retry_after_s,
+                models: state.models.describe(),
+            },
+            NotReadyKind::NotReady => ApiError::ModelsNotReady {
+                model: not_ready.model,
+                reason: not_ready.message,
+            },
+        }
+        .into_response();
     }
     // A full queue answers before the upload is read or decoded.
     if let Some(refused) = state.jobs.full() {
-        return queue_refusal(refused);
+        return queue_refusal(refused).into_response();
     }
     let read = tokio::time::timeout(state.limits.body_timeout, read_input(&state, request));
     let input = match read.await {
         Ok(Ok(input)) => input,
-        Ok(Err(response)) => return response,
+        Ok(Err(refused)) => return refused.into_response(),
         Err(_) => {
-            return closing(error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the upload took longer than {} s",
-                    state.limits.body_timeout.as_secs()
-                ),
-                "timeout",
-            ));
+            let seconds = state.limits.body_timeout.as_secs();
+            return ApiError::UploadTimeout { seconds }.into_response();
         }
     };
     // Loaded, but without a model this request needs (e.g. no shape model at all).
     if let Some((model, reason)) = state.jobs.unavailable(&input) {
-        return retry_later(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({
-                "error": format!("AI models not ready: {reason}"),
-                "status": "models_not_ready",
-                "model": model,
-            }),
-            30,
-        );
+        return ApiError::ModelsNotReady { model, reason }.into_response();
     }
     let format = input.params.format;
     let id = match state.jobs.submit(input) {
         Ok(id) => id,
-        Err(refused) => return queue_refusal(refused),
+        Err(refused) => return queue_refusal(refused).into_response(),
     };
     let wait = matches!(query.wait.as_deref(), Some("true" | "1" | "yes"));
     if !wait {
@@ -159,66 +258,20 @@ pub async fn generate(
     match state.jobs.wait(&id).await {
         Some(JobStatus::Done) => match state.jobs.result(&id) {
             Lookup::Found(Ok(file)) => mesh_response(&id, file),
-            _ => error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "result missing",
-                "failed",
-            ),
+            _ => ApiError::JobFailed("result missing".into()).into_response(),
         },
-        Some(JobStatus::Failed { error: reason }) => {
-            error(StatusCode::INTERNAL_SERVER_ERROR, reason, "failed")
-        }
-        Some(JobStatus::Cancelled { reason }) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the job was cancelled: {reason}"),
-            "cancelled",
-        ),
-        _ => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{id} vanished ({format:?})"),
-            "failed",
-        ),
+        Some(JobStatus::Failed { error: reason }) => ApiError::JobFailed(reason).into_response(),
+        Some(JobStatus::Cancelled { reason }) => ApiError::JobCancelled(reason).into_response(),
+        _ => ApiError::JobFailed(format!("{id} vanished ({format:?})")).into_response(),
     }
 }
 
 /// 429 for a full queue (try again), 500 when the runner is gone (the server's fault).
-fn queue_refusal(refused: SubmitError) -> Response {
+fn queue_refusal(refused: SubmitError) -> ApiError {
     match refused {
-        SubmitError::Full => retry_later(
-            StatusCode::TOO_MANY_REQUESTS,
-            json!({
-                "error": "the generation queue is full, try again shortly",
-                "status": "queue_full",
-                "retry_after": 5,
-            }),
-            5,
-        ),
-        SubmitError::Closed => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the generation queue is closed (the server is stopping)",
-            "queue_closed",
-        ),
+        SubmitError::Full => ApiError::QueueFull,
+        SubmitError::Closed => ApiError::QueueClosed,
     }
-}
-
-/// `response` with `Connection: close`: the rest of a refused upload is never read.
-fn closing(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
-}
-
-fn unknown_job(id: &str) -> Response {
-    error(StatusCode::NOT_FOUND, format!("no job {id}"), "not_found")
-}
-
-fn evicted_job(id: &str) -> Response {
-    error(
-        StatusCode::GONE,
-        format!("job {id} finished and its result was discarded (results are kept for a while)"),
-        "gone",
-    )
 }
 
 fn mesh_response(id: &str, file: MeshFile) -> Response {
@@ -237,8 +290,8 @@ fn mesh_response(id: &str, file: MeshFile) -> Response {
 pub async fn job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match state.jobs.describe(&id) {
         Lookup::Found(value) => Json(value).into_response(),
-        Lookup::Evicted => evicted_job(&id),
-        Lookup::Unknown => unknown_job(&id),
+        Lookup::Evicted => ApiError::EvictedJob(id).into_response(),
+        Lookup::Unknown => ApiError::UnknownJob(id).into_response(),
     }
 }
 
@@ -254,8 +307,8 @@ pub async fn job_result(State(state): State<Arc<AppState>>, Path(id): Path<Strin
             });
             (StatusCode::CONFLICT, Json(body)).into_response()
         }
-        Lookup::Evicted => evicted_job(&id),
-        Lookup::Unknown => unknown_job(&id),
+        Lookup::Evicted => ApiError::EvictedJob(id).into_response(),
+        Lookup::Unknown => ApiError::UnknownJob(id).into_response(),
     }
 }
 
@@ -279,8 +332,8 @@ pub async fn cancel_job(State(state): State<Arc<AppState>>, Path(id): Path<Strin
             })),
         )
             .into_response(),
-        Lookup::Evicted => evicted_job(&id),
-        Lookup::Unknown => unknown_job(&id),
+        Lookup::Evicted => ApiError::EvictedJob(id).into_response(),
+        Lookup::Unknown => ApiError::UnknownJob(id).into_response(),
     }
 }
 
@@ -297,11 +350,7 @@ pub async fn retry_models(
     Query(query): Query<RetryQuery>,
 ) -> Response {
     let Some(loader) = &state.loader else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this server cannot reload models",
-            "unavailable",
-        );
+        return ApiError::Unavailable("this server cannot reload models".into()).into_response();
     };
     match state.models.retry(loader, query.model.as_deref()) {
         Retry::Started(models) => (
@@ -309,26 +358,22 @@ pub async fn retry_models(
             Json(json!({ "status": "loading", "models": models })),
         )
             .into_response(),
-        Retry::NothingFailed => error(
-            StatusCode::CONFLICT,
-            match &query.model {
-                Some(model) => format!("{model} has not failed: nothing to retry"),
-                None => "no model has failed: nothing to retry".into(),
-            },
-            "conflict",
-        ),
-        Retry::Unknown => error(
-            StatusCode::NOT_FOUND,
-            format!("no model {:?}", query.model.unwrap_or_default()),
-            "unknown_model",
-        ),
+        Retry::NothingFailed => ApiError::Conflict(match &query.model {
+            Some(model) => format!("{model} has not failed: nothing to retry"),
+            None => "no model has failed: nothing to retry".into(),
+        })
+        .into_response(),
+        Retry::Unknown => {
+            ApiError::UnknownModel(format!("no model {:?}", query.model.unwrap_or_default()))
+                .into_response()
+        }
     }
 }
 
 /// Body → validated job input, or the 400/413 response that explains what is wrong. The body
 /// is read within the upload limit whatever its framing (a chunked body is cut off at the
 /// limit); the image is decoded off the async threads, a few at a time.
-async fn read_input(state: &AppState, request: Request) -> Result<JobInput, Response> {
+async fn read_input(state: &AppState, request: Request) -> Result<JobInput, ApiError> {
     let limit = state.limits.max_upload_bytes;
     let declared = request
         .headers()
@@ -363,17 +408,16 @@ async fn read_input(state: &AppState, request: Request) -> Result<JobInput, Resp
             return Err(response);
         }
     };
-    let params = validate(&raw, &state.limits)
-        .map_err(|message| error(StatusCode::BAD_REQUEST, message, "bad_request"))?;
+    let params = validate(&raw, &state.limits).map_err(ApiError::BadRequest)?;
     let image = decode_off_thread(&state.decoding, image_bytes)
         .await
-        .map_err(|message| error(StatusCode::BAD_REQUEST, message, "bad_request"))?;
+        .map_err(ApiError::BadRequest)?;
     Ok(JobInput { image, params })
 }
 
 /// The request's form fields and image bytes, from a multipart or JSON body read within
 /// `limit` bytes; or the 400/413 answer.
-async fn parse_body(request: Request, limit: usize) -> Result<(RawParams, Vec<u8>), Response> {
+async fn parse_body(request: Request, limit: usize) -> Result<(RawParams, Vec<u8>), ApiError> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -388,19 +432,10 @@ async fn parse_body(request: Request, limit: usize) -> Result<(RawParams, Vec<u8
         let bytes = axum::body::to_bytes(body, limit)
             .await
             .map_err(|_| too_large(limit))?;
-        let raw: RawParams = serde_json::from_slice(&bytes).map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("malformed JSON: {e}"),
-                "bad_request",
-            )
-        })?;
+        let raw: RawParams = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
         let encoded = raw.image.clone().ok_or_else(|| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "missing \"image\" (base64 or a data: URL)",
-                "bad_request",
-            )
+            ApiError::BadRequest("missing \"image\" (base64 or a data: URL)".into())
         })?;
         let payload = encoded
             .split_once(";base64,")
@@ -408,19 +443,12 @@ async fn parse_body(request: Request, limit: usize) -> Result<(RawParams, Vec<u8
             .unwrap_or(&encoded);
         let image = base64::engine::general_purpose::STANDARD
             .decode(payload.trim())
-            .map_err(|e| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    format!("image is not base64: {e}"),
-                    "bad_request",
-                )
-            })?;
+            .map_err(|e| ApiError::BadRequest(format!("image is not base64: {e}")))?;
         (raw, image)
     } else {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "send multipart/form-data (field \"image\") or application/json ({\"image\": base64})",
-            "bad_request",
+        return Err(ApiError::BadRequest(
+            "send multipart/form-data (field \"image\") or application/json ({\"image\": base64})"
+                .into(),
         ));
     };
     Ok((raw, image_bytes))
@@ -449,12 +477,8 @@ async fn linger(body: &SharedBody, budget: usize) {
 }
 
 /// 413, closing the connection once the answer is sent.
-fn too_large(limit: usize) -> Response {
-    closing(error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("upload larger than {} MB", limit >> 20),
-        "too_large",
-    ))
+fn too_large(limit: usize) -> ApiError {
+    ApiError::TooLarge(format!("upload larger than {} MB", limit >> 20))
 }
 
 /// Decode on the blocking pool, at most as many at once as `permits` allows, and shrink the
@@ -474,8 +498,8 @@ async fn decode_off_thread(
     .map_err(|e| format!("decoding the image failed: {e}"))?
 }
 
-async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Vec<u8>), Response> {
-    let bad = |message: String| error(StatusCode::BAD_REQUEST, message, "bad_request");
+async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Vec<u8>), ApiError> {
+    let bad = ApiError::BadRequest;
     let mut multipart = Multipart::from_request(request, &())
         .await
         .map_err(|e| bad(format!("malformed multipart body: {e}")))?;
@@ -488,11 +512,7 @@ async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Ve
             Ok(None) => break,
             Err(e) => {
                 return Err(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    closing(error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        e.body_text(),
-                        "too_large",
-                    ))
+                    ApiError::TooLarge(e.body_text())
                 } else {
                     bad(format!("malformed multipart body: {}", e.body_text()))
                 });
@@ -501,11 +521,7 @@ async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Ve
         let name = field.name().unwrap_or_default().to_string();
         let bytes = field.bytes().await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                closing(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    e.body_text(),
-                    "too_large",
-                ))
+                ApiError::TooLarge(e.body_text())
             } else {
                 bad(format!("reading field {name:?}: {}", e.body_text()))
             }
