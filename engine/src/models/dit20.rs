@@ -116,6 +116,7 @@ impl Dit20Config {
             qkv: linear(d, 3 * d, self.qkv_bias),
             norm: qk_norm(),
             proj: linear(d, d, true),
+            heads: self.num_heads,
         };
         let two_layer = || TwoLayerMlp {
             fc_in: linear(d, mlp, true),
@@ -148,13 +149,13 @@ impl Dit20Config {
                     modulation: Modulation {
                         lin: linear(d, 3 * d, true),
                     },
+                    heads: self.num_heads,
                 })
                 .collect(),
             final_layer: LastLayer {
                 ada_ln: linear(d, 2 * d, true),
                 linear: linear(d, self.in_channels, true),
             },
-            heads: self.num_heads,
             max_period: self.time_factor,
         }
     }
@@ -169,7 +170,6 @@ pub struct Dit20 {
     pub double_blocks: Vec<DoubleStreamBlock>,
     pub single_blocks: Vec<SingleStreamBlock>,
     pub final_layer: LastLayer,
-    heads: usize,
     max_period: f64,
 }
 
@@ -213,6 +213,7 @@ pub struct SelfAttention {
     pub qkv: Linear,
     pub norm: QkNorm,
     pub proj: Linear,
+    heads: usize,
 }
 
 #[derive(Module, Debug)]
@@ -242,6 +243,7 @@ pub struct SingleStreamBlock {
     pub linear2: Linear,
     pub norm: QkNorm,
     pub modulation: Modulation,
+    heads: usize,
 }
 
 #[derive(Module, Debug)]
@@ -267,10 +269,38 @@ fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
     x * (inner.tanh() + 1.0) * 0.5
 }
 
-/// `(shift, scale, gate)` triples from `silu(vec)`, each `[b, 1, d]`.
-fn modulate(modulation: &Modulation, vec: Tensor<2>, parts: usize) -> Vec<Tensor<3>> {
-    let out = linear(&modulation.lin, silu(vec)).unsqueeze_dim::<3>(1);
-    out.chunk(parts, 2)
+/// One adaLN modulation, each part `[b, 1, d]`: the input of a sub-layer is
+/// `(1 + scale) · LayerNorm(x) + shift`, and its output joins the residual times `gate`.
+struct Modulated {
+    shift: Tensor<3>,
+    scale: Tensor<3>,
+    gate: Tensor<3>,
+}
+
+impl Modulated {
+    fn norm(&self, x: Tensor<3>) -> Tensor<3> {
+        (self.scale.clone() + 1.0) * layer_norm(x) + self.shift.clone()
+    }
+
+    fn gated(&self, x: Tensor<3>) -> Tensor<3> {
+        self.gate.clone() * x
+    }
+}
+
+impl Modulation {
+    /// `silu(vec)` → `N` (shift, scale, gate) triples, in the checkpoint's order.
+    fn forward<const N: usize>(&self, vec: Tensor<2>) -> [Modulated; N] {
+        let out = linear(&self.lin, silu(vec)).unsqueeze_dim::<3>(1);
+        let mut parts = out.chunk(3 * N, 2).into_iter();
+        std::array::from_fn(|_| {
+            let mut next = || parts.next().expect("3 N chunks");
+            Modulated {
+                shift: next(),
+                scale: next(),
+                gate: next(),
+            }
+        })
+    }
 }
 
 /// `[b, l, 3d]` → q, k, v as `[b, h, l, hd]` (standard `(K H D)` layout), q and k RMS-normed.
@@ -314,27 +344,19 @@ impl MlpEmbedder {
 }
 
 impl DoubleStreamBlock {
-    fn forward(
-        &self,
-        img: Tensor<3>,
-        txt: Tensor<3>,
-        vec: Tensor<2>,
-        heads: usize,
-    ) -> (Tensor<3>, Tensor<3>) {
-        let im = modulate(&self.img_mod, vec.clone(), 6);
-        let tm = modulate(&self.txt_mod, vec, 6);
-        let pre =
-            |x: Tensor<3>, m: &[Tensor<3>]| (m[1].clone() + 1.0) * layer_norm(x) + m[0].clone();
+    fn forward(&self, img: Tensor<3>, txt: Tensor<3>, vec: Tensor<2>) -> (Tensor<3>, Tensor<3>) {
+        let [img_attn_mod, img_mlp_mod] = self.img_mod.forward(vec.clone());
+        let [txt_attn_mod, txt_mlp_mod] = self.txt_mod.forward(vec);
         let qkv = |attn: &SelfAttention, x: Tensor<3>| {
             let d = x.dims()[2];
             split_qkv(
                 by_rows(x, 3 * d, |x| linear(&attn.qkv, x)),
-                heads,
+                attn.heads,
                 &attn.norm,
             )
         };
-        let (iq, ik, iv) = qkv(&self.img_attn, pre(img.clone(), &im));
-        let (tq, tk, tv) = qkv(&self.txt_attn, pre(txt.clone(), &tm));
+        let (iq, ik, iv) = qkv(&self.img_attn, img_attn_mod.norm(img.clone()));
+        let (tq, tk, tv) = qkv(&self.txt_attn, txt_attn_mod.norm(txt.clone()));
         let n_txt = txt.dims()[1];
         let attn = attend(
             cat(vec![tq, iq], 2),
@@ -349,28 +371,18 @@ impl DoubleStreamBlock {
                 linear(&m.fc_out, gelu_tanh(linear(&m.fc_in, x)))
             })
         };
-        let img = img + im[2].clone() * linear(&self.img_attn.proj, img_attn);
-        let img = img.clone()
-            + im[5].clone()
-                * mlp(
-                    &self.img_mlp,
-                    (im[4].clone() + 1.0) * layer_norm(img) + im[3].clone(),
-                );
-        let txt = txt + tm[2].clone() * linear(&self.txt_attn.proj, txt_attn);
-        let txt = txt.clone()
-            + tm[5].clone()
-                * mlp(
-                    &self.txt_mlp,
-                    (tm[4].clone() + 1.0) * layer_norm(txt) + tm[3].clone(),
-                );
+        let img = img + img_attn_mod.gated(linear(&self.img_attn.proj, img_attn));
+        let img = img.clone() + img_mlp_mod.gated(mlp(&self.img_mlp, img_mlp_mod.norm(img)));
+        let txt = txt + txt_attn_mod.gated(linear(&self.txt_attn.proj, txt_attn));
+        let txt = txt.clone() + txt_mlp_mod.gated(mlp(&self.txt_mlp, txt_mlp_mod.norm(txt)));
         (img, txt)
     }
 }
 
 impl SingleStreamBlock {
-    fn forward(&self, x: Tensor<3>, vec: Tensor<2>, heads: usize) -> Tensor<3> {
-        let m = modulate(&self.modulation, vec, 3);
-        let x_mod = (m[1].clone() + 1.0) * layer_norm(x.clone()) + m[0].clone();
+    fn forward(&self, x: Tensor<3>, vec: Tensor<2>) -> Tensor<3> {
+        let [modulated] = self.modulation.forward(vec);
+        let x_mod = modulated.norm(x.clone());
         // linear1 is the fused [qkv | mlp] projection; its two parts are computed separately
         // (and by slices of rows) so that no activation outgrows the buffer budget.
         let d = self.linear2.weight.dims()[1];
@@ -378,7 +390,7 @@ impl SingleStreamBlock {
         let qkv = by_rows(x_mod.clone(), 3 * d, |x| {
             linear_columns(&self.linear1, x, 0..3 * d)
         });
-        let (q, k, v) = split_qkv(qkv, heads, &self.norm);
+        let (q, k, v) = split_qkv(qkv, self.heads, &self.norm);
         let attended = attend(q, k, v);
         // linear2(cat(attn, gelu(mlp))): the widest row is that concatenation, d + mlp wide.
         let out = by_rows(cat(vec![x_mod, attended], 2), width - 2 * d, |rows| {
@@ -387,7 +399,7 @@ impl SingleStreamBlock {
             let mlp = linear_columns(&self.linear1, x_mod, 3 * d..width);
             linear(&self.linear2, cat(vec![attended, gelu_tanh(mlp)], 2))
         });
-        x + m[2].clone() * out
+        x + modulated.gated(out)
     }
 }
 
@@ -438,19 +450,21 @@ impl Dit20 {
             linear(&self.cond_in, c)
         });
         for block in &self.double_blocks {
-            (img, txt) = block.forward(img, txt, vec.clone(), self.heads);
+            (img, txt) = block.forward(img, txt, vec.clone());
         }
         let n_txt = txt.dims()[1];
         let mut joint = cat(vec![txt, img], 1);
         for block in &self.single_blocks {
-            joint = block.forward(joint, vec.clone(), self.heads);
+            joint = block.forward(joint, vec.clone());
         }
         let [b, n, d] = joint.dims();
         let img = joint.slice([0..b, n_txt..n, 0..d]);
+        // The last layer's adaLN has a shift and a scale, no gate.
         let shift_scale = linear(&self.final_layer.ada_ln, silu(vec))
             .unsqueeze_dim::<3>(1)
             .chunk(2, 2);
-        let img = (shift_scale[1].clone() + 1.0) * layer_norm(img) + shift_scale[0].clone();
+        let [shift, scale] = [shift_scale[0].clone(), shift_scale[1].clone()];
+        let img = (scale + 1.0) * layer_norm(img) + shift;
         Ok(linear(&self.final_layer.linear, img))
     }
 
