@@ -3,14 +3,86 @@
 //! source). Messages the UI parses (`FromWorker`, `FromViewer`) are externally tagged
 //! (`{"progress": {…}}`, `"engine_loaded"`): serde parses those without buffering, which keeps
 //! the UI bundle small; messages the workers parse carry a `"type"` field. Bulk data travels
-//! beside them as transferred typed arrays: an image `File` to the engine, a mesh (`{type:
-//! "mesh", meta: <MeshMeta JSON>, positions, normals, colors, indices, glb, obj, stl, ply}`)
-//! and the cut-out (`{type: "cutout", report: <FromWorker::Cutout JSON>, png}`) from it, the
-//! same geometry on to the viewer, a PNG snapshot back.
+//! beside them as transferred typed arrays ([`bulk`]): an image `File` to the engine, a mesh
+//! and the cut-out from it, the same geometry on to the viewer, a PNG snapshot back.
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::ModelSpec;
+
+/// The messages that carry bulk data beside their JSON, posted as JS objects (their typed
+/// arrays transferred, not copied): one encoder and one decoder, every key named once here.
+/// `worker.js` and `viewer.js` read the `image` and `mesh` keys too.
+pub mod bulk {
+    use wasm_bindgen::JsValue;
+
+    pub const TYPE: &str = "type";
+
+    /// UI → engine: `{type: "image", name, file}` (a `File`).
+    pub const IMAGE: &str = "image";
+    pub const NAME: &str = "name";
+    pub const FILE: &str = "file";
+
+    /// Engine → UI, and (geometry only) UI → viewer: `{type: "mesh", meta: <MeshMeta JSON>,
+    /// positions, normals, colors, indices, glb, obj, stl, ply}`.
+    pub const MESH: &str = "mesh";
+    pub const META: &str = "meta";
+    pub const GEOMETRY: [&str; 4] = ["positions", "normals", "colors", "indices"];
+    /// The mesh files, by extension, with the type their download is given.
+    pub const FILES: [(&str, &str); 4] = [
+        ("glb", "model/gltf-binary"),
+        ("obj", "model/obj"),
+        ("stl", "model/stl"),
+        ("ply", "application/x-ply"),
+    ];
+
+    /// Engine → UI: `{type: "cutout", report: <FromWorker::Cutout JSON>, png}`.
+    pub const CUTOUT: &str = "cutout";
+    pub const REPORT: &str = "report";
+    pub const PNG: &str = "png";
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Kind {
+        Image,
+        Mesh,
+        Cutout,
+    }
+
+    impl Kind {
+        pub fn name(self) -> &'static str {
+            match self {
+                Kind::Image => IMAGE,
+                Kind::Mesh => MESH,
+                Kind::Cutout => CUTOUT,
+            }
+        }
+    }
+
+    /// A new message of `kind`; fill it with [`set`].
+    pub fn message(kind: Kind) -> js_sys::Object {
+        let object = js_sys::Object::new();
+        set(&object, TYPE, &JsValue::from_str(kind.name()));
+        object
+    }
+
+    pub fn set(message: &js_sys::Object, key: &str, value: &JsValue) {
+        let _ = js_sys::Reflect::set(message, &JsValue::from_str(key), value);
+    }
+
+    pub fn get(message: &JsValue, key: &str) -> JsValue {
+        js_sys::Reflect::get(message, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+    }
+
+    /// What a bulk message is; one of another type (or none) is an error naming it, never
+    /// taken for a mesh.
+    pub fn kind(message: &JsValue) -> Result<Kind, String> {
+        let name = get(message, TYPE).as_string();
+        [Kind::Image, Kind::Mesh, Kind::Cutout]
+            .into_iter()
+            .find(|k| name.as_deref() == Some(k.name()))
+            .ok_or_else(|| format!("an unknown bulk message (type {name:?})"))
+    }
+}
 
 /// UI → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

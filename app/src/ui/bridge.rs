@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use leptos::prelude::*;
 use orfeas_app::config::{self, ConfigFile};
 use orfeas_app::protocol::{
-    CutoutReport, EngineOptions, FromWorker, ModelStatusReport, NoticeLevel, ToWorker,
+    CutoutReport, EngineOptions, FromWorker, ModelStatusReport, NoticeLevel, ToWorker, bulk,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
@@ -192,10 +192,9 @@ pub fn send_image(studio: Studio, file: &web_sys::File) {
     if !ensure_worker(studio) {
         return;
     }
-    let message = js_sys::Object::new();
-    let _ = js_sys::Reflect::set(&message, &"type".into(), &"image".into());
-    let _ = js_sys::Reflect::set(&message, &"name".into(), &file.name().into());
-    let _ = js_sys::Reflect::set(&message, &"file".into(), file);
+    let message = bulk::message(bulk::Kind::Image);
+    bulk::set(&message, bulk::NAME, &file.name().into());
+    bulk::set(&message, bulk::FILE, file);
     WORKER.with(|w| {
         if let Some(worker) = w.borrow().as_ref() {
             let _ = worker.post_message(&message);
@@ -214,13 +213,17 @@ fn spawn_worker(studio: Studio) -> Result<(), String> {
             let data = event.data();
             let Some(json) = data.as_string() else {
                 // Objects carry bulk data beside their JSON: a cut-out or a mesh.
-                let kind = js_sys::Reflect::get(&data, &"type".into())
-                    .ok()
-                    .and_then(|t| t.as_string());
-                if kind.as_deref() == Some("cutout") {
-                    show_cutout(studio, &data);
-                } else {
-                    super::viewer::show_mesh(studio, &data);
+                match bulk::kind(&data) {
+                    Ok(bulk::Kind::Cutout) => show_cutout(studio, &data),
+                    Ok(bulk::Kind::Mesh) => super::viewer::show_mesh(studio, &data),
+                    Ok(other) => studio.notify(
+                        NoticeLevel::Warning,
+                        format!(
+                            "the engine sent a {:?} message, which goes the other way",
+                            other
+                        ),
+                    ),
+                    Err(e) => studio.notify(NoticeLevel::Warning, format!("from the engine: {e}")),
                 }
                 return;
             };
@@ -338,10 +341,10 @@ fn apply(studio: Studio, message: FromWorker) {
     }
 }
 
-/// A finished cut-out: `{type: "cutout", report: <JSON>, png: Uint8Array}`.
+/// A finished cut-out (see [`bulk::CUTOUT`]).
 fn show_cutout(studio: Studio, data: &JsValue) {
-    let field = |key: &str| js_sys::Reflect::get(data, &key.into()).ok();
-    let report = field("report")
+    let field = |key: &str| Some(bulk::get(data, key)).filter(|v| !v.is_undefined());
+    let report = field(bulk::REPORT)
         .and_then(|r| r.as_string())
         .and_then(|json| serde_json::from_str::<FromWorker>(&json).ok());
     let Some(FromWorker::Cutout(report)) = report else {
@@ -351,7 +354,7 @@ fn show_cutout(studio: Studio, data: &JsValue) {
         );
         return;
     };
-    let url = field("png").and_then(|png| {
+    let url = field(bulk::PNG).and_then(|png| {
         let parts = js_sys::Array::of1(&png);
         let options = web_sys::BlobPropertyBag::new();
         options.set_type("image/png");

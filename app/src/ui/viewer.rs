@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use leptos::prelude::*;
-use orfeas_app::protocol::{FromViewer, MeshMeta, ToViewer, ViewMode};
+use orfeas_app::protocol::{FromViewer, MeshMeta, ToViewer, ViewMode, bulk};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
@@ -132,7 +132,7 @@ fn ensure_viewer(studio: Studio) {
 
 /// A mesh message from the engine: keep its exports as downloads, hand the geometry on.
 pub fn show_mesh(studio: Studio, data: &JsValue) {
-    let meta = match get(data, "meta")
+    let meta = match get(data, bulk::META)
         .as_string()
         .map(|json| serde_json::from_str::<MeshMeta>(&json))
     {
@@ -140,12 +140,7 @@ pub fn show_mesh(studio: Studio, data: &JsValue) {
         _ => return,
     };
     let mut downloads = Vec::new();
-    for (ext, mime) in [
-        ("glb", "model/gltf-binary"),
-        ("obj", "model/obj"),
-        ("stl", "model/stl"),
-        ("ply", "application/octet-stream"),
-    ] {
+    for (ext, mime) in bulk::FILES {
         let parts = js_sys::Array::of1(&get(data, ext));
         let options = web_sys::BlobPropertyBag::new();
         options.set_type(mime);
@@ -162,12 +157,11 @@ pub fn show_mesh(studio: Studio, data: &JsValue) {
     }
     studio.mesh.set(Some(MeshView { meta, downloads }));
     ensure_viewer(studio);
-    let geometry = js_sys::Object::new();
     let transfer = js_sys::Array::new();
-    let _ = js_sys::Reflect::set(&geometry, &"type".into(), &"mesh".into());
-    for key in ["positions", "normals", "colors", "indices"] {
+    let geometry = bulk::message(bulk::Kind::Mesh);
+    for key in bulk::GEOMETRY {
         let array = get(data, key);
-        let _ = js_sys::Reflect::set(&geometry, &key.into(), &array);
+        bulk::set(&geometry, key, &array);
         transfer.push(&get(&array, "buffer"));
     }
     VIEWER.with(|v| {

@@ -11,7 +11,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::spawn_local;
 
 use super::{Engine, post};
-use crate::protocol::{CutoutReport, CutoutState, FromWorker, ModelStatusReport};
+use crate::protocol::{CutoutReport, CutoutState, FromWorker, ModelStatusReport, bulk};
 
 /// Whether slot `i` is background removal: its index names an `isnet…` model (or, before the
 /// index is read, its id does).
@@ -61,14 +61,11 @@ fn post_image(name: &str, state: CutoutState, message: String, image: &RgbaImage
         ));
         return;
     }
-    let object = js_sys::Object::new();
-    let set = |key: &str, value: &wasm_bindgen::JsValue| {
-        let _ = js_sys::Reflect::set(&object, &key.into(), value);
-    };
-    set("type", &"cutout".into());
-    set("report", &report(name, state, message).to_json().into());
+    let object = bulk::message(bulk::Kind::Cutout);
+    let report = report(name, state, message).to_json();
+    bulk::set(&object, bulk::REPORT, &report.into());
     let bytes = js_sys::Uint8Array::from(png.as_slice());
-    set("png", &bytes);
+    bulk::set(&object, bulk::PNG, &bytes);
     let transfer = js_sys::Array::of1(&bytes.buffer());
     let scope: web_sys::DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
     let _ = scope.post_message_with_transfer(&object, &transfer);

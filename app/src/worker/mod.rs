@@ -26,7 +26,7 @@ use orfeas_engine::mesh::preview::inflate;
 use crate::config::ModelSpec;
 use crate::protocol::{
     EngineOptions, FromWorker, GpuReport, MeshMeta, ModelStatusReport, NoticeLevel, ProgressReport,
-    ToWorker, retry_after_s,
+    ToWorker, bulk, retry_after_s,
 };
 
 mod cutout;
@@ -233,26 +233,25 @@ fn post_mesh(meta: &MeshMeta, mesh: &Mesh, colors: Option<&[[u8; 3]]>) {
     let obj = bytes(to_obj_colored(mesh, colors).as_bytes());
     let stl = bytes(&to_stl(mesh, 1.0));
     let ply = bytes(&to_ply_colored(mesh, colors));
-    let message = js_sys::Object::new();
+    let message = bulk::message(bulk::Kind::Mesh);
     let transfer = js_sys::Array::new();
-    let set = |key: &str, value: &JsValue| {
-        let _ = js_sys::Reflect::set(&message, &JsValue::from_str(key), value);
-    };
-    set("type", &JsValue::from_str("mesh"));
+    let set = |key: &str, value: &JsValue| bulk::set(&message, key, value);
     set(
-        "meta",
+        bulk::META,
         &JsValue::from_str(&serde_json::to_string(meta).expect("meta serialises")),
     );
     // The typed arrays themselves go in the message; their buffers are transferred, not copied.
+    let [positions_key, normals_key, colors_key, indices_key] = bulk::GEOMETRY;
+    let [glb_key, obj_key, stl_key, ply_key] = bulk::FILES.map(|(ext, _)| ext);
     let arrays: [(&str, JsValue, js_sys::ArrayBuffer); 8] = [
-        ("positions", positions.clone().into(), positions.buffer()),
-        ("normals", normals.clone().into(), normals.buffer()),
-        ("colors", colors_js.clone().into(), colors_js.buffer()),
-        ("indices", indices.clone().into(), indices.buffer()),
-        ("glb", glb.clone().into(), glb.buffer()),
-        ("obj", obj.clone().into(), obj.buffer()),
-        ("stl", stl.clone().into(), stl.buffer()),
-        ("ply", ply.clone().into(), ply.buffer()),
+        (positions_key, positions.clone().into(), positions.buffer()),
+        (normals_key, normals.clone().into(), normals.buffer()),
+        (colors_key, colors_js.clone().into(), colors_js.buffer()),
+        (indices_key, indices.clone().into(), indices.buffer()),
+        (glb_key, glb.clone().into(), glb.buffer()),
+        (obj_key, obj.clone().into(), obj.buffer()),
+        (stl_key, stl.clone().into(), stl.buffer()),
+        (ply_key, ply.clone().into(), ply.buffer()),
     ];
     for (key, array, buffer) in arrays {
         set(key, &array);

@@ -152,7 +152,6 @@ impl Dinov2Config {
                     .collect(),
             },
             layernorm: self.norm(device),
-            heads: self.num_attention_heads,
         }
     }
 
@@ -193,6 +192,7 @@ impl Dinov2Config {
                 output: AttentionOutput {
                     dense: linear(d, d, true),
                 },
+                heads: self.num_attention_heads,
             },
             layer_scale1: scale(),
             norm2: self.norm(device),
@@ -207,7 +207,6 @@ pub struct Dinov2 {
     pub embeddings: Embeddings,
     pub encoder: Encoder,
     pub layernorm: LayerNorm,
-    heads: usize,
 }
 
 #[derive(Module, Debug)]
@@ -243,6 +242,7 @@ pub struct Layer {
 pub struct Attention {
     pub attention: SelfAttention,
     pub output: AttentionOutput,
+    heads: usize,
 }
 
 #[derive(Module, Debug)]
@@ -305,7 +305,7 @@ impl Dinov2 {
     pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
         let mut x = self.embeddings.forward(pixels);
         for layer in &self.encoder.layer {
-            x = layer.forward(x, self.heads);
+            x = layer.forward(x);
         }
         self.layernorm.forward(x)
     }
@@ -314,7 +314,7 @@ impl Dinov2 {
     pub fn hidden_states(&self, pixels: Tensor<4>) -> Vec<Tensor<3>> {
         let mut states = vec![self.embeddings.forward(pixels)];
         for layer in &self.encoder.layer {
-            let next = layer.forward(states.last().expect("one").clone(), self.heads);
+            let next = layer.forward(states.last().expect("one").clone());
             states.push(next);
         }
         states
@@ -358,8 +358,8 @@ impl PatchEmbeddings {
 }
 
 impl Layer {
-    fn forward(&self, x: Tensor<3>, heads: usize) -> Tensor<3> {
-        let attended = self.attention.forward(self.norm1.forward(x.clone()), heads);
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let attended = self.attention.forward(self.norm1.forward(x.clone()));
         let x = x + self.layer_scale1.forward(attended);
         let fed = self.mlp.forward(self.norm2.forward(x.clone()));
         x + self.layer_scale2.forward(fed)
@@ -374,8 +374,8 @@ impl LayerScale {
 
 impl Attention {
     /// Multi-head scaled dot-product attention over all tokens.
-    fn forward(&self, x: Tensor<3>, heads: usize) -> Tensor<3> {
-        let [b, n, d] = x.dims();
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let (heads, [b, n, d]) = (self.heads, x.dims());
         let split = |t: Tensor<3>| t.reshape([b, n, heads, d / heads]).swap_dims(1, 2);
         let q = split(linear(&self.attention.query, x.clone()));
         let k = split(linear(&self.attention.key, x.clone()));

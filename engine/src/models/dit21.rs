@@ -179,6 +179,7 @@ impl Dit21Config {
             q_norm: rms(),
             k_norm: rms(),
             out_proj: linear(d, d, true),
+            heads: self.num_heads,
         };
         let feed_forward = || FeedForward {
             proj_in: linear(d, inner, true),
@@ -220,7 +221,6 @@ impl Dit21Config {
                 norm_final: norm(d),
                 linear: linear(d, self.in_channels, true),
             },
-            heads: self.num_heads,
         }
     }
 }
@@ -231,7 +231,6 @@ pub struct Dit21 {
     pub x_embedder: Linear,
     pub blocks: Vec<Block>,
     pub final_layer: FinalLayer,
-    heads: usize,
 }
 
 #[derive(Module, Debug)]
@@ -262,6 +261,7 @@ pub struct Attention {
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
     pub out_proj: Linear,
+    heads: usize,
 }
 
 #[derive(Module, Debug)]
@@ -302,7 +302,8 @@ impl Attention {
     /// Self-attention: q|k|v concatenated, then sliced per head (the official interleave).
     /// The concatenation is built a slice of rows at a time (at the real size it would be
     /// three times the activation's width: 192 MiB in f32).
-    fn self_attention(&self, x: Tensor<3>, heads: usize) -> Tensor<3> {
+    fn self_attention(&self, x: Tensor<3>) -> Tensor<3> {
+        let heads = self.heads;
         let [b, n, d] = x.dims();
         let hd = d / heads;
         let [q, k, v] = by_rows_many(x, 3 * d, |x| {
@@ -330,7 +331,8 @@ impl Attention {
     }
 
     /// Cross-attention to `context`: plain heads for q, the k|v interleave for the context.
-    fn cross_attention(&self, x: Tensor<3>, context: Tensor<3>, heads: usize) -> Tensor<3> {
+    fn cross_attention(&self, x: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
+        let heads = self.heads;
         let [b, n, d] = x.dims();
         let m = context.dims()[1];
         let hd = d / heads;
@@ -389,13 +391,7 @@ impl Moe {
 }
 
 impl Block {
-    fn forward(
-        &self,
-        h: Tensor<3>,
-        context: Tensor<3>,
-        skip: Option<Tensor<3>>,
-        heads: usize,
-    ) -> Tensor<3> {
+    fn forward(&self, h: Tensor<3>, context: Tensor<3>, skip: Option<Tensor<3>>) -> Tensor<3> {
         let mut h = h;
         if let (Some(skip), Some(skip_linear), Some(norm)) =
             (skip, &self.skip_linear, &self.skip_norm)
@@ -403,11 +399,8 @@ impl Block {
             // skip_linear(cat([skip, h])) without the double-width concatenation.
             h = norm.forward(linear_of_cat(skip_linear, vec![skip, h]));
         }
-        h = h.clone() + self.attn1.self_attention(self.norm1.forward(h), heads);
-        h = h.clone()
-            + self
-                .attn2
-                .cross_attention(self.norm2.forward(h), context, heads);
+        h = h.clone() + self.attn1.self_attention(self.norm1.forward(h));
+        h = h.clone() + self.attn2.cross_attention(self.norm2.forward(h), context);
         let normed = self.norm3.forward(h.clone());
         let fed = match (&self.mlp, &self.moe) {
             (_, Some(moe)) => by_rows(normed, moe.hidden_width(), |x| moe.forward(x)),
@@ -463,7 +456,7 @@ impl Dit21 {
         let mut skips = Vec::new();
         for (layer, block) in self.blocks.iter().enumerate() {
             let skip = (layer > half).then(|| skips.pop().expect("a skip per late block"));
-            h = block.forward(h, context.clone(), skip, self.heads);
+            h = block.forward(h, context.clone(), skip);
             if layer < half {
                 skips.push(h.clone());
             }
