@@ -9,7 +9,7 @@ use orfeas_engine::models::dinov2::{Dinov2Config, checkpoint_name, pixels_tensor
 use orfeas_engine::models::dit20::Dit20Config;
 use orfeas_engine::models::dit21::Dit21Config;
 use orfeas_engine::models::shape_vae::ShapeVaeConfig;
-use orfeas_engine::pipeline::{GenerateOptions, Progress};
+use orfeas_engine::pipeline::{GenerateOptions, Stage};
 use orfeas_engine::sampler::{FlowMatchSchedule, sample};
 use orfeas_engine::volume::{Grid, decode_dense};
 use orfeas_engine::weights::apply_torch_weights;
@@ -362,10 +362,10 @@ fn generation_is_deterministic_under_a_seed() {
         a.mesh.positions, c.mesh.positions,
         "another seed, another surface"
     );
-    assert_eq!(stages[0], Progress::Encoding);
-    assert_eq!(stages[4], Progress::Sampling { done: 4, total: 4 });
-    assert!(matches!(stages[5], Progress::Decoding { .. }));
-    assert_eq!(*stages.last().unwrap(), Progress::Meshing);
+    assert_eq!(stages[0], Stage::Encoding);
+    assert_eq!(stages[4], Stage::Sampling { done: 4, total: 4 });
+    assert!(matches!(stages[5], Stage::Decoding { .. }));
+    assert_eq!(*stages.last().unwrap(), Stage::Meshing);
     assert!(
         a.queries < 25usize.pow(3),
         "coarse-to-fine asks fewer than every point"

@@ -14,7 +14,9 @@ use orfeas_engine::weights::source::DirSource;
 use serde_json::{Value, json};
 
 mod common;
-use common::{Server, converted_fixture_model, fixtures, orfeas, text};
+use common::{
+    Server, b64, converted_fixture_model, finished_job, fixtures, orfeas, text, wait_ready,
+};
 
 const STEPS: usize = 2;
 const OCTREE: usize = 32;
@@ -106,24 +108,9 @@ fn the_cli_the_server_and_the_engine_make_the_same_mesh() {
         .unwrap();
     let (served, status) = runtime.block_on(async {
         let client = reqwest::Client::new();
-        loop {
-            let health: Value = client
-                .get(server.url("/api/health"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if health["models_status"] == "ready" {
-                break;
-            }
-            assert_ne!(health["models_status"], "not_ready", "{health}");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        use base64::Engine as _;
+        wait_ready(&client, &server).await;
         let body = json!({
-            "image": base64::engine::general_purpose::STANDARD.encode(&bytes),
+            "image": b64(&bytes),
             "steps": STEPS, "octree_resolution": OCTREE, "seed": SEED,
         });
         let accepted: Value = client
@@ -135,21 +122,7 @@ fn the_cli_the_server_and_the_engine_make_the_same_mesh() {
             .json()
             .await
             .unwrap();
-        let status_url = server.url(accepted["status_url"].as_str().expect("queued"));
-        let status = loop {
-            let status: Value = client
-                .get(&status_url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if status["status"] != "queued" && status["status"] != "running" {
-                break status;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        };
+        let (status, _) = finished_job(&client, &server, &accepted).await;
         assert_eq!(status["status"], "done", "{status}");
         let result = client
             .get(server.url(status["result_url"].as_str().unwrap()))

@@ -149,6 +149,13 @@ async fn wait_for(client: &reqwest::Client, url: &str, want: &str) -> Value {
     }
 }
 
+/// A new job (seed `seed`) runs to `done`.
+async fn a_job_is_done(client: &reqwest::Client, base: &str, seed: u64) {
+    let job = submit(client, base, seed).await;
+    let url = format!("{base}{}", job["status_url"].as_str().unwrap());
+    wait_for(client, &url, "done").await;
+}
+
 /// Health answers within a second.
 async fn healthy(client: &reqwest::Client, base: &str) {
     let started = Instant::now();
@@ -247,13 +254,7 @@ async fn a_job_that_panics_fails_and_the_next_job_runs() {
     healthy(&client, &base).await;
     // The runner goes on: the next job is done, and a later one is not refused as "full".
     permits.add_permits(2);
-    let next = submit(&client, &base, 5).await;
-    wait_for(
-        &client,
-        &format!("{base}{}", next["status_url"].as_str().unwrap()),
-        "done",
-    )
-    .await;
+    a_job_is_done(&client, &base, 5).await;
     let after = submit(&client, &base, 6).await;
     assert_eq!(after["status"], "queued", "{after}");
 }
@@ -286,13 +287,7 @@ async fn jobs_are_cancelled_queued_or_running() {
     assert_eq!(client.delete(&unknown).send().await.unwrap().status(), 404);
     healthy(&client, &base).await;
     permits.add_permits(1);
-    let next = submit(&client, &base, 9).await;
-    wait_for(
-        &client,
-        &format!("{base}{}", next["status_url"].as_str().unwrap()),
-        "done",
-    )
-    .await;
+    a_job_is_done(&client, &base, 9).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,13 +307,7 @@ async fn a_job_past_its_deadline_is_stopped_and_failed() {
     );
     healthy(&client, &base).await;
     permits.add_permits(1);
-    let next = submit(&client, &base, 10).await;
-    wait_for(
-        &client,
-        &format!("{base}{}", next["status_url"].as_str().unwrap()),
-        "done",
-    )
-    .await;
+    a_job_is_done(&client, &base, 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,11 +341,5 @@ async fn finished_jobs_are_evicted_by_count_and_age_then_gone() {
     assert_eq!(get_json(&client, &never).await.0, 404);
     healthy(&client, &base).await;
     permits.add_permits(1);
-    let next = submit(&client, &base, 4).await;
-    wait_for(
-        &client,
-        &format!("{base}{}", next["status_url"].as_str().unwrap()),
-        "done",
-    )
-    .await;
+    a_job_is_done(&client, &base, 4).await;
 }

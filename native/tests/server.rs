@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 mod common;
-use common::{Server, converted_fixture_model, fixtures};
+use common::{Server, b64, converted_fixture_model, finished_job, fixtures, health, wait_ready};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -86,35 +86,6 @@ fn image_rgba(width: u32, height: u32) -> Vec<u8> {
     (0..width * height)
         .flat_map(|i| [(i % 251) as u8, 80, 160, if i % 3 == 0 { 0 } else { 255 }])
         .collect()
-}
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-async fn health(client: &reqwest::Client, server: &Server) -> Value {
-    client
-        .get(server.url("/api/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn wait_ready(client: &reqwest::Client, server: &Server) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let h = health(client, server).await;
-        if h["models_status"] == "ready" {
-            return h;
-        }
-        assert_ne!(h["models_status"], "not_ready", "{h}");
-        assert!(Instant::now() < deadline, "never ready: {h}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,23 +167,7 @@ async fn answers_at_once_503s_while_loading_then_runs_jobs() {
         .unwrap();
     assert_eq!(response.status(), 202);
     let accepted: Value = response.json().await.unwrap();
-    let status_url = server.url(accepted["status_url"].as_str().unwrap());
-    let mut seen = Vec::new();
-    let status = loop {
-        let status: Value = client
-            .get(&status_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        seen.push(status["status"].as_str().unwrap_or_default().to_string());
-        if !matches!(status["status"].as_str(), Some("queued" | "running")) {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (status, seen) = finished_job(&client, &server, &accepted).await;
     eprintln!("job states seen: {seen:?}");
     assert_eq!(status["status"], "done", "{status}");
     let result = client
@@ -262,21 +217,7 @@ async fn answers_at_once_503s_while_loading_then_runs_jobs() {
         .json()
         .await
         .unwrap();
-    let status_url = server.url(accepted["status_url"].as_str().expect("queued"));
-    let status = loop {
-        let status: Value = client
-            .get(&status_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["status"] != "queued" && status["status"] != "running" {
-            break status;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let (status, _) = finished_job(&client, &server, &accepted).await;
     assert_eq!(status["status"], "done", "{status}");
     assert_eq!(
         status["notes"],

@@ -23,8 +23,9 @@ use crate::background::{self, has_alpha, remove_background};
 use crate::mesh::{Mesh, cleanup};
 use crate::models::isnet::IsNet;
 
-/// Where a job is; what the front-ends show (the worker sends it as is).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// Where a job is; what the front-ends show (the worker sends it as is). The shape model
+/// reports the stages from `Encoding` to `Meshing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "stage", rename_all = "snake_case")]
 pub enum Stage {
     RemovingBackground,
@@ -41,17 +42,6 @@ pub enum Stage {
     },
     Meshing,
     CleaningUp,
-}
-
-impl From<Progress> for Stage {
-    fn from(progress: Progress) -> Self {
-        match progress {
-            Progress::Encoding => Stage::Encoding,
-            Progress::Sampling { done, total } => Stage::Sampling { done, total },
-            Progress::Decoding { queries } => Stage::Decoding { queries },
-            Progress::Meshing => Stage::Meshing,
-        }
-    }
 }
 
 impl std::fmt::Display for Stage {
@@ -254,7 +244,7 @@ impl<'a> ImageToMesh<'a> {
                 input.size,
                 input.size,
                 options,
-                |progress| on_stage(progress.into()),
+                &mut on_stage,
                 &should_stop,
             )
             .await

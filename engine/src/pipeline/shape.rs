@@ -19,6 +19,7 @@ use crate::models::shape_vae::{self, KeyValues, ShapeVae, ShapeVaeConfig};
 use crate::sampler::{FlowMatchSchedule, initial_noise, sample_until};
 use crate::volume::{Grid, decode_coarse_to_fine, decode_dense};
 
+use super::Stage;
 use super::options::{DEFAULT_STEPS, GenerateOptions, TURBO_STEPS};
 use crate::weights::{LoadProgress, ShardSource, WeightSet, apply_torch_weights, load_all};
 
@@ -214,22 +215,6 @@ pub const STOPPED: &str = "stopped before it finished";
 
 /// The sub-folders of a converted model, one shard set each.
 pub const COMPONENTS: [&str; 3] = ["conditioner", "denoiser", "vae"];
-
-/// Where a generation is, for progress displays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    Encoding,
-    /// `done` of `total` sampler steps finished.
-    Sampling {
-        done: usize,
-        total: usize,
-    },
-    /// Field queries made so far.
-    Decoding {
-        queries: usize,
-    },
-    Meshing,
-}
 
 pub enum Denoiser {
     Plain(Box<Dit21>),
@@ -490,7 +475,7 @@ impl ShapeModel {
         &self,
         kv: &KeyValues,
         options: &GenerateOptions,
-        on_progress: impl FnMut(Progress),
+        on_progress: impl FnMut(Stage),
     ) -> Result<Surface, String> {
         self.surface_until(kv, options, on_progress, || false).await
     }
@@ -500,7 +485,7 @@ impl ShapeModel {
         &self,
         kv: &KeyValues,
         options: &GenerateOptions,
-        mut on_progress: impl FnMut(Progress),
+        mut on_progress: impl FnMut(Stage),
         should_stop: impl Fn() -> bool,
     ) -> Result<Surface, String> {
         let grid = Grid::official(options.resolution);
@@ -510,7 +495,7 @@ impl ShapeModel {
         let mut failure = None;
         let query = async |points: &[[f32; 3]]| {
             queries += points.len();
-            on_progress(Progress::Decoding { queries });
+            on_progress(Stage::Decoding { queries });
             if failure.is_none() && should_stop() {
                 failure = Some(STOPPED.to_string());
             }
@@ -527,7 +512,7 @@ impl ShapeModel {
             if let Some(e) = failure {
                 return Err(e);
             }
-            on_progress(Progress::Meshing);
+            on_progress(Stage::Meshing);
             marching_cubes(Field {
                 values: &values,
                 dims: grid.dims(),
@@ -538,7 +523,7 @@ impl ShapeModel {
             if let Some(e) = failure {
                 return Err(e);
             }
-            on_progress(Progress::Meshing);
+            on_progress(Stage::Meshing);
             marching_cubes_sparse(&decoded.field)
         };
         let bounds = grid.bounds as f32;
@@ -557,7 +542,7 @@ impl ShapeModel {
         height: usize,
         width: usize,
         options: &GenerateOptions,
-        on_progress: impl FnMut(Progress),
+        on_progress: impl FnMut(Stage),
     ) -> Result<Surface, String> {
         self.generate_until(image, height, width, options, on_progress, || false)
             .await
@@ -571,10 +556,10 @@ impl ShapeModel {
         height: usize,
         width: usize,
         options: &GenerateOptions,
-        mut on_progress: impl FnMut(Progress),
+        mut on_progress: impl FnMut(Stage),
         should_stop: impl Fn() -> bool,
     ) -> Result<Surface, String> {
-        on_progress(Progress::Encoding);
+        on_progress(Stage::Encoding);
         let cond = self.condition(image, height, width);
         let latents = self
             .sample_until(
@@ -582,7 +567,7 @@ impl ShapeModel {
                 self.noise(options.seed),
                 options.steps.unwrap_or(self.default_steps),
                 options.guidance,
-                |done, total| on_progress(Progress::Sampling { done, total }),
+                |done, total| on_progress(Stage::Sampling { done, total }),
                 &should_stop,
             )
             .await

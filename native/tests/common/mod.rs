@@ -187,3 +187,52 @@ impl Server {
         format!("{}{path}", self.base)
     }
 }
+
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub async fn health(client: &reqwest::Client, server: &Server) -> Value {
+    client
+        .get(server.url("/api/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Health once `models_status` is `ready` (a `not_ready` on the way fails the test).
+pub async fn wait_ready(client: &reqwest::Client, server: &Server) -> Value {
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let h = health(client, server).await;
+        if h["models_status"] == "ready" {
+            return h;
+        }
+        assert_ne!(h["models_status"], "not_ready", "{h}");
+        assert!(Instant::now() < deadline, "never ready: {h}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Poll the job a `202` answer (`accepted`) names until it is no longer queued or running:
+/// its last status, and the states seen on the way.
+pub async fn finished_job(
+    client: &reqwest::Client,
+    server: &Server,
+    accepted: &Value,
+) -> (Value, Vec<String>) {
+    let url = server.url(accepted["status_url"].as_str().expect("a queued job"));
+    let mut seen = Vec::new();
+    loop {
+        let status: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+        seen.push(status["status"].as_str().unwrap_or_default().to_string());
+        if !matches!(status["status"].as_str(), Some("queued" | "running")) {
+            return (status, seen);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
