@@ -15,6 +15,8 @@ mod shape;
 pub use options::*;
 pub use shape::*;
 
+use std::borrow::Cow;
+
 use burn::tensor::Device;
 use image::RgbaImage;
 use serde::{Deserialize, Serialize};
@@ -178,10 +180,14 @@ impl<'a> ImageToMesh<'a> {
         request.remove_background && !has_alpha(&request.picture)
     }
 
-    /// The cut-out the job would use, and what it did to get it.
-    pub async fn cut_out(&self, request: &Request) -> Result<(RgbaImage, Note), GenerateError> {
+    /// The cut-out the job would use (the picture itself, not a copy, when it is used as it
+    /// is), and what it did to get it.
+    pub async fn cut_out<'r>(
+        &self,
+        request: &'r Request,
+    ) -> Result<(Cow<'r, RgbaImage>, Note), GenerateError> {
         if has_alpha(&request.picture) {
-            return Ok((request.picture.clone(), Note::TransparencyUsed));
+            return Ok((Cow::Borrowed(&request.picture), Note::TransparencyUsed));
         }
         match self.background.filter(|_| request.remove_background) {
             Some(isnet) => remove_background(
@@ -191,9 +197,9 @@ impl<'a> ImageToMesh<'a> {
                 &self.background_options,
             )
             .await
-            .map(|cutout| (cutout, Note::BackgroundRemoved))
+            .map(|cutout| (Cow::Owned(cutout), Note::BackgroundRemoved))
             .map_err(|e| GenerateError::BackgroundRemoval(e.to_string())),
-            None => Ok((request.picture.clone(), Note::WholePicture)),
+            None => Ok((Cow::Borrowed(&request.picture), Note::WholePicture)),
         }
     }
 
