@@ -13,6 +13,47 @@ pub struct ModelSpec {
     pub label: String,
     /// Base URL of the shard set (ends with `/`).
     pub url: String,
+    /// What the model does in the app, decided here once (see [`Role`]).
+    pub role: Role,
+}
+
+/// The parts of a converted shape model, in the order the engine takes them: the sub-folders
+/// `orfeas convert` writes (the engine's `pipeline::COMPONENTS`; the UI bundle does not link
+/// the engine, a test keeps the two equal).
+pub const SHAPE_PARTS: [&str; 3] = ["conditioner", "denoiser", "vae"];
+
+/// What a model does in the app. The config file may say so (`"role"`); otherwise it follows
+/// from the id the converters write: `isnet…` removes backgrounds, `<name>/conditioner`,
+/// `<name>/denoiser` and `<name>/vae` are the three parts of shape model `<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Role {
+    BackgroundRemoval,
+    /// Part `part` (an index into [`SHAPE_PARTS`]) of shape model `model`.
+    ShapePart {
+        model: String,
+        part: usize,
+    },
+    /// Loaded and reported, used by nothing (e.g. a test model).
+    Other,
+}
+
+impl Role {
+    /// The role a model's id implies.
+    pub fn of_id(id: &str) -> Role {
+        if id.starts_with("isnet") {
+            return Role::BackgroundRemoval;
+        }
+        if let Some((model, part)) = id.rsplit_once('/')
+            && let Some(part) = SHAPE_PARTS.iter().position(|c| *c == part)
+        {
+            return Role::ShapePart {
+                model: model.to_string(),
+                part,
+            };
+        }
+        Role::Other
+    }
 }
 
 /// The config file's shape.
@@ -35,6 +76,9 @@ pub struct ConfigModel {
     pub label: Option<String>,
     #[serde(default)]
     pub url: Option<String>,
+    /// Overrides the role the id implies (e.g. background removal under another id).
+    #[serde(default)]
+    pub role: Option<Role>,
 }
 
 /// The models of the product, loaded in this order (background removal is small and first).
@@ -131,6 +175,7 @@ pub fn resolve(file: Option<&ConfigFile>, params: &[(String, String)]) -> Vec<Mo
                 id: id.to_string(),
                 label: Some(label.to_string()),
                 url: None,
+                role: None,
             })
             .collect(),
     };
@@ -143,6 +188,7 @@ pub fn resolve(file: Option<&ConfigFile>, params: &[(String, String)]) -> Vec<Mo
                 .unwrap_or_else(|| format!("{base}{}/", model.id));
             ModelSpec {
                 label: model.label.unwrap_or_else(|| model.id.clone()),
+                role: model.role.unwrap_or_else(|| Role::of_id(&model.id)),
                 id: model.id,
                 url,
             }
@@ -168,6 +214,34 @@ mod tests {
         assert_eq!(models[0].id, "isnet-medium");
         assert_eq!(models[0].url, "models/isnet-medium/");
         assert_eq!(models[2].url, "models/hunyuan3d/denoiser/");
+        assert_eq!(models[0].role, Role::BackgroundRemoval);
+        let denoiser = Role::ShapePart {
+            model: "hunyuan3d".into(),
+            part: 1,
+        };
+        assert_eq!(models[2].role, denoiser);
+    }
+
+    #[test]
+    fn shape_parts_are_the_engines() {
+        assert_eq!(SHAPE_PARTS, orfeas_engine::pipeline::COMPONENTS);
+    }
+
+    #[test]
+    fn the_config_file_may_name_a_role() {
+        let file: ConfigFile = serde_json::from_str(
+            r#"{"models":[{"id":"bg","role":{"kind":"background-removal"}},{"id":"tiny"},
+                {"id":"a/b/vae"}]}"#,
+        )
+        .unwrap();
+        let models = resolve(Some(&file), &[]);
+        assert_eq!(models[0].role, Role::BackgroundRemoval);
+        assert_eq!(models[1].role, Role::Other);
+        let vae = Role::ShapePart {
+            model: "a/b".into(),
+            part: 2,
+        };
+        assert_eq!(models[2].role, vae);
     }
 
     #[test]
@@ -179,6 +253,7 @@ mod tests {
                 id: "tiny".into(),
                 label: None,
                 url: None,
+                role: None,
             }]),
         };
         let models = resolve(Some(&file), &[]);

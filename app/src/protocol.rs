@@ -726,17 +726,4 @@ mod tests {
         assert_eq!(retry_after_s(Some(500.0)), 30);
         assert_eq!(retry_after_s(Some(f64::NAN)), 5);
     }
-
-    #[test]
-    fn status_names_match_the_panel_attribute() {
-        assert_eq!(ModelStatusReport::Waiting.name(), "loading");
-        assert_eq!(
-            ModelStatusReport::Ready {
-                tensors: 1,
-                from_cache: false
-            }
-            .name(),
-            "ready"
-        );
-    }
 }

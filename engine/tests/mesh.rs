@@ -2,19 +2,11 @@
 //! scikit-image marching cubes, the official scaling and face flip), compared as geometry.
 //! The fixture folder comes from `ORFEAS_FIXTURES` (default `../shared/fixtures/public`).
 
-use std::path::PathBuf;
-
 use orfeas_engine::mesh::marching_cubes::scale_to_bounds;
 use orfeas_engine::mesh::{Field, Mesh, marching_cubes};
 use safetensors::SafeTensors;
 
-fn fixtures() -> PathBuf {
-    std::env::var_os("ORFEAS_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/public")
-        })
-}
+use orfeas_tests::fixtures::dir as fixtures;
 
 struct Reference {
     field: Vec<f32>,

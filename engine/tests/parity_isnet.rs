@@ -12,30 +12,7 @@ use orfeas_engine::weights::{apply_torch_weights, load_all};
 
 mod fixtures;
 use fixtures::*;
-
-fn weights_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ORFEAS_ISNET")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/orfeas/models/isnet-medium"))
-        })?;
-    if dir.join(orfeas_engine::weights::INDEX_FILE).is_file() {
-        Some(dir)
-    } else {
-        assert!(
-            std::env::var_os("ORFEAS_ALLOW_SKIP").is_some(),
-            "no converted ISNet weights at {} (run scripts/setup.sh, set ORFEAS_ISNET, or set \
-             ORFEAS_ALLOW_SKIP=1)",
-            dir.display()
-        );
-        eprintln!(
-            "SKIPPED (ORFEAS_ALLOW_SKIP): no ISNet weights at {}",
-            dir.display()
-        );
-        None
-    }
-}
+use orfeas_tests::fixtures::isnet_weights;
 
 fn model(dir: &PathBuf, device: &Device) -> IsNet {
     model_as(dir, device, DType::F32)
@@ -69,7 +46,7 @@ fn compare(name: &str, ours: &[f32], reference: &[f32]) -> (f32, f32) {
 #[test]
 fn parity_isnet() {
     // The CPU backend against onnxruntime's probabilities on both fixture images (1024²).
-    let Some(dir) = weights_dir() else { return };
+    let Some(dir) = isnet_weights() else { return };
     let io = Io::read("isnet.io.safetensors");
     let device = orfeas_engine::device::cpu();
     let isnet = model(&dir, &device);
@@ -93,7 +70,7 @@ fn parity_isnet() {
 fn parity_isnet_wgpu() {
     // wgpu against onnxruntime's probabilities on fixture image 0 at the full 1024² (the issue
     // allows one image: lavapipe, a CPU rasteriser, needs ~15 minutes for this pass here).
-    let Some(dir) = weights_dir() else { return };
+    let Some(dir) = isnet_weights() else { return };
     let Some((_, gpu)) = devices().into_iter().find(|(name, _)| *name == "wgpu") else {
         return;
     };
@@ -119,7 +96,7 @@ fn parity_isnet_f16() {
     // suggested bound for an fp16 port is 1e-2). CPU backend: image 0 at the full 1024²
     // against onnxruntime. wgpu (lavapipe needs ~15 min per 1024² pass): image 0 at 256²,
     // against the CPU backend's f32 run at the same size.
-    let Some(dir) = weights_dir() else { return };
+    let Some(dir) = isnet_weights() else { return };
     let io = Io::read("isnet.io.safetensors");
     let (input, _) = io.bytes("img0.input_u8");
     let (reference, _) = io.tensor("img0.output");

@@ -129,6 +129,9 @@ struct ServeArgs {
     /// Read model shards at most this many MiB/s (to demo or test the loading state).
     #[arg(long)]
     load_throttle_mibps: Option<f64>,
+    /// Models wait to load while this file exists (tests and demos of the loading state).
+    #[arg(long, hide = true)]
+    hold_loading_while: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -260,49 +263,39 @@ pub fn run(cli: Cli) -> Result<()> {
 
 impl ServeArgs {
     fn run(self) -> Result<()> {
-        let Self {
-            bind,
-            models,
-            web,
-            device,
-            queue,
-            max_upload_mb,
-            max_steps,
-            max_octree,
-            job_timeout,
-            keep_jobs,
-            keep_results_s,
-            upload_timeout_s,
-            allow_origin,
-            allow_host,
-            load_throttle_mibps,
-        } = self;
-
-        let compute = device.open()?;
+        let compute = self.device.open()?;
         let options = crate::server::ServeOptions {
-            bind,
-            models,
-            web,
+            bind: self.bind,
+            models: self.models,
+            web: self.web,
             device: compute.device,
             dtype: compute.dtype,
             capacity: compute.capacity,
             limits: crate::server::RequestLimits {
-                max_upload_bytes: max_upload_mb << 20,
-                max_steps: max_steps.max(1),
-                max_octree: max_octree.max(16),
-                body_timeout: std::time::Duration::from_secs(upload_timeout_s.max(1)),
+                max_upload_bytes: self.max_upload_mb << 20,
+                max_steps: self.max_steps.max(1),
+                max_octree: self.max_octree.max(16),
+                body_timeout: std::time::Duration::from_secs(self.upload_timeout_s.max(1)),
             },
             jobs: crate::server::jobs::JobLimits {
-                queue,
-                retain: keep_jobs,
-                retain_for: std::time::Duration::from_secs(keep_results_s),
-                timeout: (job_timeout > 0).then(|| std::time::Duration::from_secs(job_timeout)),
+                queue: self.queue,
+                retain: self.keep_jobs,
+                retain_for: std::time::Duration::from_secs(self.keep_results_s),
+                timeout: (self.job_timeout > 0)
+                    .then(|| std::time::Duration::from_secs(self.job_timeout)),
             },
             access: crate::server::guard::Access {
-                hosts: allow_host.iter().map(|h| h.to_ascii_lowercase()).collect(),
-                origins: allow_origin,
+                hosts: self
+                    .allow_host
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+                origins: self.allow_origin,
             },
-            load_throttle: load_throttle_mibps.map(|m| (m * (1 << 20) as f64) as u64),
+            load_throttle: self
+                .load_throttle_mibps
+                .map(|m| (m * (1 << 20) as f64) as u64),
+            hold_loading_while: self.hold_loading_while,
         };
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -313,20 +306,11 @@ impl ServeArgs {
 
 impl PackArgs {
     fn run(self) -> Result<()> {
-        let Self {
-            inputs,
-            output,
-            shard_size,
-            model_id,
-            model_version,
-            config,
-        } = self;
-
-        let shard_size = shard_size << 20;
+        let shard_size = self.shard_size << 20;
         if !(MIN_SHARD_SIZE..=MAX_SHARD_SIZE).contains(&shard_size) {
             bail!("--shard-size must be between 16 and 64 (MiB)");
         }
-        let config = match config {
+        let config = match self.config {
             Some(path) => serde_json::from_slice(
                 &std::fs::read(&path).with_context(|| path.display().to_string())?,
             )
@@ -335,12 +319,12 @@ impl PackArgs {
         };
         let options = PackOptions {
             shard_size,
-            model_id,
-            version: model_version,
+            model_id: self.model_id,
+            version: self.model_version,
             config,
         };
         let bar = bytes_bar(0, "pack");
-        let index = pack::pack(&inputs, &output, &options, |done, total| {
+        let index = pack::pack(&self.inputs, &self.output, &options, |done, total| {
             bar.set_length(total);
             bar.set_position(done);
         })?;
@@ -350,7 +334,7 @@ impl PackArgs {
             index.tensor_count(),
             index.shards.len(),
             index.total_bytes(),
-            output.display()
+            self.output.display()
         );
         Ok(())
     }
@@ -358,30 +342,28 @@ impl PackArgs {
 
 impl ConvertArgs {
     fn run(self) -> Result<()> {
-        let Self {
-            checkpoint,
-            config,
-            output,
-            shard_size,
-        } = self;
-
-        let shard_size = shard_size << 20;
+        let shard_size = self.shard_size << 20;
         if !(MIN_SHARD_SIZE..=MAX_SHARD_SIZE).contains(&shard_size) {
             bail!("--shard-size must be between 16 and 64 (MiB)");
         }
         let bar = bytes_bar(0, "convert");
-        let converted =
-            crate::convert::convert(&checkpoint, &config, &output, shard_size, |done, total| {
+        let converted = crate::convert::convert(
+            &self.checkpoint,
+            &self.config,
+            &self.output,
+            shard_size,
+            |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
-            });
+            },
+        );
         bar.finish_and_clear();
         let converted = converted?;
         println!(
             "Hunyuan3D-{} ({}) → {}",
             converted.variant.name,
             converted.variant.architecture,
-            output.display()
+            self.output.display()
         );
         for (component, tensors, bytes) in &converted.sets {
             println!("  {component}: {tensors} tensors, {bytes} bytes");
@@ -401,25 +383,26 @@ impl ConvertArgs {
 impl SynthesizeArgs {
     fn run(self) -> Result<()> {
         let Self {
-            variant,
-            reduced,
-            format,
-            seed,
-            config_only,
-            output,
+            variant, reduced, ..
         } = self;
-
-        if config_only {
-            std::fs::create_dir_all(&output)?;
+        let output = &self.output;
+        if self.config_only {
+            std::fs::create_dir_all(output)?;
             std::fs::write(output.join("config.yaml"), variant.config_yaml(reduced))?;
             return Ok(());
         }
         let bar = bytes_bar(0, variant.name());
-        let (path, entries) =
-            crate::synthetic::write(variant, reduced, format, &output, seed, |done, total| {
+        let (path, entries) = crate::synthetic::write(
+            variant,
+            reduced,
+            self.format,
+            output,
+            self.seed,
+            |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
-            })?;
+            },
+        )?;
         bar.finish_and_clear();
         let (all, used) = crate::synthetic::sizes(&entries);
         println!(
@@ -461,20 +444,14 @@ impl ConvertIsnetArgs {
 
 impl RemoveBgArgs {
     fn run(self) -> Result<()> {
-        let Self {
-            image,
-            output,
-            isnet,
-            force,
-            device,
-        } = self;
-
-        let compute = device.open()?;
+        let compute = self.device.open()?;
         crate::remove_bg::run(
-            &image,
-            &output,
-            &isnet.unwrap_or_else(crate::remove_bg::default_isnet_dir),
-            force,
+            &self.image,
+            &self.output,
+            &self
+                .isnet
+                .unwrap_or_else(crate::remove_bg::default_isnet_dir),
+            self.force,
             &compute.device,
             compute.dtype,
         )
@@ -483,37 +460,24 @@ impl RemoveBgArgs {
 
 impl GenerateArgs {
     fn run(self) -> Result<()> {
-        let Self {
-            image,
-            model,
-            output,
-            steps,
-            guidance,
-            octree_resolution,
-            seed,
-            num_chunks,
-            dense,
-            coarse_stride,
-            max_faces,
-            isnet,
-            device,
-        } = self;
         crate::generate::run(crate::generate::GenerateArgs {
-            image,
-            model,
-            output,
+            compute: self.device.open()?,
+            image: self.image,
+            model: self.model,
+            output: self.output,
             options: orfeas_engine::pipeline::GenerateOptions {
-                steps,
-                guidance,
-                resolution: octree_resolution,
-                seed,
-                chunk: num_chunks.max(1),
-                dense,
-                coarse_stride,
+                steps: self.steps,
+                guidance: self.guidance,
+                resolution: self.octree_resolution,
+                seed: self.seed,
+                chunk: self.num_chunks.max(1),
+                dense: self.dense,
+                coarse_stride: self.coarse_stride,
             },
-            max_faces,
-            isnet: isnet.unwrap_or_else(crate::remove_bg::default_isnet_dir),
-            compute: device.open()?,
+            max_faces: self.max_faces,
+            isnet: self
+                .isnet
+                .unwrap_or_else(crate::remove_bg::default_isnet_dir),
         })
     }
 }

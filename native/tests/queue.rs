@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::DType;
 use orfeas::server::guard::Access;
 use orfeas::server::jobs::{JobControl, JobInput, JobLimits, Jobs, MeshFile, Pipeline};
-use orfeas::server::models::{Models, load_in_background};
+use orfeas::server::models::{Loader, Models, load_in_background};
 use orfeas::server::{AppState, RequestLimits, router};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -89,9 +89,12 @@ async fn serve(limits: JobLimits) -> (String, Arc<Semaphore>) {
         None,
     )
     .unwrap();
-    load_in_background(models.clone(), cpu.device, DType::F32, cpu.capacity, None)
-        .join()
-        .unwrap();
+    load_in_background(
+        models.clone(),
+        Loader::new(cpu.device, DType::F32, cpu.capacity),
+    )
+    .join()
+    .unwrap();
     let permits = Arc::new(Semaphore::new(0));
     let jobs = Jobs::start(
         limits,

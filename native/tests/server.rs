@@ -1,14 +1,16 @@
 //! `orfeas serve` as a real process on a loopback port, driven by a real HTTP client.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 mod common;
-use common::{Server, b64, converted_fixture_model, finished_job, fixtures, health, wait_ready};
+use common::{
+    Hold, Server, b64, converted_fixture_model, finished_job, fixtures, health, wait_ready,
+};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -93,8 +95,9 @@ async fn answers_at_once_503s_while_loading_then_runs_jobs() {
     let dir = tempfile::tempdir().unwrap();
     model(dir.path(), "weights", 4);
     converted_fixture_model(&dir.path().join("hunyuan"));
-    // 4 MiB at 1 MiB/s: several seconds of `loading`.
-    let server = Server::start(dir.path(), &["--load-throttle-mibps", "1"]);
+    // Loading is held (no shard is read) until the test removes the file.
+    let hold = Hold::new();
+    let server = Server::start(dir.path(), &hold.args());
     let client = client();
     let first = health(&client, &server).await;
     let first_answer = server.started.elapsed();
@@ -142,6 +145,7 @@ async fn answers_at_once_503s_while_loading_then_runs_jobs() {
     );
     assert!(progress["bytes_total"].as_u64().unwrap() > 0, "{loading}");
 
+    hold.release();
     let ready = wait_ready(&client, &server).await;
     assert_eq!(ready["models_ready"], true);
     assert_eq!(ready["processor"]["weights"]["tensors"], 4);
@@ -691,26 +695,36 @@ async fn a_client_written_for_the_original_studio_works_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(&isnet, dir.path().join("isnet-medium")).unwrap();
     converted_fixture_model(&dir.path().join("hunyuan"));
-    // ~90 MB at 30 MiB/s: a few seconds of `loading` for the client to see.
-    let server = Server::start(dir.path(), &["--load-throttle-mibps", "30"]);
+    // Loading is held until the client has seen it and been told to come back.
+    let hold = Hold::new();
+    let server = Server::start(dir.path(), &hold.args());
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/original_client.mjs");
     let base = server.base.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
+    let (stdout, status, stderr) = tokio::task::spawn_blocking(move || {
+        let mut client = Command::new("node")
             .arg(&script)
             .arg(&base)
             .env("POLL_MS", "200")
-            .output()
-            .expect("node (installed by scripts/setup.sh)")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node (installed by scripts/setup.sh)");
+        let mut stdout = String::new();
+        for line in BufReader::new(client.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            if line == "generate 503 models_loading" {
+                hold.release();
+            }
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
+        let output = client.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (stdout, output.status, stderr)
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(status.success(), "{stdout}\n{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines.contains(&"models_status loading"), "{stdout}");
     assert!(lines.contains(&"generate 503 models_loading"), "{stdout}");

@@ -1,10 +1,14 @@
-//! End-to-end test support: a real HTTP server for the built web app and its model shards,
-//! with faults to inject per shard ([`server`]); a real Chromium driven over WebDriver
-//! ([`browser`]); small generated shard sets ([`model`]).
+//! Test support for the whole workspace: the public fixtures and the converted fixture shape
+//! model ([`fixtures`], used by the engine's, the CLI's and the browser's tests); a real HTTP
+//! server for the built web app and its model shards, with faults to inject per shard
+//! ([`server`]); a real Chromium driven over WebDriver ([`browser`]); small generated shard
+//! sets ([`model`]); and the browser tests' one prologue ([`stage`]).
 
 pub mod browser;
+pub mod fixtures;
 pub mod model;
 pub mod server;
+pub mod stage;
 
 use std::path::PathBuf;
 
@@ -14,15 +18,6 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
-}
-
-/// The shared fixtures: `$ORFEAS_FIXTURES` or `<repo>/../shared/fixtures/public`.
-pub fn fixtures_dir() -> PathBuf {
-    let dir = std::env::var_os("ORFEAS_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/fixtures/public"));
-    // Canonical, as WebDriver wants for uploads.
-    dir.canonicalize().unwrap_or(dir)
 }
 
 /// The trunk-built app: `$ORFEAS_DIST` or `<repo>/dist`.

@@ -39,6 +39,9 @@ pub enum Fault {
     Status(u16),
     /// Half the body, then nothing more (the connection stays open): a load that never ends.
     Stall,
+    /// Half the body, then the rest once [`Server::open_gate`] is called: a load that is
+    /// certainly partway while a test looks, and then finishes.
+    Gate,
 }
 
 /// Slow shard responses.
@@ -72,6 +75,8 @@ struct State {
     /// Model files under this path prefix wait (before their headers) until released.
     held: Mutex<Option<String>>,
     released: tokio::sync::Notify,
+    gate_open: AtomicBool,
+    gate: tokio::sync::Notify,
 }
 
 pub struct Server {
@@ -105,6 +110,8 @@ impl Server {
             log: Mutex::new(Vec::new()),
             held: Mutex::new(None),
             released: tokio::sync::Notify::new(),
+            gate_open: AtomicBool::new(false),
+            gate: tokio::sync::Notify::new(),
         });
         let task = tokio::spawn(accept_loop(listener, state.clone()));
         Ok(Self { addr, state, task })
@@ -143,6 +150,12 @@ impl Server {
 
     pub fn clear_faults(&self) {
         self.state.faults.lock().unwrap().clear();
+    }
+
+    /// Let every [`Fault::Gate`]d response finish (and later ones pass the gate at once).
+    pub fn open_gate(&self) {
+        self.state.gate_open.store(true, Ordering::SeqCst);
+        self.state.gate.notify_waiters();
     }
 
     pub fn set_throttle(&self, throttle: Throttle) {
@@ -355,12 +368,13 @@ async fn serve_model_file(state: Arc<State>, path: &str, rest: &str) -> Response
             let middle = bytes.len() / 2;
             bytes[middle] ^= 0x5a;
         }
-        Some(Fault::DropAtHalf) | Some(Fault::Stall) | None => {}
+        Some(Fault::DropAtHalf | Fault::Stall | Fault::Gate) | None => {}
     }
     let len = bytes.len();
     let entry = record(&state, path, 200, false);
     let drop_at = (fault == Some(Fault::DropAtHalf)).then_some(len / 2);
     let stall_at = (fault == Some(Fault::Stall)).then_some(len / 2);
+    let gate_at = (fault == Some(Fault::Gate)).then_some(len / 2);
     let chunk = 64 << 10;
     let bytes = Bytes::from(bytes);
     let log_state = state.clone();
@@ -379,6 +393,16 @@ async fn serve_model_file(state: Arc<State>, path: &str, rest: &str) -> Response
             {
                 futures::future::pending::<()>().await;
             }
+            if gate_at == Some(at) {
+                loop {
+                    // Registered before the check, so an opening in between is not missed.
+                    let opened = state.gate.notified();
+                    if state.gate_open.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    opened.await;
+                }
+            }
             if let Some(limit) = drop_at
                 && at >= limit
             {
@@ -388,6 +412,7 @@ async fn serve_model_file(state: Arc<State>, path: &str, rest: &str) -> Response
             let end = (at + chunk).min(bytes.len());
             let end = drop_at
                 .or(stall_at)
+                .or(gate_at.filter(|&gate| at < gate))
                 .map_or(end, |limit| end.min(limit.max(at + 1)));
             if let Some(rate) = throttle.bytes_per_sec.filter(|_| is_shard) {
                 let secs = (end - at) as f64 / rate as f64;

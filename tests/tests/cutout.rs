@@ -8,34 +8,18 @@ use std::time::Duration;
 
 use image::RgbaImage;
 use orfeas_engine::background::{Options, remove_background};
-use orfeas_tests::browser::{Browser, Chromedriver, model_attr};
-use orfeas_tests::server::{Fault, Server};
-use orfeas_tests::{dist_dir, model};
+use orfeas_tests::browser::{Browser, model_attr};
+use orfeas_tests::server::Fault;
+use orfeas_tests::stage::{self, Stage};
+use orfeas_tests::{fixtures, model};
 
 /// SwiftShader runs WebGPU on the CPU: the network runs at 128² here (`?background_size=`),
 /// which keeps one pass to tens of seconds on two cores.
 const SIZE: usize = 128;
 const TIMEOUT: Duration = Duration::from_secs(600);
 
-fn isnet_dir() -> Option<PathBuf> {
-    let dir = orfeas::remove_bg::default_isnet_dir();
-    if dir.join(orfeas_engine::weights::INDEX_FILE).is_file() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("ORFEAS_ALLOW_SKIP").is_some(),
-        "no converted ISNet weights at {} (run scripts/setup.sh, or set ORFEAS_ALLOW_SKIP=1)",
-        dir.display()
-    );
-    eprintln!(
-        "SKIPPED (ORFEAS_ALLOW_SKIP): no ISNet weights at {}",
-        dir.display()
-    );
-    None
-}
-
 fn fixture(name: &str) -> PathBuf {
-    orfeas_tests::fixtures_dir().join(name)
+    fixtures::dir().join(name)
 }
 
 /// The cut-out the engine makes on the CPU backend with the same options.
@@ -62,7 +46,7 @@ async fn cutout_state(browser: &Browser) -> anyhow::Result<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads()
 -> anyhow::Result<()> {
-    let Some(weights) = isnet_dir() else {
+    let Some(weights) = fixtures::isnet_weights() else {
         return Ok(());
     };
     let models = tempfile::tempdir()?;
@@ -76,19 +60,17 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
         640 << 10,
         21,
     )?;
-    let server = Server::start(&dist_dir()?, models.path()).await?;
-    server.put_file(
-        "orfeas.json",
-        "application/json",
-        r#"{"models":[{"id":"isnet-medium","label":"Background removal"},{"id":"shape","label":"Shape generation"}]}"#,
-    );
+    let config = stage::config(&[
+        ("isnet-medium", "Background removal"),
+        ("shape", "Shape generation"),
+    ]);
+    let stage = Stage::start(models.path(), Some(&config)).await?;
+    let server = &stage.server;
     server.set_fault(&slow.shards.last().unwrap().file, Fault::Stall);
     // ISNet's shards wait until the test has seen the cut-out wait for it.
     server.hold("isnet-medium/model-0");
-    let driver = Chromedriver::start().await?;
-    let browser = Browser::open(&driver, true).await?;
-    browser
-        .goto(&server.url(&format!("/?background_size={SIZE}&turntable=0")))
+    let browser = stage
+        .open(&format!("/?background_size={SIZE}&turntable=0"))
         .await?;
 
     // An image picked before ISNet is ready waits for it, and says so.

@@ -9,9 +9,9 @@ use orfeas_engine::mesh::cleanup;
 use orfeas_engine::pipeline::{COMPONENTS, GenerateOptions, load_shape_model};
 use orfeas_engine::recenter::{SIZE, shape_input};
 use orfeas_engine::weights::source::DirSource;
-use orfeas_tests::browser::{Browser, Chromedriver, model_attr};
-use orfeas_tests::server::Server;
-use orfeas_tests::{dist_dir, fixtures_dir, model};
+use orfeas_tests::browser::model_attr;
+use orfeas_tests::fixtures;
+use orfeas_tests::stage::{self, Stage};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -28,7 +28,7 @@ fn cpu_reference(model_dir: &std::path::Path) -> anyhow::Result<(usize, [f32; 3]
             |_, _| {},
         ))
         .map_err(anyhow::Error::msg)?;
-    let png = std::fs::read(fixtures_dir().join("preprocess_input_0.png"))?;
+    let png = std::fs::read(fixtures::dir().join("preprocess_input_0.png"))?;
     let input = shape_input(&orfeas_engine::input::decode_image(&png)?, SIZE)?;
     let options = GenerateOptions {
         steps: Some(4),
@@ -48,17 +48,15 @@ fn cpu_reference(model_dir: &std::path::Path) -> anyhow::Result<(usize, [f32; 3]
 async fn generate_runs_the_shape_model_in_the_browser_and_shows_the_mesh() -> anyhow::Result<()> {
     let models = tempfile::tempdir()?;
     let shape = models.path().join("hunyuan3d");
-    model::fixture_shape_model(&shape)?;
-    let server = Server::start(&dist_dir()?, models.path()).await?;
-    server.put_file(
-        "orfeas.json",
-        "application/json",
-        r#"{"models":[{"id":"hunyuan3d/conditioner","label":"Image encoder"},{"id":"hunyuan3d/denoiser","label":"Denoiser"},{"id":"hunyuan3d/vae","label":"Shape decoder"}]}"#,
-    );
-    let driver = Chromedriver::start().await?;
-    let browser = Browser::open(&driver, true).await?;
-    browser
-        .goto(&server.url("/?steps=4&octree_resolution=32&seed=7&turntable=0"))
+    fixtures::converted_shape_model(&shape)?;
+    let config = stage::config(&[
+        ("hunyuan3d/conditioner", "Image encoder"),
+        ("hunyuan3d/denoiser", "Denoiser"),
+        ("hunyuan3d/vae", "Shape decoder"),
+    ]);
+    let stage = Stage::start(models.path(), Some(&config)).await?;
+    let browser = stage
+        .open("/?steps=4&octree_resolution=32&seed=7&turntable=0")
         .await?;
     browser
         .wait_for(
@@ -80,7 +78,7 @@ async fn generate_runs_the_shape_model_in_the_browser_and_shows_the_mesh() -> an
             .await?;
     }
     // A cut-out already (alpha), so no background removal is needed.
-    let photo = fixtures_dir().join("preprocess_input_0.png");
+    let photo = fixtures::dir().join("preprocess_input_0.png");
     browser.choose_file("input[type=file]", &photo).await?;
     browser
         .wait_for(

@@ -6,9 +6,8 @@
 
 use std::time::Duration;
 
-use orfeas_tests::browser::{Browser, Chromedriver};
-use orfeas_tests::dist_dir;
-use orfeas_tests::server::Server;
+use orfeas_tests::browser::Browser;
+use orfeas_tests::stage::Stage;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -81,14 +80,10 @@ fn changed(a: &image::RgbaImage, b: &image::RgbaImage) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_image_gets_an_instant_preview_in_the_viewer_with_exports() -> anyhow::Result<()> {
     let models = tempfile::tempdir()?;
-    let server = Server::start(&dist_dir()?, models.path()).await?;
-    let driver = Chromedriver::start().await?;
-    let browser = Browser::open(&driver, true).await?;
+    let stage = Stage::start(models.path(), None).await?;
     // No model configured: the preview needs none. The turntable is off so that views are
     // still between snapshots.
-    browser
-        .goto(&server.url("?models=none&turntable=0"))
-        .await?;
+    let browser = stage.open("?models=none&turntable=0").await?;
     let files = tempfile::tempdir()?;
     let disc = files.path().join("disc.png");
     disc_png(&disc)?;

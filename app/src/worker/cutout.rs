@@ -3,26 +3,14 @@
 
 use std::rc::Rc;
 
-use image::RgbaImage;
 use orfeas_engine::background::{has_alpha, remove_background};
 use orfeas_engine::models::isnet::{IsNet, checkpoint_name};
 use orfeas_engine::weights::apply_torch_weights;
-use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::spawn_local;
 
+use super::outbox::{cutout_report as report, post_cutout};
 use super::{Engine, post};
-use crate::protocol::{CutoutReport, CutoutState, FromWorker, ModelStatusReport, bulk};
-
-/// Whether slot `i` is background removal: its index names an `isnet…` model (or, before the
-/// index is read, its id does).
-pub(super) fn is_isnet(engine: &Engine, i: usize) -> bool {
-    let slots = engine.models.borrow();
-    let slot = &slots[i];
-    slot.index
-        .as_ref()
-        .map_or(slot.spec.id.as_str(), |index| index.model.id.as_str())
-        .starts_with("isnet")
-}
+use crate::protocol::{CutoutState, ModelStatusReport};
 
 /// Build ISNet from slot `i`'s weights; a set whose tensors do not fit the network fails the
 /// model with the reason.
@@ -42,35 +30,6 @@ pub(super) fn adopt(engine: &Engine, i: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn report(name: &str, state: CutoutState, message: impl Into<String>) -> FromWorker {
-    FromWorker::Cutout(CutoutReport {
-        name: name.to_string(),
-        state,
-        message: message.into(),
-    })
-}
-
-/// Send a finished cut-out as a PNG beside its report.
-fn post_image(name: &str, state: CutoutState, message: String, image: &RgbaImage) {
-    let mut png = Vec::new();
-    if let Err(e) = image.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png) {
-        post(&report(
-            name,
-            CutoutState::Failed,
-            format!("PNG encoding: {e}"),
-        ));
-        return;
-    }
-    let object = bulk::message(bulk::Kind::Cutout);
-    let report = report(name, state, message).to_json();
-    bulk::set(&object, bulk::REPORT, &report.into());
-    let bytes = js_sys::Uint8Array::from(png.as_slice());
-    bulk::set(&object, bulk::PNG, &bytes);
-    let transfer = js_sys::Array::of1(&bytes.buffer());
-    let scope: web_sys::DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
-    let _ = scope.post_message_with_transfer(&object, &transfer);
-}
-
 /// Cut out the current image if background removal can run now; otherwise say what it waits for.
 pub(super) fn request(engine: &Rc<Engine>) {
     let Some((name, image)) = engine.image.borrow().clone() else {
@@ -82,12 +41,12 @@ pub(super) fn request(engine: &Rc<Engine>) {
     if has_alpha(&image) {
         engine.cutout.replace(Some(image.clone()));
         let message = "the image already has transparency: used as it is".to_string();
-        post_image(&name, CutoutState::Kept, message, &image);
+        post_cutout(&name, CutoutState::Kept, message, &image);
         return;
     }
     let Some(model) = engine.isnet.borrow().clone() else {
-        let count = engine.models.borrow().len();
-        let isnet_status = (0..count).find(|&i| is_isnet(engine, i)).map(|i| {
+        let background = engine.roles.borrow().background;
+        let isnet_status = background.map(|i| {
             let slots = engine.models.borrow();
             (slots[i].spec.label.clone(), slots[i].status.clone())
         });
@@ -140,7 +99,7 @@ pub(super) fn request(engine: &Rc<Engine>) {
                     options.size
                 );
                 engine.cutout.replace(Some(cut.clone()));
-                post_image(&name, CutoutState::Ready, message, &cut);
+                post_cutout(&name, CutoutState::Ready, message, &cut);
             }
             Err(e) => post(&report(&name, CutoutState::Failed, e.to_string())),
         }

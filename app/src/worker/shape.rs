@@ -1,45 +1,27 @@
-//! Shape generation in the worker. A converted shape model is three shard sets (models
-//! `<name>/conditioner`, `<name>/denoiser`, `<name>/vae`); once all are on the GPU the first
+//! Shape generation in the worker. A converted shape model is three shard sets (the models
+//! whose role is a part of it: `<name>/conditioner`, `<name>/denoiser`, `<name>/vae`); once all are on the GPU the first
 //! Generate builds one `ShapeModel` from them, then every request runs the engine's
 //! image-to-mesh job on it (reusing the cut-out already shown) and sends the mesh to the viewer.
 
 use std::rc::Rc;
 
 use orfeas_engine::background::has_alpha;
-use orfeas_engine::pipeline::{
-    COMPONENTS, ImageToMesh, Note, Request, ShapeConfig, ShapeModel, Stage,
-};
+use orfeas_engine::pipeline::{ImageToMesh, Note, Request, ShapeConfig, ShapeModel, Stage};
 
-use super::{Engine, post, post_mesh};
+use super::Engine;
+use super::outbox::{post, post_mesh};
 use crate::protocol::{FromWorker, MeshMeta};
 
-/// The slots of the first shape model, in [`COMPONENTS`] order.
-pub(super) fn parts(engine: &Engine) -> Option<[usize; 3]> {
-    let slots = engine.models.borrow();
-    let name = slots
-        .iter()
-        .find_map(|s| s.spec.id.strip_suffix(&format!("/{}", COMPONENTS[0])))?
-        .to_string();
-    let find = |part: &str| {
-        let id = format!("{name}/{part}");
-        slots.iter().position(|s| s.spec.id == id)
-    };
-    Some([
-        find(COMPONENTS[0])?,
-        find(COMPONENTS[1])?,
-        find(COMPONENTS[2])?,
-    ])
-}
-
-/// Whether slot `i` belongs to a shape model (its network must be rebuilt when it reloads).
-pub(super) fn is_part(engine: &Engine, i: usize) -> bool {
-    parts(engine).is_some_and(|p| p.contains(&i))
-}
-
 fn build(engine: &Engine) -> Result<Rc<ShapeModel>, String> {
-    let parts = parts(engine).ok_or(
-        "no shape model is configured (models <name>/conditioner, <name>/denoiser, <name>/vae)",
-    )?;
+    let parts = engine
+        .roles
+        .borrow()
+        .shape
+        .as_ref()
+        .map(|(_, parts)| *parts)
+        .ok_or(
+            "no shape model is configured (models <name>/conditioner, <name>/denoiser, <name>/vae)",
+        )?;
     let device = engine.device()?;
     let [conditioner, denoiser, vae] = parts.map(|i| {
         let slots = engine.models.borrow();

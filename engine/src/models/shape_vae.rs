@@ -141,6 +141,7 @@ impl ShapeVaeConfig {
                             c_qkv: linear(w, 3 * w, self.qkv_bias),
                             attention: qk_norm(),
                             c_proj: linear(w, w, true),
+                            heads: self.heads,
                         },
                         ln_2: norm(w, 1e-6),
                         mlp: mlp(4),
@@ -157,6 +158,7 @@ impl ShapeVaeConfig {
                         c_kv: linear(w, 2 * w, self.qkv_bias),
                         attention: qk_norm(),
                         c_proj: linear(w, w, true),
+                        heads: self.heads,
                     },
                     ln_3: norm(w, 1e-6),
                     mlp: mlp(self.geo_decoder_mlp_expand_ratio),
@@ -165,7 +167,6 @@ impl ShapeVaeConfig {
                 ln_post: norm(w, LN_POST_EPS),
                 output_proj: linear(w, 1, true),
             },
-            heads: self.heads,
             num_freqs: self.num_freqs,
             include_pi: self.include_pi,
             scale_factor: self.scale_factor,
@@ -178,7 +179,6 @@ pub struct ShapeVae {
     pub post_kl: Linear,
     pub transformer: Transformer,
     pub geo_decoder: GeoDecoder,
-    heads: usize,
     num_freqs: usize,
     include_pi: bool,
     scale_factor: f64,
@@ -202,6 +202,7 @@ pub struct SelfAttention {
     pub c_qkv: Linear,
     pub attention: Option<QkNorm>,
     pub c_proj: Linear,
+    heads: usize,
 }
 
 #[derive(Module, Debug)]
@@ -239,6 +240,7 @@ pub struct CrossAttention {
     pub c_kv: Linear,
     pub attention: Option<QkNorm>,
     pub c_proj: Linear,
+    heads: usize,
 }
 
 /// The latents' keys and values for the geometry decoder, `[batch, heads, latents, head_dim]`.
@@ -257,7 +259,8 @@ impl Mlp {
 }
 
 impl SelfAttention {
-    fn forward(&self, x: Tensor<3>, heads: usize) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let heads = self.heads;
         let [b, n, w] = x.dims();
         let hd = w / heads;
         // The official per-head interleave: each head's slice of the concatenated q|k|v.
@@ -296,7 +299,7 @@ impl ShapeVae {
         let latents = (latents.cast(DType::F32) * unscale).cast(self.dtype());
         let mut x = linear(&self.post_kl, latents);
         for block in &self.transformer.resblocks {
-            x = x.clone() + block.attn.forward(block.ln_1.forward(x), self.heads);
+            x = x.clone() + block.attn.forward(block.ln_1.forward(x));
             x = x.clone() + block.mlp.forward(block.ln_2.forward(x));
         }
         x
@@ -306,15 +309,16 @@ impl ShapeVae {
     pub fn key_values(&self, decoded: Tensor<3>) -> KeyValues {
         let attn = &self.geo_decoder.cross_attn_decoder.attn;
         let [b, m, w] = decoded.dims();
-        let hd = w / self.heads;
+        let heads = attn.heads;
+        let hd = w / heads;
         let ln = &self.geo_decoder.cross_attn_decoder.ln_2;
         let [k, v] = by_rows_many(ln.forward(decoded), 2 * w, |x| {
             let rows = x.dims()[1];
-            let kv = linear(&attn.c_kv, x).reshape([b, rows, self.heads, 2 * hd]);
+            let kv = linear(&attn.c_kv, x).reshape([b, rows, heads, 2 * hd]);
             [0, 1].map(|i| kv.clone().narrow(3, i * hd, hd).reshape([b, rows, w]))
         });
-        let mut k = k.reshape([b, m, self.heads, hd]);
-        let v = v.reshape([b, m, self.heads, hd]);
+        let mut k = k.reshape([b, m, heads, hd]);
+        let v = v.reshape([b, m, heads, hd]);
         if let Some(norm) = &attn.attention {
             k = norm.k_norm.forward(k);
         }
@@ -355,9 +359,10 @@ impl ShapeVae {
         let block = &decoder.cross_attn_decoder;
         let q = linear(&decoder.query_proj, self.embed(points).cast(self.dtype()));
         let [b, n, w] = q.dims();
-        let hd = w / self.heads;
+        let heads = block.attn.heads;
+        let hd = w / heads;
         let mut query =
-            linear(&block.attn.c_q, block.ln_1.forward(q.clone())).reshape([b, n, self.heads, hd]);
+            linear(&block.attn.c_q, block.ln_1.forward(q.clone())).reshape([b, n, heads, hd]);
         if let Some(norm) = &block.attn.attention {
             query = norm.q_norm.forward(query);
         }

@@ -85,8 +85,12 @@ pub const MIN_EMIT_INTERVAL: Duration = Duration::from_millis(50);
 const RATE_SAMPLE: Duration = Duration::from_millis(200);
 const RATE_SMOOTHING: f64 = 0.3;
 
+/// Where a tracker reads the time: [`Instant::now`], or a test's clock.
+pub type Clock = fn() -> Instant;
+
 pub struct ProgressTracker<F: FnMut(&LoadProgress)> {
     progress: LoadProgress,
+    now: Clock,
     started: Instant,
     last_emit: Option<(Instant, Phase)>,
     sample_at: Instant,
@@ -98,9 +102,15 @@ pub struct ProgressTracker<F: FnMut(&LoadProgress)> {
 
 impl<F: FnMut(&LoadProgress)> ProgressTracker<F> {
     pub fn new(progress: LoadProgress, sink: F) -> Self {
-        let now = Instant::now();
+        Self::with_clock(progress, sink, Instant::now)
+    }
+
+    /// A tracker on another clock (a test's, which moves only when the test says).
+    pub fn with_clock(progress: LoadProgress, sink: F, clock: Clock) -> Self {
+        let now = clock();
         Self {
             progress,
+            now: clock,
             started: now,
             last_emit: None,
             sample_at: now,
@@ -172,7 +182,7 @@ impl<F: FnMut(&LoadProgress)> ProgressTracker<F> {
     }
 
     fn update_rate(&mut self, force: bool) {
-        let now = Instant::now();
+        let now = (self.now)();
         let dt = now.duration_since(self.sample_at);
         if dt < RATE_SAMPLE && !force {
             return;
@@ -199,7 +209,7 @@ impl<F: FnMut(&LoadProgress)> ProgressTracker<F> {
     }
 
     fn emit(&mut self, force: bool) {
-        let now = Instant::now();
+        let now = (self.now)();
         let due = match self.last_emit {
             None => true,
             Some((at, phase)) => {
@@ -222,7 +232,82 @@ impl<F: FnMut(&LoadProgress)> ProgressTracker<F> {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
+
+    thread_local! {
+        /// This test thread's clock: it moves only by [`advance`].
+        static NOW: Cell<Instant> = Cell::new(Instant::now());
+    }
+
+    fn test_clock() -> Instant {
+        NOW.with(Cell::get)
+    }
+
+    fn advance(ms: u64) {
+        NOW.with(|now| now.set(now.get() + Duration::from_millis(ms)));
+    }
+
+    fn tracker(events: &mut Vec<LoadProgress>) -> ProgressTracker<impl FnMut(&LoadProgress)> {
+        let progress = LoadProgress::new("m", 10_000, 1, 1);
+        ProgressTracker::with_clock(
+            progress,
+            |p: &LoadProgress| events.push(p.clone()),
+            test_clock,
+        )
+    }
+
+    #[test]
+    fn events_are_spaced_by_the_clock_except_phase_changes() {
+        let mut events = Vec::new();
+        let mut tracker = tracker(&mut events);
+        for _ in 0..1000 {
+            tracker.add_bytes(1);
+        }
+        advance(MIN_EMIT_INTERVAL.as_millis() as u64 - 1);
+        tracker.add_bytes(1);
+        tracker.add_tensors(1);
+        tracker.shard_done();
+        advance(1);
+        tracker.add_bytes(1);
+        tracker.add_bytes(1);
+        tracker.set_phase(Phase::Verify);
+        tracker.set_phase(Phase::Verify);
+        tracker.flush();
+        drop(tracker);
+        let seen: Vec<(u64, Phase)> = events.iter().map(|e| (e.bytes_done, e.phase)).collect();
+        assert_eq!(
+            seen,
+            [
+                (1, Phase::Fetch),
+                (1002, Phase::Fetch),
+                (1003, Phase::Verify),
+                (1003, Phase::Verify)
+            ]
+        );
+        assert_eq!(events[1].elapsed_s, 0.05);
+    }
+
+    #[test]
+    fn throughput_is_sampled_and_smoothed_and_gives_the_eta() {
+        let mut events = Vec::new();
+        let mut tracker = tracker(&mut events);
+        tracker.add_bytes(1000);
+        assert_eq!(tracker.progress().bytes_per_sec, 0.0, "no sample yet");
+        advance(RATE_SAMPLE.as_millis() as u64);
+        tracker.add_bytes(1000);
+        let first = 2000.0 / 0.2;
+        assert!((tracker.progress().bytes_per_sec - first).abs() < 1e-6);
+        assert!((tracker.progress().eta_s.unwrap() - 8000.0 / first).abs() < 1e-9);
+        advance(RATE_SAMPLE.as_millis() as u64);
+        tracker.add_bytes(3000);
+        let smoothed = RATE_SMOOTHING * (3000.0 / 0.2) + (1.0 - RATE_SMOOTHING) * first;
+        assert!((tracker.progress().bytes_per_sec - smoothed).abs() < 1e-6);
+        assert!((tracker.progress().eta_s.unwrap() - 5000.0 / smoothed).abs() < 1e-9);
+        tracker.set_phase(Phase::Ready);
+        assert_eq!(tracker.progress().eta_s, Some(0.0));
+    }
 
     #[test]
     fn phase_names_are_the_serialised_names() {

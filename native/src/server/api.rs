@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Multipart, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -197,38 +198,58 @@ struct RawParams {
     format: Option<Value>,
 }
 
+/// Admission to `generate-3d`: the models are ready and the queue has room. Taken from the
+/// request's head, so axum checks it before [`Upload`] reads a byte of the body: a loading
+/// server or a full queue answers at once, whatever the upload (as the original did).
+pub struct Admitted;
+
+impl FromRequestParts<Arc<AppState>> for Admitted {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        if let Some(not_ready) = state.models.not_ready() {
+            return Err(match not_ready.kind {
+                NotReadyKind::Loading => ApiError::ModelsLoading {
+                    retry_after_s: not_ready.retry_after_s,
+                    models: state.models.describe(),
+                },
+                NotReadyKind::NotReady => ApiError::ModelsNotReady {
+                    model: not_ready.model,
+                    reason: not_ready.message,
+                },
+            });
+        }
+        match state.jobs.full() {
+            Some(refused) => Err(queue_refusal(refused)),
+            None => Ok(Admitted),
+        }
+    }
+}
+
+/// The upload of a `generate-3d` request, read within the limits (size and time) and
+/// validated: parameters in range, the image decoded.
+pub struct Upload(pub JobInput);
+
+impl FromRequest<Arc<AppState>> for Upload {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let read = tokio::time::timeout(state.limits.body_timeout, read_input(state, request));
+        match read.await {
+            Ok(input) => input.map(Upload),
+            Err(_) => Err(ApiError::UploadTimeout {
+                seconds: state.limits.body_timeout.as_secs(),
+            }),
+        }
+    }
+}
+
 pub async fn generate(
     State(state): State<Arc<AppState>>,
+    _: Admitted,
     Query(query): Query<WaitQuery>,
-    request: Request,
+    Upload(input): Upload,
 ) -> Response {
-    // Models first, as the original did: a loading server answers at once, whatever the body.
-    if let Some(not_ready) = state.models.not_ready() {
-        return match not_ready.kind {
-            NotReadyKind::Loading => ApiError::ModelsLoading {
-                retry_after_s: not_ready.retry_after_s,
-                models: state.models.describe(),
-            },
-            NotReadyKind::NotReady => ApiError::ModelsNotReady {
-                model: not_ready.model,
-                reason: not_ready.message,
-            },
-        }
-        .into_response();
-    }
-    // A full queue answers before the upload is read or decoded.
-    if let Some(refused) = state.jobs.full() {
-        return queue_refusal(refused).into_response();
-    }
-    let read = tokio::time::timeout(state.limits.body_timeout, read_input(&state, request));
-    let input = match read.await {
-        Ok(Ok(input)) => input,
-        Ok(Err(refused)) => return refused.into_response(),
-        Err(_) => {
-            let seconds = state.limits.body_timeout.as_secs();
-            return ApiError::UploadTimeout { seconds }.into_response();
-        }
-    };
     // Loaded, but without a model this request needs (e.g. no shape model at all).
     if let Some((model, reason)) = state.jobs.unavailable(&input) {
         return ApiError::ModelsNotReady { model, reason }.into_response();

@@ -87,6 +87,8 @@ pub struct ServeOptions {
     /// Read model shards at most this fast (bytes/s): a stand-in for a slow disk or a far
     /// larger model, to see and test the loading state.
     pub load_throttle: Option<u64>,
+    /// While this file exists, models wait to load (tests and demos of the loading state).
+    pub hold_loading_while: Option<std::path::PathBuf>,
 }
 
 /// The API and static routes over `state`, behind the Host/Origin guard.
@@ -133,10 +135,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let mut state = AppState::new(models.clone(), jobs.clone(), options.limits.clone());
     state.started = started;
     let loader = models::Loader {
-        device: options.device.clone(),
-        dtype: options.dtype,
-        capacity: options.capacity.clone(),
         throttle: options.load_throttle,
+        hold_while: options.hold_loading_while.clone(),
+        ..models::Loader::new(
+            options.device.clone(),
+            options.dtype,
+            options.capacity.clone(),
+        )
     };
     state.loader = Some(loader.clone());
     let mut access = options.access.clone();
@@ -163,13 +168,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let _loading = models::load_in_background(
-        models,
-        loader.device,
-        loader.dtype,
-        loader.capacity,
-        loader.throttle,
-    );
+    let _loading = models::load_in_background(models, loader);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal(jobs.clone()))
         .await?;

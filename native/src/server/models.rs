@@ -321,31 +321,34 @@ fn info(index: &ShardIndex, tensors: usize) -> Value {
     })
 }
 
-/// What loading needs: the device, the dtype it computes in, what fits on it, and the read
-/// throttle (bytes/s) for demos.
+/// What loading needs: the device, the dtype it computes in, what fits on it, and the demo
+/// and test brakes (a read throttle in bytes/s, a file whose presence holds loading).
 #[derive(Clone)]
 pub struct Loader {
     pub device: Device,
     pub dtype: DType,
     pub capacity: Capacity,
     pub throttle: Option<u64>,
+    /// While this file exists, no shard is read (indexes are): a server that is certainly
+    /// still loading, for as long as a test (or a demo) needs, without guessing at speeds.
+    pub hold_while: Option<std::path::PathBuf>,
+}
+
+impl Loader {
+    pub fn new(device: Device, dtype: DType, capacity: Capacity) -> Loader {
+        Loader {
+            device,
+            dtype,
+            capacity,
+            throttle: None,
+            hold_while: None,
+        }
+    }
 }
 
 /// Load every model, one after another, on a thread of its own (loading is CPU work: it must
 /// not slow the threads that answer requests).
-pub fn load_in_background(
-    models: Arc<Models>,
-    device: Device,
-    dtype: DType,
-    capacity: Capacity,
-    throttle: Option<u64>,
-) -> std::thread::JoinHandle<()> {
-    let loader = Loader {
-        device,
-        dtype,
-        capacity,
-        throttle,
-    };
+pub fn load_in_background(models: Arc<Models>, loader: Loader) -> std::thread::JoinHandle<()> {
     let all = (0..models.slots.len()).collect();
     spawn_loading(models, loader, all)
 }
@@ -436,9 +439,10 @@ fn spawn_loading(
                 for (&i, refused) in which.iter().zip(refused) {
                     let slot = &models.slots[i];
                     if !refused {
-                        let source = Throttled {
+                        let source = Braked {
                             inner: DirSource::new(&slot.dir),
                             bytes_per_sec: loader.throttle,
+                            hold_while: loader.hold_while.clone(),
                         };
                         load_guarded(slot, &source, &loader.device, loader.dtype).await;
                     }
@@ -544,18 +548,23 @@ async fn load_one<S: ShardSource>(slot: &ModelSlot, source: &S, device: &Device,
 
 /// A folder source slowed to `bytes_per_sec` (for demos and tests of the loading state: a
 /// "slow disk" or a model far larger than the one at hand).
-struct Throttled {
+/// A model folder read with the [`Loader`]'s brakes on.
+struct Braked {
     inner: DirSource,
     bytes_per_sec: Option<u64>,
+    hold_while: Option<std::path::PathBuf>,
 }
 
 #[async_trait::async_trait]
-impl ShardSource for Throttled {
+impl ShardSource for Braked {
     async fn read_index(&self) -> Result<Vec<u8>, SourceError> {
         self.inner.read_index().await
     }
 
     async fn open_shard(&self, file: &str) -> Result<ByteStream, SourceError> {
+        while self.hold_while.as_ref().is_some_and(|path| path.exists()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let stream = self.inner.open_shard(file).await?;
         let Some(rate) = self.bytes_per_sec else {
             return Ok(stream);

@@ -1,21 +1,21 @@
-//! Shared by the CLI tests: the fixture folder and running the `orfeas` binary.
-#![allow(dead_code)]
+//! Shared by the CLI and server tests: running the `orfeas` binary and its server; the
+//! fixtures come from the workspace's test-support crate (`orfeas_tests::fixtures`).
+#![allow(dead_code, unused_imports)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Instant;
 
-use safetensors::SafeTensors;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-/// `ORFEAS_FIXTURES`, default `../shared/fixtures/public`.
+pub use orfeas_tests::fixtures::{
+    self, Tensors, isnet_weights, stage, tensors as fixture_tensors, write_bundle,
+};
+
+/// The fixture folder.
 pub fn fixtures() -> PathBuf {
-    std::env::var_os("ORFEAS_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/public")
-        })
+    fixtures::dir()
 }
 
 pub fn orfeas(args: &[&str]) -> Output {
@@ -34,115 +34,20 @@ pub fn text(out: &Output) -> String {
     )
 }
 
-pub fn stage(name: &str) -> Value {
-    let text = std::fs::read_to_string(fixtures().join("fixtures.json")).unwrap();
-    serde_json::from_str::<Value>(&text).unwrap()[name].clone()
-}
-
-/// A fixture weight file's tensors: (official name, shape, F16 bytes).
-pub type Tensors = Vec<(String, Vec<usize>, Vec<u8>)>;
-
-pub fn fixture_tensors(file: &str) -> Tensors {
-    let bytes = std::fs::read(fixtures().join(file)).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Tensors = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), safetensors::Dtype::F16);
-            (name, view.shape().to_vec(), view.data().to_vec())
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-/// An official-style config.yaml for the fixture configs with the given denoiser class.
+/// An official-style config.yaml (YAML, as the official repository writes it) for the fixture
+/// configs with the given denoiser class.
 pub fn write_config(path: &Path, class: &str, params: &Value) {
-    let dinov2 = stage("dinov2");
-    let yaml = json!({
-        "model": {"target": format!("hy3dshape.models.denoisers.{class}"), "params": params},
-        "vae": {"target": "hy3dshape.models.autoencoders.ShapeVAE", "params": stage("vae")["config"]["params"]},
-        "conditioner": {
-            "target": "hy3dshape.models.conditioner.SingleImageEncoder",
-            "params": {"main_image_encoder": {"type": "DinoImageEncoder", "kwargs": {
-                "config": dinov2["config"]["config"],
-                "image_size": dinov2["config"]["encoder_kwargs"]["image_size"],
-                "use_cls_token": true,
-            }}},
-        },
-        "scheduler": {"target": "hy3dshape.schedulers.FlowMatchEulerDiscreteScheduler", "params": {"num_train_timesteps": 1000}},
-        "image_processor": {"target": "hy3dshape.preprocessors.ImageProcessorV2", "params": {"size": 512, "border_ratio": 0.15}},
-    });
-    std::fs::write(path, yaml_serde::to_string(&yaml).unwrap()).unwrap();
+    let config = fixtures::official_config(class, params);
+    std::fs::write(path, yaml_serde::to_string(&config).unwrap()).unwrap();
 }
 
-/// The official safetensors repack of a checkpoint: every part's tensors, flat, F16, under
-/// their prefixed names.
-pub fn write_bundle(path: &Path, parts: &[&Tensors]) {
-    let views: Vec<(String, safetensors::tensor::TensorView)> = parts
-        .iter()
-        .copied()
-        .flatten()
-        .map(|(n, s, b)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), b);
-            (n.clone(), view.unwrap())
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
-}
-
-/// The fixture shape model (the 2.1 DiT, VAE, DINOv2 test weights) converted by `orfeas
-/// convert` into `dir` (three shard sets), as a user's real checkpoint would be.
+/// The fixture shape model converted into `dir` (three shard sets), as a user's real
+/// checkpoint would be.
 pub fn converted_fixture_model(dir: &Path) -> PathBuf {
-    let work = tempfile::tempdir().unwrap();
-    let (bundle, yaml) = (
-        work.path().join("model.fp16.safetensors"),
-        work.path().join("config.yaml"),
-    );
-    let parts = [
-        fixture_tensors("dit21.weights.safetensors"),
-        fixture_tensors("vae.weights.safetensors"),
-        fixture_tensors("dinov2.weights.safetensors"),
-    ];
-    write_bundle(&bundle, &[&parts[0], &parts[1], &parts[2]]);
-    write_config(
-        &yaml,
-        "hunyuandit.HunYuanDiTPlain",
-        &stage("dit21")["config"]["params"],
-    );
-    let out = orfeas(&[
-        "convert",
-        bundle.to_str().unwrap(),
-        "--config",
-        yaml.to_str().unwrap(),
-        "-o",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    fixtures::converted_shape_model(dir).expect("the fixture model converts");
     dir.to_path_buf()
 }
 
-/// The ISNet weights the set-up converted (`ORFEAS_ISNET` or the default folder). Absent, the
-/// test fails, unless `ORFEAS_ALLOW_SKIP` asks for a skip (`None`, with a SKIPPED note).
-pub fn isnet_weights() -> Option<PathBuf> {
-    let dir = orfeas::remove_bg::default_isnet_dir();
-    if dir.join(orfeas_engine::weights::INDEX_FILE).is_file() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("ORFEAS_ALLOW_SKIP").is_some(),
-        "no ISNet weights at {} (run scripts/setup.sh, or set ORFEAS_ALLOW_SKIP=1)",
-        dir.display()
-    );
-    eprintln!(
-        "SKIPPED (ORFEAS_ALLOW_SKIP): no ISNet weights at {}",
-        dir.display()
-    );
-    None
-}
-
-/// A running server; killed on drop.
 pub struct Server {
     pub child: Child,
     pub base: String,
@@ -185,6 +90,32 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+}
+
+/// A brake on a server's loading (`--hold-loading-while`): no shard is read until
+/// [`Hold::release`], so the server is certainly still loading while a test looks.
+pub struct Hold {
+    _dir: tempfile::TempDir,
+    path: String,
+}
+
+impl Hold {
+    pub fn new() -> Hold {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hold");
+        std::fs::write(&path, b"").unwrap();
+        let path = path.to_str().expect("a UTF-8 temp path").to_string();
+        Hold { _dir: dir, path }
+    }
+
+    /// The server's arguments that apply it.
+    pub fn args(&self) -> [&str; 2] {
+        ["--hold-loading-while", &self.path]
+    }
+
+    pub fn release(&self) {
+        std::fs::remove_file(&self.path).unwrap();
     }
 }
 

@@ -1,0 +1,397 @@
+//! Models from the network (through the browser's Cache Storage) onto the GPU: each model's
+//! slot, the fit check before anything large is fetched, loads that survive a device loss,
+//! and the cache's verification.
+
+use std::rc::Rc;
+
+use futures::channel::mpsc;
+use orfeas_engine::weights::loader::{initial_progress, read_index};
+use orfeas_engine::weights::source::{CachedFetchSource, FetchSource, delete_cache};
+use orfeas_engine::weights::{
+    LoadProgress, Phase, ProgressTracker, ShardIndex, WeightSet, load_weights, verify_cached,
+};
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::{JsFuture, spawn_local};
+
+use super::device::{acquire_gpu, device_memory, watch_device_loss};
+use super::{Engine, Roles, cutout, post, wasm_heap_bytes};
+use crate::config::ModelSpec;
+use crate::protocol::{FromWorker, ModelStatusReport, NoticeLevel, ProgressReport};
+
+/// Cache Storage name for model shards; bump the suffix if the stored format ever changes.
+pub const MODEL_CACHE: &str = "orfeas-models-v1";
+
+/// One configured model: where it comes from, its index once read, its weights once loaded.
+pub(super) struct ModelSlot {
+    pub spec: ModelSpec,
+    pub source: Rc<CachedFetchSource>,
+    pub index: Option<ShardIndex>,
+    /// `None` while a load task holds it.
+    pub weights: Option<WeightSet>,
+    pub status: ModelStatusReport,
+    pub progress: Option<ProgressReport>,
+    /// Why the model cannot run on this device (decided from its index before any shard is
+    /// fetched); such a model is never loaded.
+    pub refused: Option<String>,
+    /// Its load was cut short by a device loss: the device's rebuild reloads it.
+    pub awaiting_device: bool,
+}
+
+/// The UI's Start: a slot per model, the GPU, the fit check, then each model's load in turn.
+pub(super) async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {
+    {
+        let mut slots = engine.models.borrow_mut();
+        if !slots.is_empty() {
+            return; // a second Start (e.g. a UI re-mount) changes nothing
+        }
+        *engine.roles.borrow_mut() = Roles::of(&models);
+        for spec in models {
+            let source = CachedFetchSource::new(FetchSource::new(spec.url.clone()), MODEL_CACHE);
+            post(&FromWorker::Status {
+                model: spec.id.clone(),
+                status: ModelStatusReport::Waiting,
+            });
+            slots.push(ModelSlot {
+                spec,
+                source: Rc::new(source),
+                index: None,
+                weights: Some(WeightSet::new()),
+                status: ModelStatusReport::Waiting,
+                progress: None,
+                refused: None,
+                awaiting_device: false,
+            });
+        }
+    }
+    let (sender, receiver) = mpsc::unbounded();
+    *engine.lost.borrow_mut() = Some(sender);
+    spawn_local(watch_device_loss(engine.clone(), receiver));
+    if !acquire_gpu(&engine).await {
+        return;
+    }
+    check_fit(&engine).await;
+    let count = engine.models.borrow().len();
+    for i in 0..count {
+        load_model(engine.clone(), i).await;
+    }
+}
+
+/// Before anything large is fetched: read every model's index (small) and check that the
+/// model — a shape model's three sets together — fits this GPU in the dtype it will run in;
+/// one that does not is refused with the reason (what is missing, what would fit).
+async fn check_fit(engine: &Rc<Engine>) {
+    let Some((capacity, dtype)) = engine.gpu.borrow().as_ref().map(|gpu| {
+        let memory = engine
+            .options
+            .borrow()
+            .gpu_memory_gib
+            .map(|gib| (gib * (1u64 << 30) as f64) as u64);
+        let capacity = gpu.info.capacity(memory, device_memory());
+        let dtype = gpu.info.model_dtype();
+        (capacity, dtype)
+    }) else {
+        return;
+    };
+    let count = engine.models.borrow().len();
+    for i in 0..count {
+        let source = engine.models.borrow()[i].source.clone();
+        if engine.models.borrow()[i].index.is_none()
+            && let Ok(index) = read_index(source.as_ref()).await
+        {
+            engine.models.borrow_mut()[i].index = Some(index);
+        }
+    }
+    let groups: Vec<(String, Vec<usize>)> = {
+        let slots = engine.models.borrow();
+        let roles = engine.roles.borrow();
+        let mut groups = Vec::new();
+        if let Some((name, parts)) = &roles.shape {
+            groups.push((name.clone(), parts.to_vec()));
+        }
+        for (i, slot) in slots.iter().enumerate() {
+            if !roles.is_shape_part(i) {
+                groups.push((slot.spec.id.clone(), vec![i]));
+            }
+        }
+        groups
+    };
+    for (name, members) in groups {
+        let verdict = {
+            let slots = engine.models.borrow();
+            let indexes: Option<Vec<&ShardIndex>> =
+                members.iter().map(|&i| slots[i].index.as_ref()).collect();
+            // An index that cannot be read is reported by the load itself.
+            indexes.map(|indexes| {
+                let name = indexes
+                    .iter()
+                    .find_map(|i| i.config["variant"].as_str())
+                    .map_or(name.clone(), |v| format!("Hunyuan3D-{v}"));
+                orfeas_engine::fit::check(
+                    &name,
+                    &orfeas_engine::fit::Footprint::of(&indexes),
+                    &capacity,
+                    dtype,
+                )
+            })
+        };
+        if let Some(Err(reason)) = verdict {
+            for &i in &members {
+                engine.models.borrow_mut()[i].refused = Some(reason.clone());
+            }
+        }
+    }
+}
+
+pub(super) fn set_status(engine: &Engine, id: &str, status: ModelStatusReport) {
+    if let Some(slot) = engine
+        .models
+        .borrow_mut()
+        .iter_mut()
+        .find(|s| s.spec.id == id)
+    {
+        slot.status = status.clone();
+    }
+    post(&FromWorker::Status {
+        model: id.to_string(),
+        status,
+    });
+}
+
+fn report(progress: &LoadProgress) -> ProgressReport {
+    ProgressReport {
+        model: progress.model.clone(),
+        phase: progress.phase.into(),
+        bytes_done: progress.bytes_done,
+        bytes_total: progress.bytes_total,
+        shards_done: progress.shards_done,
+        shards_total: progress.shards_total,
+        tensors_done: progress.tensors_done,
+        tensors_total: progress.tensors_total,
+        bytes_per_sec: progress.bytes_per_sec,
+        eta_s: progress.eta_s,
+        elapsed_s: progress.elapsed_s,
+        from_cache: progress.from_cache,
+    }
+}
+
+/// Load (or resume) model `i` on the current device. Re-runs itself if the device is rebuilt
+/// meanwhile, since tensors on a lost device are gone.
+pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
+    let (id, source, weights) = {
+        let mut slots = engine.models.borrow_mut();
+        let slot = &mut slots[i];
+        let Some(weights) = slot.weights.take() else {
+            return; // already loading
+        };
+        (slot.spec.id.clone(), slot.source.clone(), weights)
+    };
+    let mut weights = weights;
+    if engine.roles.borrow().is_shape_part(i) {
+        engine.shape.borrow_mut().take();
+    }
+    let refused = engine.models.borrow()[i].refused.clone();
+    if let Some(reason) = refused {
+        engine.models.borrow_mut()[i].weights = Some(weights);
+        set_status(&engine, &id, ModelStatusReport::Failed { reason });
+        return;
+    }
+    set_status(&engine, &id, ModelStatusReport::Loading);
+    loop {
+        let generation = engine.device_generation.get();
+        let outcome = load_once(&engine, i, &id, &source, &mut weights).await;
+        let mut outcome = outcome;
+        if engine.device_generation.get() != generation || engine.gpu.borrow().is_none() {
+            // The device was lost under this load: whatever happened here happened to tensors
+            // that are gone.
+            weights = WeightSet::new();
+            if engine.rebuilding.get() {
+                // The rebuild reloads this model once the new device is up (or fails it).
+                let mut slots = engine.models.borrow_mut();
+                slots[i].weights = Some(weights);
+                slots[i].awaiting_device = true;
+                return;
+            }
+            if engine.gpu.borrow().is_some() {
+                continue;
+            }
+            outcome = Err("the GPU device was lost and could not be rebuilt".into());
+        }
+        let tensors = weights.len();
+        engine.models.borrow_mut()[i].weights = Some(weights);
+        let isnet = engine.roles.borrow().background == Some(i);
+        let outcome = outcome.and_then(|from_cache| {
+            if isnet {
+                cutout::adopt(&engine, i)?;
+            }
+            Ok(from_cache)
+        });
+        match outcome {
+            Ok(from_cache) => set_status(
+                &engine,
+                &id,
+                ModelStatusReport::Ready {
+                    tensors,
+                    from_cache,
+                },
+            ),
+            Err(reason) => set_status(&engine, &id, ModelStatusReport::Failed { reason }),
+        }
+        // Background removal ready (or failed): the current image's cut-out follows (or says so).
+        if isnet {
+            cutout::request(&engine);
+        }
+        post(&FromWorker::Memory {
+            wasm_heap_bytes: wasm_heap_bytes(),
+        });
+        if let Some(error) = source.storage_error() {
+            post(&FromWorker::Notice {
+                level: NoticeLevel::Warning,
+                message: format!(
+                    "the browser would not store {id} ({error}): it is kept in memory for this \
+                     session and downloaded again on the next visit"
+                ),
+            });
+        }
+        return;
+    }
+}
+
+/// One attempt: index, storage check, stream every missing shard. `Ok(from_cache)`.
+async fn load_once(
+    engine: &Rc<Engine>,
+    i: usize,
+    id: &str,
+    source: &CachedFetchSource,
+    weights: &mut WeightSet,
+) -> Result<bool, String> {
+    let Some((device, dtype)) = engine
+        .gpu
+        .borrow()
+        .as_ref()
+        .map(|gpu| (gpu.device.clone(), gpu.info.model_dtype()))
+    else {
+        return Err("no GPU device".into());
+    };
+    let known = engine.models.borrow()[i].index.clone();
+    let index = match known {
+        Some(index) => index,
+        None => {
+            let index = read_index(source).await.map_err(|e| e.to_string())?;
+            engine.models.borrow_mut()[i].index = Some(index.clone());
+            index
+        }
+    };
+    check_storage(id, source, &index).await;
+
+    let mut all_from_cache = true;
+    let mut tracker = ProgressTracker::new(initial_progress(&index), |progress: &LoadProgress| {
+        all_from_cache &= progress.from_cache;
+        let report = report(progress);
+        post(&FromWorker::Progress(report));
+    });
+    let result = load_weights(source, &index, &device, dtype, weights, &mut tracker).await;
+    source.settle().await;
+    match result {
+        Ok(()) => {
+            tracker.set_phase(Phase::Ready);
+            tracker.flush();
+            let last = report(tracker.progress());
+            drop(tracker);
+            engine.models.borrow_mut()[i].progress = Some(last);
+            Ok(all_from_cache)
+        }
+        Err(e) => {
+            tracker.set_phase(Phase::Failed);
+            let last = report(tracker.progress());
+            drop(tracker);
+            engine.models.borrow_mut()[i].progress = Some(last);
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Compare free storage with what still has to be stored; say so when it will not fit.
+async fn check_storage(id: &str, source: &CachedFetchSource, index: &ShardIndex) {
+    let mut to_store = 0u64;
+    for shard in &index.shards {
+        if !orfeas_engine::weights::ShardSource::is_cached(source, &shard.file).await {
+            to_store += shard.size;
+        }
+    }
+    if to_store == 0 {
+        return;
+    }
+    let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    let Ok(estimate) = scope.navigator().storage().estimate() else {
+        return;
+    };
+    let Ok(estimate) = JsFuture::from(estimate).await else {
+        return;
+    };
+    let estimate: web_sys::StorageEstimate = estimate.unchecked_into();
+    let (Some(quota), Some(usage)) = (estimate.get_quota(), estimate.get_usage()) else {
+        return;
+    };
+    let free = (quota - usage).max(0.0) as u64;
+    if free < to_store {
+        post(&FromWorker::Notice {
+            level: NoticeLevel::Warning,
+            message: format!(
+                "{id}: {} MB to store but only {} MB of browser storage free; what does not fit \
+                 stays in memory for this session",
+                to_store >> 20,
+                free >> 20
+            ),
+        });
+    }
+}
+
+/// The UI's Clear cache: drop every stored shard.
+pub(super) async fn clear_cache() {
+    let message = match delete_cache(MODEL_CACHE).await {
+        Ok(true) => "model cache cleared: the next visit downloads the models again".into(),
+        Ok(false) => "the model cache was already empty".into(),
+        Err(e) => format!("could not clear the model cache: {e}"),
+    };
+    post(&FromWorker::CacheReport { message });
+}
+
+/// The UI's Verify cache: re-hash every stored shard against its index, dropping bad ones.
+pub(super) async fn verify_cache(engine: Rc<Engine>) {
+    let targets: Vec<(String, Rc<CachedFetchSource>, Option<ShardIndex>)> = engine
+        .models
+        .borrow()
+        .iter()
+        .map(|s| (s.spec.id.clone(), s.source.clone(), s.index.clone()))
+        .collect();
+    let mut lines = Vec::new();
+    for (id, source, index) in targets {
+        let index = match index {
+            Some(index) => index,
+            None => match read_index(&*source).await {
+                Ok(index) => index,
+                Err(e) => {
+                    lines.push(format!("{id}: no index ({e})"));
+                    continue;
+                }
+            },
+        };
+        let check = verify_cached(&*source, &index).await;
+        let mut line = format!(
+            "{id}: {} of {} shards cached and verified",
+            check.verified.len(),
+            index.shards.len()
+        );
+        for (file, error) in &check.dropped {
+            line.push_str(&format!("; dropped {file} ({error})"));
+        }
+        lines.push(line);
+    }
+    post(&FromWorker::CacheReport {
+        message: if lines.is_empty() {
+            "no models configured".into()
+        } else {
+            lines.join("\n")
+        },
+    });
+}
