@@ -26,7 +26,7 @@ pub const SHAPE_PARTS: [&str; 3] = ["conditioner", "denoiser", "vae"];
 /// from the id the converters write: `isnet…` removes backgrounds, `<name>/conditioner`,
 /// `<name>/denoiser` and `<name>/vae` are the three parts of shape model `<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "kind")]
+#[serde(rename_all = "kebab-case")]
 pub enum Role {
     BackgroundRemoval,
     /// Part `part` (an index into [`SHAPE_PARTS`]) of shape model `model`.
@@ -230,7 +230,7 @@ mod tests {
     #[test]
     fn the_config_file_may_name_a_role() {
         let file: ConfigFile = serde_json::from_str(
-            r#"{"models":[{"id":"bg","role":{"kind":"background-removal"}},{"id":"tiny"},
+            r#"{"models":[{"id":"bg","role":"background-removal"},{"id":"tiny"},
                 {"id":"a/b/vae"}]}"#,
         )
         .unwrap();
