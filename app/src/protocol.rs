@@ -41,11 +41,16 @@ pub mod bulk {
     pub const REPORT: &str = "report";
     pub const PNG: &str = "png";
 
+    /// Viewer → UI (written by `viewer.js`): `{type: "snapshot", width, height, png}` (a PNG
+    /// `Blob`).
+    pub const SNAPSHOT: &str = "snapshot";
+
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Kind {
         Image,
         Mesh,
         Cutout,
+        Snapshot,
     }
 
     impl Kind {
@@ -54,6 +59,7 @@ pub mod bulk {
                 Kind::Image => IMAGE,
                 Kind::Mesh => MESH,
                 Kind::Cutout => CUTOUT,
+                Kind::Snapshot => SNAPSHOT,
             }
         }
     }
@@ -77,7 +83,7 @@ pub mod bulk {
     /// taken for a mesh.
     pub fn kind(message: &JsValue) -> Result<Kind, String> {
         let name = get(message, TYPE).as_string();
-        [Kind::Image, Kind::Mesh, Kind::Cutout]
+        [Kind::Image, Kind::Mesh, Kind::Cutout, Kind::Snapshot]
             .into_iter()
             .find(|k| name.as_deref() == Some(k.name()))
             .ok_or_else(|| format!("an unknown bulk message (type {name:?})"))
@@ -445,8 +451,9 @@ pub struct GpuReport {
 }
 
 /// The engine's `pipeline::Stage`, mirrored so the UI bundle does not link the engine.
+/// Externally tagged, as every message the UI parses (see the module's notes).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum GenerationStage {
     RemovingBackground,
     Encoding,
@@ -603,6 +610,14 @@ mod tests {
                 retry_after_s: 4,
                 message: "loading".into(),
             },
+            FromWorker::Generating {
+                request_id: 3,
+                stage: GenerationStage::Sampling { done: 2, total: 30 },
+            },
+            FromWorker::Generating {
+                request_id: 3,
+                stage: GenerationStage::Meshing,
+            },
         ];
         for message in messages {
             let json = message.to_json();
@@ -716,6 +731,17 @@ mod tests {
             serde_json::from_str::<FromWorker>(&cutout.to_json()).unwrap(),
             cutout
         );
+    }
+
+    #[test]
+    fn the_download_types_are_the_engines() {
+        // The UI bundle does not link the engine: its list of mesh files is kept equal here.
+        use orfeas_engine::mesh::export::Format;
+        let engine: Vec<(&str, &str)> = Format::ALL
+            .iter()
+            .map(|f| (f.extension(), f.content_type()))
+            .collect();
+        assert_eq!(bulk::FILES.to_vec(), engine);
     }
 
     #[test]

@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use orfeas_engine::models::isnet::{INPUT_SIZE, IsNet, checkpoint_name, normalise};
+use orfeas_engine::models::isnet::{INPUT_SIZE, IsNet, normalise};
+use orfeas_engine::weights::load_all;
 use orfeas_engine::weights::source::DirSource;
-use orfeas_engine::weights::{apply_torch_weights, load_all};
 
 mod fixtures;
 use fixtures::*;
@@ -26,8 +26,7 @@ fn model_as(dir: &PathBuf, device: &Device, dtype: DType) -> IsNet {
     let (_, weights) = runtime
         .block_on(load_all(&DirSource::new(dir), device, dtype, |_| {}))
         .expect("the converted ISNet weights load");
-    apply_torch_weights(IsNet::init(device), weights, checkpoint_name)
-        .expect("the converted weights fit the model")
+    IsNet::from_weights(weights, device).expect("the converted weights fit the model")
 }
 
 fn compare(name: &str, ours: &[f32], reference: &[f32]) -> (f32, f32) {

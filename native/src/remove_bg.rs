@@ -7,9 +7,9 @@ use burn::tensor::{DType, Device};
 use image::RgbaImage;
 use orfeas_engine::background::{has_alpha, remove_background};
 use orfeas_engine::input::decode_image;
-use orfeas_engine::models::isnet::{IsNet, checkpoint_name};
+use orfeas_engine::models::isnet::IsNet;
 use orfeas_engine::weights::source::DirSource;
-use orfeas_engine::weights::{INDEX_FILE, apply_torch_weights, load_all};
+use orfeas_engine::weights::{INDEX_FILE, load_all};
 
 use crate::progress::{bytes_bar, show_load};
 
@@ -49,8 +49,7 @@ pub fn load_isnet(dir: &Path, device: &Device, dtype: DType) -> Result<IsNet> {
             return Err(e.into());
         }
     };
-    apply_torch_weights(IsNet::init(device), weights, checkpoint_name)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))
+    IsNet::from_weights(weights, device).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))
 }
 
 /// The cut-out of `rgba` (ISNet's matte as alpha).

@@ -11,7 +11,7 @@ use orfeas_engine::pipeline::{
     COMPONENTS, GenerateOptions, ImageToMesh, Note, Request, load_shape_model,
 };
 use orfeas_engine::weights::source::DirSource;
-use serde_json::{Value, json};
+use serde_json::json;
 
 mod common;
 use common::{
@@ -113,16 +113,7 @@ fn the_cli_the_server_and_the_engine_make_the_same_mesh() {
             "image": b64(&bytes),
             "steps": STEPS, "octree_resolution": OCTREE, "seed": SEED,
         });
-        let accepted: Value = client
-            .post(server.url("/api/generate-3d"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let (status, _) = finished_job(&client, &server, &accepted).await;
+        let (status, _) = finished_job(&client, &server, &body).await;
         assert_eq!(status["status"], "done", "{status}");
         let result = client
             .get(server.url(status["result_url"].as_str().unwrap()))

@@ -163,19 +163,11 @@ async fn answers_at_once_503s_while_loading_then_runs_jobs() {
     let request = json!({
         "image": b64(&cutout), "steps": 4, "octree_resolution": 32, "seed": 7, "format": "obj",
     });
-    let response = client
-        .post(server.url("/api/generate-3d"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let accepted: Value = response.json().await.unwrap();
-    let (status, seen) = finished_job(&client, &server, &accepted).await;
+    let (status, seen) = finished_job(&client, &server, &request).await;
     eprintln!("job states seen: {seen:?}");
     assert_eq!(status["status"], "done", "{status}");
     let result = client
-        .get(server.url(accepted["result_url"].as_str().unwrap()))
+        .get(server.url(status["result_url"].as_str().unwrap()))
         .send()
         .await
         .unwrap();
@@ -212,16 +204,7 @@ async fn answers_at_once_503s_while_loading_then_runs_jobs() {
     // photo with remove_background=false gives the same mesh.
     let opaque = json!({ "image": b64(&std::fs::read(fixtures().join("isnet_input_0.png")).unwrap()),
         "steps": 2, "octree_resolution": 32 });
-    let accepted: Value = client
-        .post(server.url("/api/generate-3d"))
-        .json(&opaque)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let (status, _) = finished_job(&client, &server, &accepted).await;
+    let (status, _) = finished_job(&client, &server, &opaque).await;
     assert_eq!(status["status"], "done", "{status}");
     assert_eq!(
         status["notes"],

@@ -6,7 +6,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use leptos::prelude::*;
-use orfeas_app::protocol::{FromViewer, MeshMeta, ToViewer, ViewMode, bulk};
+use orfeas_app::protocol::bulk::{self, get};
+use orfeas_app::protocol::{FromViewer, MeshMeta, ToViewer, ViewMode};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
@@ -39,10 +40,6 @@ fn send(message: &ToViewer) {
             let _ = worker.post_message(&JsValue::from_str(&message.to_json()));
         }
     });
-}
-
-fn get(object: &JsValue, key: &str) -> JsValue {
-    js_sys::Reflect::get(object, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
 }
 
 /// The canvas's size in device pixels (capped at 2× so a 4K screen does not quadruple the work).
@@ -109,8 +106,8 @@ fn ensure_viewer(studio: Studio) {
                     }
                     Err(e) => leptos::logging::warn!("viewer: {e}"),
                 }
-            } else if get(&data, "type").as_string().as_deref() == Some("snapshot") {
-                let png: web_sys::Blob = get(&data, "png").unchecked_into();
+            } else if bulk::kind(&data) == Ok(bulk::Kind::Snapshot) {
+                let png: web_sys::Blob = get(&data, bulk::PNG).unchecked_into();
                 if let Ok(url) = web_sys::Url::create_object_url_with_blob(&png) {
                     if let Some(old) = studio.snapshot.get_untracked() {
                         let _ = web_sys::Url::revoke_object_url(&old);

@@ -4,8 +4,7 @@
 use std::rc::Rc;
 
 use orfeas_engine::background::{has_alpha, remove_background};
-use orfeas_engine::models::isnet::{IsNet, checkpoint_name};
-use orfeas_engine::weights::apply_torch_weights;
+use orfeas_engine::models::isnet::IsNet;
 use wasm_bindgen_futures::spawn_local;
 
 use super::outbox::{cutout_report as report, post_cutout};
@@ -24,7 +23,7 @@ pub(super) fn adopt(engine: &Engine, i: usize) -> Result<(), String> {
     let Some(weights) = weights else {
         return Err(format!("{id} is not loaded"));
     };
-    let model = apply_torch_weights(IsNet::init(&device), weights, checkpoint_name)
+    let model = IsNet::from_weights(weights, &device)
         .map_err(|e| format!("{id} does not fit ISNet: {e}"))?;
     *engine.isnet.borrow_mut() = Some(Rc::new(model));
     Ok(())

@@ -231,6 +231,15 @@ impl IsNet {
         }
     }
 
+    /// The network with a converted ISNet shard set's weights (the ONNX initializer names,
+    /// see [`checkpoint_name`]); a set whose tensors do not fit it is refused, naming them.
+    pub fn from_weights(
+        weights: crate::weights::WeightSet,
+        device: &Device,
+    ) -> Result<Self, crate::weights::ApplyError> {
+        crate::weights::apply_torch_weights(Self::init(device), weights, checkpoint_name)
+    }
+
     /// The float dtype the network computes in (its weights').
     pub fn dtype(&self) -> DType {
         self.conv_in.weight.val().dtype()

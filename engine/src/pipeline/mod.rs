@@ -254,9 +254,12 @@ impl<'a> ImageToMesh<'a> {
                 &should_stop,
             )
             .await
-            .map_err(|e| match e == STOPPED {
-                true => GenerateError::Stopped,
-                false => GenerateError::Model(e),
+            .map_err(|e| {
+                if e == STOPPED {
+                    GenerateError::Stopped
+                } else {
+                    GenerateError::Model(e)
+                }
             })?;
         let raw_faces = surface.mesh.triangles.len();
         if raw_faces == 0 {

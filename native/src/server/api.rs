@@ -54,8 +54,10 @@ pub enum ApiError {
     JobFailed(String),
     /// 503: the job was cancelled.
     JobCancelled(String),
-    /// 409: the request conflicts with the job's or model's state.
+    /// 409: the request conflicts with the model's state.
     Conflict(String),
+    /// 409: the job is not in a state for this; the body is its status, with `error`.
+    JobState { job: JobStatus, message: String },
     /// 404: no such model.
     UnknownModel(String),
     /// 503: this server cannot do it.
@@ -76,12 +78,10 @@ impl ApiError {
             ApiError::QueueClosed | ApiError::JobFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::UnknownJob(_) | ApiError::UnknownModel(_) => StatusCode::NOT_FOUND,
             ApiError::EvictedJob(_) => StatusCode::GONE,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::JobState { .. } => StatusCode::CONFLICT,
         }
     }
-}
 
-impl ApiError {
     /// The `status` field: what a client switches on.
     fn kind(&self) -> &'static str {
         match self {
@@ -96,7 +96,7 @@ impl ApiError {
             ApiError::EvictedJob(_) => "gone",
             ApiError::JobFailed(_) => "failed",
             ApiError::JobCancelled(_) => "cancelled",
-            ApiError::Conflict(_) => "conflict",
+            ApiError::Conflict(_) | ApiError::JobState { .. } => "conflict",
             ApiError::UnknownModel(_) => "unknown_model",
             ApiError::Unavailable(_) => "unavailable",
         }
@@ -110,7 +110,8 @@ impl ApiError {
             | ApiError::JobFailed(m)
             | ApiError::Conflict(m)
             | ApiError::UnknownModel(m)
-            | ApiError::Unavailable(m) => m.clone(),
+            | ApiError::Unavailable(m)
+            | ApiError::JobState { message: m, .. } => m.clone(),
             ApiError::UploadTimeout { seconds } => {
                 format!("the upload took longer than {seconds} s")
             }
@@ -143,7 +144,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.message(), "status": self.kind() });
+        let mut body = match &self {
+            ApiError::JobState { job, .. } => serde_json::to_value(job).unwrap_or(Value::Null),
+            _ => json!({ "status": self.kind() }),
+        };
+        body["error"] = json!(self.message());
         match &self {
             ApiError::ModelsLoading { models, .. } => body["models"] = models.clone(),
             ApiError::ModelsNotReady { model, .. } => body["model"] = json!(model),
@@ -319,14 +324,13 @@ pub async fn job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
 pub async fn job_result(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match state.jobs.result(&id) {
         Lookup::Found(Ok(file)) => mesh_response(&id, file),
-        Lookup::Found(Err(status)) => {
-            let mut body = serde_json::to_value(&status).unwrap_or(Value::Null);
-            body["error"] = json!(match &status {
+        Lookup::Found(Err(job)) => {
+            let message = match &job {
                 JobStatus::Failed { error } => format!("{id} failed: {error}"),
                 JobStatus::Cancelled { reason } => format!("{id} was cancelled: {reason}"),
                 _ => format!("{id} is not finished yet"),
-            });
-            (StatusCode::CONFLICT, Json(body)).into_response()
+            };
+            ApiError::JobState { job, message }.into_response()
         }
         Lookup::Evicted => ApiError::EvictedJob(id).into_response(),
         Lookup::Unknown => ApiError::UnknownJob(id).into_response(),
@@ -336,10 +340,9 @@ pub async fn job_result(State(state): State<Arc<AppState>>, Path(id): Path<Strin
 /// `DELETE /api/jobs/{id}`: a queued job is dropped, a running one stops at its next step.
 pub async fn cancel_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match state.jobs.cancel(&id, "cancelled by the client") {
-        Lookup::Found(status) if status.finished() => {
-            let mut body = serde_json::to_value(&status).unwrap_or(Value::Null);
-            body["error"] = json!(format!("{id} has already finished"));
-            (StatusCode::CONFLICT, Json(body)).into_response()
+        Lookup::Found(job) if job.finished() => {
+            let message = format!("{id} has already finished");
+            ApiError::JobState { job, message }.into_response()
         }
         Lookup::Found(JobStatus::Queued { .. }) => Json(json!({
             "id": id, "status": "cancelled", "reason": "cancelled by the client",

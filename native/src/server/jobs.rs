@@ -208,6 +208,27 @@ fn new_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// Job `id`'s status, a queued one with its place in the queue.
+fn status_in(table: &Table, id: &str, entry: &JobEntry) -> JobStatus {
+    match entry.status.borrow().clone() {
+        JobStatus::Queued { .. } => {
+            let position = table
+                .order
+                .iter()
+                .filter(|other| {
+                    table
+                        .entries
+                        .get(*other)
+                        .is_some_and(|e| matches!(*e.status.borrow(), JobStatus::Queued { .. }))
+                })
+                .position(|other| other == id)
+                .unwrap_or(0);
+            JobStatus::Queued { position }
+        }
+        other => other,
+    }
+}
+
 impl Jobs {
     /// A queue holding at most `limits.queue` waiting jobs, drained by one runner task.
     pub fn start(limits: JobLimits, pipeline: Arc<dyn Pipeline>) -> Arc<Self> {
@@ -319,46 +340,23 @@ impl Jobs {
     }
 
     pub fn status(&self, id: &str) -> Lookup<JobStatus> {
-        self.lookup(id, |table, entry| {
-            let status = entry.status.borrow().clone();
-            match status {
-                JobStatus::Queued { .. } => {
-                    let position = table
-                        .order
-                        .iter()
-                        .filter(|other| {
-                            table.entries.get(*other).is_some_and(|e| {
-                                matches!(*e.status.borrow(), JobStatus::Queued { .. })
-                            })
-                        })
-                        .position(|other| other == id)
-                        .unwrap_or(0);
-                    JobStatus::Queued { position }
-                }
-                other => other,
-            }
-        })
+        self.lookup(id, |table, entry| status_in(table, id, entry))
     }
 
     pub fn describe(&self, id: &str) -> Lookup<Value> {
-        match self.status(id) {
-            Lookup::Found(status) => {
-                let mut value = serde_json::to_value(&status).unwrap_or(Value::Null);
-                value["id"] = json!(id);
-                if status == JobStatus::Done {
-                    value["result_url"] = json!(format!("/api/jobs/{id}/result"));
-                    let notes = self.lookup(id, |_, entry| {
-                        entry.result.as_ref().map(|r| r.notes.clone())
-                    });
-                    if let Lookup::Found(Some(notes)) = notes {
-                        value["notes"] = json!(notes);
-                    }
+        // One look at the table: the status and the notes of the same moment.
+        self.lookup(id, |table, entry| {
+            let status = status_in(table, id, entry);
+            let mut value = serde_json::to_value(&status).unwrap_or(Value::Null);
+            value["id"] = json!(id);
+            if status == JobStatus::Done {
+                value["result_url"] = json!(format!("/api/jobs/{id}/result"));
+                if let Some(result) = &entry.result {
+                    value["notes"] = json!(result.notes);
                 }
-                Lookup::Found(value)
             }
-            Lookup::Evicted => Lookup::Evicted,
-            Lookup::Unknown => Lookup::Unknown,
-        }
+            value
+        })
     }
 
     pub fn result(&self, id: &str) -> Lookup<Result<MeshFile, JobStatus>> {

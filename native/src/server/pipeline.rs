@@ -5,9 +5,8 @@
 use std::sync::{Arc, Mutex};
 
 use burn::tensor::Device;
-use orfeas_engine::models::isnet::{IsNet, checkpoint_name};
+use orfeas_engine::models::isnet::IsNet;
 use orfeas_engine::pipeline::{ImageToMesh, Request, ShapeConfig, ShapeModel, Stage};
-use orfeas_engine::weights::apply_torch_weights;
 
 use super::jobs::{JobControl, JobInput, MeshFile, Pipeline};
 use super::models::Models;
@@ -61,12 +60,8 @@ impl ModelPipeline {
         )?;
         let isnet = match self.models.isnet().and_then(|slot| slot.loaded()) {
             Some(loaded) => Some(
-                apply_torch_weights(
-                    IsNet::init(&self.device),
-                    loaded.weights.clone(),
-                    checkpoint_name,
-                )
-                .map_err(|e| format!("{} does not fit ISNet: {e}", loaded.index.model.id))?,
+                IsNet::from_weights(loaded.weights.clone(), &self.device)
+                    .map_err(|e| format!("{} does not fit ISNet: {e}", loaded.index.model.id))?,
             ),
             None => None,
         };

@@ -149,13 +149,21 @@ pub async fn wait_ready(client: &reqwest::Client, server: &Server) -> Value {
     }
 }
 
-/// Poll the job a `202` answer (`accepted`) names until it is no longer queued or running:
-/// its last status, and the states seen on the way.
+/// Post `request` to `/api/generate-3d` (answered `202`) and poll its job until it is no
+/// longer queued or running: its last status, and the states seen on the way.
 pub async fn finished_job(
     client: &reqwest::Client,
     server: &Server,
-    accepted: &Value,
+    request: &Value,
 ) -> (Value, Vec<String>) {
+    let response = client
+        .post(server.url("/api/generate-3d"))
+        .json(request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
     let url = server.url(accepted["status_url"].as_str().expect("a queued job"));
     let mut seen = Vec::new();
     loop {
