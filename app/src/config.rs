@@ -39,6 +39,22 @@ pub enum Role {
 }
 
 impl Role {
+    /// What a model in this role is called when its config gives no label (e.g. the list
+    /// `orfeas serve` writes from the folders it has).
+    pub fn label(&self, id: &str) -> String {
+        match self {
+            Role::BackgroundRemoval => "Background removal".into(),
+            Role::ShapePart { part, .. } => {
+                let what = ["image encoder", "denoiser", "shape decoder"];
+                format!(
+                    "Shape model: {}",
+                    what.get(*part).copied().unwrap_or("part")
+                )
+            }
+            Role::Other => id.to_string(),
+        }
+    }
+
     /// The role a model's id implies.
     pub fn of_id(id: &str) -> Role {
         if id.starts_with("isnet") {
@@ -186,9 +202,10 @@ pub fn resolve(file: Option<&ConfigFile>, params: &[(String, String)]) -> Vec<Mo
                 .or(model.url)
                 .map(with_slash)
                 .unwrap_or_else(|| format!("{base}{}/", model.id));
+            let role = model.role.unwrap_or_else(|| Role::of_id(&model.id));
             ModelSpec {
-                label: model.label.unwrap_or_else(|| model.id.clone()),
-                role: model.role.unwrap_or_else(|| Role::of_id(&model.id)),
+                label: model.label.unwrap_or_else(|| role.label(&model.id)),
+                role,
                 id: model.id,
                 url,
             }
@@ -259,6 +276,14 @@ mod tests {
         let models = resolve(Some(&file), &[]);
         assert_eq!(models[0].url, "https://cdn.example/m/tiny/");
         assert_eq!(models[0].label, "tiny");
+        // Without labels (the list `orfeas serve` writes), a role names the model.
+        let served: ConfigFile = serde_json::from_str(
+            r#"{"models":[{"id":"isnet-medium"},{"id":"h/denoiser"}],"generated_by":"orfeas serve"}"#,
+        )
+        .unwrap();
+        let models = resolve(Some(&served), &[]);
+        assert_eq!(models[0].label, "Background removal");
+        assert_eq!(models[1].label, "Shape model: denoiser");
         let models = resolve(Some(&file), &params(&[("models", "/kiosk")]));
         assert_eq!(models[0].url, "/kiosk/tiny/");
         let models = resolve(Some(&file), &params(&[("model.tiny", "/x/y")]));

@@ -111,6 +111,9 @@ pub enum ToWorker {
     VerifyCache,
     /// Destroy the GPU device as a driver reset would (for tests and support).
     SimulateDeviceLoss,
+    /// Cut the current image out again at the reference's full size (after the app chose a
+    /// smaller one for a slow adapter), and keep that size.
+    CutoutFullSize,
 }
 
 /// Engine settings the page passes on (from its query parameters).
@@ -231,6 +234,16 @@ pub struct CutoutReport {
     pub name: String,
     pub state: CutoutState,
     pub message: String,
+    /// The raw error behind the message, shown collapsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// While running: the share of the network's work done (0..1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// It ran below the reference's size because the adapter is slow: the full size can be
+    /// asked for ([`ToWorker::CutoutFullSize`]).
+    #[serde(default)]
+    pub reduced: bool,
 }
 
 /// What the engine says about a mesh it sends (the `meta` of a mesh message).
@@ -378,6 +391,9 @@ pub enum FromWorker {
         request_id: u64,
         retry_after_s: u32,
         message: String,
+        /// The raw error behind the message (e.g. what the lost device said), shown collapsed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
     Result {
         request_id: u64,
@@ -423,8 +439,18 @@ pub enum NoticeLevel {
 pub enum ModelStatusReport {
     Waiting,
     Loading,
-    Ready { tensors: usize, from_cache: bool },
-    Failed { reason: String },
+    Ready {
+        tensors: usize,
+        from_cache: bool,
+    },
+    Failed {
+        reason: String,
+    },
+    /// Nothing is installed at the model's URL (its index is not there): not an error, the
+    /// app works without it.
+    NotInstalled {
+        url: String,
+    },
 }
 
 impl ModelStatusReport {
@@ -434,6 +460,7 @@ impl ModelStatusReport {
             Self::Waiting | Self::Loading => "loading",
             Self::Ready { .. } => "ready",
             Self::Failed { .. } => "failed",
+            Self::NotInstalled { .. } => "not-installed",
         }
     }
 }
@@ -609,6 +636,7 @@ mod tests {
                 request_id: 3,
                 retry_after_s: 4,
                 message: "loading".into(),
+                detail: Some("device lost".into()),
             },
             FromWorker::Generating {
                 request_id: 3,
@@ -726,6 +754,9 @@ mod tests {
             name: "a.png".into(),
             state: CutoutState::Ready,
             message: "done".into(),
+            detail: None,
+            progress: Some(0.5),
+            reduced: true,
         });
         assert_eq!(
             serde_json::from_str::<FromWorker>(&cutout.to_json()).unwrap(),

@@ -156,20 +156,39 @@ pub async fn matte_of(
     device: &Device,
     options: &Options,
 ) -> Result<Vec<u8>, BackgroundError> {
+    matte_reporting(model, rgba, device, options, None).await
+}
+
+/// [`matte_of`], calling `on_progress(fraction)` as each ISNet stage finishes on the device,
+/// with the fraction of the network's work done so far ([`IsNet::stage_shares`]).
+pub async fn matte_reporting(
+    model: &IsNet,
+    rgba: &RgbaImage,
+    device: &Device,
+    options: &Options,
+    on_progress: Option<&mut dyn FnMut(f64)>,
+) -> Result<Vec<u8>, BackgroundError> {
     let size = options.size;
     let planes = normalise(&input_planes_with(rgba, options));
     let x = Tensor::<4>::from_data(
         TensorData::new(planes, [1, 3, size, size]),
         (device, DType::F32),
     );
-    let probabilities = model
-        .forward(x)
-        .into_data_async()
-        .await
-        .map_err(|e| BackgroundError::Readback(format!("{e:?}")))?
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| BackgroundError::Readback(format!("{e:?}")))?;
+    let probabilities = match on_progress {
+        Some(report) => {
+            let shares = model.stage_shares(size);
+            let mut on_stage = |done: usize| report(shares[..done].iter().sum());
+            model.forward_staged(x, Some(&mut on_stage)).await
+        }
+        None => Ok(model.forward(x)),
+    }
+    .map_err(BackgroundError::Readback)?
+    .into_data_async()
+    .await
+    .map_err(|e| BackgroundError::Readback(format!("{e:?}")))?
+    .convert::<f32>()
+    .try_into_vec::<f32>()
+    .map_err(|e| BackgroundError::Readback(format!("{e:?}")))?;
     Ok(matte_with(
         &probabilities,
         rgba.width() as usize,
@@ -186,6 +205,18 @@ pub async fn remove_background(
     options: &Options,
 ) -> Result<RgbaImage, BackgroundError> {
     Ok(cutout(rgba, &matte_of(model, rgba, device, options).await?))
+}
+
+/// [`remove_background`] with progress (see [`matte_reporting`]).
+pub async fn remove_background_reporting(
+    model: &IsNet,
+    rgba: &RgbaImage,
+    device: &Device,
+    options: &Options,
+    on_progress: &mut dyn FnMut(f64),
+) -> Result<RgbaImage, BackgroundError> {
+    let matte = matte_reporting(model, rgba, device, options, Some(on_progress)).await?;
+    Ok(cutout(rgba, &matte))
 }
 
 #[cfg(test)]
@@ -226,5 +257,44 @@ mod tests {
             .collect();
         let matte = matte_with(&probabilities, 8, 4, &options);
         assert!(matte.iter().all(|&a| a == 255), "{matte:?}");
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    /// The staged forward is the forward, and reports every stage once, in order, with
+    /// fractions that grow to exactly 1.
+    #[test]
+    fn progress_follows_the_stages_and_changes_nothing() {
+        let device = crate::device::cpu();
+        let model = IsNet::init(&device);
+        let rgba = RgbaImage::from_fn(40, 30, |x, y| {
+            image::Rgba([(x * 6) as u8, (y * 8) as u8, 90, 255])
+        });
+        let options = Options {
+            size: 64,
+            letterbox: false,
+        };
+        let plain =
+            futures::executor::block_on(matte_of(&model, &rgba, &device, &options)).unwrap();
+        let mut seen = Vec::new();
+        let mut on_progress = |f: f64| seen.push(f);
+        let reported = futures::executor::block_on(matte_reporting(
+            &model,
+            &rgba,
+            &device,
+            &options,
+            Some(&mut on_progress),
+        ))
+        .unwrap();
+        assert_eq!(plain, reported);
+        assert_eq!(seen.len(), crate::models::isnet::STAGES, "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert!((seen.last().unwrap() - 1.0).abs() < 1e-9, "{seen:?}");
+        // The full-resolution first stage is a large share; the deepest (1/64 side) small.
+        let shares = model.stage_shares(1024);
+        assert!(shares[0] > 0.1 && shares[5] < 0.02, "{shares:?}");
     }
 }

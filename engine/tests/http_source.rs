@@ -166,3 +166,29 @@ async fn http_connection_dropped_midway_is_a_stream_error() {
         "{err}"
     );
 }
+
+/// A missing index is "not installed" (over HTTP and on disk), a shard missing from an index
+/// that exists is still a broken model, and an unreadable index is not "not installed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_index_means_not_installed() {
+    let (_dir, shards) = fixture();
+    let (base, _) = start(shards.clone()).await;
+    let elsewhere = format!("{base}../nothing/");
+    let err = read_index(&HttpSource::new(elsewhere)).await.unwrap_err();
+    assert!(matches!(err, LoadError::NotInstalled(_)), "{err}");
+    let empty = tempfile::tempdir().unwrap();
+    let err = read_index(&DirSource::new(empty.path())).await.unwrap_err();
+    assert!(matches!(err, LoadError::NotInstalled(_)), "{err}");
+    assert!(read_index(&HttpSource::new(base)).await.is_ok());
+    let unreadable = tempfile::tempdir().unwrap();
+    std::fs::create_dir(
+        unreadable
+            .path()
+            .join(orfeas_engine::weights::index::INDEX_FILE),
+    )
+    .unwrap();
+    let err = read_index(&DirSource::new(unreadable.path()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LoadError::Index(_)), "{err}");
+}

@@ -1,7 +1,9 @@
 //! Background removal in the web app, in a real headless Chromium (WebGPU on SwiftShader),
 //! with the ISNet weights the set-up converted: the cut-out appears on a checkerboard as soon as
-//! ISNet is ready, while the other model is still loading, and matches the engine's own CPU
-//! result pixel for pixel (within a level).
+//! ISNet is ready, while the other model is still loading, with progress while it runs, at the
+//! smaller size the app picks by itself on a software adapter (saying so, and offering the full
+//! size), and matches the engine's own CPU result pixel for pixel (within a level). A GPU reset
+//! in the middle of a cut-out runs it again on the new device, from the cache, offline.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,9 +15,9 @@ use orfeas_tests::server::Fault;
 use orfeas_tests::stage::{self, Stage};
 use orfeas_tests::{fixtures, model};
 
-/// SwiftShader runs WebGPU on the CPU: the network runs at 128² here (`?background_size=`),
-/// which keeps one pass to tens of seconds on two cores.
-const SIZE: usize = 128;
+/// SwiftShader is a software adapter: the app runs ISNet at this size there by itself (the
+/// worker's `SOFTWARE_SIZE`), which keeps one pass to tens of seconds on two cores.
+const SIZE: usize = 224;
 const TIMEOUT: Duration = Duration::from_secs(600);
 
 fn fixture(name: &str) -> PathBuf {
@@ -69,9 +71,7 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
     server.set_fault(&slow.shards.last().unwrap().file, Fault::Stall);
     // ISNet's shards wait until the test has seen the cut-out wait for it.
     server.hold("isnet-medium/model-0");
-    let browser = stage
-        .open(&format!("/?background_size={SIZE}&turntable=0"))
-        .await?;
+    let browser = stage.open("/?debug=1&turntable=0").await?;
 
     // An image picked before ISNet is ready waits for it, and says so.
     browser
@@ -100,6 +100,23 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
     assert_eq!(isnet_status, "loading");
     server.release();
 
+    // While it runs: a bar partway, the share done, the time so far and an estimate.
+    let running = browser
+        .wait_for(
+            "the cut-out's progress",
+            "(() => { const c = document.querySelector('[data-testid=cutout]'); \
+               const p = Number(c?.dataset.progress); \
+               return c?.dataset.state === 'running' && p > 0 && p < 1 \
+                 && c.querySelector('[data-testid=cutout-status]').innerText; })()",
+            TIMEOUT,
+        )
+        .await?;
+    let running = running.as_str().unwrap_or_default();
+    assert!(
+        running.contains(&format!("ISNet at {SIZE}²")) && running.contains("s left"),
+        "{running}"
+    );
+
     browser
         .wait_for(
             "the cut-out",
@@ -113,6 +130,14 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
         .await?;
     eprintln!("cut-out: {status}");
     assert_eq!(cutout_state(&browser).await?, "ready", "{status}");
+    // The smaller size was the app's own choice on this adapter: it says so, and offers the
+    // full size.
+    let status = status.as_str().unwrap_or_default();
+    assert!(status.contains("software renderer"), "{status}");
+    let offer = browser
+        .eval("return document.querySelector('[data-testid=cutout-full-size]')?.innerText")
+        .await?;
+    assert_eq!(offer, "Cut out at full size");
     // The other model is still loading: background removal did not wait for it.
     let shape = browser
         .eval(&format!("return {}", model_attr("shape", "status")))
@@ -172,6 +197,44 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
         "{off} alphas differ by more than 2 levels"
     );
     assert!(both > pixels / 10, "the subject is found ({both} px)");
+
+    // A GPU reset in the middle of a cut-out, with the network gone: the panel says it runs
+    // again, ISNet comes back from the cache, and the cut-out is shown.
+    let second = fixture("isnet_input_1.png");
+    browser.choose_file("input[type=file]", &second).await?;
+    browser
+        .wait_for(
+            "the second cut-out running",
+            "(() => { const c = document.querySelector('[data-testid=cutout]'); \
+               return c?.dataset.state === 'running' && Number(c.dataset.progress) > 0; })()",
+            TIMEOUT,
+        )
+        .await?;
+    server.set_offline(true);
+    browser.click("[data-testid=simulate-gpu-loss]").await?;
+    let again = browser
+        .wait_for(
+            "the re-run notice",
+            "(() => { const t = document.querySelector('[data-testid=cutout-status]')?.innerText ?? ''; \
+               return t.includes('GPU reset — running again') && t; })()",
+            TIMEOUT,
+        )
+        .await?;
+    eprintln!("after the reset: {again}");
+    browser
+        .wait_for(
+            "the cut-out after the reset",
+            "(() => { const c = document.querySelector('[data-testid=cutout]'); \
+               const i = document.querySelector('[data-testid=cutout-image]'); \
+               return c?.dataset.state === 'ready' && i?.complete && i.naturalWidth === 400; })()",
+            TIMEOUT,
+        )
+        .await?;
+    let raw = browser
+        .eval("return document.querySelector('[data-testid=cutout] [data-testid=details]')")
+        .await?;
+    assert!(raw.is_null(), "a finished cut-out shows no error details");
+    server.set_offline(false);
 
     // A picture that is already a cut-out is used as it is.
     let files = tempfile::tempdir()?;

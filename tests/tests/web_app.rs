@@ -75,6 +75,35 @@ fn files(index: &ShardIndex, range: std::ops::RangeFrom<usize>) -> Vec<String> {
     index.shards[range].iter().map(|s| s.file.clone()).collect()
 }
 
+/// Why Generate is disabled: the line beside it and the button's tooltip.
+async fn generate_reason(browser: &Browser) -> anyhow::Result<(String, String)> {
+    let reason = browser
+        .eval(
+            "return [document.querySelector('[data-testid=generate-reason]').innerText, \
+             document.querySelector('[data-testid=generate]').title]",
+        )
+        .await?;
+    let text = |i: usize| reason[i].as_str().unwrap_or_default().to_string();
+    Ok((text(0), text(1)))
+}
+
+/// Ready, and Generate says the only thing missing is a shape model (the test model is not one).
+async fn only_the_shape_model_is_missing(browser: &Browser) -> anyhow::Result<()> {
+    assert!(generate_disabled(browser).await?);
+    let (reason, title) = generate_reason(browser).await?;
+    assert!(reason.contains("no shape model installed"), "{reason}");
+    assert!(title.contains(&reason), "the tooltip says it too: {title}");
+    assert!(
+        browser
+            .eval("return !!document.querySelector('[data-testid=shape-missing]')")
+            .await?
+            .as_bool()
+            .unwrap_or(false),
+        "the shape model's card is shown"
+    );
+    Ok(())
+}
+
 async fn generate_disabled(browser: &Browser) -> anyhow::Result<bool> {
     Ok(browser
         .eval("return document.querySelector('[data-testid=generate]').disabled")
@@ -158,6 +187,12 @@ async fn shell_paints_first_then_progress_climbs_to_ready() -> anyhow::Result<()
         .await?;
     eprintln!("partway: {partway}");
     assert!(generate_disabled(&browser).await?);
+    // The reason names the model it waits for, with its ETA.
+    let (reason, _) = generate_reason(&browser).await?;
+    assert!(
+        reason.contains("waiting for Test model to load") && reason.contains("s left"),
+        "{reason}"
+    );
     rig.server.open_gate();
 
     // Sample the panel until ready: progress never goes back and ends at 1.
@@ -172,6 +207,11 @@ async fn shell_paints_first_then_progress_climbs_to_ready() -> anyhow::Result<()
             ))
             .await?;
         let status = state[0].as_str().unwrap_or_default().to_string();
+        let detail = state[2].as_str().unwrap_or_default();
+        assert!(
+            status == "ready" || !detail.contains("· ready"),
+            "the panel says {status} beside {detail:?}"
+        );
         if let Some(p) = state[1].as_str().and_then(|p| p.parse::<f64>().ok()) {
             samples.push(p);
         }
@@ -195,10 +235,7 @@ async fn shell_paints_first_then_progress_climbs_to_ready() -> anyhow::Result<()
         assert!(pair[1] >= pair[0], "progress went back: {samples:?}");
     }
     assert_eq!(samples.last().copied(), Some(1.0));
-    assert!(
-        !generate_disabled(&browser).await?,
-        "generate is enabled once ready"
-    );
+    only_the_shape_model_is_missing(&browser).await?;
     let expected: Vec<String> = files(&rig.index, 0..);
     assert_eq!(rig.server.completed_shards(), expected);
     browser.close().await;
@@ -310,7 +347,7 @@ async fn reload_comes_from_cache_and_the_app_opens_offline() -> anyhow::Result<(
         )
         .await?;
     wait_status(&browser, "ready").await?;
-    assert!(!generate_disabled(&browser).await?);
+    only_the_shape_model_is_missing(&browser).await?;
 
     // A query string never visited online is the same shell (kept once, not per variant).
     browser.goto(&rig.server.url("/?steps=3&seed=7")).await?;
@@ -680,10 +717,8 @@ async fn when_storage_is_refused_the_model_stays_in_memory_and_the_page_says_so(
             .contains("QuotaExceededError"),
         "{notices}"
     );
-    assert!(
-        !generate_disabled(&browser).await?,
-        "the model works from memory"
-    );
+    wait_status(&browser, "ready").await?;
+    only_the_shape_model_is_missing(&browser).await?;
     browser.click("[data-testid=verify-cache]").await?;
     let report = browser
         .wait_for(
@@ -755,10 +790,8 @@ async fn a_kiosk_runs_on_orfeas_serve_alone() -> anyhow::Result<()> {
         let entry = entry?;
         std::fs::copy(entry.path(), web.path().join(entry.file_name()))?;
     }
-    std::fs::write(
-        web.path().join("orfeas.json"),
-        format!(r#"{{"models":[{{"id":"{MODEL}","label":"Test model"}}]}}"#),
-    )?;
+    // No orfeas.json: the server says which models it has, so the app loads `tiny` and shows
+    // the shape model as not installed instead of guessing its URLs.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -796,6 +829,11 @@ async fn a_kiosk_runs_on_orfeas_serve_alone() -> anyhow::Result<()> {
         .eval("return document.querySelector('[data-model]').dataset.bytes")
         .await?;
     assert_eq!(detail, index.total_bytes().to_string());
+    only_the_shape_model_is_missing(&browser).await?;
+    let panels = browser
+        .eval("return [...document.querySelectorAll('[data-model]')].map(p => p.dataset.model + ':' + p.dataset.status)")
+        .await?;
+    assert_eq!(panels, serde_json::json!([format!("{MODEL}:ready")]));
     // The server's own health agrees, in the original studio's words.
     let health = browser
         .eval(&format!(
@@ -809,5 +847,72 @@ async fn a_kiosk_runs_on_orfeas_serve_alone() -> anyhow::Result<()> {
     assert_eq!(health["models_status"], "ready", "{health}");
     browser.close().await;
     server.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn models_that_are_not_there_are_not_installed_not_failed() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // A site with no models and no orfeas.json: the app's default list meets a 404 per index.
+    let models = tempfile::tempdir()?;
+    let stage = Stage::start(models.path(), None).await?;
+    let browser = stage.open("/").await?;
+    browser
+        .wait_for(
+            "the shape model's card",
+            "document.querySelector('[data-testid=shape-missing]')",
+            READY_TIMEOUT,
+        )
+        .await?;
+    let statuses = browser
+        .wait_for(
+            "every model settled",
+            "(() => { const s = [...document.querySelectorAll('[data-model]')]\
+               .map(p => p.dataset.status); \
+               return s.length === 4 && s.every(x => x !== 'loading') && s; })()",
+            READY_TIMEOUT,
+        )
+        .await?;
+    assert_eq!(
+        statuses,
+        serde_json::json!(vec!["not-installed"; 4]),
+        "none failed"
+    );
+    // One calm card says what the shape model is for and how to get one; its three panels
+    // are not shown; background removal's panel says where nothing was found.
+    let card = browser
+        .eval("return document.querySelector('[data-testid=shape-missing]').innerText")
+        .await?;
+    let card = card.as_str().unwrap_or_default();
+    assert!(
+        card.contains("orfeas convert") && card.contains("without it"),
+        "{card}"
+    );
+    let shown = browser
+        .eval("return [...document.querySelectorAll('[data-model]')].filter(p => !p.hidden).map(p => p.innerText)")
+        .await?;
+    let shown: Vec<String> = serde_json::from_value(shown)?;
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert!(
+        shown[0].contains("not installed") && shown[0].contains("models/isnet-medium/"),
+        "{shown:?}"
+    );
+    assert!(
+        browser
+            .eval("return document.querySelectorAll('[data-testid=model-error], [data-testid=retry]').length")
+            .await?
+            == 0,
+        "no error and no Retry for a model that is simply not there"
+    );
+    only_the_shape_model_is_missing(&browser).await?;
+    // Long lines wrap inside the side panel instead of running out of it.
+    let overflow = browser
+        .eval("const s = document.querySelector('.side'); return s.scrollWidth - s.clientWidth")
+        .await?;
+    assert!(
+        overflow.as_i64().unwrap_or(1) <= 0,
+        "the side panel overflows by {overflow}"
+    );
+    browser.close().await;
     Ok(())
 }

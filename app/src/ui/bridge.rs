@@ -300,10 +300,12 @@ fn apply(studio: Studio, message: FromWorker) {
             request_id,
             retry_after_s,
             message,
+            detail,
         } => studio.request.set(RequestState::Waiting {
             id: request_id,
             retry_in_s: retry_after_s,
             reason: message,
+            detail,
         }),
         FromWorker::Result {
             request_id,

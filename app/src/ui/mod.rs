@@ -8,13 +8,15 @@ mod viewer;
 use std::time::Duration;
 
 use leptos::prelude::*;
-use orfeas_app::config::ModelSpec;
+use orfeas_app::config::{ModelSpec, Role, SHAPE_PARTS};
 use orfeas_app::protocol::{
     CutoutReport, GpuReport, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker, ViewMode,
     retry_after_s,
 };
 
-use panels::{CutoutPanel, EnginePanel, GenerateControl, ImageDrop, ModelPanel, Notices};
+use panels::{
+    CutoutPanel, EnginePanel, GenerateControl, ImageDrop, ModelPanel, Notices, ShapeModelMissing,
+};
 use viewer::{MeshView, ViewerArea, ViewerState};
 
 /// One model's panel state.
@@ -52,6 +54,8 @@ pub enum RequestState {
         id: u64,
         retry_in_s: u32,
         reason: String,
+        /// The raw error behind the wait, if any (shown collapsed).
+        detail: Option<String>,
     },
     Running {
         id: u64,
@@ -130,13 +134,81 @@ impl Studio {
         }
     }
 
-    /// Every configured model is ready (and there is at least one).
-    pub fn all_ready(&self) -> bool {
+    /// The configured shape model's parts (those of the first shape model named).
+    pub fn shape_parts(&self) -> Vec<ModelView> {
         let models = self.models.get();
-        !models.is_empty()
-            && models
+        let first = models.iter().find_map(|m| match m.spec.get_value().role {
+            Role::ShapePart { model, .. } => Some(model),
+            _ => None,
+        });
+        models
+            .into_iter()
+            .filter(|m| {
+                matches!(&m.spec.get_value().role, Role::ShapePart { model, .. } if Some(model) == first.as_ref())
+            })
+            .collect()
+    }
+
+    /// No shape model can run here: none is configured (all three parts), or a part is not
+    /// installed at its URL.
+    pub fn shape_missing(&self) -> bool {
+        let parts = self.shape_parts();
+        parts.len() < SHAPE_PARTS.len()
+            || parts
                 .iter()
-                .all(|m| matches!(m.status.get(), ModelStatusReport::Ready { .. }))
+                .any(|m| matches!(m.status.get(), ModelStatusReport::NotInstalled { .. }))
+    }
+
+    /// Models still on their way (installed, neither ready nor failed), with the longest ETA.
+    fn loading(&self) -> (Vec<String>, Option<f64>) {
+        let models = self.models.get();
+        let loading: Vec<&ModelView> = models
+            .iter()
+            .filter(|m| {
+                matches!(
+                    m.status.get(),
+                    ModelStatusReport::Waiting | ModelStatusReport::Loading
+                )
+            })
+            .collect();
+        let eta = loading
+            .iter()
+            .filter_map(|m| m.progress.get().and_then(|p| p.eta_s))
+            .fold(None, |acc: Option<f64>, e| {
+                Some(acc.map_or(e, |a| a.max(e)))
+            });
+        (
+            loading.iter().map(|m| m.spec.get_value().label).collect(),
+            eta,
+        )
+    }
+
+    /// Why Generate cannot run now (`None`: it can): which model is missing, failed or still
+    /// loading (with its ETA), every reason that applies.
+    pub fn generate_blocker(&self) -> Option<String> {
+        if !self.configured.get() {
+            return Some("reading the model list…".into());
+        }
+        let mut reasons = Vec::new();
+        if self.shape_missing() {
+            reasons.push(
+                "no shape model installed: see “Shape model” under Models for how to add one"
+                    .to_string(),
+            );
+        }
+        let failed = self.models.get().into_iter().find_map(|m| match m.status.get() {
+            ModelStatusReport::Failed { .. } => Some(m.spec.get_value().label),
+            _ => None,
+        });
+        if let Some(label) = failed {
+            reasons.push(format!("{label} failed to load: press Retry on its panel"));
+        }
+        let (loading, eta) = self.loading();
+        if !loading.is_empty() {
+            let eta = eta.map_or(String::new(), |e| format!(", about {:.0} s left", e.ceil()));
+            reasons.push(format!("waiting for {} to load{eta}", loading.join(", ")));
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     pub fn notify(&self, level: NoticeLevel, message: String) {
@@ -157,38 +229,39 @@ impl Studio {
     }
 
     fn try_send(&self, id: u64) {
-        if self.all_ready() {
+        let (loading, eta) = self.loading();
+        let blocker = self.generate_blocker();
+        let Some(reason) = blocker else {
             self.request.set(RequestState::Running {
                 id,
                 stage: String::new(),
             });
             bridge::send(&ToWorker::Generate { request_id: id });
             return;
+        };
+        let failed = self
+            .models
+            .get_untracked()
+            .iter()
+            .any(|m| matches!(m.status.get_untracked(), ModelStatusReport::Failed { .. }));
+        if loading.is_empty() && !failed {
+            // Nothing will change by waiting (no shape model): say so now.
+            self.request.set(RequestState::Finished {
+                id,
+                ok: false,
+                message: reason,
+            });
+            return;
         }
-        let models = self.models.get_untracked();
-        let failed = models.iter().find_map(|m| match m.status.get_untracked() {
-            ModelStatusReport::Failed { .. } => Some(m.spec.get_value().label),
-            _ => None,
-        });
         let (retry_in_s, reason) = match failed {
-            Some(label) => (
-                5,
-                format!("{label} failed to load: press Retry on its panel"),
-            ),
-            None => {
-                let eta = models
-                    .iter()
-                    .filter_map(|m| m.progress.get_untracked().and_then(|p| p.eta_s))
-                    .fold(None, |acc: Option<f64>, e| {
-                        Some(acc.map_or(e, |a| a.max(e)))
-                    });
-                (retry_after_s(eta), "models still loading".to_string())
-            }
+            true => (5, reason),
+            false => (retry_after_s(eta), "models still loading".to_string()),
         };
         self.request.set(RequestState::Waiting {
             id,
             retry_in_s,
             reason,
+            detail: None,
         });
     }
 
@@ -198,15 +271,17 @@ impl Studio {
             id,
             retry_in_s,
             reason,
+            detail,
         } = self.request.get_untracked()
         {
-            if retry_in_s <= 1 || self.all_ready() {
+            if retry_in_s <= 1 || self.generate_blocker().is_none() {
                 self.try_send(id);
             } else {
                 self.request.set(RequestState::Waiting {
                     id,
                     retry_in_s: retry_in_s - 1,
                     reason,
+                    detail,
                 });
             }
         }
@@ -215,7 +290,7 @@ impl Studio {
     /// A model became ready: a waiting request need not wait for its countdown.
     pub fn models_changed(&self) {
         if let RequestState::Waiting { id, .. } = self.request.get_untracked()
-            && self.all_ready()
+            && (self.generate_blocker().is_none() || self.loading().0.is_empty())
         {
             self.try_send(id);
         }
@@ -250,6 +325,9 @@ pub fn App() -> impl IntoView {
                             key=|m| m.spec.get_value().id
                             children=|m| view! { <ModelPanel model=m /> }
                         />
+                        <Show when=move || studio.configured.get() && studio.shape_missing()>
+                            <ShapeModelMissing />
+                        </Show>
                     </Show>
                 </section>
                 <Notices />

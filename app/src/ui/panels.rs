@@ -1,6 +1,7 @@
 //! Small components, each reading the [`Studio`] signals it shows.
 
 use leptos::prelude::*;
+use orfeas_app::config::Role;
 use orfeas_app::protocol::{LoadPhase, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker};
 use wasm_bindgen::JsCast;
 
@@ -108,11 +109,39 @@ pub fn CutoutPanel() -> impl IntoView {
             .unwrap_or_default()
     };
     let url = move || studio.cutout.get().and_then(|c| c.url);
+    let progress = move || studio.cutout.get().and_then(|c| c.report.progress);
+    let detail = Signal::derive(move || studio.cutout.get().and_then(|c| c.report.detail));
+    let reduced = move || {
+        studio
+            .cutout
+            .get()
+            .is_some_and(|c| c.report.reduced && state() == "ready")
+    };
     view! {
         <Show when=move || studio.cutout.get().is_some()>
-            <section class="cutout" data-testid="cutout" data-state=state>
+            <section
+                class="cutout"
+                data-testid="cutout"
+                data-state=state
+                data-progress=move || progress().map(|p| format!("{p:.4}")).unwrap_or_default()
+            >
                 <h2>"Cut-out"</h2>
                 <p class="muted" data-testid="cutout-status">{message}</p>
+                <Show when=move || progress().is_some()>
+                    <div class="bar">
+                        <div class="fill" style:width=move || format!("{:.1}%", progress().unwrap_or(0.0) * 100.0)></div>
+                    </div>
+                </Show>
+                <Details text=detail />
+                <Show when=reduced>
+                    <button
+                        data-testid="cutout-full-size"
+                        on:click=|_| bridge::send(&ToWorker::CutoutFullSize)
+                        title="Run background removal at the reference's 1024² (minutes on a software renderer)"
+                    >
+                        "Cut out at full size"
+                    </button>
+                </Show>
                 <Show when=move || url().is_some()>
                     <div class="checkerboard" data-testid="checkerboard">
                         <img
@@ -159,19 +188,29 @@ pub fn GenerateControl() -> impl IntoView {
             format!("request {id}: {message}"),
         ),
     };
+    let blocker = Memo::new(move |_| studio.generate_blocker());
+    let detail = move || match studio.request.get() {
+        RequestState::Waiting { detail, .. } => detail,
+        _ => None,
+    };
     view! {
         <section class="generate">
             <button
                 data-testid="generate"
-                disabled=move || !studio.all_ready()
+                disabled=move || blocker.get().is_some()
                 on:click=move |_| studio.request_generate()
-                title="Generate a 3D model from the image (shortcut: g)"
+                title=move || match blocker.get() {
+                    Some(reason) => format!("Generate 3D is unavailable: {reason}"),
+                    None => "Generate a 3D model from the image (shortcut: g)".into(),
+                }
             >
                 "Generate 3D"
             </button>
+            <p class="reason" data-testid="generate-reason">{move || blocker.get()}</p>
             <p class="request" data-testid="request-status" data-state=move || state().0>
                 {move || state().1}
             </p>
+            <Details text=Signal::derive(detail) />
         </section>
     }
 }
@@ -271,7 +310,14 @@ pub fn ModelPanel(model: ModelView) -> impl IntoView {
             if from_cache { " · from cache" } else { "" }
         ),
         ModelStatusReport::Failed { .. } => "failed".into(),
+        ModelStatusReport::NotInstalled { .. } => "not installed".into(),
     };
+    let missing = move || match model.status.get() {
+        ModelStatusReport::NotInstalled { url } => Some(url),
+        _ => None,
+    };
+    // A shape model's missing parts are told once, by the shape model's card.
+    let shape_part = matches!(spec.role, Role::ShapePart { .. });
     let reason = move || match model.status.get() {
         ModelStatusReport::Failed { reason } => Some(reason),
         _ => None,
@@ -286,6 +332,7 @@ pub fn ModelPanel(model: ModelView) -> impl IntoView {
     view! {
         <div
             class="model"
+            hidden=move || shape_part && missing().is_some()
             data-model=id
             data-status=status_name
             data-progress=move || format!("{:.4}", fraction())
@@ -304,10 +351,50 @@ pub fn ModelPanel(model: ModelView) -> impl IntoView {
             <p class="detail" data-testid="progress-detail">
                 {move || model.progress.get().map(|p| progress_line(&p)).unwrap_or_default()}
             </p>
+            {move || missing().map(|url| view! {
+                <p class="detail" data-testid="not-installed">{format!("nothing installed at {url}")}</p>
+            })}
             {move || reason().map(|reason| view! {
                 <p class="error" data-testid="model-error">{reason}</p>
                 <button data-testid="retry" on:click=retry.clone()>"Retry"</button>
             })}
+        </div>
+    }
+}
+
+/// A raw error, collapsed under "details" (nothing when there is none).
+#[component]
+pub fn Details(text: Signal<Option<String>>) -> impl IntoView {
+    view! {
+        <Show when=move || text.get().is_some()>
+            <details class="raw" data-testid="details">
+                <summary>"details"</summary>
+                <code>{move || text.get().unwrap_or_default()}</code>
+            </details>
+        </Show>
+    }
+}
+
+/// The one calm card for a shape model that is not installed: what it is for, how to get one,
+/// and what works without it.
+#[component]
+pub fn ShapeModelMissing() -> impl IntoView {
+    view! {
+        <div class="model not-installed" data-testid="shape-missing">
+            <div class="model-head">
+                <strong>"Shape model"</strong>
+                <span class="status">"not installed"</span>
+            </div>
+            <p class="detail">
+                "Turns the cut-out into a 3D mesh (Hunyuan3D-2). Background removal and the \
+                 instant preview work without it."
+            </p>
+            <p class="detail">
+                "To add one, convert an official checkpoint and restart the server: "
+                <code>"orfeas convert model.fp16.ckpt --config config.yaml -o <models>/hunyuan3d"</code>
+                " (the folder given to "<code>"orfeas serve --models"</code>"). Checkpoints: \
+                 2mini 3.8 GB, 2.0 4.9 GB, 2.1 7.4 GB; the GPU needs about as much memory."
+            </p>
         </div>
     }
 }

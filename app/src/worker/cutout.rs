@@ -1,15 +1,24 @@
 //! Background removal in the worker: ISNet is built as soon as its weights are on the GPU, and
 //! every image the user picks gets its cut-out then (or at once, when ISNet is ready first).
+//! The run reports each ISNet stage as the device finishes it, with the time so far and an
+//! estimate of what is left; on a software adapter it runs at [`SOFTWARE_SIZE`]² unless the
+//! page asks for a size or the user for the full one; a run the GPU reset cut short runs
+//! again once ISNet is back on the new device.
 
 use std::rc::Rc;
 
-use orfeas_engine::background::{has_alpha, remove_background};
-use orfeas_engine::models::isnet::IsNet;
+use orfeas_engine::background::{Options, has_alpha, remove_background_reporting};
+use orfeas_engine::models::isnet::{INPUT_SIZE, IsNet};
 use wasm_bindgen_futures::spawn_local;
 
-use super::outbox::{cutout_report as report, post_cutout};
-use super::{Engine, post};
+use super::Engine;
+use super::device::sleep_ms;
+use super::outbox::{cutout_report as report, post_cutout, post_cutout_state};
 use crate::protocol::{CutoutState, ModelStatusReport};
+
+/// ISNet's input side on a software adapter (a CPU rasteriser): the full 1024² pass takes
+/// minutes there; this one tens of seconds, at the IoU measured in the README.
+pub const SOFTWARE_SIZE: usize = 224;
 
 /// Build ISNet from slot `i`'s weights; a set whose tensors do not fit the network fails the
 /// model with the reason.
@@ -29,6 +38,32 @@ pub(super) fn adopt(engine: &Engine, i: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The options for the next cut-out, and whether they are below the reference's size because
+/// the adapter is slow (the page's `?background_size=` and the user's "full size" win).
+fn options_for(engine: &Engine) -> (Options, bool) {
+    let mut options = engine.options.borrow().background_options();
+    let chosen = engine.options.borrow().background_size.is_some();
+    let software = engine
+        .gpu
+        .borrow()
+        .as_ref()
+        .is_some_and(|gpu| gpu.info.software);
+    let reduced = software && !chosen && !engine.cutout_full_size.get();
+    if reduced {
+        options.size = SOFTWARE_SIZE;
+    }
+    (options, reduced)
+}
+
+/// "12 s, about 20 s left" from the time so far and the share of the work done.
+fn timing(elapsed_s: f64, done: f64) -> String {
+    if done <= 0.0 {
+        return format!("{elapsed_s:.0} s");
+    }
+    let left = elapsed_s * (1.0 - done) / done;
+    format!("{elapsed_s:.0} s, about {:.0} s left", left.ceil())
+}
+
 /// Cut out the current image if background removal can run now; otherwise say what it waits for.
 pub(super) fn request(engine: &Rc<Engine>) {
     let Some((name, image)) = engine.image.borrow().clone() else {
@@ -39,8 +74,8 @@ pub(super) fn request(engine: &Rc<Engine>) {
     engine.cutout.borrow_mut().take();
     if has_alpha(&image) {
         engine.cutout.replace(Some(image.clone()));
-        let message = "the image already has transparency: used as it is".to_string();
-        post_cutout(&name, CutoutState::Kept, message, &image);
+        let message = "the image already has transparency: used as it is";
+        post_cutout(report(&name, CutoutState::Kept, message), &image);
         return;
     }
     let Some(model) = engine.isnet.borrow().clone() else {
@@ -53,12 +88,26 @@ pub(super) fn request(engine: &Rc<Engine>) {
             None => report(
                 &name,
                 CutoutState::Failed,
-                "no background-removal model is configured",
+                "no background-removal model is configured: the picture is used whole",
             ),
-            Some((label, ModelStatusReport::Failed { reason })) => report(
+            Some((label, ModelStatusReport::NotInstalled { .. })) => report(
                 &name,
                 CutoutState::Failed,
-                format!("{label} failed to load ({reason}): retry it on its panel"),
+                format!("{label} is not installed: the picture is used whole"),
+            ),
+            Some((label, ModelStatusReport::Failed { reason })) => {
+                let mut failed = report(
+                    &name,
+                    CutoutState::Failed,
+                    format!("{label} failed to load: retry it on its panel"),
+                );
+                failed.detail = Some(reason);
+                failed
+            }
+            Some((label, _)) if engine.rebuilding.get() => report(
+                &name,
+                CutoutState::Waiting,
+                format!("GPU reset: the cut-out follows when {label} is back"),
             ),
             Some((label, _)) => report(
                 &name,
@@ -66,22 +115,51 @@ pub(super) fn request(engine: &Rc<Engine>) {
                 format!("the cut-out follows when {label} is ready"),
             ),
         };
-        post(&message);
+        post_cutout_state(message);
         return;
     };
     let Ok(device) = engine.device() else {
         return;
     };
-    let options = engine.options.borrow().background_options();
-    post(&report(
+    let (options, reduced) = options_for(engine);
+    let size = options.size;
+    let again = if engine.cutout_interrupted.take() {
+        "GPU reset — running again: "
+    } else {
+        ""
+    };
+    let mut starting = report(
         &name,
         CutoutState::Running,
-        "removing the background…",
-    ));
+        format!("{again}removing the background (ISNet at {size}²)…"),
+    );
+    starting.progress = Some(0.0);
+    starting.reduced = reduced;
+    post_cutout_state(starting);
+    let device_generation = engine.device_generation.get();
     let engine = engine.clone();
     spawn_local(async move {
         let started = web_time::Instant::now();
-        let result = remove_background(&model, &image, &device, &options).await;
+        let mut on_progress = |done: f64| {
+            if engine.cutout_generation.get() != generation {
+                return;
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            let mut running = report(
+                &name,
+                CutoutState::Running,
+                format!(
+                    "{again}removing the background (ISNet at {size}²): {:.0} % · {}",
+                    done * 100.0,
+                    timing(elapsed, done)
+                ),
+            );
+            running.progress = Some(done);
+            running.reduced = reduced;
+            post_cutout_state(running);
+        };
+        let result =
+            remove_background_reporting(&model, &image, &device, &options, &mut on_progress).await;
         if engine.cutout_generation.get() != generation {
             return; // the user picked another image meanwhile
         }
@@ -92,15 +170,49 @@ pub(super) fn request(engine: &Rc<Engine>) {
                 } else {
                     "stretched"
                 };
-                let message = format!(
-                    "background removed in {:.1} s (ISNet at {}², {fit})",
+                let mut message = format!(
+                    "background removed in {:.1} s (ISNet at {size}², {fit})",
                     started.elapsed().as_secs_f64(),
-                    options.size
                 );
+                if reduced {
+                    message.push_str(&format!(
+                        "; smaller than the reference's {INPUT_SIZE}² because this GPU is a \
+                         software renderer"
+                    ));
+                }
                 engine.cutout.replace(Some(cut.clone()));
-                post_cutout(&name, CutoutState::Ready, message, &cut);
+                let mut done = report(&name, CutoutState::Ready, message);
+                done.reduced = reduced;
+                post_cutout(done, &cut);
             }
-            Err(e) => post(&report(&name, CutoutState::Failed, e.to_string())),
+            Err(e) => {
+                // A lost device fails the run before its loss is reported: give the report a
+                // moment to arrive, so a reset is told apart from a real failure.
+                sleep_ms(200).await;
+                if engine.cutout_generation.get() != generation {
+                    return; // ISNet came back on a new device and the cut-out runs there
+                }
+                let reset =
+                    engine.device_generation.get() != device_generation || engine.rebuilding.get();
+                let mut failed = if reset {
+                    engine.cutout_interrupted.set(true);
+                    report(
+                        &name,
+                        CutoutState::Waiting,
+                        "GPU reset — running again once background removal is back on the GPU",
+                    )
+                } else {
+                    report(&name, CutoutState::Failed, "background removal failed")
+                };
+                failed.detail = Some(e.to_string());
+                post_cutout_state(failed);
+            }
         }
     });
+}
+
+/// The user asked for the reference's full size: keep it, and cut the current image again.
+pub(super) fn full_size(engine: &Rc<Engine>) {
+    engine.cutout_full_size.set(true);
+    request(engine);
 }

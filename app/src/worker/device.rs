@@ -106,7 +106,7 @@ pub(super) async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
 /// Tries at acquiring the GPU before reporting it unavailable.
 const GPU_ATTEMPTS: i32 = 3;
 
-async fn sleep_ms(ms: i32) {
+pub(super) async fn sleep_ms(ms: i32) {
     let promise = js_sys::Promise::new(&mut |resolve, _| {
         let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
         let _ = scope.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);

@@ -8,7 +8,7 @@ use futures::channel::mpsc;
 use orfeas_engine::weights::loader::{initial_progress, read_index};
 use orfeas_engine::weights::source::{CachedFetchSource, FetchSource, delete_cache};
 use orfeas_engine::weights::{
-    LoadProgress, Phase, ProgressTracker, ShardIndex, WeightSet, load_weights, verify_cached,
+    LoadError, LoadProgress, ProgressTracker, ShardIndex, WeightSet, load_weights, verify_cached,
 };
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
@@ -16,7 +16,7 @@ use wasm_bindgen_futures::{JsFuture, spawn_local};
 use super::device::{acquire_gpu, device_memory, watch_device_loss};
 use super::{Engine, Roles, cutout, post, wasm_heap_bytes};
 use crate::config::ModelSpec;
-use crate::protocol::{FromWorker, ModelStatusReport, NoticeLevel, ProgressReport};
+use crate::protocol::{FromWorker, LoadPhase, ModelStatusReport, NoticeLevel, ProgressReport};
 
 /// Cache Storage name for model shards; bump the suffix if the stored format ever changes.
 pub const MODEL_CACHE: &str = "orfeas-models-v1";
@@ -214,27 +214,32 @@ pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
             if engine.gpu.borrow().is_some() {
                 continue;
             }
-            outcome = Err("the GPU device was lost and could not be rebuilt".into());
+            outcome = Err(Unloaded::Failed(
+                "the GPU device was lost and could not be rebuilt".into(),
+            ));
         }
         let tensors = weights.len();
         engine.models.borrow_mut()[i].weights = Some(weights);
         let isnet = engine.roles.borrow().background == Some(i);
         let outcome = outcome.and_then(|from_cache| {
             if isnet {
-                cutout::adopt(&engine, i)?;
+                cutout::adopt(&engine, i).map_err(Unloaded::Failed)?;
             }
             Ok(from_cache)
         });
-        match outcome {
-            Ok(from_cache) => set_status(
-                &engine,
-                &id,
-                ModelStatusReport::Ready {
-                    tensors,
-                    from_cache,
-                },
-            ),
-            Err(reason) => set_status(&engine, &id, ModelStatusReport::Failed { reason }),
+        let status = match outcome {
+            Ok(from_cache) => ModelStatusReport::Ready {
+                tensors,
+                from_cache,
+            },
+            Err(Unloaded::Failed(reason)) => ModelStatusReport::Failed { reason },
+            Err(Unloaded::NotInstalled(url)) => ModelStatusReport::NotInstalled { url },
+        };
+        set_status(&engine, &id, status);
+        // The status first, then the last progress line (`ready` / `failed`).
+        let last = engine.models.borrow()[i].progress.clone();
+        if let Some(last) = last {
+            post(&FromWorker::Progress(last));
         }
         // Background removal ready (or failed): the current image's cut-out follows (or says so).
         if isnet {
@@ -256,27 +261,39 @@ pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
     }
 }
 
-/// One attempt: index, storage check, stream every missing shard. `Ok(from_cache)`.
+/// Why a load attempt ended without the model.
+enum Unloaded {
+    /// Nothing at the model's URL: it is not installed.
+    NotInstalled(String),
+    Failed(String),
+}
+
+/// One attempt: index, storage check, stream every missing shard. `Ok(from_cache)`. The last
+/// progress (phase `ready` or `failed`) is kept in the slot, not posted: the model's status
+/// goes first, so a panel never shows `loading` beside `ready`.
 async fn load_once(
     engine: &Rc<Engine>,
     i: usize,
     id: &str,
     source: &CachedFetchSource,
     weights: &mut WeightSet,
-) -> Result<bool, String> {
+) -> Result<bool, Unloaded> {
     let Some((device, dtype)) = engine
         .gpu
         .borrow()
         .as_ref()
         .map(|gpu| (gpu.device.clone(), gpu.info.model_dtype()))
     else {
-        return Err("no GPU device".into());
+        return Err(Unloaded::Failed("no GPU device".into()));
     };
     let known = engine.models.borrow()[i].index.clone();
     let index = match known {
         Some(index) => index,
         None => {
-            let index = read_index(source).await.map_err(|e| e.to_string())?;
+            let index = read_index(source).await.map_err(|e| match e {
+                LoadError::NotInstalled(url) => Unloaded::NotInstalled(url),
+                e => Unloaded::Failed(e.to_string()),
+            })?;
             engine.models.borrow_mut()[i].index = Some(index.clone());
             index
         }
@@ -291,23 +308,22 @@ async fn load_once(
     });
     let result = load_weights(source, &index, &device, dtype, weights, &mut tracker).await;
     source.settle().await;
-    match result {
+    let mut last = report(tracker.progress());
+    drop(tracker);
+    let outcome = match result {
         Ok(()) => {
-            tracker.set_phase(Phase::Ready);
-            tracker.flush();
-            let last = report(tracker.progress());
-            drop(tracker);
-            engine.models.borrow_mut()[i].progress = Some(last);
+            last.phase = LoadPhase::Ready;
+            last.eta_s = Some(0.0);
             Ok(all_from_cache)
         }
         Err(e) => {
-            tracker.set_phase(Phase::Failed);
-            let last = report(tracker.progress());
-            drop(tracker);
-            engine.models.borrow_mut()[i].progress = Some(last);
-            Err(e.to_string())
+            last.phase = LoadPhase::Failed;
+            last.eta_s = None;
+            Err(Unloaded::Failed(e.to_string()))
         }
-    }
+    };
+    engine.models.borrow_mut()[i].progress = Some(last);
+    outcome
 }
 
 /// Compare free storage with what still has to be stored; say so when it will not fit.

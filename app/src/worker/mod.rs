@@ -90,6 +90,10 @@ struct Engine {
     cutout_generation: Cell<u64>,
     /// The current image's cut-out (the shape model's input).
     cutout: RefCell<Option<image::RgbaImage>>,
+    /// The user asked for background removal at the reference's size on a slow adapter.
+    cutout_full_size: Cell<bool>,
+    /// A GPU reset cut the current cut-out short: its re-run says so.
+    cutout_interrupted: Cell<bool>,
     /// The shape model, built from its three shard sets at the first generation.
     shape: RefCell<Option<Rc<orfeas_engine::pipeline::ShapeModel>>>,
 }
@@ -156,6 +160,7 @@ pub fn on_message(json: &str) {
         ToWorker::Generate { request_id } => generate(engine, request_id),
         ToWorker::ClearCache => spawn_local(loading::clear_cache()),
         ToWorker::VerifyCache => spawn_local(loading::verify_cache(engine)),
+        ToWorker::CutoutFullSize => cutout::full_size(&engine),
         ToWorker::SimulateDeviceLoss => match engine.gpu.borrow().as_ref() {
             Some(gpu) => gpu.destroy(),
             None => post(&FromWorker::Error {
@@ -215,10 +220,19 @@ pub fn on_image(name: &str, bytes: &[u8]) {
 
 fn generate(engine: Rc<Engine>, request_id: u64) {
     let slots = engine.models.borrow();
-    if slots.is_empty() {
+    let shape_parts = engine
+        .roles
+        .borrow()
+        .shape
+        .as_ref()
+        .map(|(_, parts)| *parts);
+    let installed = |i: &usize| !matches!(slots[*i].status, ModelStatusReport::NotInstalled { .. });
+    if !shape_parts.is_some_and(|parts| parts.iter().all(installed)) {
         post(&FromWorker::Error {
             request_id: Some(request_id),
-            message: "no models are configured".into(),
+            message: "no shape model is installed: convert a Hunyuan3D checkpoint with \
+                      `orfeas convert` (background removal and the preview work without it)"
+                .into(),
         });
         return;
     }
@@ -237,7 +251,12 @@ fn generate(engine: Rc<Engine>, request_id: u64) {
     }
     let loading: Vec<&ModelSlot> = slots
         .iter()
-        .filter(|s| !matches!(s.status, ModelStatusReport::Ready { .. }))
+        .filter(|s| {
+            !matches!(
+                s.status,
+                ModelStatusReport::Ready { .. } | ModelStatusReport::NotInstalled { .. }
+            )
+        })
         .collect();
     if !loading.is_empty() {
         let eta = loading
@@ -251,6 +270,7 @@ fn generate(engine: Rc<Engine>, request_id: u64) {
             request_id,
             retry_after_s: retry_after_s(eta),
             message: format!("models still loading: {}", names.join(", ")),
+            detail: None,
         });
         return;
     }

@@ -71,32 +71,40 @@ pub(super) fn post_mesh(meta: &MeshMeta, mesh: &Mesh, colors: Option<&[[u8; 3]]>
     let _ = scope().post_message_with_transfer(&message, &transfer);
 }
 
-/// A cut-out report for image `name`.
+/// A cut-out report for image `name` (no detail, progress or reduced size: set them after).
 pub(super) fn cutout_report(
     name: &str,
     state: CutoutState,
     message: impl Into<String>,
-) -> FromWorker {
-    FromWorker::Cutout(CutoutReport {
+) -> CutoutReport {
+    CutoutReport {
         name: name.to_string(),
         state,
         message: message.into(),
-    })
+        detail: None,
+        progress: None,
+        reduced: false,
+    }
+}
+
+/// Send a cut-out's state.
+pub(super) fn post_cutout_state(report: CutoutReport) {
+    post(&FromWorker::Cutout(report));
 }
 
 /// Send a finished cut-out as a PNG beside its report.
-pub(super) fn post_cutout(name: &str, state: CutoutState, message: String, image: &RgbaImage) {
+pub(super) fn post_cutout(report: CutoutReport, image: &RgbaImage) {
     let mut png = Vec::new();
     if let Err(e) = image.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png) {
-        post(&cutout_report(
-            name,
+        post_cutout_state(cutout_report(
+            &report.name,
             CutoutState::Failed,
             format!("PNG encoding: {e}"),
         ));
         return;
     }
     let object = bulk::message(bulk::Kind::Cutout);
-    let report = cutout_report(name, state, message).to_json();
+    let report = FromWorker::Cutout(report).to_json();
     bulk::set(&object, bulk::REPORT, &report.into());
     let bytes = js_sys::Uint8Array::from(png.as_slice());
     bulk::set(&object, bulk::PNG, &bytes);

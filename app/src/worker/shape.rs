@@ -50,10 +50,8 @@ pub(super) async fn run(engine: Rc<Engine>, request_id: u64) {
             FromWorker::NotReady {
                 request_id,
                 retry_after_s: 3,
-                message: format!(
-                    "the GPU was reset during generation ({reason}); running again once the \
-                     models are back"
-                ),
+                message: "GPU reset — running again once the models are back".into(),
+                detail: Some(reason),
             }
         }
         Err(message) => FromWorker::Error {

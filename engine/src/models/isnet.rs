@@ -155,6 +155,31 @@ impl Rsu {
         }
     }
 
+    /// Multiply-adds of the block's convolutions at a `side`² input, following `forward`'s
+    /// resolutions.
+    fn cost(&self, side: usize) -> f64 {
+        let conv = |c: &RebnConv, side: usize| {
+            c.conv_s1.weight.shape().num_elements() as f64 * (side * side) as f64
+        };
+        let pooled = !self.is_dilated();
+        let depth = self.encoder.len();
+        let mut total = conv(&self.rebnconvin, side);
+        let mut sides = Vec::with_capacity(depth);
+        let mut level_side = side;
+        for (level, c) in self.encoder.iter().enumerate() {
+            total += conv(c, level_side);
+            sides.push(level_side);
+            if pooled && level + 2 < depth {
+                level_side = level_side.div_ceil(2);
+            }
+        }
+        // Decoder level j works at the side of the skip it joins (levels depth−2 … 0).
+        for (j, c) in self.decoder.iter().rev().enumerate() {
+            total += conv(c, sides[depth - 2 - j]);
+        }
+        total
+    }
+
     /// The "F" blocks keep the resolution and dilate instead.
     fn is_dilated(&self) -> bool {
         self.encoder[1].conv_s1.dilation[0] > 1
@@ -249,24 +274,109 @@ impl IsNet {
     /// (`(u8 − 128) / 256`, see [`normalise`]). The weights may be f16; every conv runs in f32
     /// (see `conv_f32`), so the activations are f32.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        use futures::FutureExt;
+        // Without a progress callback nothing is awaited: the future is ready at once.
+        self.forward_staged(x, None)
+            .now_or_never()
+            .expect("a forward without progress does not wait")
+            .expect("a forward without progress reads nothing back")
+    }
+
+    /// [`IsNet::forward`], reporting each of the [`STAGES`] stages as the device finishes it
+    /// (`on_stage(done)`): a one-value read-back after each stage waits for its work, which is
+    /// what makes the report honest on a device that queues work lazily. The read-back error,
+    /// if one fails (e.g. the device was lost).
+    pub async fn forward_staged(
+        &self,
+        x: Tensor<4>,
+        mut on_stage: Option<&mut dyn FnMut(usize)>,
+    ) -> Result<Tensor<4>, String> {
+        let mut done = 0;
+        let mut finished = async |stage: &Tensor<4>| -> Result<(), String> {
+            done += 1;
+            if let Some(report) = on_stage.as_mut() {
+                stage
+                    .clone()
+                    .slice([0..1, 0..1, 0..1, 0..1])
+                    .into_data_async()
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                report(done);
+            }
+            Ok(())
+        };
         let hxin = conv_f32(&self.conv_in, x.clone());
         let hx1 = self.stage1.forward(hxin);
-        let hx2 = self.stage2.forward(pool(hx1.clone()));
-        let hx3 = self.stage3.forward(pool(hx2.clone()));
-        let hx4 = self.stage4.forward(pool(hx3.clone()));
-        let hx5 = self.stage5.forward(pool(hx4.clone()));
-        let hx6 = self.stage6.forward(pool(hx5.clone()));
-        let join = |deeper: Tensor<4>, skip: Tensor<4>| {
-            Tensor::cat(vec![upsample_like(deeper, &skip), skip], 1)
-        };
-        let hx5d = self.stage5d.forward(join(hx6, hx5));
-        let hx4d = self.stage4d.forward(join(hx5d, hx4));
-        let hx3d = self.stage3d.forward(join(hx4d, hx3));
-        let hx2d = self.stage2d.forward(join(hx3d, hx2));
-        let hx1d = self.stage1d.forward(join(hx2d, hx1));
-        sigmoid(upsample_like(conv_f32(&self.side1, hx1d), &x))
+        finished(&hx1).await?;
+        let mut skips = vec![hx1];
+        for stage in [
+            &self.stage2,
+            &self.stage3,
+            &self.stage4,
+            &self.stage5,
+            &self.stage6,
+        ] {
+            let deeper = stage.forward(pool(skips.last().expect("a stage").clone()));
+            finished(&deeper).await?;
+            skips.push(deeper);
+        }
+        // Up: each decoder stage joins the deeper output with the encoder's skip.
+        let mut up = skips.pop().expect("stage 6");
+        for stage in [
+            &self.stage5d,
+            &self.stage4d,
+            &self.stage3d,
+            &self.stage2d,
+            &self.stage1d,
+        ] {
+            let skip = skips.pop().expect("a skip per decoder stage");
+            up = stage.forward(Tensor::cat(vec![upsample_like(up, &skip), skip], 1));
+            finished(&up).await?;
+        }
+        Ok(sigmoid(upsample_like(conv_f32(&self.side1, up), &x)))
+    }
+
+    /// Each stage's share of the work at a `size`² input (multiply-adds of its convolutions),
+    /// in the order [`IsNet::forward_staged`] reports them; they sum to 1. A progress bar
+    /// weighted by these moves evenly in time, where counting stages would not (the first
+    /// stage alone is about a sixth of the work).
+    pub fn stage_shares(&self, size: usize) -> [f64; STAGES] {
+        let half = |side: usize| side.div_ceil(2);
+        let mut side = half(size); // conv_in has stride 2
+        let mut sides = Vec::new();
+        for _ in 0..6 {
+            sides.push(side);
+            side = half(side);
+        }
+        let encoder = [
+            &self.stage1,
+            &self.stage2,
+            &self.stage3,
+            &self.stage4,
+            &self.stage5,
+            &self.stage6,
+        ];
+        let decoder = [
+            &self.stage5d,
+            &self.stage4d,
+            &self.stage3d,
+            &self.stage2d,
+            &self.stage1d,
+        ];
+        let mut costs = [0.0; STAGES];
+        for (i, stage) in encoder.iter().enumerate() {
+            costs[i] = stage.cost(sides[i]);
+        }
+        for (i, stage) in decoder.iter().enumerate() {
+            costs[6 + i] = stage.cost(sides[4 - i]);
+        }
+        let total: f64 = costs.iter().sum();
+        costs.map(|c| c / total)
     }
 }
+
+/// The stages [`IsNet::forward_staged`] reports: six down, five up.
+pub const STAGES: usize = 11;
 
 /// The reference runtime's normalisation of 8-bit RGB planes: `(v − 128) / 256`.
 pub fn normalise(planes_u8: &[u8]) -> Vec<f32> {

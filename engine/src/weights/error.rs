@@ -39,6 +39,9 @@ pub enum LoadError {
     Shard { shard: String, error: ShardError },
     #[error("index: {0}")]
     Index(String),
+    /// The source has no index at all: the model is not installed there.
+    #[error("not installed: {0} has no shard-set index")]
+    NotInstalled(String),
     #[error("device: {0}")]
     Device(String),
     #[error("load cancelled")]

@@ -20,7 +20,10 @@ pub async fn read_index<S: ShardSource + ?Sized>(source: &S) -> Result<ShardInde
     let bytes = source
         .read_index()
         .await
-        .map_err(|e| LoadError::Index(format!("{}: {e}", source.describe())))?;
+        .map_err(|e| match e.is_missing() {
+            true => LoadError::NotInstalled(source.describe()),
+            false => LoadError::Index(format!("{}: {e}", source.describe())),
+        })?;
     ShardIndex::from_json(&bytes)
 }
 

@@ -12,6 +12,24 @@ use thiserror::Error;
 #[error("{0}")]
 pub struct SourceError(pub String);
 
+impl SourceError {
+    /// The server answered `status` for `url`.
+    pub fn http(url: &str, status: u16) -> Self {
+        SourceError(format!("{url}: HTTP {status}"))
+    }
+
+    /// The source says the file is not there (HTTP 404 or 410, or no such file): the model is
+    /// not installed, which is not the same as a broken one.
+    pub fn is_missing(&self) -> bool {
+        self.0.ends_with(": HTTP 404")
+            || self.0.ends_with(": HTTP 410")
+            || self.0.ends_with(NO_SUCH_FILE)
+    }
+}
+
+/// How a folder source ends the message of a file that does not exist.
+const NO_SUCH_FILE: &str = ": no such file";
+
 /// A shard's bytes as they arrive.
 #[cfg(not(target_arch = "wasm32"))]
 pub type ByteStream = BoxStream<'static, Result<Bytes, SourceError>>;
@@ -105,7 +123,12 @@ mod native {
             let path = self.dir.join(INDEX_FILE);
             let size = tokio::fs::metadata(&path)
                 .await
-                .map_err(|e| SourceError(format!("{}: {e}", path.display())))?
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        SourceError(format!("{}{}", path.display(), super::NO_SUCH_FILE))
+                    }
+                    _ => SourceError(format!("{}: {e}", path.display())),
+                })?
                 .len();
             if size > MAX_INDEX_BYTES as u64 {
                 return Err(SourceError(format!(
@@ -165,10 +188,10 @@ mod native {
                 .await
                 .map_err(|e| SourceError(format!("GET {url}: {e}")))?;
             if !response.status().is_success() {
-                return Err(SourceError(format!(
-                    "GET {url}: HTTP {}",
-                    response.status()
-                )));
+                return Err(SourceError::http(
+                    &format!("GET {url}"),
+                    response.status().as_u16(),
+                ));
             }
             Ok(response)
         }
@@ -268,10 +291,10 @@ mod web {
                 .map_err(|e| SourceError(format!("fetch {url}: {}", js_message(&e))))?
                 .unchecked_into();
             if !response.ok() {
-                return Err(SourceError(format!(
-                    "fetch {url}: HTTP {}",
-                    response.status()
-                )));
+                return Err(SourceError::http(
+                    &format!("fetch {url}"),
+                    response.status(),
+                ));
             }
             Ok(response)
         }

@@ -6,6 +6,10 @@
 //!
 //! `cargo run -p orfeas --bin bench-letterbox -- [--isnet <shard set>] [--size 1024]
 //!  [--save <dir>]` (`--save` writes each matte as a PNG)
+//!
+//! `--sizes 512,256,224` instead compares smaller inputs with the reference's 1024² (what the
+//! web app does by itself on a software adapter): per image and size, the IoU of the mask with
+//! the full-size mask and with the drawn shapes, and the time of one pass, side by side.
 
 use std::path::PathBuf;
 
@@ -70,6 +74,7 @@ fn main() -> Result<()> {
     let mut isnet = default_isnet_dir();
     let mut size = INPUT_SIZE;
     let mut save: Option<PathBuf> = None;
+    let mut sizes: Option<Vec<usize>> = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().context("a flag without a value");
@@ -77,6 +82,14 @@ fn main() -> Result<()> {
             "--isnet" => isnet = PathBuf::from(value()?),
             "--size" => size = value()?.parse()?,
             "--save" => save = Some(PathBuf::from(value()?)),
+            "--sizes" => {
+                sizes = Some(
+                    value()?
+                        .split(',')
+                        .map(|s| s.trim().parse())
+                        .collect::<Result<_, _>>()?,
+                )
+            }
             other => bail!("unknown flag {other}"),
         }
     }
@@ -85,6 +98,9 @@ fn main() -> Result<()> {
     let device = orfeas_engine::device::cpu();
     let model = load_isnet(&isnet, &device, DType::F32)?;
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    if let Some(sizes) = sizes {
+        return compare_sizes(&model, &device, &runtime, &fixtures, &sizes);
+    }
     println!(
         "ISNet at {size}², CPU backend: stretch (the reference) vs letterbox, against the drawn shapes"
     );
@@ -122,6 +138,64 @@ fn main() -> Result<()> {
             rgba.width(),
             rgba.height(),
         );
+    }
+    Ok(())
+}
+
+/// Smaller inputs against the reference's 1024², on the fixture images (see the module doc).
+fn compare_sizes(
+    model: &orfeas_engine::models::isnet::IsNet,
+    device: &burn::tensor::Device,
+    runtime: &tokio::runtime::Runtime,
+    fixtures: &str,
+    sizes: &[usize],
+) -> Result<()> {
+    println!("ISNet, CPU backend, stretched: smaller inputs against {INPUT_SIZE}²");
+    println!(
+        "{:<22} {:>6} {:>16} {:>14} {:>9} {:>8}",
+        "image", "size", "IoU vs 1024²", "IoU vs shapes", "seconds", "ratio"
+    );
+    let mask = |m: &[u8]| m.iter().map(|&a| a >= 128).collect::<Vec<_>>();
+    for i in 0..2 {
+        let name = format!("isnet_input_{i}.png");
+        let rgba =
+            orfeas_engine::input::decode_image(&std::fs::read(format!("{fixtures}/{name}"))?)?;
+        let truth = ground_truth(&rgba);
+        let run = |size: usize| -> Result<(Vec<u8>, f64)> {
+            let options = Options {
+                size,
+                letterbox: false,
+            };
+            let started = std::time::Instant::now();
+            let matte = runtime.block_on(matte_of(model, &rgba, device, &options))?;
+            Ok((matte, started.elapsed().as_secs_f64()))
+        };
+        let (full, full_s) = run(INPUT_SIZE)?;
+        let reference = mask(&full);
+        for &size in std::iter::once(&INPUT_SIZE).chain(sizes) {
+            let (matte, seconds) = if size == INPUT_SIZE {
+                (full.clone(), full_s)
+            } else {
+                run(size)?
+            };
+            let ours = mask(&matte);
+            let both = ours
+                .iter()
+                .zip(&reference)
+                .filter(|(a, b)| **a && **b)
+                .count();
+            let either = ours
+                .iter()
+                .zip(&reference)
+                .filter(|(a, b)| **a || **b)
+                .count();
+            let (truth_iou, _, _) = score(&matte, &truth);
+            println!(
+                "{name:<22} {size:>6} {:>16.5} {truth_iou:>14.5} {seconds:>9.2} ratio={:.3}",
+                both as f64 / either.max(1) as f64,
+                seconds / full_s
+            );
+        }
     }
     Ok(())
 }

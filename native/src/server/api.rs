@@ -185,6 +185,23 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
     }))
 }
 
+/// `/orfeas.json` for the app this server hosts, when its folder has none: the models under
+/// `--models`, so the app loads what is installed and shows the rest as not installed instead
+/// of guessing ids and meeting 404s.
+pub async fn site_config(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let models: Vec<Value> = state
+        .models
+        .slots
+        .iter()
+        .map(|slot| json!({ "id": slot.id }))
+        .collect();
+    Json(json!({
+        "models_base": "models/",
+        "models": models,
+        "generated_by": "orfeas serve",
+    }))
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct WaitQuery {
     #[serde(default)]

@@ -99,7 +99,11 @@ pub fn router(
     access: guard::Access,
 ) -> Router {
     let limit = state.limits.max_upload_bytes;
-    let mut app = Router::new()
+    let mut app = Router::new();
+    if web.is_some_and(|web| !web.join("orfeas.json").exists()) && models.is_some() {
+        app = app.route("/orfeas.json", get(api::site_config));
+    }
+    let mut app = app
         .route("/api/health", get(api::health))
         .route("/api/generate-3d", post(api::generate))
         .route("/api/jobs/{id}", get(api::job).delete(api::cancel_job))
