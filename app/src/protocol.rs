@@ -316,6 +316,8 @@ pub enum ToViewer {
     Snapshot,
     /// Show nothing.
     Clear,
+    /// Destroy the viewer's GPU device as a driver reset would (`?debug=1`).
+    SimulateDeviceLoss,
 }
 
 /// Viewer worker → UI.
@@ -324,19 +326,20 @@ pub enum ToViewer {
 pub enum FromViewer {
     Ready {
         adapter: String,
+        /// Frames go straight to the canvas (else they are read back and drawn in 2D).
+        #[serde(default)]
+        direct: bool,
     },
     Failed {
         reason: String,
+        /// The device was lost (a GPU reset): a new viewer can show the mesh again.
+        #[serde(default)]
+        device_lost: bool,
     },
     /// A mesh is on screen.
-    Showing {
-        vertices: usize,
-        faces: usize,
-    },
+    Showing { vertices: usize, faces: usize },
     /// A message or mesh the viewer could not use.
-    Error {
-        message: String,
-    },
+    Error { message: String },
 }
 
 impl ToViewer {

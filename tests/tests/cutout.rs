@@ -210,6 +210,14 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
             TIMEOUT,
         )
         .await?;
+    let viewer = "document.querySelector('[data-testid=viewer]').dataset";
+    let faces = browser
+        .wait_for(
+            "the second preview",
+            &format!("{viewer}.state === 'showing' && {viewer}.faces"),
+            TIMEOUT,
+        )
+        .await?;
     server.set_offline(true);
     browser.click("[data-testid=simulate-gpu-loss]").await?;
     let again = browser
@@ -230,6 +238,22 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
             TIMEOUT,
         )
         .await?;
+    // The viewer lost its device too: a new one shows the same preview again.
+    browser
+        .wait_for(
+            "the viewer's restart",
+            "document.querySelector('[data-testid=notices]').innerText.includes('3D viewer starts again')",
+            TIMEOUT,
+        )
+        .await?;
+    let shown = browser
+        .wait_for(
+            "the preview shown again",
+            &format!("{viewer}.state === 'showing' && {viewer}.faces"),
+            TIMEOUT,
+        )
+        .await?;
+    assert_eq!(shown, faces, "the same preview after the reset");
     let raw = browser
         .eval("return document.querySelector('[data-testid=cutout] [data-testid=details]')")
         .await?;

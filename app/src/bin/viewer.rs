@@ -48,6 +48,7 @@ mod exports {
         std::panic::set_hook(Box::new(|info| {
             runtime::post(&FromViewer::Failed {
                 reason: format!("viewer crashed: {info}"),
+                device_lost: false,
             });
         }));
     }

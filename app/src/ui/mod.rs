@@ -196,10 +196,14 @@ impl Studio {
                     .to_string(),
             );
         }
-        let failed = self.models.get().into_iter().find_map(|m| match m.status.get() {
-            ModelStatusReport::Failed { .. } => Some(m.spec.get_value().label),
-            _ => None,
-        });
+        let failed = self
+            .models
+            .get()
+            .into_iter()
+            .find_map(|m| match m.status.get() {
+                ModelStatusReport::Failed { .. } => Some(m.spec.get_value().label),
+                _ => None,
+            });
         if let Some(label) = failed {
             reasons.push(format!("{label} failed to load: press Retry on its panel"));
         }

@@ -276,7 +276,10 @@ pub fn EnginePanel() -> impl IntoView {
                 <Show when=move || studio.debug>
                     <button
                         data-testid="simulate-gpu-loss"
-                        on:click=|_| bridge::send(&ToWorker::SimulateDeviceLoss)
+                        on:click=|_| {
+                            bridge::send(&ToWorker::SimulateDeviceLoss);
+                            super::viewer::simulate_device_loss();
+                        }
                     >
                         "Simulate GPU reset"
                     </button>

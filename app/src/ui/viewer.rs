@@ -32,6 +32,76 @@ pub enum ViewerState {
 thread_local! {
     static VIEWER: RefCell<Option<web_sys::Worker>> = const { RefCell::new(None) };
     static CANVAS: RefCell<Option<web_sys::HtmlCanvasElement>> = const { RefCell::new(None) };
+    /// What holds the canvas (and takes the pointer input): a canvas handed to a worker cannot
+    /// be handed again, so a viewer restarted after a GPU reset gets a new one here.
+    static HOLDER: RefCell<Option<web_sys::HtmlElement>> = const { RefCell::new(None) };
+    /// The mesh on show, kept to show it again in a restarted viewer.
+    static GEOMETRY: RefCell<Option<js_sys::Object>> = const { RefCell::new(None) };
+    /// Viewers restarted after a GPU reset (at most [`MAX_RESTARTS`]).
+    static RESTARTS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Where the probe's answer (draw straight to the canvas, or read frames back) is kept: the
+/// probe presents a canvas, which on some browsers resets the GPU process — once is enough.
+const OUTPUT_KEY: &str = "orfeas-viewer-output";
+const MAX_RESTARTS: u32 = 2;
+
+fn local_storage() -> Option<web_sys::Storage> {
+    web_sys::window().and_then(|w| w.local_storage().ok().flatten())
+}
+
+/// `?viewer=direct|readback`, else what the probe found on an earlier visit, else "" (probe).
+fn output_mode() -> String {
+    super::bridge::query_params()
+        .into_iter()
+        .find(|(k, _)| k == "viewer")
+        .map(|(_, v)| v)
+        .or_else(|| local_storage().and_then(|s| s.get_item(OUTPUT_KEY).ok().flatten()))
+        .unwrap_or_default()
+}
+
+/// A fresh canvas in the holder, replacing the one a lost viewer had.
+fn mount_canvas() -> Option<web_sys::HtmlCanvasElement> {
+    let holder = HOLDER.with(|h| h.borrow().clone())?;
+    let canvas: web_sys::HtmlCanvasElement = web_sys::window()?
+        .document()?
+        .create_element("canvas")
+        .ok()?
+        .dyn_into()
+        .ok()?;
+    canvas.set_class_name("viewer-canvas");
+    holder.set_inner_html("");
+    holder.append_child(&canvas).ok()?;
+    CANVAS.with(|c| *c.borrow_mut() = Some(canvas.clone()));
+    Some(canvas)
+}
+
+/// The viewer lost its GPU device: start a new one on a new canvas and show the mesh again.
+fn restart_viewer(studio: Studio) {
+    let restarts = RESTARTS.with(|r| r.get()) + 1;
+    RESTARTS.with(|r| r.set(restarts));
+    if let Some(worker) = VIEWER.with(|v| v.borrow_mut().take()) {
+        worker.terminate();
+    }
+    if restarts > MAX_RESTARTS || mount_canvas().is_none() {
+        studio.viewer.set(ViewerState::Failed(format!(
+            "the GPU was reset {restarts} times; reload the page"
+        )));
+        return;
+    }
+    ensure_viewer(studio);
+    if let Some(geometry) = GEOMETRY.with(|g| g.borrow().clone()) {
+        post_geometry(&geometry);
+    }
+}
+
+/// Hand the viewer a copy of the geometry (structured clone): the page keeps its own.
+fn post_geometry(geometry: &js_sys::Object) {
+    VIEWER.with(|v| {
+        if let Some(worker) = v.borrow().as_ref() {
+            let _ = worker.post_message(geometry);
+        }
+    });
 }
 
 fn send(message: &ToViewer) {
@@ -70,13 +140,8 @@ fn ensure_viewer(studio: Studio) {
         let worker = web_sys::Worker::new("viewer.js").map_err(|e| format!("{e:?}"))?;
         let init = js_sys::Object::new();
         let _ = js_sys::Reflect::set(&init, &"type".into(), &"init".into());
-        // `?viewer=direct|readback` overrides the probe (see viewer.js).
-        let output = super::bridge::query_params()
-            .into_iter()
-            .find(|(k, _)| k == "viewer")
-            .map(|(_, v)| v)
-            .unwrap_or_default();
-        let _ = js_sys::Reflect::set(&init, &"output".into(), &output.into());
+        // `?viewer=direct|readback`, or an earlier visit's probe, skips the probe (viewer.js).
+        let _ = js_sys::Reflect::set(&init, &"output".into(), &output_mode().into());
         let _ = js_sys::Reflect::set(&init, &"canvas".into(), &offscreen);
         worker
             .post_message_with_transfer(&init, &js_sys::Array::of1(&offscreen))
@@ -96,9 +161,23 @@ fn ensure_viewer(studio: Studio) {
             let data = event.data();
             if let Some(json) = data.as_string() {
                 match serde_json::from_str::<FromViewer>(&json) {
-                    Ok(FromViewer::Ready { .. }) => {}
+                    Ok(FromViewer::Ready { direct, .. }) => {
+                        if let Some(storage) = local_storage() {
+                            let mode = if direct { "direct" } else { "readback" };
+                            let _ = storage.set_item(OUTPUT_KEY, mode);
+                        }
+                    }
                     Ok(FromViewer::Showing { .. }) => studio.viewer.set(ViewerState::Showing),
-                    Ok(FromViewer::Failed { reason }) => {
+                    Ok(FromViewer::Failed {
+                        device_lost: true, ..
+                    }) => {
+                        studio.notify(
+                            orfeas_app::protocol::NoticeLevel::Warning,
+                            "GPU reset — the 3D viewer starts again".into(),
+                        );
+                        restart_viewer(studio)
+                    }
+                    Ok(FromViewer::Failed { reason, .. }) => {
                         studio.viewer.set(ViewerState::Failed(reason))
                     }
                     Ok(FromViewer::Error { message }) => {
@@ -154,18 +233,17 @@ pub fn show_mesh(studio: Studio, data: &JsValue) {
     }
     studio.mesh.set(Some(MeshView { meta, downloads }));
     ensure_viewer(studio);
-    let transfer = js_sys::Array::new();
     let geometry = bulk::message(bulk::Kind::Mesh);
     for key in bulk::GEOMETRY {
-        let array = get(data, key);
-        bulk::set(&geometry, key, &array);
-        transfer.push(&get(&array, "buffer"));
+        bulk::set(&geometry, key, &get(data, key));
     }
-    VIEWER.with(|v| {
-        if let Some(worker) = v.borrow().as_ref() {
-            let _ = worker.post_message_with_transfer(&geometry, &transfer);
-        }
-    });
+    post_geometry(&geometry);
+    GEOMETRY.with(|g| *g.borrow_mut() = Some(geometry));
+}
+
+/// The debug button's GPU reset reaches the viewer's device too.
+pub fn simulate_device_loss() {
+    send(&ToViewer::SimulateDeviceLoss);
 }
 
 /// The download name: the image's stem plus the kind of mesh.
@@ -181,9 +259,10 @@ fn file_name(meta: &MeshMeta, ext: &str) -> String {
 #[component]
 pub fn ViewerArea() -> impl IntoView {
     let studio = expect_context::<Studio>();
-    let canvas_ref = NodeRef::<leptos::html::Canvas>::new();
-    canvas_ref.on_load(|canvas| {
-        CANVAS.with(|c| *c.borrow_mut() = Some(canvas));
+    let holder_ref = NodeRef::<leptos::html::Div>::new();
+    holder_ref.on_load(|holder| {
+        HOLDER.with(|h| *h.borrow_mut() = Some(holder.into()));
+        mount_canvas();
     });
     let _resize = window_event_listener(leptos::ev::resize, move |_| {
         if let Some(canvas) = CANVAS.with(|c| c.borrow().clone()) {
@@ -194,8 +273,8 @@ pub fn ViewerArea() -> impl IntoView {
     // Pointers down on the canvas: id → last position.
     let pointers = StoredValue::new(HashMap::<i32, (f32, f32)>::new());
     let on_down = move |ev: leptos::ev::PointerEvent| {
-        if let Some(canvas) = CANVAS.with(|c| c.borrow().clone()) {
-            let _ = canvas.set_pointer_capture(ev.pointer_id());
+        if let Some(holder) = HOLDER.with(|h| h.borrow().clone()) {
+            let _ = holder.set_pointer_capture(ev.pointer_id());
         }
         pointers.update_value(|p| {
             p.insert(
@@ -282,9 +361,9 @@ pub fn ViewerArea() -> impl IntoView {
                     {move || mesh().map(|m| format!("{} faces · {} vertices", m.meta.faces, m.meta.vertices))}
                 </span>
             </div>
-            <canvas
-                node_ref=canvas_ref
-                class="viewer-canvas"
+            <div
+                node_ref=holder_ref
+                class="viewer-canvas-holder"
                 on:pointerdown=on_down
                 on:pointermove=on_move
                 on:pointerup=on_up
@@ -292,7 +371,7 @@ pub fn ViewerArea() -> impl IntoView {
                 on:wheel=on_wheel
                 on:dblclick=move |_| send(&ToViewer::Reset)
                 on:contextmenu=|ev: leptos::ev::MouseEvent| ev.prevent_default()
-            ></canvas>
+            ></div>
             <Show when=move || matches!(studio.viewer.get(), ViewerState::Failed(_))>
                 <p class="error">{move || match studio.viewer.get() {
                     ViewerState::Failed(reason) => format!("3D viewer unavailable: {reason}"),

@@ -134,6 +134,11 @@ pub struct Renderer {
 const VERTEX_STRIDE: u64 = 28;
 
 impl Renderer {
+    /// Destroy the device, as a driver reset would (its lost callback reports it).
+    pub fn destroy_device(&self) {
+        self.device.destroy();
+    }
+
     /// `direct`: present on the canvas's WebGPU context; otherwise read frames back (the
     /// bootstrap script then owns the canvas's 2D context).
     pub async fn new(canvas: web_sys::OffscreenCanvas, direct: bool) -> Result<Self, String> {
@@ -172,6 +177,7 @@ impl Renderer {
         device.set_device_lost_callback(|reason, message| {
             super::runtime::post(&crate::protocol::FromViewer::Failed {
                 reason: format!("GPU device lost ({reason:?}): {message}"),
+                device_lost: true,
             });
         });
         let (output, format) = match surface {

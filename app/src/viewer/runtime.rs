@@ -60,10 +60,13 @@ pub async fn start(canvas: web_sys::OffscreenCanvas, direct: bool) {
                     last_frame_s: None,
                 })
             });
-            post(&FromViewer::Ready { adapter });
+            post(&FromViewer::Ready { adapter, direct });
             run_frames();
         }
-        Err(reason) => post(&FromViewer::Failed { reason }),
+        Err(reason) => post(&FromViewer::Failed {
+            reason,
+            device_lost: false,
+        }),
     }
 }
 
@@ -96,6 +99,7 @@ pub fn on_message(json: &str) {
             ToViewer::Turntable { enabled } => viewer.turntable = enabled,
             ToViewer::Resize { width, height } => viewer.renderer.resize(width, height),
             ToViewer::Clear => viewer.renderer.clear_mesh(),
+            ToViewer::SimulateDeviceLoss => viewer.renderer.destroy_device(),
             // Answered by `snapshot()`, which the bootstrap script calls.
             ToViewer::Snapshot => {}
         }

@@ -9,7 +9,12 @@
 //! - the smallest set again over a throttled link, where the network, not the loader, is the
 //!   limit.
 //!
+//! - with `--cutout`: background removal of a 512 × 512 photo in a fresh page (shaders compiled
+//!   on the way, as a first visit) and of a second photo in the same page, at the size the app
+//!   picks by itself and at each `--cutout-sizes` (`?background_size=`), side by side.
+//!
 //! Usage: bench-web [--sizes-mib 128,512] [--paint-runs 3] [--link-mbps 200]
+//!   [--cutout --cutout-sizes 160,320]
 
 use std::time::Duration;
 
@@ -32,6 +37,103 @@ struct Args {
     /// bodies), to compare with a real network rather than loopback; 0 skips it.
     #[arg(long, default_value_t = 200)]
     link_mbps: u64,
+    /// Time background removal too (needs the ISNet weights set-up converts).
+    #[arg(long)]
+    cutout: bool,
+    /// ISNet sizes to time besides the app's own choice (`?background_size=`).
+    #[arg(long, value_delimiter = ',', default_values_t = [160usize, 320])]
+    cutout_sizes: Vec<usize>,
+    /// Only the cut-out benchmark.
+    #[arg(long)]
+    cutout_only: bool,
+}
+
+/// Seconds of the cut-out the page shows as ready, from its message ("removed in 12.3 s").
+async fn cutout_seconds(
+    browser: &Browser,
+    photo: &std::path::Path,
+) -> anyhow::Result<(f64, String)> {
+    browser.choose_file("input[type=file]", photo).await?;
+    let state = "document.querySelector('[data-testid=cutout]')?.dataset.state";
+    browser
+        .wait_for(
+            "the cut-out started",
+            &format!("{state} === 'running'"),
+            READY,
+        )
+        .await?;
+    let message = browser
+        .wait_for(
+            "the cut-out",
+            &format!(
+                "{state} === 'ready' && \
+                 document.querySelector('[data-testid=cutout-status]').innerText"
+            ),
+            READY,
+        )
+        .await?;
+    let message = message.as_str().unwrap_or_default().to_string();
+    let seconds = message
+        .split("removed in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN);
+    Ok((seconds, message))
+}
+
+/// The cut-out benchmark (see the module doc): (label, first s, second s, message) per size.
+async fn cutouts(
+    driver: &Chromedriver,
+    sizes: &[usize],
+) -> anyhow::Result<Vec<(String, f64, f64, String)>> {
+    let weights = orfeas::remove_bg::default_isnet_dir();
+    anyhow::ensure!(
+        weights.join(orfeas_engine::weights::INDEX_FILE).is_file(),
+        "no ISNet weights at {} (run scripts/setup.sh)",
+        weights.display()
+    );
+    let models = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(&weights, models.path().join("isnet-medium"))?;
+    let server = Server::start(&dist_dir()?, models.path()).await?;
+    server.put_file(
+        "orfeas.json",
+        "application/json",
+        r#"{"models":[{"id":"isnet-medium"}]}"#,
+    );
+    // Two 512 × 512 photos from the fixture pictures.
+    let photos = tempfile::tempdir()?;
+    let mut files = Vec::new();
+    for i in 0..2 {
+        let source = orfeas_tests::fixtures::dir().join(format!("isnet_input_{i}.png"));
+        let picture = image::open(&source)?.resize_exact(512, 512, image::imageops::Triangle);
+        let file = photos.path().join(format!("photo{i}.png"));
+        picture.to_rgb8().save(&file)?;
+        files.push(file);
+    }
+    let mut results = Vec::new();
+    let choices = std::iter::once(None).chain(sizes.iter().map(|&s| Some(s)));
+    for size in choices {
+        let query = size.map_or(String::new(), |s| format!("&background_size={s}"));
+        let browser = Browser::open(driver, true).await?;
+        browser
+            .goto(&server.url(&format!("/?turntable=0{query}")))
+            .await?;
+        browser
+            .wait_for(
+                "background removal ready",
+                &format!("{} === 'ready'", model_attr("isnet-medium", "status")),
+                READY,
+            )
+            .await?;
+        let (first, message) = cutout_seconds(&browser, &files[0]).await?;
+        let (second, _) = cutout_seconds(&browser, &files[1]).await?;
+        browser.close().await;
+        let label = size.map_or("app's choice".to_string(), |s| format!("{s}²"));
+        eprintln!("cut-out {label}: {first:.1} s, then {second:.1} s ({message})");
+        results.push((label, first, second, message));
+    }
+    Ok(results)
 }
 
 const READY: Duration = Duration::from_secs(900);
@@ -159,6 +261,10 @@ async fn load(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dist = dist_dir()?;
+    if args.cutout_only {
+        let driver = Chromedriver::start().await?;
+        return print_cutouts(&cutouts(&driver, &args.cutout_sizes).await?);
+    }
     let models = tempfile::tempdir()?;
     let mut sets = Vec::new();
     for &mib in &args.sizes_mib {
@@ -292,6 +398,22 @@ async fn main() -> anyhow::Result<()> {
             big.mib,
             small.mib,
             big.heap / small.heap
+        );
+    }
+    if args.cutout {
+        println!();
+        print_cutouts(&cutouts(&driver, &args.cutout_sizes).await?)?;
+    }
+    Ok(())
+}
+
+fn print_cutouts(results: &[(String, f64, f64, String)]) -> anyhow::Result<()> {
+    println!("background removal of a 512 × 512 photo (fresh page, then a second photo):");
+    let base = results.first().map_or(f64::NAN, |r| r.1);
+    for (label, first, second, message) in results {
+        println!(
+            "  {label:>13}: first {first:>6.1} s, second {second:>6.1} s  ratio={:.2} (first ÷ app's choice)  [{message}]",
+            first / base
         );
     }
     Ok(())
