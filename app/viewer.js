@@ -32,6 +32,21 @@ async function presentingKeepsTheDevice() {
   }
 }
 
+// A software adapter (SwiftShader, lavapipe) renders on the CPU anyway: reading frames back
+// costs it nothing, and skipping the probe spares the GPU process a reset (which, on headless
+// Chromium, stalls the engine's work for tens of seconds).
+async function softwareAdapter() {
+  try {
+    const adapter = await navigator.gpu.requestAdapter();
+    const info = (adapter && adapter.info) || {};
+    const names = `${info.vendor} ${info.architecture} ${info.device} ${info.description}`;
+    return !!(info.isFallbackAdapter || (adapter && adapter.isFallbackAdapter)
+      || /swiftshader|llvmpipe|lavapipe/i.test(names));
+  } catch (e) {
+    return false;
+  }
+}
+
 async function handle(data) {
   if (typeof data === "string") {
     if (JSON.parse(data).type === "snapshot") {
@@ -64,7 +79,8 @@ async function start(canvas, output) {
   try {
     importScripts("./orfeas-viewer.js"); // defines the `wasm_bindgen` global (no-modules)
     await wasm_bindgen({ module_or_path: "./orfeas-viewer_bg.wasm" });
-    const direct = output === "direct" || (output !== "readback" && await presentingKeepsTheDevice());
+    const direct = output === "direct" || (output !== "readback"
+      && !(await softwareAdapter()) && await presentingKeepsTheDevice());
     if (!direct) {
       const context = canvas.getContext("2d");
       self.orfeas_present = (rgba, width, height) => {

@@ -406,6 +406,12 @@ pub enum FromWorker {
         request_id: Option<u64>,
         message: String,
     },
+    /// Background removal ran once on a blank picture, so its GPU kernels are compiled before
+    /// the user's picture comes (the first pass on a device costs several times a later one).
+    Warmed {
+        model: String,
+        seconds: f64,
+    },
     /// Size of the engine's wasm memory (it never shrinks, so this is its peak so far).
     Memory {
         wasm_heap_bytes: u64,

@@ -107,6 +107,7 @@ pub fn start() {
                     spec: StoredValue::new(spec.clone()),
                     status: RwSignal::new(ModelStatusReport::Waiting),
                     progress: RwSignal::new(None),
+                    warmed_s: RwSignal::new(None),
                 })
                 .collect(),
         );
@@ -327,6 +328,11 @@ fn apply(studio: Studio, message: FromWorker) {
             request_id: None,
             message,
         } => studio.notify(NoticeLevel::Warning, message),
+        FromWorker::Warmed { model: id, seconds } => {
+            if let Some(m) = model(studio, &id) {
+                m.warmed_s.set(Some(seconds));
+            }
+        }
         FromWorker::Memory { wasm_heap_bytes } => studio.wasm_heap.set(Some(wasm_heap_bytes)),
         FromWorker::CacheReport { message } => studio.cache_report.set(Some(message)),
         FromWorker::ImageFailed { name, reason } => {

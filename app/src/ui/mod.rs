@@ -25,6 +25,8 @@ pub struct ModelView {
     pub spec: StoredValue<ModelSpec>,
     pub status: RwSignal<ModelStatusReport>,
     pub progress: RwSignal<Option<ProgressReport>>,
+    /// Seconds its warm-up pass took on this GPU, once done.
+    pub warmed_s: RwSignal<Option<f64>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

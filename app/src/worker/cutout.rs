@@ -7,14 +7,14 @@
 
 use std::rc::Rc;
 
-use orfeas_engine::background::{Options, has_alpha, remove_background_reporting};
+use orfeas_engine::background::{Options, has_alpha, matte_of, remove_background_reporting};
 use orfeas_engine::models::isnet::{INPUT_SIZE, IsNet};
 use wasm_bindgen_futures::spawn_local;
 
-use super::Engine;
 use super::device::sleep_ms;
 use super::outbox::{cutout_report as report, post_cutout, post_cutout_state};
-use crate::protocol::{CutoutState, ModelStatusReport};
+use super::{Engine, post};
+use crate::protocol::{CutoutState, FromWorker, ModelStatusReport};
 
 /// ISNet's input side on a software adapter (a CPU rasteriser): the full 1024² pass takes
 /// minutes there; this one tens of seconds, at the IoU measured in the README.
@@ -32,10 +32,40 @@ pub(super) fn adopt(engine: &Engine, i: usize) -> Result<(), String> {
     let Some(weights) = weights else {
         return Err(format!("{id} is not loaded"));
     };
-    let model = IsNet::from_weights(weights, &device)
-        .map_err(|e| format!("{id} does not fit ISNet: {e}"))?;
-    *engine.isnet.borrow_mut() = Some(Rc::new(model));
+    let model = Rc::new(
+        IsNet::from_weights(weights, &device)
+            .map_err(|e| format!("{id} does not fit ISNet: {e}"))?,
+    );
+    *engine.isnet.borrow_mut() = Some(model.clone());
+    // A picture already waiting is the first pass itself: no warm-up ahead of it.
+    if engine.image.borrow().is_none() {
+        warm_up(engine, model, device, id);
+    }
     Ok(())
+}
+
+/// One pass on a blank picture at the size the user's pictures will run at, as soon as ISNet
+/// is on the device: the first pass compiles the GPU kernels (on a software adapter it takes
+/// about three times a later one), and it is better spent while the user picks a picture. A
+/// cut-out asked for meanwhile waits for it, saying why.
+fn warm_up(engine: &Engine, model: Rc<IsNet>, device: burn::tensor::Device, id: String) {
+    // At the size the user's pictures will run at: the GPU kernels are compiled per shape (a
+    // 64² warm-up left the first 224² pass as slow as without one, measured in bench-web).
+    let (options, _) = options_for(engine);
+    let warming = engine.cutout_warming.clone();
+    warming.set(true);
+    spawn_local(async move {
+        let started = web_time::Instant::now();
+        let blank = image::RgbaImage::from_pixel(64, 64, image::Rgba([128, 128, 128, 255]));
+        let warmed = matte_of(&model, &blank, &device, &options).await;
+        warming.set(false);
+        if warmed.is_ok() {
+            post(&FromWorker::Warmed {
+                model: id,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+    });
 }
 
 /// The options for the next cut-out, and whether they are below the reference's size because
@@ -139,6 +169,24 @@ pub(super) fn request(engine: &Rc<Engine>) {
     let device_generation = engine.device_generation.get();
     let engine = engine.clone();
     spawn_local(async move {
+        if engine.cutout_warming.get() {
+            let mut waiting = report(
+                &name,
+                CutoutState::Running,
+                format!(
+                    "{again}preparing background removal for this GPU (its first run compiles the GPU code)…"
+                ),
+            );
+            waiting.progress = Some(0.0);
+            waiting.reduced = reduced;
+            post_cutout_state(waiting);
+            while engine.cutout_warming.get() {
+                sleep_ms(100).await;
+            }
+            if engine.cutout_generation.get() != generation {
+                return;
+            }
+        }
         let started = web_time::Instant::now();
         let mut on_progress = |done: f64| {
             if engine.cutout_generation.get() != generation {

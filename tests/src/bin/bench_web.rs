@@ -46,13 +46,19 @@ struct Args {
     /// Only the cut-out benchmark.
     #[arg(long)]
     cutout_only: bool,
+    /// The viewer's output for the cut-out pages (`direct`, `readback`; default: its probe).
+    #[arg(long)]
+    viewer: Option<String>,
 }
 
-/// Seconds of the cut-out the page shows as ready, from its message ("removed in 12.3 s").
+/// Seconds from picking `photo` to its cut-out on screen (the page's clock), and the message.
 async fn cutout_seconds(
     browser: &Browser,
     photo: &std::path::Path,
 ) -> anyhow::Result<(f64, String)> {
+    browser
+        .eval("window.__picked = performance.now(); return 1")
+        .await?;
     browser.choose_file("input[type=file]", photo).await?;
     let state = "document.querySelector('[data-testid=cutout]')?.dataset.state";
     browser
@@ -62,30 +68,27 @@ async fn cutout_seconds(
             READY,
         )
         .await?;
-    let message = browser
+    let done = browser
         .wait_for(
             "the cut-out",
             &format!(
-                "{state} === 'ready' && \
-                 document.querySelector('[data-testid=cutout-status]').innerText"
+                "{state} === 'ready' && [(performance.now() - window.__picked) / 1000, \
+                 document.querySelector('[data-testid=cutout-status]').innerText]"
             ),
             READY,
         )
         .await?;
-    let message = message.as_str().unwrap_or_default().to_string();
-    let seconds = message
-        .split("removed in ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(f64::NAN);
-    Ok((seconds, message))
+    Ok((
+        number(&done[0]),
+        done[1].as_str().unwrap_or_default().to_string(),
+    ))
 }
 
 /// The cut-out benchmark (see the module doc): (label, first s, second s, message) per size.
 async fn cutouts(
     driver: &Chromedriver,
     sizes: &[usize],
+    viewer: Option<&str>,
 ) -> anyhow::Result<Vec<(String, f64, f64, String)>> {
     let weights = orfeas::remove_bg::default_isnet_dir();
     anyhow::ensure!(
@@ -112,9 +115,18 @@ async fn cutouts(
         files.push(file);
     }
     let mut results = Vec::new();
-    let choices = std::iter::once(None).chain(sizes.iter().map(|&s| Some(s)));
-    for size in choices {
-        let query = size.map_or(String::new(), |s| format!("&background_size={s}"));
+    // The app's own size picked at once (the warm-up still running), then every size picked
+    // after the warm-up (a user who takes a moment to choose).
+    let choices = [(None, false)].into_iter().chain(
+        std::iter::once(None)
+            .chain(sizes.iter().map(|&s| Some(s)))
+            .map(|s| (s, true)),
+    );
+    for (size, after_warm_up) in choices {
+        let mut query = size.map_or(String::new(), |s| format!("&background_size={s}"));
+        if let Some(viewer) = viewer {
+            query.push_str(&format!("&viewer={viewer}"));
+        }
         let browser = Browser::open(driver, true).await?;
         browser
             .goto(&server.url(&format!("/?turntable=0{query}")))
@@ -126,10 +138,25 @@ async fn cutouts(
                 READY,
             )
             .await?;
+        if after_warm_up {
+            browser
+                .wait_for(
+                    "the warm-up",
+                    &format!("{} !== ''", model_attr("isnet-medium", "warmS")),
+                    READY,
+                )
+                .await?;
+        }
         let (first, message) = cutout_seconds(&browser, &files[0]).await?;
         let (second, _) = cutout_seconds(&browser, &files[1]).await?;
         browser.close().await;
-        let label = size.map_or("app's choice".to_string(), |s| format!("{s}²"));
+        let size_label = size.map_or("app's choice".to_string(), |s| format!("{s}²"));
+        let when = if after_warm_up {
+            "after warm-up"
+        } else {
+            "at once"
+        };
+        let label = format!("{size_label}, {when}");
         eprintln!("cut-out {label}: {first:.1} s, then {second:.1} s ({message})");
         results.push((label, first, second, message));
     }
@@ -263,7 +290,7 @@ async fn main() -> anyhow::Result<()> {
     let dist = dist_dir()?;
     if args.cutout_only {
         let driver = Chromedriver::start().await?;
-        return print_cutouts(&cutouts(&driver, &args.cutout_sizes).await?);
+        return print_cutouts(&cutouts(&driver, &args.cutout_sizes, args.viewer.as_deref()).await?);
     }
     let models = tempfile::tempdir()?;
     let mut sets = Vec::new();
@@ -402,17 +429,20 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.cutout {
         println!();
-        print_cutouts(&cutouts(&driver, &args.cutout_sizes).await?)?;
+        print_cutouts(&cutouts(&driver, &args.cutout_sizes, args.viewer.as_deref()).await?)?;
     }
     Ok(())
 }
 
 fn print_cutouts(results: &[(String, f64, f64, String)]) -> anyhow::Result<()> {
-    println!("background removal of a 512 × 512 photo (fresh page, then a second photo):");
+    println!(
+        "background removal of a 512 × 512 photo, picked as soon as ISNet is ready or after its \
+         warm-up, then a second photo (seconds from picking to the cut-out on screen):"
+    );
     let base = results.first().map_or(f64::NAN, |r| r.1);
     for (label, first, second, message) in results {
         println!(
-            "  {label:>13}: first {first:>6.1} s, second {second:>6.1} s  ratio={:.2} (first ÷ app's choice)  [{message}]",
+            "  {label:>28}: first {first:>6.1} s, second {second:>6.1} s  ratio={:.2} (first ÷ app's choice)  [{message}]",
             first / base
         );
     }
