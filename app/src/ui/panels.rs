@@ -110,7 +110,7 @@ pub fn CutoutPanel() -> impl IntoView {
     };
     let url = move || studio.cutout.get().and_then(|c| c.url);
     let progress = move || studio.cutout.get().and_then(|c| c.report.progress);
-    let detail = Signal::derive(move || studio.cutout.get().and_then(|c| c.report.detail));
+    let detail = move || studio.cutout.get().and_then(|c| c.report.detail);
     let reduced = move || {
         studio
             .cutout
@@ -188,7 +188,7 @@ pub fn GenerateControl() -> impl IntoView {
             format!("request {id}: {message}"),
         ),
     };
-    let blocker = Memo::new(move |_| studio.generate_blocker());
+    let blocker = move || studio.generate_blocker();
     let detail = move || match studio.request.get() {
         RequestState::Waiting { detail, .. } => detail,
         _ => None,
@@ -197,20 +197,20 @@ pub fn GenerateControl() -> impl IntoView {
         <section class="generate">
             <button
                 data-testid="generate"
-                disabled=move || blocker.get().is_some()
+                disabled=move || blocker().is_some()
                 on:click=move |_| studio.request_generate()
-                title=move || match blocker.get() {
+                title=move || match blocker() {
                     Some(reason) => format!("Generate 3D is unavailable: {reason}"),
                     None => "Generate a 3D model from the image (shortcut: g)".into(),
                 }
             >
                 "Generate 3D"
             </button>
-            <p class="reason" data-testid="generate-reason">{move || blocker.get()}</p>
+            <p class="reason" data-testid="generate-reason">{move || blocker()}</p>
             <p class="request" data-testid="request-status" data-state=move || state().0>
                 {move || state().1}
             </p>
-            <Details text=Signal::derive(detail) />
+            <Details text=detail />
         </section>
     }
 }
@@ -368,14 +368,16 @@ pub fn ModelPanel(model: ModelView) -> impl IntoView {
 
 /// A raw error, collapsed under "details" (nothing when there is none).
 #[component]
-pub fn Details(text: Signal<Option<String>>) -> impl IntoView {
-    view! {
-        <Show when=move || text.get().is_some()>
-            <details class="raw" data-testid="details">
-                <summary>"details"</summary>
-                <code>{move || text.get().unwrap_or_default()}</code>
-            </details>
-        </Show>
+pub fn Details(text: impl Fn() -> Option<String> + Send + Sync + 'static) -> impl IntoView {
+    move || {
+        text().map(|text| {
+            view! {
+                <details class="raw" data-testid="details">
+                    <summary>"details"</summary>
+                    <code>{text}</code>
+                </details>
+            }
+        })
     }
 }
 
