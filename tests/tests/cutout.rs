@@ -117,6 +117,50 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
         "{running}"
     );
 
+    // The other model is still loading: background removal did not wait for it.
+    let shape = browser
+        .eval(&format!("return {}", model_attr("shape", "status")))
+        .await?;
+    assert_eq!(shape, "loading", "the shape model should still be loading");
+
+    // A GPU reset in the middle of the cut-out, with the network gone: the panel says it runs
+    // again, ISNet comes back from the cache, and the cut-out is shown; the viewer lost its
+    // device too, and a new one shows the same preview again.
+    let viewer = "document.querySelector('[data-testid=viewer]').dataset";
+    let faces = browser
+        .wait_for(
+            "the preview",
+            &format!("{viewer}.state === 'showing' && {viewer}.faces"),
+            TIMEOUT,
+        )
+        .await?;
+    server.set_offline(true);
+    browser.click("[data-testid=simulate-gpu-loss]").await?;
+    let again = browser
+        .wait_for(
+            "the re-run notice",
+            "(() => { const t = document.querySelector('[data-testid=cutout-status]')?.innerText ?? ''; \
+               return t.includes('GPU reset — running again') && t; })()",
+            TIMEOUT,
+        )
+        .await?;
+    eprintln!("after the reset: {again}");
+    browser
+        .wait_for(
+            "the viewer's restart",
+            "document.querySelector('[data-testid=notices]').innerText.includes('3D viewer starts again')",
+            TIMEOUT,
+        )
+        .await?;
+    let shown = browser
+        .wait_for(
+            "the preview shown again",
+            &format!("{viewer}.state === 'showing' && {viewer}.faces"),
+            TIMEOUT,
+        )
+        .await?;
+    assert_eq!(shown, faces, "the same preview after the reset");
+
     browser
         .wait_for(
             "the cut-out",
@@ -138,11 +182,11 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
         .eval("return document.querySelector('[data-testid=cutout-full-size]')?.innerText")
         .await?;
     assert_eq!(offer, "Cut out at full size");
-    // The other model is still loading: background removal did not wait for it.
-    let shape = browser
-        .eval(&format!("return {}", model_attr("shape", "status")))
+    let raw = browser
+        .eval("return document.querySelector('[data-testid=cutout] [data-testid=details]')")
         .await?;
-    assert_eq!(shape, "loading", "the shape model should still be loading");
+    assert!(raw.is_null(), "a finished cut-out shows no error details");
+    server.set_offline(false);
 
     // On a checkerboard, so transparency shows.
     let background = browser
@@ -197,68 +241,6 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
         "{off} alphas differ by more than 2 levels"
     );
     assert!(both > pixels / 10, "the subject is found ({both} px)");
-
-    // A GPU reset in the middle of a cut-out, with the network gone: the panel says it runs
-    // again, ISNet comes back from the cache, and the cut-out is shown.
-    let second = fixture("isnet_input_1.png");
-    browser.choose_file("input[type=file]", &second).await?;
-    browser
-        .wait_for(
-            "the second cut-out running",
-            "(() => { const c = document.querySelector('[data-testid=cutout]'); \
-               return c?.dataset.state === 'running' && Number(c.dataset.progress) > 0; })()",
-            TIMEOUT,
-        )
-        .await?;
-    let viewer = "document.querySelector('[data-testid=viewer]').dataset";
-    let faces = browser
-        .wait_for(
-            "the second preview",
-            &format!("{viewer}.state === 'showing' && {viewer}.faces"),
-            TIMEOUT,
-        )
-        .await?;
-    server.set_offline(true);
-    browser.click("[data-testid=simulate-gpu-loss]").await?;
-    let again = browser
-        .wait_for(
-            "the re-run notice",
-            "(() => { const t = document.querySelector('[data-testid=cutout-status]')?.innerText ?? ''; \
-               return t.includes('GPU reset — running again') && t; })()",
-            TIMEOUT,
-        )
-        .await?;
-    eprintln!("after the reset: {again}");
-    browser
-        .wait_for(
-            "the cut-out after the reset",
-            "(() => { const c = document.querySelector('[data-testid=cutout]'); \
-               const i = document.querySelector('[data-testid=cutout-image]'); \
-               return c?.dataset.state === 'ready' && i?.complete && i.naturalWidth === 400; })()",
-            TIMEOUT,
-        )
-        .await?;
-    // The viewer lost its device too: a new one shows the same preview again.
-    browser
-        .wait_for(
-            "the viewer's restart",
-            "document.querySelector('[data-testid=notices]').innerText.includes('3D viewer starts again')",
-            TIMEOUT,
-        )
-        .await?;
-    let shown = browser
-        .wait_for(
-            "the preview shown again",
-            &format!("{viewer}.state === 'showing' && {viewer}.faces"),
-            TIMEOUT,
-        )
-        .await?;
-    assert_eq!(shown, faces, "the same preview after the reset");
-    let raw = browser
-        .eval("return document.querySelector('[data-testid=cutout] [data-testid=details]')")
-        .await?;
-    assert!(raw.is_null(), "a finished cut-out shows no error details");
-    server.set_offline(false);
 
     // A picture that is already a cut-out is used as it is.
     let files = tempfile::tempdir()?;
