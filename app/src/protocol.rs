@@ -432,6 +432,13 @@ pub enum FromWorker {
     Generating {
         request_id: u64,
         stage: GenerationStage,
+        /// Seconds since the request started.
+        #[serde(default)]
+        elapsed_s: f64,
+        /// What is left of this stage, estimated from the adapter's measured speed so far
+        /// (the sampler's steps), when there is an estimate.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        left_s: Option<f64>,
     },
 }
 
@@ -505,7 +512,7 @@ impl std::fmt::Display for GenerationStage {
             Self::RemovingBackground => write!(f, "removing the background"),
             Self::Encoding => write!(f, "encoding the image"),
             Self::Sampling { done, total } => write!(f, "sampling {done} / {total}"),
-            Self::Decoding { .. } => write!(f, "decoding the shape"),
+            Self::Decoding { queries } => write!(f, "decoding the shape: {queries} points"),
             Self::Meshing => write!(f, "extracting the surface"),
             Self::CleaningUp => write!(f, "cleaning up the mesh"),
         }
@@ -650,10 +657,14 @@ mod tests {
             FromWorker::Generating {
                 request_id: 3,
                 stage: GenerationStage::Sampling { done: 2, total: 30 },
+                elapsed_s: 12.5,
+                left_s: Some(140.0),
             },
             FromWorker::Generating {
                 request_id: 3,
                 stage: GenerationStage::Meshing,
+                elapsed_s: 80.0,
+                left_s: None,
             },
         ];
         for message in messages {

@@ -87,6 +87,14 @@ async fn generate_runs_the_shape_model_in_the_browser_and_shows_the_mesh() -> an
             Duration::from_secs(60),
         )
         .await?;
+    // Every line the request's status shows, in order.
+    browser
+        .eval(
+            "const s = document.querySelector('[data-testid=request-status]'); window.__lines = []; \
+             new MutationObserver(() => window.__lines.push(s.innerText)) \
+               .observe(s, {childList: true, subtree: true, characterData: true}); return 1",
+        )
+        .await?;
     browser.click("[data-testid=generate]").await?;
     let outcome = browser
         .wait_for(
@@ -105,6 +113,19 @@ async fn generate_runs_the_shape_model_in_the_browser_and_shows_the_mesh() -> an
         outcome.as_str().unwrap_or_default().contains("faces"),
         "{outcome}"
     );
+    // Progress with time: each sampler step as it finishes, with the time so far, and from the
+    // second step on an estimate of what is left; the surface's points as they are decoded.
+    let lines: Vec<String> = serde_json::from_value(browser.eval("return window.__lines").await?)?;
+    eprintln!("status lines: {lines:?}");
+    let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
+    assert!(has("sampling 1 / 4 · "), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("sampling 3 / 4 · ") && l.contains("s left")),
+        "{lines:?}"
+    );
+    assert!(has("decoding the shape: "), "{lines:?}");
     let label = browser
         .wait_for(
             "the shape in the viewer",

@@ -339,8 +339,14 @@ fn apply(studio: Studio, message: FromWorker) {
             studio.image_error.set(Some(format!("{name}: {reason}")))
         }
         FromWorker::Cutout(report) => set_cutout(studio, report, None),
-        FromWorker::Generating { request_id, stage } => {
-            let stage = stage.to_string();
+        FromWorker::Generating {
+            request_id,
+            stage,
+            elapsed_s,
+            left_s,
+        } => {
+            let left = left_s.map_or(String::new(), |s| format!(", about {:.0} s left", s.ceil()));
+            let stage = format!("{stage} · {elapsed_s:.0} s{left}");
             studio.request.set(RequestState::Running {
                 id: request_id,
                 stage,

@@ -86,10 +86,25 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, String
         ..ImageToMesh::new(&model, isnet.as_deref(), &device)
     };
     let request = Request::new(image, chosen.generate_options());
+    // The sampler's pace so far gives the estimate of what is left of it.
+    let mut sampling_started: Option<web_time::Instant> = None;
     let on_stage = |stage: Stage| {
+        let left_s = match stage {
+            Stage::Sampling { done, total } => {
+                let since = *sampling_started.get_or_insert_with(web_time::Instant::now);
+                (done > 1).then(|| {
+                    // Step 1 is reported when it ends: time the steps after it.
+                    let per_step = since.elapsed().as_secs_f64() / (done - 1) as f64;
+                    per_step * (total - done) as f64
+                })
+            }
+            _ => None,
+        };
         post(&FromWorker::Generating {
             request_id,
             stage: stage.into(),
+            elapsed_s: started.elapsed().as_secs_f64(),
+            left_s,
         })
     };
     // The cut-out shown for this image, when background removal made it already.

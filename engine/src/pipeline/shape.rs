@@ -410,6 +410,7 @@ impl ShapeModel {
                         .denoiser
                         .forward(x, &[t], cond.clone(), Some(&[guidance]))
                         .expect("the sampler gives a guidance-distilled denoiser its guidance");
+                    finished(&v).await;
                     (v.clone(), v)
                 },
                 report,
@@ -433,6 +434,7 @@ impl ShapeModel {
                         None,
                     )
                     .expect("a CFG denoiser needs no guidance input");
+                finished(&v).await;
                 let [_, n, c] = v.dims();
                 (
                     v.clone().slice([0..1, 0..n, 0..c]),
@@ -576,6 +578,14 @@ impl ShapeModel {
         self.surface_until(&kv, options, on_progress, should_stop)
             .await
     }
+}
+
+/// Wait until the device has computed `v` (a one-value read-back): a device that queues work
+/// lazily (wgpu) would otherwise report every sampler step at once and spend the time later,
+/// which makes progress and its estimate dishonest. A failed read-back (a lost device) shows
+/// up in the next one, where the job reads its result.
+async fn finished(v: &Tensor<3>) {
+    let _ = v.clone().slice([0..1, 0..1, 0..1]).into_data_async().await;
 }
 
 /// Stream a converted model's three shard sets (in [`COMPONENTS`] order) onto `device` and
