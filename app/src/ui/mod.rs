@@ -250,7 +250,7 @@ impl Studio {
             .get_untracked()
             .iter()
             .any(|m| matches!(m.status.get_untracked(), ModelStatusReport::Failed { .. }));
-        if loading.is_empty() && !failed {
+        if loading.is_empty() && !failed && self.configured.get_untracked() {
             // Nothing will change by waiting (no shape model): say so now.
             self.request.set(RequestState::Finished {
                 id,
