@@ -183,14 +183,14 @@ impl<S: ShardSource + ?Sized> Attempt<'_, S> {
             Some(stream) => stream,
             None => source.open_shard(&shard.file).await,
         };
-        let mut stream = opened.map_err(|e| ShardError::Open(e.0))?;
+        let mut stream = opened.map_err(|e| ShardError::Open(e.to_string()))?;
         let mut parser = new_parser(source, shard);
         let mut uploaded: Vec<(String, StoredTensor)> = Vec::with_capacity(expected.len());
         let mut unflushed = 0usize;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ShardError::Stream {
                 received: parser.received(),
-                message: e.0,
+                message: e.to_string(),
             })?;
             let before = uploaded.len();
             parser
@@ -288,12 +288,12 @@ async fn verify_shard_bytes<S: ShardSource + ?Sized>(
     let mut stream = source
         .open_shard(&shard.file)
         .await
-        .map_err(|e| ShardError::Open(e.0))?;
+        .map_err(|e| ShardError::Open(e.to_string()))?;
     let mut parser = new_parser(source, shard);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ShardError::Stream {
             received: parser.received(),
-            message: e.0,
+            message: e.to_string(),
         })?;
         parser.feed(&chunk, &mut |_| Ok(())).map_err(|e| match e {
             FeedError::Shard(e) | FeedError::Sink(e) => e,

@@ -8,27 +8,44 @@ use futures::stream::BoxStream;
 use futures::stream::LocalBoxStream;
 use thiserror::Error;
 
+/// What a source could not do, and whether it is because the file is not there at all.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{0}")]
-pub struct SourceError(pub String);
-
-impl SourceError {
-    /// The server answered `status` for `url`.
-    pub fn http(url: &str, status: u16) -> Self {
-        SourceError(format!("{url}: HTTP {status}"))
-    }
-
-    /// The source says the file is not there (HTTP 404 or 410, or no such file): the model is
-    /// not installed, which is not the same as a broken one.
-    pub fn is_missing(&self) -> bool {
-        self.0.ends_with(": HTTP 404")
-            || self.0.ends_with(": HTTP 410")
-            || self.0.ends_with(NO_SUCH_FILE)
-    }
+#[error("{message}")]
+pub struct SourceError {
+    message: String,
+    missing: bool,
 }
 
-/// How a folder source ends the message of a file that does not exist.
-const NO_SUCH_FILE: &str = ": no such file";
+impl SourceError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            missing: false,
+        }
+    }
+
+    /// The file is not there (no such file, HTTP 404 or 410): for an index, the model is not
+    /// installed, which is not the same as a broken one.
+    pub fn missing(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            missing: true,
+        }
+    }
+
+    /// The server answered `status` for `what` (e.g. `GET <url>`).
+    pub fn http(what: &str, status: u16) -> Self {
+        let message = format!("{what}: HTTP {status}");
+        match status {
+            404 | 410 => Self::missing(message),
+            _ => Self::new(message),
+        }
+    }
+
+    pub fn is_missing(&self) -> bool {
+        self.missing
+    }
+}
 
 /// A shard's bytes as they arrive.
 #[cfg(not(target_arch = "wasm32"))]
@@ -76,7 +93,7 @@ pub trait ShardSource: MaybeSync {
     }
     /// The hex sha256 of the bytes the last stream of `file` delivered (after it ended).
     async fn shard_digest(&self, file: &str) -> Result<String, SourceError> {
-        Err(SourceError(format!(
+        Err(SourceError::new(format!(
             "{file}: this source does not hash shards"
         )))
     }
@@ -125,29 +142,29 @@ mod native {
                 .await
                 .map_err(|e| match e.kind() {
                     std::io::ErrorKind::NotFound => {
-                        SourceError(format!("{}{}", path.display(), super::NO_SUCH_FILE))
+                        SourceError::missing(format!("{}: {e}", path.display()))
                     }
-                    _ => SourceError(format!("{}: {e}", path.display())),
+                    _ => SourceError::new(format!("{}: {e}", path.display())),
                 })?
                 .len();
             if size > MAX_INDEX_BYTES as u64 {
-                return Err(SourceError(format!(
+                return Err(SourceError::new(format!(
                     "{}: {size} bytes; an index is at most {MAX_INDEX_BYTES}",
                     path.display()
                 )));
             }
             tokio::fs::read(&path)
                 .await
-                .map_err(|e| SourceError(format!("{}: {e}", path.display())))
+                .map_err(|e| SourceError::new(format!("{}: {e}", path.display())))
         }
 
         async fn open_shard(&self, file: &str) -> Result<ByteStream, SourceError> {
             let path = self.dir.join(file);
             let handle = tokio::fs::File::open(&path)
                 .await
-                .map_err(|e| SourceError(format!("{}: {e}", path.display())))?;
+                .map_err(|e| SourceError::new(format!("{}: {e}", path.display())))?;
             let stream = tokio_util::io::ReaderStream::with_capacity(handle, self.chunk_size)
-                .map_err(|e| SourceError(e.to_string()));
+                .map_err(|e| SourceError::new(e.to_string()));
             Ok(boxed(stream))
         }
 
@@ -186,7 +203,7 @@ mod native {
                 .get(&url)
                 .send()
                 .await
-                .map_err(|e| SourceError(format!("GET {url}: {e}")))?;
+                .map_err(|e| SourceError::new(format!("GET {url}: {e}")))?;
             if !response.status().is_success() {
                 return Err(SourceError::http(
                     &format!("GET {url}"),
@@ -206,9 +223,10 @@ mod native {
             let mut stream = response.bytes_stream();
             let mut body = Vec::new();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| SourceError(format!("reading the index: {e}")))?;
+                let chunk =
+                    chunk.map_err(|e| SourceError::new(format!("reading the index: {e}")))?;
                 if body.len() + chunk.len() > MAX_INDEX_BYTES {
-                    return Err(SourceError(format!(
+                    return Err(SourceError::new(format!(
                         "the index is over {MAX_INDEX_BYTES} bytes"
                     )));
                 }
@@ -221,7 +239,7 @@ mod native {
             let response = self.get(file).await?;
             let stream = response
                 .bytes_stream()
-                .map_err(|e| SourceError(format!("connection: {e}")));
+                .map_err(|e| SourceError::new(format!("connection: {e}")));
             Ok(boxed(stream))
         }
 
@@ -249,14 +267,14 @@ mod web {
     ) -> Result<ByteStream, SourceError> {
         let body = response
             .body()
-            .ok_or_else(|| SourceError(format!("{file}: response has no body")))?;
+            .ok_or_else(|| SourceError::new(format!("{file}: response has no body")))?;
         let stream = wasm_streams::ReadableStream::from_raw(body)
             .into_stream()
             .map(|chunk| match chunk {
                 Ok(value) => Ok(Bytes::from(
                     value.unchecked_into::<js_sys::Uint8Array>().to_vec(),
                 )),
-                Err(e) => Err(SourceError(format!("connection: {}", js_message(&e)))),
+                Err(e) => Err(SourceError::new(format!("connection: {}", js_message(&e)))),
             });
         Ok(Box::pin(stream))
     }
@@ -284,11 +302,11 @@ mod web {
             } else if let Some(worker) = global.dyn_ref::<web_sys::WorkerGlobalScope>() {
                 worker.fetch_with_str(&url)
             } else {
-                return Err(SourceError("no fetch in this JavaScript context".into()));
+                return Err(SourceError::new("no fetch in this JavaScript context"));
             };
             let response: web_sys::Response = JsFuture::from(promise)
                 .await
-                .map_err(|e| SourceError(format!("fetch {url}: {}", js_message(&e))))?
+                .map_err(|e| SourceError::new(format!("fetch {url}: {}", js_message(&e))))?
                 .unchecked_into();
             if !response.ok() {
                 return Err(SourceError::http(
@@ -320,10 +338,10 @@ mod web {
             let buffer = JsFuture::from(
                 response
                     .array_buffer()
-                    .map_err(|e| SourceError(js_message(&e)))?,
+                    .map_err(|e| SourceError::new(js_message(&e)))?,
             )
             .await
-            .map_err(|e| SourceError(format!("reading the index: {}", js_message(&e))))?;
+            .map_err(|e| SourceError::new(format!("reading the index: {}", js_message(&e))))?;
             Ok(js_sys::Uint8Array::new(&buffer).to_vec())
         }
 
@@ -379,17 +397,17 @@ mod cache {
         } else if let Some(worker) = global.dyn_ref::<web_sys::WorkerGlobalScope>() {
             worker.caches()
         } else {
-            return Err(SourceError(
-                "no Cache Storage in this JavaScript context".into(),
+            return Err(SourceError::new(
+                "no Cache Storage in this JavaScript context",
             ));
         };
-        caches.map_err(|e| SourceError(format!("Cache Storage: {}", js_message(&e))))
+        caches.map_err(|e| SourceError::new(format!("Cache Storage: {}", js_message(&e))))
     }
 
     async fn open_cache(name: &str) -> Result<web_sys::Cache, SourceError> {
         let cache = JsFuture::from(caches()?.open(name))
             .await
-            .map_err(|e| SourceError(format!("opening cache {name}: {}", js_message(&e))))?;
+            .map_err(|e| SourceError::new(format!("opening cache {name}: {}", js_message(&e))))?;
         Ok(cache.unchecked_into())
     }
 
@@ -397,7 +415,7 @@ mod cache {
     pub async fn delete_cache(name: &str) -> Result<bool, SourceError> {
         let deleted = JsFuture::from(caches()?.delete(name))
             .await
-            .map_err(|e| SourceError(js_message(&e)))?;
+            .map_err(|e| SourceError::new(js_message(&e)))?;
         Ok(deleted.as_bool().unwrap_or(false))
     }
 
@@ -442,12 +460,12 @@ mod cache {
                     let cache = open_cache(&name).await?;
                     JsFuture::from(cache.put_with_str(&url, &response))
                         .await
-                        .map_err(|e| SourceError(js_message(&e)))
+                        .map_err(|e| SourceError::new(js_message(&e)))
                 }
                 .await;
                 if let Err(e) = result {
                     tracing::warn!("not caching {url}: {e}");
-                    error.borrow_mut().get_or_insert(e.0);
+                    error.borrow_mut().get_or_insert(e.to_string());
                 }
                 Ok(JsValue::UNDEFINED)
             });
@@ -473,7 +491,7 @@ mod cache {
     fn bytes_response(bytes: &[u8]) -> Result<web_sys::Response, SourceError> {
         let mut copy = bytes.to_vec();
         web_sys::Response::new_with_opt_u8_array(Some(&mut copy))
-            .map_err(|e| SourceError(js_message(&e)))
+            .map_err(|e| SourceError::new(js_message(&e)))
     }
 
     #[async_trait::async_trait(?Send)]
@@ -498,10 +516,10 @@ mod cache {
                     let buffer = JsFuture::from(
                         response
                             .array_buffer()
-                            .map_err(|e| SourceError(js_message(&e)))?,
+                            .map_err(|e| SourceError::new(js_message(&e)))?,
                     )
                     .await
-                    .map_err(|e| SourceError(js_message(&e)))?;
+                    .map_err(|e| SourceError::new(js_message(&e)))?;
                     tracing::info!("offline ({network}); using the cached index");
                     Ok(js_sys::Uint8Array::new(&buffer).to_vec())
                 }
@@ -515,7 +533,7 @@ mod cache {
             };
             let body = response
                 .body()
-                .ok_or_else(|| SourceError(format!("{file}: response has no body")))?;
+                .ok_or_else(|| SourceError::new(format!("{file}: response has no body")))?;
             let chunks: Chunks = Rc::default();
             self.pending
                 .borrow_mut()
@@ -529,7 +547,7 @@ mod cache {
                         chunks.borrow_mut().push(array);
                         Ok(bytes)
                     }
-                    Err(e) => Err(SourceError(format!("connection: {}", js_message(&e)))),
+                    Err(e) => Err(SourceError::new(format!("connection: {}", js_message(&e)))),
                 });
             Ok(Box::pin(stream))
         }
@@ -545,7 +563,7 @@ mod cache {
                 .borrow()
                 .get(file)
                 .map(|(chunks, _)| chunks.clone())
-                .ok_or_else(|| SourceError(format!("{file}: nothing streamed to hash")))?;
+                .ok_or_else(|| SourceError::new(format!("{file}: nothing streamed to hash")))?;
             let whole = {
                 let chunks = chunks.borrow();
                 let total: u32 = chunks.iter().map(|c| c.length()).sum();
@@ -557,7 +575,7 @@ mod cache {
                 }
                 whole
             };
-            let js = |e: JsValue| SourceError(format!("WebCrypto: {}", js_message(&e)));
+            let js = |e: JsValue| SourceError::new(format!("WebCrypto: {}", js_message(&e)));
             let crypto = js_sys::Reflect::get(&js_sys::global(), &"crypto".into()).map_err(js)?;
             let subtle = js_sys::Reflect::get(&crypto, &"subtle".into()).map_err(js)?;
             let digest: js_sys::Function = js_sys::Reflect::get(&subtle, &"digest".into())

@@ -174,7 +174,7 @@ impl ShardSource for MemSource {
             .unwrap()
             .get(file)
             .cloned()
-            .ok_or_else(|| SourceError(format!("{file}: not found")))?;
+            .ok_or_else(|| SourceError::new(format!("{file}: not found")))?;
         let fail_at = self.fail_at.lock().unwrap().get(file).copied();
         let salt: u64 = file.bytes().map(u64::from).sum();
         let mut rng = StdRng::seed_from_u64(self.seed ^ salt);
@@ -186,7 +186,7 @@ impl ShardSource for MemSource {
                 && at + n > limit
             {
                 items.push(Ok(Bytes::copy_from_slice(&bytes[at..limit])));
-                items.push(Err(SourceError("connection reset by peer".into())));
+                items.push(Err(SourceError::new("connection reset by peer")));
                 return Ok(boxed(futures::stream::iter(items)));
             }
             items.push(Ok(Bytes::copy_from_slice(&bytes[at..at + n])));
@@ -266,7 +266,7 @@ impl ShardSource for CachingSource<'_> {
         let pending = self.pending.lock().unwrap();
         let (bytes, _) = pending
             .get(file)
-            .ok_or_else(|| SourceError("nothing streamed".into()))?;
+            .ok_or_else(|| SourceError::new("nothing streamed"))?;
         Ok(hex::encode(sha2::Sha256::digest(bytes)))
     }
 
