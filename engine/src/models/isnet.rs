@@ -305,35 +305,49 @@ impl IsNet {
             }
             Ok(())
         };
-        let hxin = conv_f32(&self.conv_in, x.clone());
-        let hx1 = self.stage1.forward(hxin);
-        finished(&hx1).await?;
-        let mut skips = vec![hx1];
-        for stage in [
-            &self.stage2,
-            &self.stage3,
-            &self.stage4,
-            &self.stage5,
-            &self.stage6,
-        ] {
-            let deeper = stage.forward(pool(skips.last().expect("a stage").clone()));
-            finished(&deeper).await?;
-            skips.push(deeper);
+        // Down: the first stage takes the strided input conv, each deeper one the pooled output
+        // of the one above; every output is kept for its skip.
+        let mut skips: Vec<Tensor<4>> = Vec::with_capacity(6);
+        for stage in self.encoder() {
+            let input = match skips.last() {
+                Some(shallower) => pool(shallower.clone()),
+                None => conv_f32(&self.conv_in, x.clone()),
+            };
+            let output = stage.forward(input);
+            finished(&output).await?;
+            skips.push(output);
         }
         // Up: each decoder stage joins the deeper output with the encoder's skip.
         let mut up = skips.pop().expect("stage 6");
-        for stage in [
-            &self.stage5d,
-            &self.stage4d,
-            &self.stage3d,
-            &self.stage2d,
-            &self.stage1d,
-        ] {
+        for stage in self.decoder() {
             let skip = skips.pop().expect("a skip per decoder stage");
             up = stage.forward(Tensor::cat(vec![upsample_like(up, &skip), skip], 1));
             finished(&up).await?;
         }
         Ok(sigmoid(upsample_like(conv_f32(&self.side1, up), &x)))
+    }
+
+    /// The encoder's six stages, shallowest first.
+    fn encoder(&self) -> [&Rsu; 6] {
+        [
+            &self.stage1,
+            &self.stage2,
+            &self.stage3,
+            &self.stage4,
+            &self.stage5,
+            &self.stage6,
+        ]
+    }
+
+    /// The decoder's five stages, deepest first (the order they run in).
+    fn decoder(&self) -> [&Rsu; 5] {
+        [
+            &self.stage5d,
+            &self.stage4d,
+            &self.stage3d,
+            &self.stage2d,
+            &self.stage1d,
+        ]
     }
 
     /// Each stage's share of the work at a `size`² input (multiply-adds of its convolutions),
@@ -348,26 +362,12 @@ impl IsNet {
             sides.push(side);
             side = half(side);
         }
-        let encoder = [
-            &self.stage1,
-            &self.stage2,
-            &self.stage3,
-            &self.stage4,
-            &self.stage5,
-            &self.stage6,
-        ];
-        let decoder = [
-            &self.stage5d,
-            &self.stage4d,
-            &self.stage3d,
-            &self.stage2d,
-            &self.stage1d,
-        ];
         let mut costs = [0.0; STAGES];
-        for (i, stage) in encoder.iter().enumerate() {
+        for (i, stage) in self.encoder().into_iter().enumerate() {
             costs[i] = stage.cost(sides[i]);
         }
-        for (i, stage) in decoder.iter().enumerate() {
+        // Decoder stage i works at the side of encoder stage 4 − i (its skip).
+        for (i, stage) in self.decoder().into_iter().enumerate() {
             costs[6 + i] = stage.cost(sides[4 - i]);
         }
         let total: f64 = costs.iter().sum();
