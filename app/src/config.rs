@@ -39,8 +39,8 @@ pub enum Role {
 }
 
 impl Role {
-    /// What a model in this role is called when its config gives no label (e.g. the list
-    /// `orfeas serve` writes from the folders it has).
+    /// What a model in this role is called when its config gives no label (the default list,
+    /// the list `orfeas serve` writes from the folders it has).
     pub fn label(&self, id: &str) -> String {
         match self {
             Role::BackgroundRemoval => "Background removal".into(),
@@ -100,11 +100,11 @@ pub struct ConfigModel {
 /// The models of the product, loaded in this order (background removal is small and first).
 /// `isnet-medium` is what `orfeas convert-isnet` writes, `hunyuan3d/{conditioner,denoiser,vae}`
 /// what `orfeas convert -o hunyuan3d` writes (and `orfeas serve --models` serves both).
-pub const DEFAULT_MODELS: [(&str, &str); 4] = [
-    ("isnet-medium", "Background removal"),
-    ("hunyuan3d/conditioner", "Shape model: image encoder"),
-    ("hunyuan3d/denoiser", "Shape model: denoiser"),
-    ("hunyuan3d/vae", "Shape model: shape decoder"),
+pub const DEFAULT_MODELS: [&str; 4] = [
+    "isnet-medium",
+    "hunyuan3d/conditioner",
+    "hunyuan3d/denoiser",
+    "hunyuan3d/vae",
 ];
 
 pub const DEFAULT_BASE: &str = "models/";
@@ -187,9 +187,9 @@ pub fn resolve(file: Option<&ConfigFile>, params: &[(String, String)]) -> Vec<Mo
         Some(models) => models,
         None => DEFAULT_MODELS
             .iter()
-            .map(|(id, label)| ConfigModel {
+            .map(|id| ConfigModel {
                 id: id.to_string(),
-                label: Some(label.to_string()),
+                label: None,
                 url: None,
                 role: None,
             })
@@ -232,6 +232,16 @@ mod tests {
         assert_eq!(models[0].url, "models/isnet-medium/");
         assert_eq!(models[2].url, "models/hunyuan3d/denoiser/");
         assert_eq!(models[0].role, Role::BackgroundRemoval);
+        let labels: Vec<&str> = models.iter().map(|m| m.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "Background removal",
+                "Shape model: image encoder",
+                "Shape model: denoiser",
+                "Shape model: shape decoder"
+            ]
+        );
         let denoiser = Role::ShapePart {
             model: "hunyuan3d".into(),
             part: 1,

@@ -619,6 +619,15 @@ pub fn retry_after_s(eta_s: Option<f64>) -> u32 {
     }
 }
 
+/// "12 s, about 20 s left" (or "12 s" without an estimate): how long long GPU work has run
+/// and what is left of it, worded once for the cut-out and for generation.
+pub fn time_so_far(elapsed_s: f64, left_s: Option<f64>) -> String {
+    match left_s {
+        Some(left) => format!("{elapsed_s:.0} s, about {:.0} s left", left.ceil()),
+        None => format!("{elapsed_s:.0} s"),
+    }
+}
+
 impl ToWorker {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("messages always serialise")

@@ -9,6 +9,7 @@ use leptos::prelude::*;
 use orfeas_app::config::{self, ConfigFile};
 use orfeas_app::protocol::{
     CutoutReport, EngineOptions, FromWorker, ModelStatusReport, NoticeLevel, ToWorker, bulk,
+    time_so_far,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
@@ -345,8 +346,7 @@ fn apply(studio: Studio, message: FromWorker) {
             elapsed_s,
             left_s,
         } => {
-            let left = left_s.map_or(String::new(), |s| format!(", about {:.0} s left", s.ceil()));
-            let stage = format!("{stage} · {elapsed_s:.0} s{left}");
+            let stage = format!("{stage} · {}", time_so_far(elapsed_s, left_s));
             studio.request.set(RequestState::Running {
                 id: request_id,
                 stage,

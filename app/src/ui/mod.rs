@@ -161,8 +161,8 @@ impl Studio {
                 .any(|m| matches!(m.status.get(), ModelStatusReport::NotInstalled { .. }))
     }
 
-    /// Models still on their way (installed, neither ready nor failed), with the longest ETA.
-    fn loading(&self) -> (Vec<String>, Option<f64>) {
+    /// What stands between the user and a generation now.
+    fn blockers(&self) -> Blockers {
         let models = self.models.get();
         let loading: Vec<&ModelView> = models
             .iter()
@@ -173,48 +173,27 @@ impl Studio {
                 )
             })
             .collect();
-        let eta = loading
-            .iter()
-            .filter_map(|m| m.progress.get().and_then(|p| p.eta_s))
-            .fold(None, |acc: Option<f64>, e| {
-                Some(acc.map_or(e, |a| a.max(e)))
-            });
-        (
-            loading.iter().map(|m| m.spec.get_value().label).collect(),
-            eta,
-        )
+        Blockers {
+            configured: self.configured.get(),
+            shape_missing: self.shape_missing(),
+            failed: models.iter().find_map(|m| match m.status.get() {
+                ModelStatusReport::Failed { .. } => Some(m.spec.get_value().label),
+                _ => None,
+            }),
+            eta: loading
+                .iter()
+                .filter_map(|m| m.progress.get().and_then(|p| p.eta_s))
+                .fold(None, |acc: Option<f64>, e| {
+                    Some(acc.map_or(e, |a| a.max(e)))
+                }),
+            loading: loading.iter().map(|m| m.spec.get_value().label).collect(),
+        }
     }
 
     /// Why Generate cannot run now (`None`: it can): which model is missing, failed or still
     /// loading (with its ETA), every reason that applies.
     pub fn generate_blocker(&self) -> Option<String> {
-        if !self.configured.get() {
-            return Some("reading the model list…".into());
-        }
-        let mut reasons = Vec::new();
-        if self.shape_missing() {
-            reasons.push(
-                "no shape model installed: see “Shape model” under Models for how to add one"
-                    .to_string(),
-            );
-        }
-        let failed = self
-            .models
-            .get()
-            .into_iter()
-            .find_map(|m| match m.status.get() {
-                ModelStatusReport::Failed { .. } => Some(m.spec.get_value().label),
-                _ => None,
-            });
-        if let Some(label) = failed {
-            reasons.push(format!("{label} failed to load: press Retry on its panel"));
-        }
-        let (loading, eta) = self.loading();
-        if !loading.is_empty() {
-            let eta = eta.map_or(String::new(), |e| format!(", about {:.0} s left", e.ceil()));
-            reasons.push(format!("waiting for {} to load{eta}", loading.join(", ")));
-        }
-        (!reasons.is_empty()).then(|| reasons.join("; "))
+        self.blockers().reason()
     }
 
     pub fn notify(&self, level: NoticeLevel, message: String) {
@@ -235,9 +214,8 @@ impl Studio {
     }
 
     fn try_send(&self, id: u64) {
-        let (loading, eta) = self.loading();
-        let blocker = self.generate_blocker();
-        let Some(reason) = blocker else {
+        let blockers = self.blockers();
+        let Some(reason) = blockers.reason() else {
             self.request.set(RequestState::Running {
                 id,
                 stage: String::new(),
@@ -245,12 +223,7 @@ impl Studio {
             bridge::send(&ToWorker::Generate { request_id: id });
             return;
         };
-        let failed = self
-            .models
-            .get_untracked()
-            .iter()
-            .any(|m| matches!(m.status.get_untracked(), ModelStatusReport::Failed { .. }));
-        if loading.is_empty() && !failed && self.configured.get_untracked() {
+        if !blockers.will_change() {
             // Nothing will change by waiting (no shape model): say so now.
             self.request.set(RequestState::Finished {
                 id,
@@ -259,9 +232,12 @@ impl Studio {
             });
             return;
         }
-        let (retry_in_s, reason) = match failed {
-            true => (5, reason),
-            false => (retry_after_s(eta), "models still loading".to_string()),
+        let (retry_in_s, reason) = match blockers.failed {
+            Some(_) => (5, reason),
+            None => (
+                retry_after_s(blockers.eta),
+                "models still loading".to_string(),
+            ),
         };
         self.request.set(RequestState::Waiting {
             id,
@@ -295,11 +271,58 @@ impl Studio {
 
     /// A model became ready: a waiting request need not wait for its countdown.
     pub fn models_changed(&self) {
-        if let RequestState::Waiting { id, .. } = self.request.get_untracked()
-            && (self.generate_blocker().is_none() || self.loading().0.is_empty())
-        {
-            self.try_send(id);
+        if let RequestState::Waiting { id, .. } = self.request.get_untracked() {
+            let blockers = self.blockers();
+            if blockers.reason().is_none() || blockers.loading.is_empty() {
+                self.try_send(id);
+            }
         }
+    }
+}
+
+/// What keeps Generate from running (see [`Studio::generate_blocker`]).
+struct Blockers {
+    /// The model list is known.
+    configured: bool,
+    shape_missing: bool,
+    /// The label of a model that failed to load.
+    failed: Option<String>,
+    /// The labels of the models still on their way, and the longest ETA among them.
+    loading: Vec<String>,
+    eta: Option<f64>,
+}
+
+impl Blockers {
+    fn reason(&self) -> Option<String> {
+        if !self.configured {
+            return Some("reading the model list…".into());
+        }
+        let mut reasons = Vec::new();
+        if self.shape_missing {
+            reasons.push(
+                "no shape model installed: see “Shape model” under Models for how to add one"
+                    .to_string(),
+            );
+        }
+        if let Some(label) = &self.failed {
+            reasons.push(format!("{label} failed to load: press Retry on its panel"));
+        }
+        if !self.loading.is_empty() {
+            let eta = self
+                .eta
+                .map_or(String::new(), |e| format!(", about {:.0} s left", e.ceil()));
+            reasons.push(format!(
+                "waiting for {} to load{eta}",
+                self.loading.join(", ")
+            ));
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    /// Whether waiting can change the answer: the list is being read, a model is loading, or
+    /// a failed one can be retried.
+    fn will_change(&self) -> bool {
+        !self.configured || !self.loading.is_empty() || self.failed.is_some()
     }
 }
 

@@ -14,7 +14,7 @@ use wasm_bindgen_futures::spawn_local;
 use super::device::sleep_ms;
 use super::outbox::{cutout_report as report, post_cutout, post_cutout_state};
 use super::{Engine, post};
-use crate::protocol::{CutoutState, FromWorker, ModelStatusReport};
+use crate::protocol::{CutoutState, FromWorker, ModelStatusReport, time_so_far};
 
 /// ISNet's input side on a software adapter (a CPU rasteriser): the full 1024² pass takes
 /// minutes there; this one tens of seconds, at the IoU measured in the README.
@@ -22,7 +22,7 @@ pub const SOFTWARE_SIZE: usize = 224;
 
 /// Build ISNet from slot `i`'s weights; a set whose tensors do not fit the network fails the
 /// model with the reason.
-pub(super) fn adopt(engine: &Engine, i: usize) -> Result<(), String> {
+pub(super) fn adopt(engine: &Rc<Engine>, i: usize) -> Result<(), String> {
     let (weights, id) = {
         let slots = engine.models.borrow();
         let slot = &slots[i];
@@ -48,17 +48,17 @@ pub(super) fn adopt(engine: &Engine, i: usize) -> Result<(), String> {
 /// is on the device: the first pass compiles the GPU kernels (on a software adapter it takes
 /// about three times a later one), and it is better spent while the user picks a picture. A
 /// cut-out asked for meanwhile waits for it, saying why.
-fn warm_up(engine: &Engine, model: Rc<IsNet>, device: burn::tensor::Device, id: String) {
+fn warm_up(engine: &Rc<Engine>, model: Rc<IsNet>, device: burn::tensor::Device, id: String) {
     // At the size the user's pictures will run at: the GPU kernels are compiled per shape (a
     // 64² warm-up left the first 224² pass as slow as without one, measured in bench-web).
     let (options, _) = options_for(engine);
-    let warming = engine.cutout_warming.clone();
-    warming.set(true);
+    engine.cutout_warming.set(true);
+    let engine = engine.clone();
     spawn_local(async move {
         let started = web_time::Instant::now();
         let blank = image::RgbaImage::from_pixel(64, 64, image::Rgba([128, 128, 128, 255]));
         let warmed = matte_of(&model, &blank, &device, &options).await;
-        warming.set(false);
+        engine.cutout_warming.set(false);
         if warmed.is_ok() {
             post(&FromWorker::Warmed {
                 model: id,
@@ -83,15 +83,6 @@ fn options_for(engine: &Engine) -> (Options, bool) {
         options.size = SOFTWARE_SIZE;
     }
     (options, reduced)
-}
-
-/// "12 s, about 20 s left" from the time so far and the share of the work done.
-fn timing(elapsed_s: f64, done: f64) -> String {
-    if done <= 0.0 {
-        return format!("{elapsed_s:.0} s");
-    }
-    let left = elapsed_s * (1.0 - done) / done;
-    format!("{elapsed_s:.0} s, about {:.0} s left", left.ceil())
 }
 
 /// Cut out the current image if background removal can run now; otherwise say what it waits for.
@@ -158,28 +149,25 @@ pub(super) fn request(engine: &Rc<Engine>) {
     } else {
         ""
     };
-    let mut starting = report(
+    // Every report of the run: `what` it is doing, the share `done`.
+    let running = move |name: &str, what: String, done: f64| {
+        let mut running = report(name, CutoutState::Running, format!("{again}{what}"));
+        running.progress = Some(done);
+        running.reduced = reduced;
+        post_cutout_state(running);
+    };
+    running(
         &name,
-        CutoutState::Running,
-        format!("{again}removing the background (ISNet at {size}²)…"),
+        format!("removing the background (ISNet at {size}²)…"),
+        0.0,
     );
-    starting.progress = Some(0.0);
-    starting.reduced = reduced;
-    post_cutout_state(starting);
     let device_generation = engine.device_generation.get();
     let engine = engine.clone();
     spawn_local(async move {
         if engine.cutout_warming.get() {
-            let mut waiting = report(
-                &name,
-                CutoutState::Running,
-                format!(
-                    "{again}preparing background removal for this GPU (its first run compiles the GPU code)…"
-                ),
-            );
-            waiting.progress = Some(0.0);
-            waiting.reduced = reduced;
-            post_cutout_state(waiting);
+            let what = "preparing background removal for this GPU (its first run compiles the \
+                        GPU code)…";
+            running(&name, what.into(), 0.0);
             while engine.cutout_warming.get() {
                 sleep_ms(100).await;
             }
@@ -192,19 +180,15 @@ pub(super) fn request(engine: &Rc<Engine>) {
             if engine.cutout_generation.get() != generation {
                 return;
             }
+            // What is left, at the pace so far.
             let elapsed = started.elapsed().as_secs_f64();
-            let mut running = report(
-                &name,
-                CutoutState::Running,
-                format!(
-                    "{again}removing the background (ISNet at {size}²): {:.0} % · {}",
-                    done * 100.0,
-                    timing(elapsed, done)
-                ),
+            let left = (done > 0.0).then(|| elapsed * (1.0 - done) / done);
+            let what = format!(
+                "removing the background (ISNet at {size}²): {:.0} % · {}",
+                done * 100.0,
+                time_so_far(elapsed, left)
             );
-            running.progress = Some(done);
-            running.reduced = reduced;
-            post_cutout_state(running);
+            running(&name, what, done);
         };
         let result =
             remove_background_reporting(&model, &image, &device, &options, &mut on_progress).await;

@@ -94,8 +94,8 @@ struct Engine {
     cutout_full_size: Cell<bool>,
     /// A GPU reset cut the current cut-out short: its re-run says so.
     cutout_interrupted: Cell<bool>,
-    /// ISNet's warm-up pass is running (shared with its task).
-    cutout_warming: Rc<Cell<bool>>,
+    /// ISNet's warm-up pass is running.
+    cutout_warming: Cell<bool>,
     /// The shape model, built from its three shard sets at the first generation.
     shape: RefCell<Option<Rc<orfeas_engine::pipeline::ShapeModel>>>,
 }
