@@ -162,7 +162,11 @@ fn ensure_viewer(studio: Studio) {
             if let Some(json) = data.as_string() {
                 match serde_json::from_str::<FromViewer>(&json) {
                     Ok(FromViewer::Ready { direct, .. }) => {
-                        if let Some(storage) = local_storage() {
+                        // Only the probe's own answer is kept, not a mode a link forced.
+                        let forced = super::bridge::query_params()
+                            .iter()
+                            .any(|(k, _)| k == "viewer");
+                        if !forced && let Some(storage) = local_storage() {
                             let mode = if direct { "direct" } else { "readback" };
                             let _ = storage.set_item(OUTPUT_KEY, mode);
                         }
