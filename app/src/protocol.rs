@@ -86,7 +86,10 @@ pub mod bulk {
         [Kind::Image, Kind::Mesh, Kind::Cutout, Kind::Snapshot]
             .into_iter()
             .find(|k| name.as_deref() == Some(k.name()))
-            .ok_or_else(|| format!("an unknown bulk message (type {name:?})"))
+            .ok_or_else(|| match name {
+                Some(name) => format!("an unknown bulk message (type '{name}')"),
+                None => "a bulk message without a type".into(),
+            })
     }
 }
 
@@ -186,14 +189,12 @@ impl EngineOptions {
             letterbox: value("letterbox").is_some_and(|v| v == "1" || v == "true"),
             // Brought inside the engine's ranges by the worker (`GenerateOptions::clamped`).
             steps: value("steps").and_then(|v| v.parse::<u32>().ok()),
-            guidance: value("guidance")
-                .and_then(|v| v.parse::<f32>().ok())
-                .filter(|g| g.is_finite()),
+            guidance: value("guidance").and_then(|v| decimal(v)).map(|g| g as f32),
             octree_resolution: value("octree_resolution").and_then(|v| v.parse::<u32>().ok()),
             seed: value("seed").and_then(|v| v.parse::<u64>().ok()),
             gpu_memory_gib: value("gpu_memory_gib")
-                .and_then(|v| v.parse::<f64>().ok())
-                .filter(|g| g.is_finite() && *g > 0.0),
+                .and_then(|v| decimal(v))
+                .filter(|g| *g > 0.0),
             debug_gpu_rebuild_ms: value("debug_gpu_rebuild_ms")
                 .and_then(|v| v.parse::<u32>().ok())
                 .map(|ms| ms.min(60_000)),
@@ -610,6 +611,37 @@ impl ProgressReport {
     }
 }
 
+/// A plain decimal number (`7`, `-2.5`, `.75`), as query parameters carry them; exponents,
+/// `inf` and `NaN` are refused. Parsed with integers so the UI bundle links no float parser.
+pub fn decimal(text: &str) -> Option<f64> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.len() + fraction.len() == 0
+        || whole.len() > 15
+        || !all_digits(whole)
+        || !all_digits(fraction)
+    {
+        return None;
+    }
+    let fraction = &fraction[..fraction.len().min(15)];
+    let whole_value = if whole.is_empty() {
+        0
+    } else {
+        whole.parse::<u64>().ok()?
+    };
+    let fraction_value = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse::<u64>().ok()?
+    };
+    let value = whole_value as f64 + fraction_value as f64 / 10f64.powi(fraction.len() as i32);
+    Some(if negative { -value } else { value })
+}
+
 /// Seconds to wait before retrying a request: the ETA when there is one, else 5, kept in
 /// 1..=30 (the old studio's `retry_after` convention).
 pub fn retry_after_s(eta_s: Option<f64>) -> u32 {
@@ -622,9 +654,36 @@ pub fn retry_after_s(eta_s: Option<f64>) -> u32 {
 /// "12 s, about 20 s left" (or "12 s" without an estimate): how long long GPU work has run
 /// and what is left of it, worded once for the cut-out and for generation.
 pub fn time_so_far(elapsed_s: f64, left_s: Option<f64>) -> String {
+    let elapsed = fixed(elapsed_s, 0);
     match left_s {
-        Some(left) => format!("{elapsed_s:.0} s, about {:.0} s left", left.ceil()),
-        None => format!("{elapsed_s:.0} s"),
+        Some(left) => format!("{elapsed} s, about {} s left", fixed(left.ceil(), 0)),
+        None => format!("{elapsed} s"),
+    }
+}
+
+/// `value` with `decimals` digits after the point (at most 4), rounded half away from zero, by
+/// integer arithmetic: what `{:.N}` prints for the UI's figures without linking std's float
+/// formatter (and its tables) into the UI bundle.
+pub fn fixed(value: f64, decimals: usize) -> String {
+    let decimals = decimals.min(4);
+    let scale = 10_i64.pow(decimals as u32);
+    if !value.is_finite() || value.abs() >= (i64::MAX / scale) as f64 {
+        return if value.is_nan() {
+            "NaN".into()
+        } else {
+            "∞".into()
+        };
+    }
+    let scaled = (value * scale as f64).round() as i64;
+    let sign = if scaled < 0 { "-" } else { "" };
+    let (whole, part) = (
+        scaled.unsigned_abs() / scale as u64,
+        scaled.unsigned_abs() % scale as u64,
+    );
+    if decimals == 0 {
+        format!("{sign}{whole}")
+    } else {
+        format!("{sign}{whole}.{part:0decimals$}")
     }
 }
 
@@ -642,6 +701,55 @@ impl FromWorker {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn decimal_reads_what_parse_does() {
+        for text in ["7", "7.5", "-2.25", ".75", "0.000001", "123456.5", "+3"] {
+            assert_eq!(super::decimal(text), text.parse::<f64>().ok(), "{text}");
+        }
+        for text in [
+            "",
+            ".",
+            "-",
+            "1e3",
+            "inf",
+            "NaN",
+            "1.2.3",
+            "abc",
+            "1,5",
+            "9999999999999999",
+        ] {
+            assert_eq!(super::decimal(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn fixed_prints_what_format_does() {
+        for (value, decimals) in [
+            (0.0, 1),
+            (12.34, 1),
+            (99.96, 1),
+            (0.5, 0),
+            (2.5, 0),
+            (-3.26, 1),
+            (88.1234, 4),
+            (1e9, 0),
+            (0.00049, 3),
+        ] {
+            let ours = super::fixed(value, decimals);
+            // Half-way cases round away from zero here, to even in `format!`.
+            if (value * 10f64.powi(decimals as i32)).fract().abs() != 0.5 {
+                assert_eq!(ours, format!("{value:.decimals$}"), "{value} to {decimals}");
+            }
+        }
+        assert_eq!(super::fixed(2.5, 0), "3");
+        assert_eq!(super::fixed(-0.04, 1), "0.0");
+        assert_eq!(super::fixed(f64::NAN, 1), "NaN");
+        assert_eq!(
+            super::time_so_far(12.4, Some(19.2)),
+            "12 s, about 20 s left"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -32,3 +32,15 @@ pub fn dist_dir() -> anyhow::Result<PathBuf> {
     );
     Ok(dir)
 }
+
+/// The UI bundle's bound, gzipped: it is all the page waits for before it paints.
+pub const UI_BUNDLE_GZIP_BOUND: usize = 150_000;
+
+/// The built UI bundle's size, raw and gzipped at level 9 (what a server sends it as).
+pub fn ui_bundle_size(dist: &std::path::Path) -> anyhow::Result<(usize, usize)> {
+    use std::io::Write;
+    let wasm = std::fs::read(dist.join("orfeas-app_bg.wasm"))?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&wasm)?;
+    Ok((wasm.len(), gz.finish()?.len()))
+}

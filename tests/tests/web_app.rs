@@ -28,6 +28,18 @@ impl std::ops::Deref for Rig {
     }
 }
 
+/// The page paints once the UI bundle is in: it stays within its gzipped bound.
+#[test]
+fn the_ui_bundle_stays_within_its_gzipped_bound() -> anyhow::Result<()> {
+    let (raw, gzipped) = orfeas_tests::ui_bundle_size(&dist_dir()?)?;
+    assert!(
+        gzipped <= orfeas_tests::UI_BUNDLE_GZIP_BOUND,
+        "the UI bundle is {gzipped} bytes gzipped ({raw} raw), over its bound of {} bytes",
+        orfeas_tests::UI_BUNDLE_GZIP_BOUND
+    );
+    Ok(())
+}
+
 /// A generated ~3 MB model in 5 shards, served with a config that lists only it.
 async fn rig() -> anyhow::Result<Rig> {
     let models = tempfile::tempdir()?;

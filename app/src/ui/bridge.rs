@@ -30,9 +30,18 @@ fn studio() -> Option<Studio> {
 }
 
 pub fn send(message: &ToWorker) {
+    let json = match super::json::to_string(message) {
+        Ok(json) => json,
+        Err(e) => {
+            if let Some(studio) = studio() {
+                studio.notify(NoticeLevel::Warning, format!("not sent to the engine: {e}"));
+            }
+            return;
+        }
+    };
     WORKER.with(|w| {
         if let Some(worker) = w.borrow().as_ref() {
-            let _ = worker.post_message(&JsValue::from_str(&message.to_json()));
+            let _ = worker.post_message(&JsValue::from_str(&json));
         }
     });
 }
@@ -156,7 +165,7 @@ async fn load_config(studio: &Studio, params: &[(String, String)]) -> Option<Con
             .map_err(|e| js_text(&e))?
             .as_string()
             .unwrap_or_default();
-        serde_json::from_str(&text).map_err(|e| e.to_string())
+        super::json::parse(&text)
     }
     .await;
     match result {
@@ -221,15 +230,15 @@ fn spawn_worker(studio: Studio) -> Result<(), String> {
                     Ok(other) => studio.notify(
                         NoticeLevel::Warning,
                         format!(
-                            "the engine sent a {:?} message, which goes the other way",
-                            other
+                            "the engine sent a '{}' message, which goes the other way",
+                            other.name()
                         ),
                     ),
                     Err(e) => studio.notify(NoticeLevel::Warning, format!("from the engine: {e}")),
                 }
                 return;
             };
-            match serde_json::from_str::<FromWorker>(&json) {
+            match super::json::parse::<FromWorker>(&json) {
                 Ok(message) => apply(studio, message),
                 Err(e) => studio.notify(
                     NoticeLevel::Warning,
@@ -360,7 +369,7 @@ fn show_cutout(studio: Studio, data: &JsValue) {
     let field = |key: &str| Some(bulk::get(data, key)).filter(|v| !v.is_undefined());
     let report = field(bulk::REPORT)
         .and_then(|r| r.as_string())
-        .and_then(|json| serde_json::from_str::<FromWorker>(&json).ok());
+        .and_then(|json| super::json::parse::<FromWorker>(&json).ok());
     let Some(FromWorker::Cutout(report)) = report else {
         studio.notify(
             NoticeLevel::Warning,

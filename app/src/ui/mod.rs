@@ -2,6 +2,7 @@
 //! State lives in [`Studio`] (signals); [`bridge`] turns worker messages into signal updates.
 
 mod bridge;
+mod json;
 mod panels;
 mod viewer;
 
@@ -11,7 +12,7 @@ use leptos::prelude::*;
 use orfeas_app::config::{ModelSpec, Role, SHAPE_PARTS};
 use orfeas_app::protocol::{
     CutoutReport, GpuReport, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker, ViewMode,
-    retry_after_s,
+    fixed, retry_after_s,
 };
 
 use panels::{
@@ -308,9 +309,9 @@ impl Blockers {
             reasons.push(format!("{label} failed to load: press Retry on its panel"));
         }
         if !self.loading.is_empty() {
-            let eta = self
-                .eta
-                .map_or(String::new(), |e| format!(", about {:.0} s left", e.ceil()));
+            let eta = self.eta.map_or(String::new(), |e| {
+                format!(", about {} s left", fixed(e.ceil(), 0))
+            });
             reasons.push(format!(
                 "waiting for {} to load{eta}",
                 self.loading.join(", ")

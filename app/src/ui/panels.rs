@@ -2,7 +2,9 @@
 
 use leptos::prelude::*;
 use orfeas_app::config::Role;
-use orfeas_app::protocol::{LoadPhase, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker};
+use orfeas_app::protocol::{
+    LoadPhase, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker, fixed,
+};
 use wasm_bindgen::JsCast;
 
 use super::{EngineState, GpuState, ModelView, RequestState, Studio, bridge};
@@ -12,22 +14,22 @@ fn studio() -> Studio {
 }
 
 fn megabytes(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
+    format!("{} MB", fixed(bytes as f64 / 1e6, 1))
 }
 
 /// "12.3 / 88.0 MB (14 %) · 5.2 MB/s · ETA 13 s · fetch · from cache"
 pub fn progress_line(p: &ProgressReport) -> String {
     let mut parts = vec![format!(
-        "{} / {} ({:.0} %)",
+        "{} / {} ({} %)",
         megabytes(p.bytes_done),
         megabytes(p.bytes_total),
-        p.fraction() * 100.0
+        fixed(p.fraction() * 100.0, 0)
     )];
     if p.bytes_per_sec > 0.0 && p.phase != LoadPhase::Ready {
-        parts.push(format!("{:.1} MB/s", p.bytes_per_sec / 1e6));
+        parts.push(format!("{} MB/s", fixed(p.bytes_per_sec / 1e6, 1)));
     }
     if let Some(eta) = p.eta_s.filter(|_| p.phase != LoadPhase::Ready) {
-        parts.push(format!("ETA {:.0} s", eta.ceil()));
+        parts.push(format!("ETA {} s", fixed(eta.ceil(), 0)));
     }
     parts.push(p.phase.to_string());
     if p.from_cache {
@@ -129,7 +131,7 @@ pub fn CutoutPanel() -> impl IntoView {
                 <p class="muted" data-testid="cutout-status">{message}</p>
                 <Show when=move || progress().is_some()>
                     <div class="bar">
-                        <div class="fill" style:width=move || format!("{:.1}%", progress().unwrap_or(0.0) * 100.0)></div>
+                        <div class="fill" style:width=move || format!("{}%", fixed(progress().unwrap_or(0.0) * 100.0, 1))></div>
                     </div>
                 </Show>
                 <Details text=detail />
@@ -338,9 +340,9 @@ pub fn ModelPanel(model: ModelView) -> impl IntoView {
             hidden=move || shape_part && missing().is_some()
             data-model=id
             data-status=status_name
-            data-progress=move || format!("{:.4}", fraction())
+            data-progress=move || fixed(fraction(), 4)
             data-warm-s=move || model.warmed_s.get().map(|s| format!("{s:.1}")).unwrap_or_default()
-            data-load-s=move || model.progress.get().map(|p| format!("{:.3}", p.elapsed_s)).unwrap_or_default()
+            data-load-s=move || model.progress.get().map(|p| fixed(p.elapsed_s, 3)).unwrap_or_default()
             data-bytes=move || model.progress.get().map(|p| p.bytes_total.to_string()).unwrap_or_default()
             data-tensors=move || match model.status.get() {
                 ModelStatusReport::Ready { tensors, .. } => tensors.to_string(),
@@ -351,7 +353,7 @@ pub fn ModelPanel(model: ModelView) -> impl IntoView {
                 <strong>{spec.label.clone()}</strong>
                 <span class=move || format!("status {}", status_name())>{status_text}</span>
             </div>
-            <div class="bar"><div class="fill" style:width=move || format!("{:.1}%", fraction() * 100.0)></div></div>
+            <div class="bar"><div class="fill" style:width=move || format!("{}%", fixed(fraction() * 100.0, 1))></div></div>
             <p class="detail" data-testid="progress-detail">
                 {move || model.progress.get().map(|p| progress_line(&p)).unwrap_or_default()}
             </p>

@@ -105,9 +105,13 @@ fn post_geometry(geometry: &js_sys::Object) {
 }
 
 fn send(message: &ToViewer) {
+    // The viewer's messages hold no integer beyond 2^53: they always serialise.
+    let Ok(json) = super::json::to_string(message) else {
+        return;
+    };
     VIEWER.with(|v| {
         if let Some(worker) = v.borrow().as_ref() {
-            let _ = worker.post_message(&JsValue::from_str(&message.to_json()));
+            let _ = worker.post_message(&JsValue::from_str(&json));
         }
     });
 }
@@ -160,7 +164,7 @@ fn ensure_viewer(studio: Studio) {
         Closure::<dyn Fn(web_sys::MessageEvent)>::new(move |event: web_sys::MessageEvent| {
             let data = event.data();
             if let Some(json) = data.as_string() {
-                match serde_json::from_str::<FromViewer>(&json) {
+                match super::json::parse::<FromViewer>(&json) {
                     Ok(FromViewer::Ready { direct, .. }) => {
                         // Only the probe's own answer is kept, not a mode a link forced.
                         let forced = super::bridge::query_params()
@@ -214,7 +218,7 @@ fn ensure_viewer(studio: Studio) {
 pub fn show_mesh(studio: Studio, data: &JsValue) {
     let meta = match get(data, bulk::META)
         .as_string()
-        .map(|json| serde_json::from_str::<MeshMeta>(&json))
+        .map(|json| super::json::parse::<MeshMeta>(&json))
     {
         Some(Ok(meta)) => meta,
         _ => return,
@@ -409,7 +413,7 @@ pub fn ViewerArea() -> impl IntoView {
                 {move || mesh().map(|m| {
                     m.downloads.iter().map(|(ext, url)| view! {
                         <a class="download" data-format=*ext href=url.clone() download=file_name(&m.meta, ext)>
-                            {ext.to_uppercase()}
+                            {ext.to_ascii_uppercase()}
                         </a>
                     }).collect_view()
                 })}

@@ -362,14 +362,17 @@ async fn main() -> anyhow::Result<()> {
         runs.push(run);
     }
 
-    let ui_wasm = std::fs::metadata(dist.join("orfeas-app_bg.wasm"))?.len();
+    let (ui_wasm, ui_gzipped) = orfeas_tests::ui_bundle_size(&dist)?;
     let engine_wasm = std::fs::metadata(dist.join("orfeas-worker_bg.wasm"))?.len();
     println!(
         "Orfeas web app benchmark: headless Chromium (WebGPU on SwiftShader, f32), loopback HTTP"
     );
     println!(
-        "bundles: UI {} KB, engine {:.1} MB (uncompressed)",
+        "bundles: UI {} KB ({} KB gzipped, bound {} KB: ratio={:.3}), engine {:.1} MB (uncompressed)",
         ui_wasm / 1000,
+        ui_gzipped / 1000,
+        orfeas_tests::UI_BUNDLE_GZIP_BOUND / 1000,
+        ui_gzipped as f64 / orfeas_tests::UI_BUNDLE_GZIP_BOUND as f64,
         engine_wasm as f64 / 1e6
     );
     println!();
