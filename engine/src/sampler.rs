@@ -90,17 +90,18 @@ pub fn initial_noise(seed: u64, len: usize) -> Vec<f32> {
 
 /// Run the sampler from `noise`. `velocity(x, t)` returns the model's `(v_cond, v_uncond)`
 /// for latents `x` at time `t` (the caller batches the two halves, conditional first, as the
-/// reference does); `on_step(i, x)` sees the latents after each step.
+/// reference does), or the model's error (e.g. a lost device); `on_step(i, x)` sees the latents
+/// after each step.
 pub async fn sample(
     noise: Tensor<3>,
     schedule: &FlowMatchSchedule,
     guidance_scale: f32,
-    velocity: impl AsyncFnMut(Tensor<3>, f32) -> (Tensor<3>, Tensor<3>),
+    velocity: impl AsyncFnMut(Tensor<3>, f32) -> Result<(Tensor<3>, Tensor<3>), String>,
     on_step: impl FnMut(usize, &Tensor<3>),
-) -> Tensor<3> {
+) -> Result<Tensor<3>, String> {
     sample_until(noise, schedule, guidance_scale, velocity, on_step, || false)
         .await
-        .expect("never stopped")
+        .map(|x| x.expect("never stopped"))
 }
 
 /// As [`sample`], checking `should_stop` before every model call: `None` when it said stop.
@@ -108,24 +109,24 @@ pub async fn sample_until(
     noise: Tensor<3>,
     schedule: &FlowMatchSchedule,
     guidance_scale: f32,
-    mut velocity: impl AsyncFnMut(Tensor<3>, f32) -> (Tensor<3>, Tensor<3>),
+    mut velocity: impl AsyncFnMut(Tensor<3>, f32) -> Result<(Tensor<3>, Tensor<3>), String>,
     mut on_step: impl FnMut(usize, &Tensor<3>),
     should_stop: impl Fn() -> bool,
-) -> Option<Tensor<3>> {
+) -> Result<Option<Tensor<3>>, String> {
     let mut x = noise;
     for i in 0..schedule.steps() {
         if should_stop() {
-            return None;
+            return Ok(None);
         }
         let dt = schedule.dt(i);
         if dt != 0.0 {
-            let (v_cond, v_uncond) = velocity(x.clone(), schedule.model_t(i)).await;
+            let (v_cond, v_uncond) = velocity(x.clone(), schedule.model_t(i)).await?;
             let v = v_uncond.clone() + (v_cond - v_uncond) * guidance_scale;
             x = x + v * dt;
         }
         on_step(i, &x);
     }
-    Some(x)
+    Ok(Some(x))
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ fn parity_dit21_f16() {
     let io = Io::read("dit21.io.safetensors");
     for (name, device) in f16_devices() {
         let weights = load_as("dit21.weights.safetensors", &device, DType::F16);
-        let model = apply_torch_weights(
+        let mut model = apply_torch_weights(
             config.init(&device),
             weights,
             orfeas_engine::models::dit21::checkpoint_name,
@@ -85,14 +85,19 @@ fn parity_dit21_f16() {
             let (t, _) = io.tensor(&format!("{case}.t"));
             let (context, c_shape) = io.tensor(&format!("{case}.context"));
             let (reference, _) = io.tensor(&format!("{case}.out"));
-            let out = model.forward(
-                tensor3(x, &x_shape, &device),
-                &t,
-                tensor3(context, &c_shape, &device),
-            );
-            assert_eq!(out.dtype(), DType::F16);
-            let what = format!("dit21 {case} on {name}");
-            check(&what, "dit21", case, &values(out), &reference);
+            // Routed MoE (the default) and every expert on every token, both in f16.
+            for routed in [true, false] {
+                model.set_moe_routing(routed);
+                let out = futures::executor::block_on(model.forward(
+                    tensor3(x.clone(), &x_shape, &device),
+                    &t,
+                    tensor3(context.clone(), &c_shape, &device),
+                ))
+                .unwrap();
+                assert_eq!(out.dtype(), DType::F16);
+                let what = format!("dit21 {case} on {name} (routed {routed})");
+                check(&what, "dit21", case, &values(out), &reference);
+            }
         }
     }
 }
@@ -147,7 +152,8 @@ fn parity_sampler_f16() {
         let cond = model.condition(&image, image_shape[2], image_shape[3]);
         let noise = tensor3(noise.clone(), &noise_shape, &device);
         let out =
-            futures::executor::block_on(model.sample(cond, noise, steps, guidance, |_, _| {}));
+            futures::executor::block_on(model.sample(cond, noise, steps, guidance, |_, _| {}))
+                .unwrap();
         assert_eq!(out.dtype(), DType::F32, "the sampler's latents stay f32");
         let what = format!("sampler on {name}");
         check(&what, "sampler", "final_latents", &values(out), &reference);
@@ -225,7 +231,10 @@ fn f16_meshes_match_f32() {
             let field = futures::executor::block_on(async {
                 let cond = model.condition(&image, image_shape[2], image_shape[3]);
                 let noise = tensor3(noise.clone(), &noise_shape, &device);
-                let latents = model.sample(cond, noise, steps, guidance, |_, _| {}).await;
+                let latents = model
+                    .sample(cond, noise, steps, guidance, |_, _| {})
+                    .await
+                    .unwrap();
                 let kv = model.key_values(latents);
                 decode_dense(grid, 4096, async |points| {
                     model.field_at(points, &kv).await.expect("read back")

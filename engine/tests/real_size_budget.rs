@@ -83,7 +83,7 @@ fn the_official_sizes_stay_within_one_binding() {
     let x = random([2, 4096, 64], &device);
     let context = random([2, 1370, 1024], &device);
     measure("2.1 DiT step (CFG batch 2)", || {
-        sync(model.forward(x, &[0.5, 0.5], context))
+        sync(futures::executor::block_on(model.forward(x, &[0.5, 0.5], context)).unwrap())
     });
 
     // The 2.0 DiT (3072 latents) and 2mini-turbo's (512 latents, 5330 image tokens): one

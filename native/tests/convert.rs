@@ -138,13 +138,15 @@ fn a_bundled_checkpoint_converts_loads_and_generates() {
     let cond = model.condition(&image, image_shape[2], image_shape[3]);
     let dims: [usize; 3] = noise_shape.try_into().unwrap();
     let noise = Tensor::<3>::from_data(TensorData::new(noise, dims), &device);
-    let latents = runtime.block_on(model.sample(
-        cond,
-        noise,
-        sampler["num_inference_steps"].as_u64().unwrap() as usize,
-        sampler["guidance_scale"].as_f64().unwrap() as f32,
-        |_, _| {},
-    ));
+    let latents = runtime
+        .block_on(model.sample(
+            cond,
+            noise,
+            sampler["num_inference_steps"].as_u64().unwrap() as usize,
+            sampler["guidance_scale"].as_f64().unwrap() as f32,
+            |_, _| {},
+        ))
+        .unwrap();
     let ours = latents
         .into_data()
         .convert::<f32>()

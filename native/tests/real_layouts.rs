@@ -128,7 +128,10 @@ fn runs(model: &ShapeModel, what: &str) {
     );
     block_on(async {
         let cond = model.condition(&input.image, input.size, input.size);
-        let latents = model.sample(cond, model.noise(3), 2, 5.0, |_, _| {}).await;
+        let latents = model
+            .sample(cond, model.noise(3), 2, 5.0, |_, _| {})
+            .await
+            .unwrap();
         let kv = model.key_values(latents.clone());
         let field = model
             .field_at(&[[0.0, 0.0, 0.0], [0.5, -0.25, 0.9]], &kv)
@@ -357,10 +360,13 @@ fn a_checkpoint_saved_by_the_official_classes_converts() {
         Tensor::<3>::from_data(TensorData::new(values, dims), &cpu)
     };
     let (t, _) = get("t");
-    let out = model
-        .denoiser
-        .forward(tensor(get("x")), &t, tensor(get("context")), None)
-        .unwrap();
+    let out = futures::executor::block_on(model.denoiser.forward(
+        tensor(get("x")),
+        &t,
+        tensor(get("context")),
+        None,
+    ))
+    .unwrap();
     let ours: Vec<f32> = out
         .into_data()
         .convert::<f32>()

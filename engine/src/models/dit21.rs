@@ -8,11 +8,12 @@
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::{DType, Device, IndexingUpdateOp, Tensor};
+use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use super::{
-    attend, by_rows, by_rows_many, cat, float, host_tensor, int, linear, linear_of_cat, yes,
+    attend, by_rows, by_rows_many, cat, float, host_tensor, int, linear, linear_of_cat, row_slices,
+    yes,
 };
 
 /// Where the denoiser's weights sit in the official bundled checkpoint.
@@ -206,6 +207,7 @@ impl Dit21Config {
                         experts: (0..self.num_experts).map(|_| feed_forward()).collect(),
                         shared_experts: feed_forward(),
                         top_k: self.moe_top_k,
+                        route_tokens: true,
                     }),
                 }
             })
@@ -282,6 +284,9 @@ pub struct Moe {
     pub experts: Vec<FeedForward>,
     pub shared_experts: FeedForward,
     top_k: usize,
+    /// Run each expert on its routed tokens only (the default); off, every expert runs on
+    /// every token and the unchosen ones are weighted by zero (the benchmark's reference).
+    route_tokens: bool,
 }
 
 #[derive(Module, Debug)]
@@ -360,6 +365,16 @@ impl FeedForward {
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         linear(&self.proj_out, gelu(linear(&self.proj_in, x)))
     }
+
+    /// `forward` over slices of rows, so its `hidden`-wide activation stays within the budget.
+    fn forward_by_rows(&self, x: Tensor<2>, hidden: usize) -> Tensor<2> {
+        let [rows, d] = x.dims();
+        by_rows(x.unsqueeze_dim::<3>(0), hidden, |x| {
+            let rows = x.dims()[1];
+            self.forward(x.reshape([rows, d])).unsqueeze_dim::<3>(0)
+        })
+        .reshape([rows, d])
+    }
 }
 
 impl Moe {
@@ -369,29 +384,70 @@ impl Moe {
     }
 
     /// Top-k experts per token, weighted by their softmax scores (not renormalised), plus the
-    /// shared expert. Every expert runs on every token here and the unchosen ones are weighted
-    /// by zero: simple and exact; routing tokens to experts is the next optimisation.
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// shared expert. Each expert runs only on the tokens routed to it: they are gathered, run
+    /// and added back with their gate weights. How many tokens go where decides the batches'
+    /// shapes, so the routing (`k` indices per token) is read back from the device once.
+    async fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, String> {
         let [b, n, d] = x.dims();
-        let tokens = x.reshape([b * n, d]);
+        let rows = b * n;
+        let tokens = x.reshape([rows, d]);
+        let dtype = tokens.dtype();
+        let device = tokens.device();
         // The routing scores in f32: fp16 would tie near-equal experts.
         let scores = softmax(self.gate.forward(tokens.clone()).cast(DType::F32), 1);
-        let (top, index) = scores.clone().topk_with_indices(self.top_k, 1);
-        let weights = scores
-            .zeros_like()
-            .scatter(1, index, top, IndexingUpdateOp::Add)
-            .cast(tokens.dtype());
-        let mut out = self.shared_experts.forward(tokens.clone());
-        for (e, expert) in self.experts.iter().enumerate() {
-            let w = weights.clone().narrow(1, e, 1);
-            out = out + expert.forward(tokens.clone()) * w;
+        let (top, chosen) = scores.clone().topk_with_indices(self.top_k, 1);
+        let hidden = self.hidden_width();
+        let mut out = self.shared_experts.forward_by_rows(tokens.clone(), hidden);
+        if !self.route_tokens {
+            let weights = scores
+                .zeros_like()
+                .scatter(1, chosen, top, IndexingUpdateOp::Add)
+                .cast(dtype);
+            for (e, expert) in self.experts.iter().enumerate() {
+                let w = weights.clone().narrow(1, e, 1);
+                out = out + expert.forward_by_rows(tokens.clone(), hidden) * w;
+            }
+            return Ok(out.reshape([b, n, d]));
         }
-        out.reshape([b, n, d])
+        let chosen: Vec<usize> = chosen
+            .into_data_async()
+            .await
+            .map_err(|e| {
+                format!("reading the experts' routing back from the device failed: {e:?}")
+            })?
+            .iter::<i64>()
+            .map(|e| e as usize)
+            .collect();
+        // `top` flattened: the gate weight of (token r, its i-th choice) sits at r·k + i.
+        let gate_weights = top.reshape([rows * self.top_k]).cast(dtype);
+        let ints = |values: Vec<i64>| {
+            let len = values.len();
+            Tensor::<1, Int>::from_data(TensorData::new(values, [len]), &device)
+        };
+        for (e, expert) in self.experts.iter().enumerate() {
+            let picks: Vec<usize> = (0..chosen.len()).filter(|&p| chosen[p] == e).collect();
+            for slice in row_slices(picks.len(), hidden * dtype.size()) {
+                let picks = &picks[slice];
+                let token_rows = ints(picks.iter().map(|&p| (p / self.top_k) as i64).collect());
+                let weights = gate_weights
+                    .clone()
+                    .select(0, ints(picks.iter().map(|&p| p as i64).collect()))
+                    .unsqueeze_dim::<2>(1);
+                let routed = expert.forward(tokens.clone().select(0, token_rows.clone()));
+                out = out.select_assign(0, token_rows, routed * weights, IndexingUpdateOp::Add);
+            }
+        }
+        Ok(out.reshape([b, n, d]))
     }
 }
 
 impl Block {
-    fn forward(&self, h: Tensor<3>, context: Tensor<3>, skip: Option<Tensor<3>>) -> Tensor<3> {
+    async fn forward(
+        &self,
+        h: Tensor<3>,
+        context: Tensor<3>,
+        skip: Option<Tensor<3>>,
+    ) -> Result<Tensor<3>, String> {
         let mut h = h;
         if let (Some(skip), Some(skip_linear), Some(norm)) =
             (skip, &self.skip_linear, &self.skip_norm)
@@ -403,13 +459,13 @@ impl Block {
         h = h.clone() + self.attn2.cross_attention(self.norm2.forward(h), context);
         let normed = self.norm3.forward(h.clone());
         let fed = match (&self.mlp, &self.moe) {
-            (_, Some(moe)) => by_rows(normed, moe.hidden_width(), |x| moe.forward(x)),
+            (_, Some(moe)) => moe.forward(normed).await?,
             (Some(mlp), None) => by_rows(normed, mlp.fc1.weight.dims()[1], |x| {
                 linear(&mlp.fc2, gelu(linear(&mlp.fc1, x)))
             }),
             (None, None) => unreachable!("a block has an MLP or a MoE"),
         };
-        h + fed
+        Ok(h + fed)
     }
 }
 
@@ -437,7 +493,12 @@ impl Dit21 {
 
     /// Velocity for latents `x` `[b, latents, channels]` at times `t` (one per batch row) given
     /// image tokens `context` `[b, tokens, context_dim]`.
-    pub fn forward(&self, x: Tensor<3>, t: &[f32], context: Tensor<3>) -> Tensor<3> {
+    pub async fn forward(
+        &self,
+        x: Tensor<3>,
+        t: &[f32],
+        context: Tensor<3>,
+    ) -> Result<Tensor<3>, String> {
         let device = x.device();
         let x = x.cast(self.dtype());
         let context = context.cast(self.dtype());
@@ -456,13 +517,24 @@ impl Dit21 {
         let mut skips = Vec::new();
         for (layer, block) in self.blocks.iter().enumerate() {
             let skip = (layer > half).then(|| skips.pop().expect("a skip per late block"));
-            h = block.forward(h, context.clone(), skip);
+            h = block.forward(h, context.clone(), skip).await?;
             if layer < half {
                 skips.push(h.clone());
             }
         }
         let h = self.final_layer.norm_final.forward(h);
         let [b, n, d] = h.dims();
-        linear(&self.final_layer.linear, h.slice([0..b, 1..n, 0..d]))
+        Ok(linear(
+            &self.final_layer.linear,
+            h.slice([0..b, 1..n, 0..d]),
+        ))
+    }
+
+    /// Route each token to its top-k experts only (`true`, the default), or run every expert
+    /// on every token (the reference the benchmark compares routing with).
+    pub fn set_moe_routing(&mut self, route_tokens: bool) {
+        for moe in self.blocks.iter_mut().filter_map(|b| b.moe.as_mut()) {
+            moe.route_tokens = route_tokens;
+        }
     }
 }

@@ -117,7 +117,7 @@ pub(crate) fn row_slices(rows: usize, row_bytes: usize) -> Vec<Range<usize>> {
 /// merged back to `[b, n, h·d]` (every model's attention ends here). The `[b, h, n, m]`
 /// scores are built for as many queries at a time as the buffer budget allows, and go
 /// through the softmax in f32 (an fp16 sum over thousands of keys would lose the small ones).
-pub(crate) fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
+pub fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
     let [b, h, n, d] = q.dims();
     let m = k.dims()[2];
     let dtype = q.dtype();

@@ -228,7 +228,7 @@ impl Denoiser {
     }
 
     /// The velocity in f32 (the sampler's latents stay f32 whatever the network computes in).
-    pub fn forward(
+    pub async fn forward(
         &self,
         x: Tensor<3>,
         t: &[f32],
@@ -236,7 +236,7 @@ impl Denoiser {
         guidance: Option<&[f32]>,
     ) -> Result<Tensor<3>, String> {
         let v = match self {
-            Denoiser::Plain(dit) => dit.forward(x, t, context),
+            Denoiser::Plain(dit) => dit.forward(x, t, context).await?,
             Denoiser::Flux(dit) => dit.forward(x, t, context, guidance)?,
         };
         Ok(v.cast(DType::F32))
@@ -378,13 +378,13 @@ impl ShapeModel {
         steps: usize,
         guidance: f32,
         on_step: impl FnMut(usize, usize),
-    ) -> Tensor<3> {
+    ) -> Result<Tensor<3>, String> {
         self.sample_until(cond, noise, steps, guidance, on_step, || false)
             .await
-            .expect("never stopped")
+            .map(|x| x.expect("never stopped"))
     }
 
-    /// As [`Self::sample`], checking `should_stop` before every step: `None` when it said
+    /// As [`Self::sample`], checking `should_stop` before every step: `Ok(None)` when it said
     /// stop (a cancelled job, a deadline).
     pub async fn sample_until(
         &self,
@@ -394,7 +394,7 @@ impl ShapeModel {
         guidance: f32,
         mut on_step: impl FnMut(usize, usize),
         should_stop: impl Fn() -> bool,
-    ) -> Option<Tensor<3>> {
+    ) -> Result<Option<Tensor<3>>, String> {
         let schedule = self.scheduler.schedule(steps);
         let total = schedule.steps();
         let report = |i: usize, _: &Tensor<3>| on_step(i + 1, total);
@@ -409,9 +409,9 @@ impl ShapeModel {
                     let v = self
                         .denoiser
                         .forward(x, &[t], cond.clone(), Some(&[guidance]))
-                        .expect("the sampler gives a guidance-distilled denoiser its guidance");
+                        .await?;
                     finished(&v).await;
-                    (v.clone(), v)
+                    Ok((v.clone(), v))
                 },
                 report,
                 should_stop,
@@ -433,13 +433,13 @@ impl ShapeModel {
                         context.clone(),
                         None,
                     )
-                    .expect("a CFG denoiser needs no guidance input");
+                    .await?;
                 finished(&v).await;
                 let [_, n, c] = v.dims();
-                (
+                Ok((
                     v.clone().slice([0..1, 0..n, 0..c]),
                     v.slice([1..2, 0..n, 0..c]),
-                )
+                ))
             },
             report,
             should_stop,
@@ -572,7 +572,7 @@ impl ShapeModel {
                 |done, total| on_progress(Stage::Sampling { done, total }),
                 &should_stop,
             )
-            .await
+            .await?
             .ok_or(STOPPED)?;
         let kv = self.key_values(latents);
         self.surface_until(&kv, options, on_progress, should_stop)

@@ -1,189 +1,603 @@
-//! Shape-model benchmark: per-stage time on the CPU backend and on wgpu, for the fixtures'
-//! tiny configs and for a synthetic mid-size config (randomly initialised: timing only), and
-//! the largest attention-score / MLP-hidden tensor each stage creates, against the buffer
-//! budget (WebGPU's default 128 MiB storage binding).
+//! Shape-model benchmark at the official sizes. `--preset` builds a variant's real architecture
+//! (its widths, heads, token counts, latents and DINOv2 size, from the same `config.yaml` the
+//! synthetic checkpoints use) with random weights, and times each stage: the conditioner, one
+//! DiT step (with its CFG batch where the variant uses one), the VAE's keys/values, the field
+//! for one 8000-point chunk and marching cubes at octree 256; with the peak memory (process
+//! peak RSS on the CPU backend, the device pool's reservation on wgpu) and the largest
+//! activation of the stage. `--depth N` below the real depth builds N layers per network and
+//! prints the per-layer figure and its extrapolation to the real depth, stated as such.
+//! Lines end with `ratio=` where a peer ran in the same process: the 2.1 MoE routed ÷ every
+//! expert on every token, and attention's FLOP rate ÷ a plain matmul's of the same work.
+//! Without `--preset`: the fixtures' tiny configs, every stage on both backends.
 //!
-//! `cargo run -p orfeas --bin bench-models -- [--width 512] [--depth 8] [--latents 1024]
-//!  [--queries 8192] [--reps 1]`
+//! `cargo run -p orfeas --bin bench-models -- --preset 2.1 --depth 2 [--backend cpu|wgpu]
+//!  [--dtype f32|f16] [--reps 1] [--octree 256]`
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use burn::tensor::Device;
-use orfeas_engine::models::dinov2::Dinov2Config;
-use orfeas_engine::models::dit21::Dit21Config;
-use orfeas_engine::models::shape_vae::ShapeVaeConfig;
+use anyhow::{Context, Result, bail};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{DType, Device, Distribution, Tensor};
+use clap::{Parser, ValueEnum};
+use orfeas::synthetic::Variant;
+use orfeas_engine::mesh::marching_cubes::{Field, marching_cubes};
 use orfeas_engine::models::{
-    buffer_budget, largest_intermediate_bytes, reset_largest_intermediate,
+    attend, buffer_budget, largest_activation_bytes, reset_largest_intermediate,
 };
-use orfeas_engine::pipeline::{Denoiser, Scheduler, ShapeModel};
+use orfeas_engine::pipeline::{Architecture, Denoiser, ShapeConfig, ShapeModel};
+use orfeas_engine::volume::Grid;
 use serde_json::Value;
 
-struct Configs {
-    name: String,
-    dinov2: Dinov2Config,
-    dit: Dit21Config,
-    vae: ShapeVaeConfig,
+#[derive(Parser)]
+#[command(about = "Per-stage time and memory of the shape model at the official sizes")]
+struct Args {
+    /// The official variant to build (random weights); none: the fixtures' tiny configs.
+    #[arg(long, value_enum)]
+    preset: Option<Variant>,
+    /// Layers per network (DINOv2, DiT blocks, VAE decoder) when below the real depth; the 2.0
+    /// family's DiT gets N double- and 2N single-stream blocks (the official 1 : 2).
+    #[arg(long)]
+    depth: Option<usize>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Precision,
+    /// Timed runs per stage after one warm-up (the best is printed).
+    #[arg(long, default_value_t = 1)]
+    reps: usize,
+    /// Marching cubes' octree resolution (the official default 256).
+    #[arg(long, default_value_t = 256)]
+    octree: usize,
+    /// Field queries per chunk (the official num_chunks 8000).
+    #[arg(long, default_value_t = 8000)]
+    chunk: usize,
 }
 
-fn tiny() -> Result<Configs> {
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Backend {
+    Cpu,
+    Wgpu,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Precision {
+    F32,
+    F16,
+}
+
+/// One stage's measurement.
+struct Measured {
+    seconds: f64,
+    /// Process peak RSS (CPU backend) or device pool reservation (wgpu), bytes.
+    peak: Option<u64>,
+    largest: usize,
+}
+
+/// Whether stages run once untimed first: on wgpu the first run compiles the kernels; the CPU
+/// backend has nothing to compile, and at real sizes a second run costs minutes.
+static WARM_UP: AtomicBool = AtomicBool::new(true);
+
+/// Runs `f` once to warm up (see [`WARM_UP`]), then `reps` times, and keeps the best time,
+/// the peak memory and the largest activation of the timed runs.
+fn measure<T>(device: &Device, reps: usize, mut f: impl FnMut() -> T) -> (Measured, T) {
+    let mut out = WARM_UP.load(Ordering::Relaxed).then(&mut f);
+    let mut best = f64::INFINITY;
+    let mut peak = None;
+    let mut largest = 0;
+    for _ in 0..reps.max(1) {
+        drop(out.take());
+        device.memory_cleanup();
+        reset_peak_rss();
+        reset_largest_intermediate();
+        let started = Instant::now();
+        out = Some(f());
+        best = best.min(started.elapsed().as_secs_f64());
+        largest = largest.max(largest_activation_bytes());
+        let now = match device.memory_pool_usage() {
+            Some(usage) => Some(usage.bytes_reserved),
+            None => peak_rss(),
+        };
+        peak = peak.max(now);
+    }
+    let measured = Measured {
+        seconds: best,
+        peak,
+        largest,
+    };
+    (measured, out.expect("at least one run"))
+}
+
+/// Resets the kernel's peak-RSS counter (VmHWM) of this process (Linux ≥ 4.0).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn mib(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// Casts every float parameter to `dtype` (random weights are made in f32).
+struct CastTo(DType);
+
+impl ModuleMapper for CastTo {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dtype = self.0;
+        param.map(|t| t.cast(dtype))
+    }
+}
+
+/// The real layer counts of the three networks, and those built.
+#[derive(Clone, Copy)]
+struct Depths {
+    encoder: (usize, usize),
+    dit: (usize, usize),
+    vae: (usize, usize),
+}
+
+/// `variant`'s official config, with at most `depth` layers per network.
+fn preset(variant: Variant, depth: Option<usize>) -> Result<(ShapeConfig, Depths)> {
+    let yaml: Value = yaml_serde::from_str(&variant.config_yaml(false))?;
+    let detected = orfeas::convert::variant_from_config(&yaml)?;
+    let [conditioner, denoiser, vae] = orfeas::convert::configs(&yaml, &detected)?;
+    let mut config =
+        ShapeConfig::from_values(&conditioner, &denoiser, &vae).map_err(anyhow::Error::msg)?;
+    let cut = |real: usize| depth.map_or(real, |d| d.clamp(1, real));
+    let encoder = &mut config.conditioner.config.num_hidden_layers;
+    let encoder_depths = (*encoder, cut(*encoder));
+    *encoder = encoder_depths.1;
+    let dit_depths = match &mut config.denoiser.architecture {
+        Architecture::HunYuanDiTPlain { params } => {
+            let real = (params.depth, params.num_moe_layers);
+            params.depth = cut(real.0);
+            // Keep the real share of MoE blocks (6 of 21), at least one when any is cut.
+            params.num_moe_layers = ((real.1 * params.depth) as f64 / real.0 as f64)
+                .round()
+                .max(1.0) as usize;
+            (real.0, params.depth)
+        }
+        Architecture::Hunyuan3DDiT { params } => {
+            let real = params.depth;
+            params.depth = cut(real);
+            params.depth_single_blocks = params.depth_single_blocks * params.depth / real;
+            (real, params.depth)
+        }
+    };
+    let layers = &mut config.vae.params.num_decoder_layers;
+    let vae_depths = (*layers, cut(*layers));
+    *layers = vae_depths.1;
+    let depths = Depths {
+        encoder: encoder_depths,
+        dit: dit_depths,
+        vae: vae_depths,
+    };
+    Ok((config, depths))
+}
+
+/// The networks of `config` with random weights, in `dtype`.
+fn build(config: &ShapeConfig, dtype: DType, device: &Device) -> Result<ShapeModel> {
+    let mut cast = CastTo(dtype);
+    let encoder = config
+        .conditioner
+        .config
+        .init(device)
+        .resize_positions(config.conditioner.image_size)
+        .map(&mut cast);
+    let (denoiser, channels) = match &config.denoiser.architecture {
+        Architecture::HunYuanDiTPlain { params } => (
+            Denoiser::Plain(Box::new(params.init(device).map(&mut cast))),
+            params.in_channels,
+        ),
+        Architecture::Hunyuan3DDiT { params } => (
+            Denoiser::Flux(Box::new(params.init(device).map(&mut cast))),
+            params.in_channels,
+        ),
+    };
+    let vae = config
+        .vae
+        .params
+        .init(device)
+        .map_err(anyhow::Error::msg)?
+        .map(&mut cast);
+    Ok(ShapeModel {
+        encoder,
+        encoder_size: config.conditioner.image_size,
+        use_cls_token: config.conditioner.use_cls_token.unwrap_or(true),
+        image_processor: config.conditioner.image_processor.unwrap_or_default(),
+        default_steps: config.default_steps(),
+        denoiser,
+        scheduler: config.denoiser.scheduler,
+        vae,
+        num_latents: config.vae.params.num_latents,
+        latent_channels: channels,
+    })
+}
+
+/// Prints one stage: time, memory, largest activation, and with fewer layers than the real
+/// model the per-layer time and its extrapolation.
+fn report(stage: &str, what: &str, m: &Measured, layers: Option<(usize, usize)>, tail: &str) {
+    let peak = m.peak.map_or("n/a".into(), gib);
+    let mut line = format!(
+        "{stage:<22} {:>9.3} s | peak {peak} | largest {} | {what}",
+        m.seconds,
+        mib(m.largest)
+    );
+    if let Some((real, built)) = layers
+        && built < real
+    {
+        let per_layer = m.seconds / built as f64;
+        line.push_str(&format!(
+            " | {built} of {real} layers: {per_layer:.3} s per layer → {:.1} s at {real} \
+             (extrapolated)",
+            per_layer * real as f64
+        ));
+    }
+    if !tail.is_empty() {
+        line.push_str(" | ");
+        line.push_str(tail);
+    }
+    println!("{line}");
+}
+
+fn sync<const D: usize>(t: &Tensor<D>) {
+    let _ = t.clone().slice_dim(0, 0..1).into_data();
+}
+
+fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
+    let device = match args.backend {
+        Backend::Cpu => orfeas_engine::device::cpu(),
+        Backend::Wgpu => orfeas_engine::device::gpu().context("no wgpu adapter")?,
+    };
+    let dtype = match args.dtype {
+        Precision::F32 => DType::F32,
+        Precision::F16 => DType::F16,
+    };
+    if dtype == DType::F16 && !device.supports_dtype(DType::F16) {
+        bail!("this device has no f16 support");
+    }
+    let (config, depths) = preset(variant, args.depth)?;
+    let started = Instant::now();
+    let mut model = build(&config, dtype, &device)?;
+    let backend = match args.backend {
+        Backend::Cpu => "cpu (flex)",
+        Backend::Wgpu => "wgpu",
+    };
+    println!(
+        "Hunyuan3D-{} at its official sizes (random weights), {backend}, {:?}; best of {}{}; \
+         buffer budget {}; built in {:.1} s",
+        variant.name(),
+        dtype,
+        args.reps,
+        if WARM_UP.load(Ordering::Relaxed) {
+            " after a warm-up"
+        } else {
+            ""
+        },
+        mib(buffer_budget()),
+        started.elapsed().as_secs_f64()
+    );
+    let reps = args.reps;
+
+    // Conditioner: DINOv2 on one image at the encoder's size.
+    let side = config.conditioner.image_size;
+    let image: Vec<f32> = (0..3 * side * side)
+        .map(|i| ((i % 97) as f32 / 48.0) - 1.0)
+        .collect();
+    let (m, cond) = measure(&device, reps, || {
+        let cond = model.condition(&image, side, side);
+        sync(&cond);
+        cond
+    });
+    let [_, tokens, context_dim] = cond.dims();
+    let encoder = &config.conditioner.config;
+    report(
+        "conditioner",
+        &format!(
+            "DINOv2 width {} at {side} px → {tokens} tokens",
+            encoder.hidden_size
+        ),
+        &m,
+        Some(depths.encoder),
+        "",
+    );
+
+    // One DiT step: the CFG batch [x, x] with [cond, zeros], or batch 1 with the guidance
+    // input for guidance-distilled variants.
+    let distilled = model.denoiser.guidance_distilled();
+    let batch = if distilled { 1 } else { 2 };
+    let latents = config.vae.params.num_latents;
+    let x = Tensor::<3>::random(
+        [batch, latents, model.latent_channels],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let context = if distilled {
+        cond.clone()
+    } else {
+        Tensor::cat(vec![cond.clone(), cond.zeros_like()], 0)
+    };
+    let t = vec![0.5; batch];
+    let guidance = distilled.then(|| vec![5.0; batch]);
+    let step = |model: &ShapeModel| {
+        let v = futures::executor::block_on(model.denoiser.forward(
+            x.clone(),
+            &t,
+            context.clone(),
+            guidance.as_deref(),
+        ))
+        .expect("a DiT step");
+        sync(&v);
+    };
+    let (m, ()) = measure(&device, reps, || step(&model));
+    let (dit_name, width, heads, self_tokens) = match &config.denoiser.architecture {
+        Architecture::HunYuanDiTPlain { params } => (
+            format!(
+                "HunYuanDiTPlain width {}, {} MoE blocks of {} experts (top {})",
+                params.hidden_size, params.num_moe_layers, params.num_experts, params.moe_top_k
+            ),
+            params.hidden_size,
+            params.num_heads,
+            latents + 1,
+        ),
+        Architecture::Hunyuan3DDiT { params } => (
+            format!(
+                "Hunyuan3DDiT width {}, {} double + {} single blocks",
+                params.hidden_size, params.depth, params.depth_single_blocks
+            ),
+            params.hidden_size,
+            params.num_heads,
+            latents + tokens,
+        ),
+    };
+    let mut tail = String::new();
+    if let Denoiser::Plain(dit) = &mut model.denoiser {
+        dit.set_moe_routing(false);
+        let (all, ()) = measure(&device, reps, || step(&model));
+        if let Denoiser::Plain(dit) = &mut model.denoiser {
+            dit.set_moe_routing(true);
+        }
+        tail = format!(
+            "every expert on every token: {:.3} s; ratio={:.3} (MoE routed ÷ all experts)",
+            all.seconds,
+            m.seconds / all.seconds
+        );
+    }
+    let step_seconds = m.seconds;
+    report(
+        "DiT step",
+        &format!("{dit_name}, batch {batch} × {latents} latents, {tokens} image tokens"),
+        &m,
+        Some(depths.dit),
+        &tail,
+    );
+
+    // Attention at the DiT's size: the share of the step, and its FLOP rate against a plain
+    // matmul doing the same multiply-adds (what a compute-bound kernel would reach).
+    let head_dim = width / heads;
+    let qkv = |n: usize| {
+        Tensor::<4>::random(
+            [batch, heads, n, head_dim],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        )
+        .cast(dtype)
+    };
+    let (q, k) = (qkv(self_tokens), qkv(self_tokens));
+    let (m, ()) = measure(&device, reps, || {
+        sync(&attend(q.clone(), k.clone(), k.clone()))
+    });
+    let flops = 4.0 * (batch * heads * self_tokens * self_tokens * head_dim) as f64;
+    let a = Tensor::<3>::random(
+        [batch * heads, self_tokens, head_dim],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    )
+    .cast(dtype);
+    let b = a.clone().swap_dims(1, 2);
+    let (mm, ()) = measure(&device, reps, || {
+        // q·kᵀ's multiply-adds twice over, as attention's two matmuls do, without the
+        // scores' f32 softmax and slicing.
+        let scores = a.clone().matmul(b.clone());
+        sync(&scores.matmul(a.clone()));
+    });
+    let blocks_built = depths.dit.1;
+    let calls = match &config.denoiser.architecture {
+        Architecture::HunYuanDiTPlain { .. } => blocks_built,
+        Architecture::Hunyuan3DDiT { params } => params.depth + params.depth_single_blocks,
+    };
+    report(
+        "attention (self)",
+        &format!(
+            "{batch} × {heads} heads × {self_tokens}² × {head_dim}: {:.1} GFLOP, {:.1} GFLOP/s; \
+             {calls} per step = {:.0} % of the step",
+            flops / 1e9,
+            flops / m.seconds / 1e9,
+            100.0 * calls as f64 * m.seconds / step_seconds
+        ),
+        &m,
+        None,
+        &format!(
+            "plain matmuls of the same work: {:.3} s; ratio={:.3} (attention FLOP rate ÷ \
+             matmul's)",
+            mm.seconds,
+            mm.seconds / m.seconds
+        ),
+    );
+    if let Architecture::HunYuanDiTPlain { .. } = &config.denoiser.architecture {
+        let kc = qkv(tokens);
+        let (m, ()) = measure(&device, reps, || {
+            sync(&attend(q.clone(), kc.clone(), kc.clone()))
+        });
+        let flops = 4.0 * (batch * heads * self_tokens * tokens * head_dim) as f64;
+        report(
+            "attention (cross)",
+            &format!(
+                "{batch} × {heads} heads × {self_tokens} × {tokens} × {head_dim}: {:.1} GFLOP, \
+                 {:.1} GFLOP/s; {calls} per step = {:.0} % of the step",
+                flops / 1e9,
+                flops / m.seconds / 1e9,
+                100.0 * calls as f64 * m.seconds / step_seconds
+            ),
+            &m,
+            None,
+            "",
+        );
+    }
+    let _ = context_dim;
+
+    // The VAE: latents → decoded → keys/values, then one chunk of field queries.
+    let noise = model.noise(1);
+    let one_point = [[0.0f32; 3]];
+    let (m, kv) = measure(&device, reps, || {
+        let kv = model.key_values(noise.clone());
+        // One query waits for the keys/values (a lazy device would queue them otherwise).
+        futures::executor::block_on(model.field_at(&one_point, &kv)).expect("the field");
+        kv
+    });
+    let vae = &config.vae.params;
+    report(
+        "VAE keys/values",
+        &format!("width {}, {latents} latents", vae.width),
+        &m,
+        Some(depths.vae),
+        "",
+    );
+    let points: Vec<[f32; 3]> = (0..args.chunk)
+        .map(|i| {
+            let t = i as f32 / args.chunk as f32;
+            [t * 2.0 - 1.0, (t * 37.0).sin(), (t * 11.0).cos()]
+        })
+        .collect();
+    let (m, _) = measure(&device, reps, || {
+        futures::executor::block_on(model.field_at(&points, &kv)).expect("the field")
+    });
+    let grid = Grid::official(args.octree);
+    let dims = grid.dims();
+    let total: usize = dims.iter().product();
+    report(
+        "field chunk",
+        &format!(
+            "{} points (dense octree {} = {total} points ≈ {:.0} chunks)",
+            args.chunk,
+            args.octree,
+            total as f64 / args.chunk as f64
+        ),
+        &m,
+        None,
+        "",
+    );
+
+    // Marching cubes on the CPU over the whole dense grid (a sphere-like field).
+    let values: Vec<f32> = (0..total)
+        .map(|i| {
+            let [x, y, z] = grid.point([
+                i / (dims[1] * dims[2]),
+                (i / dims[2]) % dims[1],
+                i % dims[2],
+            ]);
+            0.6 - (x * x + y * y + z * z).sqrt() + 0.05 * (7.0 * x).sin() * (5.0 * y).cos()
+        })
+        .collect();
+    let cpu = orfeas_engine::device::cpu();
+    let (m, mesh) = measure(&cpu, reps, || {
+        marching_cubes(Field {
+            values: &values,
+            dims,
+        })
+    });
+    report(
+        "marching cubes",
+        &format!(
+            "octree {}: {} vertices, {} triangles (CPU)",
+            args.octree,
+            mesh.positions.len(),
+            mesh.triangles.len()
+        ),
+        &m,
+        None,
+        "",
+    );
+    Ok(())
+}
+
+/// The fixtures' tiny configs on both backends (what the parity tests run).
+fn bench_fixtures(args: &Args) -> Result<()> {
     let dir =
         std::env::var("ORFEAS_FIXTURES").unwrap_or_else(|_| "../shared/fixtures/public".into());
     let text = std::fs::read_to_string(format!("{dir}/fixtures.json"))
         .with_context(|| format!("{dir}/fixtures.json (set ORFEAS_FIXTURES)"))?;
     let all: Value = serde_json::from_str(&text)?;
-    Ok(Configs {
-        name: "fixture (tiny)".into(),
-        dinov2: serde_json::from_value(all["dinov2"]["config"]["config"].clone())?,
-        dit: serde_json::from_value(all["dit21"]["config"]["params"].clone())?,
-        vae: serde_json::from_value(all["vae"]["config"]["params"].clone())?,
-    })
-}
-
-fn mid(width: usize, depth: usize, latents: usize) -> Result<Configs> {
-    let heads = width / 64;
-    Ok(Configs {
-        name: format!("synthetic: width {width}, depth {depth}, {latents} latents"),
-        dinov2: serde_json::from_value(serde_json::json!({
-            "hidden_size": width, "num_hidden_layers": depth, "num_attention_heads": heads,
-            "patch_size": 14, "image_size": 224,
-        }))?,
-        dit: serde_json::from_value(serde_json::json!({
-            "in_channels": 64, "hidden_size": width, "context_dim": width, "depth": depth,
-            "num_heads": heads, "num_moe_layers": 2, "num_experts": 4, "moe_top_k": 2,
-            "qk_norm": true, "qkv_bias": false, "use_attention_pooling": false,
-        }))?,
-        vae: serde_json::from_value(serde_json::json!({
-            "num_latents": latents, "embed_dim": 64, "width": width, "heads": heads,
-            "num_decoder_layers": depth, "num_freqs": 8, "scale_factor": 1.0,
-            "qk_norm": true, "qkv_bias": false, "include_pi": false,
-        }))?,
-    })
-}
-
-fn build(configs: &Configs, device: &Device) -> Result<ShapeModel> {
-    Ok(ShapeModel {
-        encoder: configs.dinov2.init(device),
-        encoder_size: configs.dinov2.image_size,
-        use_cls_token: true,
-        image_processor: Default::default(),
-        default_steps: orfeas_engine::pipeline::DEFAULT_STEPS,
-        denoiser: Denoiser::Plain(Box::new(configs.dit.init(device))),
-        scheduler: Scheduler::FlowMatch,
-        vae: configs.vae.init(device).map_err(anyhow::Error::msg)?,
-        num_latents: configs.vae.num_latents,
-        latent_channels: configs.dit.in_channels,
-    })
-}
-
-/// Best of `reps` timed runs after one warm-up (shader compilation on wgpu), and the largest
-/// intermediate of a run.
-fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> (f64, usize, T) {
-    let mut out = f();
-    let mut best = f64::INFINITY;
-    let mut largest = 0;
-    for _ in 0..reps.max(1) {
-        reset_largest_intermediate();
-        let started = Instant::now();
-        out = f();
-        best = best.min(started.elapsed().as_secs_f64());
-        largest = largest.max(largest_intermediate_bytes());
-    }
-    (best, largest, out)
-}
-
-fn mib(bytes: usize) -> f64 {
-    bytes as f64 / (1 << 20) as f64
-}
-
-fn bench(
-    configs: &Configs,
-    backend: &str,
-    device: &Device,
-    queries: usize,
-    reps: usize,
-) -> Result<()> {
-    let model = build(configs, device)?;
-    let side = 512;
-    let image: Vec<f32> = (0..3 * side * side)
-        .map(|i| ((i % 97) as f32 / 48.0) - 1.0)
-        .collect();
-    let points: Vec<[f32; 3]> = (0..queries)
-        .map(|i| {
-            let t = i as f32 / queries as f32;
-            [t * 2.0 - 1.0, (t * 37.0).sin(), (t * 11.0).cos()]
-        })
-        .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    let (encode, encode_mem, cond) = time(reps, || {
-        let cond = model.condition(&image, side, side);
-        let _ = cond.to_data();
-        cond
+    let conditioner = serde_json::json!({
+        "config": all["dinov2"]["config"]["config"],
+        "image_size": all["dinov2"]["config"]["config"]["image_size"],
     });
-    // steps = 2: sigmas [0, 1, 1], so exactly one CFG model call (the dt = 0 one is skipped).
-    let (step, step_mem, latents) = time(reps, || {
-        let latents =
-            runtime.block_on(model.sample(cond.clone(), model.noise(1), 2, 5.0, |_, _| {}));
-        let _ = latents.to_data();
-        latents
+    let denoiser = serde_json::json!({
+        "architecture": "HunYuanDiTPlain",
+        "params": all["dit21"]["config"]["params"],
     });
-    let (decode, decode_mem, kv) = time(reps, || {
-        let kv = model.key_values(latents.clone());
-        let _ = runtime
-            .block_on(model.field_at(&points[..1], &kv))
-            .expect("field");
-        kv
-    });
-    let (field, field_mem, _) = time(reps, || {
-        runtime
-            .block_on(model.field_at(&points, &kv))
-            .expect("field")
-    });
-    let row = |stage: &str, secs: f64, mem: usize| {
-        println!(
-            "| {} | {backend} | {stage} | {:.3} | {:.2} |",
-            configs.name,
-            secs,
-            mib(mem)
-        );
-    };
-    row("DINOv2 encode", encode, encode_mem);
-    row("DiT step (CFG batch 2)", step, step_mem);
-    row("VAE latents → keys/values", decode, decode_mem);
-    row(&format!("VAE field, {queries} points"), field, field_mem);
-    Ok(())
-}
-
-fn main() -> Result<()> {
-    let (mut width, mut depth, mut latents, mut queries, mut reps) = (512, 8, 1024, 8192, 1);
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        let value: usize = pair.get(1).context("a flag without a value")?.parse()?;
-        match pair[0].as_str() {
-            "--width" => width = value,
-            "--depth" => depth = value,
-            "--latents" => latents = value,
-            "--queries" => queries = value,
-            "--reps" => reps = value,
-            other => anyhow::bail!("unknown flag {other}"),
-        }
-    }
-    println!(
-        "buffer budget {:.0} MiB; best of {reps} after a warm-up; seconds; largest = the biggest \
-         attention-score or MLP-hidden tensor of the stage",
-        mib(buffer_budget())
-    );
-    println!("| config | backend | stage | seconds | largest (MiB) |");
-    println!("|---|---|---|---|---|");
+    let vae = serde_json::json!({"params": all["vae"]["config"]["params"]});
+    let config =
+        ShapeConfig::from_values(&conditioner, &denoiser, &vae).map_err(anyhow::Error::msg)?;
     let mut devices = vec![("cpu", orfeas_engine::device::cpu())];
     match orfeas_engine::device::gpu() {
         Some(gpu) => devices.push(("wgpu", gpu)),
         None => eprintln!("no wgpu adapter: CPU only"),
     }
-    for configs in [tiny()?, mid(width, depth, latents)?] {
-        for (backend, device) in &devices {
-            bench(&configs, backend, device, queries, reps)?;
-        }
+    println!(
+        "fixture (tiny) configs, f32, best of {} after a warm-up",
+        args.reps
+    );
+    for (backend, device) in &devices {
+        let model = build(&config, DType::F32, device)?;
+        let side = config.conditioner.image_size;
+        let image = vec![0.25; 3 * side * side];
+        let (m, cond) = measure(device, args.reps, || {
+            let cond = model.condition(&image, side, side);
+            sync(&cond);
+            cond
+        });
+        report("conditioner", backend, &m, None, "");
+        let (m, latents) = measure(device, args.reps, || {
+            let latents = futures::executor::block_on(model.sample(
+                cond.clone(),
+                model.noise(1),
+                2,
+                5.0,
+                |_, _| {},
+            ))
+            .expect("sampling");
+            sync(&latents);
+            latents
+        });
+        report("DiT step", backend, &m, None, "");
+        let (m, _) = measure(device, args.reps, || {
+            let kv = model.key_values(latents.clone());
+            futures::executor::block_on(model.field_at(&[[0.0; 3]], &kv)).expect("the field")
+        });
+        report("VAE keys/values", backend, &m, None, "");
     }
     Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    WARM_UP.store(
+        args.preset.is_none() || args.backend == Backend::Wgpu,
+        Ordering::Relaxed,
+    );
+    match args.preset {
+        Some(variant) => bench_preset(&args, variant),
+        None => bench_fixtures(&args),
+    }
 }
