@@ -24,9 +24,10 @@ cd "$ORFEAS_ROOT"
 port=${ORFEAS_PORT:-8080}
 models=${ORFEAS_MODELS:-$(dirname "$ORFEAS_ISNET")}
 
-step "[2/4] Building the orfeas CLI and server (cargo build -p orfeas)" \
+step "[2/4] Building the orfeas CLI and server (cargo build -p orfeas --bin orfeas)" \
   "first run: about 17 min (burn, wgpu, axum and their dependencies); later runs: seconds"
-cargo build -p orfeas --locked
+# Only the `orfeas` binary: the package's benchmark binaries are built when they are run.
+cargo build -p orfeas --bin orfeas --locked
 took
 
 step "[3/4] Building the web app (trunk build --release: the UI, the engine worker, the 3D viewer)" \

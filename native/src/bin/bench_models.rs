@@ -143,6 +143,8 @@ impl ModuleMapper for CastTo {
 struct Depths {
     encoder: (usize, usize),
     dit: (usize, usize),
+    /// The 2.1 DiT's MoE blocks, real and built.
+    moe: (usize, usize),
     vae: (usize, usize),
 }
 
@@ -157,7 +159,7 @@ fn preset(variant: Variant, depth: Option<usize>) -> Result<(ShapeConfig, Depths
     let encoder = &mut config.conditioner.config.num_hidden_layers;
     let encoder_depths = (*encoder, cut(*encoder));
     *encoder = encoder_depths.1;
-    let dit_depths = match &mut config.denoiser.architecture {
+    let (dit_depths, moe_depths) = match &mut config.denoiser.architecture {
         Architecture::HunYuanDiTPlain { params } => {
             let real = (params.depth, params.num_moe_layers);
             params.depth = cut(real.0);
@@ -165,13 +167,13 @@ fn preset(variant: Variant, depth: Option<usize>) -> Result<(ShapeConfig, Depths
             params.num_moe_layers = ((real.1 * params.depth) as f64 / real.0 as f64)
                 .round()
                 .max(1.0) as usize;
-            (real.0, params.depth)
+            ((real.0, params.depth), (real.1, params.num_moe_layers))
         }
         Architecture::Hunyuan3DDiT { params } => {
             let real = params.depth;
             params.depth = cut(real);
             params.depth_single_blocks = params.depth_single_blocks * params.depth / real;
-            (real, params.depth)
+            ((real, params.depth), (0, 0))
         }
     };
     let layers = &mut config.vae.params.num_decoder_layers;
@@ -180,6 +182,7 @@ fn preset(variant: Variant, depth: Option<usize>) -> Result<(ShapeConfig, Depths
     let depths = Depths {
         encoder: encoder_depths,
         dit: dit_depths,
+        moe: moe_depths,
         vae: vae_depths,
     };
     Ok((config, depths))
@@ -343,8 +346,15 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
     let (dit_name, width, heads, self_tokens) = match &config.denoiser.architecture {
         Architecture::HunYuanDiTPlain { params } => (
             format!(
-                "HunYuanDiTPlain width {}, {} MoE blocks of {} experts (top {})",
-                params.hidden_size, params.num_moe_layers, params.num_experts, params.moe_top_k
+                "HunYuanDiTPlain width {}, {} of {} blocks MoE ({} of {} in the real model: \
+                 the extrapolation keeps this mix; {} experts, top {})",
+                params.hidden_size,
+                depths.moe.1,
+                depths.dit.1,
+                depths.moe.0,
+                depths.dit.0,
+                params.num_experts,
+                params.moe_top_k
             ),
             params.hidden_size,
             params.num_heads,
@@ -405,11 +415,22 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
     )
     .cast(dtype);
     let b = a.clone().swap_dims(1, 2);
+    // As many heads at a time as keep their scores within one binding (wgpu refuses more).
+    let heads_at_once =
+        (buffer_budget() / (self_tokens * self_tokens * dtype.size())).clamp(1, batch * heads);
     let (mm, ()) = measure(&device, reps, || {
         // q·kᵀ's multiply-adds twice over, as attention's two matmuls do, without the
-        // scores' f32 softmax and slicing.
-        let scores = a.clone().matmul(b.clone());
-        sync(&scores.matmul(a.clone()));
+        // scores' f32 softmax and query slicing.
+        let mut last = None;
+        for start in (0..batch * heads).step_by(heads_at_once) {
+            let len = heads_at_once.min(batch * heads - start);
+            let scores = a
+                .clone()
+                .narrow(0, start, len)
+                .matmul(b.clone().narrow(0, start, len));
+            last = Some(scores.matmul(a.clone().narrow(0, start, len)));
+        }
+        sync(&last.expect("at least one head"));
     });
     let blocks_built = depths.dit.1;
     let calls = match &config.denoiser.architecture {
