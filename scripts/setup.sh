@@ -46,10 +46,9 @@ if ! wasm-bindgen --version 2>/dev/null | grep -q " $wbg_version\$"; then
 fi
 if ! trunk --version 2>/dev/null | grep -q " 0.22.1"; then
   echo "setup: installing trunk 0.22.1"
-  # Without its default features (TLS via rustls + ring, the update check): trunk runs
-  # offline here (Trunk.toml), so they would only cost compile time.
+  # Default features: trunk refuses to build without a TLS backend (tried: compile_error).
   CARGO_TARGET_DIR="$install_target" cargo install trunk --locked --version 0.22.1 \
-    --ignore-rust-version --no-default-features --force --quiet
+    --ignore-rust-version --force --quiet
 fi
 
 # wasm-opt for the UI bundle: npm's binaryen 132 (Debian's binaryen 108 produces broken wasm).
