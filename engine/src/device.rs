@@ -3,7 +3,7 @@
 
 #[cfg(feature = "wgpu")]
 use burn::tensor::DeviceType;
-use burn::tensor::{DType, Device};
+use burn::tensor::{DType, Device, Tensor};
 
 /// burn's CPU backend, used where no GPU is wanted and in parity tests.
 #[cfg(feature = "flex")]
@@ -51,4 +51,20 @@ pub fn model_dtype(device: &Device, requested: DType) -> Result<DType, String> {
         )),
         other => Err(format!("models run in f32 or f16, not {other:?}")),
     }
+}
+
+/// Waits until the device has computed `tensor`, by reading one of its values back. A native
+/// read is lazy (the copy, and so the wait, happen when the bytes are first touched), so the
+/// value is touched here; in the browser the read itself waits. An error is the device's
+/// (e.g. it was lost).
+pub async fn computed<const D: usize>(tensor: &Tensor<D>) -> Result<(), String> {
+    let corner: [std::ops::Range<usize>; D] = std::array::from_fn(|_| 0..1);
+    let data = tensor
+        .clone()
+        .slice(corner)
+        .into_data_async()
+        .await
+        .map_err(|e| format!("reading back from the device failed: {e:?}"))?;
+    std::hint::black_box(data.as_bytes().first().copied());
+    Ok(())
 }

@@ -295,12 +295,7 @@ impl IsNet {
         let mut finished = async |stage: &Tensor<4>| -> Result<(), String> {
             done += 1;
             if let Some(report) = on_stage.as_mut() {
-                stage
-                    .clone()
-                    .slice([0..1, 0..1, 0..1, 0..1])
-                    .into_data_async()
-                    .await
-                    .map_err(|e| format!("{e:?}"))?;
+                crate::device::computed(stage).await?;
                 report(done);
             }
             Ok(())

@@ -585,7 +585,7 @@ impl ShapeModel {
 /// which makes progress and its estimate dishonest. A failed read-back (a lost device) shows
 /// up in the next one, where the job reads its result.
 async fn finished(v: &Tensor<3>) {
-    let _ = v.clone().slice([0..1, 0..1, 0..1]).into_data_async().await;
+    let _ = crate::device::computed(v).await;
 }
 
 /// Stream a converted model's three shard sets (in [`COMPONENTS`] order) onto `device` and

@@ -253,8 +253,10 @@ fn report(stage: &str, what: &str, m: &Measured, layers: Option<(usize, usize)>,
     println!("{line}");
 }
 
+/// Waits for the device to finish `t` (a bare `into_data` returns before: native reads are
+/// lazy until the bytes are touched).
 fn sync<const D: usize>(t: &Tensor<D>) {
-    let _ = t.clone().slice_dim(0, 0..1).into_data();
+    futures::executor::block_on(orfeas_engine::device::computed(t)).expect("the device computes");
 }
 
 fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
@@ -421,16 +423,15 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
     let (mm, ()) = measure(&device, reps, || {
         // q·kᵀ's multiply-adds twice over, as attention's two matmuls do, without the
         // scores' f32 softmax and query slicing.
-        let mut last = None;
         for start in (0..batch * heads).step_by(heads_at_once) {
             let len = heads_at_once.min(batch * heads - start);
             let scores = a
                 .clone()
                 .narrow(0, start, len)
                 .matmul(b.clone().narrow(0, start, len));
-            last = Some(scores.matmul(a.clone().narrow(0, start, len)));
+            // Each slice read back: its work done before the next is queued, as attention's.
+            sync(&scores.matmul(a.clone().narrow(0, start, len)));
         }
-        sync(&last.expect("at least one head"));
     });
     let blocks_built = depths.dit.1;
     let calls = match &config.denoiser.architecture {
