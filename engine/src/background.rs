@@ -54,6 +54,9 @@ pub enum BackgroundError {
     /// The GPU did not hand the matte back (e.g. the device was lost meanwhile).
     #[error("reading the matte back from the device failed: {0}")]
     Readback(String),
+    /// The caller's progress callback asked to stop.
+    #[error("background removal stopped before it finished")]
+    Stopped,
 }
 
 /// How the image is fed to the network.
@@ -160,13 +163,15 @@ pub async fn matte_of(
 }
 
 /// [`matte_of`], calling `on_progress(fraction)` as each ISNet stage finishes on the device,
-/// with the fraction of the network's work done so far ([`IsNet::stage_shares`]).
+/// with the fraction of the network's work done so far ([`IsNet::stage_shares`]); its answer
+/// false stops the pass there ([`BackgroundError::Stopped`]), e.g. a warm-up a picture
+/// overtook, or a cut-out of a picture replaced meanwhile.
 pub async fn matte_reporting(
     model: &IsNet,
     rgba: &RgbaImage,
     device: &Device,
     options: &Options,
-    on_progress: Option<&mut dyn FnMut(f64)>,
+    on_progress: Option<&mut dyn FnMut(f64) -> bool>,
 ) -> Result<Vec<u8>, BackgroundError> {
     let size = options.size;
     let planes = normalise(&input_planes_with(rgba, options));
@@ -182,7 +187,10 @@ pub async fn matte_reporting(
         }
         None => Ok(model.forward(x)),
     }
-    .map_err(BackgroundError::Readback)?
+    .map_err(|e| match e.as_str() {
+        crate::models::isnet::STOPPED => BackgroundError::Stopped,
+        _ => BackgroundError::Readback(e),
+    })?
     .into_data_async()
     .await
     .map_err(|e| BackgroundError::Readback(format!("{e:?}")))?
@@ -213,7 +221,7 @@ pub async fn remove_background_reporting(
     rgba: &RgbaImage,
     device: &Device,
     options: &Options,
-    on_progress: &mut dyn FnMut(f64),
+    on_progress: &mut dyn FnMut(f64) -> bool,
 ) -> Result<RgbaImage, BackgroundError> {
     let matte = matte_reporting(model, rgba, device, options, Some(on_progress)).await?;
     Ok(cutout(rgba, &matte))
@@ -280,7 +288,10 @@ mod progress_tests {
         let plain =
             futures::executor::block_on(matte_of(&model, &rgba, &device, &options)).unwrap();
         let mut seen = Vec::new();
-        let mut on_progress = |f: f64| seen.push(f);
+        let mut on_progress = |f: f64| {
+            seen.push(f);
+            true
+        };
         let reported = futures::executor::block_on(matte_reporting(
             &model,
             &rgba,
@@ -296,5 +307,34 @@ mod progress_tests {
         // The full-resolution first stage is a large share; the deepest (1/64 side) small.
         let shares = model.stage_shares(1024);
         assert!(shares[0] > 0.1 && shares[5] < 0.02, "{shares:?}");
+    }
+
+    /// A pass whose callback says stop ends there, with `Stopped`, and reports no further.
+    #[test]
+    fn a_pass_stops_where_its_caller_says() {
+        let device = crate::device::cpu();
+        let model = IsNet::init(&device);
+        let rgba = RgbaImage::from_pixel(32, 32, image::Rgba([200, 10, 10, 255]));
+        let options = Options {
+            size: 64,
+            letterbox: false,
+        };
+        let mut seen = 0;
+        let mut on_progress = |_: f64| {
+            seen += 1;
+            seen < 2
+        };
+        let stopped = futures::executor::block_on(matte_reporting(
+            &model,
+            &rgba,
+            &device,
+            &options,
+            Some(&mut on_progress),
+        ));
+        assert!(
+            matches!(stopped, Err(BackgroundError::Stopped)),
+            "{stopped:?}"
+        );
+        assert_eq!(seen, 2, "no stage is reported after the stop");
     }
 }

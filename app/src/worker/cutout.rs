@@ -7,7 +7,7 @@
 
 use std::rc::Rc;
 
-use orfeas_engine::background::{Options, has_alpha, matte_of, remove_background_reporting};
+use orfeas_engine::background::{Options, has_alpha, matte_reporting, remove_background_reporting};
 use orfeas_engine::models::isnet::{INPUT_SIZE, IsNet};
 use wasm_bindgen_futures::spawn_local;
 
@@ -47,7 +47,8 @@ pub(super) fn adopt(engine: &Rc<Engine>, i: usize) -> Result<(), String> {
 /// One pass on a blank picture at the size the user's pictures will run at, as soon as ISNet
 /// is on the device: the first pass compiles the GPU kernels (on a software adapter it takes
 /// about three times a later one), and it is better spent while the user picks a picture. A
-/// cut-out asked for meanwhile waits for it, saying why.
+/// picture picked meanwhile stops it at the end of its current stage (the kernels compiled so
+/// far stay compiled) and runs next, saying why it waited.
 fn warm_up(engine: &Rc<Engine>, model: Rc<IsNet>, device: burn::tensor::Device, id: String) {
     // At the size the user's pictures will run at: the GPU kernels are compiled per shape (a
     // 64² warm-up left the first 224² pass as slow as without one, measured in bench-web).
@@ -57,7 +58,16 @@ fn warm_up(engine: &Rc<Engine>, model: Rc<IsNet>, device: burn::tensor::Device, 
     spawn_local(async move {
         let started = web_time::Instant::now();
         let blank = image::RgbaImage::from_pixel(64, 64, image::Rgba([128, 128, 128, 255]));
-        let warmed = matte_of(&model, &blank, &device, &options).await;
+        // Going on while no picture needs ISNet (one with transparency is used as it is).
+        let mut no_picture_yet = |_: f64| {
+            engine
+                .image
+                .borrow()
+                .as_ref()
+                .is_none_or(|(_, picture)| has_alpha(picture))
+        };
+        let warmed =
+            matte_reporting(&model, &blank, &device, &options, Some(&mut no_picture_yet)).await;
         engine.cutout_warming.set(false);
         if warmed.is_ok() {
             post(&FromWorker::Warmed {
@@ -176,9 +186,10 @@ pub(super) fn request(engine: &Rc<Engine>) {
             }
         }
         let started = web_time::Instant::now();
+        // A run whose picture was replaced stops at the end of its current stage.
         let mut on_progress = |done: f64| {
             if engine.cutout_generation.get() != generation {
-                return;
+                return false;
             }
             // What is left, at the pace so far.
             let elapsed = started.elapsed().as_secs_f64();
@@ -189,6 +200,7 @@ pub(super) fn request(engine: &Rc<Engine>) {
                 time_so_far(elapsed, left)
             );
             running(&name, what, done);
+            true
         };
         let result =
             remove_background_reporting(&model, &image, &device, &options, &mut on_progress).await;

@@ -284,19 +284,22 @@ impl IsNet {
 
     /// [`IsNet::forward`], reporting each of the [`STAGES`] stages as the device finishes it
     /// (`on_stage(done)`): a one-value read-back after each stage waits for its work, which is
-    /// what makes the report honest on a device that queues work lazily. The read-back error,
-    /// if one fails (e.g. the device was lost).
+    /// what makes the report honest on a device that queues work lazily. `on_stage` returning
+    /// false stops the pass there (nothing more is queued) with the error [`STOPPED`]; else
+    /// the read-back error, if one fails (e.g. the device was lost).
     pub async fn forward_staged(
         &self,
         x: Tensor<4>,
-        mut on_stage: Option<&mut dyn FnMut(usize)>,
+        mut on_stage: Option<&mut dyn FnMut(usize) -> bool>,
     ) -> Result<Tensor<4>, String> {
         let mut done = 0;
         let mut finished = async |stage: &Tensor<4>| -> Result<(), String> {
             done += 1;
             if let Some(report) = on_stage.as_mut() {
                 crate::device::computed(stage).await?;
-                report(done);
+                if !report(done) {
+                    return Err(STOPPED.into());
+                }
             }
             Ok(())
         };
@@ -371,6 +374,9 @@ impl IsNet {
 }
 
 /// The stages [`IsNet::forward_staged`] reports: six down, five up.
+/// The error of a staged pass its caller stopped ([`IsNet::forward_staged`]).
+pub const STOPPED: &str = "stopped by its caller";
+
 pub const STAGES: usize = 11;
 
 /// The reference runtime's normalisation of 8-bit RGB planes: `(v − 128) / 256`.
