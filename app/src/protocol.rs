@@ -701,10 +701,12 @@ impl FromWorker {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn decimal_reads_what_parse_does() {
         for text in ["7", "7.5", "-2.25", ".75", "0.000001", "123456.5", "+3"] {
-            assert_eq!(super::decimal(text), text.parse::<f64>().ok(), "{text}");
+            assert_eq!(decimal(text), text.parse::<f64>().ok(), "{text}");
         }
         for text in [
             "",
@@ -718,7 +720,7 @@ mod tests {
             "1,5",
             "9999999999999999",
         ] {
-            assert_eq!(super::decimal(text), None, "{text}");
+            assert_eq!(decimal(text), None, "{text}");
         }
     }
 
@@ -735,22 +737,17 @@ mod tests {
             (1e9, 0),
             (0.00049, 3),
         ] {
-            let ours = super::fixed(value, decimals);
+            let ours = fixed(value, decimals);
             // Half-way cases round away from zero here, to even in `format!`.
             if (value * 10f64.powi(decimals as i32)).fract().abs() != 0.5 {
                 assert_eq!(ours, format!("{value:.decimals$}"), "{value} to {decimals}");
             }
         }
-        assert_eq!(super::fixed(2.5, 0), "3");
-        assert_eq!(super::fixed(-0.04, 1), "0.0");
-        assert_eq!(super::fixed(f64::NAN, 1), "NaN");
-        assert_eq!(
-            super::time_so_far(12.4, Some(19.2)),
-            "12 s, about 20 s left"
-        );
+        assert_eq!(fixed(2.5, 0), "3");
+        assert_eq!(fixed(-0.04, 1), "0.0");
+        assert_eq!(fixed(f64::NAN, 1), "NaN");
+        assert_eq!(time_so_far(12.4, Some(19.2)), "12 s, about 20 s left");
     }
-
-    use super::*;
 
     #[test]
     fn messages_round_trip_as_tagged_json() {

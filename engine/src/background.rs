@@ -179,17 +179,22 @@ pub async fn matte_reporting(
         TensorData::new(planes, [1, 3, size, size]),
         (device, DType::F32),
     );
+    let mut stopped = false;
     let probabilities = match on_progress {
         Some(report) => {
             let shares = model.stage_shares(size);
-            let mut on_stage = |done: usize| report(shares[..done].iter().sum());
+            let mut on_stage = |done: usize| {
+                let go_on = report(shares[..done].iter().sum());
+                stopped = !go_on;
+                go_on
+            };
             model.forward_staged(x, Some(&mut on_stage)).await
         }
         None => Ok(model.forward(x)),
     }
-    .map_err(|e| match e.as_str() {
-        crate::models::isnet::STOPPED => BackgroundError::Stopped,
-        _ => BackgroundError::Readback(e),
+    .map_err(|e| match stopped {
+        true => BackgroundError::Stopped,
+        false => BackgroundError::Readback(e),
     })?
     .into_data_async()
     .await

@@ -66,7 +66,7 @@ pub fn query_params() -> Vec<(String, String)> {
         .collect()
 }
 
-fn js_text(value: &JsValue) -> String {
+pub(super) fn js_text(value: &JsValue) -> String {
     value
         .dyn_ref::<js_sys::Error>()
         .map(|e| String::from(e.message()))

@@ -4,16 +4,11 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use wasm_bindgen::{JsCast, JsValue};
 
 /// Parses JSON text into `T`; the error names what was wrong (the browser's syntax error or the
 /// field serde expected).
 pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
-    let value: JsValue = js_sys::JSON::parse(text).map_err(|e| {
-        e.dyn_ref::<js_sys::Error>()
-            .map(|e| String::from(e.message()))
-            .unwrap_or_else(|| "not JSON".into())
-    })?;
+    let value = js_sys::JSON::parse(text).map_err(|e| super::bridge::js_text(&e))?;
     serde_wasm_bindgen::from_value(value).map_err(|e| e.to_string())
 }
 

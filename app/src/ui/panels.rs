@@ -341,7 +341,7 @@ pub fn ModelPanel(model: ModelView) -> impl IntoView {
             data-model=id
             data-status=status_name
             data-progress=move || fixed(fraction(), 4)
-            data-warm-s=move || model.warmed_s.get().map(|s| format!("{s:.1}")).unwrap_or_default()
+            data-warm-s=move || model.warmed_s.get().map(|s| fixed(s, 1)).unwrap_or_default()
             data-load-s=move || model.progress.get().map(|p| fixed(p.elapsed_s, 3)).unwrap_or_default()
             data-bytes=move || model.progress.get().map(|p| p.bytes_total.to_string()).unwrap_or_default()
             data-tensors=move || match model.status.get() {

@@ -304,7 +304,7 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
         sync(&cond);
         cond
     });
-    let [_, tokens, context_dim] = cond.dims();
+    let [_, tokens, _] = cond.dims();
     let encoder = &config.conditioner.config;
     report(
         "conditioner",
@@ -476,7 +476,6 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
             "",
         );
     }
-    let _ = context_dim;
 
     // The VAE: latents → decoded → keys/values, then one chunk of field queries.
     let noise = model.noise(1);
