@@ -20,7 +20,7 @@ pub mod isnet;
 pub mod shape_vae;
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation::softmax;
@@ -113,12 +113,34 @@ pub(crate) fn row_slices(rows: usize, row_bytes: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+static FLASH_ATTENTION: AtomicBool = AtomicBool::new(true);
+
+/// Whether [`attend`] may use the fused (flash) kernel where the device has one (on by
+/// default; off runs the sliced path everywhere: the benchmarks' and tests' peer).
+pub fn set_flash_attention(enabled: bool) {
+    FLASH_ATTENTION.store(enabled, Ordering::Relaxed);
+}
+
+pub fn flash_attention() -> bool {
+    FLASH_ATTENTION.load(Ordering::Relaxed)
+}
+
 /// Scaled dot-product attention of `q` `[b, h, n, d]` over `k`, `v` `[b, h, m, d]`, heads
-/// merged back to `[b, n, h·d]` (every model's attention ends here). The `[b, h, n, m]`
-/// scores are built for as many queries at a time as the buffer budget allows, and go
-/// through the softmax in f32 (an fp16 sum over thousands of keys would lose the small ones).
+/// merged back to `[b, n, h·d]` (every model's attention ends here).
+///
+/// On a GPU it is one fused kernel (flash attention: the scores never exist as a tensor, so
+/// the buffer budget holds at any size). Elsewhere, or for a shape the kernel does not take,
+/// the `[b, h, n, m]` scores are built for as many queries at a time as the budget allows,
+/// and go through the softmax in f32 (an fp16 sum over thousands of keys would lose the
+/// small ones; the fused kernel accumulates in f32 as well).
 pub fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
     let [b, h, n, d] = q.dims();
+    #[cfg(any(feature = "wgpu", feature = "webgpu"))]
+    if flash_attention()
+        && let Some(out) = flash::attention(&q, &k, &v)
+    {
+        return record(out).swap_dims(1, 2).reshape([b, n, h * d]);
+    }
     let m = k.dims()[2];
     let dtype = q.dtype();
     // Scaling q first keeps fp16 scores in range, as fused attention kernels do.
@@ -143,6 +165,39 @@ pub fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
         .map(|rows| attend_slice(q.clone().narrow(2, rows.start, rows.len())))
         .collect();
     Tensor::cat(parts, 1)
+}
+
+/// burn's fused attention kernel, reached directly: burn 0.22 picks it only when built with
+/// autotune (which would benchmark every kernel on first use, a minute of compiling on a
+/// software adapter), and otherwise runs its materialising fallback.
+#[cfg(any(feature = "wgpu", feature = "webgpu"))]
+mod flash {
+    use burn::backend::Cube;
+    use burn::tensor::Tensor;
+    use burn::tensor::ops::AttentionModuleOptions;
+    use burn_cubecl::kernel::attention::flash_attention;
+    use cubek::attention::forward::launch::{BlueprintStrategy, Strategy};
+
+    /// `softmax(q·kᵀ/√d)·v` `[b, h, n, d]` in one kernel; `None` where the tensors are not on a
+    /// cubecl device or the kernel cannot take their shape (the caller then slices).
+    pub(super) fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> {
+        let [q, k, v] = [q, k, v].map(|t| t.clone().try_into_primitive::<Cube>().ok());
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: false,
+        };
+        // The unit routine: plain per-thread tiles, no cooperative-matrix hardware needed,
+        // so it runs on every WebGPU adapter.
+        let strategy = Strategy::Unit(BlueprintStrategy::Inferred(()));
+        match flash_attention(q?, k?, v?, None, None, options, strategy) {
+            Ok(out) => Some(Tensor::from_primitive::<Cube>(out)),
+            Err(error) => {
+                tracing::debug!("fused attention not available here: {error:?}");
+                None
+            }
+        }
+    }
 }
 
 /// Apply the row-wise `f` to `x` `[b, n, c]` over slices of rows, so that its widest

@@ -7,7 +7,8 @@
 //! activation of the stage. `--depth N` below the real depth builds N layers per network and
 //! prints the per-layer figure and its extrapolation to the real depth, stated as such.
 //! Lines end with `ratio=` where a peer ran in the same process: the 2.1 MoE routed ÷ every
-//! expert on every token, and attention's FLOP rate ÷ a plain matmul's of the same work.
+//! expert on every token, attention's FLOP rate ÷ a plain matmul's of the same work, and on
+//! wgpu the fused attention kernel's time ÷ the sliced path's.
 //! Without `--preset`: the fixtures' tiny configs, every stage on both backends.
 //!
 //! `cargo run -p orfeas --bin bench-models -- --preset 2.1 --depth 2 [--backend cpu|wgpu]
@@ -24,6 +25,7 @@ use orfeas::synthetic::Variant;
 use orfeas_engine::mesh::marching_cubes::{Field, marching_cubes};
 use orfeas_engine::models::{
     attend, buffer_budget, largest_activation_bytes, reset_largest_intermediate,
+    set_flash_attention,
 };
 use orfeas_engine::pipeline::{Architecture, Denoiser, ShapeConfig, ShapeModel};
 use orfeas_engine::volume::Grid;
@@ -409,6 +411,16 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
     let (m, ()) = measure(&device, reps, || {
         sync(&attend(q.clone(), k.clone(), k.clone()))
     });
+    // On the GPU `attend` is the fused kernel; its peer is the sliced path (scores per query
+    // slice within the budget, softmax in f32), what every attention ran before it.
+    let sliced = (args.backend == Backend::Wgpu).then(|| {
+        set_flash_attention(false);
+        let (sliced, ()) = measure(&device, reps, || {
+            sync(&attend(q.clone(), k.clone(), k.clone()))
+        });
+        set_flash_attention(true);
+        sliced
+    });
     let flops = 4.0 * (batch * heads * self_tokens * self_tokens * head_dim) as f64;
     let a = Tensor::<3>::random(
         [batch * heads, self_tokens, head_dim],
@@ -456,6 +468,22 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
             mm.seconds / m.seconds
         ),
     );
+    if let Some(sliced) = sliced {
+        report(
+            "attention (sliced)",
+            &format!(
+                "the same attention with its scores built per query slice: {:.1} GFLOP/s",
+                flops / sliced.seconds / 1e9
+            ),
+            &sliced,
+            None,
+            &format!(
+                "fused kernel {:.3} s; ratio={:.3} (fused ÷ sliced time)",
+                m.seconds,
+                m.seconds / sliced.seconds
+            ),
+        );
+    }
     if let Architecture::HunYuanDiTPlain { .. } = &config.denoiser.architecture {
         let kc = qkv(tokens);
         let (m, ()) = measure(&device, reps, || {
