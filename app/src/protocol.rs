@@ -492,6 +492,9 @@ pub struct GpuReport {
     pub max_buffer_size: u64,
     /// The dtype the models run in: "f16" with `shader-f16`, else "f32".
     pub dtype: String,
+    /// Why attention runs over query slices instead of the fused kernel; `None`: fused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_sliced: Option<String>,
 }
 
 /// The engine's `pipeline::Stage`, mirrored so the UI bundle does not link the engine.

@@ -7,7 +7,8 @@ use std::sync::Mutex;
 
 use burn::tensor::{DType, Device, Distribution, Tensor};
 use orfeas_engine::models::{
-    attend, largest_intermediate_bytes, reset_largest_intermediate, set_flash_attention,
+    attend, check_fused_attention, flash_attention, largest_intermediate_bytes,
+    reset_largest_intermediate, set_flash_attention,
 };
 
 mod fixtures;
@@ -95,5 +96,25 @@ fn fused_attention_reads_heads_split_from_a_projection() {
         let diff = max_abs_diff(&fused, &sliced);
         eprintln!("{name}: strided heads: differs by {diff:.1e}");
         assert!(diff <= 2e-5, "{name}: strided heads differ by {diff}");
+    }
+}
+
+#[test]
+fn the_devices_check_says_where_the_fused_kernel_runs() {
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (name, device) in devices() {
+        let outcome = futures::executor::block_on(check_fused_attention(&device));
+        eprintln!("{name}: {outcome:?}");
+        if name == "wgpu" {
+            assert_eq!(outcome, Ok(()), "{name}");
+            assert!(flash_attention(), "{name}: a passing check leaves it on");
+        } else {
+            let why = outcome.expect_err("the CPU backend has no fused kernel");
+            assert!(why.contains("no fused attention kernel"), "{why}");
+            assert!(!flash_attention(), "{name}: a failing check turns it off");
+            set_flash_attention(true);
+        }
     }
 }

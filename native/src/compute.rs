@@ -95,6 +95,10 @@ pub fn open(
             orfeas_engine::models::set_buffer_budget(gpu.info.buffer_budget());
             let capacity = gpu.info.capacity(memory, host_memory());
             let name = format!("{} via {}", gpu.info.adapter, gpu.info.backend);
+            match &gpu.info.fused_attention {
+                Ok(()) => tracing::info!("{name}: attention runs as one fused kernel"),
+                Err(why) => tracing::warn!("{name}: attention runs over query slices ({why})"),
+            }
             (gpu.device, capacity, name)
         }
     };

@@ -247,13 +247,22 @@ pub fn EnginePanel() -> impl IntoView {
     let gpu_text = move || match studio.gpu.get() {
         GpuState::Pending => String::new(),
         GpuState::Ready(info) => format!(
-            "GPU: {} ({}{}), models in {}",
+            "GPU: {} ({}{}), models in {}, {}",
             info.adapter,
             info.backend,
             if info.software { ", software" } else { "" },
-            info.dtype
+            info.dtype,
+            match &info.attention_sliced {
+                None => "fused attention".to_string(),
+                Some(why) => format!("attention in slices ({why})"),
+            }
         ),
         GpuState::Unavailable(reason) => format!("WebGPU unavailable: {reason}"),
+    };
+    let attention_attr = move || match studio.gpu.get() {
+        GpuState::Ready(info) if info.attention_sliced.is_none() => "fused",
+        GpuState::Ready(_) => "sliced",
+        _ => "",
     };
     let heap = move || {
         studio
@@ -265,7 +274,7 @@ pub fn EnginePanel() -> impl IntoView {
     view! {
         <div class="engine" data-testid="engine" data-engine=engine_attr data-gpu=gpu_attr data-wasm-heap=heap>
             <p>{engine_text}</p>
-            <p class=move || if gpu_attr() == "unavailable" { "error" } else { "" } data-testid="gpu">
+            <p class=move || if gpu_attr() == "unavailable" { "error" } else { "" } data-testid="gpu" data-attention=attention_attr>
                 {gpu_text}
             </p>
             <div class="cache-controls">

@@ -71,6 +71,7 @@ pub(super) async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
                     max_storage_buffer_binding_size: info.max_storage_buffer_binding_size,
                     max_buffer_size: info.max_buffer_size,
                     dtype: if info.shader_f16 { "f16" } else { "f32" }.into(),
+                    attention_sliced: info.fused_attention.clone().err(),
                 },
             });
             *engine.gpu.borrow_mut() = Some(gpu);

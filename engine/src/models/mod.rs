@@ -167,6 +167,105 @@ pub fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
     Tensor::cat(parts, 1)
 }
 
+/// Try the fused attention kernel on `device` against attention computed on the host (a small
+/// problem: 2 heads of 64 over 37 keys). Where it cannot run or disagrees (a driver bug would
+/// show here, not as a wrong shape), it is turned off for the process and the reason returned;
+/// the models then take the sliced path. The GPU is checked once, when it is acquired.
+pub async fn check_fused_attention(device: &Device) -> Result<(), String> {
+    let (heads, queries, keys, d) = (2, 29, 37, 64);
+    // Smooth, varied values: scores spread over a few units, as in a trained network.
+    let values = |n: usize, phase: f32| -> Vec<f32> {
+        (0..heads * n * d)
+            .map(|i| (i as f32 * 0.37 + phase).sin() * 1.5)
+            .collect()
+    };
+    let (q, k, v) = (values(queries, 0.0), values(keys, 1.0), values(keys, 2.0));
+    let on_device =
+        |x: &[f32], n: usize| host_tensor(x.to_vec(), [1, heads, n, d], DType::F32, device);
+    #[cfg(any(feature = "wgpu", feature = "webgpu"))]
+    let fused = flash::attention(
+        &on_device(&q, queries),
+        &on_device(&k, keys),
+        &on_device(&v, keys),
+    );
+    #[cfg(not(any(feature = "wgpu", feature = "webgpu")))]
+    let fused: Option<Tensor<4>> = {
+        let _ = on_device;
+        None
+    };
+    let outcome = match fused {
+        None => Err("no fused attention kernel for this device".to_string()),
+        Some(out) => match out.into_data_async().await {
+            Err(e) => Err(format!(
+                "the fused kernel's output could not be read: {e:?}"
+            )),
+            Ok(data) => {
+                let got: Vec<f32> = data.try_into_vec::<f32>().unwrap_or_default();
+                let want = host_attention(&q, &k, &v, heads, queries, keys, d);
+                let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(
+                    if got.len() == want.len() {
+                        0.0
+                    } else {
+                        f32::INFINITY
+                    },
+                    f32::max,
+                );
+                if diff <= 1e-3 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the fused kernel is off by {diff:.1e} on this device"
+                    ))
+                }
+            }
+        },
+    };
+    if outcome.is_err() {
+        set_flash_attention(false);
+    }
+    outcome
+}
+
+/// Softmax attention on the host, in f64: the fused kernel's check.
+fn host_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    heads: usize,
+    queries: usize,
+    keys: usize,
+    d: usize,
+) -> Vec<f32> {
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut out = Vec::with_capacity(heads * queries * d);
+    for h in 0..heads {
+        let row = |n: usize, i: usize| (h * n + i) * d;
+        for i in 0..queries {
+            let qi = &q[row(queries, i)..][..d];
+            let scores: Vec<f64> = (0..keys)
+                .map(|j| {
+                    let kj = &k[row(keys, j)..][..d];
+                    qi.iter()
+                        .zip(kj)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let top = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = scores.iter().map(|s| (s - top).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            for c in 0..d {
+                let mixed: f64 = (0..keys)
+                    .map(|j| weights[j] * v[row(keys, j) + c] as f64)
+                    .sum();
+                out.push((mixed / total) as f32);
+            }
+        }
+    }
+    out
+}
+
 /// burn's fused attention kernel, reached directly: burn 0.22 picks it only when built with
 /// autotune (which would benchmark every kernel on first use, a minute of compiling on a
 /// software adapter), and otherwise runs its materialising fallback.
