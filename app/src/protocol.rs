@@ -492,9 +492,19 @@ pub struct GpuReport {
     pub max_buffer_size: u64,
     /// The dtype the models run in: "f16" with `shader-f16`, else "f32".
     pub dtype: String,
-    /// Why attention runs over query slices instead of the fused kernel; `None`: fused.
+    /// How the shape model's attention runs here; `None` until the first generation checks
+    /// the fused kernel on this device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attention_sliced: Option<String>,
+    pub attention: Option<AttentionPath>,
+}
+
+/// The fused attention kernel (checked on the device against the host), or attention over
+/// slices of queries and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionPath {
+    Fused,
+    Sliced { reason: String },
 }
 
 /// The engine's `pipeline::Stage`, mirrored so the UI bundle does not link the engine.

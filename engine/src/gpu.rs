@@ -23,9 +23,6 @@ pub struct GpuInfo {
     pub shader_f16: bool,
     pub max_buffer_size: u64,
     pub max_storage_buffer_binding_size: u64,
-    /// How the models' attention runs here: `Ok` the fused kernel (checked on this device when
-    /// it was acquired), `Err` why it runs over slices of queries instead.
-    pub fused_attention: Result<(), String>,
 }
 
 impl GpuInfo {
@@ -177,7 +174,6 @@ pub async fn acquire_with(
         shader_f16: features.contains(wgpu::Features::SHADER_F16),
         max_buffer_size: limits.max_buffer_size,
         max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
-        fused_attention: Err("not checked yet".into()),
     };
     let backend = adapter_info.backend;
     let setup = WgpuSetup {
@@ -191,10 +187,6 @@ pub async fn acquire_with(
         .setup(setup)
         .init()
         .map_err(|e| GpuError::Register(e.to_string()))?;
-    let info = GpuInfo {
-        fused_attention: crate::models::check_fused_attention(&burn_device).await,
-        ..info
-    };
     Ok(Gpu {
         device: burn_device,
         info,

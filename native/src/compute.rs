@@ -95,10 +95,6 @@ pub fn open(
             orfeas_engine::models::set_buffer_budget(gpu.info.buffer_budget());
             let capacity = gpu.info.capacity(memory, host_memory());
             let name = format!("{} via {}", gpu.info.adapter, gpu.info.backend);
-            match &gpu.info.fused_attention {
-                Ok(()) => tracing::info!("{name}: attention runs as one fused kernel"),
-                Err(why) => tracing::warn!("{name}: attention runs over query slices ({why})"),
-            }
             (gpu.device, capacity, name)
         }
     };
@@ -108,6 +104,15 @@ pub fn open(
         Precision::F16 if capacity.f16 => DType::F16,
         Precision::F16 => bail!("{name} cannot compute in f16 (no shader-f16): use --dtype f32"),
     };
+    if backend == Backend::Wgpu {
+        // The fused attention kernel, checked once on this device in the models' dtype.
+        match futures::executor::block_on(orfeas_engine::models::check_fused_attention(
+            &device, dtype,
+        )) {
+            Ok(()) => tracing::info!("{name}: attention runs as one fused kernel"),
+            Err(why) => tracing::warn!("{name}: attention runs over query slices ({why})"),
+        }
+    }
     Ok(Compute {
         device,
         dtype,

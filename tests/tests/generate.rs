@@ -77,13 +77,6 @@ async fn generate_runs_the_shape_model_in_the_browser_and_shows_the_mesh() -> an
             )
             .await?;
     }
-    // The GPU's attention was checked when it was acquired: the fused kernel runs here
-    // (WebGPU in Chromium), and the panel says so.
-    let gpu = browser
-        .eval("const g = document.querySelector('[data-testid=gpu]'); return [g.dataset.attention, g.innerText]")
-        .await?;
-    eprintln!("gpu: {gpu}");
-    assert_eq!(gpu[0], "fused", "{gpu}");
     // A cut-out already (alpha), so no background removal is needed.
     let photo = fixtures::dir().join("preprocess_input_0.png");
     browser.choose_file("input[type=file]", &photo).await?;
@@ -112,6 +105,16 @@ async fn generate_runs_the_shape_model_in_the_browser_and_shows_the_mesh() -> an
         )
         .await?;
     eprintln!("generation: {outcome}");
+    // The first generation checked the device's fused attention kernel: it runs here (WebGPU
+    // in Chromium), and the GPU line says so.
+    let gpu = browser
+        .eval(
+            "const g = document.querySelector('[data-testid=gpu]'); \
+             return [g.dataset.attention, g.innerText]",
+        )
+        .await?;
+    eprintln!("gpu: {gpu}");
+    assert_eq!(gpu[0], "fused", "{gpu}");
     let state = browser
         .eval("return document.querySelector('[data-testid=request-status]').dataset.state")
         .await?;

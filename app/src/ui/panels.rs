@@ -3,7 +3,7 @@
 use leptos::prelude::*;
 use orfeas_app::config::Role;
 use orfeas_app::protocol::{
-    LoadPhase, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker, fixed,
+    AttentionPath, LoadPhase, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker, fixed,
 };
 use wasm_bindgen::JsCast;
 
@@ -247,21 +247,27 @@ pub fn EnginePanel() -> impl IntoView {
     let gpu_text = move || match studio.gpu.get() {
         GpuState::Pending => String::new(),
         GpuState::Ready(info) => format!(
-            "GPU: {} ({}{}), models in {}, {}",
+            "GPU: {} ({}{}), models in {}{}",
             info.adapter,
             info.backend,
             if info.software { ", software" } else { "" },
             info.dtype,
-            match &info.attention_sliced {
-                None => "fused attention".to_string(),
-                Some(why) => format!("attention in slices ({why})"),
+            match &info.attention {
+                None => String::new(),
+                Some(AttentionPath::Fused) => ", fused attention".into(),
+                Some(AttentionPath::Sliced { reason }) => {
+                    format!(", attention in slices ({reason})")
+                }
             }
         ),
         GpuState::Unavailable(reason) => format!("WebGPU unavailable: {reason}"),
     };
     let attention_attr = move || match studio.gpu.get() {
-        GpuState::Ready(info) if info.attention_sliced.is_none() => "fused",
-        GpuState::Ready(_) => "sliced",
+        GpuState::Ready(info) => match info.attention {
+            Some(AttentionPath::Fused) => "fused",
+            Some(AttentionPath::Sliced { .. }) => "sliced",
+            None => "",
+        },
         _ => "",
     };
     let heap = move || {

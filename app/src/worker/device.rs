@@ -12,7 +12,7 @@ use wasm_bindgen_futures::JsFuture;
 
 use super::loading::{load_model, set_status};
 use super::{Engine, post};
-use crate::protocol::{FromWorker, GpuReport, ModelStatusReport, NoticeLevel};
+use crate::protocol::{AttentionPath, FromWorker, GpuReport, ModelStatusReport, NoticeLevel};
 
 /// How many times a lost GPU device is rebuilt before the worker gives up.
 const MAX_GPU_RESETS: u32 = 2;
@@ -25,6 +25,48 @@ pub(super) fn device_memory() -> Option<u64> {
         .ok()?
         .as_f64()?;
     Some((gib * (1u64 << 30) as f64) as u64)
+}
+
+fn gpu_report(info: &gpu::GpuInfo, attention: Option<AttentionPath>) -> GpuReport {
+    GpuReport {
+        adapter: if info.adapter.is_empty() {
+            "unnamed adapter".into()
+        } else {
+            info.adapter.clone()
+        },
+        backend: info.backend.clone(),
+        software: info.software,
+        shader_f16: info.shader_f16,
+        max_storage_buffer_binding_size: info.max_storage_buffer_binding_size,
+        max_buffer_size: info.max_buffer_size,
+        dtype: if info.shader_f16 { "f16" } else { "f32" }.into(),
+        attention,
+    }
+}
+
+/// Before the first generation on a device: check its fused attention kernel in the models'
+/// dtype (not at start-up: its compilation takes seconds on a software adapter, and background
+/// removal has no attention) and tell the UI how attention runs.
+pub(super) async fn check_attention(engine: &Rc<Engine>, dtype: burn::tensor::DType) {
+    let generation = engine.device_generation.get();
+    if engine.attention_checked.get() == Some(generation) {
+        return;
+    }
+    let Ok(device) = engine.device() else {
+        return;
+    };
+    let outcome = orfeas_engine::models::check_fused_attention(&device, dtype).await;
+    engine.attention_checked.set(Some(generation));
+    let attention = match outcome {
+        Ok(()) => AttentionPath::Fused,
+        Err(reason) => AttentionPath::Sliced { reason },
+    };
+    let info = engine.gpu.borrow().as_ref().map(|gpu| gpu.info.clone());
+    if let Some(info) = info {
+        post(&FromWorker::Gpu {
+            info: gpu_report(&info, Some(attention)),
+        });
+    }
 }
 
 /// Acquire the GPU and tell the UI what it is; on failure mark every model failed with the
@@ -59,20 +101,7 @@ pub(super) async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
             // No activation outgrows one storage binding of this device.
             orfeas_engine::models::set_buffer_budget(info.buffer_budget());
             post(&FromWorker::Gpu {
-                info: GpuReport {
-                    adapter: if info.adapter.is_empty() {
-                        "unnamed adapter".into()
-                    } else {
-                        info.adapter.clone()
-                    },
-                    backend: info.backend.clone(),
-                    software: info.software,
-                    shader_f16: info.shader_f16,
-                    max_storage_buffer_binding_size: info.max_storage_buffer_binding_size,
-                    max_buffer_size: info.max_buffer_size,
-                    dtype: if info.shader_f16 { "f16" } else { "f32" }.into(),
-                    attention_sliced: info.fused_attention.clone().err(),
-                },
+                info: gpu_report(info, None),
             });
             *engine.gpu.borrow_mut() = Some(gpu);
             true

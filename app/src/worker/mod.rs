@@ -78,6 +78,8 @@ struct Engine {
     /// its work.
     device_generation: Cell<u32>,
     gpu_resets: Cell<u32>,
+    /// The device generation whose fused attention kernel was checked.
+    attention_checked: Cell<Option<u32>>,
     /// A lost device is being replaced: loads cut short wait for the new one.
     rebuilding: Cell<bool>,
     lost: RefCell<Option<mpsc::UnboundedSender<String>>>,

@@ -78,6 +78,7 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, String
             model
         }
     };
+    super::device::check_attention(engine, model.dtype()).await;
     let device = engine.device()?;
     let chosen = engine.options.borrow().clone();
     let isnet = engine.isnet.borrow().clone();
