@@ -11,8 +11,9 @@
 //! (WebGPU's default is 128 MiB; at real sizes the DiT's attention scores alone would be 2 GiB),
 //! so attention is one fused kernel on a GPU (the scores never exist) and runs over slices of
 //! queries elsewhere, and every wide projection runs over slices of rows; see
-//! [`set_buffer_budget`] and [`attend`]. The widest tensors (projections, concatenations, attention scores)
-//! are recorded as they are made, so a test can check the whole forward pass against it.
+//! [`set_buffer_budget`] and [`attend`]. The widest tensors (projections, concatenations,
+//! attention scores) are recorded as they are made, so a test can check the whole forward pass
+//! against it.
 
 pub mod dinov2;
 pub mod dit20;
