@@ -129,6 +129,11 @@ pub struct EngineOptions {
     /// Letterbox the image for background removal instead of stretching it (`?letterbox=1`).
     #[serde(default)]
     pub letterbox: bool,
+    /// Where background removal runs (`?background_device=cpu|gpu`): by default on the CPU
+    /// where the GPU is a software renderer (the CPU itself runs ISNet faster than a renderer
+    /// emulating a GPU on it), else on the GPU.
+    #[serde(default)]
+    pub background_device: Option<ComputeDevice>,
     /// Shape generation settings (`?steps=`, `?guidance=`, `?octree_resolution=`, `?seed=`):
     /// the reference's when absent.
     #[serde(default)]
@@ -179,7 +184,7 @@ impl EngineOptions {
     }
 
     /// Read `background_size` (clamped to 64..=2048, rounded to a multiple of 32),
-    /// `letterbox` and the generation knobs from query parameters.
+    /// `letterbox`, `background_device` and the generation knobs from query parameters.
     pub fn from_params(params: &[(String, String)]) -> Self {
         let value = |key: &str| params.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v);
         Self {
@@ -187,6 +192,11 @@ impl EngineOptions {
                 .and_then(|v| v.parse::<u32>().ok())
                 .map(|size| (size.clamp(64, 2048) / 32) * 32),
             letterbox: value("letterbox").is_some_and(|v| v == "1" || v == "true"),
+            background_device: value("background_device").and_then(|v| match v.as_str() {
+                "cpu" => Some(ComputeDevice::Cpu),
+                "gpu" => Some(ComputeDevice::Gpu),
+                _ => None,
+            }),
             // Brought inside the engine's ranges by the worker (`GenerateOptions::clamped`).
             steps: value("steps").and_then(|v| v.parse::<u32>().ok()),
             guidance: value("guidance").and_then(|v| decimal(v)).map(|g| g as f32),
@@ -198,6 +208,24 @@ impl EngineOptions {
             debug_gpu_rebuild_ms: value("debug_gpu_rebuild_ms")
                 .and_then(|v| v.parse::<u32>().ok())
                 .map(|ms| ms.min(60_000)),
+        }
+    }
+}
+
+/// burn's CPU backend in the worker, or the WebGPU device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeDevice {
+    Cpu,
+    Gpu,
+}
+
+impl ComputeDevice {
+    /// As the query parameter and the panel's `data-device` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Gpu => "gpu",
         }
     }
 }
@@ -245,6 +273,9 @@ pub struct CutoutReport {
     /// asked for ([`ToWorker::CutoutFullSize`]).
     #[serde(default)]
     pub reduced: bool,
+    /// Where ISNet ran (or runs), once it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<ComputeDevice>,
 }
 
 /// What the engine says about a mesh it sends (the `meta` of a mesh message).
@@ -873,6 +904,13 @@ mod tests {
         assert_eq!(tiny.background_size, Some(64));
         let bad = EngineOptions::from_params(&params(&[("background_size", "big")]));
         assert_eq!(bad.background_size, None);
+        for device in [ComputeDevice::Cpu, ComputeDevice::Gpu] {
+            let chosen =
+                EngineOptions::from_params(&params(&[("background_device", device.name())]));
+            assert_eq!(chosen.background_device, Some(device));
+        }
+        let unknown = EngineOptions::from_params(&params(&[("background_device", "tpu")]));
+        assert_eq!(unknown.background_device, None);
         let shape = EngineOptions::from_params(&params(&[
             ("steps", "4"),
             ("octree_resolution", "5000"),
@@ -904,6 +942,7 @@ mod tests {
             detail: None,
             progress: Some(0.5),
             reduced: true,
+            device: Some(ComputeDevice::Cpu),
         });
         assert_eq!(
             serde_json::from_str::<FromWorker>(&cutout.to_json()).unwrap(),

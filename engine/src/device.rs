@@ -68,3 +68,43 @@ pub async fn computed<const D: usize>(tensor: &Tensor<D>) -> Result<(), String> 
     std::hint::black_box(data.as_bytes().first().copied());
     Ok(())
 }
+
+/// Lets the event loop run between steps of work that never waits on a device: on burn's CPU
+/// backend in the browser a network stage is one synchronous call, and without this the
+/// worker would read no message (a new picture, a request) until the whole pass is done.
+pub async fn yield_now() {
+    #[cfg(target_arch = "wasm32")]
+    {
+        use wasm_bindgen::{JsCast, JsValue};
+        // setTimeout(0): a macrotask, so messages queued meanwhile run first (a resolved
+        // promise would only let microtasks through).
+        let promise = js_sys::Promise::new(&mut |resolve, _| {
+            let set_timeout = js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into())
+                .ok()
+                .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+            match set_timeout {
+                Some(set_timeout) => {
+                    let _ = set_timeout.call2(&JsValue::NULL, &resolve, &JsValue::from(0));
+                }
+                None => {
+                    let _ = resolve.call0(&JsValue::NULL);
+                }
+            }
+        });
+        let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let mut yielded = false;
+        std::future::poll_fn(|cx| {
+            if yielded {
+                std::task::Poll::Ready(())
+            } else {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+}

@@ -2,8 +2,10 @@
 //! with the ISNet weights the set-up converted: the cut-out appears on a checkerboard as soon as
 //! ISNet is ready, while the other model is still loading, with progress while it runs, at the
 //! smaller size the app picks by itself on a software adapter (saying so, and offering the full
-//! size), and matches the engine's own CPU result pixel for pixel (within a level). A GPU reset
-//! in the middle of a cut-out runs it again on the new device, from the cache, offline.
+//! size), and matches the engine's own CPU result pixel for pixel (within a level). With ISNet
+//! on the GPU, a GPU reset in the middle of a cut-out runs it again on the new device, from the
+//! cache, offline. By default on a software adapter ISNet runs on the CPU (burn's CPU backend
+//! in the worker), which a GPU reset does not touch.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,25 +17,74 @@ use orfeas_tests::server::Fault;
 use orfeas_tests::stage::{self, Stage};
 use orfeas_tests::{fixtures, model};
 
-/// SwiftShader is a software adapter: the app runs ISNet at this size there by itself (the
-/// worker's `SOFTWARE_SIZE`), which keeps one pass to tens of seconds on two cores.
+/// SwiftShader is a software adapter: asked to run ISNet on it, the app picks this size by
+/// itself (the worker's `SOFTWARE_SIZE`), which keeps one pass to tens of seconds on two cores.
 const SIZE: usize = 224;
+/// ... and by default it runs ISNet on the CPU instead, at the reference's size.
+const CPU_SIZE: usize = 1024;
 const TIMEOUT: Duration = Duration::from_secs(600);
 
 fn fixture(name: &str) -> PathBuf {
     fixtures::dir().join(name)
 }
 
-/// The cut-out the engine makes on the CPU backend with the same options.
-fn cpu_cutout(weights: &Path, rgba: &RgbaImage) -> anyhow::Result<RgbaImage> {
+/// The cut-out the engine makes natively on the CPU backend at `size`².
+fn cpu_cutout(weights: &Path, rgba: &RgbaImage, size: usize) -> anyhow::Result<RgbaImage> {
     let device = orfeas_engine::device::cpu();
     let isnet = orfeas::remove_bg::load_isnet(weights, &device, burn::tensor::DType::F32)?;
     let options = Options {
-        size: SIZE,
+        size,
         letterbox: false,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     Ok(runtime.block_on(remove_background(&isnet, rgba, &device, &options))?)
+}
+
+/// The cut-out shown, against the one the engine makes natively on the CPU backend: the
+/// photo's colours, and the same matte (IoU ≥ 0.99, at most 0.1 % of alphas off by > 2).
+async fn matches_the_native_cutout(
+    shown: &RgbaImage,
+    photo: &Path,
+    weights: &Path,
+    size: usize,
+) -> anyhow::Result<()> {
+    let original = orfeas_engine::input::decode_image(&std::fs::read(photo)?)?;
+    assert_eq!(shown.dimensions(), original.dimensions());
+    let expected = tokio::task::spawn_blocking({
+        let (original, weights) = (original.clone(), weights.to_path_buf());
+        move || cpu_cutout(&weights, &original, size)
+    })
+    .await??;
+    let (mut both, mut either, mut off) = (0usize, 0usize, 0usize);
+    for ((s, e), o) in shown.pixels().zip(expected.pixels()).zip(original.pixels()) {
+        assert_eq!(s.0[..3], o.0[..3], "the cut-out keeps the photo's colours");
+        let (a, b) = (s[3] >= 128, e[3] >= 128);
+        both += (a && b) as usize;
+        either += (a || b) as usize;
+        off += (s[3].abs_diff(e[3]) > 2) as usize;
+    }
+    let iou = both as f64 / either.max(1) as f64;
+    let pixels = (shown.width() * shown.height()) as usize;
+    eprintln!(
+        "browser vs native CPU backend at {size}²: IoU {iou:.5}, {off} of {pixels} alphas \
+         differ by > 2"
+    );
+    assert!(iou >= 0.99, "IoU {iou}");
+    assert!(
+        off * 1000 <= pixels,
+        "{off} alphas differ by more than 2 levels"
+    );
+    assert!(both > pixels / 10, "the subject is found ({both} px)");
+    Ok(())
+}
+
+async fn cutout_device(browser: &Browser) -> anyhow::Result<String> {
+    Ok(browser
+        .eval("return document.querySelector('[data-testid=cutout]')?.dataset.device ?? ''")
+        .await?
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
 }
 
 async fn cutout_state(browser: &Browser) -> anyhow::Result<String> {
@@ -71,7 +122,10 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
     server.set_fault(&slow.shards.last().unwrap().file, Fault::Stall);
     // ISNet's shards wait until the test has seen the cut-out wait for it.
     server.hold("isnet-medium/model-0");
-    let browser = stage.open("/?debug=1&turntable=0").await?;
+    // ISNet on the GPU, as on a real one (here the app would pick the CPU by itself).
+    let browser = stage
+        .open("/?debug=1&turntable=0&background_device=gpu")
+        .await?;
 
     // An image picked before ISNet is ready waits for it, and says so.
     browser
@@ -178,6 +232,7 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
     // full size.
     let status = status.as_str().unwrap_or_default();
     assert!(status.contains("software renderer"), "{status}");
+    assert_eq!(cutout_device(&browser).await?, "gpu");
     let offer = browser
         .eval("return document.querySelector('[data-testid=cutout-full-size]')?.innerText")
         .await?;
@@ -215,32 +270,7 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
         .fetch_bytes(url.as_str().unwrap_or_default())
         .await?;
     let shown = image::load_from_memory(&png)?.to_rgba8();
-    let original = orfeas_engine::input::decode_image(&std::fs::read(&photo)?)?;
-    assert_eq!(shown.dimensions(), original.dimensions());
-    let expected = tokio::task::spawn_blocking({
-        let original = original.clone();
-        move || cpu_cutout(&weights, &original)
-    })
-    .await??;
-    let (mut both, mut either, mut off) = (0usize, 0usize, 0usize);
-    for ((s, e), o) in shown.pixels().zip(expected.pixels()).zip(original.pixels()) {
-        assert_eq!(s.0[..3], o.0[..3], "the cut-out keeps the photo's colours");
-        let (a, b) = (s[3] >= 128, e[3] >= 128);
-        both += (a && b) as usize;
-        either += (a || b) as usize;
-        off += (s[3].abs_diff(e[3]) > 2) as usize;
-    }
-    let iou = both as f64 / either.max(1) as f64;
-    let pixels = (shown.width() * shown.height()) as usize;
-    eprintln!(
-        "browser vs CPU backend at {SIZE}²: IoU {iou:.5}, {off} of {pixels} alphas differ by > 2"
-    );
-    assert!(iou >= 0.99, "IoU {iou}");
-    assert!(
-        off * 1000 <= pixels,
-        "{off} alphas differ by more than 2 levels"
-    );
-    assert!(both > pixels / 10, "the subject is found ({both} px)");
+    matches_the_native_cutout(&shown, &photo, &weights, SIZE).await?;
 
     // A picture that is already a cut-out is used as it is.
     let files = tempfile::tempdir()?;
@@ -262,6 +292,102 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
             Duration::from_secs(60),
         )
         .await?;
+    browser.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_software_adapter_the_cutout_runs_on_the_cpu_and_a_gpu_reset_leaves_it_alone()
+-> anyhow::Result<()> {
+    let Some(weights) = fixtures::isnet_weights() else {
+        return Ok(());
+    };
+    let models = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(&weights, models.path().join("isnet-medium"))?;
+    let config = stage::config(&[("isnet-medium", "Background removal")]);
+    let stage = Stage::start(models.path(), Some(&config)).await?;
+    let browser = stage.open("/?debug=1&turntable=0").await?;
+    browser
+        .wait_for(
+            "background removal ready",
+            &format!("{} === 'ready'", model_attr("isnet-medium", "status")),
+            TIMEOUT,
+        )
+        .await?;
+    let photo = fixture("isnet_input_0.png");
+    browser.choose_file("input[type=file]", &photo).await?;
+    browser
+        .wait_for(
+            "the cut-out running",
+            "document.querySelector('[data-testid=cutout]')?.dataset.state === 'running'",
+            TIMEOUT,
+        )
+        .await?;
+    // A GPU reset meanwhile: ISNet is not on the GPU, so nothing is re-run or reloaded (every
+    // status its panel shows from here on is recorded).
+    browser
+        .eval(
+            "const panel = document.querySelector('[data-model=\"isnet-medium\"]'); \
+             window.__statuses = []; \
+             new MutationObserver(() => window.__statuses.push(panel.dataset.status)) \
+               .observe(panel, { attributes: true, attributeFilter: ['data-status'] }); \
+             return 1",
+        )
+        .await?;
+    browser.click("[data-testid=simulate-gpu-loss]").await?;
+    browser
+        .wait_for(
+            "the cut-out",
+            "['ready', 'failed'].includes(document.querySelector('[data-testid=cutout]')?.dataset.state)",
+            TIMEOUT,
+        )
+        .await?;
+    let status = browser
+        .eval("return document.querySelector('[data-testid=cutout-status]').innerText")
+        .await?;
+    let status = status.as_str().unwrap_or_default().to_string();
+    eprintln!("cut-out: {status}");
+    assert_eq!(cutout_state(&browser).await?, "ready", "{status}");
+    assert_eq!(cutout_device(&browser).await?, "cpu", "{status}");
+    assert!(
+        status.contains(&format!("ISNet at {CPU_SIZE}² on the CPU"))
+            && status.contains("software renderer")
+            && !status.contains("running again"),
+        "{status}"
+    );
+    let offer = browser
+        .eval("return document.querySelector('[data-testid=cutout-full-size]') === null")
+        .await?;
+    assert_eq!(offer, true, "at the full size already: no offer of it");
+    browser
+        .wait_for(
+            "the GPU restored",
+            "document.querySelector('[data-testid=notices]').innerText.includes('GPU restored')",
+            TIMEOUT,
+        )
+        .await?;
+    let isnet_status = browser
+        .eval(&format!("return {}", model_attr("isnet-medium", "status")))
+        .await?;
+    assert_eq!(
+        isnet_status, "ready",
+        "ISNet stays on the CPU through the reset"
+    );
+    let statuses = browser.eval("return window.__statuses").await?;
+    assert_eq!(
+        statuses,
+        serde_json::json!([]),
+        "ISNet's panel changed status through the reset"
+    );
+
+    let url = browser
+        .eval("return document.querySelector('[data-testid=cutout-image]').src")
+        .await?;
+    let png = browser
+        .fetch_bytes(url.as_str().unwrap_or_default())
+        .await?;
+    let shown = image::load_from_memory(&png)?.to_rgba8();
+    matches_the_native_cutout(&shown, &photo, &weights, CPU_SIZE).await?;
     browser.close().await;
     Ok(())
 }

@@ -113,6 +113,13 @@ pub fn CutoutPanel() -> impl IntoView {
     let url = move || studio.cutout.get().and_then(|c| c.url);
     let progress = move || studio.cutout.get().and_then(|c| c.report.progress);
     let detail = move || studio.cutout.get().and_then(|c| c.report.detail);
+    let device = move || {
+        studio
+            .cutout
+            .get()
+            .and_then(|c| c.report.device)
+            .map_or("", |d| d.name())
+    };
     let reduced = move || {
         studio
             .cutout
@@ -125,6 +132,7 @@ pub fn CutoutPanel() -> impl IntoView {
                 class="cutout"
                 data-testid="cutout"
                 data-state=state
+                data-device=device
                 data-progress=move || progress().map(|p| format!("{p:.4}")).unwrap_or_default()
             >
                 <h2>"Cut-out"</h2>
@@ -139,7 +147,7 @@ pub fn CutoutPanel() -> impl IntoView {
                     <button
                         data-testid="cutout-full-size"
                         on:click=|_| bridge::send(&ToWorker::CutoutFullSize)
-                        title="Run background removal at the reference's 1024² (minutes on a software renderer)"
+                        title="Run background removal at the reference's 1024² (about a minute on the CPU, minutes on a software renderer)"
                     >
                         "Cut out at full size"
                     </button>

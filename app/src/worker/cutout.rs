@@ -1,12 +1,15 @@
-//! Background removal in the worker: ISNet is built as soon as its weights are on the GPU, and
-//! every image the user picks gets its cut-out then (or at once, when ISNet is ready first).
-//! The run reports each ISNet stage as the device finishes it, with the time so far and an
-//! estimate of what is left; on a software adapter it runs at [`SOFTWARE_SIZE`]² unless the
-//! page asks for a size or the user for the full one; a run the GPU reset cut short runs
-//! again once ISNet is back on the new device.
+//! Background removal in the worker: ISNet is built as soon as its weights are on its device,
+//! and every image the user picks gets its cut-out then (or at once, when ISNet is ready
+//! first). The run reports each ISNet stage as the device finishes it, with the time so far and
+//! an estimate of what is left. Where the GPU is a software renderer ISNet runs on the CPU
+//! (burn's CPU backend), unless the page asks for the GPU (`?background_device=gpu`: then at
+//! [`SOFTWARE_SIZE`]², unless the page asks for a size or the user for the full one); a run a
+//! GPU reset cut short runs again once ISNet is back on the new device (on the CPU a reset does
+//! not touch it).
 
 use std::rc::Rc;
 
+use burn::tensor::{DType, Device};
 use orfeas_engine::background::{Options, has_alpha, matte_reporting, remove_background_reporting};
 use orfeas_engine::models::isnet::{INPUT_SIZE, IsNet};
 use wasm_bindgen_futures::spawn_local;
@@ -14,11 +17,34 @@ use wasm_bindgen_futures::spawn_local;
 use super::device::sleep_ms;
 use super::outbox::{cutout_report as report, post_cutout, post_cutout_state};
 use super::{Engine, post};
-use crate::protocol::{CutoutState, FromWorker, ModelStatusReport, time_so_far};
+use crate::protocol::{ComputeDevice, CutoutState, FromWorker, ModelStatusReport, time_so_far};
 
-/// ISNet's input side on a software adapter (a CPU rasteriser): the full 1024² pass takes
-/// minutes there; this one tens of seconds, at the IoU measured in the README.
+/// ISNet's input side on a software adapter (a CPU rasteriser), when the page asks for ISNet
+/// on it (`?background_device=gpu`): the full 1024² pass takes minutes there; this one tens of
+/// seconds, at the IoU measured in the README.
 pub const SOFTWARE_SIZE: usize = 224;
+
+/// Where ISNet runs: the page's choice, else the CPU where the GPU is a software renderer (at
+/// the reference's full size the CPU itself runs it ~20× faster than a renderer emulating a GPU
+/// on it, with no GPU code to compile first: README, Background removal), else the GPU.
+pub(super) fn isnet_device_kind(engine: &Engine) -> ComputeDevice {
+    if let Some(device) = engine.options.borrow().background_device {
+        return device;
+    }
+    if engine.software_adapter.get() {
+        ComputeDevice::Cpu
+    } else {
+        ComputeDevice::Gpu
+    }
+}
+
+/// ISNet's device and the dtype it runs in there (f32 on the CPU: f16 arithmetic is emulated).
+pub(super) fn isnet_device(engine: &Engine) -> Result<(Device, DType), String> {
+    match isnet_device_kind(engine) {
+        ComputeDevice::Cpu => Ok((orfeas_engine::device::cpu(), DType::F32)),
+        ComputeDevice::Gpu => engine.device_and_dtype(),
+    }
+}
 
 /// Build ISNet from slot `i`'s weights; a set whose tensors do not fit the network fails the
 /// model with the reason.
@@ -28,7 +54,7 @@ pub(super) fn adopt(engine: &Rc<Engine>, i: usize) -> Result<(), String> {
         let slot = &slots[i];
         (slot.weights.clone(), slot.spec.id.clone())
     };
-    let device = engine.device()?;
+    let (device, _) = isnet_device(engine)?;
     let Some(weights) = weights else {
         return Err(format!("{id} is not loaded"));
     };
@@ -37,8 +63,10 @@ pub(super) fn adopt(engine: &Rc<Engine>, i: usize) -> Result<(), String> {
             .map_err(|e| format!("{id} does not fit ISNet: {e}"))?,
     );
     *engine.isnet.borrow_mut() = Some(model.clone());
-    // A picture already waiting is the first pass itself: no warm-up ahead of it.
-    if engine.image.borrow().is_none() {
+    // A picture already waiting is the first pass itself: no warm-up ahead of it. The CPU
+    // compiles nothing at a first pass.
+    let on_gpu = isnet_device_kind(engine) == ComputeDevice::Gpu;
+    if on_gpu && engine.image.borrow().is_none() {
         warm_up(engine, model, device, id);
     }
     Ok(())
@@ -49,7 +77,7 @@ pub(super) fn adopt(engine: &Rc<Engine>, i: usize) -> Result<(), String> {
 /// about three times a later one), and it is better spent while the user picks a picture. A
 /// picture picked meanwhile stops it at the end of its current stage (the kernels compiled so
 /// far stay compiled) and runs next, saying why it waited.
-fn warm_up(engine: &Rc<Engine>, model: Rc<IsNet>, device: burn::tensor::Device, id: String) {
+fn warm_up(engine: &Rc<Engine>, model: Rc<IsNet>, device: Device, id: String) {
     // At the size the user's pictures will run at: the GPU kernels are compiled per shape (a
     // 64² warm-up left the first 224² pass as slow as without one, measured in bench-web).
     let (options, _) = options_for(engine);
@@ -79,16 +107,15 @@ fn warm_up(engine: &Rc<Engine>, model: Rc<IsNet>, device: burn::tensor::Device, 
 }
 
 /// The options for the next cut-out, and whether they are below the reference's size because
-/// the adapter is slow (the page's `?background_size=` and the user's "full size" win).
+/// ISNet runs on a software adapter (the page's `?background_size=` and the user's "full size"
+/// win).
 fn options_for(engine: &Engine) -> (Options, bool) {
     let mut options = engine.options.borrow().background_options();
     let chosen = engine.options.borrow().background_size.is_some();
-    let software = engine
-        .gpu
-        .borrow()
-        .as_ref()
-        .is_some_and(|gpu| gpu.info.software);
-    let reduced = software && !chosen && !engine.cutout_full_size.get();
+    let reduced = !chosen
+        && !engine.cutout_full_size.get()
+        && engine.software_adapter.get()
+        && isnet_device_kind(engine) == ComputeDevice::Gpu;
     if reduced {
         options.size = SOFTWARE_SIZE;
     }
@@ -149,8 +176,13 @@ pub(super) fn request(engine: &Rc<Engine>) {
         post_cutout_state(message);
         return;
     };
-    let Ok(device) = engine.device() else {
+    let Ok((device, _)) = isnet_device(engine) else {
         return;
+    };
+    let kind = isnet_device_kind(engine);
+    let on = match kind {
+        ComputeDevice::Cpu => " on the CPU",
+        ComputeDevice::Gpu => "",
     };
     let (options, reduced) = options_for(engine);
     let size = options.size;
@@ -164,11 +196,12 @@ pub(super) fn request(engine: &Rc<Engine>) {
         let mut running = report(name, CutoutState::Running, format!("{again}{what}"));
         running.progress = Some(done);
         running.reduced = reduced;
+        running.device = Some(kind);
         post_cutout_state(running);
     };
     running(
         &name,
-        format!("removing the background (ISNet at {size}²)…"),
+        format!("removing the background (ISNet at {size}²{on})…"),
         0.0,
     );
     let device_generation = engine.device_generation.get();
@@ -195,7 +228,7 @@ pub(super) fn request(engine: &Rc<Engine>) {
             let elapsed = started.elapsed().as_secs_f64();
             let left = (done > 0.0).then(|| elapsed * (1.0 - done) / done);
             let what = format!(
-                "removing the background (ISNet at {size}²): {:.0} % · {}",
+                "removing the background (ISNet at {size}²{on}): {:.0} % · {}",
                 done * 100.0,
                 time_so_far(elapsed, left)
             );
@@ -215,18 +248,23 @@ pub(super) fn request(engine: &Rc<Engine>) {
                     "stretched"
                 };
                 let mut message = format!(
-                    "background removed in {:.1} s (ISNet at {size}², {fit})",
+                    "background removed in {:.1} s (ISNet at {size}²{on}, {fit})",
                     started.elapsed().as_secs_f64(),
                 );
-                if reduced {
-                    message.push_str(&format!(
-                        "; smaller than the reference's {INPUT_SIZE}² because this GPU is a \
-                         software renderer"
-                    ));
+                let why = match kind {
+                    ComputeDevice::Cpu => Some("on the CPU".to_string()),
+                    ComputeDevice::Gpu if reduced => {
+                        Some(format!("smaller than the reference's {INPUT_SIZE}²"))
+                    }
+                    ComputeDevice::Gpu => None,
+                };
+                if let Some(why) = why.filter(|_| engine.software_adapter.get()) {
+                    message.push_str(&format!("; {why} because this GPU is a software renderer"));
                 }
                 engine.cutout.replace(Some(cut.clone()));
                 let mut done = report(&name, CutoutState::Ready, message);
                 done.reduced = reduced;
+                done.device = Some(kind);
                 post_cutout(done, &cut);
             }
             Err(e) => {
@@ -236,8 +274,9 @@ pub(super) fn request(engine: &Rc<Engine>) {
                 if engine.cutout_generation.get() != generation {
                     return; // ISNet came back on a new device and the cut-out runs there
                 }
-                let reset =
-                    engine.device_generation.get() != device_generation || engine.rebuilding.get();
+                let reset = kind == ComputeDevice::Gpu
+                    && (engine.device_generation.get() != device_generation
+                        || engine.rebuilding.get());
                 let mut failed = if reset {
                     engine.cutout_interrupted.set(true);
                     report(

@@ -10,9 +10,12 @@ use orfeas_engine::weights::WeightSet;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
+use super::cutout::isnet_device_kind;
 use super::loading::{load_model, set_status};
 use super::{Engine, post};
-use crate::protocol::{AttentionPath, FromWorker, GpuReport, ModelStatusReport, NoticeLevel};
+use crate::protocol::{
+    AttentionPath, ComputeDevice, FromWorker, GpuReport, ModelStatusReport, NoticeLevel,
+};
 
 /// How many times a lost GPU device is rebuilt before the worker gives up.
 const MAX_GPU_RESETS: u32 = 2;
@@ -100,6 +103,7 @@ pub(super) async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
             let info = &gpu.info;
             // No activation outgrows one storage binding of this device.
             orfeas_engine::models::set_buffer_budget(info.buffer_budget());
+            engine.software_adapter.set(info.software);
             post(&FromWorker::Gpu {
                 info: gpu_report(info, None),
             });
@@ -166,7 +170,12 @@ pub(super) async fn watch_device_loss(
 ) {
     while let Some(reason) = lost.next().await {
         engine.gpu.borrow_mut().take();
-        engine.isnet.borrow_mut().take();
+        // Background removal on the CPU is untouched by the loss.
+        let isnet_on_gpu = isnet_device_kind(&engine) == ComputeDevice::Gpu;
+        let background = engine.roles.borrow().background;
+        if isnet_on_gpu {
+            engine.isnet.borrow_mut().take();
+        }
         engine.shape.borrow_mut().take();
         engine
             .device_generation
@@ -196,6 +205,9 @@ pub(super) async fn watch_device_loss(
             let mut slots = engine.models.borrow_mut();
             slots
                 .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| isnet_on_gpu || background != Some(*i))
+                .map(|(_, s)| s)
                 .filter(|s| s.weights.is_some())
                 .filter(|s| !matches!(s.status, ModelStatusReport::Failed { .. }))
                 .map(|s| {

@@ -16,7 +16,9 @@ use wasm_bindgen_futures::{JsFuture, spawn_local};
 use super::device::{acquire_gpu, device_memory, watch_device_loss};
 use super::{Engine, Roles, cutout, post, wasm_heap_bytes};
 use crate::config::ModelSpec;
-use crate::protocol::{FromWorker, LoadPhase, ModelStatusReport, NoticeLevel, ProgressReport};
+use crate::protocol::{
+    ComputeDevice, FromWorker, LoadPhase, ModelStatusReport, NoticeLevel, ProgressReport,
+};
 
 /// Cache Storage name for model shards; bump the suffix if the stored format ever changes.
 pub const MODEL_CACHE: &str = "orfeas-models-v1";
@@ -200,7 +202,10 @@ pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
         let generation = engine.device_generation.get();
         let outcome = load_once(&engine, i, &id, &source, &mut weights).await;
         let mut outcome = outcome;
-        if engine.device_generation.get() != generation || engine.gpu.borrow().is_none() {
+        let on_cpu = engine.roles.borrow().background == Some(i)
+            && cutout::isnet_device_kind(&engine) == ComputeDevice::Cpu;
+        let lost = engine.device_generation.get() != generation || engine.gpu.borrow().is_none();
+        if lost && !on_cpu {
             // The device was lost under this load: whatever happened here happened to tensors
             // that are gone.
             weights = WeightSet::new();
@@ -278,14 +283,13 @@ async fn load_once(
     source: &CachedFetchSource,
     weights: &mut WeightSet,
 ) -> Result<bool, Unloaded> {
-    let Some((device, dtype)) = engine
-        .gpu
-        .borrow()
-        .as_ref()
-        .map(|gpu| (gpu.device.clone(), gpu.info.model_dtype()))
-    else {
-        return Err(Unloaded::Failed("no GPU device".into()));
+    let isnet = engine.roles.borrow().background == Some(i);
+    let chosen = if isnet {
+        cutout::isnet_device(engine)
+    } else {
+        engine.device_and_dtype()
     };
+    let (device, dtype) = chosen.map_err(Unloaded::Failed)?;
     let known = engine.models.borrow()[i].index.clone();
     let index = match known {
         Some(index) => index,

@@ -74,6 +74,8 @@ struct Engine {
     models: RefCell<Vec<ModelSlot>>,
     roles: RefCell<Roles>,
     gpu: RefCell<Option<Gpu>>,
+    /// The GPU is a software renderer (kept across device rebuilds: the same adapter).
+    software_adapter: Cell<bool>,
     /// Bumped each time the device is rebuilt; a load that started on an older device redoes
     /// its work.
     device_generation: Cell<u32>,
@@ -86,7 +88,8 @@ struct Engine {
     /// The user's image, upright RGBA, for generation.
     image: RefCell<Option<(String, image::RgbaImage)>>,
     options: RefCell<EngineOptions>,
-    /// Background removal, once its weights are on the current device.
+    /// Background removal, once its weights are on its device (the GPU's current one, or the
+    /// CPU: see [`cutout::isnet_device`]).
     isnet: RefCell<Option<Rc<orfeas_engine::models::isnet::IsNet>>>,
     /// Bumped per image, so a cut-out of an older image is not shown.
     cutout_generation: Cell<u64>,
@@ -105,10 +108,15 @@ struct Engine {
 impl Engine {
     /// The current GPU device.
     fn device(&self) -> Result<burn::tensor::Device, String> {
+        self.device_and_dtype().map(|(device, _)| device)
+    }
+
+    /// The current GPU device and the dtype models run in on it.
+    fn device_and_dtype(&self) -> Result<(burn::tensor::Device, burn::tensor::DType), String> {
         self.gpu
             .borrow()
             .as_ref()
-            .map(|gpu| gpu.device.clone())
+            .map(|gpu| (gpu.device.clone(), gpu.info.model_dtype()))
             .ok_or_else(|| "no GPU device".to_string())
     }
 }

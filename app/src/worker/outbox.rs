@@ -84,6 +84,7 @@ pub(super) fn cutout_report(
         detail: None,
         progress: None,
         reduced: false,
+        device: None,
     }
 }
 

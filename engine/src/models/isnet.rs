@@ -300,6 +300,7 @@ impl IsNet {
                 if !report(done) {
                     return Err(STOPPED.into());
                 }
+                crate::device::yield_now().await;
             }
             Ok(())
         };

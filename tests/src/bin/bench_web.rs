@@ -9,9 +9,11 @@
 //! - the smallest set again over a throttled link, where the network, not the loader, is the
 //!   limit.
 //!
-//! - with `--cutout`: background removal of a 512 × 512 photo in a fresh page (shaders compiled
-//!   on the way, as a first visit) and of a second photo in the same page, at the size the app
-//!   picks by itself and at each `--cutout-sizes` (`?background_size=`), side by side.
+//! - with `--cutout`: background removal of a 512 × 512 photo in a fresh page (as a first
+//!   visit: GPU code compiled on the way) and of a second photo in the same page, with the
+//!   device and size the app picks by itself, with ISNet on the GPU (`?background_device=gpu`,
+//!   at once and after its warm-up) and at each `--cutout-sizes` (`?background_size=`), side by
+//!   side.
 //!
 //! Usage: bench-web [--sizes-mib 128,512] [--paint-runs 3] [--link-mbps 200]
 //!   [--cutout --cutout-sizes 160,320]
@@ -40,7 +42,8 @@ struct Args {
     /// Time background removal too (needs the ISNet weights set-up converts).
     #[arg(long)]
     cutout: bool,
-    /// ISNet sizes to time besides the app's own choice (`?background_size=`).
+    /// ISNet sizes to time besides the app's own choice (`?background_size=`, on the device the
+    /// app picks).
     #[arg(long, value_delimiter = ',', default_values_t = [160usize, 320])]
     cutout_sizes: Vec<usize>,
     /// Only the cut-out benchmark.
@@ -115,15 +118,20 @@ async fn cutouts(
         files.push(file);
     }
     let mut results = Vec::new();
-    // The app's own size picked at once (the warm-up still running), then every size picked
-    // after the warm-up (a user who takes a moment to choose).
-    let choices = [(None, false)].into_iter().chain(
-        std::iter::once(None)
-            .chain(sizes.iter().map(|&s| Some(s)))
-            .map(|s| (s, true)),
-    );
-    for (size, after_warm_up) in choices {
-        let mut query = size.map_or(String::new(), |s| format!("&background_size={s}"));
+    // The app's own choice picked at once; ISNet on the GPU (the app's choice where the GPU is
+    // not a software renderer) picked at once, while its warm-up runs, and after it (a user who
+    // takes a moment to choose); then each size on the app's device, picked at once.
+    let gpu = "&background_device=gpu".to_string();
+    let mut choices = vec![
+        ("app's choice, at once".to_string(), String::new(), false),
+        ("GPU, at once".to_string(), gpu.clone(), false),
+        ("GPU, after warm-up".to_string(), gpu, true),
+    ];
+    for size in sizes {
+        let label = format!("{size}², at once");
+        choices.push((label, format!("&background_size={size}"), false));
+    }
+    for (label, mut query, after_warm_up) in choices {
         if let Some(viewer) = viewer {
             query.push_str(&format!("&viewer={viewer}"));
         }
@@ -150,13 +158,6 @@ async fn cutouts(
         let (first, message) = cutout_seconds(&browser, &files[0]).await?;
         let (second, _) = cutout_seconds(&browser, &files[1]).await?;
         browser.close().await;
-        let size_label = size.map_or("app's choice".to_string(), |s| format!("{s}²"));
-        let when = if after_warm_up {
-            "after warm-up"
-        } else {
-            "at once"
-        };
-        let label = format!("{size_label}, {when}");
         eprintln!("cut-out {label}: {first:.1} s, then {second:.1} s ({message})");
         results.push((label, first, second, message));
     }
