@@ -40,14 +40,21 @@ fn cpu_cutout(weights: &Path, rgba: &RgbaImage, size: usize) -> anyhow::Result<R
     Ok(runtime.block_on(remove_background(&isnet, rgba, &device, &options))?)
 }
 
-/// The cut-out shown, against the one the engine makes natively on the CPU backend: the
-/// photo's colours, and the same matte (IoU ≥ 0.99, at most 0.1 % of alphas off by > 2).
+/// The cut-out the page shows, against the one the engine makes natively on the CPU backend:
+/// the photo's colours, and the same matte (IoU ≥ 0.99, at most 0.1 % of alphas off by > 2).
 async fn matches_the_native_cutout(
-    shown: &RgbaImage,
+    browser: &Browser,
     photo: &Path,
     weights: &Path,
     size: usize,
 ) -> anyhow::Result<()> {
+    let url = browser
+        .eval("return document.querySelector('[data-testid=cutout-image]').src")
+        .await?;
+    let png = browser
+        .fetch_bytes(url.as_str().unwrap_or_default())
+        .await?;
+    let shown = image::load_from_memory(&png)?.to_rgba8();
     let original = orfeas_engine::input::decode_image(&std::fs::read(photo)?)?;
     assert_eq!(shown.dimensions(), original.dimensions());
     let expected = tokio::task::spawn_blocking({
@@ -78,18 +85,13 @@ async fn matches_the_native_cutout(
     Ok(())
 }
 
-async fn cutout_device(browser: &Browser) -> anyhow::Result<String> {
+/// The cut-out panel's `data-<key>` ("none" without a panel, "" without the attribute).
+async fn cutout_data(browser: &Browser, key: &str) -> anyhow::Result<String> {
     Ok(browser
-        .eval("return document.querySelector('[data-testid=cutout]')?.dataset.device ?? ''")
-        .await?
-        .as_str()
-        .unwrap_or_default()
-        .to_string())
-}
-
-async fn cutout_state(browser: &Browser) -> anyhow::Result<String> {
-    Ok(browser
-        .eval("const c = document.querySelector('[data-testid=cutout]'); return c ? c.dataset.state : 'none'")
+        .eval(&format!(
+            "const c = document.querySelector('[data-testid=cutout]'); \
+             return c ? (c.dataset.{key} ?? '') : 'none'"
+        ))
         .await?
         .as_str()
         .unwrap_or_default()
@@ -227,12 +229,12 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
         .eval("return document.querySelector('[data-testid=cutout-status]').innerText")
         .await?;
     eprintln!("cut-out: {status}");
-    assert_eq!(cutout_state(&browser).await?, "ready", "{status}");
+    assert_eq!(cutout_data(&browser, "state").await?, "ready", "{status}");
     // The smaller size was the app's own choice on this adapter: it says so, and offers the
     // full size.
     let status = status.as_str().unwrap_or_default();
     assert!(status.contains("software renderer"), "{status}");
-    assert_eq!(cutout_device(&browser).await?, "gpu");
+    assert_eq!(cutout_data(&browser, "device").await?, "gpu");
     let offer = browser
         .eval("return document.querySelector('[data-testid=cutout-full-size]')?.innerText")
         .await?;
@@ -263,14 +265,7 @@ async fn the_cutout_appears_on_a_checkerboard_while_the_shape_model_still_loads(
     );
 
     // Its pixels: the photo's colours, and the engine's CPU matte as alpha.
-    let url = browser
-        .eval("return document.querySelector('[data-testid=cutout-image]').src")
-        .await?;
-    let png = browser
-        .fetch_bytes(url.as_str().unwrap_or_default())
-        .await?;
-    let shown = image::load_from_memory(&png)?.to_rgba8();
-    matches_the_native_cutout(&shown, &photo, &weights, SIZE).await?;
+    matches_the_native_cutout(&browser, &photo, &weights, SIZE).await?;
 
     // A picture that is already a cut-out is used as it is.
     let files = tempfile::tempdir()?;
@@ -347,8 +342,8 @@ async fn on_a_software_adapter_the_cutout_runs_on_the_cpu_and_a_gpu_reset_leaves
         .await?;
     let status = status.as_str().unwrap_or_default().to_string();
     eprintln!("cut-out: {status}");
-    assert_eq!(cutout_state(&browser).await?, "ready", "{status}");
-    assert_eq!(cutout_device(&browser).await?, "cpu", "{status}");
+    assert_eq!(cutout_data(&browser, "state").await?, "ready", "{status}");
+    assert_eq!(cutout_data(&browser, "device").await?, "cpu", "{status}");
     assert!(
         status.contains(&format!("ISNet at {CPU_SIZE}² on the CPU"))
             && status.contains("software renderer")
@@ -380,14 +375,7 @@ async fn on_a_software_adapter_the_cutout_runs_on_the_cpu_and_a_gpu_reset_leaves
         "ISNet's panel changed status through the reset"
     );
 
-    let url = browser
-        .eval("return document.querySelector('[data-testid=cutout-image]').src")
-        .await?;
-    let png = browser
-        .fetch_bytes(url.as_str().unwrap_or_default())
-        .await?;
-    let shown = image::load_from_memory(&png)?.to_rgba8();
-    matches_the_native_cutout(&shown, &photo, &weights, CPU_SIZE).await?;
+    matches_the_native_cutout(&browser, &photo, &weights, CPU_SIZE).await?;
     browser.close().await;
     Ok(())
 }

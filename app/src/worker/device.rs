@@ -10,7 +10,7 @@ use orfeas_engine::weights::WeightSet;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
-use super::cutout::isnet_device_kind;
+use super::cutout::{isnet_device_kind, isnet_on_cpu};
 use super::loading::{load_model, set_status};
 use super::{Engine, post};
 use crate::protocol::{
@@ -171,9 +171,7 @@ pub(super) async fn watch_device_loss(
     while let Some(reason) = lost.next().await {
         engine.gpu.borrow_mut().take();
         // Background removal on the CPU is untouched by the loss.
-        let isnet_on_gpu = isnet_device_kind(&engine) == ComputeDevice::Gpu;
-        let background = engine.roles.borrow().background;
-        if isnet_on_gpu {
+        if isnet_device_kind(&engine) == ComputeDevice::Gpu {
             engine.isnet.borrow_mut().take();
         }
         engine.shape.borrow_mut().take();
@@ -206,7 +204,7 @@ pub(super) async fn watch_device_loss(
             slots
                 .iter_mut()
                 .enumerate()
-                .filter(|(i, _)| isnet_on_gpu || background != Some(*i))
+                .filter(|(i, _)| !isnet_on_cpu(&engine, *i))
                 .map(|(_, s)| s)
                 .filter(|s| s.weights.is_some())
                 .filter(|s| !matches!(s.status, ModelStatusReport::Failed { .. }))

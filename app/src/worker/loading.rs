@@ -16,9 +16,7 @@ use wasm_bindgen_futures::{JsFuture, spawn_local};
 use super::device::{acquire_gpu, device_memory, watch_device_loss};
 use super::{Engine, Roles, cutout, post, wasm_heap_bytes};
 use crate::config::ModelSpec;
-use crate::protocol::{
-    ComputeDevice, FromWorker, LoadPhase, ModelStatusReport, NoticeLevel, ProgressReport,
-};
+use crate::protocol::{FromWorker, LoadPhase, ModelStatusReport, NoticeLevel, ProgressReport};
 
 /// Cache Storage name for model shards; bump the suffix if the stored format ever changes.
 pub const MODEL_CACHE: &str = "orfeas-models-v1";
@@ -202,10 +200,8 @@ pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
         let generation = engine.device_generation.get();
         let outcome = load_once(&engine, i, &id, &source, &mut weights).await;
         let mut outcome = outcome;
-        let on_cpu = engine.roles.borrow().background == Some(i)
-            && cutout::isnet_device_kind(&engine) == ComputeDevice::Cpu;
         let lost = engine.device_generation.get() != generation || engine.gpu.borrow().is_none();
-        if lost && !on_cpu {
+        if lost && !cutout::isnet_on_cpu(&engine, i) {
             // The device was lost under this load: whatever happened here happened to tensors
             // that are gone.
             weights = WeightSet::new();
