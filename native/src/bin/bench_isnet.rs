@@ -31,7 +31,7 @@ fn ours(
     side: usize,
     reps: usize,
     warm_up: bool,
-) -> Result<f64> {
+) -> Result<(f64, Vec<f32>)> {
     let isnet = load_isnet(dir, device, DType::F32)?;
     let input = if side == INPUT_SIZE {
         planes.to_vec()
@@ -41,19 +41,43 @@ fn ours(
             .flat_map(|p| resize_bilinear(p, INPUT_SIZE, INPUT_SIZE, 1, side, side))
             .collect()
     };
-    let run = || {
+    let mut matte = Vec::new();
+    let mut run = || {
         let x = Tensor::<4>::from_data(
             TensorData::new(normalise(&input), [1, 3, side, side]),
             device,
         );
-        // Touch the bytes: a native read is lazy and would not wait for the device otherwise.
-        let matte = isnet.forward(x).into_data();
-        std::hint::black_box(matte.as_bytes().first().copied());
+        // Reading the values waits for the device (a native read is lazy otherwise).
+        matte = isnet
+            .forward(x)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32 probabilities");
     };
     if warm_up {
         run(); // kernel compilation and autotuning
     }
-    Ok(best(reps, run))
+    let secs = best(reps, &mut run);
+    Ok((secs, matte))
+}
+
+/// Largest difference and the IoU of the 0.5 masks: the full-size agreement of two backends
+/// (CI checks wgpu against the CPU backend at a reduced size only; lavapipe takes minutes here).
+fn agreement(a: &[f32], b: &[f32]) -> (f32, f32) {
+    let max = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    let (both, either) = a
+        .iter()
+        .zip(b)
+        .fold((0usize, 0usize), |(both, either), (x, y)| {
+            let (x, y) = (*x > 0.5, *y > 0.5);
+            (both + (x && y) as usize, either + (x || y) as usize)
+        });
+    (max, both as f32 / either.max(1) as f32)
 }
 
 fn main() -> Result<()> {
@@ -81,7 +105,7 @@ fn main() -> Result<()> {
     let png = std::fs::read(format!("{fixtures}/isnet_input_0.png")).context("fixture image 0")?;
     let planes = input_planes(&orfeas_engine::input::decode_image(&png)?);
 
-    let flex = ours(
+    let (flex, flex_matte) = ours(
         &isnet,
         &orfeas_engine::device::cpu(),
         &planes,
@@ -134,7 +158,7 @@ print(best)
     if wgpu {
         match orfeas_engine::device::gpu() {
             Some(gpu) => {
-                let secs = ours(&isnet, &gpu, &planes, wgpu_size, 1, wgpu_warm_up)?;
+                let (secs, matte) = ours(&isnet, &gpu, &planes, wgpu_size, 1, wgpu_warm_up)?;
                 let how = if wgpu_warm_up {
                     "after a warm-up"
                 } else {
@@ -142,6 +166,10 @@ print(best)
                 };
                 println!("  wgpu at {wgpu_size}²       {secs:8.2} s ({how})");
                 if wgpu_size == INPUT_SIZE {
+                    let (max, iou) = agreement(&matte, &flex_matte);
+                    println!(
+                        "  wgpu vs flex        max abs {max:.2e}, IoU of the 0.5 masks {iou:.5}"
+                    );
                     println!("  wgpu / flex         {:8.2}× the time", secs / flex);
                     if let Some(r) = reference {
                         println!("  wgpu / onnxruntime  {:8.2}× the time", secs / r);
