@@ -25,7 +25,16 @@ impl Stage {
 
     /// A fresh Chromium (WebGPU on, empty profile) at `path` on the server.
     pub async fn open(&self, path: &str) -> anyhow::Result<Browser> {
-        let browser = Browser::open(&self.driver, true).await?;
+        self.open_with(path, true).await
+    }
+
+    /// The same Chromium without WebGPU: the page gets no GPU adapter.
+    pub async fn open_without_webgpu(&self, path: &str) -> anyhow::Result<Browser> {
+        self.open_with(path, false).await
+    }
+
+    async fn open_with(&self, path: &str, webgpu: bool) -> anyhow::Result<Browser> {
+        let browser = Browser::open(&self.driver, webgpu).await?;
         browser.goto(&self.server.url(path)).await?;
         Ok(browser)
     }

@@ -5,7 +5,8 @@
 //! size), and matches the engine's own CPU result pixel for pixel (within a level). With ISNet
 //! on the GPU, a GPU reset in the middle of a cut-out runs it again on the new device, from the
 //! cache, offline. By default on a software adapter ISNet runs on the CPU (burn's CPU backend
-//! in the worker), which a GPU reset does not touch.
+//! in the worker), which a GPU reset does not touch; without WebGPU it runs there too, while the
+//! models that need the GPU say why they cannot load.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -375,6 +376,99 @@ async fn on_a_software_adapter_the_cutout_runs_on_the_cpu_and_a_gpu_reset_leaves
         "ISNet's panel changed status through the reset"
     );
 
+    matches_the_native_cutout(&browser, &photo, &weights, CPU_SIZE).await?;
+    browser.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_webgpu_background_removal_still_runs_on_the_cpu() -> anyhow::Result<()> {
+    let Some(weights) = fixtures::isnet_weights() else {
+        return Ok(());
+    };
+    let models = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(&weights, models.path().join("isnet-medium"))?;
+    model::generate(
+        &models.path().join("shape"),
+        "shape",
+        2 << 20,
+        160 << 10,
+        640 << 10,
+        23,
+    )?;
+    let config = stage::config(&[
+        ("isnet-medium", "Background removal"),
+        ("shape", "Shape generation"),
+    ]);
+    let stage = Stage::start(models.path(), Some(&config)).await?;
+    let browser = stage.open_without_webgpu("/?turntable=0").await?;
+    let gpu = browser
+        .wait_for(
+            "the GPU message",
+            "document.querySelector('[data-testid=engine][data-gpu=unavailable] [data-testid=gpu]')?.innerText",
+            TIMEOUT,
+        )
+        .await?;
+    assert!(gpu.as_str().unwrap_or_default().contains("WebGPU"), "{gpu}");
+    // The model that needs the GPU says so and is not downloaded; ISNet loads, on the CPU.
+    browser
+        .wait_for(
+            "the GPU model failed",
+            &format!("{} === 'failed'", model_attr("shape", "status")),
+            TIMEOUT,
+        )
+        .await?;
+    let reason = browser
+        .eval("return document.querySelector('[data-model=\"shape\"]').innerText")
+        .await?;
+    assert!(
+        reason.as_str().unwrap_or_default().contains("no GPU"),
+        "{reason}"
+    );
+    let isnet = model_attr("isnet-medium", "status");
+    browser
+        .wait_for(
+            "background removal loaded or failed",
+            &format!("['ready', 'failed'].includes({isnet})"),
+            TIMEOUT,
+        )
+        .await?;
+    let panel = browser
+        .eval("return document.querySelector('[data-model=\"isnet-medium\"]').innerText")
+        .await?;
+    assert_eq!(
+        browser.eval(&format!("return {isnet}")).await?,
+        "ready",
+        "ISNet needs no GPU: {panel}"
+    );
+    let photo = fixture("isnet_input_0.png");
+    browser.choose_file("input[type=file]", &photo).await?;
+    browser
+        .wait_for(
+            "the cut-out",
+            "['ready', 'failed'].includes(document.querySelector('[data-testid=cutout]')?.dataset.state)",
+            TIMEOUT,
+        )
+        .await?;
+    let status = browser
+        .eval("return document.querySelector('[data-testid=cutout-status]').innerText")
+        .await?;
+    let status = status.as_str().unwrap_or_default().to_string();
+    eprintln!("cut-out without WebGPU: {status}");
+    assert_eq!(cutout_data(&browser, "state").await?, "ready", "{status}");
+    assert_eq!(cutout_data(&browser, "device").await?, "cpu", "{status}");
+    assert!(
+        status.contains(&format!("ISNet at {CPU_SIZE}² on the CPU"))
+            && status.contains("no WebGPU"),
+        "{status}"
+    );
+    let shape_downloads = stage
+        .server
+        .log()
+        .iter()
+        .filter(|e| e.path.contains("/shape/") && e.path.ends_with(".safetensors"))
+        .count();
+    assert_eq!(shape_downloads, 0, "no shard of the GPU's model is fetched");
     matches_the_native_cutout(&browser, &photo, &weights, CPU_SIZE).await?;
     browser.close().await;
     Ok(())

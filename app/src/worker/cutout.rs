@@ -1,8 +1,8 @@
 //! Background removal in the worker: ISNet is built as soon as its weights are on its device,
 //! and every image the user picks gets its cut-out then (or at once, when ISNet is ready
 //! first). The run reports each ISNet stage as the device finishes it, with the time so far and
-//! an estimate of what is left. Where the GPU is a software renderer ISNet runs on the CPU
-//! (burn's CPU backend), unless the page asks for the GPU (`?background_device=gpu`: then at
+//! an estimate of what is left. Where the GPU is a software renderer, or there is no GPU at all,
+//! ISNet runs on the CPU (burn's CPU backend), unless the page asks for the GPU (`?background_device=gpu`: then at
 //! [`SOFTWARE_SIZE`]², unless the page asks for a size or the user for the full one); a run a
 //! GPU reset cut short runs again once ISNet is back on the new device (on the CPU a reset does
 //! not touch it).
@@ -26,12 +26,13 @@ pub const SOFTWARE_SIZE: usize = 224;
 
 /// Where ISNet runs: the page's choice, else the CPU where the GPU is a software renderer (at
 /// the reference's full size the CPU itself runs it ~20× faster than a renderer emulating a GPU
-/// on it, with no GPU code to compile first: README, Background removal), else the GPU.
+/// on it, with no GPU code to compile first: README, Background removal) or where the page had
+/// no GPU at all, else the GPU.
 pub(super) fn isnet_device_kind(engine: &Engine) -> ComputeDevice {
     if let Some(device) = engine.options.borrow().background_device {
         return device;
     }
-    if engine.software_adapter.get() {
+    if engine.software_adapter.get() || engine.no_webgpu.borrow().is_some() {
         ComputeDevice::Cpu
     } else {
         ComputeDevice::Gpu
@@ -263,8 +264,15 @@ pub(super) fn request(engine: &Rc<Engine>) {
                     }
                     ComputeDevice::Gpu => None,
                 };
-                if let Some(why) = why.filter(|_| engine.software_adapter.get()) {
-                    message.push_str(&format!("; {why} because this GPU is a software renderer"));
+                let because = if engine.no_webgpu.borrow().is_some() {
+                    Some("this page has no WebGPU")
+                } else if engine.software_adapter.get() {
+                    Some("this GPU is a software renderer")
+                } else {
+                    None
+                };
+                if let (Some(why), Some(because)) = (why, because) {
+                    message.push_str(&format!("; {why} because {because}"));
                 }
                 engine.cutout.replace(Some(cut.clone()));
                 let mut done = report(&name, CutoutState::Ready, message);

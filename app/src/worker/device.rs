@@ -72,8 +72,8 @@ pub(super) async fn check_attention(engine: &Rc<Engine>, dtype: burn::tensor::DT
     }
 }
 
-/// Acquire the GPU and tell the UI what it is; on failure mark every model failed with the
-/// reason (so their panels say why, and Retry tries again).
+/// Acquire the GPU and tell the UI what it is; on failure mark every model that needs it failed
+/// with the reason (so their panels say why, and Retry tries again).
 pub(super) async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
     let result = match webgpu_missing() {
         Some(reason) => Err(reason),
@@ -104,6 +104,7 @@ pub(super) async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
             // No activation outgrows one storage binding of this device.
             orfeas_engine::models::set_buffer_budget(info.buffer_budget());
             engine.software_adapter.set(info.software);
+            engine.gpu_acquired.set(true);
             post(&FromWorker::Gpu {
                 info: gpu_report(info, None),
             });
@@ -111,14 +112,20 @@ pub(super) async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
             true
         }
         Err(reason) => {
+            if !engine.gpu_acquired.get() {
+                engine.no_webgpu.replace(Some(reason.clone()));
+            }
             post(&FromWorker::GpuUnavailable {
                 reason: reason.clone(),
             });
+            // ISNet on the CPU does not need the GPU (with no GPU from the start it goes there).
             let ids: Vec<String> = engine
                 .models
                 .borrow_mut()
                 .iter_mut()
-                .map(|s| {
+                .enumerate()
+                .filter(|(i, _)| !isnet_on_cpu(engine, *i))
+                .map(|(_, s)| {
                     s.awaiting_device = false; // Retry reloads it
                     s.spec.id.clone()
                 })

@@ -37,7 +37,8 @@ pub(super) struct ModelSlot {
     pub awaiting_device: bool,
 }
 
-/// The UI's Start: a slot per model, the GPU, the fit check, then each model's load in turn.
+/// The UI's Start: a slot per model, the GPU, the fit check, then each model's load in turn
+/// (without a GPU, background removal's alone, on the CPU).
 pub(super) async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {
     {
         let mut slots = engine.models.borrow_mut();
@@ -67,6 +68,11 @@ pub(super) async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {
     *engine.lost.borrow_mut() = Some(sender);
     spawn_local(watch_device_loss(engine.clone(), receiver));
     if !acquire_gpu(&engine).await {
+        // Without a GPU background removal still runs, on the CPU.
+        let background = engine.roles.borrow().background;
+        if let Some(i) = background.filter(|&i| cutout::isnet_on_cpu(&engine, i)) {
+            load_model(engine.clone(), i).await;
+        }
         return;
     }
     check_fit(&engine).await;
@@ -101,6 +107,7 @@ async fn check_fit(engine: &Rc<Engine>) {
             engine.models.borrow_mut()[i].index = Some(index);
         }
     }
+    let isnet_cpu = cutout::isnet_device_kind(engine) == crate::protocol::ComputeDevice::Cpu;
     let groups: Vec<(String, Vec<usize>)> = {
         let slots = engine.models.borrow();
         let roles = engine.roles.borrow();
@@ -109,7 +116,9 @@ async fn check_fit(engine: &Rc<Engine>) {
             groups.push((name.clone(), parts.to_vec()));
         }
         for (i, slot) in slots.iter().enumerate() {
-            if !roles.is_shape_part(i) {
+            // ISNet on the CPU takes none of the GPU's memory.
+            let off_the_gpu = roles.background == Some(i) && isnet_cpu;
+            if !roles.is_shape_part(i) && !off_the_gpu {
                 groups.push((slot.spec.id.clone(), vec![i]));
             }
         }

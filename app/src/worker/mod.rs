@@ -76,6 +76,11 @@ struct Engine {
     gpu: RefCell<Option<Gpu>>,
     /// The GPU is a software renderer (kept across device rebuilds: the same adapter).
     software_adapter: Cell<bool>,
+    /// A GPU device was acquired once in this session.
+    gpu_acquired: Cell<bool>,
+    /// Why the page had no GPU when it first asked (no WebGPU, no adapter): background removal
+    /// then runs on the CPU for the session, and only the models that need the GPU fail.
+    no_webgpu: RefCell<Option<String>>,
     /// Bumped each time the device is rebuilt; a load that started on an older device redoes
     /// its work.
     device_generation: Cell<u32>,
@@ -155,7 +160,8 @@ pub fn on_message(json: &str) {
                 .position(|slot| slot.spec.id == model);
             match position {
                 Some(i) => spawn_local(async move {
-                    if engine.gpu.borrow().is_none() {
+                    let needs_gpu = !cutout::isnet_on_cpu(&engine, i);
+                    if needs_gpu && engine.gpu.borrow().is_none() {
                         // A retry after the GPU failed to come up tries the GPU again too.
                         if !device::acquire_gpu(&engine).await {
                             return;
