@@ -1,11 +1,11 @@
 //! Background removal in the worker: ISNet is built as soon as its weights are on its device,
 //! and every image the user picks gets its cut-out then (or at once, when ISNet is ready
 //! first). The run reports each ISNet stage as the device finishes it, with the time so far and
-//! an estimate of what is left. Where the GPU is a software renderer, or there is no GPU at all,
-//! ISNet runs on the CPU (burn's CPU backend), unless the page asks for the GPU (`?background_device=gpu`: then at
-//! [`SOFTWARE_SIZE`]², unless the page asks for a size or the user for the full one); a run a
-//! GPU reset cut short runs again once ISNet is back on the new device (on the CPU a reset does
-//! not touch it).
+//! an estimate of what is left. Where the GPU is a software renderer, or there is no GPU at
+//! all, ISNet runs on the CPU (burn's CPU backend), unless the page asks for the GPU
+//! (`?background_device=gpu`: then at [`SOFTWARE_SIZE`]², unless the page asks for a size or
+//! the user for the full one); a run a GPU reset cut short runs again once ISNet is back on the
+//! new device (on the CPU a reset does not touch it).
 
 use std::rc::Rc;
 
@@ -32,7 +32,7 @@ pub(super) fn isnet_device_kind(engine: &Engine) -> ComputeDevice {
     if let Some(device) = engine.options.borrow().background_device {
         return device;
     }
-    if engine.software_adapter.get() || engine.no_webgpu.borrow().is_some() {
+    if engine.software_adapter.get() || engine.no_gpu_at_start.get() {
         ComputeDevice::Cpu
     } else {
         ComputeDevice::Gpu
@@ -264,7 +264,7 @@ pub(super) fn request(engine: &Rc<Engine>) {
                     }
                     ComputeDevice::Gpu => None,
                 };
-                let because = if engine.no_webgpu.borrow().is_some() {
+                let because = if engine.no_gpu_at_start.get() {
                     Some("this page has no WebGPU")
                 } else if engine.software_adapter.get() {
                     Some("this GPU is a software renderer")

@@ -113,7 +113,7 @@ pub(super) async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
         }
         Err(reason) => {
             if !engine.gpu_acquired.get() {
-                engine.no_webgpu.replace(Some(reason.clone()));
+                engine.no_gpu_at_start.set(true);
             }
             post(&FromWorker::GpuUnavailable {
                 reason: reason.clone(),

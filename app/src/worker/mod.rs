@@ -78,9 +78,9 @@ struct Engine {
     software_adapter: Cell<bool>,
     /// A GPU device was acquired once in this session.
     gpu_acquired: Cell<bool>,
-    /// Why the page had no GPU when it first asked (no WebGPU, no adapter): background removal
-    /// then runs on the CPU for the session, and only the models that need the GPU fail.
-    no_webgpu: RefCell<Option<String>>,
+    /// The page had no GPU when it first asked (no WebGPU, no adapter): background removal then
+    /// runs on the CPU for the session, and only the models that need the GPU fail.
+    no_gpu_at_start: Cell<bool>,
     /// Bumped each time the device is rebuilt; a load that started on an older device redoes
     /// its work.
     device_generation: Cell<u32>,
