@@ -86,6 +86,21 @@ async fn matches_the_native_cutout(
     Ok(())
 }
 
+/// Wait for the cut-out to end (ready or failed) and return its panel's text.
+async fn finished_cutout(browser: &Browser) -> anyhow::Result<String> {
+    browser
+        .wait_for(
+            "the cut-out",
+            "['ready', 'failed'].includes(document.querySelector('[data-testid=cutout]')?.dataset.state)",
+            TIMEOUT,
+        )
+        .await?;
+    let status = browser
+        .eval("return document.querySelector('[data-testid=cutout-status]').innerText")
+        .await?;
+    Ok(status.as_str().unwrap_or_default().to_string())
+}
+
 /// The cut-out panel's `data-<key>` ("none" without a panel, "" without the attribute).
 async fn cutout_data(browser: &Browser, key: &str) -> anyhow::Result<String> {
     Ok(browser
@@ -331,17 +346,7 @@ async fn on_a_software_adapter_the_cutout_runs_on_the_cpu_and_a_gpu_reset_leaves
         )
         .await?;
     browser.click("[data-testid=simulate-gpu-loss]").await?;
-    browser
-        .wait_for(
-            "the cut-out",
-            "['ready', 'failed'].includes(document.querySelector('[data-testid=cutout]')?.dataset.state)",
-            TIMEOUT,
-        )
-        .await?;
-    let status = browser
-        .eval("return document.querySelector('[data-testid=cutout-status]').innerText")
-        .await?;
-    let status = status.as_str().unwrap_or_default().to_string();
+    let status = finished_cutout(&browser).await?;
     eprintln!("cut-out: {status}");
     assert_eq!(cutout_data(&browser, "state").await?, "ready", "{status}");
     assert_eq!(cutout_data(&browser, "device").await?, "cpu", "{status}");
@@ -443,17 +448,7 @@ async fn without_webgpu_background_removal_still_runs_on_the_cpu() -> anyhow::Re
     );
     let photo = fixture("isnet_input_0.png");
     browser.choose_file("input[type=file]", &photo).await?;
-    browser
-        .wait_for(
-            "the cut-out",
-            "['ready', 'failed'].includes(document.querySelector('[data-testid=cutout]')?.dataset.state)",
-            TIMEOUT,
-        )
-        .await?;
-    let status = browser
-        .eval("return document.querySelector('[data-testid=cutout-status]').innerText")
-        .await?;
-    let status = status.as_str().unwrap_or_default().to_string();
+    let status = finished_cutout(&browser).await?;
     eprintln!("cut-out without WebGPU: {status}");
     assert_eq!(cutout_data(&browser, "state").await?, "ready", "{status}");
     assert_eq!(cutout_data(&browser, "device").await?, "cpu", "{status}");
