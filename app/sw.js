@@ -10,7 +10,9 @@ self.addEventListener("install", (event) => {
     (async () => {
       const list = await (await fetch("./precache.json", { cache: "no-store" })).json();
       const cache = await caches.open(SHELL);
-      await cache.addAll(["./", ...list.files.map((file) => "./" + file)]);
+      // From the network, never from the HTTP cache: the files of one build, together.
+      const urls = ["./", ...list.files.map((file) => "./" + file)];
+      await cache.addAll(urls.map((url) => new Request(url, { cache: "reload" })));
       await self.skipWaiting();
     })(),
   );
@@ -43,15 +45,24 @@ self.addEventListener("fetch", (event) => {
       // `/?x=1` are the same page), so no URL can grow the cache.
       const key = new URL(request.url);
       key.search = "";
+      let response;
       try {
-        const response = await fetch(request);
-        if (response.ok && response.status === 200) await cache.put(key.href, response.clone());
-        return response;
+        response = await fetch(request);
       } catch (offline) {
         const cached = await cache.match(request, { ignoreSearch: true });
         if (cached) return cached;
         throw offline;
       }
+      // Storing is a bonus: a refusal (the origin's quota, which model shards share, or a
+      // response the cache will not take) must not cost the good answer in hand.
+      if (response.ok && response.status === 200) {
+        event.waitUntil(
+          cache.put(key.href, response.clone()).catch((refused) => {
+            console.warn("orfeas: not kept for offline use:", key.pathname, String(refused));
+          }),
+        );
+      }
+      return response;
     })(),
   );
 });

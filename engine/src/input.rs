@@ -9,6 +9,11 @@ use thiserror::Error;
 /// The largest image accepted, in pixels (64 MP, as the server's upload limit implies).
 pub const MAX_PIXELS: u64 = 64_000_000;
 
+/// The most bytes an image may decode to, whatever its pixel format: a 64 MP image in 8-bit
+/// RGBA. A 16-bit image (8 bytes a pixel in RGBA) is limited to half the pixels, so no upload
+/// costs more than this before it is shrunk.
+pub const MAX_DECODED_BYTES: u64 = 256 << 20;
+
 /// The longest side accepted: a 32 000 000 × 2 strip is within the pixel count, but the shape
 /// pre-processor squares the longer side.
 pub const MAX_SIDE: u32 = 8192;
@@ -25,12 +30,22 @@ pub enum ImageError {
     TooLarge { width: u32, height: u32 },
     #[error("the image is {width}×{height}; its longer side may be at most {MAX_SIDE} pixels")]
     TooLong { width: u32, height: u32 },
+    #[error("the image is {width}×{height} at {} bytes a pixel: it decodes to {} MB; at most {} MB", bytes / (u64::from(*width) * u64::from(*height)).max(1), bytes >> 20, MAX_DECODED_BYTES >> 20)]
+    TooManyBytes { width: u32, height: u32, bytes: u64 },
     #[error("not a readable image: {0}")]
     Corrupt(String),
 }
 
 /// Decode `bytes` to upright RGBA8 (grayscale, palette, 16-bit and CMYK are converted).
 pub fn decode_image(bytes: &[u8]) -> Result<RgbaImage, ImageError> {
+    decode_image_within(bytes, u32::MAX)
+}
+
+/// As [`decode_image`], shrunk (never enlarged) so that the longer side is at most `max_side`.
+/// The shrinking comes before the rotation and the conversion to 8-bit RGBA, so a large or
+/// deep picture is copied only once it is small: the decoded bytes (at most
+/// [`MAX_DECODED_BYTES`]) are the peak.
+pub fn decode_image_within(bytes: &[u8], max_side: u32) -> Result<RgbaImage, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }
@@ -54,9 +69,24 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbaImage, ImageError> {
     if u64::from(width) * u64::from(height) > MAX_PIXELS {
         return Err(ImageError::TooLarge { width, height });
     }
+    let decoded_bytes = decoder.total_bytes();
+    if decoded_bytes > MAX_DECODED_BYTES {
+        return Err(ImageError::TooManyBytes {
+            width,
+            height,
+            bytes: decoded_bytes,
+        });
+    }
+    // The decoders' own buffers are held to the same budget (plus room for a row or a strip).
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODED_BYTES + (16 << 20));
+    decoder
+        .set_limits(limits)
+        .map_err(|e| ImageError::Corrupt(e.to_string()))?;
     let orientation = decoder.orientation().ok();
-    let mut image =
+    let image =
         DynamicImage::from_decoder(decoder).map_err(|e| ImageError::Corrupt(e.to_string()))?;
+    let mut image = shrink_dynamic(image, max_side);
     if let Some(orientation) = orientation {
         image.apply_orientation(orientation);
     }
@@ -64,23 +94,39 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbaImage, ImageError> {
     Ok(image.into_rgba8())
 }
 
-/// Shrink (never enlarge) so that the longer side is at most `max_side`, keeping the aspect.
-pub fn fit_within(image: &RgbaImage, max_side: u32) -> RgbaImage {
-    let (w, h) = image.dimensions();
+/// The size [`fit_within`] shrinks a `w × h` picture to, and whether that is by half or more.
+fn fitted(w: u32, h: u32, max_side: u32) -> Option<(u32, u32, bool)> {
     let longer = w.max(h);
     if longer <= max_side {
-        return image.clone();
+        return None;
     }
     let scale = f64::from(max_side) / f64::from(longer);
     let nw = ((f64::from(w) * scale).round() as u32).max(1);
     let nh = ((f64::from(h) * scale).round() as u32).max(1);
-    if scale <= 0.5 {
+    Some((nw, nh, scale <= 0.5))
+}
+
+/// [`shrink_within`] for any pixel format (a 16-bit picture stays 16-bit until it is small).
+fn shrink_dynamic(image: DynamicImage, max_side: u32) -> DynamicImage {
+    match fitted(image.width(), image.height(), max_side) {
+        None => image,
+        Some((nw, nh, true)) => image.thumbnail_exact(nw, nh),
+        Some((nw, nh, false)) => image.resize_exact(nw, nh, image::imageops::FilterType::Triangle),
+    }
+}
+
+/// Shrink (never enlarge) so that the longer side is at most `max_side`, keeping the aspect.
+pub fn fit_within(image: &RgbaImage, max_side: u32) -> RgbaImage {
+    let (w, h) = image.dimensions();
+    match fitted(w, h, max_side) {
+        None => image.clone(),
         // Each target pixel averages its block of source pixels: no aliasing at this ratio, and
         // no float intermediate (the filtered resize keeps one of width × new height × 16
         // bytes: 260 MB for a 64 MP image).
-        image::imageops::thumbnail(image, nw, nh)
-    } else {
-        image::imageops::resize(image, nw, nh, image::imageops::FilterType::Triangle)
+        Some((nw, nh, true)) => image::imageops::thumbnail(image, nw, nh),
+        Some((nw, nh, false)) => {
+            image::imageops::resize(image, nw, nh, image::imageops::FilterType::Triangle)
+        }
     }
 }
 
@@ -166,6 +212,40 @@ mod tests {
         assert_eq!(image.dimensions(), (4, 8));
         assert!(red(image.get_pixel(2, 1)), "{:?}", image.get_pixel(2, 1));
         assert!(blue(image.get_pixel(2, 6)), "{:?}", image.get_pixel(2, 6));
+    }
+
+    #[test]
+    fn a_deep_picture_is_limited_by_its_bytes_and_shrunk_before_it_is_turned() {
+        // A 16-bit RGBA PNG whose header says 5800² is within the pixel count (33.6 MP) but
+        // decodes to 257 MB: refused from the header, before a pixel is read.
+        let deep = DynamicImage::ImageRgba16(image::ImageBuffer::new(1, 1));
+        let mut png = encode(&deep, ImageFormat::Png);
+        png[16..20].copy_from_slice(&5800u32.to_be_bytes());
+        png[20..24].copy_from_slice(&5800u32.to_be_bytes());
+        let mut crc = 0xffff_ffffu32;
+        for &b in &png[12..29] {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        png[29..33].copy_from_slice(&(!crc).to_be_bytes());
+        let error = decode_image(&png).unwrap_err();
+        assert!(
+            matches!(error, ImageError::TooManyBytes { bytes, .. } if bytes > MAX_DECODED_BYTES),
+            "{error}"
+        );
+        assert!(error.to_string().contains("8 bytes a pixel"), "{error}");
+        // Shrunk to 4 on the longer side first, then turned upright: 2×4, red on top.
+        let red = |p: &Rgba<u8>| p[0] > 120 && p[2] < 120;
+        let image = decode_image_within(&data("orientation6.jpg"), 4).unwrap();
+        assert_eq!(image.dimensions(), (2, 4));
+        assert!(red(image.get_pixel(1, 0)), "{:?}", image.get_pixel(1, 0));
+        assert!(!red(image.get_pixel(1, 3)), "{:?}", image.get_pixel(1, 3));
     }
 
     #[test]

@@ -132,6 +132,35 @@ struct ServeArgs {
     /// Models wait to load while this file exists (tests and demos of the loading state).
     #[arg(long, hide = true)]
     hold_loading_while: Option<PathBuf>,
+    /// Jobs one client (one IP address) may have queued or running at once (more get 429);
+    /// 0: half the queue.
+    #[arg(long, default_value_t = 0)]
+    jobs_per_client: usize,
+    /// Behind a trusted reverse proxy: take the client's address (for --jobs-per-client) from
+    /// the last X-Forwarded-For entry, which the proxy appends. Never set it without such a
+    /// proxy: clients could then claim any address.
+    #[arg(long)]
+    client_from_forwarded_for: bool,
+    /// Connections served at once (further ones wait); lowered to fit the descriptor limit.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's head (then the connection is closed).
+    #[arg(long, default_value_t = 10)]
+    header_timeout_s: u64,
+    /// Seconds an idle keep-alive connection is kept open.
+    #[arg(long, default_value_t = 5)]
+    idle_timeout_s: u64,
+    /// Seconds a response may wait for a client that stopped reading (then it is dropped).
+    #[arg(long, default_value_t = 30)]
+    send_timeout_s: u64,
+    /// Seconds open connections and the running job get after SIGTERM/SIGINT; then the
+    /// server exits.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace_s: u64,
+    /// A failed model is reloaded at most once in this many seconds (POST /api/models/retry;
+    /// sooner gets 429 with Retry-After).
+    #[arg(long, default_value_t = 10)]
+    retry_interval_s: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -276,6 +305,7 @@ impl ServeArgs {
                 max_steps: self.max_steps.max(1),
                 max_octree: self.max_octree.max(16),
                 body_timeout: std::time::Duration::from_secs(self.upload_timeout_s.max(1)),
+                client_from_forwarded_for: self.client_from_forwarded_for,
             },
             jobs: crate::server::jobs::JobLimits {
                 queue: self.queue,
@@ -283,6 +313,10 @@ impl ServeArgs {
                 retain_for: std::time::Duration::from_secs(self.keep_results_s),
                 timeout: (self.job_timeout > 0)
                     .then(|| std::time::Duration::from_secs(self.job_timeout)),
+                per_client: match self.jobs_per_client {
+                    0 => self.queue.div_ceil(2).max(1),
+                    n => n,
+                },
             },
             access: crate::server::guard::Access {
                 hosts: self
@@ -296,11 +330,23 @@ impl ServeArgs {
                 .load_throttle_mibps
                 .map(|m| (m * (1 << 20) as f64) as u64),
             hold_loading_while: self.hold_loading_while,
+            connections: crate::server::connections::ConnectionLimits {
+                max_connections: self.max_connections.max(1),
+                header_timeout: std::time::Duration::from_secs(self.header_timeout_s.max(1)),
+                idle_timeout: std::time::Duration::from_secs(self.idle_timeout_s.max(1)),
+                send_timeout: std::time::Duration::from_secs(self.send_timeout_s.max(1)),
+                shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_s),
+            },
+            retry_interval: std::time::Duration::from_secs(self.retry_interval_s),
         };
-        tokio::runtime::Builder::new_multi_thread()
+        let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
-            .build()?
-            .block_on(crate::server::serve(options))
+            .build()?;
+        let served = runtime.block_on(crate::server::serve(options));
+        // A decode still running on the blocking pool must not hold the exit past the grace
+        // period (dropping a runtime waits for its blocking tasks without limit).
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        served
     }
 }
 

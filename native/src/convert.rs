@@ -477,6 +477,36 @@ pub fn convert(
         .flatten()
         .map(|t| t.shape.iter().product::<usize>() as u64 * 2)
         .sum();
+    // The three sets are written beside `out` and swapped in together: a failed or concurrent
+    // conversion never leaves an installed model that fails `verify`.
+    let sets = orfeas_engine::weights::install::install(out, |staging| {
+        write_sets(
+            staging,
+            parts,
+            configs,
+            &variant,
+            shard_size,
+            total,
+            &mut on_bytes,
+        )
+    })?;
+    Ok(Converted {
+        variant,
+        sets,
+        skipped,
+    })
+}
+
+/// The conditioner, denoiser and VAE shard sets, written into `out`.
+fn write_sets(
+    out: &Path,
+    parts: Vec<Vec<PackTensor>>,
+    configs: [Value; 3],
+    variant: &Variant,
+    shard_size: u64,
+    total: u64,
+    on_bytes: &mut impl FnMut(u64, u64),
+) -> Result<Vec<(&'static str, usize, u64)>> {
     let mut before = 0;
     let mut sets = Vec::new();
     for ((component, part), config) in COMPONENTS.iter().zip(parts).zip(configs) {
@@ -497,9 +527,5 @@ pub fn convert(
         before += index.total_bytes();
         sets.push((*component, count, index.total_bytes()));
     }
-    Ok(Converted {
-        variant,
-        sets,
-        skipped,
-    })
+    Ok(sets)
 }

@@ -1,7 +1,7 @@
 //! `orfeas serve` as a real process on a loopback port, driven by a real HTTP client.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,86 +9,9 @@ use serde_json::{Value, json};
 
 mod common;
 use common::{
-    Hold, Server, b64, converted_fixture_model, finished_job, fixtures, health, wait_ready,
+    Hold, Server, b64, client, converted_fixture_model, corrupt_a_shard, finished_job, fixtures,
+    header, health, model, peak_rss, png, raw_get, still_serves, wait_ready,
 };
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()
-        .unwrap()
-}
-
-/// A model of `mib` MiB (F16 after packing) in `root/<id>`.
-fn model(root: &Path, id: &str, mib: usize) -> PathBuf {
-    let input = root.join(format!("{id}.safetensors"));
-    let n = mib << 18; // f32 elements: mib MiB of f16 after packing
-    let tensors: Vec<(String, Vec<u8>)> = (0..4)
-        .map(|i| {
-            let values: Vec<u8> = (0..n / 4)
-                .flat_map(|k| (((k % 97) as f32) / 97.0 - 0.5).to_le_bytes())
-                .collect();
-            (format!("layer{i}.weight"), values)
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(name, bytes)| {
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                vec![bytes.len() / 4],
-                bytes,
-            )
-            .unwrap();
-            (name.clone(), view)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &input).unwrap();
-    let out = root.join(id);
-    let status = Command::new(env!("CARGO_BIN_EXE_orfeas"))
-        .args(["pack", "--model-id", id, "--shard-size", "16", "-o"])
-        .arg(&out)
-        .arg(&input)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    std::fs::remove_file(input).unwrap();
-    out
-}
-
-/// Flip a byte in the middle of the shard set's first shard.
-fn corrupt_a_shard(set: &Path) {
-    let shard = std::fs::read_dir(set)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .unwrap();
-    let mut bytes = std::fs::read(&shard).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    std::fs::write(&shard, bytes).unwrap();
-}
-
-fn png(width: u32, height: u32) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    let image = image_rgba(width, height);
-    let encoder = image::codecs::png::PngEncoder::new(std::io::Cursor::new(&mut bytes));
-    image::ImageEncoder::write_image(
-        encoder,
-        &image,
-        width,
-        height,
-        image::ExtendedColorType::Rgba8,
-    )
-    .unwrap();
-    bytes
-}
-
-fn image_rgba(width: u32, height: u32) -> Vec<u8> {
-    (0..width * height)
-        .flat_map(|i| [(i % 251) as u8, 80, 160, if i % 3 == 0 { 0 } else { 255 }])
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_at_once_503s_while_loading_then_runs_jobs() {
@@ -547,30 +470,6 @@ async fn a_model_that_does_not_fit_is_refused_before_it_loads() {
     );
 }
 
-/// A raw HTTP/1.1 request, so that paths reach the server exactly as written.
-fn raw_get(base: &str, path: &str, headers: &str) -> (u16, String, Vec<u8>) {
-    let address = base.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n{headers}\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let status = head[9..12].parse().unwrap();
-    (status, head, response[split + 4..].to_vec())
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.eq_ignore_ascii_case(name).then(|| value.trim())
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_the_app_and_shards_with_ranges_and_etags_and_no_traversal() {
     let dir = tempfile::tempdir().unwrap();
@@ -725,42 +624,6 @@ async fn a_client_written_for_the_original_studio_works_unchanged() {
         lines.last().unwrap().starts_with("generate accepted"),
         "{stdout}"
     );
-}
-
-/// The server's peak resident memory so far (VmHWM), in bytes.
-fn peak_rss(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
-}
-
-/// After an attack: health answers within a second, and a normal job (the fixture shape
-/// model, 2 steps, octree 16) is done.
-async fn still_serves(client: &reqwest::Client, server: &Server) {
-    let started = Instant::now();
-    assert_eq!(health(client, server).await["status"], "healthy");
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "health took {:?}",
-        started.elapsed()
-    );
-    let response = client
-        .post(server.url("/api/generate-3d?wait=true"))
-        .json(&json!({
-            "image": b64(&png(32, 32)), "steps": 2, "octree_resolution": 16,
-            "remove_background": false, "format": "obj",
-        }))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response.text().await.unwrap();
-    assert_eq!(status, 200, "a normal job after the attack: {body}");
 }
 
 /// A PNG whose header claims `width × height` (the pixels are never there).

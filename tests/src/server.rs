@@ -62,10 +62,18 @@ pub struct LogEntry {
     pub completed: Option<Instant>,
 }
 
+/// A file served from memory: its content type, bytes and any further headers.
+#[derive(Clone)]
+struct Extra {
+    content_type: String,
+    bytes: Bytes,
+    headers: Vec<(String, String)>,
+}
+
 struct State {
     dist: PathBuf,
     models: PathBuf,
-    extra: Mutex<HashMap<String, (String, Bytes)>>,
+    extra: Mutex<HashMap<String, Extra>>,
     faults: Mutex<HashMap<String, Fault>>,
     throttle: Mutex<Throttle>,
     refuse_models: AtomicBool,
@@ -123,9 +131,27 @@ impl Server {
 
     /// Serve `bytes` at `path` (e.g. a config file).
     pub fn put_file(&self, path: &str, content_type: &str, bytes: impl Into<Bytes>) {
+        self.put_file_with(path, content_type, bytes, &[]);
+    }
+
+    /// As [`Server::put_file`], with further response headers (say `Vary: *`).
+    pub fn put_file_with(
+        &self,
+        path: &str,
+        content_type: &str,
+        bytes: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) {
         self.state.extra.lock().unwrap().insert(
             format!("/{}", path.trim_start_matches('/')),
-            (content_type.to_string(), bytes.into()),
+            Extra {
+                content_type: content_type.to_string(),
+                bytes: bytes.into(),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
         );
     }
 
@@ -285,10 +311,25 @@ async fn handle(
             None,
         ));
     }
-    if let Some((kind, bytes)) = state.extra.lock().unwrap().get(&path).cloned() {
+    let extra = state.extra.lock().unwrap().get(&path).cloned();
+    if let Some(extra) = extra {
         record(&state, &path, 200, true);
-        let len = bytes.len();
-        return Ok(respond(StatusCode::OK, &kind, full(bytes), Some(len)));
+        let len = extra.bytes.len();
+        let mut response = respond(
+            StatusCode::OK,
+            &extra.content_type,
+            full(extra.bytes),
+            Some(len),
+        );
+        for (name, value) in &extra.headers {
+            if let (Ok(name), Ok(value)) = (
+                hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                hyper::header::HeaderValue::from_str(value),
+            ) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        return Ok(response);
     }
     if let Some(rest) = path.strip_prefix("/models/") {
         return Ok(serve_model_file(state.clone(), &path, rest).await);

@@ -830,6 +830,8 @@ async fn a_kiosk_runs_on_orfeas_serve_alone() -> anyhow::Result<()> {
         access: Default::default(),
         load_throttle: None,
         hold_loading_while: None,
+        connections: Default::default(),
+        retry_interval: orfeas::server::models::RETRY_INTERVAL,
     };
     let server = tokio::spawn(orfeas::server::serve(options));
     let base = format!("http://127.0.0.1:{port}");
@@ -925,6 +927,72 @@ async fn models_that_are_not_there_are_not_installed_not_failed() -> anyhow::Res
         overflow.as_i64().unwrap_or(1) <= 0,
         "the side panel overflows by {overflow}"
     );
+    browser.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_page_is_shown_even_when_the_service_worker_cannot_store_it() -> anyhow::Result<()>
+{
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let rig = rig().await?;
+    let browser = rig.open("/").await?;
+    browser
+        .wait_for(
+            "the service worker to control the page",
+            "navigator.serviceWorker.controller !== null",
+            Duration::from_secs(30),
+        )
+        .await?;
+    // A new page that the cache refuses to store (`Vary: *` makes `cache.put` reject, as a
+    // full quota does): the network's answer is still the one shown, not the stale copy.
+    let page = std::fs::read_to_string(orfeas_tests::dist_dir()?.join("index.html"))?;
+    let fresh = page.replacen(
+        "<head>",
+        "<head><meta name=\"orfeas-build\" content=\"fresh\">",
+        1,
+    );
+    anyhow::ensure!(fresh != page, "the page has no <head> to mark");
+    rig.server
+        .put_file_with("/", "text/html", fresh, &[("vary", "*")]);
+    browser.client.refresh().await?;
+    let shown = browser
+        .wait_for(
+            "the fresh page",
+            "document.readyState === 'complete' && \
+             (document.querySelector('meta[name=orfeas-build]')?.content ?? 'stale')",
+            Duration::from_secs(30),
+        )
+        .await?;
+    assert_eq!(shown, "fresh", "the stale cached page was shown");
+    browser
+        .wait_for(
+            "the app on the fresh page",
+            "document.querySelector('[data-testid=drop-zone]')",
+            Duration::from_secs(30),
+        )
+        .await?;
+    browser.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversize_index_is_refused_before_it_is_read() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let rig = rig().await?;
+    // 17 MiB claiming to be the model's index.
+    let mut index = vec![b' '; 17 << 20];
+    index[0] = b'{';
+    *index.last_mut().unwrap() = b'}';
+    rig.server.put_file(
+        &format!("/models/{MODEL}/model.safetensors.index.json"),
+        "application/json",
+        index,
+    );
+    let browser = rig.open("/").await?;
+    wait_status(&browser, "failed").await?;
+    let error = model_error(&browser).await?;
+    assert!(error.contains("over 16777216 bytes"), "{error}");
     browser.close().await;
     Ok(())
 }

@@ -3,12 +3,15 @@
 //! `index` (what the shard set contains) → `source` (byte streams per shard) → `parse`
 //! (incremental safetensors parsing + sha256) → `upload` (device tensors as soon as their
 //! bytes are in) → `loader` (drives it all, with `progress`) → `apply` (into a burn module).
-//! `status` is the model lifecycle the app and server expose; `pack` builds shard sets.
+//! `status` is the model lifecycle the app and server expose; `pack` builds shard sets and
+//! `install` swaps them into place as one transaction.
 
 pub mod apply;
 pub mod dtype;
 pub mod error;
 pub mod index;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod install;
 pub mod loader;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod pack;

@@ -197,8 +197,21 @@ pub fn pack_tensors(
         }
     }
 
-    std::fs::create_dir_all(out_dir)
-        .map_err(|e| PackError(format!("{}: {e}", out_dir.display())))?;
+    // Written beside `out_dir` and swapped in at the end: a failure, or a second writer,
+    // never leaves an installed set that fails `verify`.
+    super::install::install(out_dir, |staging| {
+        write_set(&tensors, &groups, staging, options, &mut on_bytes)
+    })
+}
+
+/// Write the shards of `groups` and then the index into `out_dir`.
+fn write_set(
+    tensors: &[PackTensor],
+    groups: &[Vec<&PackTensor>],
+    out_dir: &Path,
+    options: &PackOptions,
+    on_bytes: &mut impl FnMut(u64, u64),
+) -> Result<ShardIndex, PackError> {
     let total: u64 = tensors.iter().map(PackTensor::f16_len).sum();
     let mut done = 0u64;
     let mut shards = Vec::new();

@@ -106,6 +106,45 @@ pub trait ShardSource: MaybeSync {
     fn describe(&self) -> String;
 }
 
+/// Read an index's body as it arrives, refusing it once it passes [`MAX_INDEX_BYTES`] (or when
+/// the server declares more up front): a hostile or mistaken server cannot make us hold more
+/// than an index could be.
+///
+/// [`MAX_INDEX_BYTES`]: super::index::MAX_INDEX_BYTES
+pub async fn read_index_body(
+    declared: Option<u64>,
+    mut stream: ByteStream,
+) -> Result<Vec<u8>, SourceError> {
+    use futures::StreamExt;
+    let limit = super::index::MAX_INDEX_BYTES;
+    let over = || SourceError::new(format!("the index is over {limit} bytes"));
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(over());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| SourceError::new(format!("reading the index: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(over());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The length of one buffer holding chunks of `lengths` bytes (JavaScript typed arrays are
+/// indexed by `u32`): summed in 64 bits, so a shard near the 4 GiB cap is refused by name
+/// instead of wrapping to a small, wrong total.
+pub fn whole_length(file: &str, lengths: impl Iterator<Item = u32>) -> Result<u32, SourceError> {
+    let total: u64 = lengths.map(u64::from).sum();
+    u32::try_from(total).map_err(|_| {
+        SourceError::new(format!(
+            "{file}: {total} bytes streamed; one buffer holds at most {} bytes",
+            u32::MAX
+        ))
+    })
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::{DirSource, HttpSource};
 
@@ -113,7 +152,7 @@ pub use native::{DirSource, HttpSource};
 mod native {
     use std::path::PathBuf;
 
-    use futures::{StreamExt, TryStreamExt};
+    use futures::TryStreamExt;
 
     use super::*;
     use crate::weights::index::{INDEX_FILE, MAX_INDEX_BYTES};
@@ -218,21 +257,11 @@ mod native {
     impl ShardSource for HttpSource {
         async fn read_index(&self) -> Result<Vec<u8>, SourceError> {
             let response = self.get(INDEX_FILE).await?;
-            // Read as it arrives, and stop at the bound: a hostile server cannot make us hold
-            // more than an index could be.
-            let mut stream = response.bytes_stream();
-            let mut body = Vec::new();
-            while let Some(chunk) = stream.next().await {
-                let chunk =
-                    chunk.map_err(|e| SourceError::new(format!("reading the index: {e}")))?;
-                if body.len() + chunk.len() > MAX_INDEX_BYTES {
-                    return Err(SourceError::new(format!(
-                        "the index is over {MAX_INDEX_BYTES} bytes"
-                    )));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(body)
+            let declared = response.content_length();
+            let stream = response
+                .bytes_stream()
+                .map_err(|e| SourceError::new(format!("connection: {e}")));
+            super::read_index_body(declared, boxed(stream)).await
         }
 
         async fn open_shard(&self, file: &str) -> Result<ByteStream, SourceError> {
@@ -335,14 +364,13 @@ mod web {
     impl ShardSource for FetchSource {
         async fn read_index(&self) -> Result<Vec<u8>, SourceError> {
             let response = self.fetch(INDEX_FILE).await?;
-            let buffer = JsFuture::from(
-                response
-                    .array_buffer()
-                    .map_err(|e| SourceError::new(js_message(&e)))?,
-            )
-            .await
-            .map_err(|e| SourceError::new(format!("reading the index: {}", js_message(&e))))?;
-            Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+            let declared = response
+                .headers()
+                .get("content-length")
+                .ok()
+                .flatten()
+                .and_then(|n| n.trim().parse::<u64>().ok());
+            super::read_index_body(declared, body_stream(response, INDEX_FILE)?).await
         }
 
         async fn open_shard(&self, file: &str) -> Result<ByteStream, SourceError> {
@@ -566,7 +594,7 @@ mod cache {
                 .ok_or_else(|| SourceError::new(format!("{file}: nothing streamed to hash")))?;
             let whole = {
                 let chunks = chunks.borrow();
-                let total: u32 = chunks.iter().map(|c| c.length()).sum();
+                let total = super::whole_length(file, chunks.iter().map(|c| c.length()))?;
                 let whole = js_sys::Uint8Array::new_with_length(total);
                 let mut at = 0;
                 for chunk in chunks.iter() {
@@ -626,5 +654,37 @@ mod cache {
         fn describe(&self) -> String {
             self.network.base.clone()
         }
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod bounds {
+    use super::*;
+    use crate::weights::index::MAX_INDEX_BYTES;
+
+    #[test]
+    fn buffer_lengths_are_summed_in_64_bits() {
+        assert_eq!(whole_length("s", [1u32, 2, 3].into_iter()), Ok(6));
+        // Two 2.5 GiB chunks: 5 GiB, which a u32 sum wraps to 1 GiB.
+        let wrapped = 5u32 << 29;
+        let error = whole_length("s", [wrapped, wrapped].into_iter()).unwrap_err();
+        assert!(error.to_string().contains("5368709120 bytes"), "{error}");
+    }
+
+    #[test]
+    fn an_index_is_read_within_its_bound() {
+        let chunks = |n: usize| {
+            let stream = futures::stream::iter(
+                (0..n).map(|_| Ok::<_, SourceError>(Bytes::from(vec![b' '; 1 << 20]))),
+            );
+            boxed(stream)
+        };
+        let run = |declared, n| futures::executor::block_on(read_index_body(declared, chunks(n)));
+        assert_eq!(run(None, 2).unwrap().len(), 2 << 20);
+        let over = MAX_INDEX_BYTES / (1 << 20) + 1;
+        assert!(run(None, over).unwrap_err().to_string().contains("over"));
+        // Declared too large: refused before a byte is read.
+        let declared = Some(MAX_INDEX_BYTES as u64 + 1);
+        assert!(run(declared, 0).unwrap_err().to_string().contains("over"));
     }
 }

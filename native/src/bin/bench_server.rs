@@ -459,7 +459,12 @@ async fn health_during_uploads(
     let models = shape_only(shape)?;
     // A queue that takes them all: every upload is read and decoded, none refused early.
     let queue = (uploads + 4).to_string();
-    let (server, _) = start_with(binary, models.path(), 100_000.0, &["--queue", &queue])?;
+    let (server, _) = start_with(
+        binary,
+        models.path(),
+        100_000.0,
+        &["--queue", &queue, "--jobs-per-client", &queue],
+    )?;
     wait_ready(&server.base).await?;
     // A gradient with a disc: compresses well (the attack's point), decodes to 256 MB.
     let image = image::RgbaImage::from_fn(UPLOAD_SIDE, UPLOAD_SIDE, |x, y| {

@@ -4,7 +4,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{FromRequest, FromRequestParts, Multipart, Path, Query, Request, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{
+    ConnectInfo, FromRequest, FromRequestParts, Multipart, Path, Query, Request, State,
+};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +18,9 @@ use orfeas_engine::weights::NotReadyKind;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::jobs::{Format, GenerateParams, JobInput, JobStatus, Lookup, MeshFile, SubmitError};
+use super::jobs::{
+    Format, GenerateParams, JobInput, JobStatus, Lookup, MeshFile, Reservation, SubmitError,
+};
 use super::models::{Aggregate, Retry};
 use super::{AppState, RequestLimits};
 use orfeas_engine::pipeline::{OCTREE_RESOLUTION, STEPS, out_of_range};
@@ -44,6 +50,10 @@ pub enum ApiError {
     ModelsNotReady { model: String, reason: String },
     /// 429: the queue is full.
     QueueFull,
+    /// 429: this client already holds its share of the queue.
+    ClientShare { limit: usize },
+    /// 429: the model was retried moments ago.
+    RetryTooSoon { retry_after_s: u64 },
     /// 500: the queue is closed (the server is stopping).
     QueueClosed,
     /// 404: a job id never issued.
@@ -74,7 +84,9 @@ impl ApiError {
             | ApiError::ModelsNotReady { .. }
             | ApiError::JobCancelled(_)
             | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueFull | ApiError::ClientShare { .. } | ApiError::RetryTooSoon { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::QueueClosed | ApiError::JobFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::UnknownJob(_) | ApiError::UnknownModel(_) => StatusCode::NOT_FOUND,
             ApiError::EvictedJob(_) => StatusCode::GONE,
@@ -91,6 +103,8 @@ impl ApiError {
             ApiError::ModelsLoading { .. } => "models_loading",
             ApiError::ModelsNotReady { .. } => "models_not_ready",
             ApiError::QueueFull => "queue_full",
+            ApiError::ClientShare { .. } => "client_share",
+            ApiError::RetryTooSoon { .. } => "too_soon",
             ApiError::QueueClosed => "queue_closed",
             ApiError::UnknownJob(_) => "not_found",
             ApiError::EvictedJob(_) => "gone",
@@ -120,6 +134,14 @@ impl ApiError {
             }
             ApiError::ModelsNotReady { reason, .. } => format!("AI models not ready: {reason}"),
             ApiError::QueueFull => "the generation queue is full, try again shortly".into(),
+            ApiError::ClientShare { limit } => format!(
+                "this client already has {limit} job(s) queued or running, its share of the \
+                 queue; try again when one has finished"
+            ),
+            ApiError::RetryTooSoon { retry_after_s } => format!(
+                "the model was retried moments ago; a failed model is reloaded at most once \
+                 in a while: try again in {retry_after_s} s"
+            ),
             ApiError::QueueClosed => {
                 "the generation queue is closed (the server is stopping)".into()
             }
@@ -136,7 +158,10 @@ impl ApiError {
         match self {
             ApiError::ModelsLoading { retry_after_s, .. } => Some((*retry_after_s).max(1)),
             ApiError::ModelsNotReady { .. } => Some(30),
-            ApiError::QueueFull => Some(5),
+            ApiError::QueueFull | ApiError::ClientShare { .. } => Some(5),
+            ApiError::RetryTooSoon { retry_after_s } => {
+                Some(u32::try_from(*retry_after_s).unwrap_or(u32::MAX).max(1))
+            }
             _ => None,
         }
     }
@@ -208,27 +233,133 @@ pub struct WaitQuery {
     wait: Option<String>,
 }
 
-/// Raw request fields before validation: strings, as forms send them.
-#[derive(Debug, Default, Deserialize)]
-struct RawParams {
-    image: Option<String>,
-    steps: Option<Value>,
-    guidance: Option<Value>,
-    octree_resolution: Option<Value>,
-    seed: Option<Value>,
-    remove_background: Option<Value>,
-    format: Option<Value>,
+/// A request parameter as sent: a number, a string or a boolean. Anything else (an array, an
+/// object) is refused while the JSON is parsed, before it is built in memory: a parameter
+/// costs what its bytes cost, never a tree of values.
+#[derive(Debug, Clone, PartialEq)]
+enum Scalar {
+    Text(String),
+    Number(String),
+    Bool(bool),
 }
 
-/// Admission to `generate-3d`: the models are ready and the queue has room. Taken from the
-/// request's head, so axum checks it before [`Upload`] reads a byte of the body: a loading
-/// server or a full queue answers at once, whatever the upload (as the original did).
-pub struct Admitted;
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number, a string or a boolean")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Number(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Number(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Number(v.to_string()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Text(v.trim().to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl Scalar {
+    /// What a person reads in an error: the value's start, never all of it.
+    fn excerpt(&self) -> String {
+        match self {
+            Scalar::Text(text) => excerpt(text),
+            Scalar::Number(text) => text.chars().take(EXCERPT_CHARS).collect(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// How much of a sent value an error message repeats.
+const EXCERPT_CHARS: usize = 32;
+
+/// `text` quoted, cut to its first [`EXCERPT_CHARS`] characters (with `…` when cut).
+fn excerpt(text: &str) -> String {
+    let mut cut: String = text.chars().take(EXCERPT_CHARS).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    format!("{cut:?}")
+}
+
+/// Request fields before validation, typed as they are parsed.
+#[derive(Debug, Default)]
+struct RawParams {
+    image: Option<String>,
+    steps: Option<Scalar>,
+    guidance: Option<Scalar>,
+    octree_resolution: Option<Scalar>,
+    seed: Option<Scalar>,
+    remove_background: Option<Scalar>,
+    format: Option<Scalar>,
+}
+
+/// Parsed field by field, so an error names the field it is about; unknown fields are skipped
+/// without being built (forms and clients carry extras).
+impl<'de> Deserialize<'de> for RawParams {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, IgnoredAny, MapAccess};
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawParams;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of the request's fields")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawParams, A::Error> {
+                let mut raw = RawParams::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    let named = |e: A::Error| A::Error::custom(format!("{}: {e}", excerpt(&key)));
+                    let slot = match key.as_str() {
+                        "image" => {
+                            raw.image = Some(map.next_value::<String>().map_err(named)?);
+                            continue;
+                        }
+                        "steps" => &mut raw.steps,
+                        "guidance" | "guidance_scale" => &mut raw.guidance,
+                        "octree_resolution" => &mut raw.octree_resolution,
+                        "seed" => &mut raw.seed,
+                        "remove_background" => &mut raw.remove_background,
+                        "format" => &mut raw.format,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(map.next_value::<Scalar>().map_err(named)?);
+                }
+                Ok(raw)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// Admission to `generate-3d`: the models are ready, and a place in the queue is reserved for
+/// this client within its share. Taken from the request's head, so axum checks it before
+/// [`Upload`] reads a byte of the body: a loading server, a full queue or a client over its
+/// share is answered at once, whatever the upload (as the original did), and every body that
+/// is read has its place waiting. Dropped unused (a bad upload), the place is free again.
+pub struct Admitted(pub Reservation);
 
 impl FromRequestParts<Arc<AppState>> for Admitted {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
         if let Some(not_ready) = state.models.not_ready() {
             return Err(match not_ready.kind {
                 NotReadyKind::Loading => ApiError::ModelsLoading {
@@ -241,11 +372,37 @@ impl FromRequestParts<Arc<AppState>> for Admitted {
                 },
             });
         }
-        match state.jobs.full() {
-            Some(refused) => Err(queue_refusal(refused)),
-            None => Ok(Admitted),
-        }
+        let client = client_of(parts, &state.limits);
+        state
+            .jobs
+            .reserve(client)
+            .map(Admitted)
+            .map_err(queue_refusal)
     }
+}
+
+/// Who sent the request, for its share of the queue: the peer's address, or behind a trusted
+/// proxy (`--client-from-forwarded-for`) the last `X-Forwarded-For` address (the one the proxy
+/// added; those before it are the client's own say).
+fn client_of(parts: &Parts, limits: &RequestLimits) -> IpAddr {
+    let forwarded = limits
+        .client_from_forwarded_for
+        .then(|| {
+            let values = parts.headers.get_all("x-forwarded-for");
+            let last = values.iter().next_back()?.to_str().ok()?;
+            last.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
+        })
+        .flatten();
+    forwarded
+        .or_else(|| {
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0.ip())
+        })
+        .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |ip| {
+            ip.to_canonical()
+        })
 }
 
 /// The upload of a `generate-3d` request, read within the limits (size and time) and
@@ -268,7 +425,7 @@ impl FromRequest<Arc<AppState>> for Upload {
 
 pub async fn generate(
     State(state): State<Arc<AppState>>,
-    _: Admitted,
+    Admitted(reservation): Admitted,
     Query(query): Query<WaitQuery>,
     Upload(input): Upload,
 ) -> Response {
@@ -277,10 +434,7 @@ pub async fn generate(
         return ApiError::ModelsNotReady { model, reason }.into_response();
     }
     let format = input.params.format;
-    let id = match state.jobs.submit(input) {
-        Ok(id) => id,
-        Err(refused) => return queue_refusal(refused).into_response(),
-    };
+    let id = state.jobs.submit(reservation, input);
     let wait = matches!(query.wait.as_deref(), Some("true" | "1" | "yes"));
     if !wait {
         let mut response = (
@@ -309,10 +463,12 @@ pub async fn generate(
     }
 }
 
-/// 429 for a full queue (try again), 500 when the runner is gone (the server's fault).
+/// 429 for a full queue or a client over its share (try again), 500 when the runner is gone
+/// (the server's fault).
 fn queue_refusal(refused: SubmitError) -> ApiError {
     match refused {
         SubmitError::Full => ApiError::QueueFull,
+        SubmitError::ClientShare { limit } => ApiError::ClientShare { limit },
         SubmitError::Closed => ApiError::QueueClosed,
     }
 }
@@ -400,13 +556,17 @@ pub async fn retry_models(
         )
             .into_response(),
         Retry::NothingFailed => ApiError::Conflict(match &query.model {
-            Some(model) => format!("{model} has not failed: nothing to retry"),
+            Some(model) => format!("{} has not failed: nothing to retry", excerpt(model)),
             None => "no model has failed: nothing to retry".into(),
         })
         .into_response(),
-        Retry::Unknown => {
-            ApiError::UnknownModel(format!("no model {:?}", query.model.unwrap_or_default()))
-                .into_response()
+        Retry::Unknown => ApiError::UnknownModel(format!(
+            "no model {}",
+            excerpt(&query.model.unwrap_or_default())
+        ))
+        .into_response(),
+        Retry::TooSoon { retry_after_s } => {
+            ApiError::RetryTooSoon { retry_after_s }.into_response()
         }
     }
 }
@@ -473,8 +633,13 @@ async fn parse_body(request: Request, limit: usize) -> Result<(RawParams, Vec<u8
         let bytes = axum::body::to_bytes(body, limit)
             .await
             .map_err(|_| too_large(limit))?;
-        let raw: RawParams = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+        let raw: RawParams = serde_json::from_slice(&bytes).map_err(|e| {
+            let mut message = e.to_string();
+            if message.len() > 200 {
+                message = format!("{}…", message.chars().take(200).collect::<String>());
+            }
+            ApiError::BadRequest(format!("malformed JSON: {message}"))
+        })?;
         let encoded = raw.image.clone().ok_or_else(|| {
             ApiError::BadRequest("missing \"image\" (base64 or a data: URL)".into())
         })?;
@@ -522,22 +687,29 @@ fn too_large(limit: usize) -> ApiError {
     ApiError::TooLarge(format!("upload larger than {} MB", limit >> 20))
 }
 
-/// Decode on the blocking pool, at most as many at once as `permits` allows, and shrink the
-/// result to the job's working size (so a waiting job holds ≤ 16 MB of pixels).
+/// Decode on the blocking pool, at most as many at once as `permits` allows, shrunk to the
+/// job's working size as it is decoded (so a waiting job holds ≤ 16 MB of pixels). The permit
+/// moves into the blocking work and is released when the decode ends, not when the request
+/// does: a client that leaves mid-decode does not free a place while its decode still runs.
 async fn decode_off_thread(
-    permits: &tokio::sync::Semaphore,
+    permits: &Arc<tokio::sync::Semaphore>,
     bytes: Vec<u8>,
 ) -> Result<image::RgbaImage, String> {
-    let _permit = permits
-        .acquire()
+    let permit = permits
+        .clone()
+        .acquire_owned()
         .await
         .map_err(|_| "the server is stopping".to_string())?;
     tokio::task::spawn_blocking(move || {
-        decode_image(&bytes).map(|image| orfeas_engine::input::shrink_within(image, WORKING_SIDE))
+        let _permit = permit;
+        orfeas_engine::input::decode_image_within(&bytes, WORKING_SIDE).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| format!("decoding the image failed: {e}"))?
 }
+
+/// Form fields read from one multipart body at most (a form has seven).
+pub const MAX_FORM_FIELDS: usize = 32;
 
 async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Vec<u8>), ApiError> {
     let bad = ApiError::BadRequest;
@@ -547,6 +719,7 @@ async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Ve
     let mut raw = RawParams::default();
     let mut image = None;
     let mut total = 0usize;
+    let mut fields = 0usize;
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
@@ -559,19 +732,29 @@ async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Ve
                 });
             }
         };
+        fields += 1;
+        if fields > MAX_FORM_FIELDS {
+            return Err(bad(format!(
+                "more than {MAX_FORM_FIELDS} form fields (the form has seven)"
+            )));
+        }
         let name = field.name().unwrap_or_default().to_string();
         let bytes = field.bytes().await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::TooLarge(e.body_text())
             } else {
-                bad(format!("reading field {name:?}: {}", e.body_text()))
+                bad(format!(
+                    "reading field {}: {}",
+                    excerpt(&name),
+                    e.body_text()
+                ))
             }
         })?;
         total += bytes.len();
         if total > limit {
             return Err(too_large(limit));
         }
-        let text = || Value::String(String::from_utf8_lossy(&bytes).trim().to_string());
+        let text = || Scalar::Text(String::from_utf8_lossy(&bytes).trim().to_string());
         match name.as_str() {
             "image" | "file" => image = Some(bytes.to_vec()),
             "steps" => raw.steps = Some(text()),
@@ -587,16 +770,20 @@ async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Ve
     Ok((raw, image))
 }
 
-fn number<T: std::str::FromStr>(value: &Option<Value>, name: &str) -> Result<Option<T>, String> {
-    let Some(value) = value else { return Ok(None) };
+fn number<T: std::str::FromStr>(value: &Option<Scalar>, name: &str) -> Result<Option<T>, String> {
     let text = match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        other => return Err(format!("{name}: expected a number, got {other}")),
+        None => return Ok(None),
+        Some(Scalar::Text(text) | Scalar::Number(text)) => text,
+        Some(other @ Scalar::Bool(_)) => {
+            return Err(format!(
+                "{name}: expected a number, got {}",
+                other.excerpt()
+            ));
+        }
     };
     text.parse::<T>()
         .map(Some)
-        .map_err(|_| format!("{name}: {text:?} is not a valid number"))
+        .map_err(|_| format!("{name}: {} is not a valid number", excerpt(text)))
 }
 
 /// The request's parameters, checked against the engine's ranges and then this server's
@@ -631,20 +818,37 @@ fn validate(raw: &RawParams, limits: &RequestLimits) -> Result<GenerateParams, S
     }
     if let Some(flag) = &raw.remove_background {
         params.remove_background = match flag {
-            Value::Bool(b) => *b,
-            Value::String(s) if matches!(s.as_str(), "true" | "1" | "yes" | "on") => true,
-            Value::String(s) if matches!(s.as_str(), "false" | "0" | "no" | "off") => false,
+            Scalar::Bool(b) => *b,
+            Scalar::Text(s) | Scalar::Number(s)
+                if matches!(s.as_str(), "true" | "1" | "yes" | "on") =>
+            {
+                true
+            }
+            Scalar::Text(s) | Scalar::Number(s)
+                if matches!(s.as_str(), "false" | "0" | "no" | "off") =>
+            {
+                false
+            }
             other => {
                 return Err(format!(
-                    "remove_background: expected true/false, got {other}"
+                    "remove_background: expected true/false, got {}",
+                    other.excerpt()
                 ));
             }
         };
     }
     if let Some(format) = &raw.format {
-        let text = format.as_str().unwrap_or_default();
-        params.format = Format::parse(text)
-            .ok_or_else(|| format!("format must be {}, got {format}", Format::names()))?;
+        let text = match format {
+            Scalar::Text(text) => text.as_str(),
+            _ => "",
+        };
+        params.format = Format::parse(text).ok_or_else(|| {
+            format!(
+                "format must be {}, got {}",
+                Format::names(),
+                format.excerpt()
+            )
+        })?;
     }
     Ok(params)
 }
@@ -664,14 +868,15 @@ mod tests {
 
     #[test]
     fn parameters_are_range_checked_with_reasons() {
+        let text = |t: &str| Some(Scalar::Text(t.into()));
         let raw = RawParams {
-            steps: Some(json!("0")),
+            steps: text("0"),
             ..Default::default()
         };
         let limits = RequestLimits::default();
         assert!(validate(&raw, &limits).unwrap_err().contains("steps"));
         let raw = RawParams {
-            format: Some(json!("fbx")),
+            format: text("fbx"),
             ..Default::default()
         };
         assert!(
@@ -680,10 +885,10 @@ mod tests {
                 .contains("glb, obj, stl or ply")
         );
         let raw = RawParams {
-            steps: Some(json!(12)),
-            guidance: Some(json!("7.5")),
-            format: Some(json!("STL")),
-            remove_background: Some(json!("false")),
+            steps: Some(Scalar::Number("12".into())),
+            guidance: text("7.5"),
+            format: text("STL"),
+            remove_background: text("false"),
             ..Default::default()
         };
         let params = validate(&raw, &limits).unwrap();
@@ -879,6 +1084,41 @@ mod tests {
             ),
             StatusCode::PAYLOAD_TOO_LARGE
         );
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_says_otherwise() {
+        let request = axum::http::Request::builder()
+            .header("x-forwarded-for", "6.6.6.6, 10.0.0.7")
+            .body(())
+            .unwrap();
+        let (mut parts, _) = request.into_parts();
+        parts
+            .extensions
+            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 5000))));
+        let plain = RequestLimits::default();
+        assert_eq!(client_of(&parts, &plain), IpAddr::from([127, 0, 0, 1]));
+        let proxied = RequestLimits {
+            client_from_forwarded_for: true,
+            ..plain
+        };
+        assert_eq!(client_of(&parts, &proxied), IpAddr::from([10, 0, 0, 7]));
+    }
+
+    #[test]
+    fn parameters_arrive_typed_and_errors_quote_only_their_start() {
+        let long = "7".repeat(1 << 20);
+        let body = format!("{{\"image\": \"x\", \"steps\": \"{long}\", \"extra\": [[[]]]}}");
+        let raw: RawParams = serde_json::from_str(&body).unwrap();
+        let error = validate(&raw, &RequestLimits::default()).unwrap_err();
+        assert!(error.starts_with("steps: ") && error.len() < 100, "{error}");
+        let error = serde_json::from_str::<RawParams>("{\"seed\": [1, 2, 3]}").unwrap_err();
+        assert!(error.to_string().contains("seed"), "{error}");
+        let raw: RawParams =
+            serde_json::from_str("{\"remove_background\": false, \"guidance_scale\": 7}").unwrap();
+        let params = validate(&raw, &RequestLimits::default()).unwrap();
+        assert!(!params.remove_background);
+        assert_eq!(params.options.guidance, 7.0);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Static files: the built web app at `/` and the shard sets at `/models/`, so a kiosk needs
-//! nothing but `orfeas serve`. tower-http's `ServeDir` does the serving (Range requests,
-//! Content-Length, Last-Modified, MIME types, and it refuses `..`); in front of it this refuses
-//! dotfiles and anything a symlink would take outside the folder, adds a strong ETag from the
-//! file's size and modification time (`If-None-Match` → 304), and gives the app's HTML pages a
-//! Content-Security-Policy.
+//! nothing but `orfeas serve`. The request path is percent-decoded once, strictly (a bad
+//! escape is 400), and every check is made on that decoded name: `..`, dotfiles and anything a
+//! link would take outside the folder do not exist here (404). Only the file so resolved is
+//! served, by tower-http's `ServeFile` (Range requests, Content-Length, Last-Modified, MIME
+//! types), with a strong ETag from its size and modification time (`If-None-Match` → 304),
+//! `Cache-Control: no-cache` (the app's file names carry no hash), and on every HTML answer a
+//! Content-Security-Policy (the app's, or an inert one for any other page).
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -12,11 +14,11 @@ use std::time::UNIX_EPOCH;
 use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use sha2::{Digest, Sha256};
-use tower_http::services::ServeDir;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
 
 /// What the app's pages may load and connect to (see [`shell_policy`]).
 #[derive(Debug, Clone)]
@@ -106,49 +108,100 @@ fn content_security_policy(html: &str, policy: &ShellPolicy) -> String {
     )
 }
 
+/// The policy of an HTML file that is not the app (a page someone left in the models folder):
+/// nothing runs, nothing loads, nothing frames it.
+const INERT_HTML_POLICY: &str = "default-src 'none'; frame-ancestors 'none'; sandbox";
+
 /// A router serving `root` (pages with `policy`'s CSP, when given).
 pub fn serve_dir(root: &Path, policy: Option<ShellPolicy>) -> Router {
-    let root_for_checks = root.to_path_buf();
+    let root = Arc::new(root.to_path_buf());
     let policy = policy.map(Arc::new);
-    Router::new()
-        .fallback_service(ServeDir::new(root))
-        .layer(middleware::from_fn(move |request: Request, next: Next| {
-            let root = root_for_checks.clone();
-            let policy = policy.clone();
-            async move { guarded(&root, policy.as_deref(), request, next).await }
-        }))
+    Router::new().fallback(move |request: Request| {
+        let root = root.clone();
+        let policy = policy.clone();
+        async move { serve(&root, policy.as_deref(), request).await }
+    })
 }
 
-/// Whether `path` (a request path) names a dotfile or a dot-folder anywhere along it.
+/// Why a request path names no file here.
+#[derive(Debug, PartialEq, Eq)]
+enum PathRefusal {
+    /// A `%` not followed by two hex digits, a NUL, or bytes that are not UTF-8: 400.
+    Malformed(&'static str),
+    /// `..`, a dotfile, a link out of the folder, or nothing there at all: 404.
+    NotHere,
+}
+
+/// The request path percent-decoded once, strictly: every `%` starts two hex digits, and the
+/// result is UTF-8 without NUL. The guard decides on this, the name the file system sees.
+fn decode_path(raw: &str) -> Result<String, PathRefusal> {
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3);
+            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                return Err(PathRefusal::Malformed("a % not followed by two hex digits"));
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| PathRefusal::Malformed("the decoded path is not UTF-8"))?;
+    if decoded.contains('\0') {
+        return Err(PathRefusal::Malformed("a NUL in the path"));
+    }
+    Ok(decoded.into_owned())
+}
+
+/// Whether `path` (a decoded request path) names a dotfile or a dot-folder anywhere along it.
 fn hidden(path: &str) -> bool {
-    path.split('/').any(|segment| segment.starts_with('.'))
+    path.split(['/', '\\'])
+        .any(|segment| segment.starts_with('.'))
 }
 
-/// The file a request path names under `root`, if it is a plain relative path that stays
-/// inside `root` once links are followed.
-fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
+/// What a decoded request path names under `root`.
+#[derive(Debug, PartialEq, Eq)]
+enum Resolved {
+    /// A file inside `root` once links are followed: its real path.
+    File(PathBuf),
+    /// A folder named without its trailing `/` (redirected, so relative links work).
+    Folder,
+}
+
+/// The file a decoded request path names under `root`, if it is a plain relative path that
+/// stays inside `root` once links are followed (a folder means its `index.html`).
+fn resolve(root: &Path, path: &str) -> Result<Resolved, PathRefusal> {
+    if hidden(path) {
+        return Err(PathRefusal::NotHere);
+    }
     let relative = Path::new(path.trim_start_matches('/'));
     if relative
         .components()
         .any(|c| !matches!(c, Component::Normal(_)))
     {
-        return None;
+        return Err(PathRefusal::NotHere);
     }
     let mut file = root.join(relative);
     if file.is_dir() {
+        if !path.is_empty() && !path.ends_with('/') {
+            let real_root = root.canonicalize().map_err(|_| PathRefusal::NotHere)?;
+            let real = file.canonicalize().map_err(|_| PathRefusal::NotHere)?;
+            return match real.starts_with(real_root) {
+                true => Ok(Resolved::Folder),
+                false => Err(PathRefusal::NotHere),
+            };
+        }
         file = file.join("index.html");
     }
-    let real = file.canonicalize().ok()?;
-    let real_root = root.canonicalize().ok()?;
-    (real.starts_with(&real_root) && real.is_file()).then_some(file)
-}
-
-/// Whether `path` exists under `root` only through a link that leads outside it.
-fn leaves(root: &Path, path: &str) -> bool {
-    let full = root.join(path.trim_start_matches('/'));
-    match (full.canonicalize(), root.canonicalize()) {
-        (Ok(real), Ok(real_root)) => !real.starts_with(real_root),
-        _ => false,
+    let real = file.canonicalize().map_err(|_| PathRefusal::NotHere)?;
+    let real_root = root.canonicalize().map_err(|_| PathRefusal::NotHere)?;
+    match real.starts_with(&real_root) && real.is_file() {
+        true => Ok(Resolved::File(real)),
+        false => Err(PathRefusal::NotHere),
     }
 }
 
@@ -158,20 +211,35 @@ fn etag(file: &Path) -> Option<String> {
     Some(format!("\"{:x}-{:x}\"", meta.len(), modified.as_nanos()))
 }
 
-async fn guarded(
-    root: &Path,
-    policy: Option<&ShellPolicy>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let path = request.uri().path().to_string();
-    // Dotfiles, and links out of the folder, do not exist here. (A path that resolves to
-    // nothing at all still goes to ServeDir, for its own 404 or directory redirect.)
-    let inside = resolve(root, &path);
-    if hidden(&path) || leaves(root, &path) {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    let tag = inside.as_deref().and_then(etag);
+/// Serve the one file the decoded path resolves to (tower-http's `ServeFile` does Range,
+/// Content-Length, Last-Modified and the MIME type), or refuse. The request's own path is
+/// never handed to anything that would decode it a second time.
+async fn serve(root: &Path, policy: Option<&ShellPolicy>, request: Request) -> Response {
+    let raw = request.uri().path().to_string();
+    let file = match decode_path(&raw).and_then(|path| resolve(root, &path)) {
+        Ok(Resolved::File(file)) => file,
+        Ok(Resolved::Folder) => {
+            // Under `/models` the path seen here has lost its prefix: redirect the original.
+            let original = request
+                .extensions()
+                .get::<axum::extract::OriginalUri>()
+                .map_or(raw.clone(), |uri| uri.path().to_string());
+            let mut location = format!("{original}/");
+            if let Some(query) = request.uri().query() {
+                location = format!("{location}?{query}");
+            }
+            let mut response = StatusCode::PERMANENT_REDIRECT.into_response();
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            return response;
+        }
+        Err(PathRefusal::Malformed(why)) => {
+            return (StatusCode::BAD_REQUEST, format!("malformed path: {why}")).into_response();
+        }
+        Err(PathRefusal::NotHere) => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let tag = etag(&file);
     if let Some(tag) = &tag {
         let matches = request
             .headers()
@@ -186,25 +254,33 @@ async fn guarded(
             return response;
         }
     }
-    let mut response = next.run(request).await;
+    let mut response = match ServeFile::new(&file).oneshot(request).await {
+        Ok(response) => response.map(axum::body::Body::new),
+        Err(never) => match never {},
+    };
+    let headers = response.headers_mut();
     if let Some(tag) = tag
-        && response.status().is_success()
         && let Ok(value) = HeaderValue::from_str(&tag)
     {
-        response.headers_mut().insert(header::ETAG, value);
+        headers.insert(header::ETAG, value);
     }
-    let is_html = response
-        .headers()
+    // Names carry no content hash: revalidate every time (a 304 with the ETag), so a browser
+    // never mixes two builds from its heuristic cache.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let is_html = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/html"));
-    if let (Some(policy), Some(file), true) = (policy, inside.as_deref(), is_html)
-        && let Ok(html) = std::fs::read_to_string(file)
-        && let Ok(value) = HeaderValue::from_str(&content_security_policy(&html, policy))
-    {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_SECURITY_POLICY, value);
+    if is_html {
+        let csp = match policy {
+            Some(policy) => std::fs::read_to_string(&file)
+                .map(|html| content_security_policy(&html, policy))
+                .unwrap_or_else(|_| INERT_HTML_POLICY.to_string()),
+            None => INERT_HTML_POLICY.to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&csp) {
+            headers.insert(header::CONTENT_SECURITY_POLICY, value);
+        }
     }
     response
 }
@@ -217,24 +293,39 @@ mod tests {
     fn only_plain_relative_paths_inside_the_folder_resolve() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.txt"), "x").unwrap();
-        assert!(resolve(dir.path(), "/a.txt").is_some());
-        assert!(resolve(dir.path(), "/../a.txt").is_none());
-        assert!(resolve(dir.path(), "/missing").is_none());
+        let file = |p: &str| matches!(resolve(dir.path(), p), Ok(Resolved::File(_)));
+        assert!(file("/a.txt"));
+        assert!(!file("/../a.txt"));
+        assert!(!file("/missing"));
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), "s").unwrap();
         #[cfg(unix)]
         {
             std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("link"))
                 .unwrap();
-            assert!(
-                resolve(dir.path(), "/link").is_none(),
-                "a link out of the folder"
-            );
-            assert!(leaves(dir.path(), "/link") && !leaves(dir.path(), "/a.txt"));
+            assert!(!file("/link"), "a link out of the folder");
+            std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
+            assert_eq!(resolve(dir.path(), "/out"), Err(PathRefusal::NotHere));
             std::os::unix::fs::symlink(dir.path().join("a.txt"), dir.path().join("inner")).unwrap();
-            assert!(resolve(dir.path(), "/inner").is_some(), "a link within it");
+            assert!(file("/inner"), "a link within it");
         }
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        assert_eq!(resolve(dir.path(), "/sub"), Ok(Resolved::Folder));
         assert!(hidden("/.env") && hidden("/a/.git/config") && !hidden("/a.b/c"));
+    }
+
+    #[test]
+    fn paths_are_decoded_once_and_strictly() {
+        assert_eq!(decode_path("/%2esecret").unwrap(), "/.secret");
+        assert_eq!(decode_path("/o%75t/key").unwrap(), "/out/key");
+        assert_eq!(decode_path("/%2e%2e/x").unwrap(), "/../x");
+        assert_eq!(decode_path("/caf%C3%A9").unwrap(), "/café");
+        for bad in ["/%zz", "/a%2", "/a%", "/%ff", "/a%00b"] {
+            assert!(
+                matches!(decode_path(bad), Err(PathRefusal::Malformed(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! results; finished jobs are evicted by age and count, and an evicted id answers "gone".
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -138,6 +139,9 @@ pub struct JobLimits {
     pub retain_for: Duration,
     /// A job still running after this is stopped at its next step.
     pub timeout: Option<Duration>,
+    /// Jobs one client (one IP address) may have queued or running at once, so that one
+    /// client cannot take the whole queue.
+    pub per_client: usize,
 }
 
 impl Default for JobLimits {
@@ -147,6 +151,7 @@ impl Default for JobLimits {
             retain: 64,
             retain_for: Duration::from_secs(3600),
             timeout: Some(Duration::from_secs(1800)),
+            per_client: 4,
         }
     }
 }
@@ -156,9 +161,11 @@ struct JobEntry {
     result: Option<MeshFile>,
     control: Arc<JobControl>,
     finished_at: Option<Instant>,
+    /// The client's share this job holds until it finishes.
+    share: Option<ClientShare>,
 }
 
-struct Queued {
+pub struct Queued {
     id: String,
     input: JobInput,
 }
@@ -168,8 +175,38 @@ struct Queued {
 pub enum SubmitError {
     /// The queue is full: try again later.
     Full,
+    /// This client already has its share of jobs queued or running: try again later.
+    ClientShare { limit: usize },
     /// The runner is gone (the server is stopping): not the client's fault.
     Closed,
+}
+
+/// Jobs queued or running (or reserved) per client.
+type ClientCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// One of a client's places in the queue; given back when dropped.
+pub struct ClientShare {
+    counts: ClientCounts,
+    client: IpAddr,
+}
+
+impl Drop for ClientShare {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.counts);
+        if let Some(count) = counts.get_mut(&self.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// A place in the queue held before the upload is read, and the client's share with it. Used
+/// by [`Jobs::submit`]; dropped unused, both are free again.
+pub struct Reservation {
+    permit: mpsc::OwnedPermit<Queued>,
+    share: ClientShare,
 }
 
 /// What is known of a job id.
@@ -193,6 +230,7 @@ pub struct Jobs {
     sender: mpsc::Sender<Queued>,
     table: Mutex<Table>,
     limits: JobLimits,
+    clients: ClientCounts,
 }
 
 /// A lock whose holder panicked still guards whole values (every write replaces one): recover
@@ -242,6 +280,7 @@ impl Jobs {
                 evicted: VecDeque::new(),
             }),
             limits,
+            clients: Arc::default(),
         });
         tokio::spawn(run(jobs.clone(), receiver, pipeline));
         jobs
@@ -252,23 +291,36 @@ impl Jobs {
         self.pipeline.unavailable(input)
     }
 
-    /// Whether a submission would be refused now (checked before the upload is decoded).
-    pub fn full(&self) -> Option<SubmitError> {
-        if self.sender.is_closed() {
-            Some(SubmitError::Closed)
-        } else if self.sender.capacity() == 0 {
-            Some(SubmitError::Full)
-        } else {
-            None
-        }
+    /// Reserve a place in the queue for `client`, or say why not (queue full or closed, or
+    /// the client already holding its share). Taken before the upload is read.
+    pub fn reserve(&self, client: IpAddr) -> Result<Reservation, SubmitError> {
+        let share = {
+            let mut counts = lock(&self.clients);
+            let count = counts.entry(client).or_insert(0);
+            let limit = self.limits.per_client.max(1);
+            if *count >= limit {
+                return Err(SubmitError::ClientShare { limit });
+            }
+            *count += 1;
+            ClientShare {
+                counts: self.clients.clone(),
+                client,
+            }
+        };
+        let permit = self
+            .sender
+            .clone()
+            .try_reserve_owned()
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Full,
+                mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+            })?;
+        Ok(Reservation { permit, share })
     }
 
-    /// Queue a job, or refuse at once when the queue is full or closed.
-    pub fn submit(&self, input: JobInput) -> Result<String, SubmitError> {
-        let permit = self.sender.try_reserve().map_err(|e| match e {
-            mpsc::error::TrySendError::Full(()) => SubmitError::Full,
-            mpsc::error::TrySendError::Closed(()) => SubmitError::Closed,
-        })?;
+    /// Queue a job in its reserved place; the client's share is held until it finishes.
+    pub fn submit(&self, reservation: Reservation, input: JobInput) -> String {
+        let Reservation { permit, share } = reservation;
         let id = new_id();
         let (status, _) = watch::channel(JobStatus::Queued { position: 0 });
         {
@@ -281,6 +333,7 @@ impl Jobs {
                     result: None,
                     control: Arc::new(JobControl::new(|_, _| {})),
                     finished_at: None,
+                    share: Some(share),
                 },
             );
             table.order.push_back(id.clone());
@@ -289,7 +342,7 @@ impl Jobs {
             id: id.clone(),
             input,
         });
-        Ok(id)
+        id
     }
 
     /// Drop finished jobs past their age, then the oldest finished beyond the count.
@@ -428,6 +481,7 @@ impl Jobs {
         if let Some(entry) = lock(&self.table).entries.get_mut(id) {
             entry.result = result;
             entry.finished_at = Some(Instant::now());
+            entry.share = None;
         }
     }
 }

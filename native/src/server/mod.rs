@@ -6,6 +6,7 @@
 //! built web app and the shard sets are served as static files (`files`).
 
 pub mod api;
+pub mod connections;
 pub mod files;
 pub mod guard;
 pub mod jobs;
@@ -28,8 +29,9 @@ pub struct AppState {
     pub models: Arc<Models>,
     pub jobs: Arc<Jobs>,
     pub limits: RequestLimits,
-    /// Images decoded at once (decoding runs on the blocking pool, behind this).
-    pub decoding: tokio::sync::Semaphore,
+    /// Images decoded at once (decoding runs on the blocking pool, behind this; each decode
+    /// holds its permit until it ends, whether or not its client is still there).
+    pub decoding: Arc<tokio::sync::Semaphore>,
     pub started: Instant,
     /// How models are loaded, for `POST /api/models/retry` (`None`: retry unavailable).
     pub loader: Option<models::Loader>,
@@ -41,7 +43,7 @@ impl AppState {
             models,
             jobs,
             limits,
-            decoding: tokio::sync::Semaphore::new(DECODERS),
+            decoding: Arc::new(tokio::sync::Semaphore::new(DECODERS)),
             started: Instant::now(),
             loader: None,
         }
@@ -59,6 +61,9 @@ pub struct RequestLimits {
     pub max_octree: u32,
     /// The whole upload must arrive within this.
     pub body_timeout: Duration,
+    /// Behind a trusted reverse proxy: the client (for its share of the queue) is the last
+    /// address of `X-Forwarded-For`, which the proxy appends, not the proxy's own address.
+    pub client_from_forwarded_for: bool,
 }
 
 impl Default for RequestLimits {
@@ -68,6 +73,7 @@ impl Default for RequestLimits {
             max_steps: 100,
             max_octree: 512,
             body_timeout: Duration::from_secs(60),
+            client_from_forwarded_for: false,
         }
     }
 }
@@ -89,6 +95,10 @@ pub struct ServeOptions {
     pub load_throttle: Option<u64>,
     /// While this file exists, models wait to load (tests and demos of the loading state).
     pub hold_loading_while: Option<std::path::PathBuf>,
+    /// Connections: how many, their timeouts, the grace period at shutdown.
+    pub connections: connections::ConnectionLimits,
+    /// A failed model is reloaded at most once in this long (`POST /api/models/retry`).
+    pub retry_interval: Duration,
 }
 
 /// The API and static routes over `state`, behind the Host/Origin guard.
@@ -129,6 +139,10 @@ pub fn router(
 /// SIGINT/SIGTERM.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let started = Instant::now();
+    let descriptors = connections::raise_descriptor_limit();
+    let mut connection_limits = options.connections.clone();
+    connection_limits.max_connections =
+        connections::connection_cap(connection_limits.max_connections, descriptors);
     let listener = tokio::net::TcpListener::bind(options.bind)
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", options.bind))?;
@@ -141,6 +155,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let loader = models::Loader {
         throttle: options.load_throttle,
         hold_while: options.hold_loading_while.clone(),
+        retry_interval: options.retry_interval,
         ..models::Loader::new(
             options.device.clone(),
             options.dtype,
@@ -163,6 +178,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         let _ = out.flush();
     }
     tracing::info!(
+        "at most {} connection(s) at once (descriptor limit {})",
+        connection_limits.max_connections,
+        descriptors.map_or("unknown".into(), |d| d.to_string())
+    );
+    tracing::info!(
         "{} model(s) to load: {}",
         models.slots.len(),
         models
@@ -173,13 +193,29 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             .join(", ")
     );
     let _loading = models::load_in_background(models, loader);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal(jobs.clone()))
-        .await?;
-    // The running job was asked to stop at its next step: wait for that (bounded), then go.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let grace = connection_limits.shutdown_grace;
+    let signalled = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let signal = {
+        let jobs = jobs.clone();
+        let signalled = signalled.clone();
+        async move {
+            shutdown_signal(jobs).await;
+            *signalled.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        }
+    };
+    connections::serve_connections(listener, app, connection_limits, signal).await;
+    // The running job was asked to stop at its next step: wait for that, within what is left
+    // of the grace period, then go.
+    let since = signalled
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(Instant::now);
+    let deadline = since + grace;
     while jobs.running() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if jobs.running() {
+        eprintln!("orfeas: the running job did not stop within the grace period");
     }
     eprintln!("orfeas: stopped");
     Ok(())

@@ -38,6 +38,8 @@ pub struct ModelSlot {
     pub state: RwLock<ModelState<Arc<LoadedModel>>>,
     /// A retry of this model is under way (so two retries do not load it twice).
     retrying: AtomicBool,
+    /// When a retry last started loading it (retries are spaced by [`Loader::retry_interval`]).
+    retried_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl ModelSlot {
@@ -45,6 +47,7 @@ impl ModelSlot {
         Self {
             state: RwLock::new(ModelState::new(id.clone())),
             retrying: AtomicBool::new(false),
+            retried_at: std::sync::Mutex::new(None),
             id,
             dir,
             part_of,
@@ -332,7 +335,13 @@ pub struct Loader {
     /// While this file exists, no shard is read (indexes are): a server that is certainly
     /// still loading, for as long as a test (or a demo) needs, without guessing at speeds.
     pub hold_while: Option<std::path::PathBuf>,
+    /// A failed model is reloaded at most once in this long, however often retry is asked
+    /// (each reload reads the whole model again).
+    pub retry_interval: std::time::Duration,
 }
+
+/// The default spacing of retries of one model.
+pub const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Loader {
     pub fn new(device: Device, dtype: DType, capacity: Capacity) -> Loader {
@@ -342,6 +351,7 @@ impl Loader {
             capacity,
             throttle: None,
             hold_while: None,
+            retry_interval: RETRY_INTERVAL,
         }
     }
 }
@@ -362,6 +372,9 @@ pub enum Retry {
     NothingFailed,
     /// No model has that name.
     Unknown,
+    /// The failed models asked for were retried less than the retry interval ago: not before
+    /// this many seconds.
+    TooSoon { retry_after_s: u64 },
 }
 
 impl Models {
@@ -380,23 +393,41 @@ impl Models {
         if named.is_empty() {
             return Retry::Unknown;
         }
+        let now = std::time::Instant::now();
+        let mut wait = None::<std::time::Duration>;
         let chosen: Vec<usize> = named
             .into_iter()
             .filter(|&i| {
                 let slot = &self.slots[i];
                 let mut state = slot.state.write().unwrap_or_else(|e| e.into_inner());
-                if !matches!(state.status(), ModelStatus::Failed { .. })
-                    || slot.retrying.swap(true, Ordering::SeqCst)
-                {
+                if !matches!(state.status(), ModelStatus::Failed { .. }) {
                     return false;
                 }
+                let mut retried_at = slot.retried_at.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(at) = *retried_at {
+                    let next = at + loader.retry_interval;
+                    if next > now {
+                        let left = next - now;
+                        wait = Some(wait.map_or(left, |w| w.min(left)));
+                        return false;
+                    }
+                }
+                if slot.retrying.swap(true, Ordering::SeqCst) {
+                    return false;
+                }
+                *retried_at = Some(now);
                 // Loading from now on, so health never shows the old failure after a retry.
                 let _ = state.start_loading(LoadProgress::new(&slot.id, 0, 0, 0));
                 true
             })
             .collect();
         if chosen.is_empty() {
-            return Retry::NothingFailed;
+            return match wait {
+                Some(left) => Retry::TooSoon {
+                    retry_after_s: left.as_secs_f64().ceil().max(1.0) as u64,
+                },
+                None => Retry::NothingFailed,
+            };
         }
         let ids = chosen.iter().map(|&i| self.slots[i].id.clone()).collect();
         spawn_loading(self.clone(), loader.clone(), chosen);

@@ -2,12 +2,12 @@
 //! fixtures come from the workspace's test-support crate (`orfeas_tests::fixtures`).
 #![allow(dead_code, unused_imports)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub use orfeas_tests::fixtures::{
     self, Tensors, isnet_weights, stage, tensors as fixture_tensors, write_bundle,
@@ -18,8 +18,16 @@ pub fn fixtures() -> PathBuf {
     fixtures::dir()
 }
 
+/// The `orfeas` binary under test: this build's, or `ORFEAS_TEST_BIN` (to run the same tests
+/// against another build, e.g. to see that a test fails without the change it covers).
+pub fn binary() -> PathBuf {
+    std::env::var_os("ORFEAS_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_orfeas")))
+}
+
 pub fn orfeas(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_orfeas"))
+    Command::new(binary())
         .args(args)
         .output()
         .expect("orfeas runs")
@@ -63,8 +71,24 @@ impl Drop for Server {
 
 impl Server {
     pub fn start(models: &Path, extra: &[&str]) -> Self {
+        Self::start_under(None, models, extra)
+    }
+
+    /// As [`Server::start`], run through `sh -c` after `shell` (say `ulimit -n 256`).
+    pub fn start_under(shell: Option<&str>, models: &Path, extra: &[&str]) -> Self {
         let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_orfeas"))
+        let mut command = match shell {
+            Some(shell) => {
+                let mut command = Command::new("sh");
+                command
+                    .arg("-c")
+                    .arg(format!("{shell}; exec \"$0\" \"$@\""))
+                    .arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
+        let mut child = command
             .args(["serve", "--bind", "127.0.0.1:0", "--models"])
             .arg(models)
             .args(extra)
@@ -174,4 +198,142 @@ pub async fn finished_job(
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap()
+}
+
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let image = image_rgba(width, height);
+    let encoder = image::codecs::png::PngEncoder::new(std::io::Cursor::new(&mut bytes));
+    image::ImageEncoder::write_image(
+        encoder,
+        &image,
+        width,
+        height,
+        image::ExtendedColorType::Rgba8,
+    )
+    .unwrap();
+    bytes
+}
+
+pub fn image_rgba(width: u32, height: u32) -> Vec<u8> {
+    (0..width * height)
+        .flat_map(|i| [(i % 251) as u8, 80, 160, if i % 3 == 0 { 0 } else { 255 }])
+        .collect()
+}
+
+/// A raw HTTP/1.1 request, so that paths reach the server exactly as written.
+pub fn raw_get(base: &str, path: &str, headers: &str) -> (u16, String, Vec<u8>) {
+    let address = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head[9..12].parse().unwrap();
+    (status, head, response[split + 4..].to_vec())
+}
+
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// The server's peak resident memory so far (VmHWM), in bytes.
+pub fn peak_rss(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// After an attack: health answers within a second, and a normal job (the fixture shape
+/// model, 2 steps, octree 16) is done.
+pub async fn still_serves(client: &reqwest::Client, server: &Server) {
+    let started = Instant::now();
+    assert_eq!(health(client, server).await["status"], "healthy");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "health took {:?}",
+        started.elapsed()
+    );
+    let response = client
+        .post(server.url("/api/generate-3d?wait=true"))
+        .json(&json!({
+            "image": b64(&png(32, 32)), "steps": 2, "octree_resolution": 16,
+            "remove_background": false, "format": "obj",
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "a normal job after the attack: {body}");
+}
+
+/// A model of `mib` MiB (F16 after packing) in `root/<id>`.
+pub fn model(root: &Path, id: &str, mib: usize) -> PathBuf {
+    let input = root.join(format!("{id}.safetensors"));
+    let n = mib << 18; // f32 elements: mib MiB of f16 after packing
+    let tensors: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            let values: Vec<u8> = (0..n / 4)
+                .flat_map(|k| (((k % 97) as f32) / 97.0 - 0.5).to_le_bytes())
+                .collect();
+            (format!("layer{i}.weight"), values)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, bytes)| {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                vec![bytes.len() / 4],
+                bytes,
+            )
+            .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &input).unwrap();
+    let out = root.join(id);
+    let status = Command::new(binary())
+        .args(["pack", "--model-id", id, "--shard-size", "16", "-o"])
+        .arg(&out)
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_file(input).unwrap();
+    out
+}
+
+/// Flip a byte in the middle of the shard set's first shard.
+pub fn corrupt_a_shard(set: &Path) {
+    let shard = std::fs::read_dir(set)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .unwrap();
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&shard, bytes).unwrap();
 }
