@@ -228,17 +228,21 @@ async fn json_parameters_cost_their_bytes_and_errors_do_not_echo_them() {
     let started = Instant::now();
     let (status, _, answer) = raw_exchange(&server, &json_post(&server, "/api/generate-3d", &body));
     let took = started.elapsed();
+    let grown = peak_rss(&server).saturating_sub(before) >> 20;
+    eprintln!(
+        "array of objects: answered {status} in {took:?} with {} bytes, peak RSS +{grown} MB",
+        answer.len()
+    );
     let answer: Value = serde_json::from_slice(&answer).unwrap();
-    assert_eq!(status, 400, "{answer}");
     let message = answer["error"].as_str().unwrap();
+    let start: String = message.chars().take(200).collect();
+    assert_eq!(status, 400, "{start}");
     assert!(
         message.contains("steps") && message.contains("expected a number"),
-        "{message}"
+        "{start}"
     );
-    assert!(message.len() < 300, "{message}");
+    assert!(message.len() < 300, "{} bytes: {start}…", message.len());
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    let grown = peak_rss(&server).saturating_sub(before) >> 20;
-    eprintln!("array of objects: answered in {took:?}, peak RSS +{grown} MB");
     assert!(grown < 150, "+{grown} MB for a 12 MiB body");
 
     // A 4 MB string where a number, a format or a flag goes: named, and quoted by its start.
@@ -287,13 +291,13 @@ async fn form_fields_are_capped() {
     let started = Instant::now();
     let (status, _, answer) = raw_exchange(&server, &request);
     let answer = String::from_utf8_lossy(&answer);
-    assert_eq!(status, 400, "{answer}");
-    assert!(answer.contains("more than 32 form fields"), "{answer}");
     eprintln!(
-        "{} MB of fields refused in {:?}",
+        "{} MB of fields answered {status} in {:?}",
         body.len() >> 20,
         started.elapsed()
     );
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("more than 32 form fields"), "{answer}");
     still_serves(&client, &server).await;
 }
 
@@ -757,9 +761,10 @@ async fn retries_of_a_failed_model_are_spaced() {
             "failed"
         );
         refused += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("{refused} retries refused within the interval");
-    assert!(refused >= 5);
+    assert!(refused >= 5, "{refused}");
     // Once the interval has passed, a retry reloads it again.
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(first.elapsed())).await;
     assert_eq!(retry().await.unwrap().status(), 202);

@@ -946,7 +946,7 @@ async fn a_fresh_page_is_shown_even_when_the_service_worker_cannot_store_it() ->
         .await?;
     // A new page that the cache refuses to store (`Vary: *` makes `cache.put` reject, as a
     // full quota does): the network's answer is still the one shown, not the stale copy.
-    let page = std::fs::read_to_string(orfeas_tests::dist_dir()?.join("index.html"))?;
+    let page = std::fs::read_to_string(dist_dir()?.join("index.html"))?;
     let fresh = page.replacen(
         "<head>",
         "<head><meta name=\"orfeas-build\" content=\"fresh\">",
@@ -980,15 +980,14 @@ async fn a_fresh_page_is_shown_even_when_the_service_worker_cannot_store_it() ->
 async fn an_oversize_index_is_refused_before_it_is_read() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let rig = rig().await?;
-    // 17 MiB claiming to be the model's index.
+    // 17 MiB claiming to be the model's index, whose body stalls half-way: read whole (as
+    // before), the load would wait for it forever; its declared size is refused at once.
     let mut index = vec![b' '; 17 << 20];
     index[0] = b'{';
     *index.last_mut().unwrap() = b'}';
-    rig.server.put_file(
-        &format!("/models/{MODEL}/model.safetensors.index.json"),
-        "application/json",
-        index,
-    );
+    let file = "model.safetensors.index.json";
+    std::fs::write(rig._models.path().join(MODEL).join(file), index)?;
+    rig.server.set_fault(file, Fault::Stall);
     let browser = rig.open("/").await?;
     wait_status(&browser, "failed").await?;
     let error = model_error(&browser).await?;

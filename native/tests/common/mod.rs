@@ -203,6 +203,9 @@ pub async fn finished_job(
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(256)
+        // Let go of idle connections before the server's idle timeout (5 s) closes them, so a
+        // request never races the server's close.
+        .pool_idle_timeout(Duration::from_secs(2))
         .build()
         .unwrap()
 }
