@@ -146,24 +146,22 @@ async fn encoded_paths_are_judged_by_the_names_they_decode_to() {
     still_serves(&client, &server).await;
 }
 
-/// An 8000 × 8000 PNG (64 MP: 256 MB decoded), small on the wire.
-fn huge_png() -> Vec<u8> {
-    let image = image::RgbaImage::from_pixel(8000, 8000, image::Rgba([120, 60, 30, 255]));
-    let mut bytes = Vec::new();
+/// `pixels` (big-endian samples, as PNG stores them) of `width × height` as a PNG.
+fn encode_png(pixels: &[u8], width: u32, height: u32, color: image::ExtendedColorType) -> Vec<u8> {
+    let mut png = Vec::new();
     let encoder = image::codecs::png::PngEncoder::new_with_quality(
-        std::io::Cursor::new(&mut bytes),
+        std::io::Cursor::new(&mut png),
         image::codecs::png::CompressionType::Default,
         image::codecs::png::FilterType::NoFilter,
     );
-    image::ImageEncoder::write_image(
-        encoder,
-        image.as_raw(),
-        8000,
-        8000,
-        image::ExtendedColorType::Rgba8,
-    )
-    .unwrap();
-    bytes
+    image::ImageEncoder::write_image(encoder, pixels, width, height, color).unwrap();
+    png
+}
+
+/// An 8000 × 8000 PNG (64 MP: 256 MB decoded), small on the wire.
+fn huge_png() -> Vec<u8> {
+    let image = image::RgbaImage::from_pixel(8000, 8000, image::Rgba([120, 60, 30, 255]));
+    encode_png(image.as_raw(), 8000, 8000, image::ExtendedColorType::Rgba8)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,39 +464,16 @@ async fn sigterm_exits_within_the_grace_period_whatever_clients_hold() {
 fn deep_png_turned(width: u32, height: u32, orientation: u16) -> Vec<u8> {
     let pixels = vec![0x7777u16; (width * height * 3) as usize];
     let bytes: Vec<u8> = pixels.iter().flat_map(|v| v.to_be_bytes()).collect();
-    let mut png = Vec::new();
-    let encoder = image::codecs::png::PngEncoder::new_with_quality(
-        std::io::Cursor::new(&mut png),
-        image::codecs::png::CompressionType::Default,
-        image::codecs::png::FilterType::NoFilter,
-    );
-    image::ImageEncoder::write_image(
-        encoder,
-        &bytes,
-        width,
-        height,
-        image::ExtendedColorType::Rgb16,
-    )
-    .unwrap();
+    let mut png = encode_png(&bytes, width, height, image::ExtendedColorType::Rgb16);
     let mut exif = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01".to_vec();
     exif.extend_from_slice(&orientation.to_be_bytes());
     exif.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
     let mut chunk = (exif.len() as u32).to_be_bytes().to_vec();
     let mut typed = b"eXIf".to_vec();
     typed.extend_from_slice(&exif);
-    let mut crc = 0xffff_ffffu32;
-    for &b in &typed {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
+    let crc = crc32fast::hash(&typed);
     chunk.extend_from_slice(&typed);
-    chunk.extend_from_slice(&(!crc).to_be_bytes());
+    chunk.extend_from_slice(&crc.to_be_bytes());
     // After the signature (8) and IHDR (25).
     png.splice(33..33, chunk);
     png
@@ -540,18 +515,8 @@ async fn a_deep_turned_picture_costs_its_decoded_bytes_once() {
     claim[16..20].copy_from_slice(&8000u32.to_be_bytes());
     claim[20..24].copy_from_slice(&8000u32.to_be_bytes());
     claim[25] = 6; // RGBA
-    let mut crc = 0xffff_ffffu32;
-    for &b in &claim[12..29] {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    claim[29..33].copy_from_slice(&(!crc).to_be_bytes());
+    let crc = crc32fast::hash(&claim[12..29]);
+    claim[29..33].copy_from_slice(&crc.to_be_bytes());
     let response = client
         .post(server.url("/api/generate-3d"))
         .json(&json!({ "image": b64(&claim) }))
