@@ -261,6 +261,25 @@ async fn json_parameters_cost_their_bytes_and_errors_do_not_echo_them() {
             "{answer}"
         );
     }
+    // Nor does a long job id, Host or Origin come back whole.
+    let long = "f".repeat(30_000);
+    let requests = [
+        format!(
+            "GET /api/jobs/{long} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            address(&server)
+        ),
+        format!("GET /api/health HTTP/1.1\r\nHost: {long}.example\r\nConnection: close\r\n\r\n"),
+        format!(
+            "POST /api/models/retry HTTP/1.1\r\nHost: {}\r\nOrigin: http://{long}.example\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+            address(&server)
+        ),
+    ];
+    for (request, expected) in requests.iter().zip([404, 403, 403]) {
+        let (status, _, answer) = raw_exchange(&server, request.as_bytes());
+        assert_eq!(status, expected);
+        assert!(answer.len() < 400, "{} bytes answered", answer.len());
+    }
     still_serves(&client, &server).await;
 }
 

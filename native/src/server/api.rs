@@ -22,7 +22,7 @@ use super::jobs::{
     Format, GenerateParams, JobInput, JobStatus, Lookup, MeshFile, Reservation, SubmitError,
 };
 use super::models::{Aggregate, Retry};
-use super::{AppState, RequestLimits};
+use super::{AppState, RequestLimits, excerpt};
 use orfeas_engine::pipeline::{OCTREE_RESOLUTION, STEPS, out_of_range};
 
 /// The largest image accepted, in pixels (64 MP), and its longest side.
@@ -145,9 +145,10 @@ impl ApiError {
             ApiError::QueueClosed => {
                 "the generation queue is closed (the server is stopping)".into()
             }
-            ApiError::UnknownJob(id) => format!("no job {id}"),
+            ApiError::UnknownJob(id) => format!("no job {}", excerpt(id)),
             ApiError::EvictedJob(id) => format!(
-                "job {id} finished and its result was discarded (results are kept for a while)"
+                "job {} finished and its result was discarded (results are kept for a while)",
+                excerpt(id)
             ),
             ApiError::JobCancelled(reason) => format!("the job was cancelled: {reason}"),
         }
@@ -276,22 +277,10 @@ impl Scalar {
     fn excerpt(&self) -> String {
         match self {
             Scalar::Text(text) => excerpt(text),
-            Scalar::Number(text) => text.chars().take(EXCERPT_CHARS).collect(),
+            Scalar::Number(text) => text.chars().take(super::EXCERPT_CHARS).collect(),
             Scalar::Bool(b) => b.to_string(),
         }
     }
-}
-
-/// How much of a sent value an error message repeats.
-const EXCERPT_CHARS: usize = 32;
-
-/// `text` quoted, cut to its first [`EXCERPT_CHARS`] characters (with `…` when cut).
-fn excerpt(text: &str) -> String {
-    let mut cut: String = text.chars().take(EXCERPT_CHARS).collect();
-    if cut.len() < text.len() {
-        cut.push('…');
-    }
-    format!("{cut:?}")
 }
 
 /// Request fields before validation, typed as they are parsed.

@@ -82,8 +82,9 @@ pub async fn guard(State(access): State<Arc<Access>>, request: Request, next: Ne
         && !access.host_allowed(host)
     {
         return forbidden(format!(
-            "this server does not answer to the host {host:?} (start it with --allow-host {})",
-            host_name(host)
+            "this server does not answer to the host {} (start it with --allow-host {})",
+            super::excerpt(host),
+            super::excerpt(&host_name(host)).trim_matches('"')
         ));
     }
     let changes = !matches!(*request.method(), Method::GET | Method::HEAD);
@@ -91,9 +92,11 @@ pub async fn guard(State(access): State<Arc<Access>>, request: Request, next: Ne
         let origin = origin.to_str().unwrap_or("(not text)");
         let host = host.as_deref().unwrap_or_default();
         if !access.origin_allowed(origin, host) {
+            let origin = super::excerpt(origin);
             return forbidden(format!(
                 "requests from the page at {origin} may not change anything here (start the \
-                 server with --allow-origin {origin} to allow it)"
+                 server with --allow-origin {} to allow it)",
+                origin.trim_matches('"')
             ));
         }
     }

@@ -50,6 +50,19 @@ impl AppState {
     }
 }
 
+/// How much of a sent value (a parameter, a header, an id) an error message repeats.
+pub const EXCERPT_CHARS: usize = 32;
+
+/// `text` quoted, cut to its first [`EXCERPT_CHARS`] characters (with `…` when cut): an answer
+/// never repeats more of a request than this.
+pub fn excerpt(text: &str) -> String {
+    let mut cut: String = text.chars().take(EXCERPT_CHARS).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    format!("{cut:?}")
+}
+
 /// Uploads decoded at the same time: each may hold a 64 MP image (256 MB) for a moment.
 pub const DECODERS: usize = 2;
 
