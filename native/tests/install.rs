@@ -10,20 +10,32 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{binary, orfeas, text};
 
-/// A safetensors file of `mib` MiB of f32 values (half that once packed as F16).
+/// A safetensors file of two tensors: `a`, 1 MiB of f32 (half that packed as F16), and `b`, `mib`
+/// MiB of f32. With `b` over the 16 MiB shard size once packed, a set has two shards, the first
+/// small: a writer limited to a few MiB per file installs the first and fails on the second.
 fn input(dir: &Path, name: &str, mib: usize, seed: u32) -> PathBuf {
     let path = dir.join(name);
-    let values: Vec<u8> = (0..(mib << 18) as u32)
-        .flat_map(|k| (((k.wrapping_mul(seed) % 97) as f32) / 97.0 - 0.5).to_le_bytes())
-        .collect();
-    let view = safetensors::tensor::TensorView::new(
-        safetensors::Dtype::F32,
-        vec![values.len() / 4],
-        &values,
+    let values = |n: usize| -> Vec<u8> {
+        (0..n as u32)
+            .flat_map(|k| (((k.wrapping_mul(seed) % 97) as f32) / 97.0 - 0.5).to_le_bytes())
+            .collect()
+    };
+    let (a, b) = (values(1 << 18), values(mib << 18));
+    safetensors::serialize_to_file(
+        [
+            ("a".to_string(), f32_view(&a)),
+            ("b".to_string(), f32_view(&b)),
+        ],
+        None,
+        &path,
     )
     .unwrap();
-    safetensors::serialize_to_file([("w".to_string(), view)], None, &path).unwrap();
     path
+}
+
+fn f32_view(bytes: &[u8]) -> safetensors::tensor::TensorView<'_> {
+    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![bytes.len() / 4], bytes)
+        .unwrap()
 }
 
 fn pack_under(shell: &str, input: &Path, out: &Path) -> Output {
@@ -57,13 +69,16 @@ fn leftovers(dir: &Path) -> Vec<String> {
 fn a_repack_that_fails_or_dies_part_way_leaves_the_installed_set_verifying() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m");
-    let small = input(dir.path(), "a.safetensors", 1, 7);
-    let large = input(dir.path(), "b.safetensors", 8, 13);
-    assert!(pack_under("true", &small, &out).status.success());
+    // The same layout (two shards, the same file names) with other values: a re-pack that
+    // replaced shards one by one would leave the first new and the second old.
+    let first = input(dir.path(), "a.safetensors", 40, 7);
+    let second = input(dir.path(), "b.safetensors", 40, 13);
+    assert!(pack_under("true", &first, &out).status.success());
     let index = std::fs::read(out.join("model.safetensors.index.json")).unwrap();
 
-    // Writes fail past 1 MiB (SIGXFSZ ignored, so the write returns EFBIG): pack says so.
-    let failed = pack_under("trap '' XFSZ; ulimit -f 1024", &large, &out);
+    // Writes fail past 2 MiB (sh counts 512-byte blocks; SIGXFSZ ignored, so the write returns
+    // EFBIG): the first shard is written, the second is not, and pack says so.
+    let failed = pack_under("trap '' XFSZ; ulimit -f 4096", &second, &out);
     assert!(!failed.status.success());
     assert!(
         text(&failed).contains("File too large"),
@@ -78,7 +93,7 @@ fn a_repack_that_fails_or_dies_part_way_leaves_the_installed_set_verifying() {
     assert_eq!(leftovers(dir.path()), ["m"], "a failed write cleans up");
 
     // Killed part-way (SIGXFSZ's default): nothing is cleaned, and still the set verifies.
-    let killed = pack_under("ulimit -f 1024", &large, &out);
+    let killed = pack_under("ulimit -f 4096", &second, &out);
     assert!(killed.status.code().is_none(), "{:?}", killed.status);
     assert!(verifies(&out));
     assert_eq!(
@@ -86,7 +101,7 @@ fn a_repack_that_fails_or_dies_part_way_leaves_the_installed_set_verifying() {
         index
     );
     // The next writer takes over the dead one's lock and replaces the set.
-    assert!(pack_under("true", &large, &out).status.success());
+    assert!(pack_under("true", &second, &out).status.success());
     assert!(verifies(&out));
     assert_ne!(
         std::fs::read(out.join("model.safetensors.index.json")).unwrap(),
