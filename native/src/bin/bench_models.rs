@@ -24,7 +24,7 @@ use clap::{Parser, ValueEnum};
 use orfeas::synthetic::Variant;
 use orfeas_engine::mesh::marching_cubes::{Field, marching_cubes};
 use orfeas_engine::models::{
-    attend, buffer_budget, largest_activation_bytes, reset_largest_intermediate,
+    attend, buffer_budget, flash_attention, largest_activation_bytes, reset_largest_intermediate,
     set_flash_attention,
 };
 use orfeas_engine::pipeline::{Architecture, Denoiser, ShapeConfig, ShapeModel};
@@ -54,6 +54,11 @@ struct Args {
     /// Field queries per chunk (the official num_chunks 8000).
     #[arg(long, default_value_t = 8000)]
     chunk: usize,
+    /// Every stage with attention over query slices instead of the fused kernel (wgpu), to
+    /// time whole stages both ways; the self-attention lines still compare the two, the
+    /// cross-attention line runs as the stages do.
+    #[arg(long)]
+    sliced_attention: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -408,6 +413,8 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
         .cast(dtype)
     };
     let (q, k) = (qkv(self_tokens), qkv(self_tokens));
+    let whole_run = flash_attention();
+    set_flash_attention(true);
     let (m, ()) = measure(&device, reps, || {
         sync(&attend(q.clone(), k.clone(), k.clone()))
     });
@@ -418,9 +425,9 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
         let (sliced, ()) = measure(&device, reps, || {
             sync(&attend(q.clone(), k.clone(), k.clone()))
         });
-        set_flash_attention(true);
         sliced
     });
+    set_flash_attention(whole_run);
     let flops = 4.0 * (batch * heads * self_tokens * self_tokens * head_dim) as f64;
     let a = Tensor::<3>::random(
         [batch * heads, self_tokens, head_dim],
@@ -641,6 +648,9 @@ fn bench_fixtures(args: &Args) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.sliced_attention {
+        set_flash_attention(false);
+    }
     WARM_UP.store(
         args.preset.is_none() || args.backend == Backend::Wgpu,
         Ordering::Relaxed,
