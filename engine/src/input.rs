@@ -106,7 +106,8 @@ fn fitted(w: u32, h: u32, max_side: u32) -> Option<(u32, u32, bool)> {
     Some((nw, nh, scale <= 0.5))
 }
 
-/// [`shrink_within`] for any pixel format (a 16-bit picture stays 16-bit until it is small).
+/// [`fit_within`] for any pixel format, taking the image (one that already fits is returned as
+/// it is; a 16-bit picture stays 16-bit until it is small).
 fn shrink_dynamic(image: DynamicImage, max_side: u32) -> DynamicImage {
     match fitted(image.width(), image.height(), max_side) {
         None => image,
@@ -127,15 +128,6 @@ pub fn fit_within(image: &RgbaImage, max_side: u32) -> RgbaImage {
         Some((nw, nh, false)) => {
             image::imageops::resize(image, nw, nh, image::imageops::FilterType::Triangle)
         }
-    }
-}
-
-/// As [`fit_within`], taking the image: one that already fits is returned as it is.
-pub fn shrink_within(image: RgbaImage, max_side: u32) -> RgbaImage {
-    if image.width().max(image.height()) <= max_side {
-        image
-    } else {
-        fit_within(&image, max_side)
     }
 }
 
@@ -287,13 +279,14 @@ mod tests {
         );
     }
 
-    /// PNG's chunk checksum, to forge a valid header.
     #[test]
     fn fit_within_keeps_the_aspect_and_never_enlarges() {
         let image = RgbaImage::new(1000, 500);
         assert_eq!(fit_within(&image, 512).dimensions(), (512, 256));
         assert_eq!(fit_within(&image, 2000).dimensions(), (1000, 500));
-        assert_eq!(shrink_within(image, 700).dimensions(), (700, 350));
+        let image = DynamicImage::ImageRgba8(image);
+        let shrunk = shrink_dynamic(image, 700);
+        assert_eq!((shrunk.width(), shrunk.height()), (700, 350));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 mod common;
 use common::{
     Server, b64, client, converted_fixture_model, corrupt_a_shard, header, health, model, peak_rss,
-    png, raw_get, still_serves, wait_ready,
+    png, raw_get, still_serves, wait_ready, web_and_secret,
 };
 
 /// A server over the converted fixture shape model, started with `extra`.
@@ -72,14 +72,7 @@ async fn encoded_paths_are_judged_by_the_names_they_decode_to() {
     )
     .unwrap();
     std::fs::write(vae.join("notes.html"), "<script>alert(1)</script>").unwrap();
-    let web = tempfile::tempdir().unwrap();
-    let secret = tempfile::tempdir().unwrap();
-    std::fs::write(secret.path().join("key"), "top secret").unwrap();
-    std::fs::write(
-        web.path().join("index.html"),
-        "<!doctype html><script>1</script>",
-    )
-    .unwrap();
+    let (web, secret) = web_and_secret();
     std::fs::write(web.path().join(".secret"), "top secret").unwrap();
     std::os::unix::fs::symlink(secret.path(), web.path().join("out")).unwrap();
     let server = Server::start(dir.path(), &["--web", web.path().to_str().unwrap()]);

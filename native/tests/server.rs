@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 mod common;
 use common::{
     Hold, Server, b64, client, converted_fixture_model, corrupt_a_shard, finished_job, fixtures,
-    header, health, model, peak_rss, png, raw_get, still_serves, wait_ready,
+    header, health, model, peak_rss, png, raw_get, still_serves, wait_ready, web_and_secret,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -851,14 +851,7 @@ async fn a_foreign_origin_cannot_post_and_a_rebinding_host_is_refused() {
 async fn symlinks_out_of_the_folder_and_dotfiles_are_not_served() {
     let dir = tempfile::tempdir().unwrap();
     converted_fixture_model(&dir.path().join("hunyuan"));
-    let web = tempfile::tempdir().unwrap();
-    let secret = tempfile::tempdir().unwrap();
-    std::fs::write(secret.path().join("key"), "top secret").unwrap();
-    std::fs::write(
-        web.path().join("index.html"),
-        "<!doctype html><script>1</script>",
-    )
-    .unwrap();
+    let (web, secret) = web_and_secret();
     std::fs::write(web.path().join(".env"), "TOKEN=x").unwrap();
     std::fs::create_dir(web.path().join(".git")).unwrap();
     std::fs::write(web.path().join(".git/config"), "[core]").unwrap();

@@ -1,11 +1,10 @@
 //! `/api/*`: the original studio's endpoints (`health`, `generate-3d`) and the job endpoints.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use std::net::{IpAddr, SocketAddr};
-
 use axum::extract::{
     ConnectInfo, FromRequest, FromRequestParts, Multipart, Path, Query, Request, State,
 };
@@ -22,7 +21,7 @@ use super::jobs::{
     Format, GenerateParams, JobInput, JobStatus, Lookup, MeshFile, Reservation, SubmitError,
 };
 use super::models::{Aggregate, Retry};
-use super::{AppState, RequestLimits, excerpt};
+use super::{AppState, EXCERPT_CHARS, RequestLimits, cut, excerpt};
 use orfeas_engine::pipeline::{OCTREE_RESOLUTION, STEPS, out_of_range};
 
 /// The largest image accepted, in pixels (64 MP), and its longest side.
@@ -277,7 +276,7 @@ impl Scalar {
     fn excerpt(&self) -> String {
         match self {
             Scalar::Text(text) => excerpt(text),
-            Scalar::Number(text) => text.chars().take(super::EXCERPT_CHARS).collect(),
+            Scalar::Number(text) => cut(text, EXCERPT_CHARS),
             Scalar::Bool(b) => b.to_string(),
         }
     }
@@ -295,6 +294,22 @@ struct RawParams {
     format: Option<Scalar>,
 }
 
+impl RawParams {
+    /// Where the scalar parameter `name` goes (JSON keys and form fields alike); `None` for
+    /// the image and for names we do not take.
+    fn slot(&mut self, name: &str) -> Option<&mut Option<Scalar>> {
+        Some(match name {
+            "steps" => &mut self.steps,
+            "guidance" | "guidance_scale" => &mut self.guidance,
+            "octree_resolution" => &mut self.octree_resolution,
+            "seed" => &mut self.seed,
+            "remove_background" => &mut self.remove_background,
+            "format" => &mut self.format,
+            _ => return None,
+        })
+    }
+}
+
 /// Parsed field by field, so an error names the field it is about; unknown fields are skipped
 /// without being built (forms and clients carry extras).
 impl<'de> Deserialize<'de> for RawParams {
@@ -310,23 +325,13 @@ impl<'de> Deserialize<'de> for RawParams {
                 let mut raw = RawParams::default();
                 while let Some(key) = map.next_key::<String>()? {
                     let named = |e: A::Error| A::Error::custom(format!("{}: {e}", excerpt(&key)));
-                    let slot = match key.as_str() {
-                        "image" => {
-                            raw.image = Some(map.next_value::<String>().map_err(named)?);
-                            continue;
-                        }
-                        "steps" => &mut raw.steps,
-                        "guidance" | "guidance_scale" => &mut raw.guidance,
-                        "octree_resolution" => &mut raw.octree_resolution,
-                        "seed" => &mut raw.seed,
-                        "remove_background" => &mut raw.remove_background,
-                        "format" => &mut raw.format,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                            continue;
-                        }
-                    };
-                    *slot = Some(map.next_value::<Scalar>().map_err(named)?);
+                    if key == "image" {
+                        raw.image = Some(map.next_value::<String>().map_err(named)?);
+                    } else if let Some(slot) = raw.slot(&key) {
+                        *slot = Some(map.next_value::<Scalar>().map_err(named)?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
                 }
                 Ok(raw)
             }
@@ -623,11 +628,7 @@ async fn parse_body(request: Request, limit: usize) -> Result<(RawParams, Vec<u8
             .await
             .map_err(|_| too_large(limit))?;
         let raw: RawParams = serde_json::from_slice(&bytes).map_err(|e| {
-            let mut message = e.to_string();
-            if message.len() > 200 {
-                message = format!("{}…", message.chars().take(200).collect::<String>());
-            }
-            ApiError::BadRequest(format!("malformed JSON: {message}"))
+            ApiError::BadRequest(format!("malformed JSON: {}", cut(&e.to_string(), 200)))
         })?;
         let encoded = raw.image.clone().ok_or_else(|| {
             ApiError::BadRequest("missing \"image\" (base64 or a data: URL)".into())
@@ -743,17 +744,13 @@ async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Ve
         if total > limit {
             return Err(too_large(limit));
         }
-        let text = || Scalar::Text(String::from_utf8_lossy(&bytes).trim().to_string());
-        match name.as_str() {
-            "image" | "file" => image = Some(bytes.to_vec()),
-            "steps" => raw.steps = Some(text()),
-            "guidance" | "guidance_scale" => raw.guidance = Some(text()),
-            "octree_resolution" => raw.octree_resolution = Some(text()),
-            "seed" => raw.seed = Some(text()),
-            "remove_background" => raw.remove_background = Some(text()),
-            "format" => raw.format = Some(text()),
-            _ => {} // unknown fields are ignored, as forms carry extras
-        }
+        if matches!(name.as_str(), "image" | "file") {
+            image = Some(bytes.to_vec());
+        } else if let Some(slot) = raw.slot(&name) {
+            *slot = Some(Scalar::Text(
+                String::from_utf8_lossy(&bytes).trim().to_string(),
+            ));
+        } // unknown fields are ignored, as forms carry extras
     }
     let image = image.ok_or_else(|| bad("missing the \"image\" file field".into()))?;
     Ok((raw, image))
@@ -842,11 +839,6 @@ fn validate(raw: &RawParams, limits: &RequestLimits) -> Result<GenerateParams, S
     Ok(params)
 }
 
-/// Decode PNG/JPEG/WebP; refuse empty, zero-sized and oversize images before decoding pixels.
-pub fn decode_image(bytes: &[u8]) -> Result<image::RgbaImage, String> {
-    orfeas_engine::input::decode_image(bytes).map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Cursor;
@@ -854,6 +846,11 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// The engine's decode with its error as the API words it.
+    fn decode_image(bytes: &[u8]) -> Result<image::RgbaImage, String> {
+        orfeas_engine::input::decode_image(bytes).map_err(|e| e.to_string())
+    }
 
     #[test]
     fn parameters_are_range_checked_with_reasons() {

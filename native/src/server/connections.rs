@@ -246,13 +246,14 @@ impl Drop for InFlight {
 }
 
 /// Serve `app` on `listener` within `limits` until `shutdown` completes, then drain the open
-/// connections for at most the grace period. Requests carry `ConnectInfo<SocketAddr>`.
+/// connections for at most the grace period; when the shutdown began. Requests carry
+/// `ConnectInfo<SocketAddr>`.
 pub async fn serve_connections(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Instant {
     let cap = limits.max_connections.max(1);
     let slots = Arc::new(Semaphore::new(cap));
     let (stop, stopping) = watch::channel(false);
@@ -284,6 +285,7 @@ pub async fn serve_connections(
             drop(slot);
         });
     }
+    let since = Instant::now();
     drop(listener);
     let _ = stop.send(true);
     // Every slot back means every connection has ended.
@@ -298,6 +300,7 @@ pub async fn serve_connections(
             limits.shutdown_grace.as_secs()
         );
     }
+    since
 }
 
 /// One connection, until it ends, its watchdog drops it, or shutdown's drain ends it.

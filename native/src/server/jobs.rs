@@ -165,7 +165,7 @@ struct JobEntry {
     share: Option<ClientShare>,
 }
 
-pub struct Queued {
+struct Queued {
     id: String,
     input: JobInput,
 }

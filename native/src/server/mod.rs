@@ -53,14 +53,19 @@ impl AppState {
 /// How much of a sent value (a parameter, a header, an id) an error message repeats.
 pub const EXCERPT_CHARS: usize = 32;
 
-/// `text` quoted, cut to its first [`EXCERPT_CHARS`] characters (with `…` when cut): an answer
-/// never repeats more of a request than this.
-pub fn excerpt(text: &str) -> String {
-    let mut cut: String = text.chars().take(EXCERPT_CHARS).collect();
-    if cut.len() < text.len() {
-        cut.push('…');
+/// `text` cut to its first `chars` characters, with `…` when it was longer.
+pub fn cut(text: &str, chars: usize) -> String {
+    let mut start: String = text.chars().take(chars).collect();
+    if start.len() < text.len() {
+        start.push('…');
     }
-    format!("{cut:?}")
+    start
+}
+
+/// `text` quoted, cut to its first [`EXCERPT_CHARS`] characters: an answer never repeats more
+/// of a request than this.
+pub fn excerpt(text: &str) -> String {
+    format!("{:?}", cut(text, EXCERPT_CHARS))
 }
 
 /// Uploads decoded at the same time: each may hold a 64 MP image (256 MB) for a moment.
@@ -207,22 +212,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     );
     let _loading = models::load_in_background(models, loader);
     let grace = connection_limits.shutdown_grace;
-    let signalled = Arc::new(std::sync::Mutex::new(None::<Instant>));
-    let signal = {
-        let jobs = jobs.clone();
-        let signalled = signalled.clone();
-        async move {
-            shutdown_signal(jobs).await;
-            *signalled.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        }
-    };
-    connections::serve_connections(listener, app, connection_limits, signal).await;
+    let signal = shutdown_signal(jobs.clone());
+    let since = connections::serve_connections(listener, app, connection_limits, signal).await;
     // The running job was asked to stop at its next step: wait for that, within what is left
     // of the grace period, then go.
-    let since = signalled
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .unwrap_or_else(Instant::now);
     let deadline = since + grace;
     while jobs.running() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -200,6 +200,20 @@ pub async fn finished_job(
     }
 }
 
+/// A web folder whose page has one inline script, and beside it (outside) a folder holding
+/// `key` = "top secret": what the static-file tests try to reach.
+pub fn web_and_secret() -> (tempfile::TempDir, tempfile::TempDir) {
+    let web = tempfile::tempdir().unwrap();
+    let secret = tempfile::tempdir().unwrap();
+    std::fs::write(secret.path().join("key"), "top secret").unwrap();
+    std::fs::write(
+        web.path().join("index.html"),
+        "<!doctype html><script>1</script>",
+    )
+    .unwrap();
+    (web, secret)
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(256)
