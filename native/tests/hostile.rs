@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -434,32 +433,7 @@ async fn sigterm_exits_within_the_grace_period_whatever_clients_hold() {
     let mut first = [0u8; 1024];
     let _ = stalled.read(&mut first).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let signalled = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(8),
-            "still running {:?} after SIGTERM",
-            signalled.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let took = signalled.elapsed();
-    assert!(status.success(), "{status:?}");
-    let mut stderr = String::new();
-    server
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (took, stderr) = server.terminate(Duration::from_secs(8));
     eprintln!("exited {took:?} after SIGTERM");
     assert!(
         stderr.contains("still open after the 2 s grace period"),

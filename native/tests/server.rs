@@ -539,31 +539,7 @@ async fn binds_to_loopback_by_default_and_stops_cleanly_on_sigterm() {
     assert!(server.base.starts_with("http://127.0.0.1:"));
     let client = client();
     wait_ready(&client, &server).await;
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status:?}");
-    let mut stderr = String::new();
-    server
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (_, stderr) = server.terminate(Duration::from_secs(20));
     assert!(stderr.contains("shutting down"), "{stderr}");
 }
 
@@ -923,28 +899,7 @@ async fn sigterm_stops_the_running_job_at_its_next_step() {
         assert!(Instant::now() < deadline, "{status}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let signalled = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "still running after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut stderr = String::new();
-    server
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
+    let (took, stderr) = server.terminate(Duration::from_secs(15));
+    eprintln!("exited {took:?} after SIGTERM");
     assert!(stderr.contains("1 job(s) cancelled"), "{stderr}");
 }

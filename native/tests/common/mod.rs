@@ -115,6 +115,41 @@ impl Server {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// SIGTERM the server and wait for it to exit successfully, failing the test when it still
+    /// runs after `within`: how long it took, and everything it wrote to stderr.
+    pub fn terminate(&mut self, within: Duration) -> (Duration, String) {
+        let signalled = Instant::now();
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                signalled.elapsed() < within,
+                "still running {:?} after SIGTERM",
+                signalled.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = signalled.elapsed();
+        assert!(status.success(), "{status:?}");
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (took, stderr)
+    }
 }
 
 /// A brake on a server's loading (`--hold-loading-while`): no shard is read until
