@@ -11,8 +11,11 @@ use crate::weights::ShardIndex;
 /// What a model needs on the device, from its shard sets' indexes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Footprint {
-    /// Weight bytes when the weights stay f16 on the device.
+    /// Float weight bytes when they stay f16 on the device.
     pub weights_f16: u64,
+    /// Quantized weight bytes (the same whatever the device computes in).
+    #[serde(default)]
+    pub weights_quantized: u64,
     /// Elements of the largest tensor (one GPU buffer each); 0 when not recorded.
     pub largest_tensor_elements: u64,
     pub largest_tensor: String,
@@ -20,19 +23,21 @@ pub struct Footprint {
 
 impl Footprint {
     pub fn weights(&self, dtype: DType) -> u64 {
-        self.weights_f16 / 2 * dtype.size() as u64
+        self.weights_f16 / 2 * dtype.size() as u64 + self.weights_quantized
     }
 
     /// The footprint of several shard sets loaded together (a shape model's three).
     pub fn of(indexes: &[&ShardIndex]) -> Self {
         let mut out = Footprint {
             weights_f16: 0,
+            weights_quantized: 0,
             largest_tensor_elements: 0,
             largest_tensor: String::new(),
         };
         for index in indexes {
             let own = index.footprint();
             out.weights_f16 += own.weights_f16;
+            out.weights_quantized += own.weights_quantized;
             if own.largest_tensor_elements > out.largest_tensor_elements {
                 out.largest_tensor_elements = own.largest_tensor_elements;
                 out.largest_tensor = own.largest_tensor;
@@ -143,6 +148,7 @@ mod tests {
     fn model_21() -> Footprint {
         Footprint {
             weights_f16: 7_138_680_450,
+            weights_quantized: 0,
             largest_tensor_elements: 8192 * 2048,
             largest_tensor: "model.blocks.15.moe.experts.0.net.0.proj.weight".into(),
         }

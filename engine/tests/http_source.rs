@@ -99,8 +99,8 @@ async fn http_load_matches_disk_load() {
     let from_disk = load(&DirSource::new(&shards)).await.unwrap();
     assert_eq!(over_http.len(), from_disk.len());
     for name in from_disk.names() {
-        let a = over_http.get(name).unwrap().tensor.clone().into_data();
-        let b = from_disk.get(name).unwrap().tensor.clone().into_data();
+        let a = over_http.get(name).unwrap().data();
+        let b = from_disk.get(name).unwrap().data();
         assert_eq!(a.as_bytes(), b.as_bytes(), "{name}");
     }
 }

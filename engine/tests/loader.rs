@@ -81,7 +81,7 @@ fn assert_bit_identical(device: &Device, dtype: DType, max_chunks: &[usize], see
                     .get(name)
                     .unwrap_or_else(|| panic!("{name} missing"));
                 assert_eq!(&stored.shape, shape, "{name}");
-                let data = stored.tensor.clone().into_data();
+                let data = stored.data();
                 let expected = match dtype {
                     DType::F16 => f16_bytes.clone(),
                     _ => f16_bytes_as_f32_bytes(f16_bytes),

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use orfeas_engine::pipeline;
 use orfeas_engine::weights::pack::{self, MAX_SHARD_SIZE, MIN_SHARD_SIZE, PackOptions};
 use orfeas_engine::weights::source::{DirSource, HttpSource};
-use orfeas_engine::weights::{INDEX_FILE, ShardSource, load_all};
+use orfeas_engine::weights::{INDEX_FILE, Precision, ShardSource, load_all};
 
 use crate::compute::DeviceArgs;
 use crate::progress::{bytes_bar, show_load};
@@ -32,8 +32,12 @@ enum Command {
     /// models load in the background.
     Serve(ServeArgs),
     /// Convert an official Hunyuan3D checkpoint (model.fp16.ckpt, or its .safetensors repack)
-    /// and its config.yaml into three fp16 shard sets: conditioner/, denoiser/, vae/.
+    /// and its config.yaml into three shard sets: conditioner/, denoiser/, vae/ (f16, or with
+    /// the projection weights quantized: --quant q8|q4).
     Convert(ConvertArgs),
+    /// Quantize an f16 shard set (or a converted model's three) into a new one: the attention
+    /// and MLP projection weights to q8 or q4 in blocks of 32 with f16 scales.
+    Quantize(QuantizeArgs),
     /// Write a checkpoint in an official Hunyuan3D variant's layout (its config.yaml, real
     /// tensor names and shapes) filled with seeded random F16 weights: for tests and benchmarks
     /// of `convert` and the engine at real sizes when no real checkpoint is at hand.
@@ -176,6 +180,24 @@ struct ConvertArgs {
     /// Target shard size in MiB (16-64).
     #[arg(long, default_value_t = 32)]
     shard_size: u64,
+    /// f16, or quantize the attention and MLP projection weights: q8 (int8) or q4 (int4).
+    #[arg(long, default_value = "f16")]
+    quant: Precision,
+}
+
+#[derive(clap::Args, Debug)]
+struct QuantizeArgs {
+    /// An f16 shard set, or a folder written by `orfeas convert` (conditioner/, denoiser/,
+    /// vae/).
+    input: PathBuf,
+    /// The output folder (the same layout as the input).
+    output: PathBuf,
+    /// q8 (int8) or q4 (int4).
+    #[arg(long)]
+    quant: Precision,
+    /// Target shard size in MiB (16-64).
+    #[arg(long, default_value_t = 32)]
+    shard_size: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -282,6 +304,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => args.run(),
         Command::Serve(args) => args.run(),
         Command::Convert(args) => args.run(),
+        Command::Quantize(args) => args.run(),
         Command::Synthesize(args) => args.run(),
         Command::ConvertIsnet(args) => args.run(),
         Command::RemoveBg(args) => args.run(),
@@ -368,6 +391,7 @@ impl PackArgs {
             model_id: self.model_id,
             version: self.model_version,
             config,
+            ..Default::default()
         };
         let bar = bytes_bar(0, "pack");
         let index = pack::pack(&self.inputs, &self.output, &options, |done, total| {
@@ -398,6 +422,7 @@ impl ConvertArgs {
             &self.config,
             &self.output,
             shard_size,
+            self.quant,
             |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
@@ -422,6 +447,96 @@ impl ConvertArgs {
                 crate::convert::summarize(&converted.skipped)
             );
         }
+        Ok(())
+    }
+}
+
+impl QuantizeArgs {
+    fn run(self) -> Result<()> {
+        let shard_size = self.shard_size << 20;
+        if !(MIN_SHARD_SIZE..=MAX_SHARD_SIZE).contains(&shard_size) {
+            bail!("--shard-size must be between 16 and 64 (MiB)");
+        }
+        if self.quant == Precision::F16 {
+            bail!("--quant takes q8 or q4 (an f16 set is what `convert` and `pack` write)");
+        }
+        let parts = orfeas_engine::pipeline::COMPONENTS;
+        let components: Vec<&str> = if !self.input.join(INDEX_FILE).is_file()
+            && parts
+                .iter()
+                .all(|p| self.input.join(p).join(INDEX_FILE).is_file())
+        {
+            parts.to_vec()
+        } else {
+            vec![""]
+        };
+        // Everything is read and checked before anything is written.
+        let mut indexes = Vec::new();
+        for part in &components {
+            let path = self.input.join(part).join(INDEX_FILE);
+            let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
+            let index = orfeas_engine::weights::ShardIndex::from_json(&bytes)
+                .with_context(|| path.display().to_string())?;
+            if index.precision() != Precision::F16 {
+                bail!(
+                    "{} is already {}: quantize from the f16 set",
+                    self.input.join(part).display(),
+                    index.precision()
+                );
+            }
+            indexes.push(index);
+        }
+        let total: u64 = indexes.iter().map(|i| i.metadata.total_size).sum();
+        let bar = bytes_bar(total, "quantize");
+        let mut before = 0u64;
+        let mut written = Vec::new();
+        let single = components == [""];
+        let mut write = |root: &std::path::Path| -> Result<(), pack::PackError> {
+            for (part, index) in components.iter().zip(&indexes) {
+                let options = PackOptions {
+                    shard_size,
+                    model_id: index.model.id.clone(),
+                    version: index.model.version.clone(),
+                    config: index.config.clone(),
+                    precision: self.quant,
+                };
+                let into = if part.is_empty() {
+                    root.to_path_buf()
+                } else {
+                    root.join(part)
+                };
+                let out = pack::pack(&[self.input.join(part)], &into, &options, |done, _| {
+                    bar.set_position(before + done)
+                })?;
+                before += out.metadata.total_size;
+                written.push((part.to_string(), index.total_bytes(), out));
+            }
+            Ok(())
+        };
+        if single {
+            // `pack` installs one set as a transaction of its own.
+            write(&self.output)?;
+        } else {
+            // The three sets are swapped in together, as `convert` does.
+            orfeas_engine::weights::install::install(&self.output, write)?;
+        }
+        bar.finish_and_clear();
+        for (part, f16_bytes, index) in &written {
+            let name = if part.is_empty() {
+                "set"
+            } else {
+                part.as_str()
+            };
+            println!(
+                "  {name}: {} of {} tensors {}, {} bytes (f16: {f16_bytes}, {:.3}×)",
+                index.quantized.len(),
+                index.tensor_count(),
+                self.quant,
+                index.total_bytes(),
+                index.total_bytes() as f64 / *f16_bytes as f64
+            );
+        }
+        println!("{} → {}", self.input.display(), self.output.display());
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use orfeas_engine::models::{dinov2, dit20, dit21, shape_vae};
 use orfeas_engine::pipeline::{Architecture, COMPONENTS, ShapeConfig};
 use orfeas_engine::weights::pack::{self, PackOptions, PackTensor};
-use orfeas_engine::weights::torch_layout;
+use orfeas_engine::weights::{Precision, torch_layout};
 use safetensors::Dtype;
 use serde_json::{Value, json};
 
@@ -438,6 +438,7 @@ pub fn convert(
     config_yaml: &Path,
     out: &Path,
     shard_size: u64,
+    precision: Precision,
     mut on_bytes: impl FnMut(u64, u64),
 ) -> Result<Converted> {
     let text = std::fs::read_to_string(config_yaml)
@@ -475,7 +476,7 @@ pub fn convert(
     let total: u64 = parts
         .iter()
         .flatten()
-        .map(|t| t.shape.iter().product::<usize>() as u64 * 2)
+        .map(|t| t.stored_len(precision))
         .sum();
     // The three sets are written beside `out` and swapped in together: a failed or concurrent
     // conversion never leaves an installed model that fails `verify`.
@@ -485,7 +486,7 @@ pub fn convert(
             parts,
             configs,
             &variant,
-            shard_size,
+            (shard_size, precision),
             total,
             &mut on_bytes,
         )
@@ -503,7 +504,7 @@ fn write_sets(
     parts: Vec<Vec<PackTensor>>,
     configs: [Value; 3],
     variant: &Variant,
-    shard_size: u64,
+    (shard_size, precision): (u64, Precision),
     total: u64,
     on_bytes: &mut impl FnMut(u64, u64),
 ) -> Result<Vec<(&'static str, usize, u64)>> {
@@ -520,6 +521,7 @@ fn write_sets(
                 model_id: format!("hunyuan3d-{}-{component}", variant.name),
                 version: "1".into(),
                 config,
+                precision,
             },
             |done, _| on_bytes(before + done, total),
         )

@@ -188,6 +188,7 @@ pub fn convert(dist: &Path, out: &Path, on_bytes: impl FnMut(u64, u64)) -> Resul
                 "license": "MIT (DIS/ISNet model); the npm package itself is AGPL",
                 "input_size": 1024,
             }),
+            ..Default::default()
         },
         on_bytes,
     )?;

@@ -104,7 +104,14 @@ pub fn converted_shape_model(out: &Path) -> anyhow::Result<()> {
     let yaml = scratch.path().join("config.yaml");
     // JSON is YAML.
     std::fs::write(&yaml, serde_json::to_vec_pretty(&config)?)?;
-    orfeas::convert::convert(&bundle, &yaml, out, 16 << 20, |_, _| {})?;
+    orfeas::convert::convert(
+        &bundle,
+        &yaml,
+        out,
+        16 << 20,
+        orfeas_engine::weights::Precision::F16,
+        |_, _| {},
+    )?;
     Ok(())
 }
 

@@ -62,6 +62,7 @@ pub fn generate(
         model_id: id.to_string(),
         version: "1".into(),
         config: serde_json::json!({"kind": "generated test model"}),
+        ..Default::default()
     };
     Ok(pack(&inputs, out, &options, |_, _| {})?)
 }

@@ -353,7 +353,17 @@ pub(crate) fn by_rows_many<const N: usize>(
 /// `linear`'s output columns `columns` only (a fused projection's one part), for `x` `[b, n, c]`.
 pub(crate) fn linear_columns(linear: &Linear, x: Tensor<3>, columns: Range<usize>) -> Tensor<3> {
     let width = columns.len();
-    let weight = linear.weight.val().narrow(1, columns.start, width);
+    let weight = linear.weight.val();
+    let weight = if matches!(weight.dtype(), DType::QFloat(_)) {
+        // A quantized weight is sliced as stored, `[out, in]` (whole rows of blocks), so it
+        // stays quantized.
+        weight
+            .transpose()
+            .narrow(0, columns.start, width)
+            .transpose()
+    } else {
+        weight.narrow(1, columns.start, width)
+    };
     let out = record(x.matmul(weight.unsqueeze::<3>()));
     match &linear.bias {
         Some(bias) => out + bias.val().narrow(0, columns.start, width).unsqueeze::<3>(),

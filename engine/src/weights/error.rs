@@ -26,6 +26,9 @@ pub enum ShardError {
     MissingTensor { name: String },
     #[error("stream error after {received} bytes: {message}")]
     Stream { received: u64, message: String },
+    /// A tensor whose bytes contradict the index (a quantized tensor's length or scales).
+    #[error("tensor {name}: {message}")]
+    BadTensor { name: String, message: String },
     #[error("tensor {name}: upload failed: {message}")]
     Upload { name: String, message: String },
     #[error("could not open: {0}")]

@@ -7,9 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::error::LoadError;
+use super::quant::{Precision, QuantInfo};
 
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub const FORMAT: &str = "orfeas-shards/1";
+/// A set with quantized tensors (a loader that predates them refuses the format by name).
+pub const FORMAT_QUANTIZED: &str = "orfeas-shards/2";
 
 /// The largest shard an index may declare (ours are 16–64 MiB; Hugging Face's up to ~10 GB,
 /// which we repack): a lying size cannot make a reader expect more.
@@ -29,13 +32,21 @@ pub struct ShardIndex {
     pub config: serde_json::Value,
     /// Shards in load order.
     pub shards: Vec<ShardInfo>,
+    /// The quantized tensors (stored as flat U8 tensors in their shards): how each is stored.
+    /// Every other tensor is a float.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub quantized: BTreeMap<String, QuantInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IndexMetadata {
-    /// Sum of tensor data bytes (the Hugging Face meaning): the weights' bytes in f16, the
-    /// shards' dtype (twice that in f32 on the device).
+    /// Sum of tensor data bytes (the Hugging Face meaning): the float weights' bytes in f16,
+    /// the shards' dtype (twice that in f32 on the device), plus the quantized tensors' bytes
+    /// (the same on the device whatever it computes in).
     pub total_size: u64,
+    /// The part of `total_size` that is quantized tensors.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quantized_size: u64,
     pub format: String,
     /// The largest tensor (one GPU buffer each), so a client can tell whether the model fits
     /// the device before it downloads anything. Absent from sets packed before it was recorded.
@@ -79,6 +90,15 @@ impl ShardIndex {
         Ok(index)
     }
 
+    /// The set's precision: the narrowest of its quantized tensors, f16 when it has none.
+    pub fn precision(&self) -> Precision {
+        self.quantized
+            .values()
+            .filter_map(|q| q.check().ok())
+            .max_by_key(|p| std::cmp::Reverse(p.bits()))
+            .unwrap_or(Precision::F16)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("index serialises")
     }
@@ -91,9 +111,10 @@ impl ShardIndex {
     /// What the set needs on a device (see [`crate::fit`]); for a set packed before the
     /// largest tensor was recorded only the total is checked.
     pub fn footprint(&self) -> crate::fit::Footprint {
-        let f16 = self.metadata.total_size;
+        let quantized = self.metadata.quantized_size.min(self.metadata.total_size);
         crate::fit::Footprint {
-            weights_f16: f16,
+            weights_f16: self.metadata.total_size - quantized,
+            weights_quantized: quantized,
             largest_tensor_elements: self.metadata.largest_tensor_elements.unwrap_or(0),
             largest_tensor: self
                 .metadata
@@ -118,11 +139,24 @@ impl ShardIndex {
 
     fn validate(&self) -> Result<(), LoadError> {
         let bad = |m: String| Err(LoadError::Index(m));
-        if self.metadata.format != FORMAT {
+        if self.metadata.format != FORMAT && self.metadata.format != FORMAT_QUANTIZED {
             return bad(format!(
-                "unsupported format {:?} (expected {FORMAT:?})",
+                "unsupported format {:?} (expected {FORMAT:?} or {FORMAT_QUANTIZED:?})",
                 self.metadata.format
             ));
+        }
+        if !self.quantized.is_empty() && self.metadata.format != FORMAT_QUANTIZED {
+            return bad(format!(
+                "quantized tensors in a set of format {:?} (they need {FORMAT_QUANTIZED:?})",
+                self.metadata.format
+            ));
+        }
+        for (name, info) in &self.quantized {
+            if !self.weight_map.contains_key(name) {
+                return bad(format!("quantized tensor {name} is in no shard"));
+            }
+            info.check()
+                .map_err(|e| LoadError::Index(format!("tensor {name}: {e}")))?;
         }
         let mut files = BTreeSet::new();
         for shard in &self.shards {
@@ -160,6 +194,10 @@ impl ShardIndex {
         }
         Ok(())
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A plain file name (`[A-Za-z0-9._-]`, not starting with a dot), so a hostile index cannot

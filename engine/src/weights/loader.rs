@@ -104,6 +104,7 @@ where
             source,
             shard,
             expected: &expected,
+            quantized: &index.quantized,
             device,
             dtype,
             next,
@@ -155,6 +156,8 @@ struct Attempt<'a, S: ?Sized> {
     source: &'a S,
     shard: &'a ShardInfo,
     expected: &'a BTreeSet<&'a str>,
+    /// The index's quantized tensors (every other tensor is a float).
+    quantized: &'a std::collections::BTreeMap<String, super::quant::QuantInfo>,
     device: &'a Device,
     dtype: DType,
     /// The shard to open once this one's bytes are all in.
@@ -173,6 +176,7 @@ impl<S: ShardSource + ?Sized> Attempt<'_, S> {
             source,
             shard,
             expected,
+            quantized,
             device,
             dtype,
             next,
@@ -200,12 +204,28 @@ impl<S: ShardSource + ?Sized> Attempt<'_, S> {
                             name: raw.name.to_string(),
                         });
                     }
-                    let stored =
-                        StoredTensor::upload(raw.dtype, raw.shape, raw.bytes, device, dtype)
-                            .map_err(|message| ShardError::Upload {
-                                name: raw.name.to_string(),
-                                message,
-                            })?;
+                    let bad = |message| ShardError::BadTensor {
+                        name: raw.name.to_string(),
+                        message,
+                    };
+                    let stored = match quantized.get(raw.name) {
+                        Some(info) => {
+                            StoredTensor::upload_quantized(info, raw.dtype, raw.bytes, device)
+                                .map_err(bad)?
+                        }
+                        None if raw.dtype == safetensors::Dtype::U8 => {
+                            return Err(bad(
+                                "stored as U8 but the index does not list it as quantized".into(),
+                            ));
+                        }
+                        None => {
+                            StoredTensor::upload(raw.dtype, raw.shape, raw.bytes, device, dtype)
+                                .map_err(|message| ShardError::Upload {
+                                    name: raw.name.to_string(),
+                                    message,
+                                })?
+                        }
+                    };
                     uploaded.push((raw.name.to_string(), stored));
                     Ok(())
                 })
@@ -213,7 +233,7 @@ impl<S: ShardSource + ?Sized> Attempt<'_, S> {
                     FeedError::Shard(e) | FeedError::Sink(e) => e,
                 })?;
             for (_, tensor) in &uploaded[before..] {
-                unflushed += tensor.numel() * dtype.size();
+                unflushed += tensor.device_bytes;
             }
             if unflushed >= FLUSH_EVERY {
                 // Hand queued uploads to the device so their host copies can go: without this a

@@ -10,8 +10,11 @@ use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use super::dtype::{append_f16, is_float};
-use super::index::{FORMAT, INDEX_FILE, IndexMetadata, ModelMeta, ShardIndex, ShardInfo};
+use super::dtype::{append_f16, is_float, to_f32};
+use super::index::{
+    FORMAT, FORMAT_QUANTIZED, INDEX_FILE, IndexMetadata, ModelMeta, ShardIndex, ShardInfo,
+};
+use super::quant::{Precision, QuantInfo, block_for, quantizable, quantize};
 
 pub const DEFAULT_SHARD_SIZE: u64 = 32 << 20;
 pub const MIN_SHARD_SIZE: u64 = 16 << 20;
@@ -28,6 +31,9 @@ pub struct PackOptions {
     pub model_id: String,
     pub version: String,
     pub config: serde_json::Value,
+    /// Quantize the projection weights ([`quantizable`]) to this precision; f16 keeps every
+    /// tensor a float.
+    pub precision: Precision,
 }
 
 impl Default for PackOptions {
@@ -37,6 +43,7 @@ impl Default for PackOptions {
             model_id: "model".into(),
             version: "1".into(),
             config: serde_json::Value::Null,
+            precision: Precision::F16,
         }
     }
 }
@@ -53,8 +60,21 @@ pub struct PackTensor {
 }
 
 impl PackTensor {
-    fn f16_len(&self) -> u64 {
-        self.shape.iter().product::<usize>() as u64 * 2
+    /// How the tensor is stored at `precision`: quantized (with its index entry) or f16.
+    fn storage(&self, precision: Precision) -> Option<QuantInfo> {
+        if precision == Precision::F16 || !quantizable(&self.name, &self.shape) {
+            return None;
+        }
+        let block = block_for(self.shape[1])?;
+        Some(QuantInfo::new(precision, block, self.shape.clone()))
+    }
+
+    /// Bytes the tensor takes in its shard.
+    pub fn stored_len(&self, precision: Precision) -> u64 {
+        match self.storage(precision) {
+            Some(info) => info.byte_len(precision) as u64,
+            None => self.shape.iter().product::<usize>() as u64 * 2,
+        }
     }
 }
 
@@ -186,7 +206,7 @@ pub fn pack_tensors(
     let mut groups: Vec<Vec<&PackTensor>> = vec![Vec::new()];
     let mut current = 0u64;
     for tensor in &tensors {
-        let size = tensor.f16_len();
+        let size = tensor.stored_len(options.precision);
         let group = groups.last_mut().expect("never empty");
         if !group.is_empty() && current + size > options.shard_size {
             groups.push(vec![tensor]);
@@ -212,14 +232,15 @@ fn write_set(
     options: &PackOptions,
     on_bytes: &mut impl FnMut(u64, u64),
 ) -> Result<ShardIndex, PackError> {
-    let total: u64 = tensors.iter().map(PackTensor::f16_len).sum();
+    let precision = options.precision;
+    let total: u64 = tensors.iter().map(|t| t.stored_len(precision)).sum();
     let mut done = 0u64;
     let mut shards = Vec::new();
     let mut weight_map = std::collections::BTreeMap::new();
     let count = groups.len();
     for (i, group) in groups.iter().enumerate() {
         let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
-        let info = write_shard(out_dir, &file, group, |n| {
+        let info = write_shard(out_dir, &file, group, precision, |n| {
             done += n;
             on_bytes(done, total);
         })?;
@@ -234,10 +255,23 @@ fn write_set(
         .max_by_key(|t| t.shape.iter().product::<usize>())
         .map(|t| (t.name.clone(), t.shape.iter().product::<usize>() as u64))
         .unwrap_or_default();
+    let quantized: std::collections::BTreeMap<String, QuantInfo> = tensors
+        .iter()
+        .filter_map(|t| Some((t.name.clone(), t.storage(precision)?)))
+        .collect();
+    let quantized_size = quantized
+        .values()
+        .map(|q| q.byte_len(precision) as u64)
+        .sum();
     let index = ShardIndex {
         metadata: IndexMetadata {
             total_size: total,
-            format: FORMAT.into(),
+            quantized_size,
+            format: if quantized.is_empty() {
+                FORMAT.into()
+            } else {
+                FORMAT_QUANTIZED.into()
+            },
             largest_tensor: Some(largest.0),
             largest_tensor_elements: Some(largest.1),
         },
@@ -248,6 +282,7 @@ fn write_set(
         },
         config: options.config.clone(),
         shards,
+        quantized,
     };
     // The index goes last and atomically: a set is never visible half-written.
     let tmp = out_dir.join(format!(".{INDEX_FILE}.partial"));
@@ -261,17 +296,23 @@ fn write_shard(
     out_dir: &Path,
     file_name: &str,
     group: &[&PackTensor],
+    precision: Precision,
     mut on_bytes: impl FnMut(u64),
 ) -> Result<ShardInfo, PackError> {
     let mut offset = 0usize;
     let mut infos = Vec::with_capacity(group.len());
     for tensor in group {
-        let len = tensor.f16_len() as usize;
+        let len = tensor.stored_len(precision) as usize;
+        let (dtype, shape) = match tensor.storage(precision) {
+            // A quantized tensor's bytes as one flat U8 tensor; the index says how to read them.
+            Some(_) => (Dtype::U8, vec![len]),
+            None => (Dtype::F16, tensor.shape.clone()),
+        };
         infos.push((
             tensor.name.clone(),
             TensorInfo {
-                dtype: Dtype::F16,
-                shape: tensor.shape.clone(),
+                dtype,
+                shape,
                 data_offsets: (offset, offset + len),
             },
         ));
@@ -311,6 +352,20 @@ fn write_shard(
             )));
         }
         converted.clear();
+        if let Some(info) = tensor.storage(precision) {
+            let values = to_f32(tensor.dtype, &raw).expect("float dtype");
+            if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
+                return Err(PackError(format!(
+                    "tensor {} has a non-finite value at {bad}: it cannot be quantized",
+                    tensor.name
+                )));
+            }
+            let shape = [info.shape[0], info.shape[1]];
+            converted = quantize(&values, shape, precision, info.block);
+            writer.write_all(&converted).map_err(write_err)?;
+            on_bytes(converted.len() as u64);
+            continue;
+        }
         let overflowed = append_f16(tensor.dtype, &raw, &mut converted).expect("float dtype");
         if overflowed > 0 {
             return Err(PackError(format!(

@@ -240,7 +240,8 @@ impl ShardParser {
         }
         for name in metadata.offset_keys() {
             let info = metadata.info(&name).expect("name from the same metadata");
-            if !is_float(info.dtype) {
+            // U8: a quantized tensor's bytes (the loader checks the index lists it as one).
+            if !is_float(info.dtype) && info.dtype != Dtype::U8 {
                 return Err(ShardError::UnsupportedDtype {
                     name,
                     dtype: format!("{:?}", info.dtype),

@@ -6,13 +6,25 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use safetensors::Dtype;
 
 use super::dtype::{append_f16, to_f32};
+use super::quant::{QuantInfo, check_scales};
 
-/// A weight on the device. It is kept flat (rank 1) so one map holds every rank; reshaping to
-/// the module's rank when it is applied is free.
+/// A weight on the device.
+#[derive(Debug, Clone)]
+pub enum DeviceTensor {
+    /// A float weight, kept flat (rank 1) so one map holds every rank; reshaping to the
+    /// module's rank when it is applied is free.
+    Float(Tensor<1>),
+    /// A quantized projection weight `[out, in]`, as burn's quantized tensor: it stays packed
+    /// on the device and the matmul dequantizes it.
+    Quantized(Tensor<2>),
+}
+
 #[derive(Debug, Clone)]
 pub struct StoredTensor {
-    pub tensor: Tensor<1>,
+    pub tensor: DeviceTensor,
     pub shape: Vec<usize>,
+    /// Bytes it takes on the device.
+    pub device_bytes: usize,
 }
 
 impl StoredTensor {
@@ -50,13 +62,66 @@ impl StoredTensor {
         };
         let tensor = Tensor::<1>::from_data(data, (device, target));
         Ok(Self {
-            tensor,
+            tensor: DeviceTensor::Float(tensor),
             shape: shape.to_vec(),
+            device_bytes: numel * target.size(),
+        })
+    }
+
+    /// Upload a quantized tensor's stored bytes (a flat U8 tensor in the shard) as they are:
+    /// the index's entry says how they are laid out, and the length and scales are checked
+    /// against it first.
+    pub fn upload_quantized(
+        info: &QuantInfo,
+        dtype: Dtype,
+        bytes: &[u8],
+        device: &Device,
+    ) -> Result<Self, String> {
+        if dtype != Dtype::U8 {
+            return Err(format!(
+                "the index lists it as quantized, the shard stores it as {dtype:?} (not U8)"
+            ));
+        }
+        let precision = info.check()?;
+        let expected = info.byte_len(precision);
+        if bytes.len() != expected {
+            return Err(format!(
+                "{precision} in blocks of {} needs {expected} bytes for {:?}, the shard holds {} \
+                 (a wrong block size or a truncated scale table)",
+                info.block,
+                info.shape,
+                bytes.len()
+            ));
+        }
+        check_scales(bytes, info)?;
+        let dims: [usize; 2] = info
+            .shape
+            .clone()
+            .try_into()
+            .expect("checked: two dimensions");
+        let data =
+            TensorData::from_bytes_vec(bytes.to_vec(), dims, DType::QFloat(info.scheme(precision)));
+        Ok(Self {
+            tensor: DeviceTensor::Quantized(Tensor::<2>::from_data(data, device)),
+            shape: info.shape.clone(),
+            device_bytes: bytes.len(),
         })
     }
 
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// The tensor's data as the device holds it (a quantized tensor's packed bytes and scales).
+    pub fn data(&self) -> TensorData {
+        match &self.tensor {
+            DeviceTensor::Float(tensor) => tensor.clone().into_data(),
+            DeviceTensor::Quantized(tensor) => tensor.clone().into_data(),
+        }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.tensor, DeviceTensor::Quantized(_))
     }
 
     /// The tensor with its real shape, as rank `D`.
@@ -65,7 +130,11 @@ impl StoredTensor {
             return Err(format!("has rank {}, expected {D}", self.shape.len()));
         }
         let dims: [usize; D] = self.shape.clone().try_into().expect("rank checked");
-        Ok(self.tensor.clone().reshape(dims))
+        Ok(match &self.tensor {
+            DeviceTensor::Float(tensor) => tensor.clone().reshape(dims),
+            // Already `[out, in]`: the same shape, only the rank's type changes.
+            DeviceTensor::Quantized(tensor) => tensor.clone().reshape(dims),
+        })
     }
 }
 

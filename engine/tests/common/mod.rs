@@ -75,6 +75,7 @@ pub fn packed(model: &Model, shard_size: u64, dir: &Path) -> ShardIndex {
         model_id: "test-model".into(),
         version: "1".into(),
         config: serde_json::json!({"kind": "test"}),
+        ..Default::default()
     };
     let index = pack(std::slice::from_ref(&input), &out, &options, |_, _| {}).unwrap();
     std::fs::remove_file(input).unwrap();
