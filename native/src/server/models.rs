@@ -318,6 +318,7 @@ fn info(index: &ShardIndex, tensors: usize) -> Value {
     json!({
         "model_id": index.model.id,
         "version": index.model.version,
+        "precision": index.precision().name(),
         "bytes": index.total_bytes(),
         "tensors": tensors,
         "shards": index.shards.len(),
