@@ -22,6 +22,62 @@ fn official_layouts() -> serde_json::Value {
 }
 
 #[test]
+fn quantized_sizes_meet_the_targets() {
+    // What a visitor downloads and a GPU holds for each official variant at full size: the
+    // tensors image-to-3D loads, stored as the writers store them at each precision.
+    use orfeas_engine::weights::Precision;
+    use orfeas_engine::weights::quant::stored_len;
+    let gb = |bytes: u64| bytes as f64 / 1e9;
+    for variant in Variant::ALL {
+        let entries = layout(&variant.config_yaml(false)).unwrap();
+        let used: Vec<_> = entries
+            .iter()
+            .filter(|e| !orfeas::convert::unused_by_image_to_3d(&e.name))
+            .collect();
+        let [f16, q8, q4] = [Precision::F16, Precision::Q8, Precision::Q4].map(|p| {
+            used.iter()
+                .map(|e| stored_len(&e.name, &e.shape, p))
+                .sum::<u64>()
+        });
+        assert_eq!(
+            f16,
+            orfeas::synthetic::sizes(&entries).1,
+            "{}",
+            variant.name()
+        );
+        eprintln!(
+            "Hunyuan3D-{}: f16 {:.2} GB, q8 {:.2} GB (ratio={:.3} of f16), q4 {:.2} GB \
+             (ratio={:.3})",
+            variant.name(),
+            gb(f16),
+            gb(q8),
+            q8 as f64 / f16 as f64,
+            gb(q4),
+            q4 as f64 / f16 as f64
+        );
+        assert!(
+            q8 as f64 <= 0.55 * f16 as f64,
+            "{}: q8 is {:.3} of f16",
+            variant.name(),
+            q8 as f64 / f16 as f64
+        );
+        let target = match variant.name() {
+            "2.1" => Some(2.3),
+            "2mini-turbo" => Some(1.2),
+            _ => None,
+        };
+        if let Some(target) = target {
+            assert!(
+                gb(q4) <= target,
+                "{}: q4 is {:.2} GB, the target {target} GB",
+                variant.name(),
+                gb(q4)
+            );
+        }
+    }
+}
+
+#[test]
 fn synthetic_layouts_are_the_official_ones() {
     // The official classes' state_dict()s at full and reduced size: a digest of the sorted
     // `name:shape` lines (and, reduced, the whole list for a readable difference).

@@ -93,6 +93,14 @@ pub fn official_config(class: &str, params: &Value) -> Value {
 /// convert`'s code into `out` (`conditioner/`, `denoiser/`, `vae/`), as a user's checkpoint
 /// would be.
 pub fn converted_shape_model(out: &Path) -> anyhow::Result<()> {
+    converted_shape_model_at(out, orfeas_engine::weights::Precision::F16)
+}
+
+/// As [`converted_shape_model`], written at `precision` (`orfeas convert --quant`).
+pub fn converted_shape_model_at(
+    out: &Path,
+    precision: orfeas_engine::weights::Precision,
+) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     let bundle = scratch.path().join("model.fp16.safetensors");
     let parts = ["dit21", "vae", "dinov2"].map(|s| tensors(&format!("{s}.weights.safetensors")));
@@ -104,14 +112,7 @@ pub fn converted_shape_model(out: &Path) -> anyhow::Result<()> {
     let yaml = scratch.path().join("config.yaml");
     // JSON is YAML.
     std::fs::write(&yaml, serde_json::to_vec_pretty(&config)?)?;
-    orfeas::convert::convert(
-        &bundle,
-        &yaml,
-        out,
-        16 << 20,
-        orfeas_engine::weights::Precision::F16,
-        |_, _| {},
-    )?;
+    orfeas::convert::convert(&bundle, &yaml, out, 16 << 20, precision, |_, _| {})?;
     Ok(())
 }
 

@@ -1,13 +1,17 @@
 //! Image → 3D in the web app, in a real headless Chromium (WebGPU on SwiftShader): the fixture
 //! shape model (converted from the official layout by `orfeas convert`) streams in as three
 //! shard sets; Generate runs the pipeline in the engine worker and the mesh reaches the viewer
-//! and its downloads, matching the engine's own run on the CPU backend.
+//! and its downloads, matching the engine's own run on the CPU backend. Once with the f16
+//! sets, once with the q4 sets (`orfeas convert --quant q4`): the quantized weights stay
+//! packed on the browser's GPU and its WGSL matmul reads them (f32 compute: SwiftShader has no
+//! shader-f16).
 
 use std::time::Duration;
 
 use orfeas_engine::mesh::cleanup;
 use orfeas_engine::pipeline::{COMPONENTS, GenerateOptions, load_shape_model};
 use orfeas_engine::recenter::{SIZE, shape_input};
+use orfeas_engine::weights::Precision;
 use orfeas_engine::weights::source::DirSource;
 use orfeas_tests::browser::model_attr;
 use orfeas_tests::fixtures;
@@ -46,9 +50,18 @@ fn cpu_reference(model_dir: &std::path::Path) -> anyhow::Result<(usize, [f32; 3]
 
 #[tokio::test(flavor = "multi_thread")]
 async fn generate_runs_the_shape_model_in_the_browser_and_shows_the_mesh() -> anyhow::Result<()> {
+    generate_in_the_browser(Precision::F16).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_q4_model_generates_in_the_browser() -> anyhow::Result<()> {
+    generate_in_the_browser(Precision::Q4).await
+}
+
+async fn generate_in_the_browser(precision: Precision) -> anyhow::Result<()> {
     let models = tempfile::tempdir()?;
     let shape = models.path().join("hunyuan3d");
-    fixtures::converted_shape_model(&shape)?;
+    fixtures::converted_shape_model_at(&shape, precision)?;
     let config = stage::config(&[
         ("hunyuan3d/conditioner", "Image encoder"),
         ("hunyuan3d/denoiser", "Denoiser"),
@@ -162,7 +175,8 @@ async fn generate_runs_the_shape_model_in_the_browser_and_shows_the_mesh() -> an
     let bounds = primitive.bounding_box();
     let (cpu_faces, lo, hi) = tokio::task::spawn_blocking(move || cpu_reference(&shape)).await??;
     eprintln!(
-        "browser: {faces} faces, bounds {bounds:?}; CPU backend: {cpu_faces} faces, {lo:?}..{hi:?}"
+        "{precision}: browser: {faces} faces, bounds {bounds:?}; CPU backend: {cpu_faces} faces, \
+         {lo:?}..{hi:?}"
     );
     assert!(faces > 0);
     let ratio = faces as f64 / cpu_faces as f64;

@@ -14,7 +14,7 @@ use super::dtype::{append_f16, is_float, to_f32};
 use super::index::{
     FORMAT, FORMAT_QUANTIZED, INDEX_FILE, IndexMetadata, ModelMeta, ShardIndex, ShardInfo,
 };
-use super::quant::{Precision, QuantInfo, block_for, quantizable, quantize};
+use super::quant::{Precision, QuantInfo, quantize, storage, stored_len};
 
 pub const DEFAULT_SHARD_SIZE: u64 = 32 << 20;
 pub const MIN_SHARD_SIZE: u64 = 16 << 20;
@@ -62,19 +62,12 @@ pub struct PackTensor {
 impl PackTensor {
     /// How the tensor is stored at `precision`: quantized (with its index entry) or f16.
     fn storage(&self, precision: Precision) -> Option<QuantInfo> {
-        if precision == Precision::F16 || !quantizable(&self.name, &self.shape) {
-            return None;
-        }
-        let block = block_for(self.shape[1])?;
-        Some(QuantInfo::new(precision, block, self.shape.clone()))
+        storage(&self.name, &self.shape, precision)
     }
 
     /// Bytes the tensor takes in its shard.
     pub fn stored_len(&self, precision: Precision) -> u64 {
-        match self.storage(precision) {
-            Some(info) => info.byte_len(precision) as u64,
-            None => self.shape.iter().product::<usize>() as u64 * 2,
-        }
+        stored_len(&self.name, &self.shape, precision)
     }
 }
 

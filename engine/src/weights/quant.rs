@@ -184,7 +184,7 @@ pub fn block_for(k: usize) -> Option<usize> {
 
 /// Whether the weight `name` of `shape` is quantized: by role, the weight (`[out, in]`) of an
 /// attention or MLP projection inside a transformer block. Kept f16: embeddings (patch, position,
-/// timestep, latent and condition inputs), norms, biases, modulations (adaLN), the MoE router,
+/// timestep, latent and condition inputs), norms, biases, the final layer's modulation, the MoE router,
 /// the U-Net skip projection, the VAE's post-KL and query projections and every model's final
 /// projection (the field, the latents' velocity): small, and where an error reaches the
 /// output undamped. Names are the official checkpoints'.
@@ -214,10 +214,32 @@ pub fn quantizable(name: &str, shape: &[usize]) -> bool {
         "shared_experts",
     ];
     let last = segments.last().copied().unwrap_or_default();
+    let in_block = has("double_blocks") || has("single_blocks");
     ATTENTION_OR_MLP.iter().any(|s| has(s))
         // 2.0's single-stream blocks fuse q, k, v and the MLP into linear1 and their outputs
         // into linear2.
         || (has("single_blocks") && matches!(last, "linear1" | "linear2"))
+        // 2.0's per-block modulations (adaLN: shift, scale and gate from the timestep and
+        // guidance vector) are projections of the same kind and 27 % of its weights.
+        || (in_block && last == "lin")
+}
+
+/// How the tensor `name` of `shape` is stored at `precision`: its quantized entry, or `None`
+/// for f16 (at f16, and for every tensor [`quantizable`] leaves alone).
+pub fn storage(name: &str, shape: &[usize], precision: Precision) -> Option<QuantInfo> {
+    if precision == Precision::F16 || !quantizable(name, shape) {
+        return None;
+    }
+    let block = block_for(shape[1])?;
+    Some(QuantInfo::new(precision, block, shape.to_vec()))
+}
+
+/// Bytes the tensor takes in a shard (and on a device computing in f16) at `precision`.
+pub fn stored_len(name: &str, shape: &[usize], precision: Precision) -> u64 {
+    match storage(name, shape, precision) {
+        Some(info) => info.byte_len(precision) as u64,
+        None => shape.iter().product::<usize>() as u64 * 2,
+    }
 }
 
 /// Quantize a `[out, k]` weight (f32 values, row-major) into burn's packed layout.
@@ -403,6 +425,8 @@ mod tests {
             "model.double_blocks.0.txt_mlp.2.weight",
             "model.single_blocks.4.linear1.weight",
             "model.single_blocks.4.linear2.weight",
+            "model.double_blocks.0.img_mod.lin.weight",
+            "model.single_blocks.4.modulation.lin.weight",
             "vae.transformer.resblocks.1.attn.c_qkv.weight",
             "vae.geo_decoder.cross_attn_decoder.mlp.c_fc.weight",
         ];
@@ -413,8 +437,7 @@ mod tests {
             "model.t_embedder.mlp.0.weight",
             "model.x_embedder.weight",
             "model.final_layer.linear.weight",
-            "model.double_blocks.0.img_mod.lin.weight",
-            "model.single_blocks.4.modulation.lin.weight",
+            "model.final_layer.adaLN_modulation.1.weight",
             "vae.post_kl.weight",
             "vae.geo_decoder.output_proj.weight",
             "vae.geo_decoder.query_proj.weight",
