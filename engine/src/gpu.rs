@@ -175,6 +175,14 @@ pub async fn acquire_with(
         max_buffer_size: limits.max_buffer_size,
         max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
     };
+    // In the browser burn's quantized matmul crashed the engine at the field stage in
+    // Chromium (an invalid command buffer, after the DiT had run): quantized weights are
+    // dequantized before each product there until that is understood.
+    crate::models::set_quantized_matmul(
+        !cfg!(target_arch = "wasm32")
+            && limits.max_compute_workgroup_storage_size
+                >= crate::models::QUANTIZED_MATMUL_WORKGROUP_BYTES,
+    );
     let backend = adapter_info.backend;
     let setup = WgpuSetup {
         instance,

@@ -1,7 +1,8 @@
 //! The pipeline on a GPU device that grants only WebGPU's default limits (128 MiB storage
 //! binding, 256 MiB buffer), as a browser that asks for nothing more gets: the buffer budget
 //! follows the device's binding, and the fixture model generates in f16 on it. (A binary of
-//! its own: the budget is process-wide.)
+//! its own: the budget is process-wide.) A q4 model runs there too, dequantizing each weight
+//! before its product.
 
 use burn::tensor::DType;
 use orfeas_engine::gpu::{Limits, acquire_with};
@@ -56,6 +57,30 @@ fn the_pipeline_runs_under_webgpus_default_limits() {
         largest_activation_bytes() >> 10
     );
     assert!(!surface.mesh.triangles.is_empty());
+
+    // q4 sets on the same device: WebGPU's default 16 KiB of workgroup memory is below what
+    // burn's quantized matmul asks for, so each quantized weight is dequantized just before
+    // its product (one layer in float at a time) — the path a browser with default limits
+    // takes.
+    assert!(
+        !orfeas_engine::models::quantized_matmul(),
+        "a default-limits device dequantizes before the product"
+    );
+    let q4 = shape_model_stored(
+        "dit21",
+        &gpu.device,
+        dtype,
+        orfeas_engine::weights::Precision::Q4,
+    );
+    let quantized =
+        futures::executor::block_on(q4.generate(&image, shape[2], shape[3], &options, |_| {}))
+            .expect("a q4 model generates on the default-limits device");
+    eprintln!(
+        "q4 weights, {dtype:?} on default limits: {} faces (f16 weights: {})",
+        quantized.mesh.triangles.len(),
+        surface.mesh.triangles.len()
+    );
+    assert!(!quantized.mesh.triangles.is_empty());
     assert_eq!(
         dtype,
         if info.shader_f16 {

@@ -84,9 +84,42 @@ pub(crate) fn record<const D: usize>(tensor: Tensor<D>) -> Tensor<D> {
     tensor
 }
 
+static QUANTIZED_MATMUL: AtomicBool = AtomicBool::new(true);
+
+/// Workgroup memory burn's quantized matmul needs (its tiles asked for 20 KiB on lavapipe;
+/// WebGPU's default is 16 KiB, where it refuses to launch).
+pub const QUANTIZED_MATMUL_WORKGROUP_BYTES: u32 = 32 << 10;
+
+/// Whether a quantized weight goes to burn's quantized matmul as it is (on by default), or is
+/// dequantized just before its product (one layer's weights in float at a time): for a device
+/// whose workgroup memory is below [`QUANTIZED_MATMUL_WORKGROUP_BYTES`]. Set when a GPU is
+/// acquired.
+pub fn set_quantized_matmul(enabled: bool) {
+    QUANTIZED_MATMUL.store(enabled, Ordering::Relaxed);
+}
+
+pub fn quantized_matmul() -> bool {
+    QUANTIZED_MATMUL.load(Ordering::Relaxed)
+}
+
+/// `linear`'s weight as a product takes it: a quantized weight dequantized to `dtype` where the
+/// device cannot run the quantized matmul; otherwise as stored.
+fn weight_for(linear: &Linear, dtype: DType) -> Tensor<2> {
+    let weight = linear.weight.val();
+    match weight.dtype() {
+        DType::QFloat(_) if !quantized_matmul() => record(weight.dequantize().cast(dtype)),
+        _ => weight,
+    }
+}
+
 /// `linear(x)`, recorded.
 pub(crate) fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
-    record(linear.forward(x))
+    let weight = weight_for(linear, x.dtype());
+    record(burn::tensor::module::linear(
+        x,
+        weight,
+        linear.bias.as_ref().map(|b| b.val()),
+    ))
 }
 
 /// `Tensor::cat`, recorded.
@@ -353,7 +386,7 @@ pub(crate) fn by_rows_many<const N: usize>(
 /// `linear`'s output columns `columns` only (a fused projection's one part), for `x` `[b, n, c]`.
 pub(crate) fn linear_columns(linear: &Linear, x: Tensor<3>, columns: Range<usize>) -> Tensor<3> {
     let width = columns.len();
-    let weight = linear.weight.val();
+    let weight = weight_for(linear, x.dtype());
     let weight = if matches!(weight.dtype(), DType::QFloat(_)) {
         // A quantized weight is sliced as stored, `[out, in]` (whole rows of blocks), so it
         // stays quantized.

@@ -140,7 +140,7 @@ impl<R: Fn(&str) -> String> ModuleMapper for WeightMapper<R> {
 /// A parameter's checkpoint name and stored shape, from its module path and shape: with
 /// `torch` naming, burn's norm `gamma`/`beta` are PyTorch's `weight`/`bias` and a 2-D `weight`
 /// is a linear layer's, stored `[out, in]` (the third value says it must be transposed).
-fn checkpoint_entry(
+pub(crate) fn checkpoint_entry(
     path: &[String],
     shape: &[usize],
     torch: bool,

@@ -344,6 +344,70 @@ pub fn check_scales(bytes: &[u8], info: &QuantInfo) -> Result<(), String> {
     }
 }
 
+/// `module`'s projection weights ([`quantizable`], by their PyTorch checkpoint names through
+/// `rename`, as [`super::apply_torch_weights`] takes them) quantized to `precision` on its
+/// device, as if loaded from a quantized set: the benchmarks' way to time a quantized network
+/// built with random weights. Each weight is read back to the host once.
+pub fn quantize_module<M: burn::module::Module>(
+    module: M,
+    precision: Precision,
+    rename: impl Fn(&str) -> String,
+) -> M {
+    use burn::module::{ModuleMapper, Param};
+    use burn::tensor::{Tensor, TensorData};
+
+    struct Quantizer<R> {
+        rename: R,
+        precision: Precision,
+        path: Vec<String>,
+    }
+    impl<R: Fn(&str) -> String> ModuleMapper for Quantizer<R> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let shape = param.lazy_shape().to_vec();
+            let (name, stored, linear) =
+                super::apply::checkpoint_entry(&self.path, &shape, true, &self.rename);
+            let Some(info) = linear
+                .then(|| storage(&name, &stored, self.precision))
+                .flatten()
+            else {
+                return param;
+            };
+            let id = param.id;
+            let weight = param.val();
+            let device = weight.device();
+            // burn keeps `[in, out]`; the stored layout is PyTorch's `[out, in]`.
+            let rows: Tensor<2> = weight.reshape([shape[0], shape[1]]).transpose();
+            let values: Vec<f32> = rows
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("f32 values");
+            let bytes = quantize(&values, [stored[0], stored[1]], self.precision, info.block);
+            let data = TensorData::from_bytes_vec(
+                bytes,
+                [stored[0], stored[1]],
+                dtype(self.precision, info.block),
+            );
+            // As the loader hands it to `apply`: `[out, in]` as rank D (the same shape), then
+            // transposed as a linear layer's weight is.
+            let dims: [usize; D] = stored.try_into().expect("rank D");
+            let quantized = Tensor::<2>::from_data(data, &device).reshape(dims);
+            Param::initialized(id, quantized.transpose())
+        }
+    }
+    module.map(&mut Quantizer {
+        rename,
+        precision,
+        path: Vec::new(),
+    })
+}
+
 /// The dtype a quantized tensor has on the device.
 pub fn dtype(precision: Precision, block: usize) -> DType {
     DType::QFloat(scheme(precision, block))

@@ -12,7 +12,7 @@
 //! Without `--preset`: the fixtures' tiny configs, every stage on both backends.
 //!
 //! `cargo run -p orfeas --bin bench-models -- --preset 2.1 --depth 2 [--backend cpu|wgpu]
-//!  [--dtype f32|f16] [--reps 1] [--octree 256]`
+//!  [--dtype f32|f16] [--reps 1] [--octree 256] [--quant q8|q4]`
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -29,6 +29,7 @@ use orfeas_engine::models::{
 };
 use orfeas_engine::pipeline::{Architecture, Denoiser, ShapeConfig, ShapeModel};
 use orfeas_engine::volume::Grid;
+use orfeas_engine::weights::quant::quantize_module;
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -59,6 +60,10 @@ struct Args {
     /// cross-attention line runs as the stages do.
     #[arg(long)]
     sliced_attention: bool,
+    /// After the DiT step with float weights, quantize the DiT's projections (q8 or q4, as a
+    /// quantized shard set stores them) and time the step again: `ratio=` quantized ÷ float.
+    #[arg(long)]
+    quant: Option<orfeas_engine::weights::Precision>,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -400,6 +405,65 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
         Some(depths.dit),
         &tail,
     );
+    if let Some(precision) = args.quant {
+        let in_use = |device: &Device| {
+            device.memory_cleanup();
+            device.memory_pool_usage().map(|u| u.bytes_in_use)
+        };
+        let before = in_use(&device);
+        let started = Instant::now();
+        model.denoiser = match model.denoiser {
+            Denoiser::Plain(dit) => Denoiser::Plain(Box::new(quantize_module(
+                *dit,
+                precision,
+                orfeas_engine::models::dit21::checkpoint_name,
+            ))),
+            Denoiser::Flux(dit) => Denoiser::Flux(Box::new(quantize_module(
+                *dit,
+                precision,
+                orfeas_engine::models::dit20::checkpoint_name,
+            ))),
+        };
+        let quantized_in = started.elapsed().as_secs_f64();
+        let after = in_use(&device);
+        let (q, ()) = measure(&device, reps, || step(&model));
+        let memory = match (before, after) {
+            (Some(before), Some(after)) => format!(
+                "; device memory in use {} → {} (ratio={:.3})",
+                gib(before),
+                gib(after),
+                after as f64 / before as f64
+            ),
+            _ => String::new(),
+        };
+        report(
+            "DiT step",
+            &format!("{precision} projections (quantized in {quantized_in:.1} s)"),
+            &q,
+            Some(depths.dit),
+            &format!(
+                "ratio={:.3} ({precision} ÷ {dtype:?} weights, same backend, same run){memory}",
+                q.seconds / step_seconds
+            ),
+        );
+        // The path a device with too little workgroup memory takes: each weight dequantized
+        // just before its product.
+        let was = orfeas_engine::models::quantized_matmul();
+        orfeas_engine::models::set_quantized_matmul(false);
+        let (d, ()) = measure(&device, reps, || step(&model));
+        orfeas_engine::models::set_quantized_matmul(was);
+        report(
+            "DiT step",
+            &format!("{precision}, dequantized before each product"),
+            &d,
+            Some(depths.dit),
+            &format!(
+                "ratio={:.3} (÷ {dtype:?} weights); ratio={:.3} (÷ the quantized matmul)",
+                d.seconds / step_seconds,
+                d.seconds / q.seconds
+            ),
+        );
+    }
 
     // Attention at the DiT's size: the share of the step, and its FLOP rate against a plain
     // matmul doing the same multiply-adds (what a compute-bound kernel would reach).
