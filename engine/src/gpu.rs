@@ -176,8 +176,9 @@ pub async fn acquire_with(
         max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
     };
     // In the browser burn's quantized matmul crashed the engine at the field stage in
-    // Chromium (an invalid command buffer, after the DiT had run): quantized weights are
-    // dequantized before each product there until that is understood.
+    // Chromium (an invalid command buffer, after the DiT had run), so the browser would
+    // dequantize before each product; it does not load quantized sets at all for now (see
+    // `ShardIndex::validate`).
     crate::models::set_quantized_matmul(
         !cfg!(target_arch = "wasm32")
             && limits.max_compute_workgroup_storage_size
