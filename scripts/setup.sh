@@ -15,9 +15,10 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# System packages: Vulkan on the CPU (lavapipe) for native GPU tests, Chromium + driver for
-# the browser tests, a C toolchain for -sys crates, node/npm for wasm-opt.
-apt_packages=(mesa-vulkan-drivers libvulkan1 chromium chromium-driver pkg-config gcc libc6-dev)
+# System packages: Vulkan on the CPU (lavapipe) for native GPU tests, Chromium + driver and
+# Firefox ESR (WebGPU on lavapipe with shader-f16, driven over Marionette) for the browser
+# tests, a C toolchain for -sys crates, node/npm for wasm-opt.
+apt_packages=(mesa-vulkan-drivers libvulkan1 chromium chromium-driver firefox-esr pkg-config gcc libc6-dev)
 # The machine's own Node.js (NodeSource) provides npm; Debian's only where there is none.
 command -v npm >/dev/null || apt_packages+=(nodejs npm)
 missing=()

@@ -13,7 +13,8 @@ use crate::weights::ShardIndex;
 pub struct Footprint {
     /// Float weight bytes when they stay f16 on the device.
     pub weights_f16: u64,
-    /// Quantized weight bytes (the same whatever the device computes in).
+    /// Quantized weight bytes as stored (f16 scales); a device computing in f32 widens the
+    /// scales (see [`crate::weights::quant::for_compute`]).
     #[serde(default)]
     pub weights_quantized: u64,
     /// Elements of the largest tensor (one GPU buffer each); 0 when not recorded.
@@ -23,7 +24,14 @@ pub struct Footprint {
 
 impl Footprint {
     pub fn weights(&self, dtype: DType) -> u64 {
-        self.weights_f16 / 2 * dtype.size() as u64 + self.weights_quantized
+        // f32 scales: a block of 32 q4 values takes 20 bytes instead of 18 (q8: 36 for 34), so
+        // 10/9 bounds both (blocks of 8 or 16 occur only in layers too narrow to matter).
+        let quantized = if dtype == DType::F16 {
+            self.weights_quantized
+        } else {
+            self.weights_quantized.div_ceil(9) * 10
+        };
+        self.weights_f16 / 2 * dtype.size() as u64 + quantized
     }
 
     /// The footprint of several shard sets loaded together (a shape model's three).

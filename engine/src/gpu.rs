@@ -108,16 +108,27 @@ pub enum Limits {
     WebGpuDefaults,
 }
 
+/// Whether to ask for `shader-f16` where the adapter offers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShaderF16 {
+    #[default]
+    IfOffered,
+    /// Left out, as on a GPU or browser without it (Chromium's SwiftShader): compute in f32,
+    /// and no kernel may use f16.
+    Without,
+}
+
 /// Acquire the first adapter, request a device with all its features (but mappable primary
 /// buffers, which burn does not use) and its full limits (clamped to the adapter's by
 /// construction), and register it with burn. `on_lost` is called once if the device is lost.
 pub async fn acquire(on_lost: impl Fn(String) + Send + 'static) -> Result<Gpu, GpuError> {
-    acquire_with(Limits::Adapter, on_lost).await
+    acquire_with(Limits::Adapter, ShaderF16::IfOffered, on_lost).await
 }
 
-/// As [`acquire`], asking for `limits`.
+/// As [`acquire`], asking for `limits`, and for `shader-f16` as `f16` says.
 pub async fn acquire_with(
     limits_wanted: Limits,
+    f16: ShaderF16,
     on_lost: impl Fn(String) + Send + 'static,
 ) -> Result<Gpu, GpuError> {
     let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
@@ -148,9 +159,12 @@ pub async fn acquire_with(
         Limits::Adapter => limits,
         Limits::WebGpuDefaults => wgpu::Limits::default(),
     };
-    let features = adapter
+    let mut features = adapter
         .features()
         .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS);
+    if f16 == ShaderF16::Without {
+        features.remove(wgpu::Features::SHADER_F16);
+    }
     let (device, queue) = adapter
         .request_device(&wgpu::DeviceDescriptor {
             label: Some("orfeas"),
@@ -175,14 +189,9 @@ pub async fn acquire_with(
         max_buffer_size: limits.max_buffer_size,
         max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
     };
-    // In the browser burn's quantized matmul crashed the engine at the field stage in
-    // Chromium (an invalid command buffer, after the DiT had run), so the browser would
-    // dequantize before each product; it does not load quantized sets at all for now (see
-    // `ShardIndex::validate`).
     crate::models::set_quantized_matmul(
-        !cfg!(target_arch = "wasm32")
-            && limits.max_compute_workgroup_storage_size
-                >= crate::models::QUANTIZED_MATMUL_WORKGROUP_BYTES,
+        limits.max_compute_workgroup_storage_size
+            >= crate::models::QUANTIZED_MATMUL_WORKGROUP_BYTES,
     );
     let backend = adapter_info.backend;
     let setup = WgpuSetup {

@@ -2,19 +2,33 @@
 //! binding, 256 MiB buffer), as a browser that asks for nothing more gets: the buffer budget
 //! follows the device's binding, and the fixture model generates in f16 on it. (A binary of
 //! its own: the budget is process-wide.) A q4 model runs there too, dequantizing each weight
-//! before its product.
+//! before its product. Then devices without `shader-f16`, as Chromium's SwiftShader is: the q4
+//! chain there, with burn's quantized matmul and with the dequantizing path, computes the field
+//! the CPU backend computes.
 
-use burn::tensor::DType;
-use orfeas_engine::gpu::{Limits, acquire_with};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use orfeas_engine::gpu::{Limits, ShaderF16, acquire_with};
 use orfeas_engine::models::{buffer_budget, largest_activation_bytes, set_buffer_budget};
 use orfeas_engine::pipeline::GenerateOptions;
+use orfeas_engine::volume::{Grid, decode_dense};
+use orfeas_engine::weights::Precision;
 
 mod fixtures;
 use fixtures::*;
 
+/// The buffer budget and the quantized-matmul choice are process-wide: one test at a time.
+static ONE_DEVICE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn the_pipeline_runs_under_webgpus_default_limits() {
-    let Ok(gpu) = futures::executor::block_on(acquire_with(Limits::WebGpuDefaults, |_| {})) else {
+    let _one = ONE_DEVICE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let Ok(gpu) = futures::executor::block_on(acquire_with(
+        Limits::WebGpuDefaults,
+        ShaderF16::IfOffered,
+        |_| {},
+    )) else {
         assert!(
             std::env::var_os("ORFEAS_ALLOW_SKIP").is_some(),
             "no GPU adapter (install mesa-vulkan-drivers for lavapipe, or set ORFEAS_ALLOW_SKIP=1)"
@@ -66,12 +80,7 @@ fn the_pipeline_runs_under_webgpus_default_limits() {
         !orfeas_engine::models::quantized_matmul(),
         "a default-limits device dequantizes before the product"
     );
-    let q4 = shape_model_stored(
-        "dit21",
-        &gpu.device,
-        dtype,
-        orfeas_engine::weights::Precision::Q4,
-    );
+    let q4 = shape_model_stored("dit21", &gpu.device, dtype, Precision::Q4);
     let quantized =
         futures::executor::block_on(q4.generate(&image, shape[2], shape[3], &options, |_| {}))
             .expect("a q4 model generates on the default-limits device");
@@ -89,4 +98,77 @@ fn the_pipeline_runs_under_webgpus_default_limits() {
             DType::F32
         }
     );
+}
+
+/// The q4 chain from the reference noise to the field, computing in f32 on `device`.
+fn q4_field(device: &Device) -> Vec<f32> {
+    let io = Io::read("sampler.io.safetensors");
+    let (noise, noise_shape) = io.tensor("initial_noise");
+    let (image, image_shape) = io.tensor("image_in");
+    let sampler = stage("sampler");
+    let steps = sampler["config"]["num_inference_steps"].as_u64().unwrap() as usize;
+    let guidance = sampler["config"]["guidance_scale"].as_f64().unwrap() as f32;
+    let model = shape_model_stored("dit21", device, DType::F32, Precision::Q4);
+    futures::executor::block_on(async {
+        let cond = model.condition(&image, image_shape[2], image_shape[3]);
+        let dims: [usize; 3] = noise_shape.try_into().unwrap();
+        let noise = Tensor::from_data(TensorData::new(noise, dims), (device, DType::F32));
+        let latents = model
+            .sample(cond, noise, steps, guidance, |_, _| {})
+            .await
+            .unwrap();
+        let kv = model.key_values(latents);
+        decode_dense(Grid::official(24), 2048, async |points| {
+            model.field_at(points, &kv).await.expect("read back")
+        })
+        .await
+    })
+}
+
+#[test]
+fn q4_weights_compute_without_shader_f16_as_on_the_cpu() {
+    // Chromium's WebGPU on SwiftShader offers no `shader-f16`: a kernel reading the stored f16
+    // scales would not compile there, so such a device gets f32 scales. Both products (burn's
+    // quantized matmul where workgroup memory allows, else dequantize-then-multiply) must give
+    // the CPU backend's field.
+    let _one = ONE_DEVICE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let reference = q4_field(&orfeas_engine::device::cpu());
+    let peak = max_abs(&reference);
+    for limits in [Limits::Adapter, Limits::WebGpuDefaults] {
+        let Ok(gpu) = futures::executor::block_on(acquire_with(limits, ShaderF16::Without, |_| {}))
+        else {
+            assert!(
+                std::env::var_os("ORFEAS_ALLOW_SKIP").is_some(),
+                "no GPU adapter (install mesa-vulkan-drivers for lavapipe, or set \
+                 ORFEAS_ALLOW_SKIP=1)"
+            );
+            eprintln!("SKIPPED (ORFEAS_ALLOW_SKIP): no GPU adapter");
+            return;
+        };
+        assert!(!gpu.info.shader_f16, "shader-f16 was left out");
+        assert_eq!(gpu.info.model_dtype(), DType::F32);
+        set_buffer_budget(gpu.info.buffer_budget());
+        let path = if orfeas_engine::models::quantized_matmul() {
+            "burn's quantized matmul"
+        } else {
+            "dequantized before each product"
+        };
+        let field = q4_field(&gpu.device);
+        let error = max_abs_diff(&field, &reference) / peak;
+        let agree = field
+            .iter()
+            .zip(&reference)
+            .filter(|(a, b)| (**a > 0.0) == (**b > 0.0))
+            .count() as f64
+            / field.len() as f64;
+        eprintln!(
+            "q4 without shader-f16, {limits:?} limits ({path}): field error {error:.2e} of its \
+             peak, inside/outside agrees at {:.3} %",
+            agree * 100.0
+        );
+        assert!(error < 1e-3, "{limits:?} ({path}): field error {error:.3e}");
+        assert!(agree > 0.999, "{limits:?} ({path}): agrees at {agree}");
+    }
 }

@@ -95,18 +95,45 @@ impl Browser {
         Ok(())
     }
 
-    /// Run `body` (a function body that `return`s a value) in the page.
-    pub async fn eval(&self, body: &str) -> anyhow::Result<Value> {
-        Ok(self.client.execute(body, vec![]).await?)
+    /// PNG screenshot of the element matching a CSS selector.
+    pub async fn screenshot(&self, css: &str) -> anyhow::Result<Vec<u8>> {
+        Ok(self
+            .client
+            .find(fantoccini::Locator::Css(css))
+            .await?
+            .screenshot()
+            .await?)
     }
 
+    /// Run a Chrome DevTools Protocol command through chromedriver.
+    pub async fn cdp(&self, cmd: &str, params: Value) -> anyhow::Result<Value> {
+        let command = CdpCommand {
+            cmd: cmd.to_string(),
+            params,
+        };
+        Ok(self.client.issue_cmd(command).await?)
+    }
+
+    pub async fn close(self) {
+        let _ = self.client.close().await;
+    }
+}
+
+/// What the tests do with a page, in either browser: run script, click, choose a file; waiting,
+/// reading the text and fetching bytes are built on running script.
+#[allow(async_fn_in_trait)] // the tests' own trait, used with concrete types only
+pub trait Page {
+    /// Run `body` (a function body that `return`s a value, or a promise of one) in the page.
+    async fn eval(&self, body: &str) -> anyhow::Result<Value>;
+
+    /// Click the element matching a CSS selector.
+    async fn click(&self, css: &str) -> anyhow::Result<()>;
+
+    /// Choose a file in the `<input type=file>` matching a CSS selector.
+    async fn choose_file(&self, css: &str, path: &std::path::Path) -> anyhow::Result<()>;
+
     /// Poll the expression `expr` every 50 ms until it is truthy; returns its value.
-    pub async fn wait_for(
-        &self,
-        what: &str,
-        expr: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<Value> {
+    async fn wait_for(&self, what: &str, expr: &str, timeout: Duration) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         let script = format!("try {{ return ({expr}); }} catch (e) {{ return null; }}");
         loop {
@@ -123,7 +150,7 @@ impl Browser {
         }
     }
 
-    pub async fn page_text(&self) -> anyhow::Result<String> {
+    async fn page_text(&self) -> anyhow::Result<String> {
         Ok(self
             .eval("return document.body ? document.body.innerText : ''")
             .await?
@@ -132,38 +159,8 @@ impl Browser {
             .to_string())
     }
 
-    /// Click the element matching a CSS selector.
-    pub async fn click(&self, css: &str) -> anyhow::Result<()> {
-        self.client
-            .find(fantoccini::Locator::Css(css))
-            .await?
-            .click()
-            .await?;
-        Ok(())
-    }
-
-    /// PNG screenshot of the element matching a CSS selector.
-    pub async fn screenshot(&self, css: &str) -> anyhow::Result<Vec<u8>> {
-        Ok(self
-            .client
-            .find(fantoccini::Locator::Css(css))
-            .await?
-            .screenshot()
-            .await?)
-    }
-
-    /// Choose a file in the `<input type=file>` matching a CSS selector.
-    pub async fn choose_file(&self, css: &str, path: &std::path::Path) -> anyhow::Result<()> {
-        self.client
-            .find(fantoccini::Locator::Css(css))
-            .await?
-            .send_keys(&path.display().to_string())
-            .await?;
-        Ok(())
-    }
-
     /// The bytes behind a URL as the page sees it (blob: URLs included).
-    pub async fn fetch_bytes(&self, url: &str) -> anyhow::Result<Vec<u8>> {
+    async fn fetch_bytes(&self, url: &str) -> anyhow::Result<Vec<u8>> {
         let url = serde_json::to_string(url)?;
         let value = self
             .eval(&format!(
@@ -178,18 +175,29 @@ impl Browser {
             .collect();
         Ok(bytes)
     }
+}
 
-    /// Run a Chrome DevTools Protocol command through chromedriver.
-    pub async fn cdp(&self, cmd: &str, params: Value) -> anyhow::Result<Value> {
-        let command = CdpCommand {
-            cmd: cmd.to_string(),
-            params,
-        };
-        Ok(self.client.issue_cmd(command).await?)
+impl Page for Browser {
+    async fn eval(&self, body: &str) -> anyhow::Result<Value> {
+        Ok(self.client.execute(body, vec![]).await?)
     }
 
-    pub async fn close(self) {
-        let _ = self.client.close().await;
+    async fn click(&self, css: &str) -> anyhow::Result<()> {
+        self.client
+            .find(fantoccini::Locator::Css(css))
+            .await?
+            .click()
+            .await?;
+        Ok(())
+    }
+
+    async fn choose_file(&self, css: &str, path: &std::path::Path) -> anyhow::Result<()> {
+        self.client
+            .find(fantoccini::Locator::Css(css))
+            .await?
+            .send_keys(&path.display().to_string())
+            .await?;
+        Ok(())
     }
 }
 

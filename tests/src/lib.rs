@@ -1,10 +1,12 @@
 //! Test support for the whole workspace: the public fixtures and the converted fixture shape
 //! model ([`fixtures`], used by the engine's, the CLI's and the browser's tests); a real HTTP
 //! server for the built web app and its model shards, with faults to inject per shard
-//! ([`server`]); a real Chromium driven over WebDriver ([`browser`]); small generated shard
+//! ([`server`]); a real Chromium driven over WebDriver ([`browser`]) and a real Firefox over
+//! Marionette ([`firefox`]), both behind [`browser::Page`]; small generated shard
 //! sets ([`model`]); and the browser tests' one prologue ([`stage`]).
 
 pub mod browser;
+pub mod firefox;
 pub mod fixtures;
 pub mod model;
 pub mod server;

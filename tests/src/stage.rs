@@ -1,9 +1,10 @@
 //! The browser tests' one prologue: the built app and a models folder on the fault server,
-//! with the site's `orfeas.json`, and a chromedriver to open Chromium at it.
+//! with the site's `orfeas.json`, and a chromedriver to open Chromium at it (or Firefox).
 
 use std::path::Path;
 
 use crate::browser::{Browser, Chromedriver};
+use crate::firefox::Firefox;
 use crate::server::Server;
 
 pub struct Stage {
@@ -31,6 +32,13 @@ impl Stage {
     /// The same Chromium without WebGPU: the page gets no GPU adapter.
     pub async fn open_without_webgpu(&self, path: &str) -> anyhow::Result<Browser> {
         self.open_with(path, false).await
+    }
+
+    /// A fresh Firefox (WebGPU on lavapipe, with `shader-f16`; empty profile) at `path`.
+    pub async fn open_firefox(&self, path: &str) -> anyhow::Result<Firefox> {
+        let browser = Firefox::open().await?;
+        browser.goto(&self.server.url(path)).await?;
+        Ok(browser)
     }
 
     async fn open_with(&self, path: &str, webgpu: bool) -> anyhow::Result<Browser> {

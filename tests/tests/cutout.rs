@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use image::RgbaImage;
 use orfeas_engine::background::{Options, remove_background};
-use orfeas_tests::browser::{Browser, model_attr};
+use orfeas_tests::browser::{Browser, Page, model_attr};
 use orfeas_tests::server::Fault;
 use orfeas_tests::stage::{self, Stage};
 use orfeas_tests::{fixtures, model};

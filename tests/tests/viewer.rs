@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use orfeas_tests::browser::Browser;
+use orfeas_tests::browser::{Browser, Page};
 use orfeas_tests::stage::Stage;
 
 const TIMEOUT: Duration = Duration::from_secs(90);

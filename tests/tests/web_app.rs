@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use orfeas_engine::weights::ShardIndex;
-use orfeas_tests::browser::{Browser, Chromedriver, model_attr};
+use orfeas_tests::browser::{Browser, Chromedriver, Page, model_attr};
 use orfeas_tests::server::{Fault, Throttle};
 use orfeas_tests::stage::{self, Stage};
 use orfeas_tests::{dist_dir, model};

@@ -151,18 +151,6 @@ impl ShardIndex {
                 self.metadata.format
             ));
         }
-        // Measured in Chromium (WebGPU on SwiftShader): a q4 model's products came out wrong
-        // there (its field was noise, 33 085 faces where the same set on the CPU backend finds
-        // no surface), while native wgpu and the CPU backend agree. Refused by name until that
-        // is understood, before a byte of weights is fetched.
-        if cfg!(target_arch = "wasm32") && !self.quantized.is_empty() {
-            return bad(format!(
-                "{} is a {} set: quantized weights do not run in the browser yet (their \
-                 results were wrong in Chromium); load the f16 set of this model",
-                self.model.id,
-                self.precision()
-            ));
-        }
         for (name, info) in &self.quantized {
             if !self.weight_map.contains_key(name) {
                 return bad(format!("quantized tensor {name} is in no shard"));

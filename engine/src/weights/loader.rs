@@ -209,10 +209,10 @@ impl<S: ShardSource + ?Sized> Attempt<'_, S> {
                         message,
                     };
                     let stored = match quantized.get(raw.name) {
-                        Some(info) => {
-                            StoredTensor::upload_quantized(info, raw.dtype, raw.bytes, device)
-                                .map_err(bad)?
-                        }
+                        Some(info) => StoredTensor::upload_quantized(
+                            info, raw.dtype, raw.bytes, device, dtype,
+                        )
+                        .map_err(bad)?,
                         None if raw.dtype == safetensors::Dtype::U8 => {
                             return Err(bad(
                                 "stored as U8 but the index does not list it as quantized".into(),

@@ -159,6 +159,10 @@ impl QuantInfo {
 }
 
 pub fn scheme(precision: Precision, block: usize) -> QuantScheme {
+    scheme_with_scales(precision, block, ScaleDtype::F16)
+}
+
+fn scheme_with_scales(precision: Precision, block: usize, scales: ScaleDtype) -> QuantScheme {
     let value = match precision {
         Precision::Q8 => QuantValue::Q8S,
         Precision::Q4 => QuantValue::Q4S,
@@ -167,7 +171,36 @@ pub fn scheme(precision: Precision, block: usize) -> QuantScheme {
     QuantScheme::default()
         .with_value(value)
         .with_store(QuantStore::PackedU32(0))
-        .per_block([1, block as u8], ScaleDtype::F16)
+        .per_block([1, block as u8], scales)
+}
+
+/// A stored quantized tensor's bytes and scheme as a device computing in `compute` takes them:
+/// as stored for f16 compute; for f32 compute (no `shader-f16`: SwiftShader, the CPU backend)
+/// with the scale table widened to f32. A kernel that reads f16 scales is an `enable f16`
+/// shader, which a device without `shader-f16` cannot compile: in Chromium the products came
+/// out wrong, or the command buffer was invalid, until the scales were widened. Costs 2 bytes a
+/// block (q4: 0.625 bytes a weight instead of 0.5625), only where weights are f32 anyway.
+pub fn for_compute(
+    info: &QuantInfo,
+    precision: Precision,
+    bytes: Vec<u8>,
+    compute: DType,
+) -> (Vec<u8>, QuantScheme) {
+    if compute == DType::F16 {
+        return (bytes, info.scheme(precision));
+    }
+    let blocks = info.numel() / info.block;
+    let values = bytes.len() - blocks * 2;
+    let mut widened = Vec::with_capacity(values + blocks * 4);
+    widened.extend_from_slice(&bytes[..values]);
+    for scale in bytes[values..].chunks_exact(2) {
+        let scale = f16::from_le_bytes([scale[0], scale[1]]).to_f32();
+        widened.extend_from_slice(&scale.to_le_bytes());
+    }
+    (
+        widened,
+        scheme_with_scales(precision, info.block, ScaleDtype::F32),
+    )
 }
 
 pub fn byte_len(precision: Precision, block: usize, shape: &[usize]) -> usize {

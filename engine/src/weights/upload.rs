@@ -6,7 +6,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use safetensors::Dtype;
 
 use super::dtype::{append_f16, to_f32};
-use super::quant::{QuantInfo, check_scales};
+use super::quant::{QuantInfo, check_scales, for_compute};
 
 /// A weight on the device.
 #[derive(Debug, Clone)]
@@ -68,14 +68,16 @@ impl StoredTensor {
         })
     }
 
-    /// Upload a quantized tensor's stored bytes (a flat U8 tensor in the shard) as they are:
-    /// the index's entry says how they are laid out, and the length and scales are checked
-    /// against it first.
+    /// Upload a quantized tensor's stored bytes (a flat U8 tensor in the shard) as they are,
+    /// but for the scales of a device computing in f32 (see [`for_compute`]): the index's
+    /// entry says how they are laid out, and the length and scales are checked against it
+    /// first.
     pub fn upload_quantized(
         info: &QuantInfo,
         dtype: Dtype,
         bytes: &[u8],
         device: &Device,
+        compute: DType,
     ) -> Result<Self, String> {
         if dtype != Dtype::U8 {
             return Err(format!(
@@ -99,12 +101,13 @@ impl StoredTensor {
             .clone()
             .try_into()
             .expect("checked: two dimensions");
-        let data =
-            TensorData::from_bytes_vec(bytes.to_vec(), dims, DType::QFloat(info.scheme(precision)));
+        let (bytes, scheme) = for_compute(info, precision, bytes.to_vec(), compute);
+        let device_bytes = bytes.len();
+        let data = TensorData::from_bytes_vec(bytes, dims, DType::QFloat(scheme));
         Ok(Self {
             tensor: DeviceTensor::Quantized(Tensor::<2>::from_data(data, device)),
             shape: info.shape.clone(),
-            device_bytes: bytes.len(),
+            device_bytes,
         })
     }
 
@@ -169,6 +172,11 @@ impl WeightSet {
 
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
+    }
+
+    /// Bytes the set's tensors take on the device.
+    pub fn device_bytes(&self) -> u64 {
+        self.tensors.values().map(|t| t.device_bytes as u64).sum()
     }
 
     pub fn is_shard_verified(&self, file: &str) -> bool {

@@ -4,8 +4,13 @@
 //! weights on the device. Real layouts at real sizes, so what the tests check at reduced size
 //! is shown to hold at full size.
 //!
+//! With `--quant q8,q4` each variant is also converted straight from its checkpoint at those
+//! precisions (`orfeas convert --quant`) and loaded the same way, side by side with the f16
+//! sets: `ratio=` lines for the download (sets on disk), the weights on the device and the load
+//! time against f16's.
+//!
 //! `cargo run -p orfeas --bin bench-checkpoints -- [--variants 2.1,2.0,2mini-turbo]
-//! [--format ckpt|safetensors] [--dir DIR] [--no-load]`
+//! [--format ckpt|safetensors] [--dir DIR] [--no-load] [--quant q8,q4]`
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,7 +20,9 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use clap::ValueEnum;
 use orfeas::synthetic::{Format, Variant};
-use orfeas_engine::pipeline::{COMPONENTS, load_shape_model};
+use orfeas_engine::pipeline::{COMPONENTS, ShapeConfig, ShapeModel};
+use orfeas_engine::weights::Precision;
+use orfeas_engine::weights::loader::load_all;
 use orfeas_engine::weights::source::DirSource;
 
 const GB: f64 = 1e9;
@@ -81,6 +88,7 @@ fn main() -> Result<()> {
     let mut format = Format::Ckpt;
     let mut root: Option<PathBuf> = None;
     let mut load = true;
+    let mut quant: Vec<Precision> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -97,6 +105,13 @@ fn main() -> Result<()> {
             }
             "--dir" => root = Some(args.next().context("--dir needs a folder")?.into()),
             "--no-load" => load = false,
+            "--quant" => {
+                let list = args.next().context("--quant needs a list (q8,q4)")?;
+                quant = list
+                    .split(',')
+                    .map(|p| p.parse::<Precision>().map_err(anyhow::Error::msg))
+                    .collect::<Result<_>>()?;
+            }
             other => bail!("unknown argument {other}"),
         }
     }
@@ -115,53 +130,125 @@ fn main() -> Result<()> {
             orfeas::synthetic::write(variant, false, format, &source, 1, |_, _| {})?;
         let written = started.elapsed();
         let file_bytes = std::fs::metadata(&checkpoint)?.len();
-        let out = work.path().join(variant.name());
-        let (took, peak, text) = run_measured(
-            Command::new(&orfeas)
-                .arg("convert")
-                .arg(&checkpoint)
-                .arg("--config")
-                .arg(source.join("config.yaml"))
-                .arg("-o")
-                .arg(&out),
-        )?;
-        std::fs::remove_dir_all(&source)?;
         let (_, used) = orfeas::synthetic::sizes(&entries);
-        let sets = dir_bytes(&out);
-        let load_cell = if load {
-            let started = Instant::now();
-            let device = orfeas_engine::device::cpu();
-            let sources = COMPONENTS.map(|c| DirSource::new(out.join(c)));
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let model = runtime
-                .block_on(load_shape_model(
-                    [&sources[0], &sources[1], &sources[2]],
-                    &device,
-                    DType::F16,
-                    |_, _| {},
-                ))
-                .map_err(anyhow::Error::msg)?;
-            let seconds = started.elapsed().as_secs_f64();
-            drop(model);
-            format!("{seconds:.1}")
-        } else {
-            "not run".into()
-        };
-        eprintln!("{}", text.trim());
-        println!(
-            "| {} | {:.2} GB ({format:?}) | {:.1} | {:.1} | {:.2} | {:.0} MiB | {:.2} GB | {load_cell} | {:.2} GB in f16 |",
-            variant.name(),
-            file_bytes as f64 / GB,
-            written.as_secs_f64(),
-            took.as_secs_f64(),
-            file_bytes as f64 / GB / took.as_secs_f64(),
-            peak as f64 / MIB,
-            sets as f64 / GB,
-            used as f64 / GB,
-        );
-        std::fs::remove_dir_all(&out)?;
+        let mut f16: Option<Converted> = None;
+        for precision in std::iter::once(Precision::F16).chain(quant.iter().copied()) {
+            let out = work.path().join(format!("{}-{precision}", variant.name()));
+            let converted = convert_and_load(&orfeas, &checkpoint, &source, &out, precision, load)?;
+            std::fs::remove_dir_all(&out)?;
+            let load_cell = converted
+                .load
+                .map_or("not run".into(), |(seconds, _)| format!("{seconds:.1}"));
+            let device_cell = match converted.load {
+                Some((_, bytes)) => format!("{:.2} GB", bytes as f64 / GB),
+                None if precision == Precision::F16 => format!("{:.2} GB in f16", used as f64 / GB),
+                None => "not run".into(),
+            };
+            println!(
+                "| {} {precision} | {:.2} GB ({format:?}) | {:.1} | {:.1} | {:.2} | {:.0} MiB | {:.2} GB | {load_cell} | {device_cell} |",
+                variant.name(),
+                file_bytes as f64 / GB,
+                written.as_secs_f64(),
+                converted.took.as_secs_f64(),
+                file_bytes as f64 / GB / converted.took.as_secs_f64(),
+                converted.peak as f64 / MIB,
+                converted.sets as f64 / GB,
+            );
+            match &f16 {
+                None => f16 = Some(converted),
+                Some(base) => {
+                    let name = format!("{} {precision}÷f16", variant.name());
+                    println!(
+                        "ratio={:.3} download {name} ({:.2} ÷ {:.2} GB)",
+                        converted.sets as f64 / base.sets as f64,
+                        converted.sets as f64 / GB,
+                        base.sets as f64 / GB
+                    );
+                    if let (Some((q_s, q_b)), Some((f_s, f_b))) = (converted.load, base.load) {
+                        println!(
+                            "ratio={:.3} device weights {name} ({:.2} ÷ {:.2} GB)",
+                            q_b as f64 / f_b as f64,
+                            q_b as f64 / GB,
+                            f_b as f64 / GB
+                        );
+                        println!(
+                            "ratio={:.3} load time {name} ({q_s:.1} ÷ {f_s:.1} s)",
+                            q_s / f_s
+                        );
+                    }
+                }
+            }
+        }
+        std::fs::remove_dir_all(&source)?;
     }
     Ok(())
+}
+
+/// One precision's sets converted from the checkpoint, and (when asked) loaded.
+struct Converted {
+    took: Duration,
+    peak: u64,
+    sets: u64,
+    /// Seconds to load onto the CPU backend computing in f16, and the weights' device bytes.
+    load: Option<(f64, u64)>,
+}
+
+fn convert_and_load(
+    orfeas: &Path,
+    checkpoint: &Path,
+    source: &Path,
+    out: &Path,
+    precision: Precision,
+    load: bool,
+) -> Result<Converted> {
+    let (took, peak, text) = run_measured(
+        Command::new(orfeas)
+            .arg("convert")
+            .arg(checkpoint)
+            .arg("--config")
+            .arg(source.join("config.yaml"))
+            .arg("--quant")
+            .arg(precision.name())
+            .arg("-o")
+            .arg(out),
+    )?;
+    eprintln!("{}", text.trim());
+    let sets = dir_bytes(out);
+    let load = if load {
+        // As `load_shape_model`, with each set's device bytes counted before the model
+        // takes the tensors.
+        let started = Instant::now();
+        let device = orfeas_engine::device::cpu();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut configs = Vec::new();
+        let mut sets = Vec::new();
+        let mut bytes = 0;
+        for component in COMPONENTS {
+            let source = DirSource::new(out.join(component));
+            let (index, set) = runtime
+                .block_on(load_all(&source, &device, DType::F16, |_| {}))
+                .map_err(|e| anyhow::anyhow!("{component}: {e}"))?;
+            bytes += set.device_bytes();
+            configs.push(index.config);
+            sets.push(set);
+        }
+        let config = ShapeConfig::from_values(&configs[0], &configs[1], &configs[2])
+            .map_err(anyhow::Error::msg)?;
+        let [conditioner, denoiser, vae]: [_; 3] = sets.try_into().expect("three sets");
+        let model = ShapeModel::new(&config, conditioner, denoiser, vae, &device)
+            .map_err(anyhow::Error::msg)?;
+        let seconds = started.elapsed().as_secs_f64();
+        drop(model);
+        Some((seconds, bytes))
+    } else {
+        None
+    };
+    Ok(Converted {
+        took,
+        peak,
+        sets,
+        load,
+    })
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use orfeas_tests::browser::{Browser, Chromedriver, model_attr};
+use orfeas_tests::browser::{Browser, Chromedriver, Page, model_attr};
 use orfeas_tests::server::{Server, Throttle};
 use orfeas_tests::{dist_dir, model};
 use serde_json::Value;
