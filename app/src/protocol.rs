@@ -490,6 +490,9 @@ pub enum ModelStatusReport {
     Ready {
         tensors: usize,
         from_cache: bool,
+        /// How the set stores its weights (`f16`, `q8`, `q4`), from its index.
+        #[serde(default)]
+        precision: String,
     },
     Failed {
         reason: String,

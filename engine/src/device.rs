@@ -11,6 +11,19 @@ pub fn cpu() -> Device {
     Device::flex()
 }
 
+/// Whether `device` is burn's CPU backend.
+pub fn is_cpu(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        *device == cpu()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 /// The first GPU adapter wgpu finds (on a machine without a GPU, a software one such as
 /// lavapipe), or `None` when there is none.
 #[cfg(feature = "wgpu")]

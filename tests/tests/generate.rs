@@ -138,6 +138,14 @@ async fn generate(
             )
             .await?;
     }
+    // Each part's card names the precision its index gives.
+    for part in COMPONENTS {
+        let model = format!("hunyuan3d/{part}");
+        let shown = browser
+            .eval(&format!("return {}", model_attr(&model, "precision")))
+            .await?;
+        assert_eq!(shown, precision.name(), "{model}'s card");
+    }
     // A cut-out already (alpha), so no background removal is needed.
     let photo = fixtures::dir().join("preprocess_input_0.png");
     browser.choose_file("input[type=file]", &photo).await?;

@@ -333,8 +333,9 @@ pub fn ModelPanel(model: ModelView) -> impl IntoView {
         ModelStatusReport::Ready {
             tensors,
             from_cache,
+            precision,
         } => format!(
-            "ready · {tensors} tensors{}",
+            "ready · {precision} · {tensors} tensors{}",
             if from_cache { " · from cache" } else { "" }
         ),
         ModelStatusReport::Failed { .. } => "failed".into(),
@@ -369,6 +370,10 @@ pub fn ModelPanel(model: ModelView) -> impl IntoView {
             data-bytes=move || model.progress.get().map(|p| p.bytes_total.to_string()).unwrap_or_default()
             data-tensors=move || match model.status.get() {
                 ModelStatusReport::Ready { tensors, .. } => tensors.to_string(),
+                _ => String::new(),
+            }
+            data-precision=move || match model.status.get() {
+                ModelStatusReport::Ready { precision, .. } => precision,
                 _ => String::new(),
             }
         >

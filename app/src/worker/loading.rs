@@ -237,10 +237,16 @@ pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
             }
             Ok(from_cache)
         });
+        let precision = engine.models.borrow()[i]
+            .index
+            .as_ref()
+            .map(|index| index.precision().name().to_string())
+            .unwrap_or_default();
         let status = match outcome {
             Ok(from_cache) => ModelStatusReport::Ready {
                 tensors,
                 from_cache,
+                precision,
             },
             Err(Unloaded::Failed(reason)) => ModelStatusReport::Failed { reason },
             Err(Unloaded::NotInstalled(url)) => ModelStatusReport::NotInstalled { url },

@@ -129,7 +129,7 @@ impl<R: Fn(&str) -> String> ModuleMapper for WeightMapper<R> {
             return param;
         }
         let mut tensor = stored.reshaped::<D>().expect("rank equals the parameter's");
-        if linear {
+        if linear && !stored.transposed {
             tensor = tensor.transpose();
         }
         let id = param.id;

@@ -6,7 +6,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use safetensors::Dtype;
 
 use super::dtype::{append_f16, to_f32};
-use super::quant::{QuantInfo, check_scales, for_compute};
+use super::quant::{QuantInfo, check_scales, for_compute, transposed_for_cpu};
 
 /// A weight on the device.
 #[derive(Debug, Clone)]
@@ -25,6 +25,9 @@ pub struct StoredTensor {
     pub shape: Vec<usize>,
     /// Bytes it takes on the device.
     pub device_bytes: usize,
+    /// A quantized weight already laid out `[in, out]`, as a linear layer uses it (on burn's
+    /// CPU backend: see [`transposed_for_cpu`]); `shape` is still the stored `[out, in]`.
+    pub transposed: bool,
 }
 
 impl StoredTensor {
@@ -65,6 +68,7 @@ impl StoredTensor {
             tensor: DeviceTensor::Float(tensor),
             shape: shape.to_vec(),
             device_bytes: numel * target.size(),
+            transposed: false,
         })
     }
 
@@ -101,13 +105,20 @@ impl StoredTensor {
             .clone()
             .try_into()
             .expect("checked: two dimensions");
-        let (bytes, scheme) = for_compute(info, precision, bytes.to_vec(), compute);
+        let transposed = crate::device::is_cpu(device);
+        let (bytes, scheme, dims) = if transposed {
+            transposed_for_cpu(info, precision, bytes)
+        } else {
+            let (bytes, scheme) = for_compute(info, precision, bytes.to_vec(), compute);
+            (bytes, scheme, dims)
+        };
         let device_bytes = bytes.len();
         let data = TensorData::from_bytes_vec(bytes, dims, DType::QFloat(scheme));
         Ok(Self {
             tensor: DeviceTensor::Quantized(Tensor::<2>::from_data(data, device)),
             shape: info.shape.clone(),
             device_bytes,
+            transposed,
         })
     }
 
@@ -132,12 +143,28 @@ impl StoredTensor {
         if self.shape.len() != D {
             return Err(format!("has rank {}, expected {D}", self.shape.len()));
         }
-        let dims: [usize; D] = self.shape.clone().try_into().expect("rank checked");
+        let mut dims: [usize; D] = self.shape.clone().try_into().expect("rank checked");
+        if self.transposed {
+            dims.reverse();
+        }
         Ok(match &self.tensor {
             DeviceTensor::Float(tensor) => tensor.clone().reshape(dims),
-            // Already `[out, in]`: the same shape, only the rank's type changes.
-            DeviceTensor::Quantized(tensor) => tensor.clone().reshape(dims),
+            DeviceTensor::Quantized(tensor) => same_rank(tensor.clone(), dims),
         })
+    }
+}
+
+/// A quantized `[out, in]` (or transposed `[in, out]`) weight as rank `D`: as it is when `D` is
+/// 2, without a reshape to its own shape, which burn's CPU backend performs by dequantizing and
+/// quantizing again (as every layout op on a block-quantized tensor there).
+fn same_rank<const D: usize>(tensor: Tensor<2>, dims: [usize; D]) -> Tensor<D> {
+    let tensor: Box<dyn std::any::Any> = Box::new(tensor);
+    match tensor.downcast::<Tensor<D>>() {
+        Ok(same) => *same,
+        Err(other) => other
+            .downcast::<Tensor<2>>()
+            .expect("a quantized weight has rank 2")
+            .reshape(dims),
     }
 }
 
