@@ -217,6 +217,11 @@ struct SynthesizeArgs {
     /// Write only config.yaml.
     #[arg(long)]
     config_only: bool,
+    /// Also convert the checkpoint into shard sets at this precision (f16, q8 or q4) in
+    /// OUTPUT/sets (conditioner/, denoiser/, vae/), as `orfeas convert --quant` does: the
+    /// benchmarks' full-size quantized sets in one command.
+    #[arg(long, conflicts_with = "config_only")]
+    sets: Option<Precision>,
     /// Output folder (gets config.yaml and the checkpoint).
     #[arg(short, long)]
     output: PathBuf,
@@ -576,6 +581,16 @@ impl SynthesizeArgs {
             entries.len(),
             output.join("config.yaml").display()
         );
+        if let Some(precision) = self.sets {
+            ConvertArgs {
+                checkpoint: path,
+                config: output.join("config.yaml"),
+                output: output.join("sets"),
+                shard_size: 32,
+                quant: precision,
+            }
+            .run()?;
+        }
         Ok(())
     }
 }

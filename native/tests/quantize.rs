@@ -152,3 +152,32 @@ fn convert_and_quantize_write_q4_sets_that_generate() {
         assert!(off <= 0.25, "{backend}/{dtype}: q8 {q8} faces, f16 {f16}");
     }
 }
+
+#[test]
+fn synthesize_writes_quantized_sets_of_an_official_layout() {
+    // The benchmarks' way to full-size quantized sets, here at reduced size: the synthetic
+    // checkpoint converted at q4 in the same command.
+    let dir = tempfile::tempdir().unwrap();
+    let run = orfeas(&[
+        "synthesize",
+        "--variant",
+        "2mini-turbo",
+        "--reduced",
+        "--sets",
+        "q4",
+        "-o",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    for part in orfeas_engine::pipeline::COMPONENTS {
+        let set = index(&dir.path().join("sets").join(part));
+        assert_eq!(
+            set.precision(),
+            orfeas_engine::weights::Precision::Q4,
+            "{part}"
+        );
+        assert!(!set.quantized.is_empty(), "{part}: nothing quantized");
+    }
+    let verify = orfeas(&["verify", dir.path().join("sets").to_str().unwrap()]);
+    assert!(verify.status.success(), "{}", text(&verify));
+}
