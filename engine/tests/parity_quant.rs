@@ -247,12 +247,6 @@ fn quantized_vae() {
 fn quantized_meshes_agree_with_f16() {
     // The whole chain from the reference noise with all three sets at one precision: the
     // share of grid points on the same side of the surface as with f16 weights, and the faces.
-    let io = Io::read("sampler.io.safetensors");
-    let (noise, noise_shape) = io.tensor("initial_noise");
-    let (image, image_shape) = io.tensor("image_in");
-    let sampler = stage("sampler");
-    let steps = sampler["config"]["num_inference_steps"].as_u64().unwrap() as usize;
-    let guidance = sampler["config"]["guidance_scale"].as_f64().unwrap() as f32;
     let resolution = stage("vae")["config"]["octree_resolution"]
         .as_u64()
         .unwrap() as usize;
@@ -260,19 +254,7 @@ fn quantized_meshes_agree_with_f16() {
     for (name, device, dtype) in computes() {
         let fields = PRECISIONS.map(|precision| {
             let model = shape_model_stored("dit21", &device, dtype, precision);
-            futures::executor::block_on(async {
-                let cond = model.condition(&image, image_shape[2], image_shape[3]);
-                let noise = tensor3(noise.clone(), &noise_shape, &device);
-                let latents = model
-                    .sample(cond, noise, steps, guidance, |_, _| {})
-                    .await
-                    .unwrap();
-                let kv = model.key_values(latents);
-                decode_dense(grid, 4096, async |points| {
-                    model.field_at(points, &kv).await.expect("read back")
-                })
-                .await
-            })
+            field_from_reference_noise(&model, &device, grid, 4096)
         });
         let faces = fields.each_ref().map(|field| {
             marching_cubes(Field {
@@ -282,15 +264,10 @@ fn quantized_meshes_agree_with_f16() {
             .triangles
             .len()
         });
-        let agree = |field: &[f32]| {
-            let same = field
-                .iter()
-                .zip(&fields[0])
-                .filter(|(a, b)| (**a > 0.0) == (**b > 0.0))
-                .count();
-            same as f64 / field.len() as f64
-        };
-        let (q8, q4) = (agree(&fields[1]), agree(&fields[2]));
+        let (q8, q4) = (
+            same_side_share(&fields[1], &fields[0]),
+            same_side_share(&fields[2], &fields[0]),
+        );
         eprintln!(
             "QUALITY mesh {name} {dtype:?}: inside/outside agrees with f16 at q8 {:.2} %, q4 \
              {:.2} % of {} points; faces f16 {} q8 {} q4 {}",

@@ -6,11 +6,11 @@
 //! chain there, with burn's quantized matmul and with the dequantizing path, computes the field
 //! the CPU backend computes.
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
-use orfeas_engine::gpu::{Limits, ShaderF16, acquire_with};
+use burn::tensor::{DType, Device};
+use orfeas_engine::gpu::{Gpu, Limits, ShaderF16, acquire_with};
 use orfeas_engine::models::{buffer_budget, largest_activation_bytes, set_buffer_budget};
 use orfeas_engine::pipeline::GenerateOptions;
-use orfeas_engine::volume::{Grid, decode_dense};
+use orfeas_engine::volume::Grid;
 use orfeas_engine::weights::Precision;
 
 mod fixtures;
@@ -24,16 +24,7 @@ fn the_pipeline_runs_under_webgpus_default_limits() {
     let _one = ONE_DEVICE_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let Ok(gpu) = futures::executor::block_on(acquire_with(
-        Limits::WebGpuDefaults,
-        ShaderF16::IfOffered,
-        |_| {},
-    )) else {
-        assert!(
-            std::env::var_os("ORFEAS_ALLOW_SKIP").is_some(),
-            "no GPU adapter (install mesa-vulkan-drivers for lavapipe, or set ORFEAS_ALLOW_SKIP=1)"
-        );
-        eprintln!("SKIPPED (ORFEAS_ALLOW_SKIP): no GPU adapter");
+    let Some(gpu) = acquire_or_skip(Limits::WebGpuDefaults, ShaderF16::IfOffered) else {
         return;
     };
     let info = gpu.info.clone();
@@ -102,27 +93,22 @@ fn the_pipeline_runs_under_webgpus_default_limits() {
 
 /// The q4 chain from the reference noise to the field, computing in f32 on `device`.
 fn q4_field(device: &Device) -> Vec<f32> {
-    let io = Io::read("sampler.io.safetensors");
-    let (noise, noise_shape) = io.tensor("initial_noise");
-    let (image, image_shape) = io.tensor("image_in");
-    let sampler = stage("sampler");
-    let steps = sampler["config"]["num_inference_steps"].as_u64().unwrap() as usize;
-    let guidance = sampler["config"]["guidance_scale"].as_f64().unwrap() as f32;
     let model = shape_model_stored("dit21", device, DType::F32, Precision::Q4);
-    futures::executor::block_on(async {
-        let cond = model.condition(&image, image_shape[2], image_shape[3]);
-        let dims: [usize; 3] = noise_shape.try_into().unwrap();
-        let noise = Tensor::from_data(TensorData::new(noise, dims), (device, DType::F32));
-        let latents = model
-            .sample(cond, noise, steps, guidance, |_, _| {})
-            .await
-            .unwrap();
-        let kv = model.key_values(latents);
-        decode_dense(Grid::official(24), 2048, async |points| {
-            model.field_at(points, &kv).await.expect("read back")
-        })
-        .await
-    })
+    field_from_reference_noise(&model, device, Grid::official(24), 2048)
+}
+
+/// A GPU device with `limits` and `f16`; `None` (a reported skip) only where
+/// `ORFEAS_ALLOW_SKIP` allows a machine without an adapter.
+fn acquire_or_skip(limits: Limits, f16: ShaderF16) -> Option<Gpu> {
+    let Ok(gpu) = futures::executor::block_on(acquire_with(limits, f16, |_| {})) else {
+        assert!(
+            std::env::var_os("ORFEAS_ALLOW_SKIP").is_some(),
+            "no GPU adapter (install mesa-vulkan-drivers for lavapipe, or set ORFEAS_ALLOW_SKIP=1)"
+        );
+        eprintln!("SKIPPED (ORFEAS_ALLOW_SKIP): no GPU adapter");
+        return None;
+    };
+    Some(gpu)
 }
 
 #[test]
@@ -137,14 +123,7 @@ fn q4_weights_compute_without_shader_f16_as_on_the_cpu() {
     let reference = q4_field(&orfeas_engine::device::cpu());
     let peak = max_abs(&reference);
     for limits in [Limits::Adapter, Limits::WebGpuDefaults] {
-        let Ok(gpu) = futures::executor::block_on(acquire_with(limits, ShaderF16::Without, |_| {}))
-        else {
-            assert!(
-                std::env::var_os("ORFEAS_ALLOW_SKIP").is_some(),
-                "no GPU adapter (install mesa-vulkan-drivers for lavapipe, or set \
-                 ORFEAS_ALLOW_SKIP=1)"
-            );
-            eprintln!("SKIPPED (ORFEAS_ALLOW_SKIP): no GPU adapter");
+        let Some(gpu) = acquire_or_skip(limits, ShaderF16::Without) else {
             return;
         };
         assert!(!gpu.info.shader_f16, "shader-f16 was left out");
@@ -157,12 +136,7 @@ fn q4_weights_compute_without_shader_f16_as_on_the_cpu() {
         };
         let field = q4_field(&gpu.device);
         let error = max_abs_diff(&field, &reference) / peak;
-        let agree = field
-            .iter()
-            .zip(&reference)
-            .filter(|(a, b)| (**a > 0.0) == (**b > 0.0))
-            .count() as f64
-            / field.len() as f64;
+        let agree = same_side_share(&field, &reference);
         eprintln!(
             "q4 without shader-f16, {limits:?} limits ({path}): field error {error:.2e} of its \
              peak, inside/outside agrees at {:.3} %",

@@ -18,9 +18,7 @@ impl Chromedriver {
     pub async fn start() -> anyhow::Result<Self> {
         let binary =
             std::env::var("ORFEAS_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
         let child = tokio::process::Command::new(&binary)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -28,17 +26,33 @@ impl Chromedriver {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {binary} (apt-get install chromium-driver)"))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if Instant::now() > deadline {
-                bail!("chromedriver did not listen on port {port}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        connect_when_listening("chromedriver", port, Duration::from_secs(20)).await?;
         Ok(Self { child, port })
+    }
+}
+
+/// A loopback port nothing listens on now (for a driver to be told to listen on).
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A connection to `what` on loopback `port`, retried until it listens or `timeout` passes.
+pub(crate) async fn connect_when_listening(
+    what: &str,
+    port: u16,
+    timeout: Duration,
+) -> anyhow::Result<tokio::net::TcpStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if Instant::now() > deadline => {
+                bail!("{what} did not listen on port {port}: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
 }
 
@@ -113,14 +127,10 @@ impl Browser {
         };
         Ok(self.client.issue_cmd(command).await?)
     }
-
-    pub async fn close(self) {
-        let _ = self.client.close().await;
-    }
 }
 
-/// What the tests do with a page, in either browser: run script, click, choose a file; waiting,
-/// reading the text and fetching bytes are built on running script.
+/// What the tests do with a page, in either browser: run script, click, choose a file, close;
+/// waiting, reading the text and fetching bytes are built on running script.
 #[allow(async_fn_in_trait)] // the tests' own trait, used with concrete types only
 pub trait Page {
     /// Run `body` (a function body that `return`s a value, or a promise of one) in the page.
@@ -131,6 +141,11 @@ pub trait Page {
 
     /// Choose a file in the `<input type=file>` matching a CSS selector.
     async fn choose_file(&self, css: &str, path: &std::path::Path) -> anyhow::Result<()>;
+
+    /// End the session (and the browser).
+    async fn close(self)
+    where
+        Self: Sized;
 
     /// Poll the expression `expr` every 50 ms until it is truthy; returns its value.
     async fn wait_for(&self, what: &str, expr: &str, timeout: Duration) -> anyhow::Result<Value> {
@@ -198,6 +213,10 @@ impl Page for Browser {
             .send_keys(&path.display().to_string())
             .await?;
         Ok(())
+    }
+
+    async fn close(self) {
+        let _ = self.client.close().await;
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use crate::browser::Page;
+use crate::browser::{Page, connect_when_listening, free_port};
 
 /// WebDriver's key for an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -43,9 +43,7 @@ struct Connection {
 impl Firefox {
     pub async fn open() -> anyhow::Result<Self> {
         let profile = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
         let prefs = [
             ("dom.webgpu.enabled", "true".to_string()),
             ("gfx.webgpu.ignore-blocklist", "true".into()),
@@ -82,16 +80,8 @@ impl Firefox {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {binary} (apt-get install firefox-esr)"))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let stream = loop {
-            match TcpStream::connect(("127.0.0.1", port)).await {
-                Ok(stream) => break stream,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-                Err(e) => bail!("Firefox's Marionette did not listen on port {port}: {e}"),
-            }
-        };
+        let stream =
+            connect_when_listening("Firefox's Marionette", port, Duration::from_secs(60)).await?;
         let mut connection = Connection {
             stream: BufReader::new(stream),
             next_id: 0,
@@ -157,13 +147,6 @@ impl Firefox {
             .map(str::to_string)
             .ok_or_else(|| anyhow::anyhow!("no element reference for {css}: {found}"))
     }
-
-    /// End the session and the process.
-    pub async fn close(mut self) {
-        let _ = self.command("WebDriver:DeleteSession", json!({})).await;
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-    }
 }
 
 impl Connection {
@@ -213,5 +196,12 @@ impl Page for Firefox {
         )
         .await?;
         Ok(())
+    }
+
+    /// End the session and the process.
+    async fn close(mut self) {
+        let _ = self.command("WebDriver:DeleteSession", json!({})).await;
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
     }
 }

@@ -99,18 +99,24 @@ async fn generate_in_the_browser(which: Browser, precision: Precision) -> anyhow
     let page = format!("/?steps=4&octree_resolution=32&seed={SEED}&turntable=0");
     match which {
         Browser::Chromium => {
-            let browser = stage.open(&page).await?;
-            let outcome = generate(&browser, which, precision, &shape).await;
-            browser.close().await;
-            outcome
+            generate_and_close(stage.open(&page).await?, which, precision, &shape).await
         }
         Browser::Firefox => {
-            let browser = stage.open_firefox(&page).await?;
-            let outcome = generate(&browser, which, precision, &shape).await;
-            browser.close().await;
-            outcome
+            generate_and_close(stage.open_firefox(&page).await?, which, precision, &shape).await
         }
     }
+}
+
+/// [`generate`] in `browser`, closed whatever the outcome.
+async fn generate_and_close(
+    browser: impl Page,
+    which: Browser,
+    precision: Precision,
+    shape: &std::path::Path,
+) -> anyhow::Result<()> {
+    let outcome = generate(&browser, which, precision, shape).await;
+    browser.close().await;
+    outcome
 }
 
 async fn generate(

@@ -594,8 +594,21 @@ pub async fn load_shape_model<S: ShardSource + ?Sized>(
     sources: [&S; 3],
     device: &Device,
     dtype: DType,
-    mut on_progress: impl FnMut(&str, &LoadProgress),
+    on_progress: impl FnMut(&str, &LoadProgress),
 ) -> Result<ShapeModel, String> {
+    let (config, [conditioner, denoiser, vae]) =
+        load_shape_parts(sources, device, dtype, on_progress).await?;
+    ShapeModel::new(&config, conditioner, denoiser, vae, device)
+}
+
+/// The three sets of [`load_shape_model`] on the device and the config they give, before the
+/// networks take them (what they weigh there can still be read: [`WeightSet::device_bytes`]).
+pub async fn load_shape_parts<S: ShardSource + ?Sized>(
+    sources: [&S; 3],
+    device: &Device,
+    dtype: DType,
+    mut on_progress: impl FnMut(&str, &LoadProgress),
+) -> Result<(ShapeConfig, [WeightSet; 3]), String> {
     let mut configs = Vec::new();
     let mut weights = Vec::new();
     for (component, source) in COMPONENTS.iter().zip(sources) {
@@ -606,8 +619,6 @@ pub async fn load_shape_model<S: ShardSource + ?Sized>(
         weights.push(set);
     }
     let config = ShapeConfig::from_values(&configs[0], &configs[1], &configs[2])?;
-    let vae = weights.pop().expect("three sets");
-    let denoiser = weights.pop().expect("three sets");
-    let conditioner = weights.pop().expect("three sets");
-    ShapeModel::new(&config, conditioner, denoiser, vae, device)
+    let sets = weights.try_into().expect("one set per component");
+    Ok((config, sets))
 }

@@ -158,11 +158,22 @@ impl QuantInfo {
     }
 }
 
+/// The stored layout's scheme: packed along K, blocks `[1, block]`, f16 scales.
 pub fn scheme(precision: Precision, block: usize) -> QuantScheme {
-    scheme_with_scales(precision, block, ScaleDtype::F16)
+    scheme_of(
+        precision,
+        QuantStore::PackedU32(0),
+        [1, block as u8],
+        ScaleDtype::F16,
+    )
 }
 
-fn scheme_with_scales(precision: Precision, block: usize, scales: ScaleDtype) -> QuantScheme {
+fn scheme_of(
+    precision: Precision,
+    store: QuantStore,
+    block: [u8; 2],
+    scales: ScaleDtype,
+) -> QuantScheme {
     let value = match precision {
         Precision::Q8 => QuantValue::Q8S,
         Precision::Q4 => QuantValue::Q4S,
@@ -170,8 +181,8 @@ fn scheme_with_scales(precision: Precision, block: usize, scales: ScaleDtype) ->
     };
     QuantScheme::default()
         .with_value(value)
-        .with_store(QuantStore::PackedU32(0))
-        .per_block([1, block as u8], scales)
+        .with_store(store)
+        .per_block(block, scales)
 }
 
 /// A stored quantized tensor's bytes and scheme as a device computing in `compute` takes them:
@@ -183,11 +194,11 @@ fn scheme_with_scales(precision: Precision, block: usize, scales: ScaleDtype) ->
 pub fn for_compute(
     info: &QuantInfo,
     precision: Precision,
-    bytes: Vec<u8>,
+    bytes: &[u8],
     compute: DType,
 ) -> (Vec<u8>, QuantScheme) {
     if compute == DType::F16 {
-        return (bytes, info.scheme(precision));
+        return (bytes.to_vec(), info.scheme(precision));
     }
     let blocks = info.numel() / info.block;
     let values = bytes.len() - blocks * 2;
@@ -197,10 +208,13 @@ pub fn for_compute(
         let scale = f16::from_le_bytes([scale[0], scale[1]]).to_f32();
         widened.extend_from_slice(&scale.to_le_bytes());
     }
-    (
-        widened,
-        scheme_with_scales(precision, info.block, ScaleDtype::F32),
-    )
+    let scheme = scheme_of(
+        precision,
+        QuantStore::PackedU32(0),
+        [1, info.block as u8],
+        ScaleDtype::F32,
+    );
+    (widened, scheme)
 }
 
 pub fn byte_len(precision: Precision, block: usize, shape: &[usize]) -> usize {
@@ -378,13 +392,12 @@ pub fn transposed_for_cpu(
 ) -> (Vec<u8>, QuantScheme, [usize; 2]) {
     let [out, k] = [info.shape[0], info.shape[1]];
     let blocks = k / info.block;
-    let scheme = QuantScheme::default()
-        .with_value(match precision {
-            Precision::Q4 => QuantValue::Q4S,
-            _ => QuantValue::Q8S,
-        })
-        .with_store(QuantStore::Native)
-        .per_block([info.block as u8, 1], ScaleDtype::F32);
+    let scheme = scheme_of(
+        precision,
+        QuantStore::Native,
+        [info.block as u8, 1],
+        ScaleDtype::F32,
+    );
     let shape = [k, out];
     let total = quantized_data_len(&scheme, &Shape::from(shape.to_vec()));
     let levels: Vec<u8> = (0..out * k)

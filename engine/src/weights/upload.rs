@@ -109,7 +109,7 @@ impl StoredTensor {
         let (bytes, scheme, dims) = if transposed {
             transposed_for_cpu(info, precision, bytes)
         } else {
-            let (bytes, scheme) = for_compute(info, precision, bytes.to_vec(), compute);
+            let (bytes, scheme) = for_compute(info, precision, bytes, compute);
             (bytes, scheme, dims)
         };
         let device_bytes = bytes.len();

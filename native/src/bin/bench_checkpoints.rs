@@ -20,10 +20,9 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::DType;
 use clap::ValueEnum;
 use orfeas::synthetic::{Format, Variant};
-use orfeas_engine::pipeline::{COMPONENTS, ShapeConfig, ShapeModel};
-use orfeas_engine::weights::Precision;
-use orfeas_engine::weights::loader::load_all;
+use orfeas_engine::pipeline::{COMPONENTS, ShapeModel, load_shape_parts};
 use orfeas_engine::weights::source::DirSource;
+use orfeas_engine::weights::{Precision, WeightSet};
 
 const GB: f64 = 1e9;
 const MIB: f64 = (1 << 20) as f64;
@@ -215,28 +214,23 @@ fn convert_and_load(
     eprintln!("{}", text.trim());
     let sets = dir_bytes(out);
     let load = if load {
-        // As `load_shape_model`, with each set's device bytes counted before the model
-        // takes the tensors.
+        // The sets' device bytes are counted before the networks take them.
         let started = Instant::now();
         let device = orfeas_engine::device::cpu();
+        let sources = COMPONENTS.map(|c| DirSource::new(out.join(c)));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let mut configs = Vec::new();
-        let mut sets = Vec::new();
-        let mut bytes = 0;
-        for component in COMPONENTS {
-            let source = DirSource::new(out.join(component));
-            let (index, set) = runtime
-                .block_on(load_all(&source, &device, DType::F16, |_| {}))
-                .map_err(|e| anyhow::anyhow!("{component}: {e}"))?;
-            bytes += set.device_bytes();
-            configs.push(index.config);
-            sets.push(set);
-        }
-        let config = ShapeConfig::from_values(&configs[0], &configs[1], &configs[2])
+        let (config, sets) = runtime
+            .block_on(load_shape_parts(
+                [&sources[0], &sources[1], &sources[2]],
+                &device,
+                DType::F16,
+                |_, _| {},
+            ))
             .map_err(anyhow::Error::msg)?;
-        let [conditioner, denoiser, vae]: [_; 3] = sets.try_into().expect("three sets");
+        let bytes = sets.iter().map(WeightSet::device_bytes).sum();
+        let [conditioner, denoiser, vae] = sets;
         let model = ShapeModel::new(&config, conditioner, denoiser, vae, &device)
             .map_err(anyhow::Error::msg)?;
         let seconds = started.elapsed().as_secs_f64();
