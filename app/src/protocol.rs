@@ -117,6 +117,9 @@ pub enum ToWorker {
     /// Cut the current image out again at the reference's full size (after the app chose a
     /// smaller one for a slow adapter), and keep that size.
     CutoutFullSize,
+    /// Load the shape model at this installed precision (`f16`, `q8`, `q4`) instead of the
+    /// one loaded: the user's choice on the shape model's card.
+    ChooseQuant { precision: String },
 }
 
 /// Engine settings the page passes on (from its query parameters).
@@ -148,6 +151,13 @@ pub struct EngineOptions {
     /// it, so a model is checked against this, else 8 GiB (a software adapter: the host's).
     #[serde(default)]
     pub gpu_memory_gib: Option<f64>,
+    /// The shape model's precision (`?quant=f16|q8|q4`, else the user's last choice): the
+    /// smallest installed that fits the GPU when absent.
+    #[serde(default)]
+    pub quant: Option<String>,
+    /// `quant` is the user's choice on an earlier visit, not the page's address.
+    #[serde(default)]
+    pub quant_remembered: bool,
     /// Debugging the recovery: hold each device rebuild this long (`?debug_gpu_rebuild_ms=`),
     /// as a slow driver reset would, so loads cut short by the loss finish meanwhile.
     #[serde(default)]
@@ -205,6 +215,8 @@ impl EngineOptions {
             gpu_memory_gib: value("gpu_memory_gib")
                 .and_then(|v| decimal(v))
                 .filter(|g| *g > 0.0),
+            quant: value("quant").cloned(),
+            quant_remembered: false,
             debug_gpu_rebuild_ms: value("debug_gpu_rebuild_ms")
                 .and_then(|v| v.parse::<u32>().ok())
                 .map(|ms| ms.min(60_000)),
@@ -460,6 +472,8 @@ pub enum FromWorker {
     /// Background removal on the current image (a finished cut-out comes as an object
     /// message instead, `{type: "cutout", report: <this JSON>, png}`).
     Cutout(CutoutReport),
+    /// The shape model's installed precisions, which one is loaded and why.
+    ShapeQuant(ShapeQuantReport),
     /// Where a running generation is.
     Generating {
         request_id: u64,
@@ -472,6 +486,32 @@ pub enum FromWorker {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         left_s: Option<f64>,
     },
+}
+
+/// A shape model installed at several precisions (sibling folders `<name>`, `<name>-q8`,
+/// `<name>-q4`, each a set of three parts): what each costs and whether it fits, and which one
+/// the worker loads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShapeQuantReport {
+    /// The shape model's name (its folders' without the precision suffix).
+    pub model: String,
+    /// The folder loaded: its parts are the models `<chosen>/conditioner` and so on.
+    pub chosen: String,
+    /// Why that one, in words ("the smallest installed that fits this GPU", "your choice").
+    pub because: String,
+    pub options: Vec<QuantOption>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantOption {
+    pub folder: String,
+    /// `f16`, `q8` or `q4`, from its indexes.
+    pub precision: String,
+    /// Its download: the three sets' shard files.
+    pub bytes: u64,
+    /// Why it cannot run on this GPU (the fit check), when it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
-use crate::weights::ShardIndex;
+use crate::weights::{Precision, ShardIndex};
 
 /// What a model needs on the device, from its shard sets' indexes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +149,59 @@ pub fn check(
     ))
 }
 
+/// A model installed at several precisions lives in sibling folders: `<name>` (what
+/// `orfeas convert` wrote, usually f16) beside `<name>-q8` and `<name>-q4` (what
+/// `orfeas quantize` or `convert --quant` wrote). The model's name, and the precision the
+/// folder's name states when it states one (the index says what the folder really holds).
+pub fn precision_of_folder(folder: &str) -> (&str, Option<Precision>) {
+    if let Some((name, suffix)) = folder.rsplit_once('-')
+        && !name.is_empty()
+        && let Ok(precision) = suffix.parse::<Precision>()
+    {
+        return (name, Some(precision));
+    }
+    (folder, None)
+}
+
+/// One installed precision of a model, as the default choice sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Installed {
+    pub precision: Precision,
+    /// Its download: the shard files of its sets.
+    pub bytes: u64,
+    /// It passes [`check`] on this device.
+    pub fits: bool,
+}
+
+/// What to load when nobody chose a precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefer {
+    /// The smallest download that fits: the browser fetches every byte before the first mesh.
+    Smallest,
+    /// The finest precision that fits: a server reads its own disk, where size costs memory
+    /// only.
+    Finest,
+}
+
+/// The index of the installed precision to load by default: by `prefer` among those that fit;
+/// when none fits, the smallest (whose refusal then says what is missing).
+pub fn choose(installed: &[Installed], prefer: Prefer) -> Option<usize> {
+    let fitting = installed.iter().enumerate().filter(|(_, i)| i.fits);
+    let best = match prefer {
+        Prefer::Smallest => fitting.min_by_key(|(_, i)| i.bytes).map(|(n, _)| n),
+        Prefer::Finest => fitting
+            .min_by_key(|(_, i)| (std::cmp::Reverse(i.precision.bits()), i.bytes))
+            .map(|(n, _)| n),
+    };
+    best.or_else(|| {
+        installed
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, i)| i.bytes)
+            .map(|(n, _)| n)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +259,48 @@ mod tests {
             err.contains("largest tensor") && err.contains("moe.experts"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_folder_names_its_model_and_precision() {
+        assert_eq!(precision_of_folder("hunyuan3d"), ("hunyuan3d", None));
+        assert_eq!(
+            precision_of_folder("hunyuan3d-q4"),
+            ("hunyuan3d", Some(Precision::Q4))
+        );
+        assert_eq!(
+            precision_of_folder("h3d-2mini-q8"),
+            ("h3d-2mini", Some(Precision::Q8))
+        );
+        assert_eq!(precision_of_folder("h3d-2mini"), ("h3d-2mini", None));
+        assert_eq!(precision_of_folder("-q4"), ("-q4", None));
+    }
+
+    #[test]
+    fn the_default_precision_is_the_smallest_or_finest_that_fits() {
+        let set = |precision, bytes, fits| Installed {
+            precision,
+            bytes,
+            fits,
+        };
+        let all = [
+            set(Precision::F16, 3800, true),
+            set(Precision::Q8, 2000, true),
+            set(Precision::Q4, 1100, true),
+        ];
+        assert_eq!(choose(&all, Prefer::Smallest), Some(2));
+        assert_eq!(choose(&all, Prefer::Finest), Some(0));
+        let small_gpu = [
+            set(Precision::F16, 3800, false),
+            set(Precision::Q8, 2000, true),
+            set(Precision::Q4, 1100, true),
+        ];
+        assert_eq!(choose(&small_gpu, Prefer::Finest), Some(1));
+        let none_fits = [
+            set(Precision::F16, 3800, false),
+            set(Precision::Q4, 1100, false),
+        ];
+        assert_eq!(choose(&none_fits, Prefer::Finest), Some(1));
+        assert_eq!(choose(&[], Prefer::Smallest), None);
     }
 }

@@ -93,6 +93,11 @@ struct ServeArgs {
     /// `convert`). Served at /models/ as well, for the web app.
     #[arg(long)]
     models: Option<PathBuf>,
+    /// A shape model installed at several precisions (`<name>`, `<name>-q8`, `<name>-q4`):
+    /// load this one (default: the finest that fits the device). The web app chooses for its
+    /// own GPU among all of them.
+    #[arg(long)]
+    quant: Option<Precision>,
     /// The built web app to serve at / (`trunk build --release` writes dist/).
     #[arg(long)]
     web: Option<PathBuf>,
@@ -324,6 +329,7 @@ impl ServeArgs {
         let options = crate::server::ServeOptions {
             bind: self.bind,
             models: self.models,
+            quant: self.quant,
             web: self.web,
             device: compute.device,
             dtype: compute.dtype,

@@ -181,3 +181,167 @@ fn synthesize_writes_quantized_sets_of_an_official_layout() {
     let verify = orfeas(&["verify", dir.path().join("sets").to_str().unwrap()]);
     assert!(verify.status.success(), "{}", text(&verify));
 }
+
+/// A shape model installed at two precisions (`hunyuan3d/` and `hunyuan3d-q4/`, as
+/// `orfeas quantize` writes it beside the f16 one): `orfeas serve` loads one — the finest that
+/// fits by default, the one `--quant` names otherwise — says which and why in health, lists
+/// both with their sizes in `/orfeas.json` for the web app, and generates with the one it
+/// loaded. A `--quant` that is not installed stops it at start, naming what is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_lists_each_installed_precision_and_loads_the_one_chosen() {
+    use common::{Server, b64, client, finished_job, health, wait_ready};
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let f16 = common::converted_fixture_model(&models.join("hunyuan3d"));
+    let q4 = models.join("hunyuan3d-q4");
+    let run = orfeas(&[
+        "quantize",
+        f16.to_str().unwrap(),
+        q4.to_str().unwrap(),
+        "--quant",
+        "q4",
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    let bytes = |set: &Path| -> u64 {
+        ["conditioner", "denoiser", "vae"]
+            .iter()
+            .map(|p| index(&set.join(p)).total_bytes())
+            .sum()
+    };
+    let client = client();
+    // The web app's folder (without an orfeas.json of its own: the server writes one).
+    let web = dir.path().join("web");
+    std::fs::create_dir_all(&web).unwrap();
+    std::fs::write(web.join("index.html"), "<!doctype html><title>app</title>").unwrap();
+
+    // By default: the finest that fits (the CPU backend holds either), f16.
+    let server = Server::start(
+        &models,
+        &["--backend", "cpu", "--web", web.to_str().unwrap()],
+    );
+    let ready = wait_ready(&client, &server).await;
+    let shape = &ready["shape_models"][0];
+    assert_eq!(shape["name"], "hunyuan3d", "{ready}");
+    assert_eq!(shape["precision"], "f16", "{ready}");
+    assert!(
+        shape["because"].as_str().unwrap().contains("finest"),
+        "{ready}"
+    );
+    let installed: Vec<(String, u64)> = shape["installed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["precision"].as_str().unwrap().to_string(),
+                i["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        installed,
+        [
+            ("f16".to_string(), bytes(&f16)),
+            ("q4".to_string(), bytes(&q4))
+        ]
+    );
+    let ids: Vec<&str> = ready["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "hunyuan3d/conditioner",
+            "hunyuan3d/denoiser",
+            "hunyuan3d/vae"
+        ],
+        "only the chosen precision loads"
+    );
+    assert!(
+        ready["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["precision"] == "f16")
+    );
+    // The web app's list: both precisions, each part with its precision and size.
+    let site: serde_json::Value = client
+        .get(server.url("/orfeas.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<(String, String, u64)> = site["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_string(),
+                m["precision"].as_str().unwrap().to_string(),
+                m["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for (folder, set, precision) in [("hunyuan3d", &f16, "f16"), ("hunyuan3d-q4", &q4, "q4")] {
+        for part in ["conditioner", "denoiser", "vae"] {
+            expected.push((
+                format!("{folder}/{part}"),
+                precision.to_string(),
+                index(&set.join(part)).total_bytes(),
+            ));
+        }
+    }
+    assert_eq!(listed, expected);
+    drop(server);
+
+    // `--quant q4`: the q4 set loads, health names it, and a job runs on it.
+    let server = Server::start(&models, &["--backend", "cpu", "--quant", "q4"]);
+    let ready = wait_ready(&client, &server).await;
+    assert_eq!(ready["shape_models"][0]["precision"], "q4", "{ready}");
+    assert_eq!(
+        ready["shape_models"][0]["folder"], "hunyuan3d-q4",
+        "{ready}"
+    );
+    assert_eq!(ready["models"][1]["id"], "hunyuan3d-q4/denoiser", "{ready}");
+    assert_eq!(
+        ready["processor"]["hunyuan3d-q4/denoiser"]["precision"],
+        "q4"
+    );
+    let cutout = std::fs::read(fixtures().join("preprocess_input_0.png")).unwrap();
+    let request = json!({
+        "image": b64(&cutout), "steps": 4, "octree_resolution": 32, "seed": 8, "format": "obj",
+    });
+    let (status, _) = finished_job(&client, &server, &request).await;
+    assert_eq!(status["status"], "done", "{status}");
+    let _ = health(&client, &server).await;
+    drop(server);
+
+    // A precision that is not installed: refused at start, naming what is.
+    let run = orfeas(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--models",
+        models.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--quant",
+        "q8",
+    ]);
+    let said = text(&run);
+    assert!(!run.status.success(), "{said}");
+    assert!(
+        said.contains("no q8 set installed")
+            && said.contains("f16 in hunyuan3d")
+            && said.contains("q4 in hunyuan3d-q4"),
+        "{said}"
+    );
+}

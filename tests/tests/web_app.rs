@@ -810,6 +810,7 @@ async fn a_kiosk_runs_on_orfeas_serve_alone() -> anyhow::Result<()> {
     let options = orfeas::server::ServeOptions {
         bind: ([127, 0, 0, 1], port).into(),
         models: Some(models.path().to_path_buf()),
+        quant: None,
         web: Some(web.path().to_path_buf()),
         device: orfeas_engine::device::cpu(),
         dtype: burn::tensor::DType::F32,

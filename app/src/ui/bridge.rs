@@ -126,15 +126,36 @@ pub fn start() {
             return;
         }
         if ensure_worker(studio) {
-            send(&ToWorker::Start {
-                models,
-                options: EngineOptions::from_params(&params),
-            });
+            let mut options = EngineOptions::from_params(&params);
+            if options.quant.is_none() {
+                options.quant = remembered_quant();
+                options.quant_remembered = options.quant.is_some();
+            }
+            send(&ToWorker::Start { models, options });
         }
         if params.iter().any(|(k, v)| k == "generate" && v == "1") {
             studio.request_generate();
         }
     });
+}
+
+/// Where the user's choice of the shape model's precision is kept between visits.
+const QUANT_KEY: &str = "orfeas.quant";
+
+fn local_storage() -> Option<web_sys::Storage> {
+    web_sys::window().and_then(|w| w.local_storage().ok().flatten())
+}
+
+/// The precision the user chose on an earlier visit (`?quant=` wins over it).
+fn remembered_quant() -> Option<String> {
+    local_storage().and_then(|s| s.get_item(QUANT_KEY).ok().flatten())
+}
+
+/// Keep the user's choice for the next visit (where storage is refused, for this one only).
+pub fn remember_quant(precision: &str) {
+    if let Some(storage) = local_storage() {
+        let _ = storage.set_item(QUANT_KEY, precision);
+    }
 }
 
 /// `?config=<url>` (an error if it cannot be read), else `orfeas.json` next to the app (optional).
@@ -349,6 +370,10 @@ fn apply(studio: Studio, message: FromWorker) {
             studio.image_error.set(Some(format!("{name}: {reason}")))
         }
         FromWorker::Cutout(report) => set_cutout(studio, report, None),
+        FromWorker::ShapeQuant(report) => {
+            studio.shape_quant.set(Some(report));
+            studio.models_changed();
+        }
         FromWorker::Generating {
             request_id,
             stage,

@@ -11,12 +11,13 @@ use std::time::Duration;
 use leptos::prelude::*;
 use orfeas_app::config::{ModelSpec, Role, SHAPE_PARTS};
 use orfeas_app::protocol::{
-    CutoutReport, GpuReport, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker, ViewMode,
-    fixed, retry_after_s,
+    CutoutReport, GpuReport, ModelStatusReport, NoticeLevel, ProgressReport, ShapeQuantReport,
+    ToWorker, ViewMode, fixed, retry_after_s,
 };
 
 use panels::{
     CutoutPanel, EnginePanel, GenerateControl, ImageDrop, ModelPanel, Notices, ShapeModelMissing,
+    ShapeQuantCard,
 };
 use viewer::{MeshView, ViewerArea, ViewerState};
 
@@ -104,6 +105,9 @@ pub struct Studio {
     pub turntable: RwSignal<bool>,
     /// Object URL of the last snapshot PNG.
     pub snapshot: RwSignal<Option<String>>,
+    /// The shape model's installed precisions and the one in use (from the worker's fit
+    /// check).
+    pub shape_quant: RwSignal<Option<ShapeQuantReport>>,
     pub debug: bool,
 }
 
@@ -131,24 +135,50 @@ impl Studio {
                     .any(|(k, v)| k == "turntable" && v == "0"),
             ),
             snapshot: RwSignal::new(None),
+            shape_quant: RwSignal::new(None),
             debug: bridge::query_params()
                 .iter()
                 .any(|(k, v)| k == "debug" && v == "1"),
         }
     }
 
-    /// The configured shape model's parts (those of the first shape model named).
+    /// The shape model's parts in use: those of the precision the worker chose, else of the
+    /// first shape model named.
     pub fn shape_parts(&self) -> Vec<ModelView> {
-        let models = self.models.get();
-        let first = models.iter().find_map(|m| match m.spec.get_value().role {
-            Role::ShapePart { model, .. } => Some(model),
-            _ => None,
-        });
-        models
+        self.models
+            .get()
             .into_iter()
-            .filter(|m| {
-                matches!(&m.spec.get_value().role, Role::ShapePart { model, .. } if Some(model) == first.as_ref())
-            })
+            .filter(|m| self.in_use_shape_part(m) == Some(true))
+            .collect()
+    }
+
+    /// For a part of the shape model: whether it is of the set in use (`None`: not a part).
+    fn in_use_shape_part(&self, view: &ModelView) -> Option<bool> {
+        let Role::ShapePart { model, .. } = view.spec.get_value().role else {
+            return None;
+        };
+        let chosen = self
+            .shape_quant
+            .with(|q| q.as_ref().map(|q| q.chosen.clone()));
+        let chosen = chosen.or_else(|| {
+            self.models
+                .get()
+                .iter()
+                .find_map(|m| match m.spec.get_value().role {
+                    Role::ShapePart { model, .. } => Some(model),
+                    _ => None,
+                })
+        });
+        Some(chosen.as_ref() == Some(&model))
+    }
+
+    /// The models that count: all but the shape model's precisions not in use (which are not
+    /// loaded, and neither shown nor waited for).
+    pub fn models_in_use(&self) -> Vec<ModelView> {
+        self.models
+            .get()
+            .into_iter()
+            .filter(|m| self.in_use_shape_part(m) != Some(false))
             .collect()
     }
 
@@ -164,7 +194,7 @@ impl Studio {
 
     /// What stands between the user and a generation now.
     fn blockers(&self) -> Blockers {
-        let models = self.models.get();
+        let models = self.models_in_use();
         let loading: Vec<&ModelView> = models
             .iter()
             .filter(|m| {
@@ -350,8 +380,9 @@ pub fn App() -> impl IntoView {
                         when=move || !studio.models.get().is_empty() || !studio.configured.get()
                         fallback=|| view! { <p class="muted">"No models configured."</p> }
                     >
+                        <ShapeQuantCard />
                         <For
-                            each=move || studio.models.get()
+                            each=move || studio.models_in_use()
                             key=|m| m.spec.get_value().id
                             children=|m| view! { <ModelPanel model=m /> }
                         />

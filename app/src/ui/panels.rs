@@ -17,6 +17,15 @@ fn megabytes(bytes: u64) -> String {
     format!("{} MB", fixed(bytes as f64 / 1e6, 1))
 }
 
+/// A download's size as a person reads it: "88.0 MB", "1.09 GB".
+fn download_size(bytes: u64) -> String {
+    if bytes >= 1_000_000_000 {
+        format!("{} GB", fixed(bytes as f64 / 1e9, 2))
+    } else {
+        megabytes(bytes)
+    }
+}
+
 /// "12.3 / 88.0 MB (14 %) · 5.2 MB/s · ETA 13 s · fetch · from cache"
 pub fn progress_line(p: &ProgressReport) -> String {
     let mut parts = vec![format!(
@@ -133,7 +142,7 @@ pub fn CutoutPanel() -> impl IntoView {
                 data-testid="cutout"
                 data-state=state
                 data-device=device
-                data-progress=move || progress().map(|p| format!("{p:.4}")).unwrap_or_default()
+                data-progress=move || progress().map(|p| fixed(p, 4)).unwrap_or_default()
             >
                 <h2>"Cut-out"</h2>
                 <p class="muted" data-testid="cutout-status">{message}</p>
@@ -393,6 +402,62 @@ pub fn ModelPanel(model: ModelView) -> impl IntoView {
                 <button data-testid="retry" on:click=retry.clone()>"Retry"</button>
             })}
         </div>
+    }
+}
+
+/// The shape model's installed precisions with their download sizes: the one loaded and why,
+/// and a choice of the others (one that cannot fit this GPU is disabled, with the reason).
+/// Drawn whole from each report (one closure: the UI bundle's size is a budget).
+#[component]
+pub fn ShapeQuantCard() -> impl IntoView {
+    let studio = studio();
+    move || {
+        studio.shape_quant.get().map(|report| {
+            let chosen = report
+                .options
+                .iter()
+                .find(|o| o.folder == report.chosen)
+                .map(|o| o.precision.clone())
+                .unwrap_or_default();
+            let because = format!("{chosen} loaded: {}", report.because);
+            let options = report
+                .options
+                .into_iter()
+                .map(|option| {
+                    let precision = option.precision;
+                    let checked = precision == chosen;
+                    let size = download_size(option.bytes);
+                    let (title, text) = match option.refused {
+                        Some(reason) => (reason, format!(" {precision} · {size} · does not fit this GPU")),
+                        None => (
+                            "download and GPU memory: about this much".to_string(),
+                            format!(" {precision} · {size}"),
+                        ),
+                    };
+                    let id = format!("quant-{precision}");
+                    let shown = precision.clone();
+                    let on_change = move |_| {
+                        bridge::remember_quant(&precision);
+                        bridge::send(&ToWorker::ChooseQuant {
+                            precision: precision.clone(),
+                        });
+                    };
+                    view! {
+                        <label title=title data-precision=shown data-bytes=option.bytes.to_string()>
+                            <input type="radio" name="shape-quant" data-testid=id checked=checked on:change=on_change />
+                            {text}
+                        </label>
+                    }
+                })
+                .collect::<Vec<_>>();
+            view! {
+                <div class="model shape-quant" data-testid="shape-quant" data-chosen=chosen.clone()>
+                    <strong>{format!("Shape model: {}", report.model)}</strong>
+                    <p class="detail" data-testid="shape-quant-because">{because}</p>
+                    {options}
+                </div>
+            }
+        })
     }
 }
 

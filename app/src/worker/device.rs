@@ -212,6 +212,8 @@ pub(super) async fn watch_device_loss(
                 .iter_mut()
                 .enumerate()
                 .filter(|(i, _)| !isnet_on_cpu(&engine, *i))
+                // The shape model's other precisions were never on the device.
+                .filter(|(i, _)| !engine.roles.borrow().is_idle_shape_part(*i))
                 .map(|(_, s)| s)
                 .filter(|s| s.weights.is_some())
                 .filter(|s| !matches!(s.status, ModelStatusReport::Failed { .. }))

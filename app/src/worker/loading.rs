@@ -8,7 +8,8 @@ use futures::channel::mpsc;
 use orfeas_engine::weights::loader::{initial_progress, read_index};
 use orfeas_engine::weights::source::{CachedFetchSource, FetchSource, delete_cache};
 use orfeas_engine::weights::{
-    LoadError, LoadProgress, ProgressTracker, ShardIndex, WeightSet, load_weights, verify_cached,
+    LoadError, LoadProgress, Precision, ProgressTracker, ShardIndex, WeightSet, load_weights,
+    verify_cached,
 };
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
@@ -16,7 +17,10 @@ use wasm_bindgen_futures::{JsFuture, spawn_local};
 use super::device::{acquire_gpu, device_memory, watch_device_loss};
 use super::{Engine, Roles, cutout, post, wasm_heap_bytes};
 use crate::config::ModelSpec;
-use crate::protocol::{FromWorker, LoadPhase, ModelStatusReport, NoticeLevel, ProgressReport};
+use crate::protocol::{
+    FromWorker, LoadPhase, ModelStatusReport, NoticeLevel, ProgressReport, QuantOption,
+    ShapeQuantReport,
+};
 
 /// Cache Storage name for model shards; bump the suffix if the stored format ever changes.
 pub const MODEL_CACHE: &str = "orfeas-models-v1";
@@ -78,7 +82,15 @@ pub(super) async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {
     check_fit(&engine).await;
     let count = engine.models.borrow().len();
     for i in 0..count {
-        load_model(engine.clone(), i).await;
+        // The shape model's other precisions wait to be chosen; a set the user chose meanwhile
+        // may be loaded already.
+        let loaded = matches!(
+            engine.models.borrow()[i].status,
+            ModelStatusReport::Ready { .. }
+        );
+        if !engine.roles.borrow().is_idle_shape_part(i) && !loaded {
+            load_model(engine.clone(), i).await;
+        }
     }
 }
 
@@ -111,10 +123,11 @@ async fn check_fit(engine: &Rc<Engine>) {
     let groups: Vec<(String, Vec<usize>)> = {
         let slots = engine.models.borrow();
         let roles = engine.roles.borrow();
-        let mut groups = Vec::new();
-        if let Some((name, parts)) = &roles.shape {
-            groups.push((name.clone(), parts.to_vec()));
-        }
+        let mut groups: Vec<(String, Vec<usize>)> = roles
+            .shape_sets
+            .iter()
+            .map(|(name, parts)| (name.clone(), parts.to_vec()))
+            .collect();
         for (i, slot) in slots.iter().enumerate() {
             // ISNet on the CPU takes none of the GPU's memory.
             let off_the_gpu = roles.background == Some(i) && isnet_cpu;
@@ -147,6 +160,176 @@ async fn check_fit(engine: &Rc<Engine>) {
             for &i in &members {
                 engine.models.borrow_mut()[i].refused = Some(reason.clone());
             }
+        }
+    }
+    choose_shape_set(engine);
+}
+
+/// The shape model's installed precisions as the card shows them: each set whose three
+/// indexes were read (a set with one missing is not installed), its size, its fit verdict.
+fn quant_options(engine: &Engine) -> Vec<QuantOption> {
+    let slots = engine.models.borrow();
+    let roles = engine.roles.borrow();
+    roles
+        .shape_sets
+        .iter()
+        .filter_map(|(folder, parts)| {
+            let indexes: Vec<&ShardIndex> = parts
+                .iter()
+                .map(|&i| slots[i].index.as_ref())
+                .collect::<Option<_>>()?;
+            let precision = indexes
+                .iter()
+                .map(|i| i.precision())
+                .max_by_key(|p| std::cmp::Reverse(p.bits()))?;
+            Some(QuantOption {
+                folder: folder.clone(),
+                precision: precision.name().to_string(),
+                bytes: indexes.iter().map(|i| i.total_bytes()).sum(),
+                refused: slots[parts[0]].refused.clone(),
+            })
+        })
+        .collect()
+}
+
+/// After the fit check: which precision of the shape model to load — the one asked for
+/// (`?quant=`, or the user's last choice) when it is installed, else the smallest installed
+/// that fits this GPU (every byte is downloaded before the first mesh) — and tell the UI.
+fn choose_shape_set(engine: &Engine) {
+    let options = quant_options(engine);
+    if options.is_empty() {
+        return;
+    }
+    let (wanted, remembered) = {
+        let options = engine.options.borrow();
+        (options.quant.clone(), options.quant_remembered)
+    };
+    let asked = wanted
+        .as_ref()
+        .and_then(|q| options.iter().position(|o| &o.precision == q));
+    if let (Some(q), None) = (&wanted, asked) {
+        let installed: Vec<&str> = options.iter().map(|o| o.precision.as_str()).collect();
+        post(&FromWorker::Notice {
+            level: NoticeLevel::Warning,
+            message: format!(
+                "no {q} set of the shape model is installed here (installed: {}): loading the \
+                 smallest that fits instead",
+                installed.join(", ")
+            ),
+        });
+    }
+    let installed: Vec<orfeas_engine::fit::Installed> = options
+        .iter()
+        .map(|o| orfeas_engine::fit::Installed {
+            precision: o.precision.parse().unwrap_or(Precision::F16),
+            bytes: o.bytes,
+            fits: o.refused.is_none(),
+        })
+        .collect();
+    let (at, because) = match asked {
+        Some(at) if remembered => (at, "your choice on an earlier visit".into()),
+        Some(at) => (
+            at,
+            format!(
+                "asked for in the page's address (?quant={})",
+                wanted.unwrap_or_default()
+            ),
+        ),
+        None => {
+            let at = orfeas_engine::fit::choose(&installed, orfeas_engine::fit::Prefer::Smallest)
+                .unwrap_or(0);
+            let because = match (options.len(), installed[at].fits) {
+                (1, _) => "the only precision installed",
+                (_, true) => "the smallest installed that fits this GPU",
+                (_, false) => "none installed fits this GPU",
+            };
+            (at, because.to_string())
+        }
+    };
+    let folder = options[at].folder.clone();
+    let model = {
+        let mut roles = engine.roles.borrow_mut();
+        if let Some(set) = roles.shape_sets.iter().position(|(f, _)| *f == folder) {
+            roles.chosen = set;
+        }
+        orfeas_engine::fit::precision_of_folder(&folder)
+            .0
+            .to_string()
+    };
+    post(&FromWorker::ShapeQuant(ShapeQuantReport {
+        model,
+        chosen: folder,
+        because,
+        options,
+    }));
+}
+
+/// The user chose another installed precision of the shape model: free the set in use, load
+/// that one (from the cache when it was loaded before).
+pub(super) async fn choose_quant(engine: Rc<Engine>, precision: String) {
+    let options = quant_options(&engine);
+    let Some(option) = options.iter().find(|o| o.precision == precision) else {
+        post(&FromWorker::Error {
+            request_id: None,
+            message: format!("no {precision} set of the shape model is installed"),
+        });
+        return;
+    };
+    let (old, new) = {
+        let mut roles = engine.roles.borrow_mut();
+        let Some(set) = roles
+            .shape_sets
+            .iter()
+            .position(|(f, _)| *f == option.folder)
+        else {
+            return;
+        };
+        let old = roles.shape_sets[roles.chosen].1;
+        if set == roles.chosen {
+            return;
+        }
+        roles.chosen = set;
+        (old, roles.shape_sets[set].1)
+    };
+    // The old set's tensors go before the new set's come (a set still loading lets go of
+    // its own when its load ends).
+    engine.shape.borrow_mut().take();
+    for i in old {
+        let id = {
+            let mut slots = engine.models.borrow_mut();
+            let slot = &mut slots[i];
+            if slot.weights.is_some() {
+                slot.weights = Some(WeightSet::new());
+            }
+            slot.progress = None;
+            slot.spec.id.clone()
+        };
+        set_status(&engine, &id, ModelStatusReport::Waiting);
+    }
+    post(&FromWorker::ShapeQuant(ShapeQuantReport {
+        model: orfeas_engine::fit::precision_of_folder(&option.folder)
+            .0
+            .to_string(),
+        chosen: option.folder.clone(),
+        because: "your choice".into(),
+        options: options.clone(),
+    }));
+    if engine.gpu.borrow().is_none() {
+        return; // the GPU's return (or a retry) loads it
+    }
+    for i in new {
+        let loaded = matches!(
+            engine.models.borrow()[i].status,
+            ModelStatusReport::Ready { .. }
+        );
+        if !loaded
+            && engine
+                .roles
+                .borrow()
+                .shape()
+                .is_some_and(|(_, p)| *p == new)
+        {
+            load_model(engine.clone(), i).await;
         }
     }
 }
@@ -186,6 +369,9 @@ fn report(progress: &LoadProgress) -> ProgressReport {
 /// Load (or resume) model `i` on the current device. Re-runs itself if the device is rebuilt
 /// meanwhile, since tensors on a lost device are gone.
 pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
+    if engine.roles.borrow().is_idle_shape_part(i) {
+        return; // a precision of the shape model not in use
+    }
     let (id, source, weights) = {
         let mut slots = engine.models.borrow_mut();
         let slot = &mut slots[i];
@@ -227,6 +413,15 @@ pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
             outcome = Err(Unloaded::Failed(
                 "the GPU device was lost and could not be rebuilt".into(),
             ));
+        }
+        if engine.roles.borrow().is_idle_shape_part(i) {
+            // The user chose another precision while this one loaded: let its tensors go.
+            let mut slots = engine.models.borrow_mut();
+            slots[i].weights = Some(WeightSet::new());
+            slots[i].progress = None;
+            drop(slots);
+            set_status(&engine, &id, ModelStatusReport::Waiting);
+            return;
         }
         let tensors = weights.len();
         engine.models.borrow_mut()[i].weights = Some(weights);

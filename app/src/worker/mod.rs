@@ -37,9 +37,12 @@ pub use loading::MODEL_CACHE;
 struct Roles {
     /// The first background-removal model.
     background: Option<usize>,
-    /// The first shape model whose three parts are all configured: its name and its slots in
-    /// `COMPONENTS` order.
-    shape: Option<(String, [usize; 3])>,
+    /// The first shape model named, at each precision configured (its sibling folders
+    /// `<name>`, `<name>-q8`, `<name>-q4`: see `fit::precision_of_folder`): each set's folder
+    /// name and its slots in `COMPONENTS` order.
+    shape_sets: Vec<(String, [usize; 3])>,
+    /// The set in use (an index into `shape_sets`), decided by the fit check or the user.
+    chosen: usize,
 }
 
 impl Roles {
@@ -52,20 +55,56 @@ impl Roles {
                 matches!(&m.role, Role::ShapePart { model, part: p } if model == name && *p == part)
             })
         };
-        let shape = models.iter().find_map(|m| match &m.role {
-            Role::ShapePart { model, .. } => Some((
+        let complete = |model: &String| -> Option<(String, [usize; 3])> {
+            Some((
                 model.clone(),
                 [slot_of(model, 0)?, slot_of(model, 1)?, slot_of(model, 2)?],
-            )),
-            _ => None,
-        });
-        Roles { background, shape }
+            ))
+        };
+        let folders: Vec<&String> = models
+            .iter()
+            .filter_map(|m| match &m.role {
+                Role::ShapePart { model, .. } => Some(model),
+                _ => None,
+            })
+            .collect();
+        let base = |folder: &str| {
+            orfeas_engine::fit::precision_of_folder(folder)
+                .0
+                .to_string()
+        };
+        let mut shape_sets: Vec<(String, [usize; 3])> = Vec::new();
+        if let Some(first) = folders.iter().find_map(|f| complete(f)) {
+            let name = base(&first.0);
+            for folder in folders {
+                if base(folder) == name
+                    && !shape_sets.iter().any(|(f, _)| f == folder)
+                    && let Some(set) = complete(folder)
+                {
+                    shape_sets.push(set);
+                }
+            }
+        }
+        Roles {
+            background,
+            shape_sets,
+            chosen: 0,
+        }
     }
 
+    /// The shape model's set in use: its folder name and its slots.
+    fn shape(&self) -> Option<&(String, [usize; 3])> {
+        self.shape_sets.get(self.chosen)
+    }
+
+    /// Slot `i` is a part of the shape model, at any precision.
     fn is_shape_part(&self, i: usize) -> bool {
-        self.shape
-            .as_ref()
-            .is_some_and(|(_, parts)| parts.contains(&i))
+        self.shape_sets.iter().any(|(_, parts)| parts.contains(&i))
+    }
+
+    /// Slot `i` is a part of the shape model at a precision not in use: it is not loaded.
+    fn is_idle_shape_part(&self, i: usize) -> bool {
+        self.is_shape_part(i) && !self.shape().is_some_and(|(_, parts)| parts.contains(&i))
     }
 }
 
@@ -179,6 +218,9 @@ pub fn on_message(json: &str) {
         ToWorker::ClearCache => spawn_local(loading::clear_cache()),
         ToWorker::VerifyCache => spawn_local(loading::verify_cache(engine)),
         ToWorker::CutoutFullSize => cutout::full_size(&engine),
+        ToWorker::ChooseQuant { precision } => {
+            spawn_local(loading::choose_quant(engine, precision))
+        }
         ToWorker::SimulateDeviceLoss => match engine.gpu.borrow().as_ref() {
             Some(gpu) => gpu.destroy(),
             None => post(&FromWorker::Error {
@@ -238,12 +280,10 @@ pub fn on_image(name: &str, bytes: &[u8]) {
 
 fn generate(engine: Rc<Engine>, request_id: u64) {
     let slots = engine.models.borrow();
-    let shape_parts = engine
-        .roles
-        .borrow()
-        .shape
-        .as_ref()
-        .map(|(_, parts)| *parts);
+    let roles = engine.roles.borrow();
+    let shape_parts = roles.shape().map(|(_, parts)| *parts);
+    // The shape model's other precisions are not loaded and wait for nothing.
+    let in_use = |i: &usize| !roles.is_idle_shape_part(*i);
     let installed = |i: &usize| !matches!(slots[*i].status, ModelStatusReport::NotInstalled { .. });
     if !shape_parts.is_some_and(|parts| parts.iter().all(installed)) {
         post(&FromWorker::Error {
@@ -256,6 +296,9 @@ fn generate(engine: Rc<Engine>, request_id: u64) {
     }
     if let Some(failed) = slots
         .iter()
+        .enumerate()
+        .filter(|(i, _)| in_use(i))
+        .map(|(_, s)| s)
         .find(|s| matches!(s.status, ModelStatusReport::Failed { .. }))
     {
         post(&FromWorker::Error {
@@ -269,6 +312,9 @@ fn generate(engine: Rc<Engine>, request_id: u64) {
     }
     let loading: Vec<&ModelSlot> = slots
         .iter()
+        .enumerate()
+        .filter(|(i, _)| in_use(i))
+        .map(|(_, s)| s)
         .filter(|s| {
             !matches!(
                 s.status,
@@ -293,5 +339,6 @@ fn generate(engine: Rc<Engine>, request_id: u64) {
         return;
     }
     drop(slots);
+    drop(roles);
     spawn_local(shape::run(engine, request_id));
 }

@@ -16,8 +16,7 @@ fn build(engine: &Engine) -> Result<Rc<ShapeModel>, String> {
     let parts = engine
         .roles
         .borrow()
-        .shape
-        .as_ref()
+        .shape()
         .map(|(_, parts)| *parts)
         .ok_or(
             "no shape model is configured (models <name>/conditioner, <name>/denoiser, <name>/vae)",

@@ -22,7 +22,7 @@ use super::jobs::{
 };
 use super::models::{Aggregate, Retry};
 use super::{AppState, EXCERPT_CHARS, RequestLimits, cut, excerpt};
-use orfeas_engine::pipeline::{OCTREE_RESOLUTION, STEPS, out_of_range};
+use orfeas_engine::pipeline::{COMPONENTS, OCTREE_RESOLUTION, STEPS, out_of_range};
 
 /// The largest image accepted, in pixels (64 MP), and its longest side.
 pub use orfeas_engine::input::{MAX_PIXELS, MAX_SIDE};
@@ -206,20 +206,34 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
         "models_ready": aggregate == Aggregate::Ready,
         "processor": state.models.processor(),
         "models": state.models.describe(),
+        "shape_models": state.models.shapes.iter().map(|s| s.describe()).collect::<Vec<_>>(),
         "uptime_s": (state.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
     }))
 }
 
 /// `/orfeas.json` for the app this server hosts, when its folder has none: the models under
 /// `--models`, so the app loads what is installed and shows the rest as not installed instead
-/// of guessing ids and meeting 404s.
+/// of guessing ids and meeting 404s. A shape model's parts are listed at every precision
+/// installed, each with its precision and download size: the app picks one for its own GPU.
 pub async fn site_config(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let models: Vec<Value> = state
+    let mut models: Vec<Value> = state
         .models
         .slots
         .iter()
+        .filter(|slot| slot.part_of.is_none())
         .map(|slot| json!({ "id": slot.id }))
         .collect();
+    for shape in &state.models.shapes {
+        for install in &shape.installed {
+            for (part, bytes) in COMPONENTS.iter().zip(install.part_bytes) {
+                models.push(json!({
+                    "id": format!("{}/{part}", install.folder),
+                    "precision": install.precision_name(),
+                    "bytes": bytes,
+                }));
+            }
+        }
+    }
     Json(json!({
         "models_base": "models/",
         "models": models,

@@ -99,6 +99,9 @@ impl Default for RequestLimits {
 pub struct ServeOptions {
     pub bind: SocketAddr,
     pub models: Option<PathBuf>,
+    /// Which installed precision of a shape model to load (`--quant`); `None`: the finest that
+    /// fits the device.
+    pub quant: Option<orfeas_engine::weights::Precision>,
     pub web: Option<PathBuf>,
     pub device: Device,
     pub dtype: DType,
@@ -165,7 +168,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", options.bind))?;
     let address = listener.local_addr()?;
-    let models = Arc::new(Models::discover(options.models.as_deref())?);
+    let choice = models::PrecisionChoice {
+        precision: options.quant,
+        fit: Some((options.capacity.clone(), options.dtype)),
+    };
+    let models = Arc::new(Models::discover_with(options.models.as_deref(), &choice)?);
     let pipeline = pipeline::ModelPipeline::new(models.clone(), options.device.clone());
     let jobs = Jobs::start(options.jobs.clone(), Arc::new(pipeline));
     let mut state = AppState::new(models.clone(), jobs.clone(), options.limits.clone());

@@ -10,13 +10,13 @@ use bytes::Bytes;
 use std::panic::AssertUnwindSafe;
 
 use futures::{FutureExt, StreamExt};
-use orfeas_engine::fit::{Capacity, Footprint};
+use orfeas_engine::fit::{Capacity, Footprint, Installed, Prefer, choose, precision_of_folder};
 use orfeas_engine::pipeline::COMPONENTS;
 use orfeas_engine::weights::loader::{initial_progress, read_index};
 use orfeas_engine::weights::source::{ByteStream, DirSource, SourceError, boxed};
 use orfeas_engine::weights::status::retry_after;
 use orfeas_engine::weights::{
-    INDEX_FILE, LoadProgress, ModelState, ModelStatus, NotReady, NotReadyKind, Phase,
+    INDEX_FILE, LoadProgress, ModelState, ModelStatus, NotReady, NotReadyKind, Phase, Precision,
     ProgressTracker, ShardIndex, ShardSource, WeightSet, load_weights,
 };
 use serde_json::{Value, json};
@@ -35,6 +35,8 @@ pub struct ModelSlot {
     /// For the three shard sets of a converted shape model: the model's folder name and which
     /// part this is (`conditioner`, `denoiser`, `vae`).
     pub part_of: Option<(String, &'static str)>,
+    /// The precision its index states (read when discovered; `None` when it could not be).
+    pub precision: Option<Precision>,
     pub state: RwLock<ModelState<Arc<LoadedModel>>>,
     /// A retry of this model is under way (so two retries do not load it twice).
     retrying: AtomicBool,
@@ -48,6 +50,7 @@ impl ModelSlot {
             state: RwLock::new(ModelState::new(id.clone())),
             retrying: AtomicBool::new(false),
             retried_at: std::sync::Mutex::new(None),
+            precision: None,
             id,
             dir,
             part_of,
@@ -85,6 +88,155 @@ impl Aggregate {
 
 pub struct Models {
     pub slots: Vec<ModelSlot>,
+    /// Each shape model with every precision it is installed at, and which one loads.
+    pub shapes: Vec<ShapeModelChoice>,
+}
+
+/// Which installed precision of a shape model `orfeas serve` loads.
+#[derive(Debug, Clone, Default)]
+pub struct PrecisionChoice {
+    /// `--quant`: this one (a shape model without it is an error at start).
+    pub precision: Option<Precision>,
+    /// The device, for the default: the finest precision that fits it ([`Prefer::Finest`]);
+    /// without it, the finest installed.
+    pub fit: Option<(Capacity, DType)>,
+}
+
+/// A shape model at one precision: a folder with its three shard sets.
+#[derive(Debug, Clone)]
+pub struct ShapeInstall {
+    pub folder: String,
+    pub dir: PathBuf,
+    /// What its indexes say (the narrowest of the three); `None` when one cannot be read (the
+    /// load then says why).
+    pub precision: Option<Precision>,
+    /// Its download: the three sets' shard files.
+    pub bytes: u64,
+    /// Per part (in [`COMPONENTS`] order), its shard files' bytes.
+    pub part_bytes: [u64; 3],
+    indexes: Option<Vec<ShardIndex>>,
+}
+
+impl ShapeInstall {
+    fn read(folder: String, dir: PathBuf) -> Self {
+        let indexes: Option<Vec<ShardIndex>> = COMPONENTS
+            .iter()
+            .map(|part| read_index_file(&dir.join(part)).ok())
+            .collect();
+        let part_bytes = indexes.as_ref().map_or([0; 3], |indexes| {
+            [0, 1, 2].map(|i| indexes[i].total_bytes())
+        });
+        let precision = indexes.as_ref().map(|indexes| {
+            indexes
+                .iter()
+                .map(|i| i.precision())
+                .max_by_key(|p| std::cmp::Reverse(p.bits()))
+                .unwrap_or(Precision::F16)
+        });
+        if let (Some(found), (_, Some(named))) = (precision, precision_of_folder(&folder))
+            && found != named
+        {
+            tracing::warn!(
+                "{}: the folder's name says {named}, its sets are {found}",
+                dir.display()
+            );
+        }
+        Self {
+            folder,
+            dir,
+            precision,
+            bytes: part_bytes.iter().sum(),
+            part_bytes,
+            indexes,
+        }
+    }
+
+    pub fn precision_name(&self) -> &'static str {
+        self.precision.map_or("unreadable", |p| p.name())
+    }
+}
+
+/// A shape model's installed precisions and the one loaded.
+#[derive(Debug, Clone)]
+pub struct ShapeModelChoice {
+    /// The model's name (its folders' without a precision suffix).
+    pub name: String,
+    pub installed: Vec<ShapeInstall>,
+    /// The one loaded (an index into `installed`).
+    pub chosen: usize,
+    /// Why that one, in words (health says it).
+    pub because: String,
+}
+
+impl ShapeModelChoice {
+    fn choose(&mut self, choice: &PrecisionChoice) -> anyhow::Result<()> {
+        if let Some(wanted) = choice.precision {
+            let Some(at) = self
+                .installed
+                .iter()
+                .position(|i| i.precision == Some(wanted))
+            else {
+                let installed: Vec<String> = self
+                    .installed
+                    .iter()
+                    .map(|i| format!("{} in {}", i.precision_name(), i.folder))
+                    .collect();
+                anyhow::bail!(
+                    "--quant {wanted}: shape model {} has no {wanted} set installed (it has {}); \
+                     write one with `orfeas quantize {} {}-{wanted} --quant {wanted}`",
+                    self.name,
+                    installed.join(", "),
+                    self.installed[0].folder,
+                    self.name
+                );
+            };
+            self.chosen = at;
+            self.because = format!("--quant {wanted}");
+            return Ok(());
+        }
+        let options: Vec<Installed> = self
+            .installed
+            .iter()
+            .map(|install| Installed {
+                precision: install.precision.unwrap_or(Precision::F16),
+                bytes: install.bytes,
+                fits: match (&install.indexes, &choice.fit) {
+                    (Some(indexes), Some((capacity, dtype))) => orfeas_engine::fit::check(
+                        &self.name,
+                        &Footprint::of(&indexes.iter().collect::<Vec<_>>()),
+                        capacity,
+                        *dtype,
+                    )
+                    .is_ok(),
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                },
+            })
+            .collect();
+        self.chosen = choose(&options, Prefer::Finest).unwrap_or(0);
+        self.because = match (self.installed.len(), options[self.chosen].fits) {
+            (1, _) => "the only precision installed".into(),
+            (_, true) => "the finest installed precision that fits this device".into(),
+            (_, false) => "none installed fits this device: the smallest".into(),
+        };
+        Ok(())
+    }
+
+    /// For health: the one loaded, why, and every installed precision with its size.
+    pub fn describe(&self) -> Value {
+        let chosen = &self.installed[self.chosen];
+        json!({
+            "name": self.name,
+            "folder": chosen.folder,
+            "precision": chosen.precision_name(),
+            "because": self.because,
+            "installed": self.installed.iter().map(|i| json!({
+                "folder": i.folder,
+                "precision": i.precision_name(),
+                "bytes": i.bytes,
+            })).collect::<Vec<_>>(),
+        })
+    }
 }
 
 fn read_index_file(dir: &Path) -> Result<ShardIndex, String> {
@@ -120,12 +272,22 @@ impl Models {
         orfeas_engine::fit::check(&name, &footprint, capacity, dtype)
     }
 
+    /// The models under `root`, each installed precision of a shape model loaded or not by
+    /// [`PrecisionChoice::default`]'s rule (see [`Models::discover_with`]).
+    pub fn discover(root: Option<&Path>) -> anyhow::Result<Self> {
+        Self::discover_with(root, &PrecisionChoice::default())
+    }
+
     /// The models under `root`: every sub-folder holding a shard-set index is one (its folder
     /// name is its id), and every sub-folder holding `conditioner/`, `denoiser/` and `vae/`
-    /// shard sets (what `orfeas convert` writes) is a shape model of three (`<name>/<part>`).
-    /// Smaller sets load first, so background removal is ready before the shape model.
-    pub fn discover(root: Option<&Path>) -> anyhow::Result<Self> {
+    /// shard sets (what `orfeas convert` writes) is a shape model of three (`<folder>/<part>`).
+    /// A shape model installed at several precisions (`<name>`, `<name>-q8`, `<name>-q4`: see
+    /// [`precision_of_folder`]) loads one of them, as `choice` says; the others are listed
+    /// (health, `/orfeas.json`) for the app, which chooses for its own GPU. Smaller sets load
+    /// first, so background removal is ready before the shape model.
+    pub fn discover_with(root: Option<&Path>, choice: &PrecisionChoice) -> anyhow::Result<Self> {
         let mut slots = Vec::new();
+        let mut shapes: Vec<ShapeModelChoice> = Vec::new();
         if let Some(root) = root {
             let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
                 .map_err(|e| anyhow::anyhow!("--models {}: {e}", root.display()))?
@@ -144,26 +306,50 @@ impl Models {
                     .iter()
                     .all(|c| dir.join(c).join(INDEX_FILE).is_file())
                 {
-                    for part in COMPONENTS {
-                        slots.push(ModelSlot::new(
-                            format!("{name}/{part}"),
-                            dir.join(part),
-                            Some((name.clone(), part)),
-                        ));
+                    let install = ShapeInstall::read(name, dir);
+                    let model = precision_of_folder(&install.folder).0.to_string();
+                    match shapes.iter_mut().find(|s| s.name == model) {
+                        Some(shape) => shape.installed.push(install),
+                        None => shapes.push(ShapeModelChoice {
+                            name: model,
+                            installed: vec![install],
+                            chosen: 0,
+                            because: String::new(),
+                        }),
                     }
                 }
             }
         }
-        let size = |slot: &ModelSlot| {
-            let index = std::fs::read(slot.dir.join(INDEX_FILE)).unwrap_or_default();
-            serde_json::from_slice::<ShardIndex>(&index).map_or(u64::MAX, |i| i.total_bytes())
-        };
+        for shape in &mut shapes {
+            shape.choose(choice)?;
+            let install = &shape.installed[shape.chosen];
+            tracing::info!(
+                "shape model {}: loading {} ({}): {}",
+                shape.name,
+                install.folder,
+                install.precision_name(),
+                shape.because
+            );
+            for part in COMPONENTS {
+                slots.push(ModelSlot::new(
+                    format!("{}/{part}", install.folder),
+                    install.dir.join(part),
+                    Some((install.folder.clone(), part)),
+                ));
+            }
+        }
+        let mut sizes = std::collections::HashMap::new();
+        for slot in &mut slots {
+            let index = read_index_file(&slot.dir).ok();
+            slot.precision = index.as_ref().map(|i| i.precision());
+            sizes.insert(slot.id.clone(), index.map_or(u64::MAX, |i| i.total_bytes()));
+        }
         // A shape model's parts stay together, in their order, after the stand-alone sets.
         slots.sort_by_key(|slot| match &slot.part_of {
-            None => (0, size(slot), String::new()),
+            None => (0, sizes[&slot.id], String::new()),
             Some((name, _)) => (1, 0, name.clone()),
         });
-        Ok(Self { slots })
+        Ok(Self { slots, shapes })
     }
 
     /// The first shape model's three slots, in [`COMPONENTS`] order.
@@ -273,6 +459,9 @@ impl Models {
             .map(|slot| {
                 let state = slot.state.read().unwrap_or_else(|e| e.into_inner());
                 let mut entry = json!({ "id": slot.id, "status": state.status().name() });
+                if let Some(precision) = slot.precision {
+                    entry["precision"] = json!(precision.name());
+                }
                 match state.status() {
                     ModelStatus::Loading { progress } => {
                         entry["progress"] = json!({
