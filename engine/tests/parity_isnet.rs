@@ -149,6 +149,102 @@ fn parity_isnet_f16() {
     assert!(max <= 1e-2, "max abs {max}");
 }
 
+/// The converted set requantized to q8 (its convolutions in int8, channels last), as
+/// `orfeas convert-isnet --quant q8` and `orfeas quantize` write it.
+fn q8_set(f16: &std::path::Path, out: &std::path::Path) {
+    use orfeas_engine::weights::pack::{PackOptions, pack};
+    let index = orfeas_engine::weights::ShardIndex::from_json(
+        &std::fs::read(f16.join(orfeas_engine::weights::INDEX_FILE)).unwrap(),
+    )
+    .unwrap();
+    let written = pack(
+        &[f16.to_path_buf()],
+        out,
+        &PackOptions {
+            model_id: index.model.id.clone(),
+            version: index.model.version.clone(),
+            config: index.config.clone(),
+            precision: orfeas_engine::weights::Precision::Q8,
+            ..Default::default()
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    eprintln!(
+        "q8 set: {} of {} tensors quantized, {} bytes (f16 {}: {:.3}×)",
+        written.quantized.len(),
+        written.tensor_count(),
+        written.total_bytes(),
+        index.total_bytes(),
+        written.total_bytes() as f64 / index.total_bytes() as f64
+    );
+    assert!(written.total_bytes() * 100 <= index.total_bytes() * 55);
+}
+
+/// Mean absolute difference of two probability maps (the matte's error, 0..1).
+fn mean_abs(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(a, b)| (a - b).abs()).sum::<f32>() / a.len() as f32
+}
+
+#[test]
+fn parity_isnet_q8() {
+    // q8 weights (the convolutions stay int8 on the device and are dequantized one layer at a
+    // time, just before each convolution). CPU backend: both fixture images at 1024² against
+    // onnxruntime's probabilities and against the f16 set's run. wgpu computing in f16
+    // (lavapipe's shader-f16, the browser's path): image 0 at 256² against the CPU backend's
+    // f32 run of the f16 set.
+    let Some(dir) = isnet_weights() else { return };
+    let q8 = tempfile::tempdir().unwrap();
+    q8_set(&dir, q8.path());
+    let io = Io::read("isnet.io.safetensors");
+    let cpu = orfeas_engine::device::cpu();
+    let (f16_net, q8_net) = (model(&dir, &cpu), model(&q8.path().to_path_buf(), &cpu));
+    for i in 0..2 {
+        let (bytes, _) = io.bytes(&format!("img{i}.input_u8"));
+        let (reference, _) = io.tensor(&format!("img{i}.output"));
+        let x = || input(&cpu, normalise(&bytes), INPUT_SIZE);
+        let f16_run = values(f16_net.forward(x()));
+        let q8_run = values(q8_net.forward(x()));
+        let (max, iou) = compare(
+            &format!("cpu q8/img{i} vs onnxruntime"),
+            &q8_run,
+            &reference,
+        );
+        let (max_f16, iou_f16) = compare(&format!("cpu q8/img{i} vs f16 set"), &q8_run, &f16_run);
+        eprintln!(
+            "QUALITY isnet q8 cpu img{i}: IoU {iou:.5} vs onnxruntime, {iou_f16:.5} vs f16; \
+             alpha error mean {:.2e} max {max_f16:.2e} vs f16",
+            mean_abs(&q8_run, &f16_run)
+        );
+        assert!(
+            iou >= 0.99 && iou_f16 >= 0.99,
+            "img{i}: IoU {iou}, {iou_f16}"
+        );
+        assert!(max <= 0.1, "img{i}: max abs {max}");
+    }
+
+    let Some((_, gpu)) = f16_devices().into_iter().find(|(name, _)| *name == "wgpu") else {
+        return;
+    };
+    let planes = small_input(SMALL);
+    let f32_run = values(model(&dir, &cpu).forward(input(&cpu, planes.clone(), SMALL)));
+    let q8_net = model_as(&q8.path().to_path_buf(), &gpu, DType::F16);
+    assert!(
+        matches!(
+            q8_net.stage1.rebnconvin.conv_s1.weight.val().dtype(),
+            DType::QFloat(_)
+        ),
+        "the convolutions stay quantized on the device"
+    );
+    let q8_run = values(q8_net.forward(input(&gpu, planes, SMALL)));
+    let (max, iou) = compare("wgpu f16 q8 vs cpu f32 f16-set at 256²", &q8_run, &f32_run);
+    eprintln!(
+        "QUALITY isnet q8 wgpu-f16 img0 256²: IoU {iou:.5}, alpha error mean {:.2e} max {max:.2e}",
+        mean_abs(&q8_run, &f32_run)
+    );
+    assert!(iou >= 0.99, "IoU {iou}");
+}
+
 #[test]
 fn the_input_is_the_reference_runtimes_bit_for_bit() {
     let io = Io::read("isnet.io.safetensors");

@@ -239,6 +239,9 @@ struct ConvertIsnetArgs {
     /// Output folder for the shard set.
     #[arg(short, long)]
     output: PathBuf,
+    /// f16, or q8: the convolutions in int8 (half the download).
+    #[arg(long, default_value = "f16")]
+    quant: Precision,
 }
 
 #[derive(clap::Args, Debug)]
@@ -603,17 +606,21 @@ impl SynthesizeArgs {
 
 impl ConvertIsnetArgs {
     fn run(self) -> Result<()> {
-        let Self { dist, output } = self;
+        let Self {
+            dist,
+            output,
+            quant,
+        } = self;
 
         let bar = bytes_bar(0, "isnet");
-        let converted = crate::isnet::convert(&dist, &output, |done, total| {
+        let converted = crate::isnet::convert(&dist, &output, quant, |done, total| {
             bar.set_length(total);
             bar.set_position(done);
         });
         bar.finish_and_clear();
         if converted? {
             println!(
-                "converted ISNet ({}) into {}",
+                "converted ISNet ({}) into {} ({quant})",
                 crate::isnet::NPM_PACKAGE,
                 output.display()
             );

@@ -11,6 +11,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use orfeas_engine::weights::Precision;
 use orfeas_engine::weights::pack::{self, PackOptions, PackTensor};
 use prost::Message;
 use safetensors::Dtype;
@@ -162,13 +163,26 @@ pub fn conv_tensors(onnx: &[u8]) -> Result<Vec<PackTensor>> {
     Ok(tensors)
 }
 
-/// Convert unless `out` already holds a verified set of this model (idempotent).
+/// Convert unless `out` already holds a verified set of this model at `precision`
+/// (idempotent): f16, or q8 (its convolutions in int8, see `weights::quant::quantizable`).
 /// Returns whether it converted.
-pub fn convert(dist: &Path, out: &Path, on_bytes: impl FnMut(u64, u64)) -> Result<bool> {
+pub fn convert(
+    dist: &Path,
+    out: &Path,
+    precision: Precision,
+    on_bytes: impl FnMut(u64, u64),
+) -> Result<bool> {
+    if precision == Precision::Q4 {
+        bail!(
+            "ISNet is converted at f16 or q8 (q4 is for the shape model's projections; a \
+             convolution network's masks need more than 4 bits)"
+        );
+    }
     if let Ok(text) = std::fs::read(out.join(orfeas_engine::weights::INDEX_FILE))
         && let Ok(index) = orfeas_engine::weights::ShardIndex::from_json(&text)
         && index.model.id == MODEL_ID
         && index.model.version == MODEL_SHA256[..12]
+        && index.precision() == precision
         && pack::verify_dir(out).is_ok_and(|problems| problems.is_empty())
     {
         return Ok(false);
@@ -188,7 +202,7 @@ pub fn convert(dist: &Path, out: &Path, on_bytes: impl FnMut(u64, u64)) -> Resul
                 "license": "MIT (DIS/ISNet model); the npm package itself is AGPL",
                 "input_size": 1024,
             }),
-            ..Default::default()
+            precision,
         },
         on_bytes,
     )?;

@@ -86,10 +86,19 @@ fn conv(input: usize, output: usize, dilation: usize, stride: usize, device: &De
 /// dtype: burn's fp16 convolution on wgpu accumulates in fp16 (measured 8.5e-2 off fp32 at 1024
 /// input channels, against 3.7e-3 on the CPU backend), which moved ISNet's probabilities by up
 /// to 3e-2. The weights stay f16 on the device; the activations of this small network are f32.
+///
+/// A q8 set's weight is quantized, channels last (`[out, kh, kw, in]`, see
+/// `weights::quant::QuantInfo::stored_shape`): it stays so on the device, and is dequantized
+/// here, one layer's weight at a time, just before its convolution.
 fn conv_f32(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let weight = conv.weight.val();
+    let weight = match weight.dtype() {
+        DType::QFloat(_) => weight.dequantize().permute([0, 3, 1, 2]),
+        _ => weight,
+    };
     conv2d(
         x.cast(DType::F32),
-        conv.weight.val().cast(DType::F32),
+        weight.cast(DType::F32),
         conv.bias.as_ref().map(|b| b.val().cast(DType::F32)),
         ConvOptions::new(conv.stride, conv.dilation, conv.dilation, conv.groups),
     )

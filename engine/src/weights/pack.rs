@@ -14,7 +14,7 @@ use super::dtype::{append_f16, is_float, to_f32};
 use super::index::{
     FORMAT, FORMAT_QUANTIZED, INDEX_FILE, IndexMetadata, ModelMeta, ShardIndex, ShardInfo,
 };
-use super::quant::{Precision, QuantInfo, quantize, storage, stored_len};
+use super::quant::{Precision, QuantInfo, channels_last, quantize, storage, stored_len};
 
 pub const DEFAULT_SHARD_SIZE: u64 = 32 << 20;
 pub const MIN_SHARD_SIZE: u64 = 16 << 20;
@@ -353,8 +353,9 @@ fn write_shard(
                     tensor.name
                 )));
             }
-            let shape = [info.shape[0], info.shape[1]];
-            converted = quantize(&values, shape, precision, info.block);
+            let values = channels_last(&values, &info.shape);
+            converted = quantize(&values, info.matrix(), precision, info.block);
+            debug_assert_eq!(converted.len(), info.byte_len(precision));
             writer.write_all(&converted).map_err(write_err)?;
             on_bytes(converted.len() as u64);
             continue;

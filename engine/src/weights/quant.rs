@@ -119,11 +119,18 @@ impl QuantInfo {
                 self.packing
             ));
         }
-        let [out, k] = self.shape[..] else {
-            return Err(format!(
-                "a quantized weight has two dimensions, this one {:?}",
-                self.shape
-            ));
+        // A projection `[out, in]`, or a convolution `[out, in, kh, kw]` (stored `[out, kh, kw,
+        // in]`: its blocks run along the input channels of one tap).
+        let (out, k) = match self.shape[..] {
+            [out, k] => (out, k),
+            [out, k, kh, kw] if kh > 0 && kw > 0 => (out, k),
+            _ => {
+                return Err(format!(
+                    "a quantized weight has two dimensions (a projection) or four (a \
+                     convolution), this one {:?}",
+                    self.shape
+                ));
+            }
         };
         if out == 0 || k == 0 {
             return Err(format!("empty shape {:?}", self.shape));
@@ -150,7 +157,23 @@ impl QuantInfo {
 
     /// The exact byte length of the stored tensor: packed values, then one f16 per block.
     pub fn byte_len(&self, precision: Precision) -> usize {
-        byte_len(precision, self.block, &self.shape)
+        byte_len(precision, self.block, &self.stored_shape())
+    }
+
+    /// The shape the bytes are laid out in: a projection's own `[out, in]`; a convolution's
+    /// `[out, in, kh, kw]` channels last, `[out, kh, kw, in]`, so that its blocks of input
+    /// channels are contiguous (the quantized tensor has this shape on the device).
+    pub fn stored_shape(&self) -> Vec<usize> {
+        match self.shape[..] {
+            [out, k, kh, kw] => vec![out, kh, kw, k],
+            _ => self.shape.clone(),
+        }
+    }
+
+    /// The weight as the matrix the bytes quantize: `[out, K]` (a convolution's K is
+    /// `kh · kw · in`).
+    pub fn matrix(&self) -> [usize; 2] {
+        [self.shape[0], self.numel() / self.shape[0]]
     }
 
     pub fn numel(&self) -> usize {
@@ -239,6 +262,12 @@ pub fn quantizable(name: &str, shape: &[usize]) -> bool {
     let Some(path) = name.strip_suffix(".weight") else {
         return false;
     };
+    if shape.len() == 4 {
+        // ISNet's convolutions (every `rebnconv…conv_s1`, 99.6 % of its weights), in blocks
+        // of input channels; its first convolution (3 inputs) and the six side outputs (the
+        // masks: one output channel each) stay f16.
+        return path.ends_with(".conv_s1") && block_for(shape[1]).is_some();
+    }
     if shape.len() != 2 || block_for(shape[1]).is_none() {
         return false;
     }
@@ -279,6 +308,43 @@ pub fn storage(name: &str, shape: &[usize], precision: Precision) -> Option<Quan
     }
     let block = block_for(shape[1])?;
     Some(QuantInfo::new(precision, block, shape.to_vec()))
+}
+
+/// A convolution weight `[out, in, kh, kw]` (row-major values) laid out channels last,
+/// `[out, kh, kw, in]`, as a quantized convolution is stored (see [`QuantInfo::stored_shape`]).
+pub fn channels_last(values: &[f32], shape: &[usize]) -> Vec<f32> {
+    let [out, k, kh, kw] = shape[..] else {
+        return values.to_vec();
+    };
+    let mut laid = Vec::with_capacity(values.len());
+    for o in 0..out {
+        for y in 0..kh {
+            for x in 0..kw {
+                laid.extend((0..k).map(|i| values[((o * k + i) * kh + y) * kw + x]));
+            }
+        }
+    }
+    laid
+}
+
+/// The inverse of [`channels_last`].
+fn channels_first(values: &[f32], shape: &[usize]) -> Vec<f32> {
+    let [out, k, kh, kw] = shape[..] else {
+        return values.to_vec();
+    };
+    let mut laid = vec![0.0; values.len()];
+    let mut at = 0;
+    for o in 0..out {
+        for y in 0..kh {
+            for x in 0..kw {
+                for i in 0..k {
+                    laid[((o * k + i) * kh + y) * kw + x] = values[at];
+                    at += 1;
+                }
+            }
+        }
+    }
+    laid
 }
 
 /// Bytes the tensor takes in a shard (and on a device computing in f16) at `precision`.
@@ -334,7 +400,6 @@ pub fn quantize(values: &[f32], shape: [usize; 2], precision: Precision, block: 
     for scale in scales {
         bytes.extend_from_slice(&scale.to_le_bytes());
     }
-    debug_assert_eq!(bytes.len(), byte_len(precision, block, &shape));
     bytes
 }
 
@@ -354,9 +419,10 @@ pub fn dequantize(bytes: &[u8], info: &QuantInfo) -> Result<Vec<f32>, String> {
         ));
     }
     let scales = scales(bytes, info);
-    Ok((0..info.numel())
+    let stored: Vec<f32> = (0..info.numel())
         .map(|i| level(bytes, precision, i) as f32 * scales[i / info.block])
-        .collect())
+        .collect();
+    Ok(channels_first(&stored, &info.shape))
 }
 
 /// The level of row-major element `i` of a stored tensor (`bytes` starts with its values).

@@ -17,6 +17,9 @@ pub enum DeviceTensor {
     /// A quantized projection weight `[out, in]`, as burn's quantized tensor: it stays packed
     /// on the device and the matmul dequantizes it.
     Quantized(Tensor<2>),
+    /// A quantized convolution weight, channels last `[out, kh, kw, in]` (its blocks run along
+    /// the input channels): stays packed, and the convolution dequantizes it just before use.
+    QuantizedConv(Tensor<4>),
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +103,17 @@ impl StoredTensor {
             ));
         }
         check_scales(bytes, info)?;
+        if let [out, k, kh, kw] = info.shape[..] {
+            let (bytes, scheme) = for_compute(info, precision, bytes, compute);
+            let device_bytes = bytes.len();
+            let data = TensorData::from_bytes_vec(bytes, [out, kh, kw, k], DType::QFloat(scheme));
+            return Ok(Self {
+                tensor: DeviceTensor::QuantizedConv(Tensor::<4>::from_data(data, device)),
+                shape: info.shape.clone(),
+                device_bytes,
+                transposed: false,
+            });
+        }
         let dims: [usize; 2] = info
             .shape
             .clone()
@@ -131,11 +145,15 @@ impl StoredTensor {
         match &self.tensor {
             DeviceTensor::Float(tensor) => tensor.clone().into_data(),
             DeviceTensor::Quantized(tensor) => tensor.clone().into_data(),
+            DeviceTensor::QuantizedConv(tensor) => tensor.clone().into_data(),
         }
     }
 
     pub fn is_quantized(&self) -> bool {
-        matches!(self.tensor, DeviceTensor::Quantized(_))
+        matches!(
+            self.tensor,
+            DeviceTensor::Quantized(_) | DeviceTensor::QuantizedConv(_)
+        )
     }
 
     /// The tensor with its real shape, as rank `D`.
@@ -150,6 +168,14 @@ impl StoredTensor {
         Ok(match &self.tensor {
             DeviceTensor::Float(tensor) => tensor.clone().reshape(dims),
             DeviceTensor::Quantized(tensor) => same_rank(tensor.clone(), dims),
+            // Channels last, as stored: the convolution that reads it knows (its dims differ
+            // from the parameter's `[out, in, kh, kw]`, whose shape was checked by the caller).
+            DeviceTensor::QuantizedConv(tensor) => {
+                let tensor: Box<dyn std::any::Any> = Box::new(tensor.clone());
+                *tensor
+                    .downcast::<Tensor<D>>()
+                    .map_err(|_| "a quantized convolution has rank 4".to_string())?
+            }
         })
     }
 }
