@@ -102,3 +102,60 @@ fn a_cut_out_keeps_its_own_alpha() {
     let b = image::open(&out).unwrap().to_rgba8();
     assert_eq!(a, b);
 }
+
+#[test]
+fn a_q8_isnet_cuts_out_the_reference_matte() {
+    // `orfeas quantize` writes the q8 set (its convolutions int8, half the download; the same
+    // bytes `convert-isnet --quant q8` writes); `remove-bg` loads it like any set and its matte
+    // stays within a few levels of the reference runtime's.
+    let Some(dir) = isnet_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let q8 = tmp.path().join("isnet-q8");
+    let run = orfeas(&[
+        "quantize",
+        dir.to_str().unwrap(),
+        q8.to_str().unwrap(),
+        "--quant",
+        "q8",
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    let out = tmp.path().join("cutout.png");
+    let input = fixtures().join("isnet_input_0.png");
+    let run = orfeas(&[
+        "remove-bg",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--isnet",
+        q8.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    let cutout = image::open(&out).unwrap().to_rgba8();
+    let io = std::fs::read(fixtures().join("isnet.io.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&io).unwrap();
+    let reference = st.tensor("img0.alpha_u8_src").unwrap();
+    let (mut worst, mut off) = (0i32, 0usize);
+    for (ours, theirs) in cutout.pixels().zip(reference.data()) {
+        let d = (ours[3] as i32 - *theirs as i32).abs();
+        worst = worst.max(d);
+        off += (d > 2) as usize;
+    }
+    let share = off as f64 / (cutout.width() * cutout.height()) as f64;
+    eprintln!(
+        "q8 matte vs reference: worst {worst} levels, {:.3} % beyond ±2",
+        share * 100.0
+    );
+    assert!(share < 0.01, "{:.2} % beyond ±2 levels", share * 100.0);
+
+    // q4 is not offered for ISNet: refused by name before anything is read.
+    let run = orfeas(&[
+        "convert-isnet",
+        tmp.path().to_str().unwrap(),
+        "-o",
+        tmp.path().join("isnet-q4").to_str().unwrap(),
+        "--quant",
+        "q4",
+    ]);
+    assert!(!run.status.success());
+    assert!(text(&run).contains("f16 or q8"), "{}", text(&run));
+}

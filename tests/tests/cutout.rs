@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use image::RgbaImage;
 use orfeas_engine::background::{Options, remove_background};
-use orfeas_tests::browser::{Browser, Page, model_attr};
+use orfeas_tests::browser::{Page, model_attr};
 use orfeas_tests::server::Fault;
 use orfeas_tests::stage::{self, Stage};
 use orfeas_tests::{fixtures, model};
@@ -44,7 +44,7 @@ fn cpu_cutout(weights: &Path, rgba: &RgbaImage, size: usize) -> anyhow::Result<R
 /// The cut-out the page shows, against the one the engine makes natively on the CPU backend:
 /// the photo's colours, and the same matte (IoU ≥ 0.99, at most 0.1 % of alphas off by > 2).
 async fn matches_the_native_cutout(
-    browser: &Browser,
+    browser: &impl Page,
     photo: &Path,
     weights: &Path,
     size: usize,
@@ -87,7 +87,7 @@ async fn matches_the_native_cutout(
 }
 
 /// Wait for the cut-out to end (ready or failed) and return its panel's text.
-async fn finished_cutout(browser: &Browser) -> anyhow::Result<String> {
+async fn finished_cutout(browser: &impl Page) -> anyhow::Result<String> {
     browser
         .wait_for(
             "the cut-out",
@@ -102,7 +102,7 @@ async fn finished_cutout(browser: &Browser) -> anyhow::Result<String> {
 }
 
 /// The cut-out panel's `data-<key>` ("none" without a panel, "" without the attribute).
-async fn cutout_data(browser: &Browser, key: &str) -> anyhow::Result<String> {
+async fn cutout_data(browser: &impl Page, key: &str) -> anyhow::Result<String> {
     Ok(browser
         .eval(&format!(
             "const c = document.querySelector('[data-testid=cutout]'); \
@@ -467,4 +467,106 @@ async fn without_webgpu_background_removal_still_runs_on_the_cpu() -> anyhow::Re
     matches_the_native_cutout(&browser, &photo, &weights, CPU_SIZE).await?;
     browser.close().await;
     Ok(())
+}
+
+/// The q8 set (ISNet's convolutions in int8, half the download) served as background removal:
+/// the page loads it, says so on its card, and cuts the photo out as the f16 set does natively
+/// (the same bounds as for the f16 set: IoU ≥ 0.99, ≤ 0.1 % of alphas off by > 2 levels).
+async fn q8_cutout(
+    browser: impl Page,
+    f16: &Path,
+    size: usize,
+    device: &str,
+) -> anyhow::Result<()> {
+    let outcome = async {
+        let status = browser
+            .wait_for(
+                "background removal loaded",
+                &format!(
+                    "['ready', 'failed'].includes({0}) && {0}",
+                    model_attr("isnet-medium", "status")
+                ),
+                TIMEOUT,
+            )
+            .await?;
+        assert_eq!(status, "ready", "{}", browser.page_text().await?);
+        let precision = browser
+            .eval(&format!(
+                "return {}",
+                model_attr("isnet-medium", "precision")
+            ))
+            .await?;
+        assert_eq!(precision, "q8");
+        let photo = fixture("isnet_input_0.png");
+        browser.choose_file("input[type=file]", &photo).await?;
+        let status = finished_cutout(&browser).await?;
+        eprintln!("q8 cut-out ({device}): {status}");
+        assert_eq!(cutout_data(&browser, "state").await?, "ready", "{status}");
+        assert_eq!(cutout_data(&browser, "device").await?, device, "{status}");
+        if device == "gpu" {
+            // The device computes in f16: the int8 weights' f16 scales are read by the
+            // dequantizing shader as they are.
+            let gpu = browser
+                .eval("return document.querySelector('[data-testid=gpu]').innerText")
+                .await?;
+            assert!(
+                gpu.as_str().unwrap_or_default().contains("models in f16"),
+                "{gpu}"
+            );
+        }
+        matches_the_native_cutout(&browser, &photo, f16, size).await
+    }
+    .await;
+    browser.close().await;
+    outcome
+}
+
+/// A q8 ISNet set beside the app, as `orfeas convert-isnet --quant q8` writes it.
+fn q8_models(f16: &Path) -> anyhow::Result<tempfile::TempDir> {
+    let models = tempfile::tempdir()?;
+    let index = orfeas_engine::weights::ShardIndex::from_json(&std::fs::read(
+        f16.join(orfeas_engine::weights::INDEX_FILE),
+    )?)?;
+    orfeas_engine::weights::pack::pack(
+        &[f16.to_path_buf()],
+        &models.path().join("isnet-medium"),
+        &orfeas_engine::weights::pack::PackOptions {
+            model_id: index.model.id.clone(),
+            version: index.model.version.clone(),
+            config: index.config.clone(),
+            precision: orfeas_engine::weights::Precision::Q8,
+            ..Default::default()
+        },
+        |_, _| {},
+    )?;
+    Ok(models)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_q8_isnet_cuts_out_in_chromium_on_the_cpu() -> anyhow::Result<()> {
+    // Chromium's adapter is a software renderer: ISNet runs on burn's CPU backend in the
+    // worker (f32), at the reference's size.
+    let Some(f16) = fixtures::isnet_weights() else {
+        return Ok(());
+    };
+    let models = q8_models(&f16)?;
+    let config = stage::config(&[("isnet-medium", "Background removal")]);
+    let stage = Stage::start(models.path(), Some(&config)).await?;
+    q8_cutout(stage.open("/?turntable=0").await?, &f16, CPU_SIZE, "cpu").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_q8_isnet_cuts_out_in_firefox_on_the_gpu_in_f16() -> anyhow::Result<()> {
+    // Firefox on lavapipe offers shader-f16: ISNet asked onto the GPU computes in f16 with its
+    // convolutions int8 on the device (at the size the app picks on a software adapter).
+    let Some(f16) = fixtures::isnet_weights() else {
+        return Ok(());
+    };
+    let models = q8_models(&f16)?;
+    let config = stage::config(&[("isnet-medium", "Background removal")]);
+    let stage = Stage::start(models.path(), Some(&config)).await?;
+    let page = stage
+        .open_firefox("/?turntable=0&background_device=gpu")
+        .await?;
+    q8_cutout(page, &f16, SIZE, "gpu").await
 }
