@@ -696,4 +696,35 @@ mod tests {
                 .contains("scale 1 of 2")
         );
     }
+
+    #[test]
+    fn a_convolution_is_quantized_channels_last_and_dequantized_in_its_own_layout() {
+        let shape = [32, 16, 3, 3];
+        let values: Vec<f32> = (0..32 * 16 * 9)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let name = "stage1.rebnconv1.conv_s1.weight";
+        let info = storage(name, &shape, Precision::Q8).expect("an ISNet convolution");
+        assert_eq!(info.block, 16, "blocks of the 16 input channels");
+        assert_eq!(info.stored_shape(), [32, 3, 3, 16]);
+        assert_eq!(info.matrix(), [32, 144]);
+        let bytes = quantize(
+            &channels_last(&values, &shape),
+            info.matrix(),
+            Precision::Q8,
+            info.block,
+        );
+        assert_eq!(bytes.len(), info.byte_len(Precision::Q8));
+        let back = dequantize(&bytes, &info).unwrap();
+        let worst = values
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= 1.0 / 127.0, "worst {worst}");
+        // The first convolution (3 inputs) and the side outputs (the masks) stay f16.
+        assert!(!quantizable("conv_in.weight", &[64, 3, 3, 3]));
+        assert!(!quantizable("side1.weight", &[1, 64, 3, 3]));
+        assert!(storage(name, &shape, Precision::F16).is_none());
+    }
 }
