@@ -44,11 +44,17 @@ fn compare(name: &str, ours: &[f32], reference: &[f32]) -> (f32, f32) {
 
 #[test]
 fn parity_isnet() {
-    // The CPU backend against onnxruntime's probabilities on both fixture images (1024²).
+    // The CPU backend against onnxruntime's probabilities on both fixture images (1024²), with
+    // the f16 set and with its q8 set (the convolutions stay int8 on the device and are
+    // dequantized one layer at a time, just before each convolution), which is also compared
+    // with the f16 set's run.
     let Some(dir) = isnet_weights() else { return };
+    let q8 = tempfile::tempdir().unwrap();
+    q8_set(&dir, q8.path());
     let io = Io::read("isnet.io.safetensors");
     let device = orfeas_engine::device::cpu();
     let isnet = model(&dir, &device);
+    let q8_net = model(&q8.path().to_path_buf(), &device);
     for i in 0..2 {
         let (input, shape) = io.bytes(&format!("img{i}.input_u8"));
         assert_eq!(shape, [1, 3, INPUT_SIZE, INPUT_SIZE]);
@@ -57,11 +63,29 @@ fn parity_isnet() {
             TensorData::new(normalise(&input), [1, 3, INPUT_SIZE, INPUT_SIZE]),
             &device,
         );
+        let q8_run = values(q8_net.forward(x.clone()));
         let ours = values(isnet.forward(x));
         let (max, iou) = compare(&format!("cpu/img{i}"), &ours, &reference);
         assert!(iou >= 0.99, "img{i}: IoU {iou}");
         // The reference itself differs from an fp32 run by up to 3.4e-4 (fixture README).
         assert!(max <= 5e-3, "img{i}: max abs {max}");
+
+        let (max, iou) = compare(
+            &format!("cpu q8/img{i} vs onnxruntime"),
+            &q8_run,
+            &reference,
+        );
+        let (max_f16, iou_f16) = compare(&format!("cpu q8/img{i} vs f16 set"), &q8_run, &ours);
+        eprintln!(
+            "QUALITY isnet q8 cpu img{i}: IoU {iou:.5} vs onnxruntime, {iou_f16:.5} vs f16; \
+             alpha error mean {:.2e} max {max_f16:.2e} vs f16",
+            mean_abs(&q8_run, &ours)
+        );
+        assert!(
+            iou >= 0.99 && iou_f16 >= 0.99,
+            "img{i}: q8 IoU {iou}, {iou_f16}"
+        );
+        assert!(max <= 0.1, "img{i}: q8 max abs {max}");
     }
 }
 
@@ -147,6 +171,25 @@ fn parity_isnet_f16() {
     let (max, iou) = compare("wgpu f16 vs cpu f32 at 256²", &f16_run, &f32_run);
     assert!(iou >= 0.99, "IoU {iou}");
     assert!(max <= 1e-2, "max abs {max}");
+
+    // The q8 set computing in f16 (the browser's path with shader-f16).
+    let q8 = tempfile::tempdir().unwrap();
+    q8_set(&dir, q8.path());
+    let q8_net = model_as(&q8.path().to_path_buf(), &gpu, DType::F16);
+    assert!(
+        matches!(
+            q8_net.stage1.rebnconvin.conv_s1.weight.val().dtype(),
+            DType::QFloat(_)
+        ),
+        "the convolutions stay quantized on the device"
+    );
+    let q8_run = values(q8_net.forward(input(&gpu, small_input(SMALL), SMALL)));
+    let (max, iou) = compare("wgpu f16 q8 vs cpu f32 f16-set at 256²", &q8_run, &f32_run);
+    eprintln!(
+        "QUALITY isnet q8 wgpu-f16 img0 256²: IoU {iou:.5}, alpha error mean {:.2e} max {max:.2e}",
+        mean_abs(&q8_run, &f32_run)
+    );
+    assert!(iou >= 0.99, "q8 IoU {iou}");
 }
 
 /// The converted set requantized to q8 (its convolutions in int8, channels last), as
@@ -184,65 +227,6 @@ fn q8_set(f16: &std::path::Path, out: &std::path::Path) {
 /// Mean absolute difference of two probability maps (the matte's error, 0..1).
 fn mean_abs(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(a, b)| (a - b).abs()).sum::<f32>() / a.len() as f32
-}
-
-#[test]
-fn parity_isnet_q8() {
-    // q8 weights (the convolutions stay int8 on the device and are dequantized one layer at a
-    // time, just before each convolution). CPU backend: both fixture images at 1024² against
-    // onnxruntime's probabilities and against the f16 set's run. wgpu computing in f16
-    // (lavapipe's shader-f16, the browser's path): image 0 at 256² against the CPU backend's
-    // f32 run of the f16 set.
-    let Some(dir) = isnet_weights() else { return };
-    let q8 = tempfile::tempdir().unwrap();
-    q8_set(&dir, q8.path());
-    let io = Io::read("isnet.io.safetensors");
-    let cpu = orfeas_engine::device::cpu();
-    let (f16_net, q8_net) = (model(&dir, &cpu), model(&q8.path().to_path_buf(), &cpu));
-    for i in 0..2 {
-        let (bytes, _) = io.bytes(&format!("img{i}.input_u8"));
-        let (reference, _) = io.tensor(&format!("img{i}.output"));
-        let x = || input(&cpu, normalise(&bytes), INPUT_SIZE);
-        let f16_run = values(f16_net.forward(x()));
-        let q8_run = values(q8_net.forward(x()));
-        let (max, iou) = compare(
-            &format!("cpu q8/img{i} vs onnxruntime"),
-            &q8_run,
-            &reference,
-        );
-        let (max_f16, iou_f16) = compare(&format!("cpu q8/img{i} vs f16 set"), &q8_run, &f16_run);
-        eprintln!(
-            "QUALITY isnet q8 cpu img{i}: IoU {iou:.5} vs onnxruntime, {iou_f16:.5} vs f16; \
-             alpha error mean {:.2e} max {max_f16:.2e} vs f16",
-            mean_abs(&q8_run, &f16_run)
-        );
-        assert!(
-            iou >= 0.99 && iou_f16 >= 0.99,
-            "img{i}: IoU {iou}, {iou_f16}"
-        );
-        assert!(max <= 0.1, "img{i}: max abs {max}");
-    }
-
-    let Some((_, gpu)) = f16_devices().into_iter().find(|(name, _)| *name == "wgpu") else {
-        return;
-    };
-    let planes = small_input(SMALL);
-    let f32_run = values(model(&dir, &cpu).forward(input(&cpu, planes.clone(), SMALL)));
-    let q8_net = model_as(&q8.path().to_path_buf(), &gpu, DType::F16);
-    assert!(
-        matches!(
-            q8_net.stage1.rebnconvin.conv_s1.weight.val().dtype(),
-            DType::QFloat(_)
-        ),
-        "the convolutions stay quantized on the device"
-    );
-    let q8_run = values(q8_net.forward(input(&gpu, planes, SMALL)));
-    let (max, iou) = compare("wgpu f16 q8 vs cpu f32 f16-set at 256²", &q8_run, &f32_run);
-    eprintln!(
-        "QUALITY isnet q8 wgpu-f16 img0 256²: IoU {iou:.5}, alpha error mean {:.2e} max {max:.2e}",
-        mean_abs(&q8_run, &f32_run)
-    );
-    assert!(iou >= 0.99, "IoU {iou}");
 }
 
 #[test]

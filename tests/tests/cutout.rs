@@ -391,8 +391,9 @@ async fn without_webgpu_background_removal_still_runs_on_the_cpu() -> anyhow::Re
     let Some(weights) = fixtures::isnet_weights() else {
         return Ok(());
     };
-    let models = tempfile::tempdir()?;
-    std::os::unix::fs::symlink(&weights, models.path().join("isnet-medium"))?;
+    // Background removal installed as its q8 set (half the download): the CPU path takes the
+    // int8 convolutions too, and cuts out what the f16 set does natively.
+    let models = q8_models(&weights)?;
     model::generate(
         &models.path().join("shape"),
         "shape",
@@ -446,6 +447,13 @@ async fn without_webgpu_background_removal_still_runs_on_the_cpu() -> anyhow::Re
         "ready",
         "ISNet needs no GPU: {panel}"
     );
+    let precision = browser
+        .eval(&format!(
+            "return {}",
+            model_attr("isnet-medium", "precision")
+        ))
+        .await?;
+    assert_eq!(precision, "q8", "{panel}");
     let photo = fixture("isnet_input_0.png");
     browser.choose_file("input[type=file]", &photo).await?;
     let status = finished_cutout(&browser).await?;
@@ -540,19 +548,6 @@ fn q8_models(f16: &Path) -> anyhow::Result<tempfile::TempDir> {
         |_, _| {},
     )?;
     Ok(models)
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_q8_isnet_cuts_out_in_chromium_on_the_cpu() -> anyhow::Result<()> {
-    // Chromium's adapter is a software renderer: ISNet runs on burn's CPU backend in the
-    // worker (f32), at the reference's size.
-    let Some(f16) = fixtures::isnet_weights() else {
-        return Ok(());
-    };
-    let models = q8_models(&f16)?;
-    let config = stage::config(&[("isnet-medium", "Background removal")]);
-    let stage = Stage::start(models.path(), Some(&config)).await?;
-    q8_cutout(stage.open("/?turntable=0").await?, &f16, CPU_SIZE, "cpu").await
 }
 
 #[tokio::test(flavor = "multi_thread")]
