@@ -195,33 +195,22 @@ fn parity_isnet_f16() {
 /// The converted set requantized to q8 (its convolutions in int8, channels last), as
 /// `orfeas convert-isnet --quant q8` and `orfeas quantize` write it.
 fn q8_set(f16: &std::path::Path, out: &std::path::Path) {
-    use orfeas_engine::weights::pack::{PackOptions, pack};
-    let index = orfeas_engine::weights::ShardIndex::from_json(
+    let f16_bytes = orfeas_engine::weights::ShardIndex::from_json(
         &std::fs::read(f16.join(orfeas_engine::weights::INDEX_FILE)).unwrap(),
     )
-    .unwrap();
-    let written = pack(
-        &[f16.to_path_buf()],
-        out,
-        &PackOptions {
-            model_id: index.model.id.clone(),
-            version: index.model.version.clone(),
-            config: index.config.clone(),
-            precision: orfeas_engine::weights::Precision::Q8,
-            ..Default::default()
-        },
-        |_, _| {},
-    )
-    .unwrap();
+    .unwrap()
+    .total_bytes();
+    let written =
+        orfeas_tests::fixtures::requantized(f16, out, orfeas_engine::weights::Precision::Q8)
+            .unwrap();
     eprintln!(
-        "q8 set: {} of {} tensors quantized, {} bytes (f16 {}: {:.3}×)",
+        "q8 set: {} of {} tensors quantized, {} bytes (f16 {f16_bytes}: {:.3}×)",
         written.quantized.len(),
         written.tensor_count(),
         written.total_bytes(),
-        index.total_bytes(),
-        written.total_bytes() as f64 / index.total_bytes() as f64
+        written.total_bytes() as f64 / f16_bytes as f64
     );
-    assert!(written.total_bytes() * 100 <= index.total_bytes() * 55);
+    assert!(written.total_bytes() * 100 <= f16_bytes * 55);
 }
 
 /// Mean absolute difference of two probability maps (the matte's error, 0..1).

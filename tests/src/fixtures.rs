@@ -116,6 +116,27 @@ pub fn converted_shape_model_at(
     Ok(())
 }
 
+/// The f16 shard set in `f16` written again at `precision` into `out` (the model's id, version
+/// and config kept), as `orfeas quantize` does: its index.
+pub fn requantized(
+    f16: &Path,
+    out: &Path,
+    precision: orfeas_engine::weights::Precision,
+) -> anyhow::Result<orfeas_engine::weights::ShardIndex> {
+    use orfeas_engine::weights::pack::{PackOptions, pack};
+    let index = orfeas_engine::weights::ShardIndex::from_json(&std::fs::read(
+        f16.join(orfeas_engine::weights::INDEX_FILE),
+    )?)?;
+    let options = PackOptions {
+        model_id: index.model.id.clone(),
+        version: index.model.version.clone(),
+        config: index.config.clone(),
+        precision,
+        ..Default::default()
+    };
+    Ok(pack(&[f16.to_path_buf()], out, &options, |_, _| {})?)
+}
+
 /// The ISNet weights the set-up converted (`ORFEAS_ISNET` or the default folder). Absent, the
 /// calling test fails, unless `ORFEAS_ALLOW_SKIP` asks for a skip (`None`, with a SKIPPED note).
 pub fn isnet_weights() -> Option<PathBuf> {

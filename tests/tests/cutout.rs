@@ -532,20 +532,10 @@ async fn q8_cutout(
 /// A q8 ISNet set beside the app, as `orfeas convert-isnet --quant q8` writes it.
 fn q8_models(f16: &Path) -> anyhow::Result<tempfile::TempDir> {
     let models = tempfile::tempdir()?;
-    let index = orfeas_engine::weights::ShardIndex::from_json(&std::fs::read(
-        f16.join(orfeas_engine::weights::INDEX_FILE),
-    )?)?;
-    orfeas_engine::weights::pack::pack(
-        &[f16.to_path_buf()],
+    fixtures::requantized(
+        f16,
         &models.path().join("isnet-medium"),
-        &orfeas_engine::weights::pack::PackOptions {
-            model_id: index.model.id.clone(),
-            version: index.model.version.clone(),
-            config: index.config.clone(),
-            precision: orfeas_engine::weights::Precision::Q8,
-            ..Default::default()
-        },
-        |_, _| {},
+        orfeas_engine::weights::Precision::Q8,
     )?;
     Ok(models)
 }
