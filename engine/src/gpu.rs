@@ -189,7 +189,7 @@ pub async fn acquire_with(
         max_buffer_size: limits.max_buffer_size,
         max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
     };
-    crate::models::set_quantized_matmul(
+    crate::models::set_fused_product_fits(
         limits.max_compute_workgroup_storage_size
             >= crate::models::QUANTIZED_MATMUL_WORKGROUP_BYTES,
     );

@@ -6,6 +6,7 @@
 //! chain there, with burn's quantized matmul and with the dequantizing path, computes the field
 //! the CPU backend computes.
 
+use burn::tensor::quantization::QuantValue;
 use burn::tensor::{DType, Device};
 use orfeas_engine::gpu::{Gpu, Limits, ShaderF16, acquire_with};
 use orfeas_engine::models::{buffer_budget, largest_activation_bytes, set_buffer_budget};
@@ -68,7 +69,7 @@ fn the_pipeline_runs_under_webgpus_default_limits() {
     // its product (one layer in float at a time) — the path a browser with default limits
     // takes.
     assert!(
-        !orfeas_engine::models::quantized_matmul(),
+        !orfeas_engine::models::fused_product_fits(),
         "a default-limits device dequantizes before the product"
     );
     let q4 = shape_model_stored("dit21", &gpu.device, dtype, Precision::Q4);
@@ -115,26 +116,41 @@ fn acquire_or_skip(limits: Limits, f16: ShaderF16) -> Option<Gpu> {
 fn q4_weights_compute_without_shader_f16_as_on_the_cpu() {
     // Chromium's WebGPU on SwiftShader offers no `shader-f16`: a kernel reading the stored f16
     // scales would not compile there, so such a device gets f32 scales. Both products (burn's
-    // quantized matmul where workgroup memory allows, else dequantize-then-multiply) must give
+    // quantized matmul, forced here since q4 is dequantized by default on a GPU; and
+    // dequantize-then-multiply, the default, and the only one on default limits) must give
     // the CPU backend's field.
+    use orfeas_engine::models::{QuantizedProducts, fused_product, set_quantized_products};
     let _one = ONE_DEVICE_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let reference = q4_field(&orfeas_engine::device::cpu());
     let peak = max_abs(&reference);
-    for limits in [Limits::Adapter, Limits::WebGpuDefaults] {
+    for (limits, products) in [
+        (Limits::Adapter, QuantizedProducts::Fused),
+        (Limits::Adapter, QuantizedProducts::Measured),
+        (Limits::WebGpuDefaults, QuantizedProducts::Measured),
+    ] {
         let Some(gpu) = acquire_or_skip(limits, ShaderF16::Without) else {
             return;
         };
         assert!(!gpu.info.shader_f16, "shader-f16 was left out");
         assert_eq!(gpu.info.model_dtype(), DType::F32);
         set_buffer_budget(gpu.info.buffer_budget());
-        let path = if orfeas_engine::models::quantized_matmul() {
+        set_quantized_products(products);
+        let fused = fused_product(QuantValue::Q4S, &gpu.device);
+        assert_eq!(
+            fused,
+            products == QuantizedProducts::Fused && limits == Limits::Adapter,
+            "q4 on a GPU is dequantized before its product unless forced; never fused on \
+             default limits"
+        );
+        let path = if fused {
             "burn's quantized matmul"
         } else {
             "dequantized before each product"
         };
         let field = q4_field(&gpu.device);
+        set_quantized_products(QuantizedProducts::Measured);
         let error = max_abs_diff(&field, &reference) / peak;
         let agree = same_side_share(&field, &reference);
         eprintln!(

@@ -22,10 +22,11 @@ pub mod isnet;
 pub mod shape_vae;
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation::softmax;
+use burn::tensor::quantization::QuantValue;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 /// Serde defaults for config fields, mirroring the official constructors' keyword defaults
@@ -84,30 +85,77 @@ pub(crate) fn record<const D: usize>(tensor: Tensor<D>) -> Tensor<D> {
     tensor
 }
 
-static QUANTIZED_MATMUL: AtomicBool = AtomicBool::new(true);
+static FUSED_PRODUCT_FITS: AtomicBool = AtomicBool::new(true);
+static QUANTIZED_PRODUCTS: AtomicU8 = AtomicU8::new(QuantizedProducts::Measured as u8);
 
 /// Workgroup memory burn's quantized matmul needs (its tiles asked for 20 KiB on lavapipe;
 /// WebGPU's default is 16 KiB, where it refuses to launch).
 pub const QUANTIZED_MATMUL_WORKGROUP_BYTES: u32 = 32 << 10;
 
-/// Whether a quantized weight goes to burn's quantized matmul as it is (on by default), or is
-/// dequantized just before its product (one layer's weights in float at a time): for a device
-/// whose workgroup memory is below [`QUANTIZED_MATMUL_WORKGROUP_BYTES`]. Set when a GPU is
-/// acquired.
-pub fn set_quantized_matmul(enabled: bool) {
-    QUANTIZED_MATMUL.store(enabled, Ordering::Relaxed);
+/// How a quantized weight meets its product. The weights stay quantized in memory either way;
+/// `Dequantized` widens one layer's weight to the activations' dtype just before its product
+/// (a transient buffer the size of that layer in float), `Fused` hands the quantized weight
+/// to burn's quantized matmul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum QuantizedProducts {
+    /// The faster of the two as measured (`bench-models --quant`, lavapipe, 2026-12-07): on
+    /// a GPU, q8 fused (0.99–1.02× the float product) and q4 dequantized (burn's q4 kernel
+    /// took 9.7–10× the float product there; dequantizing costs 2–4 % of it); on the CPU
+    /// backend, fused (its q4 DiT step is 1.11× the f32 one).
+    Measured,
+    /// Every quantized weight through burn's quantized matmul (where the device allows it).
+    Fused,
+    /// Every quantized weight dequantized just before its product.
+    Dequantized,
 }
 
-pub fn quantized_matmul() -> bool {
-    QUANTIZED_MATMUL.load(Ordering::Relaxed)
+/// Whether the device can run burn's quantized matmul at all: not where its workgroup memory
+/// is below [`QUANTIZED_MATMUL_WORKGROUP_BYTES`] (such a device dequantizes every weight
+/// before its product, whatever [`set_quantized_products`] says). Set when a GPU is acquired.
+pub fn set_fused_product_fits(fits: bool) {
+    FUSED_PRODUCT_FITS.store(fits, Ordering::Relaxed);
 }
 
-/// `linear`'s weight as a product takes it: a quantized weight dequantized to `dtype` where the
-/// device cannot run the quantized matmul; otherwise as stored.
+pub fn fused_product_fits() -> bool {
+    FUSED_PRODUCT_FITS.load(Ordering::Relaxed)
+}
+
+/// Choose how quantized weights meet their products (the benchmarks and tests time and check
+/// each; [`QuantizedProducts::Measured`] by default).
+pub fn set_quantized_products(products: QuantizedProducts) {
+    QUANTIZED_PRODUCTS.store(products as u8, Ordering::Relaxed);
+}
+
+pub fn quantized_products() -> QuantizedProducts {
+    match QUANTIZED_PRODUCTS.load(Ordering::Relaxed) {
+        x if x == QuantizedProducts::Fused as u8 => QuantizedProducts::Fused,
+        x if x == QuantizedProducts::Dequantized as u8 => QuantizedProducts::Dequantized,
+        _ => QuantizedProducts::Measured,
+    }
+}
+
+/// Whether a weight quantized as `value` on `device` goes to burn's quantized matmul as it is.
+pub fn fused_product(value: QuantValue, device: &Device) -> bool {
+    let on_gpu = !crate::device::is_cpu(device);
+    if on_gpu && !fused_product_fits() {
+        return false;
+    }
+    match quantized_products() {
+        QuantizedProducts::Fused => true,
+        QuantizedProducts::Dequantized => false,
+        QuantizedProducts::Measured => !(on_gpu && value == QuantValue::Q4S),
+    }
+}
+
+/// `linear`'s weight as a product takes it: a quantized weight dequantized to `dtype` where
+/// [`fused_product`] says so; otherwise as stored.
 fn weight_for(linear: &Linear, dtype: DType) -> Tensor<2> {
     let weight = linear.weight.val();
     match weight.dtype() {
-        DType::QFloat(_) if !quantized_matmul() => record(weight.dequantize().cast(dtype)),
+        DType::QFloat(scheme) if !fused_product(scheme.value, &weight.device()) => {
+            record(weight.dequantize().cast(dtype))
+        }
         _ => weight,
     }
 }

@@ -9,8 +9,12 @@
 //! sets: `ratio=` lines for the download (sets on disk), the weights on the device and the load
 //! time against f16's.
 //!
+//! `--backend wgpu` loads onto the GPU instead (in f16 where it has `shader-f16`) and also
+//! reads what its memory pool holds once the model is built: `ratio=` held ÷ the sets' bytes
+//! (the weights stay as stored there, quantized ones packed).
+//!
 //! `cargo run -p orfeas --bin bench-checkpoints -- [--variants 2.1,2.0,2mini-turbo]
-//! [--format ckpt|safetensors] [--dir DIR] [--no-load] [--quant q8,q4]`
+//! [--format ckpt|safetensors] [--dir DIR] [--no-load] [--quant q8,q4] [--backend cpu|wgpu]`
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -88,6 +92,7 @@ fn main() -> Result<()> {
     let mut root: Option<PathBuf> = None;
     let mut load = true;
     let mut quant: Vec<Precision> = Vec::new();
+    let mut backend = "cpu".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -111,6 +116,7 @@ fn main() -> Result<()> {
                     .map(|p| p.parse::<Precision>().map_err(anyhow::Error::msg))
                     .collect::<Result<_>>()?;
             }
+            "--backend" => backend = args.next().context("--backend needs cpu or wgpu")?,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -118,8 +124,10 @@ fn main() -> Result<()> {
         .prefix("orfeas-bench-checkpoints")
         .tempdir_in(root.unwrap_or_else(std::env::temp_dir))?;
     let orfeas = std::env::current_exe()?.with_file_name("orfeas");
+    let device = orfeas_engine::device::by_name(&backend).map_err(anyhow::Error::msg)?;
+    let device = load.then_some(&device);
     println!(
-        "| variant | checkpoint | write s | convert s | convert GB/s | convert peak RSS | sets | load f16 (CPU backend) s | weights on the device |"
+        "| variant | checkpoint | write s | convert s | convert GB/s | convert peak RSS | sets | load ({backend}) s | weights on the device |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for variant in variants {
@@ -133,13 +141,21 @@ fn main() -> Result<()> {
         let mut f16: Option<Converted> = None;
         for precision in std::iter::once(Precision::F16).chain(quant.iter().copied()) {
             let out = work.path().join(format!("{}-{precision}", variant.name()));
-            let converted = convert_and_load(&orfeas, &checkpoint, &source, &out, precision, load)?;
+            let converted =
+                convert_and_load(&orfeas, &checkpoint, &source, &out, precision, device)?;
             std::fs::remove_dir_all(&out)?;
             let load_cell = converted
                 .load
                 .map_or("not run".into(), |(seconds, _)| format!("{seconds:.1}"));
             let device_cell = match converted.load {
-                Some((_, bytes)) => format!("{:.2} GB", bytes as f64 / GB),
+                Some((_, bytes)) => match converted.held {
+                    Some(held) => format!(
+                        "{:.2} GB (the pool holds {:.2} GB)",
+                        bytes as f64 / GB,
+                        held as f64 / GB
+                    ),
+                    None => format!("{:.2} GB", bytes as f64 / GB),
+                },
                 None if precision == Precision::F16 => format!("{:.2} GB in f16", used as f64 / GB),
                 None => "not run".into(),
             };
@@ -153,6 +169,15 @@ fn main() -> Result<()> {
                 converted.peak as f64 / MIB,
                 converted.sets as f64 / GB,
             );
+            if let Some(held) = converted.held {
+                println!(
+                    "ratio={:.3} held after loading ÷ sets {} {precision} ({:.3} ÷ {:.3} GB)",
+                    held as f64 / converted.sets as f64,
+                    variant.name(),
+                    held as f64 / GB,
+                    converted.sets as f64 / GB
+                );
+            }
             match &f16 {
                 None => f16 = Some(converted),
                 Some(base) => {
@@ -188,8 +213,10 @@ struct Converted {
     took: Duration,
     peak: u64,
     sets: u64,
-    /// Seconds to load onto the CPU backend computing in f16, and the weights' device bytes.
+    /// Seconds to load onto the device, and the weights' device bytes.
     load: Option<(f64, u64)>,
+    /// What the device's memory pool holds once the model is built (GPU only).
+    held: Option<u64>,
 }
 
 fn convert_and_load(
@@ -198,7 +225,7 @@ fn convert_and_load(
     source: &Path,
     out: &Path,
     precision: Precision,
-    load: bool,
+    load: Option<&burn::tensor::Device>,
 ) -> Result<Converted> {
     let (took, peak, text) = run_measured(
         Command::new(orfeas)
@@ -213,10 +240,15 @@ fn convert_and_load(
     )?;
     eprintln!("{}", text.trim());
     let sets = dir_bytes(out);
-    let load = if load {
+    let mut held = None;
+    let load = if let Some(device) = load {
         // The sets' device bytes are counted before the networks take them.
+        let dtype = if device.supports_dtype(DType::F16) {
+            DType::F16
+        } else {
+            DType::F32
+        };
         let started = Instant::now();
-        let device = orfeas_engine::device::cpu();
         let sources = COMPONENTS.map(|c| DirSource::new(out.join(c)));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -224,17 +256,22 @@ fn convert_and_load(
         let (config, sets) = runtime
             .block_on(load_shape_parts(
                 [&sources[0], &sources[1], &sources[2]],
-                &device,
-                DType::F16,
+                device,
+                dtype,
                 |_, _| {},
             ))
             .map_err(anyhow::Error::msg)?;
         let bytes = sets.iter().map(WeightSet::device_bytes).sum();
         let [conditioner, denoiser, vae] = sets;
-        let model = ShapeModel::new(&config, conditioner, denoiser, vae, &device)
+        let model = ShapeModel::new(&config, conditioner, denoiser, vae, device)
             .map_err(anyhow::Error::msg)?;
         let seconds = started.elapsed().as_secs_f64();
+        if !orfeas_engine::device::is_cpu(device) {
+            device.memory_cleanup();
+            held = device.memory_pool_usage().map(|u| u.bytes_in_use);
+        }
         drop(model);
+        device.memory_cleanup();
         Some((seconds, bytes))
     } else {
         None
@@ -244,5 +281,6 @@ fn convert_and_load(
         peak,
         sets,
         load,
+        held,
     })
 }

@@ -64,6 +64,19 @@ struct Args {
     /// quantized shard set stores them) and time the step again: `ratio=` quantized ÷ float.
     #[arg(long)]
     quant: Option<orfeas_engine::weights::Precision>,
+    /// Only the DiT step (and its quantized peers): the context is random, of the
+    /// conditioner's output shape, so that a full-depth step is measured without the
+    /// conditioner's full-depth runs.
+    #[arg(long)]
+    dit_only: bool,
+    /// With `--quant`: time only the engine's default product for that precision and backend
+    /// instead of both (burn's quantized matmul and dequantizing before the product).
+    #[arg(long)]
+    default_product_only: bool,
+    /// No untimed first run on wgpu (its kernels then compile inside the timed run: seconds,
+    /// against minutes for a full-depth step).
+    #[arg(long)]
+    no_warm_up: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -265,6 +278,83 @@ fn report(stage: &str, what: &str, m: &Measured, layers: Option<(usize, usize)>,
     println!("{line}");
 }
 
+/// One MLP input projection at the DiT's size (`x` `[batch, tokens, width]` times a
+/// `[width, 4·width]` weight) with float weights and with `precision` weights through each
+/// product: the kernels alone, without the rest of the step.
+fn projection_products(
+    device: &Device,
+    reps: usize,
+    precision: orfeas_engine::weights::Precision,
+    dtype: DType,
+    [batch, tokens, width]: [usize; 3],
+) {
+    use burn::tensor::TensorData;
+    use orfeas_engine::models::{QuantizedProducts, fused_product, set_quantized_products};
+    use orfeas_engine::weights::quant;
+    let out = 4 * width;
+    let x = Tensor::<3>::random(
+        [batch, tokens, width],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    )
+    .cast(dtype);
+    let rows = Tensor::<2>::random([out, width], Distribution::Normal(0.0, 0.05), device);
+    let values: Vec<f32> = rows
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 values");
+    let float = rows.cast(dtype).transpose();
+    let block = quant::block_for(width).expect("a block divides the width");
+    let bytes = quant::quantize(&values, [out, width], precision, block);
+    // As the loader uploads it for this compute dtype, then `[in, out]` as a linear layer's.
+    let info = quant::QuantInfo::new(precision, block, vec![out, width]);
+    let (bytes, scheme) = quant::for_compute(&info, precision, &bytes, dtype);
+    let quantized = Tensor::<2>::from_data(
+        TensorData::from_bytes_vec(bytes, [out, width], DType::QFloat(scheme)),
+        device,
+    )
+    .transpose();
+    let product = |weight: &Tensor<2>| {
+        let weight = match weight.dtype() {
+            DType::QFloat(scheme) if !fused_product(scheme.value, device) => {
+                weight.clone().dequantize().cast(dtype)
+            }
+            _ => weight.clone(),
+        };
+        sync(&x.clone().matmul(weight.unsqueeze::<3>()));
+    };
+    let (f, ()) = measure(device, reps, || product(&float));
+    let what = format!("{batch} × {tokens} × {width} · {width} × {out}");
+    report(
+        "projection",
+        &format!("{what}, {dtype:?} weights"),
+        &f,
+        None,
+        "",
+    );
+    for (products, how) in [
+        (QuantizedProducts::Fused, "through burn's quantized matmul"),
+        (QuantizedProducts::Dequantized, "dequantized just before it"),
+    ] {
+        set_quantized_products(products);
+        let value = quant::scheme(precision, block).value;
+        if products == QuantizedProducts::Fused && !fused_product(value, device) {
+            continue;
+        }
+        let (q, ()) = measure(device, reps, || product(&quantized));
+        report(
+            "projection",
+            &format!("{what}, {precision} weights {how}"),
+            &q,
+            None,
+            &format!("ratio={:.3} (÷ {dtype:?} weights)", q.seconds / f.seconds),
+        );
+    }
+    set_quantized_products(QuantizedProducts::Measured);
+}
+
 /// Waits for the device to finish `t` (a bare `into_data` returns before: native reads are
 /// lazy until the bytes are touched).
 fn sync<const D: usize>(t: &Tensor<D>) {
@@ -311,23 +401,37 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
     let image: Vec<f32> = (0..3 * side * side)
         .map(|i| ((i % 97) as f32 / 48.0) - 1.0)
         .collect();
-    let (m, cond) = measure(&device, reps, || {
-        let cond = model.condition(&image, side, side);
-        sync(&cond);
+    let cond = if args.dit_only {
+        let encoder = &config.conditioner.config;
+        let patches = (side / encoder.patch_size).pow(2);
+        let tokens = patches + usize::from(config.conditioner.use_cls_token != Some(false));
+        Tensor::<3>::random(
+            [1, tokens, encoder.hidden_size],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        )
+        .cast(dtype)
+    } else {
+        let (m, cond) = measure(&device, reps, || {
+            let cond = model.condition(&image, side, side);
+            sync(&cond);
+            cond
+        });
+        let [_, tokens, _] = cond.dims();
+        let encoder = &config.conditioner.config;
+        report(
+            "conditioner",
+            &format!(
+                "DINOv2 width {} at {side} px → {tokens} tokens",
+                encoder.hidden_size
+            ),
+            &m,
+            Some(depths.encoder),
+            "",
+        );
         cond
-    });
+    };
     let [_, tokens, _] = cond.dims();
-    let encoder = &config.conditioner.config;
-    report(
-        "conditioner",
-        &format!(
-            "DINOv2 width {} at {side} px → {tokens} tokens",
-            encoder.hidden_size
-        ),
-        &m,
-        Some(depths.encoder),
-        "",
-    );
 
     // One DiT step: the CFG batch [x, x] with [cond, zeros], or batch 1 with the guidance
     // input for guidance-distilled variants.
@@ -426,43 +530,76 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
         };
         let quantized_in = started.elapsed().as_secs_f64();
         let after = in_use(&device);
-        let (q, ()) = measure(&device, reps, || step(&model));
-        let memory = match (before, after) {
-            (Some(before), Some(after)) => format!(
-                "; device memory in use {} → {} (ratio={:.3})",
-                gib(before),
-                gib(after),
-                after as f64 / before as f64
-            ),
-            _ => String::new(),
-        };
-        report(
-            "DiT step",
-            &format!("{precision} projections (quantized in {quantized_in:.1} s)"),
-            &q,
-            Some(depths.dit),
-            &format!(
-                "ratio={:.3} ({precision} ÷ {dtype:?} weights, same backend, same run){memory}",
-                q.seconds / step_seconds
-            ),
-        );
-        // The path a device with too little workgroup memory takes: each weight dequantized
-        // just before its product.
-        let was = orfeas_engine::models::quantized_matmul();
-        orfeas_engine::models::set_quantized_matmul(false);
-        let (d, ()) = measure(&device, reps, || step(&model));
-        orfeas_engine::models::set_quantized_matmul(was);
-        report(
-            "DiT step",
-            &format!("{precision}, dequantized before each product"),
-            &d,
-            Some(depths.dit),
-            &format!(
-                "ratio={:.3} (÷ {dtype:?} weights); ratio={:.3} (÷ the quantized matmul)",
-                d.seconds / step_seconds,
-                d.seconds / q.seconds
-            ),
-        );
+        // Both ways a quantized weight meets its product, side by side; the engine's default
+        // for this precision and backend is the one `fused_product` names.
+        use orfeas_engine::models::{QuantizedProducts, fused_product, set_quantized_products};
+        let value = orfeas_engine::weights::quant::scheme(precision, 32).value;
+        let default_fused = fused_product(value, &device);
+        let mut timed = Vec::new();
+        for products in [QuantizedProducts::Fused, QuantizedProducts::Dequantized] {
+            set_quantized_products(products);
+            let is_default = (products == QuantizedProducts::Fused) == default_fused;
+            if args.default_product_only && !is_default {
+                continue;
+            }
+            if products == QuantizedProducts::Fused && !fused_product(value, &device) {
+                println!(
+                    "{:<22} not run | {precision} through burn's quantized matmul: this device's \
+                     workgroup memory is too small for it",
+                    "DiT step"
+                );
+                continue;
+            }
+            let (q, ()) = measure(&device, reps, || step(&model));
+            timed.push((products, q.seconds));
+            let memory = match (before, after) {
+                (Some(before), Some(after)) => format!(
+                    "; device memory in use after loading {} → {} (ratio={:.3})",
+                    gib(before),
+                    gib(after),
+                    after as f64 / before as f64
+                ),
+                _ => String::new(),
+            };
+            let (how, default) = match products {
+                QuantizedProducts::Fused => ("through burn's quantized matmul", default_fused),
+                _ => (
+                    "each weight dequantized just before its product",
+                    !default_fused,
+                ),
+            };
+            report(
+                "DiT step",
+                &format!(
+                    "{precision} projections (quantized in {quantized_in:.1} s), {how}{}",
+                    if default {
+                        " (the engine's default here)"
+                    } else {
+                        ""
+                    }
+                ),
+                &q,
+                Some(depths.dit),
+                &format!(
+                    "ratio={:.3} ({precision} ÷ {dtype:?} weights, same backend, same run){memory}",
+                    q.seconds / step_seconds
+                ),
+            );
+        }
+        set_quantized_products(QuantizedProducts::Measured);
+        projection_products(&device, reps, precision, dtype, [batch, self_tokens, width]);
+        if let [(_, fused), (_, dequantized)] = timed[..] {
+            println!(
+                "{:<22} {precision}: dequantized before each product ÷ burn's quantized matmul | \
+                 ratio={:.3}",
+                "DiT step",
+                dequantized / fused
+            );
+        }
+    }
+
+    if args.dit_only {
+        return Ok(());
     }
 
     // Attention at the DiT's size: the share of the step, and its FLOP rate against a plain
@@ -716,7 +853,7 @@ fn main() -> Result<()> {
         set_flash_attention(false);
     }
     WARM_UP.store(
-        args.preset.is_none() || args.backend == Backend::Wgpu,
+        !args.no_warm_up && (args.preset.is_none() || args.backend == Backend::Wgpu),
         Ordering::Relaxed,
     );
     match args.preset {
