@@ -542,6 +542,11 @@ pub enum ModelStatusReport {
     NotInstalled {
         url: String,
     },
+    /// Another precision of the same model (`instead`, its id) is used in its place: not
+    /// loaded, not shown.
+    Standby {
+        instead: String,
+    },
 }
 
 impl ModelStatusReport {
@@ -552,6 +557,7 @@ impl ModelStatusReport {
             Self::Ready { .. } => "ready",
             Self::Failed { .. } => "failed",
             Self::NotInstalled { .. } => "not-installed",
+            Self::Standby { .. } => "standby",
         }
     }
 }

@@ -269,14 +269,7 @@ async fn a_server_lists_each_installed_precision_and_loads_the_one_chosen() {
             .all(|m| m["precision"] == "f16")
     );
     // The web app's list: both precisions, each part with its precision and size.
-    let site: serde_json::Value = client
-        .get(server.url("/orfeas.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let site = common::get_json(&client, &server, "/orfeas.json").await;
     let listed: Vec<(String, String, u64)> = site["models"]
         .as_array()
         .unwrap()
@@ -344,4 +337,58 @@ async fn a_server_lists_each_installed_precision_and_loads_the_one_chosen() {
             && said.contains("q4 in hunyuan3d-q4"),
         "{said}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_loads_one_precision_of_background_removal_and_lists_the_other() {
+    use common::{Server, client, get_json, wait_ready};
+    let Some(isnet) = orfeas_tests::fixtures::isnet_weights() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let f16 = models.join("isnet-medium");
+    std::fs::create_dir_all(&f16).unwrap();
+    for entry in std::fs::read_dir(&isnet).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), f16.join(entry.file_name())).unwrap();
+    }
+    let q8 = models.join("isnet-medium-q8");
+    let q8_index =
+        orfeas_tests::fixtures::requantized(&f16, &q8, orfeas_engine::weights::Precision::Q8)
+            .unwrap();
+    let web = dir.path().join("web");
+    std::fs::create_dir_all(&web).unwrap();
+    std::fs::write(web.join("index.html"), "<!doctype html><title>app</title>").unwrap();
+
+    let server = Server::start(
+        &models,
+        &["--backend", "cpu", "--web", web.to_str().unwrap()],
+    );
+    let client = client();
+    let ready = wait_ready(&client, &server).await;
+    // One loads (the finest: this server reads its own disk), the other is listed.
+    let loaded: Vec<(&str, &str)> = ready["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_str().unwrap(), m["precision"].as_str().unwrap()))
+        .collect();
+    assert_eq!(loaded, [("isnet-medium", "f16")], "{ready}");
+    let other = &ready["other_precisions"];
+    assert_eq!(other.as_array().map(Vec::len), Some(1), "{ready}");
+    assert_eq!(other[0]["id"], "isnet-medium-q8");
+    assert_eq!(other[0]["precision"], "q8");
+    assert_eq!(other[0]["bytes"], q8_index.total_bytes());
+    assert_eq!(other[0]["instead_of"], "isnet-medium");
+    // The app it serves sees both, the sibling with its precision and size, and chooses.
+    let site = get_json(&client, &server, "/orfeas.json").await;
+    let ids: Vec<&str> = site["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["isnet-medium", "isnet-medium-q8"], "{site}");
+    assert_eq!(site["models"][1]["precision"], "q8", "{site}");
 }

@@ -391,8 +391,9 @@ async fn without_webgpu_background_removal_still_runs_on_the_cpu() -> anyhow::Re
     let Some(weights) = fixtures::isnet_weights() else {
         return Ok(());
     };
-    // Background removal installed as its q8 set (half the download): the CPU path takes the
-    // int8 convolutions too, and cuts out what the f16 set does natively.
+    // Background removal installed at f16 and q8 side by side: the page loads the q8 set
+    // only (half the download), the CPU path takes the int8 convolutions too, and it cuts out
+    // what the f16 set does natively.
     let models = q8_models(&weights)?;
     model::generate(
         &models.path().join("shape"),
@@ -404,6 +405,7 @@ async fn without_webgpu_background_removal_still_runs_on_the_cpu() -> anyhow::Re
     )?;
     let config = stage::config(&[
         ("isnet-medium", "Background removal"),
+        ("isnet-medium-q8", "Background removal"),
         ("shape", "Shape generation"),
     ]);
     let stage = Stage::start(models.path(), Some(&config)).await?;
@@ -431,7 +433,7 @@ async fn without_webgpu_background_removal_still_runs_on_the_cpu() -> anyhow::Re
         reason.as_str().unwrap_or_default().contains("no GPU"),
         "{reason}"
     );
-    let isnet = model_attr("isnet-medium", "status");
+    let isnet = model_attr("isnet-medium-q8", "status");
     browser
         .wait_for(
             "background removal loaded or failed",
@@ -440,7 +442,7 @@ async fn without_webgpu_background_removal_still_runs_on_the_cpu() -> anyhow::Re
         )
         .await?;
     let panel = browser
-        .eval("return document.querySelector('[data-model=\"isnet-medium\"]').innerText")
+        .eval("return document.querySelector('[data-model=\"isnet-medium-q8\"]').innerText")
         .await?;
     assert_eq!(
         browser.eval(&format!("return {isnet}")).await?,
@@ -450,10 +452,15 @@ async fn without_webgpu_background_removal_still_runs_on_the_cpu() -> anyhow::Re
     let precision = browser
         .eval(&format!(
             "return {}",
-            model_attr("isnet-medium", "precision")
+            model_attr("isnet-medium-q8", "precision")
         ))
         .await?;
     assert_eq!(precision, "q8", "{panel}");
+    // The f16 sibling is on standby: no card, nothing fetched.
+    let f16_card = browser
+        .eval("return document.querySelector('[data-model=\"isnet-medium\"]') === null")
+        .await?;
+    assert_eq!(f16_card, true, "the f16 set has no card");
     let photo = fixture("isnet_input_0.png");
     browser.choose_file("input[type=file]", &photo).await?;
     let status = finished_cutout(&browser).await?;
@@ -472,6 +479,11 @@ async fn without_webgpu_background_removal_still_runs_on_the_cpu() -> anyhow::Re
         .filter(|e| e.path.contains("/shape/") && e.path.ends_with(".safetensors"))
         .count();
     assert_eq!(shape_downloads, 0, "no shard of the GPU's model is fetched");
+    assert_eq!(
+        f16_fetches(&stage),
+        0,
+        "nothing of the f16 ISNet set is fetched"
+    );
     matches_the_native_cutout(&browser, &photo, &weights, CPU_SIZE).await?;
     browser.close().await;
     Ok(())
@@ -492,7 +504,7 @@ async fn q8_cutout(
                 "background removal loaded",
                 &format!(
                     "['ready', 'failed'].includes({0}) && {0}",
-                    model_attr("isnet-medium", "status")
+                    model_attr("isnet-medium-q8", "status")
                 ),
                 TIMEOUT,
             )
@@ -501,7 +513,7 @@ async fn q8_cutout(
         let precision = browser
             .eval(&format!(
                 "return {}",
-                model_attr("isnet-medium", "precision")
+                model_attr("isnet-medium-q8", "precision")
             ))
             .await?;
         assert_eq!(precision, "q8");
@@ -529,14 +541,16 @@ async fn q8_cutout(
     outcome
 }
 
-/// A q8 ISNet set beside the app, as `orfeas convert-isnet --quant q8` writes it.
+/// A q8 ISNet set beside the app (`isnet-medium-q8`, as `orfeas convert-isnet --quant q8 -o
+/// …-q8` writes it), and the f16 set as its sibling (`isnet-medium`).
 fn q8_models(f16: &Path) -> anyhow::Result<tempfile::TempDir> {
     let models = tempfile::tempdir()?;
     fixtures::requantized(
         f16,
-        &models.path().join("isnet-medium"),
+        &models.path().join("isnet-medium-q8"),
         orfeas_engine::weights::Precision::Q8,
     )?;
+    std::os::unix::fs::symlink(f16, models.path().join("isnet-medium"))?;
     Ok(models)
 }
 
@@ -547,11 +561,31 @@ async fn a_q8_isnet_cuts_out_in_firefox_on_the_gpu_in_f16() -> anyhow::Result<()
     let Some(f16) = fixtures::isnet_weights() else {
         return Ok(());
     };
+    // The f16 set beside it stays on standby here too (the GPU's fit check reads nothing of it).
     let models = q8_models(&f16)?;
-    let config = stage::config(&[("isnet-medium", "Background removal")]);
+    let config = stage::config(&[
+        ("isnet-medium", "Background removal"),
+        ("isnet-medium-q8", "Background removal"),
+    ]);
     let stage = Stage::start(models.path(), Some(&config)).await?;
     let page = stage
         .open_firefox("/?turntable=0&background_device=gpu")
         .await?;
-    q8_cutout(page, &f16, SIZE, "gpu").await
+    q8_cutout(page, &f16, SIZE, "gpu").await?;
+    assert_eq!(
+        f16_fetches(&stage),
+        0,
+        "nothing of the f16 ISNet set is fetched"
+    );
+    Ok(())
+}
+
+/// Requests for the f16 ISNet set (`isnet-medium/`, on standby beside its q8 sibling).
+fn f16_fetches(stage: &Stage) -> usize {
+    stage
+        .server
+        .log()
+        .iter()
+        .filter(|e| e.path.contains("/isnet-medium/"))
+        .count()
 }

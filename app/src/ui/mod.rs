@@ -172,13 +172,17 @@ impl Studio {
         Some(chosen.as_ref() == Some(&model))
     }
 
-    /// The models that count: all but the shape model's precisions not in use (which are not
-    /// loaded, and neither shown nor waited for).
+    /// The models that count: all but the precisions not in use (the shape model's, and
+    /// background removal's on standby), which are not loaded, and neither shown nor waited
+    /// for.
     pub fn models_in_use(&self) -> Vec<ModelView> {
         self.models
             .get()
             .into_iter()
-            .filter(|m| self.in_use_shape_part(m) != Some(false))
+            .filter(|m| {
+                self.in_use_shape_part(m) != Some(false)
+                    && !matches!(m.status.get(), ModelStatusReport::Standby { .. })
+            })
             .collect()
     }
 

@@ -349,6 +349,7 @@ pub fn ModelPanel(model: ModelView) -> impl IntoView {
         ),
         ModelStatusReport::Failed { .. } => "failed".into(),
         ModelStatusReport::NotInstalled { .. } => "not installed".into(),
+        ModelStatusReport::Standby { instead } => format!("not in use: {instead} is"),
     };
     let missing = move || match model.status.get() {
         ModelStatusReport::NotInstalled { url } => Some(url),

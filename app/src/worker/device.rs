@@ -124,7 +124,7 @@ pub(super) async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
                 .borrow_mut()
                 .iter_mut()
                 .enumerate()
-                .filter(|(i, _)| !isnet_on_cpu(engine, *i))
+                .filter(|(i, _)| !isnet_on_cpu(engine, *i) && !engine.roles.borrow().is_idle(*i))
                 .map(|(_, s)| {
                     s.awaiting_device = false; // Retry reloads it
                     s.spec.id.clone()
@@ -213,7 +213,7 @@ pub(super) async fn watch_device_loss(
                 .enumerate()
                 .filter(|(i, _)| !isnet_on_cpu(&engine, *i))
                 // The shape model's other precisions were never on the device.
-                .filter(|(i, _)| !engine.roles.borrow().is_idle_shape_part(*i))
+                .filter(|(i, _)| !engine.roles.borrow().is_idle(*i))
                 .map(|(_, s)| s)
                 .filter(|s| s.weights.is_some())
                 .filter(|s| !matches!(s.status, ModelStatusReport::Failed { .. }))

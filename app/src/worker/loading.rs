@@ -49,24 +49,32 @@ pub(super) async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {
         if !slots.is_empty() {
             return; // a second Start (e.g. a UI re-mount) changes nothing
         }
-        *engine.roles.borrow_mut() = Roles::of(&models);
-        for spec in models {
+        let roles = Roles::of(&models);
+        let in_use_background = roles.background.map(|b| models[b].id.clone());
+        for (i, spec) in models.into_iter().enumerate() {
+            let status = match &in_use_background {
+                Some(instead) if roles.idle_background.contains(&i) => ModelStatusReport::Standby {
+                    instead: instead.clone(),
+                },
+                _ => ModelStatusReport::Waiting,
+            };
             let source = CachedFetchSource::new(FetchSource::new(spec.url.clone()), MODEL_CACHE);
             post(&FromWorker::Status {
                 model: spec.id.clone(),
-                status: ModelStatusReport::Waiting,
+                status: status.clone(),
             });
             slots.push(ModelSlot {
                 spec,
                 source: Rc::new(source),
                 index: None,
                 weights: Some(WeightSet::new()),
-                status: ModelStatusReport::Waiting,
+                status,
                 progress: None,
                 refused: None,
                 awaiting_device: false,
             });
         }
+        *engine.roles.borrow_mut() = roles;
     }
     let (sender, receiver) = mpsc::unbounded();
     *engine.lost.borrow_mut() = Some(sender);
@@ -88,7 +96,7 @@ pub(super) async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {
             engine.models.borrow()[i].status,
             ModelStatusReport::Ready { .. }
         );
-        if !engine.roles.borrow().is_idle_shape_part(i) && !loaded {
+        if !engine.roles.borrow().is_idle(i) && !loaded {
             load_model(engine.clone(), i).await;
         }
     }
@@ -112,6 +120,9 @@ async fn check_fit(engine: &Rc<Engine>) {
     };
     let count = engine.models.borrow().len();
     for i in 0..count {
+        if engine.roles.borrow().idle_background.contains(&i) {
+            continue; // on standby: nothing of it is fetched
+        }
         let source = engine.models.borrow()[i].source.clone();
         if engine.models.borrow()[i].index.is_none()
             && let Ok(index) = read_index(source.as_ref()).await
@@ -131,7 +142,7 @@ async fn check_fit(engine: &Rc<Engine>) {
         for (i, slot) in slots.iter().enumerate() {
             // ISNet on the CPU takes none of the GPU's memory.
             let off_the_gpu = roles.background == Some(i) && isnet_cpu;
-            if !roles.is_shape_part(i) && !off_the_gpu {
+            if !roles.is_shape_part(i) && !off_the_gpu && !roles.is_idle(i) {
                 groups.push((slot.spec.id.clone(), vec![i]));
             }
         }
@@ -369,7 +380,7 @@ fn report(progress: &LoadProgress) -> ProgressReport {
 /// Load (or resume) model `i` on the current device. Re-runs itself if the device is rebuilt
 /// meanwhile, since tensors on a lost device are gone.
 pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
-    if engine.roles.borrow().is_idle_shape_part(i) {
+    if engine.roles.borrow().is_idle(i) {
         return; // a precision of the shape model not in use
     }
     let (id, source, weights) = {
@@ -414,7 +425,7 @@ pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
                 "the GPU device was lost and could not be rebuilt".into(),
             ));
         }
-        if engine.roles.borrow().is_idle_shape_part(i) {
+        if engine.roles.borrow().is_idle(i) {
             // The user chose another precision while this one loaded: let its tensors go.
             let mut slots = engine.models.borrow_mut();
             slots[i].weights = Some(WeightSet::new());

@@ -35,8 +35,12 @@ pub use loading::MODEL_CACHE;
 /// Which slot plays which part, resolved once from the models' roles when they start.
 #[derive(Default)]
 struct Roles {
-    /// The first background-removal model.
+    /// The background-removal model: of the first one named and its precision siblings
+    /// (`isnet-medium`, `isnet-medium-q8`), the narrowest by folder name (a small download
+    /// that fits any GPU: ISNet q8 is 47 MB, and cuts out as f16 does, IoU 0.9999).
     background: Option<usize>,
+    /// Its siblings: not loaded.
+    idle_background: Vec<usize>,
     /// The first shape model named, at each precision configured (its sibling folders
     /// `<name>`, `<name>-q8`, `<name>-q4`: see `fit::precision_of_folder`): each set's folder
     /// name and its slots in `COMPONENTS` order.
@@ -47,9 +51,32 @@ struct Roles {
 
 impl Roles {
     fn of(models: &[ModelSpec]) -> Roles {
-        let background = models
+        let base = |folder: &str| {
+            orfeas_engine::fit::precision_of_folder(folder)
+                .0
+                .to_string()
+        };
+        let first_background = models
             .iter()
-            .position(|m| m.role == Role::BackgroundRemoval);
+            .find(|m| m.role == Role::BackgroundRemoval)
+            .map(|m| base(&m.id));
+        let backgrounds: Vec<usize> = (0..models.len())
+            .filter(|&i| {
+                models[i].role == Role::BackgroundRemoval
+                    && first_background.as_deref() == Some(base(&models[i].id).as_str())
+            })
+            .collect();
+        let bits = |i: &usize| {
+            orfeas_engine::fit::precision_of_folder(&models[*i].id)
+                .1
+                .map_or(16, |p| p.bits())
+        };
+        let background = backgrounds.iter().copied().min_by_key(bits);
+        let idle_background = backgrounds
+            .iter()
+            .copied()
+            .filter(|&i| Some(i) != background)
+            .collect();
         let slot_of = |name: &str, part: usize| {
             models.iter().position(|m| {
                 matches!(&m.role, Role::ShapePart { model, part: p } if model == name && *p == part)
@@ -68,11 +95,6 @@ impl Roles {
                 _ => None,
             })
             .collect();
-        let base = |folder: &str| {
-            orfeas_engine::fit::precision_of_folder(folder)
-                .0
-                .to_string()
-        };
         let mut shape_sets: Vec<(String, [usize; 3])> = Vec::new();
         if let Some(first) = folders.iter().find_map(|f| complete(f)) {
             let name = base(&first.0);
@@ -87,6 +109,7 @@ impl Roles {
         }
         Roles {
             background,
+            idle_background,
             shape_sets,
             chosen: 0,
         }
@@ -102,9 +125,11 @@ impl Roles {
         self.shape_sets.iter().any(|(_, parts)| parts.contains(&i))
     }
 
-    /// Slot `i` is a part of the shape model at a precision not in use: it is not loaded.
-    fn is_idle_shape_part(&self, i: usize) -> bool {
-        self.is_shape_part(i) && !self.shape().is_some_and(|(_, parts)| parts.contains(&i))
+    /// Slot `i` is a precision not in use (of the shape model, or of background removal): it
+    /// is not loaded.
+    fn is_idle(&self, i: usize) -> bool {
+        self.idle_background.contains(&i)
+            || self.is_shape_part(i) && !self.shape().is_some_and(|(_, parts)| parts.contains(&i))
     }
 }
 
@@ -283,7 +308,7 @@ fn generate(engine: Rc<Engine>, request_id: u64) {
     let roles = engine.roles.borrow();
     let shape_parts = roles.shape().map(|(_, parts)| *parts);
     // The shape model's other precisions are not loaded and wait for nothing.
-    let in_use = |i: &usize| !roles.is_idle_shape_part(*i);
+    let in_use = |i: &usize| !roles.is_idle(*i);
     let installed = |i: &usize| !matches!(slots[*i].status, ModelStatusReport::NotInstalled { .. });
     if !shape_parts.is_some_and(|parts| parts.iter().all(installed)) {
         post(&FromWorker::Error {

@@ -587,7 +587,6 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
             );
         }
         set_quantized_products(QuantizedProducts::Measured);
-        projection_products(&device, reps, precision, dtype, [batch, self_tokens, width]);
         if let [(_, fused), (_, dequantized)] = timed[..] {
             println!(
                 "{:<22} {precision}: dequantized before each product ÷ burn's quantized matmul | \
@@ -596,6 +595,7 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
                 dequantized / fused
             );
         }
+        projection_products(&device, reps, precision, dtype, [batch, self_tokens, width]);
     }
 
     if args.dit_only {

@@ -207,6 +207,12 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
         "processor": state.models.processor(),
         "models": state.models.describe(),
         "shape_models": state.models.shapes.iter().map(|s| s.describe()).collect::<Vec<_>>(),
+        "other_precisions": state.models.siblings.iter().map(|s| json!({
+            "id": s.id,
+            "precision": s.precision.name(),
+            "bytes": s.bytes,
+            "instead_of": s.instead_of,
+        })).collect::<Vec<_>>(),
         "uptime_s": (state.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
     }))
 }
@@ -214,7 +220,8 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
 /// `/orfeas.json` for the app this server hosts, when its folder has none: the models under
 /// `--models`, so the app loads what is installed and shows the rest as not installed instead
 /// of guessing ids and meeting 404s. A shape model's parts are listed at every precision
-/// installed, each with its precision and download size: the app picks one for its own GPU.
+/// installed, each with its precision and download size: the app picks one for its own GPU;
+/// so are a stand-alone set's precision siblings (the one this server loads first).
 pub async fn site_config(State(state): State<Arc<AppState>>) -> Json<Value> {
     let mut models: Vec<Value> = state
         .models
@@ -223,6 +230,14 @@ pub async fn site_config(State(state): State<Arc<AppState>>) -> Json<Value> {
         .filter(|slot| slot.part_of.is_none())
         .map(|slot| json!({ "id": slot.id }))
         .collect();
+    // Precision siblings of a stand-alone set (e.g. ISNet's q8 set): the app picks one.
+    models.extend(
+        state
+            .models
+            .siblings
+            .iter()
+            .map(|s| json!({ "id": s.id, "precision": s.precision.name(), "bytes": s.bytes })),
+    );
     for shape in &state.models.shapes {
         for install in &shape.installed {
             for (part, bytes) in COMPONENTS.iter().zip(install.part_bytes) {

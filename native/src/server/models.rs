@@ -90,6 +90,19 @@ pub struct Models {
     pub slots: Vec<ModelSlot>,
     /// Each shape model with every precision it is installed at, and which one loads.
     pub shapes: Vec<ShapeModelChoice>,
+    /// Stand-alone sets installed beside a precision sibling that loads instead (e.g.
+    /// `isnet-medium-q8` beside `isnet-medium`): not loaded, listed for the app it serves.
+    pub siblings: Vec<Sibling>,
+}
+
+/// A stand-alone set not loaded because another precision of the same model is.
+#[derive(Debug, Clone)]
+pub struct Sibling {
+    pub id: String,
+    pub precision: Precision,
+    pub bytes: u64,
+    /// The id of the set that loads in its place.
+    pub instead_of: String,
 }
 
 /// Which installed precision of a shape model `orfeas serve` loads.
@@ -344,12 +357,80 @@ impl Models {
             slot.precision = index.as_ref().map(|i| i.precision());
             sizes.insert(slot.id.clone(), index.map_or(u64::MAX, |i| i.total_bytes()));
         }
+        let siblings = Self::one_precision_each(&mut slots, &sizes);
         // A shape model's parts stay together, in their order, after the stand-alone sets.
         slots.sort_by_key(|slot| match &slot.part_of {
             None => (0, sizes[&slot.id], String::new()),
             Some((name, _)) => (1, 0, name.clone()),
         });
-        Ok(Self { slots, shapes })
+        Ok(Self {
+            slots,
+            shapes,
+            siblings,
+        })
+    }
+
+    /// Of stand-alone sets that are precisions of one model (sibling folders, as for shape
+    /// models), keep the finest readable one in `slots` (this server reads its own disk; these
+    /// sets are small) and return the others: the app this server hosts picks for itself.
+    fn one_precision_each(
+        slots: &mut Vec<ModelSlot>,
+        sizes: &std::collections::HashMap<String, u64>,
+    ) -> Vec<Sibling> {
+        let base = |slot: &ModelSlot| precision_of_folder(&slot.id).0.to_string();
+        let mut siblings = Vec::new();
+        let names: Vec<String> = slots
+            .iter()
+            .filter(|s| s.part_of.is_none())
+            .map(base)
+            .collect();
+        for name in names {
+            let group: Vec<usize> = (0..slots.len())
+                .filter(|&i| slots[i].part_of.is_none() && base(&slots[i]) == name)
+                .collect();
+            let readable: Vec<usize> = group
+                .iter()
+                .copied()
+                .filter(|&i| slots[i].precision.is_some())
+                .collect();
+            if group.len() < 2 || readable.is_empty() {
+                continue;
+            }
+            let options: Vec<Installed> = readable
+                .iter()
+                .map(|&i| Installed {
+                    precision: slots[i].precision.expect("readable"),
+                    bytes: sizes[&slots[i].id],
+                    fits: true,
+                })
+                .collect();
+            let keep = readable[choose(&options, Prefer::Finest).unwrap_or(0)];
+            let kept = slots[keep].id.clone();
+            let mut i = 0;
+            slots.retain(|slot| {
+                let drop = i != keep && group.contains(&i) && slot.precision.is_some();
+                if drop {
+                    siblings.push(Sibling {
+                        id: slot.id.clone(),
+                        precision: slot.precision.expect("readable"),
+                        bytes: sizes[&slot.id],
+                        instead_of: kept.clone(),
+                    });
+                }
+                i += 1;
+                !drop
+            });
+            tracing::info!(
+                "{name}: loading {kept}, the finest precision installed; also installed: {}",
+                siblings
+                    .iter()
+                    .filter(|s| s.instead_of == kept)
+                    .map(|s| format!("{} ({})", s.id, s.precision))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        siblings
     }
 
     /// The first shape model's three slots, in [`COMPONENTS`] order.

@@ -183,15 +183,20 @@ pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-pub async fn health(client: &reqwest::Client, server: &Server) -> Value {
+/// `GET path` on `server`, its body parsed as JSON.
+pub async fn get_json(client: &reqwest::Client, server: &Server, path: &str) -> Value {
     client
-        .get(server.url("/api/health"))
+        .get(server.url(path))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap()
+}
+
+pub async fn health(client: &reqwest::Client, server: &Server) -> Value {
+    get_json(client, server, "/api/health").await
 }
 
 /// Health once `models_status` is `ready` (a `not_ready` on the way fails the test).
