@@ -99,10 +99,11 @@ pub const QUANTIZED_MATMUL_WORKGROUP_BYTES: u32 = 32 << 10;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum QuantizedProducts {
-    /// The faster of the two as measured (`bench-models --quant`, lavapipe, 2026-12-07): on
-    /// a GPU, q8 fused (0.99–1.02× the float product) and q4 dequantized (burn's q4 kernel
-    /// took 9.7–10× the float product there; dequantizing costs 2–4 % of it); on the CPU
-    /// backend, fused (its q4 DiT step is 1.11× the f32 one).
+    /// The faster as measured (`bench-models --quant`, 2026-12-07), dequantizing unless
+    /// fusing wins: only q8 on a GPU is fused (lavapipe: a DiT step 0.985× the f16 one fused,
+    /// 0.989× dequantized; no scratch). burn's q4 kernel took 9.6–10× the f16 product on
+    /// lavapipe; on the CPU backend its quantized products took 1.14× the f32 one (a DiT step
+    /// 1.105× in q8, 1.166× in q4 at full depth); dequantizing costs 0–4 % of a product.
     Measured,
     /// Every quantized weight through burn's quantized matmul (where the device allows it).
     Fused,
@@ -144,7 +145,7 @@ pub fn fused_product(value: QuantValue, device: &Device) -> bool {
     match quantized_products() {
         QuantizedProducts::Fused => true,
         QuantizedProducts::Dequantized => false,
-        QuantizedProducts::Measured => !(on_gpu && value == QuantValue::Q4S),
+        QuantizedProducts::Measured => on_gpu && value == QuantValue::Q8S,
     }
 }
 
