@@ -91,21 +91,9 @@ pub fn initial_noise(seed: u64, len: usize) -> Vec<f32> {
 /// Run the sampler from `noise`. `velocity(x, t)` returns the model's `(v_cond, v_uncond)`
 /// for latents `x` at time `t` (the caller batches the two halves, conditional first, as the
 /// reference does), or the model's error (e.g. a lost device); `on_step(i, x)` sees the latents
-/// after each step.
+/// after each step. `should_stop` is checked before every model call: `None` when it said stop
+/// (a cancelled job, a deadline; `|| false` runs to the end).
 pub async fn sample(
-    noise: Tensor<3>,
-    schedule: &FlowMatchSchedule,
-    guidance_scale: f32,
-    velocity: impl AsyncFnMut(Tensor<3>, f32) -> Result<(Tensor<3>, Tensor<3>), String>,
-    on_step: impl FnMut(usize, &Tensor<3>),
-) -> Result<Tensor<3>, String> {
-    sample_until(noise, schedule, guidance_scale, velocity, on_step, || false)
-        .await
-        .map(|x| x.expect("never stopped"))
-}
-
-/// As [`sample`], checking `should_stop` before every model call: `None` when it said stop.
-pub async fn sample_until(
     noise: Tensor<3>,
     schedule: &FlowMatchSchedule,
     guidance_scale: f32,

@@ -31,7 +31,10 @@ fn the_models_stay_within_a_small_buffer_budget() {
                     let cond = model.condition(&image, shape[2], shape[3]);
                     let noise =
                         Tensor::<3>::from_data(TensorData::new(noise.clone(), dims), &device);
-                    let latents = model.sample(cond, noise, 3, 5.0, |_, _| {}).await.unwrap();
+                    let latents = model
+                        .sample(cond, noise, 3, 5.0, |_, _| {}, || false)
+                        .await
+                        .unwrap();
                     let kv = model.key_values(latents);
                     model
                         .field_at(&points, &kv)

@@ -151,9 +151,15 @@ fn parity_sampler_f16() {
         assert_eq!(model.dtype(), DType::F16);
         let cond = model.condition(&image, image_shape[2], image_shape[3]);
         let noise = tensor3(noise.clone(), &noise_shape, &device);
-        let out =
-            futures::executor::block_on(model.sample(cond, noise, steps, guidance, |_, _| {}))
-                .unwrap();
+        let out = futures::executor::block_on(model.sample(
+            cond,
+            noise,
+            steps,
+            guidance,
+            |_, _| {},
+            || false,
+        ))
+        .unwrap();
         assert_eq!(out.dtype(), DType::F32, "the sampler's latents stay f32");
         let what = format!("sampler on {name}");
         check(&what, "sampler", "final_latents", &values(out), &reference);
@@ -232,7 +238,7 @@ fn f16_meshes_match_f32() {
                 let cond = model.condition(&image, image_shape[2], image_shape[3]);
                 let noise = tensor3(noise.clone(), &noise_shape, &device);
                 let latents = model
-                    .sample(cond, noise, steps, guidance, |_, _| {})
+                    .sample(cond, noise, steps, guidance, |_, _| {}, || false)
                     .await
                     .unwrap();
                 let kv = model.key_values(latents);
@@ -257,6 +263,7 @@ fn f16_meshes_match_f32() {
                 image_shape[3],
                 &options,
                 |_| {},
+                || false,
             ))
             .expect("generation runs");
             counts.push((faces(&field), surface.mesh.triangles.len()));

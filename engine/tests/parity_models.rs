@@ -181,8 +181,10 @@ fn the_sampler_replays_the_official_loop() {
             let diff = max_abs_diff(&values(x.clone()), &per_step[i * size..(i + 1) * size]);
             assert!(diff <= 1e-6, "latents after step {i} differ by {diff}");
         },
+        || false,
     ))
-    .unwrap();
+    .unwrap()
+    .expect("not stopped");
     assert_eq!(calls, schedule.steps() - 1, "the dt = 0 call is skipped");
     assert!(max_abs_diff(&values(out), &final_ref) <= 1e-6);
 }
@@ -263,11 +265,15 @@ fn parity_sampler() {
         let dims: [usize; 3] = noise_shape.clone().try_into().unwrap();
         let noise = Tensor::<3>::from_data(TensorData::new(noise.clone(), dims), &device);
         let mut seen = Vec::new();
-        let out =
-            futures::executor::block_on(
-                model.sample(cond, noise, steps, guidance, |d, t| seen.push((d, t))),
-            )
-            .unwrap();
+        let out = futures::executor::block_on(model.sample(
+            cond,
+            noise,
+            steps,
+            guidance,
+            |d, t| seen.push((d, t)),
+            || false,
+        ))
+        .unwrap();
         assert_eq!(seen, (1..=steps).map(|d| (d, steps)).collect::<Vec<_>>());
         let diff = max_abs_diff(&values(out), &final_ref);
         eprintln!("sampler on {name}: final latents max abs diff {diff:.2e} (tolerance 3e-4)");
@@ -310,6 +316,7 @@ fn image_to_field_to_mesh_end_to_end() {
                     options.steps.unwrap(),
                     options.guidance,
                     |_, _| {},
+                    || false,
                 )
                 .await
                 .unwrap();
@@ -369,6 +376,7 @@ fn generation_is_deterministic_under_a_seed() {
             shape[3],
             &options,
             |p| stages.push(p),
+            || false,
         ))
         .expect("generation runs");
         (surface, stages)
@@ -544,5 +552,57 @@ fn dinov2_runs_at_other_sizes_than_its_table() {
             eprintln!("DINOv2 at {side} px over a 56 px table on {name}: max abs diff {diff:.2e}");
             assert!(diff <= 1e-4, "{name}/{side}: differs by {diff}");
         }
+    }
+}
+
+#[test]
+fn a_generation_stops_where_its_stop_check_says() {
+    // The stop check is asked before every sampler step and every chunk of field queries; a
+    // stop is `ShapeError::Stopped`, not a failure, wherever it comes.
+    use orfeas_engine::pipeline::ShapeError;
+    use std::cell::Cell;
+    let io = Io::read("sampler.io.safetensors");
+    let (image, shape) = io.tensor("image_in");
+    let device = orfeas_engine::device::cpu();
+    let model = shape_model("dit21", &device);
+    let options = GenerateOptions {
+        steps: Some(4),
+        resolution: 24,
+        coarse_stride: 4,
+        chunk: 1000,
+        ..Default::default()
+    };
+    // Stop after `checks` checks: 2 is inside the sampler (step 3 of 4 is not run), 5 is
+    // inside decoding (4 steps checked, then the coarse grid's chunk; the next one stops).
+    for (checks, sampled, decoded) in [(2, 2, false), (5, 4, true)] {
+        let asked = Cell::new(0);
+        let mut stages = Vec::new();
+        let outcome = futures::executor::block_on(model.generate(
+            &image,
+            shape[2],
+            shape[3],
+            &options,
+            |p| stages.push(p),
+            || {
+                asked.set(asked.get() + 1);
+                asked.get() > checks
+            },
+        ));
+        assert_eq!(
+            outcome.err(),
+            Some(ShapeError::Stopped),
+            "after {checks} checks"
+        );
+        let done = stages
+            .iter()
+            .filter(|s| matches!(s, Stage::Sampling { .. }))
+            .count();
+        assert_eq!(done, sampled, "steps run before the stop: {stages:?}");
+        assert_eq!(
+            stages.iter().any(|s| matches!(s, Stage::Decoding { .. })),
+            decoded,
+            "{stages:?}"
+        );
+        assert!(!stages.contains(&Stage::Meshing), "{stages:?}");
     }
 }

@@ -145,6 +145,7 @@ fn a_bundled_checkpoint_converts_loads_and_generates() {
             sampler["num_inference_steps"].as_u64().unwrap() as usize,
             sampler["guidance_scale"].as_f64().unwrap() as f32,
             |_, _| {},
+            || false,
         ))
         .unwrap();
     let ours = latents

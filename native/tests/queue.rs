@@ -1,6 +1,7 @@
 //! The job queue over real HTTP with a pipeline the test scripts: queue full → 429, status
 //! and result, `?wait=true`, random ids, a panicking job failed while the runner goes on,
-//! cancellation (queued and running), the per-job deadline, eviction by count and age (410).
+//! a job failed by its input answered as the client's error (422), cancellation (queued and
+//! running), the per-job deadline, eviction by count and age (410).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,25 +9,26 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::DType;
 use orfeas::server::guard::Access;
-use orfeas::server::jobs::{JobControl, JobInput, JobLimits, Jobs, MeshFile, Pipeline};
+use orfeas::server::jobs::{JobControl, JobError, JobInput, JobLimits, Jobs, MeshFile, Pipeline};
 use orfeas::server::models::{Loader, Models, load_in_background};
 use orfeas::server::{AppState, RequestLimits, router};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 /// A pipeline the test drives by seed: 666 panics; 777 runs steps until it is told to stop
-/// (a long job); any other finishes each time the test adds a permit, with a mesh naming the
-/// seed.
+/// (a long job); 555 fails on its input (as a picture without a surface does); any other
+/// finishes each time the test adds a permit, with a mesh naming the seed.
 struct Scripted {
     permits: Arc<Semaphore>,
 }
 
 #[async_trait::async_trait]
 impl Pipeline for Scripted {
-    async fn run(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, String> {
+    async fn run(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, JobError> {
         control.step(1, input.params.options.steps.unwrap_or(30) as u32);
         match input.params.options.seed {
             666 => panic!("boom in the pipeline"),
+            555 => return Err(JobError::Input("nothing to mesh in this picture".into())),
             777 => {
                 let mut step = 1;
                 while !control.should_stop() {
@@ -34,14 +36,14 @@ impl Pipeline for Scripted {
                     control.step(step, 1000);
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                return Err("stopped".into());
+                return Err(JobError::Stopped);
             }
             _ => {}
         }
         self.permits
             .acquire()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| JobError::Internal(e.to_string()))?
             .forget();
         Ok(MeshFile {
             format: input.params.format,
@@ -254,6 +256,7 @@ async fn a_job_that_panics_fails_and_the_next_job_runs() {
             .contains("crashed: boom in the pipeline"),
         "{failed}"
     );
+    assert_eq!(failed["cause"], "server", "{failed}");
     healthy(&client, &base).await;
     // The runner goes on: the next job is done, and a later one is not refused as "full".
     permits.add_permits(2);
@@ -345,4 +348,36 @@ async fn finished_jobs_are_evicted_by_count_and_age_then_gone() {
     healthy(&client, &base).await;
     permits.add_permits(1);
     a_job_is_done(&client, &base, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_failed_by_its_input_is_the_clients_error_and_a_crash_is_ours() {
+    let (base, _permits) = serve(JobLimits::default()).await;
+    let client = reqwest::Client::new();
+    // Polled: the status says whose doing it was.
+    let rejected = submit(&client, &base, 555).await;
+    let url = format!("{base}{}", rejected["status_url"].as_str().unwrap());
+    let failed = wait_for(&client, &url, "failed").await;
+    assert_eq!(failed["cause"], "input", "{failed}");
+    assert_eq!(
+        failed["error"], "nothing to mesh in this picture",
+        "{failed}"
+    );
+    // Waited for: 422 with the reason (the same request would fail again), not a 500.
+    let waited = |seed: u64| {
+        client
+            .post(format!("{base}/api/generate-3d?wait=true"))
+            .json(&json!({ "image": png(), "seed": seed }))
+            .send()
+    };
+    let response = waited(555).await.unwrap();
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "unprocessable", "{body}");
+    assert_eq!(body["error"], "nothing to mesh in this picture", "{body}");
+    let response = waited(666).await.unwrap();
+    assert_eq!(response.status(), 500);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "failed", "{body}");
+    healthy(&client, &base).await;
 }

@@ -185,7 +185,7 @@ fn runs(model: &ShapeModel, what: &str) {
     block_on(async {
         let cond = model.condition(&input.image, input.size, input.size);
         let latents = model
-            .sample(cond, model.noise(3), 2, 5.0, |_, _| {})
+            .sample(cond, model.noise(3), 2, 5.0, |_, _| {}, || false)
             .await
             .unwrap();
         let kv = model.key_values(latents.clone());

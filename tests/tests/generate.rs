@@ -47,7 +47,7 @@ fn cpu_reference(
         ..GenerateOptions::default()
     };
     let surface = runtime
-        .block_on(model.generate(&input.image, SIZE, SIZE, &options, |_| {}))
+        .block_on(model.generate(&input.image, SIZE, SIZE, &options, |_| {}, || false))
         .map_err(anyhow::Error::msg)?;
     let mesh = cleanup::official(surface.mesh, cleanup::MAX_FACES);
     let (lo, hi) = mesh.bounds().ok_or_else(|| anyhow::anyhow!("no mesh"))?;

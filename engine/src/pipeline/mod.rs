@@ -110,7 +110,7 @@ impl std::fmt::Display for GenerateError {
             GenerateError::NoSurface => {
                 f.write_str("the model's field has no surface at level 0 (nothing to mesh)")
             }
-            GenerateError::Stopped => f.write_str(STOPPED),
+            GenerateError::Stopped => write!(f, "{}", ShapeError::Stopped),
         }
     }
 }
@@ -245,7 +245,7 @@ impl<'a> ImageToMesh<'a> {
             .steps();
         let surface = self
             .shape
-            .generate_until(
+            .generate(
                 &input.image,
                 input.size,
                 input.size,
@@ -254,12 +254,9 @@ impl<'a> ImageToMesh<'a> {
                 &should_stop,
             )
             .await
-            .map_err(|e| {
-                if e == STOPPED {
-                    GenerateError::Stopped
-                } else {
-                    GenerateError::Model(e)
-                }
+            .map_err(|e| match e {
+                ShapeError::Stopped => GenerateError::Stopped,
+                ShapeError::Failed(reason) => GenerateError::Model(reason),
             })?;
         let raw_faces = surface.mesh.triangles.len();
         if raw_faces == 0 {

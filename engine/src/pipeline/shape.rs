@@ -16,7 +16,7 @@ use crate::models::dinov2::{self, Dinov2, Dinov2Config};
 use crate::models::dit20::{self, Dit20, Dit20Config};
 use crate::models::dit21::{self, Dit21, Dit21Config};
 use crate::models::shape_vae::{self, KeyValues, ShapeVae, ShapeVaeConfig};
-use crate::sampler::{FlowMatchSchedule, initial_noise, sample_until};
+use crate::sampler::{FlowMatchSchedule, initial_noise, sample};
 use crate::volume::{Grid, decode_coarse_to_fine, decode_dense};
 
 use super::Stage;
@@ -210,8 +210,23 @@ impl ShapeConfig {
     }
 }
 
-/// The error of a generation stopped by its caller (`generate_until`).
-pub const STOPPED: &str = "stopped before it finished";
+/// Why the shape model gave no result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ShapeError {
+    /// Its stop check said stop (a cancelled job, a deadline, a shutdown: the caller knows
+    /// which).
+    #[error("stopped before it finished")]
+    Stopped,
+    /// The networks or the device failed (e.g. a lost device, a read-back that failed).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for ShapeError {
+    fn from(reason: String) -> Self {
+        ShapeError::Failed(reason)
+    }
+}
 
 /// The sub-folders of a converted model, one shard set each.
 pub const COMPONENTS: [&str; 3] = ["conditioner", "denoiser", "vae"];
@@ -369,24 +384,9 @@ impl ShapeModel {
     }
 
     /// Run the sampler from `noise` given image tokens `cond` (batch 1); `on_step(done,
-    /// total)` after every step. The latents and the Euler update stay f32; the denoiser sees
-    /// them in its own dtype.
+    /// total)` after every step; `should_stop` checked before every step. The latents and
+    /// the Euler update stay f32; the denoiser sees them in its own dtype.
     pub async fn sample(
-        &self,
-        cond: Tensor<3>,
-        noise: Tensor<3>,
-        steps: usize,
-        guidance: f32,
-        on_step: impl FnMut(usize, usize),
-    ) -> Result<Tensor<3>, String> {
-        self.sample_until(cond, noise, steps, guidance, on_step, || false)
-            .await
-            .map(|x| x.expect("never stopped"))
-    }
-
-    /// As [`Self::sample`], checking `should_stop` before every step: `Ok(None)` when it said
-    /// stop (a cancelled job, a deadline).
-    pub async fn sample_until(
         &self,
         cond: Tensor<3>,
         noise: Tensor<3>,
@@ -394,14 +394,14 @@ impl ShapeModel {
         guidance: f32,
         mut on_step: impl FnMut(usize, usize),
         should_stop: impl Fn() -> bool,
-    ) -> Result<Option<Tensor<3>>, String> {
+    ) -> Result<Tensor<3>, ShapeError> {
         let schedule = self.scheduler.schedule(steps);
         let total = schedule.steps();
         let report = |i: usize, _: &Tensor<3>| on_step(i + 1, total);
         let noise = noise.cast(DType::F32);
         if self.denoiser.guidance_distilled() {
             // The pipeline passes the scale through the guidance embedding and skips CFG.
-            return sample_until(
+            return sample(
                 noise,
                 &schedule,
                 1.0,
@@ -416,11 +416,12 @@ impl ShapeModel {
                 report,
                 should_stop,
             )
-            .await;
+            .await?
+            .ok_or(ShapeError::Stopped);
         }
         // The official CFG batch: [x, x] at [t, t] with [cond, zeros], conditional first.
         let context = Tensor::cat(vec![cond.clone(), cond.zeros_like()], 0);
-        sample_until(
+        sample(
             noise,
             &schedule,
             guidance,
@@ -444,7 +445,8 @@ impl ShapeModel {
             report,
             should_stop,
         )
-        .await
+        .await?
+        .ok_or(ShapeError::Stopped)
     }
 
     /// The decoded latents' keys and values, computed once for every field query.
@@ -472,24 +474,15 @@ impl ShapeModel {
     }
 
     /// Decode the surface on the official grid (dense or coarse-to-fine) and extract it with
-    /// marching cubes in the official bounds.
+    /// marching cubes in the official bounds; `should_stop` checked before every chunk of
+    /// queries.
     pub async fn surface(
-        &self,
-        kv: &KeyValues,
-        options: &GenerateOptions,
-        on_progress: impl FnMut(Stage),
-    ) -> Result<Surface, String> {
-        self.surface_until(kv, options, on_progress, || false).await
-    }
-
-    /// As [`Self::surface`], checking `should_stop` before every chunk of queries.
-    pub async fn surface_until(
         &self,
         kv: &KeyValues,
         options: &GenerateOptions,
         mut on_progress: impl FnMut(Stage),
         should_stop: impl Fn() -> bool,
-    ) -> Result<Surface, String> {
+    ) -> Result<Surface, ShapeError> {
         let grid = Grid::official(options.resolution);
         let mut queries = 0;
         // After a failed read-back (the device is gone) or a stop, the remaining queries are
@@ -499,12 +492,12 @@ impl ShapeModel {
             queries += points.len();
             on_progress(Stage::Decoding { queries });
             if failure.is_none() && should_stop() {
-                failure = Some(STOPPED.to_string());
+                failure = Some(ShapeError::Stopped);
             }
             if failure.is_none() {
                 match self.field_at(points, kv).await {
                     Ok(values) => return values,
-                    Err(e) => failure = Some(e),
+                    Err(e) => failure = Some(ShapeError::Failed(e)),
                 }
             }
             vec![f32::NAN; points.len()]
@@ -537,22 +530,9 @@ impl ShapeModel {
         })
     }
 
-    /// The whole generation for a pre-processed image `[3, height, width]` in [-1, 1].
+    /// The whole generation for a pre-processed image `[3, height, width]` in [-1, 1],
+    /// checking `should_stop` at every sampler step and decoding chunk.
     pub async fn generate(
-        &self,
-        image: &[f32],
-        height: usize,
-        width: usize,
-        options: &GenerateOptions,
-        on_progress: impl FnMut(Stage),
-    ) -> Result<Surface, String> {
-        self.generate_until(image, height, width, options, on_progress, || false)
-            .await
-    }
-
-    /// As [`Self::generate`], checking `should_stop` at every sampler step and decoding
-    /// chunk; a stop is the error [`STOPPED`].
-    pub async fn generate_until(
         &self,
         image: &[f32],
         height: usize,
@@ -560,11 +540,11 @@ impl ShapeModel {
         options: &GenerateOptions,
         mut on_progress: impl FnMut(Stage),
         should_stop: impl Fn() -> bool,
-    ) -> Result<Surface, String> {
+    ) -> Result<Surface, ShapeError> {
         on_progress(Stage::Encoding);
         let cond = self.condition(image, height, width);
         let latents = self
-            .sample_until(
+            .sample(
                 cond,
                 self.noise(options.seed),
                 options.steps.unwrap_or(self.default_steps),
@@ -572,11 +552,9 @@ impl ShapeModel {
                 |done, total| on_progress(Stage::Sampling { done, total }),
                 &should_stop,
             )
-            .await?
-            .ok_or(STOPPED)?;
+            .await?;
         let kv = self.key_values(latents);
-        self.surface_until(&kv, options, on_progress, should_stop)
-            .await
+        self.surface(&kv, options, on_progress, should_stop).await
     }
 }
 

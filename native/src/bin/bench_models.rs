@@ -832,6 +832,7 @@ fn bench_fixtures(args: &Args) -> Result<()> {
                 2,
                 5.0,
                 |_, _| {},
+                || false,
             ))
             .expect("sampling");
             sync(&latents);

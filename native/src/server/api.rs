@@ -18,7 +18,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::jobs::{
-    Format, GenerateParams, JobInput, JobStatus, Lookup, MeshFile, Reservation, SubmitError,
+    Cause, Format, GenerateParams, JobInput, JobStatus, Lookup, MeshFile, Reservation, StopReason,
+    SubmitError,
 };
 use super::models::{Aggregate, Retry};
 use super::{AppState, EXCERPT_CHARS, RequestLimits, cut, excerpt};
@@ -59,8 +60,11 @@ pub enum ApiError {
     UnknownJob(String),
     /// 410: a finished job whose result was evicted.
     EvictedJob(String),
-    /// 500: the job failed.
+    /// 500: the job failed, our fault.
     JobFailed(String),
+    /// 422: the job failed on what was sent (e.g. no surface in the picture): the same
+    /// request would fail again.
+    Unprocessable(String),
     /// 503: the job was cancelled.
     JobCancelled(String),
     /// 409: the request conflicts with the model's state.
@@ -77,6 +81,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UploadTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::ModelsLoading { .. }
@@ -108,6 +113,7 @@ impl ApiError {
             ApiError::UnknownJob(_) => "not_found",
             ApiError::EvictedJob(_) => "gone",
             ApiError::JobFailed(_) => "failed",
+            ApiError::Unprocessable(_) => "unprocessable",
             ApiError::JobCancelled(_) => "cancelled",
             ApiError::Conflict(_) | ApiError::JobState { .. } => "conflict",
             ApiError::UnknownModel(_) => "unknown_model",
@@ -121,6 +127,7 @@ impl ApiError {
             ApiError::BadRequest(m)
             | ApiError::TooLarge(m)
             | ApiError::JobFailed(m)
+            | ApiError::Unprocessable(m)
             | ApiError::Conflict(m)
             | ApiError::UnknownModel(m)
             | ApiError::Unavailable(m)
@@ -480,7 +487,10 @@ pub async fn generate(
             Lookup::Found(Ok(file)) => mesh_response(&id, file),
             _ => ApiError::JobFailed("result missing".into()).into_response(),
         },
-        Some(JobStatus::Failed { error: reason }) => ApiError::JobFailed(reason).into_response(),
+        Some(JobStatus::Failed { error, cause }) => match cause {
+            Cause::Input => ApiError::Unprocessable(error).into_response(),
+            Cause::Server => ApiError::JobFailed(error).into_response(),
+        },
         Some(JobStatus::Cancelled { reason }) => ApiError::JobCancelled(reason).into_response(),
         _ => ApiError::JobFailed(format!("{id} vanished ({format:?})")).into_response(),
     }
@@ -522,7 +532,7 @@ pub async fn job_result(State(state): State<Arc<AppState>>, Path(id): Path<Strin
         Lookup::Found(Ok(file)) => mesh_response(&id, file),
         Lookup::Found(Err(job)) => {
             let message = match &job {
-                JobStatus::Failed { error } => format!("{id} failed: {error}"),
+                JobStatus::Failed { error, .. } => format!("{id} failed: {error}"),
                 JobStatus::Cancelled { reason } => format!("{id} was cancelled: {reason}"),
                 _ => format!("{id} is not finished yet"),
             };
@@ -535,7 +545,7 @@ pub async fn job_result(State(state): State<Arc<AppState>>, Path(id): Path<Strin
 
 /// `DELETE /api/jobs/{id}`: a queued job is dropped, a running one stops at its next step.
 pub async fn cancel_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match state.jobs.cancel(&id, "cancelled by the client") {
+    match state.jobs.cancel(&id, StopReason::Cancelled) {
         Lookup::Found(job) if job.finished() => {
             let message = format!("{id} has already finished");
             ApiError::JobState { job, message }.into_response()

@@ -56,10 +56,73 @@ pub struct MeshFile {
     pub notes: Vec<String>,
 }
 
+/// Why a job was asked to stop before it finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `DELETE /api/jobs/{id}`.
+    Cancelled,
+    /// Past the per-job deadline (`--job-timeout-s`): a failure, not a cancellation.
+    TimedOut { after: Duration },
+    /// The server is stopping.
+    Shutdown,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Cancelled => f.write_str("cancelled by the client"),
+            StopReason::TimedOut { after } => write!(f, "timed out after {} s", after.as_secs()),
+            StopReason::Shutdown => f.write_str("the server is shutting down"),
+        }
+    }
+}
+
+/// Why a job gave no mesh, by whose doing: the client's picture or parameters (a 4xx), ours
+/// (a 500), or a stop the job was asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobError {
+    /// The input cannot be made into a mesh (e.g. the model finds no surface in the picture).
+    Input(String),
+    /// The server failed (a device error, a model that cannot run).
+    Internal(String),
+    /// Stopped at a step because [`JobControl::stop`] asked.
+    Stopped,
+}
+
+impl From<orfeas_engine::pipeline::GenerateError> for JobError {
+    fn from(error: orfeas_engine::pipeline::GenerateError) -> Self {
+        use orfeas_engine::pipeline::GenerateError;
+        match error {
+            GenerateError::Stopped => JobError::Stopped,
+            GenerateError::Options(_) | GenerateError::Image(_) | GenerateError::NoSurface => {
+                JobError::Input(error.to_string())
+            }
+            GenerateError::BackgroundRemoval(_) | GenerateError::Model(_) => {
+                JobError::Internal(error.to_string())
+            }
+        }
+    }
+}
+
+impl From<String> for JobError {
+    fn from(reason: String) -> Self {
+        JobError::Internal(reason)
+    }
+}
+
+/// Whose doing a failed job is (the `cause` of its status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The picture or parameters sent: sending the same again fails again.
+    Input,
+    Server,
+}
+
 /// What a running job reports and obeys: its progress, and a request to stop (cancelled, past
 /// its deadline, the server shutting down) that the pipeline honours at its next step.
 pub struct JobControl {
-    stop: Mutex<Option<String>>,
+    stop: Mutex<Option<StopReason>>,
     stopping: AtomicBool,
     progress: Box<dyn Fn(u32, u32) + Send + Sync>,
 }
@@ -79,10 +142,10 @@ impl JobControl {
     }
 
     /// Ask the job to stop at its next step; the first reason wins.
-    pub fn stop(&self, reason: impl Into<String>) {
+    pub fn stop(&self, reason: StopReason) {
         let mut stop = lock(&self.stop);
         if stop.is_none() {
-            *stop = Some(reason.into());
+            *stop = Some(reason);
         }
         self.stopping.store(true, Ordering::Release);
     }
@@ -92,8 +155,8 @@ impl JobControl {
         self.stopping.load(Ordering::Acquire)
     }
 
-    pub fn stop_reason(&self) -> Option<String> {
-        lock(&self.stop).clone()
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        *lock(&self.stop)
     }
 }
 
@@ -106,7 +169,7 @@ pub trait Pipeline: Send + Sync {
     }
 
     /// Run the job, reporting steps and stopping early when `control` says so.
-    async fn run(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, String>;
+    async fn run(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, JobError>;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -115,7 +178,7 @@ pub enum JobStatus {
     Queued { position: usize },
     Running { step: u32, steps: u32 },
     Done,
-    Failed { error: String },
+    Failed { error: String, cause: Cause },
     Cancelled { reason: String },
 }
 
@@ -428,13 +491,13 @@ impl Jobs {
 
     /// Cancel job `id`: a queued one is dropped, a running one stops at its next step. The
     /// status it had, or why not.
-    pub fn cancel(&self, id: &str, reason: &str) -> Lookup<JobStatus> {
+    pub fn cancel(&self, id: &str, reason: StopReason) -> Lookup<JobStatus> {
         let status = self.lookup(id, |_, entry| {
             let status = entry.status.borrow().clone();
             match status {
                 JobStatus::Queued { .. } => {
                     entry.status.send_replace(JobStatus::Cancelled {
-                        reason: reason.into(),
+                        reason: reason.to_string(),
                     });
                 }
                 JobStatus::Running { .. } => entry.control.stop(reason),
@@ -451,7 +514,7 @@ impl Jobs {
     }
 
     /// Cancel everything (shutdown): queued jobs at once, the running one at its next step.
-    pub fn cancel_all(&self, reason: &str) -> usize {
+    pub fn cancel_all(&self, reason: StopReason) -> usize {
         let ids: Vec<String> = lock(&self.table).order.iter().cloned().collect();
         ids.iter()
             .filter(|id| {
@@ -521,7 +584,7 @@ async fn run(jobs: Arc<Jobs>, mut receiver: mpsc::Receiver<Queued>, pipeline: Ar
             let control = control.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(timeout).await;
-                control.stop(format!("timed out after {} s", timeout.as_secs()));
+                control.stop(StopReason::TimedOut { after: timeout });
             })
         });
         let outcome = AssertUnwindSafe(pipeline.run(input, &control))
@@ -531,25 +594,32 @@ async fn run(jobs: Arc<Jobs>, mut receiver: mpsc::Receiver<Queued>, pipeline: Ar
             deadline.abort();
         }
         let stopped = control.stop_reason();
+        let failed = |cause, error| (JobStatus::Failed { error, cause }, None);
         let (status, result) = match (outcome, stopped) {
             (Ok(Ok(file)), _) => (JobStatus::Done, Some(file)),
-            (Ok(Err(_)), Some(reason)) if reason.starts_with("timed out") => (
-                JobStatus::Failed {
-                    error: format!("the job {reason}"),
+            // A job that stopped when asked, or failed after the ask: the ask is why.
+            (Ok(Err(_)), Some(reason @ StopReason::TimedOut { .. })) => {
+                failed(Cause::Server, format!("the job {reason}"))
+            }
+            (Ok(Err(_)), Some(reason)) => (
+                JobStatus::Cancelled {
+                    reason: reason.to_string(),
                 },
                 None,
             ),
-            (Ok(Err(_)), Some(reason)) => (JobStatus::Cancelled { reason }, None),
-            (Ok(Err(error)), None) => (JobStatus::Failed { error }, None),
-            (Err(panic), _) => (
-                JobStatus::Failed {
-                    error: format!("the job crashed: {}", panic_message(panic.as_ref())),
-                },
-                None,
+            (Ok(Err(JobError::Input(error))), None) => failed(Cause::Input, error),
+            (Ok(Err(JobError::Internal(error))), None) => failed(Cause::Server, error),
+            (Ok(Err(JobError::Stopped)), None) => failed(
+                Cause::Server,
+                "the job stopped without being asked to".into(),
+            ),
+            (Err(panic), _) => failed(
+                Cause::Server,
+                format!("the job crashed: {}", panic_message(panic.as_ref())),
             ),
         };
-        if let JobStatus::Failed { error } = &status {
-            tracing::warn!("{id} failed: {error}");
+        if let JobStatus::Failed { error, cause } = &status {
+            tracing::warn!("{id} failed ({cause:?}): {error}");
         }
         jobs.finish(&id, result);
         jobs.set(&id, status);

@@ -251,6 +251,6 @@ async fn shutdown_signal(jobs: Arc<Jobs>) {
         _ = interrupt => {}
         _ = terminate => {}
     }
-    let cancelled = jobs.cancel_all("the server is shutting down");
+    let cancelled = jobs.cancel_all(jobs::StopReason::Shutdown);
     eprintln!("orfeas: shutting down ({cancelled} job(s) cancelled)");
 }

@@ -8,7 +8,7 @@ use burn::tensor::Device;
 use orfeas_engine::models::isnet::IsNet;
 use orfeas_engine::pipeline::{ImageToMesh, Request, ShapeConfig, ShapeModel, Stage};
 
-use super::jobs::{JobControl, JobInput, MeshFile, Pipeline};
+use super::jobs::{JobControl, JobError, JobInput, MeshFile, Pipeline};
 use super::models::Models;
 
 struct Networks {
@@ -70,7 +70,7 @@ impl ModelPipeline {
         Ok(networks)
     }
 
-    async fn generate(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, String> {
+    async fn generate(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, JobError> {
         let networks = self.networks()?;
         let JobInput { image, params } = input;
         let job = ImageToMesh::new(&networks.shape, networks.isnet.as_ref(), &self.device);
@@ -85,8 +85,7 @@ impl ModelPipeline {
         };
         let generated = job
             .run(&request, on_stage, || control.should_stop())
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(MeshFile {
             format: params.format,
             bytes: params.format.encode(&generated.mesh, None),
@@ -109,7 +108,7 @@ impl Pipeline for ModelPipeline {
         None
     }
 
-    async fn run(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, String> {
+    async fn run(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, JobError> {
         // Generation is seconds to minutes of compute: it leaves the runtime's worker thread
         // (another takes over), so health stays fast while a job runs.
         let handle = tokio::runtime::Handle::current();
@@ -124,11 +123,11 @@ impl Pipeline for ModelPipeline {
                         tokio::runtime::Builder::new_current_thread()
                             .enable_all()
                             .build()
-                            .map_err(|e| e.to_string())?
+                            .map_err(|e| JobError::Internal(e.to_string()))?
                             .block_on(self.generate(input, control))
                     })
                     .join()
-                    .map_err(|_| "the generation thread panicked".to_string())?
+                    .map_err(|_| JobError::Internal("the generation thread panicked".into()))?
             }),
         }
     }
