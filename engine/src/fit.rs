@@ -98,6 +98,16 @@ impl Capacity {
     }
 }
 
+/// How the fit check and its refusals name a shape model: its folder and, when its indexes
+/// state one, the official variant ("hunyuan3d (Hunyuan3D-2.1)"). One rule for the server,
+/// the CLI and the app.
+pub fn model_name(folder: &str, indexes: &[&crate::weights::ShardIndex]) -> String {
+    match indexes.iter().find_map(|i| i.config["variant"].as_str()) {
+        Some(variant) => format!("{folder} (Hunyuan3D-{variant})"),
+        None => folder.to_string(),
+    }
+}
+
 /// Whether `name` (with `footprint`) fits a device with `capacity` in `dtype`; why not when it
 /// does not, and which official model would.
 pub fn check(
@@ -259,6 +269,27 @@ mod tests {
             err.contains("largest tensor") && err.contains("moe.experts"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_model_is_named_by_its_folder_and_the_variant_its_indexes_state() {
+        let index = |config: serde_json::Value| -> crate::weights::ShardIndex {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"total_size": 0, "format": "orfeas-shards/1"},
+                "weight_map": {},
+                "model": {"id": "m", "version": "1"},
+                "config": config,
+                "shards": [],
+            }))
+            .expect("an index")
+        };
+        let plain = index(serde_json::json!({}));
+        let stated = index(serde_json::json!({"variant": "2.1"}));
+        assert_eq!(
+            model_name("hunyuan3d", &[&plain, &stated]),
+            "hunyuan3d (Hunyuan3D-2.1)"
+        );
+        assert_eq!(model_name("hunyuan3d-q4", &[&plain]), "hunyuan3d-q4");
     }
 
     #[test]

@@ -52,11 +52,13 @@ pub fn check_fit(model: &Path, capacity: &Capacity, dtype: DType) -> Result<()> 
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
         );
     }
-    let name = indexes[1].config["variant"]
-        .as_str()
-        .map(|v| format!("Hunyuan3D-{v}"))
-        .unwrap_or_else(|| model.display().to_string());
-    let footprint = Footprint::of(&indexes.iter().collect::<Vec<_>>());
+    let folder = model.file_name().map_or_else(
+        || model.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let indexes: Vec<&ShardIndex> = indexes.iter().collect();
+    let name = orfeas_engine::fit::model_name(&folder, &indexes);
+    let footprint = Footprint::of(&indexes);
     orfeas_engine::fit::check(&name, &footprint, capacity, dtype).map_err(anyhow::Error::msg)
 }
 

@@ -155,10 +155,7 @@ async fn check_fit(engine: &Rc<Engine>) {
                 members.iter().map(|&i| slots[i].index.as_ref()).collect();
             // An index that cannot be read is reported by the load itself.
             indexes.map(|indexes| {
-                let name = indexes
-                    .iter()
-                    .find_map(|i| i.config["variant"].as_str())
-                    .map_or(name.clone(), |v| format!("Hunyuan3D-{v}"));
+                let name = orfeas_engine::fit::model_name(&name, &indexes);
                 orfeas_engine::fit::check(
                     &name,
                     &orfeas_engine::fit::Footprint::of(&indexes),

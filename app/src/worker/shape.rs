@@ -6,7 +6,7 @@
 use std::rc::Rc;
 
 use orfeas_engine::background::has_alpha;
-use orfeas_engine::pipeline::{ImageToMesh, Note, Request, ShapeConfig, ShapeModel, Stage};
+use orfeas_engine::pipeline::{ImageToMesh, Note, Request, ShapeModel, Stage};
 
 use super::Engine;
 use super::outbox::{post, post_mesh};
@@ -31,8 +31,14 @@ fn build(engine: &Engine) -> Result<Rc<ShapeModel>, String> {
         }
     });
     let (conditioner, denoiser, vae) = (conditioner?, denoiser?, vae?);
-    let config = ShapeConfig::from_values(&conditioner.0, &denoiser.0, &vae.0)?;
-    let model = ShapeModel::new(&config, conditioner.1, denoiser.1, vae.1, &device)?;
+    let model = ShapeModel::from_parts(
+        [
+            (&conditioner.0, conditioner.1),
+            (&denoiser.0, denoiser.1),
+            (&vae.0, vae.1),
+        ],
+        &device,
+    )?;
     Ok(Rc::new(model))
 }
 

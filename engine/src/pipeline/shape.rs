@@ -579,6 +579,19 @@ pub async fn load_shape_model<S: ShardSource + ?Sized>(
     ShapeModel::new(&config, conditioner, denoiser, vae, device)
 }
 
+impl ShapeModel {
+    /// The model from its three loaded sets, each with its index's `config` (in
+    /// [`COMPONENTS`] order): how the server and the app build it from the sets they hold.
+    pub fn from_parts(
+        parts: [(&serde_json::Value, WeightSet); 3],
+        device: &Device,
+    ) -> Result<Self, String> {
+        let [(c, conditioner), (d, denoiser), (v, vae)] = parts;
+        let config = ShapeConfig::from_values(c, d, v)?;
+        ShapeModel::new(&config, conditioner, denoiser, vae, device)
+    }
+}
+
 /// The three sets of [`load_shape_model`] on the device and the config they give, before the
 /// networks take them (what they weigh there can still be read: [`WeightSet::device_bytes`]).
 pub async fn load_shape_parts<S: ShardSource + ?Sized>(

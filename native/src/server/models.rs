@@ -275,10 +275,9 @@ impl Models {
             .map(|s| read_index_file(&s.dir))
             .collect::<Result<Vec<_>, _>>()?;
         let name = match &slot.part_of {
-            Some((name, _)) => indexes
-                .iter()
-                .find_map(|i| i.config["variant"].as_str())
-                .map_or(name.clone(), |v| format!("{name} (Hunyuan3D-{v})")),
+            Some((name, _)) => {
+                orfeas_engine::fit::model_name(name, &indexes.iter().collect::<Vec<_>>())
+            }
             None => slot.id.clone(),
         };
         let footprint = Footprint::of(&indexes.iter().collect::<Vec<_>>());

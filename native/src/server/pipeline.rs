@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use burn::tensor::Device;
 use orfeas_engine::models::isnet::IsNet;
-use orfeas_engine::pipeline::{ImageToMesh, Request, ShapeConfig, ShapeModel, Stage};
+use orfeas_engine::pipeline::{ImageToMesh, Request, ShapeModel, Stage};
 
 use super::jobs::{JobControl, JobError, JobInput, MeshFile, Pipeline};
 use super::models::Models;
@@ -46,16 +46,8 @@ impl ModelPipeline {
             .ok_or("no shape-generation model under --models")?
             .map(|slot| slot.loaded().ok_or(format!("{} is not loaded", slot.id)));
         let (conditioner, denoiser, vae) = (conditioner?, denoiser?, vae?);
-        let config = ShapeConfig::from_values(
-            &conditioner.index.config,
-            &denoiser.index.config,
-            &vae.index.config,
-        )?;
-        let shape = ShapeModel::new(
-            &config,
-            conditioner.weights.clone(),
-            denoiser.weights.clone(),
-            vae.weights.clone(),
+        let shape = ShapeModel::from_parts(
+            [&conditioner, &denoiser, &vae].map(|m| (&m.index.config, m.weights.clone())),
             &self.device,
         )?;
         let isnet = match self.models.isnet().and_then(|slot| slot.loaded()) {
