@@ -186,10 +186,9 @@ fn quant_options(engine: &Engine) -> Vec<QuantOption> {
                 .iter()
                 .map(|&i| slots[i].index.as_ref())
                 .collect::<Option<_>>()?;
-            let precision = indexes
-                .iter()
-                .map(|i| i.precision())
-                .max_by_key(|p| std::cmp::Reverse(p.bits()))?;
+            let precision = orfeas_engine::weights::Precision::narrowest(
+                indexes.iter().map(|i| i.precision()),
+            )?;
             Some(QuantOption {
                 folder: folder.clone(),
                 precision: precision.name().to_string(),

@@ -66,12 +66,17 @@ impl Roles {
                     && first_background.as_deref() == Some(base(&models[i].id).as_str())
             })
             .collect();
-        let bits = |i: &usize| {
-            orfeas_engine::fit::precision_of_folder(&models[*i].id)
+        let named = |i: usize| {
+            orfeas_engine::fit::precision_of_folder(&models[i].id)
                 .1
-                .map_or(16, |p| p.bits())
+                .unwrap_or(orfeas_engine::weights::Precision::F16)
         };
-        let background = backgrounds.iter().copied().min_by_key(bits);
+        let narrowest =
+            orfeas_engine::weights::Precision::narrowest(backgrounds.iter().map(|&i| named(i)));
+        let background = backgrounds
+            .iter()
+            .copied()
+            .find(|&i| Some(named(i)) == narrowest);
         let idle_background = backgrounds
             .iter()
             .copied()

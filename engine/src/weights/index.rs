@@ -92,10 +92,7 @@ impl ShardIndex {
 
     /// The set's precision: the narrowest of its quantized tensors, f16 when it has none.
     pub fn precision(&self) -> Precision {
-        self.quantized
-            .values()
-            .filter_map(|q| q.check().ok())
-            .max_by_key(|p| std::cmp::Reverse(p.bits()))
+        Precision::narrowest(self.quantized.values().filter_map(|q| q.check().ok()))
             .unwrap_or(Precision::F16)
     }
 

@@ -46,6 +46,14 @@ impl Precision {
         }
     }
 
+    /// The narrowest of `precisions` (what a set, or a model of several sets, is called by:
+    /// a model with one q4 set is "q4"); `None` for none.
+    pub fn narrowest(precisions: impl IntoIterator<Item = Precision>) -> Option<Precision> {
+        precisions
+            .into_iter()
+            .max_by_key(|p| std::cmp::Reverse(p.bits()))
+    }
+
     /// Bits a value takes (before scales).
     pub fn bits(self) -> usize {
         match self {

@@ -140,10 +140,7 @@ impl ShapeInstall {
             [0, 1, 2].map(|i| indexes[i].total_bytes())
         });
         let precision = indexes.as_ref().map(|indexes| {
-            indexes
-                .iter()
-                .map(|i| i.precision())
-                .max_by_key(|p| std::cmp::Reverse(p.bits()))
+            Precision::narrowest(indexes.iter().map(ShardIndex::precision))
                 .unwrap_or(Precision::F16)
         });
         if let (Some(found), (_, Some(named))) = (precision, precision_of_folder(&folder))
