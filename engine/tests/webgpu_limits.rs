@@ -54,15 +54,17 @@ fn the_pipeline_runs_under_webgpus_default_limits() {
         chunk: 2048,
         ..GenerateOptions::default()
     };
-    let surface = futures::executor::block_on(model.generate(
-        &image,
-        shape[2],
-        shape[3],
-        &options,
-        |_| {},
-        || false,
-    ))
-    .expect("generation runs on the default-limits device");
+    let generate = |model: &orfeas_engine::pipeline::ShapeModel| {
+        futures::executor::block_on(model.generate(
+            &image,
+            shape[2],
+            shape[3],
+            &options,
+            |_| {},
+            || false,
+        ))
+    };
+    let surface = generate(&model).expect("generation runs on the default-limits device");
     eprintln!(
         "{dtype:?} on default limits: {} faces, largest activation {} KiB",
         surface.mesh.triangles.len(),
@@ -79,15 +81,7 @@ fn the_pipeline_runs_under_webgpus_default_limits() {
         "a default-limits device dequantizes before the product"
     );
     let q4 = shape_model_stored("dit21", &gpu.device, dtype, Precision::Q4);
-    let quantized = futures::executor::block_on(q4.generate(
-        &image,
-        shape[2],
-        shape[3],
-        &options,
-        |_| {},
-        || false,
-    ))
-    .expect("a q4 model generates on the default-limits device");
+    let quantized = generate(&q4).expect("a q4 model generates on the default-limits device");
     eprintln!(
         "q4 weights, {dtype:?} on default limits: {} faces (f16 weights: {})",
         quantized.mesh.triangles.len(),

@@ -149,16 +149,21 @@ pub fn fused_product(value: QuantValue, device: &Device) -> bool {
     }
 }
 
-/// `linear`'s weight as a product takes it: a quantized weight dequantized to `dtype` where
-/// [`fused_product`] says so; otherwise as stored.
-fn weight_for(linear: &Linear, dtype: DType) -> Tensor<2> {
-    let weight = linear.weight.val();
+/// `weight` as a product with activations of `dtype` takes it: a quantized weight dequantized
+/// to `dtype` where [`fused_product`] says so; otherwise as stored. (The benchmarks time a
+/// single product through it too.)
+pub fn product_weight(weight: Tensor<2>, dtype: DType) -> Tensor<2> {
     match weight.dtype() {
         DType::QFloat(scheme) if !fused_product(scheme.value, &weight.device()) => {
             record(weight.dequantize().cast(dtype))
         }
         _ => weight,
     }
+}
+
+/// `linear`'s weight as a product takes it ([`product_weight`]).
+fn weight_for(linear: &Linear, dtype: DType) -> Tensor<2> {
+    product_weight(linear.weight.val(), dtype)
 }
 
 /// `linear(x)`, recorded.

@@ -317,12 +317,7 @@ fn projection_products(
     )
     .transpose();
     let product = |weight: &Tensor<2>| {
-        let weight = match weight.dtype() {
-            DType::QFloat(scheme) if !fused_product(scheme.value, device) => {
-                weight.clone().dequantize().cast(dtype)
-            }
-            _ => weight.clone(),
-        };
+        let weight = orfeas_engine::models::product_weight(weight.clone(), dtype);
         sync(&x.clone().matmul(weight.unsqueeze::<3>()));
     };
     let (f, ()) = measure(device, reps, || product(&float));

@@ -402,29 +402,26 @@ impl Models {
                 .collect();
             let keep = readable[choose(&options, Prefer::Finest).unwrap_or(0)];
             let kept = slots[keep].id.clone();
-            let mut i = 0;
-            slots.retain(|slot| {
-                let drop = i != keep && group.contains(&i) && slot.precision.is_some();
-                if drop {
-                    siblings.push(Sibling {
-                        id: slot.id.clone(),
-                        precision: slot.precision.expect("readable"),
-                        bytes: sizes[&slot.id],
-                        instead_of: kept.clone(),
-                    });
-                }
-                i += 1;
-                !drop
-            });
+            let others: Vec<Sibling> = readable
+                .iter()
+                .filter(|&&i| i != keep)
+                .map(|&i| Sibling {
+                    id: slots[i].id.clone(),
+                    precision: slots[i].precision.expect("readable"),
+                    bytes: sizes[&slots[i].id],
+                    instead_of: kept.clone(),
+                })
+                .collect();
+            slots.retain(|slot| !others.iter().any(|o| o.id == slot.id));
             tracing::info!(
                 "{name}: loading {kept}, the finest precision installed; also installed: {}",
-                siblings
+                others
                     .iter()
-                    .filter(|s| s.instead_of == kept)
                     .map(|s| format!("{} ({})", s.id, s.precision))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            siblings.extend(others);
         }
         siblings
     }
