@@ -108,6 +108,9 @@ pub enum ToWorker {
     /// Run the image-to-3D pipeline; answered by `Result` or `Error` with the same id, or by
     /// `NotReady` while models load.
     Generate { request_id: u64 },
+    /// Stop request `request_id` at its next sampler step or field chunk (the user's Stop);
+    /// answered by `Stopped`. A request that is not running is left alone.
+    Stop { request_id: u64 },
     /// Drop the stored model shards.
     ClearCache,
     /// Re-hash the stored shards of every model, dropping bad ones.
@@ -422,7 +425,7 @@ pub enum FromWorker {
         reason: String,
     },
     /// Loading progress of one model.
-    Progress(ProgressReport),
+    Progress(LoadProgress),
     /// A model's status changed.
     Status {
         model: String,
@@ -448,6 +451,12 @@ pub enum FromWorker {
     },
     Error {
         request_id: Option<u64>,
+        message: String,
+    },
+    /// The request stopped where the user asked it to (`ToWorker::Stop`); `message` says at
+    /// which stage.
+    Stopped {
+        request_id: u64,
         message: String,
     },
     /// Background removal ran once on a blank picture, so its GPU kernels are compiled before
@@ -477,7 +486,7 @@ pub enum FromWorker {
     /// Where a running generation is.
     Generating {
         request_id: u64,
-        stage: GenerationStage,
+        stage: Stage,
         /// Seconds since the request started.
         #[serde(default)]
         elapsed_s: f64,
@@ -587,122 +596,8 @@ pub enum AttentionPath {
     Sliced { reason: String },
 }
 
-/// The engine's `pipeline::Stage`, mirrored so the UI bundle does not link the engine.
-/// Externally tagged, as every message the UI parses (see the module's notes).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GenerationStage {
-    RemovingBackground,
-    Encoding,
-    Sampling { done: u32, total: u32 },
-    Decoding { queries: u64 },
-    Meshing,
-    CleaningUp,
-}
-
-impl std::fmt::Display for GenerationStage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::RemovingBackground => write!(f, "removing the background"),
-            Self::Encoding => write!(f, "encoding the image"),
-            Self::Sampling { done, total } => write!(f, "sampling {done} / {total}"),
-            Self::Decoding { queries } => write!(f, "decoding the shape: {queries} points"),
-            Self::Meshing => write!(f, "extracting the surface"),
-            Self::CleaningUp => write!(f, "cleaning up the mesh"),
-        }
-    }
-}
-
-#[cfg(feature = "worker")]
-impl From<orfeas_engine::pipeline::Stage> for GenerationStage {
-    fn from(stage: orfeas_engine::pipeline::Stage) -> Self {
-        use orfeas_engine::pipeline::Stage;
-        match stage {
-            Stage::RemovingBackground => Self::RemovingBackground,
-            Stage::Encoding => Self::Encoding,
-            Stage::Sampling { done, total } => Self::Sampling {
-                done: done as u32,
-                total: total as u32,
-            },
-            Stage::Decoding { queries } => Self::Decoding {
-                queries: queries as u64,
-            },
-            Stage::Meshing => Self::Meshing,
-            Stage::CleaningUp => Self::CleaningUp,
-        }
-    }
-}
-
-/// The engine's loading `Phase`, mirrored (same names on the wire: `"fetch"`…).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LoadPhase {
-    Fetch,
-    Verify,
-    Upload,
-    Warmup,
-    Ready,
-    Failed,
-}
-
-impl std::fmt::Display for LoadPhase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Fetch => "fetch",
-            Self::Verify => "verify",
-            Self::Upload => "upload",
-            Self::Warmup => "warmup",
-            Self::Ready => "ready",
-            Self::Failed => "failed",
-        })
-    }
-}
-
-#[cfg(feature = "worker")]
-impl From<orfeas_engine::weights::Phase> for LoadPhase {
-    fn from(phase: orfeas_engine::weights::Phase) -> Self {
-        use orfeas_engine::weights::Phase;
-        match phase {
-            Phase::Fetch => Self::Fetch,
-            Phase::Verify => Self::Verify,
-            Phase::Upload => Self::Upload,
-            Phase::Warmup => Self::Warmup,
-            Phase::Ready => Self::Ready,
-            Phase::Failed => Self::Failed,
-        }
-    }
-}
-
-/// The engine's `LoadProgress`, mirrored so the UI bundle does not link the engine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProgressReport {
-    pub model: String,
-    pub phase: LoadPhase,
-    pub bytes_done: u64,
-    pub bytes_total: u64,
-    pub shards_done: usize,
-    pub shards_total: usize,
-    pub tensors_done: usize,
-    pub tensors_total: usize,
-    pub bytes_per_sec: f64,
-    pub eta_s: Option<f64>,
-    pub elapsed_s: f64,
-    pub from_cache: bool,
-}
-
-impl ProgressReport {
-    /// 0..=1 by bytes (`data-progress`).
-    pub fn fraction(&self) -> f64 {
-        if self.bytes_total == 0 {
-            return if self.phase == LoadPhase::Ready {
-                1.0
-            } else {
-                0.0
-            };
-        }
-        (self.bytes_done as f64 / self.bytes_total as f64).clamp(0.0, 1.0)
-    }
-}
+/// The engine's reports the UI shows as they are: a job's stage, a model's load.
+pub use orfeas_wire::{LoadProgress, Phase, Stage};
 
 /// A plain decimal number (`7`, `-2.5`, `.75`), as query parameters carry them; exponents,
 /// `inf` and `NaN` are refused. Parsed with integers so the UI bundle links no float parser.
@@ -863,15 +758,19 @@ mod tests {
             },
             FromWorker::Generating {
                 request_id: 3,
-                stage: GenerationStage::Sampling { done: 2, total: 30 },
+                stage: Stage::Sampling { done: 2, total: 30 },
                 elapsed_s: 12.5,
                 left_s: Some(140.0),
             },
             FromWorker::Generating {
                 request_id: 3,
-                stage: GenerationStage::Meshing,
+                stage: Stage::Meshing,
                 elapsed_s: 80.0,
                 left_s: None,
+            },
+            FromWorker::Stopped {
+                request_id: 3,
+                message: "stopped while sampling: step 2 of 30, after 12.5 s".into(),
             },
         ];
         for message in messages {
@@ -883,6 +782,10 @@ mod tests {
         }
         .to_json();
         assert_eq!(json, r#"{"type":"retry","model":"isnet"}"#);
+        assert_eq!(
+            ToWorker::Stop { request_id: 7 }.to_json(),
+            r#"{"type":"stop","request_id":7}"#
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use image::RgbaImage;
 use thiserror::Error;
 
-use crate::models::isnet::{INPUT_SIZE, IsNet, normalise};
+use crate::device::ReadbackError;
+use crate::models::isnet::{INPUT_SIZE, IsNet, StagedError, normalise};
 
 /// The reference's `tensorResizeBilinear` on interleaved `channels`-channel u8 pixels.
 pub fn resize_bilinear(
@@ -52,8 +53,8 @@ pub fn resize_bilinear(
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum BackgroundError {
     /// The GPU did not hand the matte back (e.g. the device was lost meanwhile).
-    #[error("reading the matte back from the device failed: {0}")]
-    Readback(String),
+    #[error(transparent)]
+    Readback(#[from] ReadbackError),
     /// The caller's progress callback asked to stop.
     #[error("background removal stopped before it finished")]
     Stopped,
@@ -179,29 +180,24 @@ pub async fn matte_reporting(
         TensorData::new(planes, [1, 3, size, size]),
         (device, DType::F32),
     );
-    let mut stopped = false;
     let probabilities = match on_progress {
         Some(report) => {
             let shares = model.stage_shares(size);
-            let mut on_stage = |done: usize| {
-                let go_on = report(shares[..done].iter().sum());
-                stopped = !go_on;
-                go_on
-            };
+            let mut on_stage = |done: usize| report(shares[..done].iter().sum());
             model.forward_staged(x, Some(&mut on_stage)).await
         }
         None => Ok(model.forward(x)),
     }
-    .map_err(|e| match stopped {
-        true => BackgroundError::Stopped,
-        false => BackgroundError::Readback(e),
+    .map_err(|e| match e {
+        StagedError::Stopped => BackgroundError::Stopped,
+        StagedError::Readback(e) => BackgroundError::Readback(e),
     })?
     .into_data_async()
     .await
-    .map_err(|e| BackgroundError::Readback(format!("{e:?}")))?
+    .map_err(|e| ReadbackError::of("the matte", e))?
     .convert::<f32>()
     .try_into_vec::<f32>()
-    .map_err(|e| BackgroundError::Readback(format!("{e:?}")))?;
+    .map_err(|e| ReadbackError::of("the matte as f32", e))?;
     Ok(matte_with(
         &probabilities,
         rgba.width() as usize,

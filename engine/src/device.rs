@@ -66,18 +66,37 @@ pub fn model_dtype(device: &Device, requested: DType) -> Result<DType, String> {
     }
 }
 
+/// The device could not hand back what it computed (e.g. it was lost meanwhile).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("reading {what} back from the device failed: {reason}")]
+pub struct ReadbackError {
+    /// What was read: "the field", "the experts' routing"…
+    pub what: &'static str,
+    /// The device's own words.
+    pub reason: String,
+}
+
+impl ReadbackError {
+    pub fn of(what: &'static str, error: impl std::fmt::Debug) -> Self {
+        Self {
+            what,
+            reason: format!("{error:?}"),
+        }
+    }
+}
+
 /// Waits until the device has computed `tensor`, by reading one of its values back. A native
 /// read is lazy (the copy, and so the wait, happen when the bytes are first touched), so the
 /// value is touched here; in the browser the read itself waits. An error is the device's
 /// (e.g. it was lost).
-pub async fn computed<const D: usize>(tensor: &Tensor<D>) -> Result<(), String> {
+pub async fn computed<const D: usize>(tensor: &Tensor<D>) -> Result<(), ReadbackError> {
     let corner: [std::ops::Range<usize>; D] = std::array::from_fn(|_| 0..1);
     let data = tensor
         .clone()
         .slice(corner)
         .into_data_async()
         .await
-        .map_err(|e| format!("reading back from the device failed: {e:?}"))?;
+        .map_err(|e| ReadbackError::of("a result", e))?;
     std::hint::black_box(data.as_bytes().first().copied());
     Ok(())
 }

@@ -93,14 +93,14 @@ pub fn initial_noise(seed: u64, len: usize) -> Vec<f32> {
 /// reference does), or the model's error (e.g. a lost device); `on_step(i, x)` sees the latents
 /// after each step. `should_stop` is checked before every model call: `None` when it said stop
 /// (a cancelled job, a deadline; `|| false` runs to the end).
-pub async fn sample(
+pub async fn sample<E>(
     noise: Tensor<3>,
     schedule: &FlowMatchSchedule,
     guidance_scale: f32,
-    mut velocity: impl AsyncFnMut(Tensor<3>, f32) -> Result<(Tensor<3>, Tensor<3>), String>,
+    mut velocity: impl AsyncFnMut(Tensor<3>, f32) -> Result<(Tensor<3>, Tensor<3>), E>,
     mut on_step: impl FnMut(usize, &Tensor<3>),
     should_stop: impl Fn() -> bool,
-) -> Result<Option<Tensor<3>>, String> {
+) -> Result<Option<Tensor<3>>, E> {
     let mut x = noise;
     for i in 0..schedule.steps() {
         if should_stop() {

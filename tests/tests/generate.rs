@@ -237,6 +237,61 @@ async fn switch_precision(browser: &impl Page, to: Precision) -> anyhow::Result<
     Ok(())
 }
 
+/// The user stops a generation once its first sampler step is done: it stops at the next
+/// step (the message says where, before the last step and the field's decoding), no shape
+/// reaches the viewer, and Generate is offered again (the generation that follows in
+/// [`generate`] runs on the same worker).
+async fn stop_a_generation(browser: &impl Page) -> anyhow::Result<()> {
+    // Stop is clicked the moment the status shows sampling (one observer on the section).
+    let disabled = browser
+        .eval(
+            "const section = document.querySelector('section.generate'); \
+             const s = section.querySelector('[data-testid=request-status]'); \
+             const stop = section.querySelector('[data-testid=stop]'); \
+             window.__stopAt = null; \
+             new MutationObserver((_, o) => { \
+               if (s.innerText.includes('sampling') && !stop.disabled) { \
+                 window.__stopAt = s.innerText; stop.click(); o.disconnect(); } }) \
+               .observe(section, {attributes: true, childList: true, subtree: true, characterData: true}); \
+             return stop.disabled",
+        )
+        .await?;
+    assert_eq!(disabled, true, "Stop is disabled while nothing runs");
+    browser.click("[data-testid=generate]").await?;
+    let outcome = browser
+        .wait_for(
+            "the stopped generation",
+            "(() => { const s = document.querySelector('[data-testid=request-status]'); \
+             return ['done', 'error', 'stopped'].includes(s.dataset.state) \
+               && [s.dataset.state, s.innerText]; })()",
+            TIMEOUT,
+        )
+        .await?;
+    let at = browser.eval("return window.__stopAt").await?;
+    eprintln!("stopped at {at}: {outcome}");
+    assert_eq!(outcome[0], "stopped", "{outcome} (Stop clicked at {at})");
+    let message = outcome[1].as_str().unwrap_or_default();
+    assert!(message.contains("stopped while sampling"), "{message}");
+    assert!(
+        !message.contains("4 of 4"),
+        "stopped before the last step: {message}"
+    );
+    let after = browser
+        .eval(
+            "return [document.querySelector('[data-testid=generate]').disabled, \
+                     document.querySelector('[data-testid=stop]').disabled, \
+                     document.querySelector('[data-testid=mesh-label]')?.innerText ?? '']",
+        )
+        .await?;
+    assert_eq!(after[0], false, "Generate is offered again: {after}");
+    assert_eq!(after[1], true, "nothing left to stop: {after}");
+    assert!(
+        !after[2].as_str().unwrap_or_default().contains("Shape"),
+        "a stopped request shows no shape: {after}"
+    );
+    Ok(())
+}
+
 /// [`generate`] in `browser`, closed whatever the outcome.
 async fn generate_and_close(
     browser: impl Page,
@@ -300,6 +355,9 @@ async fn generate(
             Duration::from_secs(60),
         )
         .await?;
+    if which == Browser::Firefox && precision == Precision::F16 {
+        stop_a_generation(browser).await?;
+    }
     // Every line the request's status shows, in order.
     browser
         .eval(
@@ -349,14 +407,14 @@ async fn generate(
     let lines: Vec<String> = serde_json::from_value(browser.eval("return window.__lines").await?)?;
     eprintln!("status lines: {lines:?}");
     let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
-    assert!(has("sampling 1 / 4 · "), "{lines:?}");
+    assert!(has("sampling: step 1 of 4 · "), "{lines:?}");
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("sampling 3 / 4 · ") && l.contains("s left")),
+            .any(|l| l.contains("sampling: step 3 of 4 · ") && l.contains("s left")),
         "{lines:?}"
     );
-    assert!(has("decoding the shape: "), "{lines:?}");
+    assert!(has("decoding the field: "), "{lines:?}");
     let label = browser
         .wait_for(
             "the shape in the viewer",

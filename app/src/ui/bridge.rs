@@ -359,6 +359,13 @@ fn apply(studio: Studio, message: FromWorker) {
             request_id: None,
             message,
         } => studio.notify(NoticeLevel::Warning, message),
+        FromWorker::Stopped {
+            request_id,
+            message,
+        } => studio.request.set(RequestState::Stopped {
+            id: request_id,
+            message,
+        }),
         FromWorker::Warmed { model: id, seconds } => {
             if let Some(m) = model(studio, &id) {
                 m.warmed_s.set(Some(seconds));
@@ -381,9 +388,15 @@ fn apply(studio: Studio, message: FromWorker) {
             left_s,
         } => {
             let stage = format!("{stage} · {}", time_so_far(elapsed_s, left_s));
+            // A stop asked for stays asked for while the request runs on to its next step.
+            let stopping = matches!(
+                studio.request.get_untracked(),
+                RequestState::Running { id, stopping: true, .. } if id == request_id
+            );
             studio.request.set(RequestState::Running {
                 id: request_id,
                 stage,
+                stopping,
             });
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use leptos::prelude::*;
 use orfeas_app::config::{ModelSpec, Role, SHAPE_PARTS};
 use orfeas_app::protocol::{
-    CutoutReport, GpuReport, ModelStatusReport, NoticeLevel, ProgressReport, ShapeQuantReport,
+    CutoutReport, GpuReport, LoadProgress, ModelStatusReport, NoticeLevel, ShapeQuantReport,
     ToWorker, ViewMode, fixed, retry_after_s,
 };
 
@@ -26,7 +26,7 @@ use viewer::{MeshView, ViewerArea, ViewerState};
 pub struct ModelView {
     pub spec: StoredValue<ModelSpec>,
     pub status: RwSignal<ModelStatusReport>,
-    pub progress: RwSignal<Option<ProgressReport>>,
+    pub progress: RwSignal<Option<LoadProgress>>,
     /// Seconds its warm-up pass took on this GPU, once done.
     pub warmed_s: RwSignal<Option<f64>>,
 }
@@ -63,12 +63,19 @@ pub enum RequestState {
     },
     Running {
         id: u64,
-        /// What the engine is doing, e.g. "sampling 3 / 30".
+        /// What the engine is doing, e.g. "sampling: step 3 of 30".
         stage: String,
+        /// The user asked it to stop; it will at its next step.
+        stopping: bool,
     },
     Finished {
         id: u64,
         ok: bool,
+        message: String,
+    },
+    /// Stopped by the user: `message` says where.
+    Stopped {
+        id: u64,
         message: String,
     },
 }
@@ -248,12 +255,49 @@ impl Studio {
         self.try_send(id);
     }
 
+    /// The user's Stop: a running request stops at its next sampler step or field chunk (the
+    /// worker answers `Stopped`); a waiting one is dropped here, as nothing runs yet.
+    pub fn stop_request(&self) {
+        match self.request.get_untracked() {
+            RequestState::Running {
+                id,
+                stage,
+                stopping: false,
+            } => {
+                bridge::send(&ToWorker::Stop { request_id: id });
+                self.request.set(RequestState::Running {
+                    id,
+                    stage,
+                    stopping: true,
+                });
+            }
+            RequestState::Waiting { id, .. } => self.request.set(RequestState::Stopped {
+                id,
+                message: "stopped before it started".into(),
+            }),
+            _ => {}
+        }
+    }
+
+    /// A request is running or waiting to: Stop applies.
+    pub fn can_stop(&self) -> bool {
+        matches!(
+            self.request.get(),
+            RequestState::Waiting { .. }
+                | RequestState::Running {
+                    stopping: false,
+                    ..
+                }
+        )
+    }
+
     fn try_send(&self, id: u64) {
         let blockers = self.blockers();
         let Some(reason) = blockers.reason() else {
             self.request.set(RequestState::Running {
                 id,
                 stage: String::new(),
+                stopping: false,
             });
             bridge::send(&ToWorker::Generate { request_id: id });
             return;

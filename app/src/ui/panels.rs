@@ -3,7 +3,7 @@
 use leptos::prelude::*;
 use orfeas_app::config::Role;
 use orfeas_app::protocol::{
-    AttentionPath, LoadPhase, ModelStatusReport, NoticeLevel, ProgressReport, ToWorker, fixed,
+    AttentionPath, LoadProgress, ModelStatusReport, NoticeLevel, Phase, ToWorker, fixed,
 };
 use wasm_bindgen::JsCast;
 
@@ -27,17 +27,17 @@ fn download_size(bytes: u64) -> String {
 }
 
 /// "12.3 / 88.0 MB (14 %) · 5.2 MB/s · ETA 13 s · fetch · from cache"
-pub fn progress_line(p: &ProgressReport) -> String {
+pub fn progress_line(p: &LoadProgress) -> String {
     let mut parts = vec![format!(
         "{} / {} ({} %)",
         megabytes(p.bytes_done),
         megabytes(p.bytes_total),
         fixed(p.fraction() * 100.0, 0)
     )];
-    if p.bytes_per_sec > 0.0 && p.phase != LoadPhase::Ready {
+    if p.bytes_per_sec > 0.0 && p.phase != Phase::Ready {
         parts.push(format!("{} MB/s", fixed(p.bytes_per_sec / 1e6, 1)));
     }
-    if let Some(eta) = p.eta_s.filter(|_| p.phase != LoadPhase::Ready) {
+    if let Some(eta) = p.eta_s.filter(|_| p.phase != Phase::Ready) {
         parts.push(format!("ETA {} s", fixed(eta.ceil(), 0)));
     }
     parts.push(p.phase.to_string());
@@ -191,6 +191,9 @@ pub fn GenerateControl() -> impl IntoView {
         if ev.key() == "g" && !typing && !ev.ctrl_key() && !ev.meta_key() {
             studio.request_generate();
         }
+        if ev.key() == "Escape" {
+            studio.stop_request();
+        }
     });
     on_cleanup(move || on_key.remove());
     let state = move || match studio.request.get() {
@@ -198,14 +201,21 @@ pub fn GenerateControl() -> impl IntoView {
         RequestState::Waiting {
             retry_in_s, reason, ..
         } => ("waiting", format!("{reason}, retrying in {retry_in_s} s")),
-        RequestState::Running { id, stage } if stage.is_empty() => {
+        RequestState::Running {
+            id, stopping: true, ..
+        } => (
+            "running",
+            format!("request {id}: stopping at the next step…"),
+        ),
+        RequestState::Running { id, stage, .. } if stage.is_empty() => {
             ("running", format!("request {id} running…"))
         }
-        RequestState::Running { id, stage } => ("running", format!("request {id}: {stage}…")),
+        RequestState::Running { id, stage, .. } => ("running", format!("request {id}: {stage}…")),
         RequestState::Finished { id, ok, message } => (
             if ok { "done" } else { "error" },
             format!("request {id}: {message}"),
         ),
+        RequestState::Stopped { id, message } => ("stopped", format!("request {id}: {message}")),
     };
     let blocker = move || studio.generate_blocker();
     let detail = move || match studio.request.get() {
@@ -224,6 +234,15 @@ pub fn GenerateControl() -> impl IntoView {
                 }
             >
                 "Generate 3D"
+            </button>
+            <button
+                data-testid="stop"
+                class="stop"
+                disabled=move || !studio.can_stop()
+                on:click=move |_| studio.stop_request()
+                title="Stop the request at its next step (shortcut: Esc)"
+            >
+                "Stop"
             </button>
             <p class="reason" data-testid="generate-reason">{move || blocker()}</p>
             <p class="request" data-testid="request-status" data-state=move || state().0>

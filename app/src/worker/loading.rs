@@ -8,8 +8,7 @@ use futures::channel::mpsc;
 use orfeas_engine::weights::loader::{initial_progress, read_index};
 use orfeas_engine::weights::source::{CachedFetchSource, FetchSource, delete_cache};
 use orfeas_engine::weights::{
-    LoadError, LoadProgress, Precision, ProgressTracker, ShardIndex, WeightSet, load_weights,
-    verify_cached,
+    LoadError, Precision, ProgressTracker, ShardIndex, WeightSet, load_weights, verify_cached,
 };
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
@@ -18,8 +17,7 @@ use super::device::{acquire_gpu, device_memory, watch_device_loss};
 use super::{Engine, Roles, cutout, post, wasm_heap_bytes};
 use crate::config::ModelSpec;
 use crate::protocol::{
-    FromWorker, LoadPhase, ModelStatusReport, NoticeLevel, ProgressReport, QuantOption,
-    ShapeQuantReport,
+    FromWorker, LoadProgress, ModelStatusReport, NoticeLevel, Phase, QuantOption, ShapeQuantReport,
 };
 
 /// Cache Storage name for model shards; bump the suffix if the stored format ever changes.
@@ -33,7 +31,7 @@ pub(super) struct ModelSlot {
     /// `None` while a load task holds it.
     pub weights: Option<WeightSet>,
     pub status: ModelStatusReport,
-    pub progress: Option<ProgressReport>,
+    pub progress: Option<LoadProgress>,
     /// Why the model cannot run on this device (decided from its index before any shard is
     /// fetched); such a model is never loaded.
     pub refused: Option<String>,
@@ -356,23 +354,6 @@ pub(super) fn set_status(engine: &Engine, id: &str, status: ModelStatusReport) {
     });
 }
 
-fn report(progress: &LoadProgress) -> ProgressReport {
-    ProgressReport {
-        model: progress.model.clone(),
-        phase: progress.phase.into(),
-        bytes_done: progress.bytes_done,
-        bytes_total: progress.bytes_total,
-        shards_done: progress.shards_done,
-        shards_total: progress.shards_total,
-        tensors_done: progress.tensors_done,
-        tensors_total: progress.tensors_total,
-        bytes_per_sec: progress.bytes_per_sec,
-        eta_s: progress.eta_s,
-        elapsed_s: progress.elapsed_s,
-        from_cache: progress.from_cache,
-    }
-}
-
 /// Load (or resume) model `i` on the current device. Re-runs itself if the device is rebuilt
 /// meanwhile, since tensors on a lost device are gone.
 pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
@@ -520,21 +501,20 @@ async fn load_once(
     let mut all_from_cache = true;
     let mut tracker = ProgressTracker::new(initial_progress(&index), |progress: &LoadProgress| {
         all_from_cache &= progress.from_cache;
-        let report = report(progress);
-        post(&FromWorker::Progress(report));
+        post(&FromWorker::Progress(progress.clone()));
     });
     let result = load_weights(source, &index, &device, dtype, weights, &mut tracker).await;
     source.settle().await;
-    let mut last = report(tracker.progress());
+    let mut last = tracker.progress().clone();
     drop(tracker);
     let outcome = match result {
         Ok(()) => {
-            last.phase = LoadPhase::Ready;
+            last.phase = Phase::Ready;
             last.eta_s = Some(0.0);
             Ok(all_from_cache)
         }
         Err(e) => {
-            last.phase = LoadPhase::Failed;
+            last.phase = Phase::Failed;
             last.eta_s = None;
             Err(Unloaded::Failed(e.to_string()))
         }

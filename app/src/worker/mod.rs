@@ -177,6 +177,8 @@ struct Engine {
     cutout_warming: Cell<bool>,
     /// The shape model, built from its three shard sets at the first generation.
     shape: RefCell<Option<Rc<orfeas_engine::pipeline::ShapeModel>>>,
+    /// The request the user asked to stop (see [`shape::run`]).
+    stop_requested: Cell<Option<u64>>,
 }
 
 impl Engine {
@@ -245,6 +247,9 @@ pub fn on_message(json: &str) {
             }
         }
         ToWorker::Generate { request_id } => generate(engine, request_id),
+        // Read by the running generation at its next step: the sampler and the field decoding
+        // await the GPU between steps, so this message is handled while it runs.
+        ToWorker::Stop { request_id } => engine.stop_requested.set(Some(request_id)),
         ToWorker::ClearCache => spawn_local(loading::clear_cache()),
         ToWorker::VerifyCache => spawn_local(loading::verify_cache(engine)),
         ToWorker::CutoutFullSize => cutout::full_size(&engine),

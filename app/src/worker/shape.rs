@@ -3,10 +3,11 @@
 //! Generate builds one `ShapeModel` from them, then every request runs the engine's
 //! image-to-mesh job on it (reusing the cut-out already shown) and sends the mesh to the viewer.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use orfeas_engine::background::has_alpha;
-use orfeas_engine::pipeline::{ImageToMesh, Note, Request, ShapeModel, Stage};
+use orfeas_engine::pipeline::{GenerateError, ImageToMesh, Note, Request, ShapeModel, Stage};
 
 use super::Engine;
 use super::outbox::{post, post_mesh};
@@ -42,16 +43,43 @@ fn build(engine: &Engine) -> Result<Rc<ShapeModel>, String> {
     Ok(Rc::new(model))
 }
 
-/// Run request `request_id` on the current image; answers `Result` or `Error`, or `NotReady`
-/// when the GPU was reset meanwhile (the UI asks again once the models are back).
+/// Why a request gave no mesh.
+enum Failure {
+    /// The user stopped it (`ToWorker::Stop`): where it was.
+    Stopped(String),
+    Failed(String),
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Self {
+        Failure::Failed(reason)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(reason: &str) -> Self {
+        Failure::Failed(reason.to_string())
+    }
+}
+
+/// Run request `request_id` on the current image; answers `Result`, `Stopped` or `Error`, or
+/// `NotReady` when the GPU was reset meanwhile (the UI asks again once the models are back).
 pub(super) async fn run(engine: Rc<Engine>, request_id: u64) {
     let device_generation = engine.device_generation.get();
-    let message = match generate(&engine, request_id).await {
+    let outcome = generate(&engine, request_id).await;
+    if engine.stop_requested.get() == Some(request_id) {
+        engine.stop_requested.set(None);
+    }
+    let message = match outcome {
         Ok(message) => FromWorker::Result {
             request_id,
             message,
         },
-        Err(reason) if engine.device_generation.get() != device_generation => {
+        Err(Failure::Stopped(message)) => FromWorker::Stopped {
+            request_id,
+            message,
+        },
+        Err(Failure::Failed(reason)) if engine.device_generation.get() != device_generation => {
             FromWorker::NotReady {
                 request_id,
                 retry_after_s: 3,
@@ -59,7 +87,7 @@ pub(super) async fn run(engine: Rc<Engine>, request_id: u64) {
                 detail: Some(reason),
             }
         }
-        Err(message) => FromWorker::Error {
+        Err(Failure::Failed(message)) => FromWorker::Error {
             request_id: Some(request_id),
             message,
         },
@@ -67,7 +95,7 @@ pub(super) async fn run(engine: Rc<Engine>, request_id: u64) {
     post(&message);
 }
 
-async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, String> {
+async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, Failure> {
     let started = web_time::Instant::now();
     let (name, image) = engine
         .image
@@ -94,7 +122,11 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, String
     let request = Request::new(image, chosen.generate_options());
     // The sampler's pace so far gives the estimate of what is left of it.
     let mut sampling_started: Option<web_time::Instant> = None;
+    // Where the job is, for the answer to a Stop.
+    let last_stage: Cell<Option<Stage>> = Cell::new(None);
+    let should_stop = || engine.stop_requested.get() == Some(request_id);
     let on_stage = |stage: Stage| {
+        last_stage.set(Some(stage));
         let left_s = match stage {
             Stage::Sampling { done, total } => {
                 let since = *sampling_started.get_or_insert_with(web_time::Instant::now);
@@ -108,7 +140,7 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, String
         };
         post(&FromWorker::Generating {
             request_id,
-            stage: stage.into(),
+            stage,
             elapsed_s: started.elapsed().as_secs_f64(),
             left_s,
         })
@@ -117,14 +149,32 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, String
     let cutout = engine.cutout.borrow().clone();
     let generated = match cutout {
         Some(cutout) if !has_alpha(&request.picture) => {
-            job.run_on_cutout(&cutout, Note::BackgroundRemoved, &request, on_stage, || {
-                false
-            })
+            job.run_on_cutout(
+                &cutout,
+                Note::BackgroundRemoved,
+                &request,
+                on_stage,
+                should_stop,
+            )
             .await
         }
-        _ => job.run(&request, on_stage, || false).await,
-    }
-    .map_err(|e| format!("{name}: {e}"))?;
+        _ => job.run(&request, on_stage, should_stop).await,
+    };
+    let generated = match generated {
+        Ok(generated) => generated,
+        Err(GenerateError::Stopped) => {
+            let seconds = started.elapsed().as_secs_f64();
+            let at = match last_stage.get() {
+                Some(stage) => format!(" while {stage}"),
+                // The first request builds the model and checks the device's kernels first.
+                None => " while preparing the model".into(),
+            };
+            return Err(Failure::Stopped(format!(
+                "stopped{at}, after {seconds:.1} s"
+            )));
+        }
+        Err(e) => return Err(Failure::Failed(format!("{name}: {e}"))),
+    };
     let mesh = &generated.mesh;
     let options = &request.options;
     let seconds = started.elapsed().as_secs_f64();

@@ -10,7 +10,9 @@ use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::{attend, by_rows, cat, float, host_tensor, int, linear, linear_columns, yes};
+use super::{
+    ForwardError, attend, by_rows, cat, float, host_tensor, int, linear, linear_columns, yes,
+};
 
 pub const CHECKPOINT_PREFIX: &str = "model.";
 
@@ -428,20 +430,23 @@ impl Dit20 {
         t: &[f32],
         context: Tensor<3>,
         guidance: Option<&[f32]>,
-    ) -> Result<Tensor<3>, String> {
+    ) -> Result<Tensor<3>, ForwardError> {
         let device = x.device();
         let mut vec = self.time_in.forward(self.time_vector(t, &device));
         if let Some(embedder) = &self.guidance_in {
-            let g = guidance.ok_or(
-                "this denoiser is guidance-distilled (guidance_embed): it needs the guidance \
-                 scale as an input, and none was given",
-            )?;
+            let g = guidance.ok_or_else(|| {
+                ForwardError::Input(
+                    "this denoiser is guidance-distilled (guidance_embed): it needs the \
+                     guidance scale as an input, and none was given"
+                        .into(),
+                )
+            })?;
             if g.len() != t.len() {
-                return Err(format!(
+                return Err(ForwardError::Input(format!(
                     "{} guidance values for a batch of {}",
                     g.len(),
                     t.len()
-                ));
+                )));
             }
             vec = vec + embedder.forward(self.time_vector(g, &device));
         }

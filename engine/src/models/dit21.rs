@@ -5,6 +5,7 @@
 //! renormalised, plus a shared expert). Attention keeps the official per-head q|k|v interleave
 //! and RMS qk-norm.
 
+use crate::device::ReadbackError;
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{gelu, softmax};
@@ -387,7 +388,7 @@ impl Moe {
     /// shared expert. Each expert runs only on the tokens routed to it: they are gathered, run
     /// and added back with their gate weights. How many tokens go where decides the batches'
     /// shapes, so the routing (`k` indices per token) is read back from the device once.
-    async fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, String> {
+    async fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, ReadbackError> {
         let [b, n, d] = x.dims();
         let rows = b * n;
         let tokens = x.reshape([rows, d]);
@@ -412,9 +413,7 @@ impl Moe {
         let chosen: Vec<usize> = chosen
             .into_data_async()
             .await
-            .map_err(|e| {
-                format!("reading the experts' routing back from the device failed: {e:?}")
-            })?
+            .map_err(|e| ReadbackError::of("the experts' routing", e))?
             .iter::<i64>()
             .map(|e| e as usize)
             .collect();
@@ -447,7 +446,7 @@ impl Block {
         h: Tensor<3>,
         context: Tensor<3>,
         skip: Option<Tensor<3>>,
-    ) -> Result<Tensor<3>, String> {
+    ) -> Result<Tensor<3>, ReadbackError> {
         let mut h = h;
         if let (Some(skip), Some(skip_linear), Some(norm)) =
             (skip, &self.skip_linear, &self.skip_norm)
@@ -498,7 +497,7 @@ impl Dit21 {
         x: Tensor<3>,
         t: &[f32],
         context: Tensor<3>,
-    ) -> Result<Tensor<3>, String> {
+    ) -> Result<Tensor<3>, ReadbackError> {
         let device = x.device();
         let x = x.cast(self.dtype());
         let context = context.cast(self.dtype());

@@ -294,20 +294,20 @@ impl IsNet {
     /// [`IsNet::forward`], reporting each of the [`STAGES`] stages as the device finishes it
     /// (`on_stage(done)`): a one-value read-back after each stage waits for its work, which is
     /// what makes the report honest on a device that queues work lazily. `on_stage` returning
-    /// false stops the pass there (nothing more is queued) with the error [`STOPPED`]; else
-    /// the read-back error, if one fails (e.g. the device was lost).
+    /// false stops the pass there (nothing more is queued) with [`StagedError::Stopped`];
+    /// else the read-back error, if one fails (e.g. the device was lost).
     pub async fn forward_staged(
         &self,
         x: Tensor<4>,
         mut on_stage: Option<&mut dyn FnMut(usize) -> bool>,
-    ) -> Result<Tensor<4>, String> {
+    ) -> Result<Tensor<4>, StagedError> {
         let mut done = 0;
-        let mut finished = async |stage: &Tensor<4>| -> Result<(), String> {
+        let mut finished = async |stage: &Tensor<4>| -> Result<(), StagedError> {
             done += 1;
             if let Some(report) = on_stage.as_mut() {
                 crate::device::computed(stage).await?;
                 if !report(done) {
-                    return Err(STOPPED.into());
+                    return Err(StagedError::Stopped);
                 }
                 crate::device::yield_now().await;
             }
@@ -383,10 +383,17 @@ impl IsNet {
     }
 }
 
-/// The stages [`IsNet::forward_staged`] reports: six down, five up.
-/// The error of a staged pass its caller stopped ([`IsNet::forward_staged`]).
-pub const STOPPED: &str = "stopped by its caller";
+/// Why a staged pass ([`IsNet::forward_staged`]) gave no output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StagedError {
+    /// Its caller's `on_stage` said stop.
+    #[error("stopped by its caller")]
+    Stopped,
+    #[error(transparent)]
+    Readback(#[from] crate::device::ReadbackError),
+}
 
+/// The stages [`IsNet::forward_staged`] reports: six down, five up.
 pub const STAGES: usize = 11;
 
 /// The reference runtime's normalisation of 8-bit RGB planes: `(v − 128) / 256`.

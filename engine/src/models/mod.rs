@@ -29,6 +29,19 @@ use burn::tensor::activation::softmax;
 use burn::tensor::quantization::QuantValue;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
+use crate::device::ReadbackError;
+
+/// Why a network's forward gave no output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// The device did not hand back what the network reads mid-pass (e.g. it was lost).
+    #[error(transparent)]
+    Readback(#[from] ReadbackError),
+    /// The inputs do not suit the network (e.g. no guidance for a guidance-distilled one).
+    #[error("{0}")]
+    Input(String),
+}
+
 /// Serde defaults for config fields, mirroring the official constructors' keyword defaults
 /// (`#[serde(default = "int::<16>")]`).
 pub(crate) fn int<const N: usize>() -> usize {

@@ -21,43 +21,14 @@ use burn::tensor::Device;
 use image::RgbaImage;
 use serde::{Deserialize, Serialize};
 
-use crate::background::{self, has_alpha, remove_background};
+use crate::background::{self, BackgroundError, has_alpha, remove_background};
 use crate::mesh::{Mesh, cleanup};
+use crate::models::ForwardError;
 use crate::models::isnet::IsNet;
 
-/// Where a job is; what the front-ends show (the worker sends it as is). The shape model
-/// reports the stages from `Encoding` to `Meshing`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "stage", rename_all = "snake_case")]
-pub enum Stage {
-    RemovingBackground,
-    /// DINOv2 on the shape input.
-    Encoding,
-    /// `done` of `total` sampler steps finished.
-    Sampling {
-        done: usize,
-        total: usize,
-    },
-    /// Field queries made so far.
-    Decoding {
-        queries: usize,
-    },
-    Meshing,
-    CleaningUp,
-}
-
-impl std::fmt::Display for Stage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Stage::RemovingBackground => write!(f, "removing the background"),
-            Stage::Encoding => write!(f, "encoding the image"),
-            Stage::Sampling { done, total } => write!(f, "sampling: step {done} of {total}"),
-            Stage::Decoding { queries } => write!(f, "decoding the field: {queries} queries"),
-            Stage::Meshing => write!(f, "marching cubes"),
-            Stage::CleaningUp => write!(f, "cleaning up the mesh"),
-        }
-    }
-}
+/// Where a job is: declared with the other types the front-ends show (the worker sends it to
+/// the UI as it is).
+pub use orfeas_wire::Stage;
 
 /// What the job did with the picture's background.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,40 +53,39 @@ impl std::fmt::Display for Note {
     }
 }
 
-/// Why a job gave no mesh.
-#[derive(Debug, Clone, PartialEq)]
+/// Why a job gave no mesh: the first three are the request's (its knobs, its picture, what the
+/// model made of it), the next two ours (the device, the networks), the last its caller's.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GenerateError {
     /// A knob outside its range (the reason names it).
+    #[error("{0}")]
     Options(String),
     /// The picture cannot be made into the model's input (e.g. nothing left after the cut-out).
+    #[error("{0}")]
     Image(String),
-    BackgroundRemoval(String),
-    /// The networks failed (a device error, a guidance-distilled model without guidance…).
-    Model(String),
     /// The field has no surface at level 0.
+    #[error("the model's field has no surface at level 0 (nothing to mesh)")]
     NoSurface,
+    #[error("background removal failed: {0}")]
+    BackgroundRemoval(BackgroundError),
+    /// The networks failed (a device error, a guidance-distilled model without guidance…).
+    #[error(transparent)]
+    Model(ForwardError),
     /// Stopped by its caller (cancelled, past a deadline, shutting down).
+    #[error("{}", ShapeError::Stopped)]
     Stopped,
 }
 
-impl std::fmt::Display for GenerateError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            GenerateError::Options(reason)
-            | GenerateError::Image(reason)
-            | GenerateError::Model(reason) => f.write_str(reason),
-            GenerateError::BackgroundRemoval(reason) => {
-                write!(f, "background removal failed: {reason}")
-            }
-            GenerateError::NoSurface => {
-                f.write_str("the model's field has no surface at level 0 (nothing to mesh)")
-            }
-            GenerateError::Stopped => write!(f, "{}", ShapeError::Stopped),
-        }
+impl GenerateError {
+    /// The request's fault (its knobs, its picture, a picture in which the model finds no
+    /// surface), not the server's or the device's: a front-end answers it as bad input.
+    pub fn is_input(&self) -> bool {
+        matches!(
+            self,
+            GenerateError::Options(_) | GenerateError::Image(_) | GenerateError::NoSurface
+        )
     }
 }
-
-impl std::error::Error for GenerateError {}
 
 /// A finished job.
 #[derive(Debug, Clone)]
@@ -198,7 +168,7 @@ impl<'a> ImageToMesh<'a> {
             )
             .await
             .map(|cutout| (Cow::Owned(cutout), Note::BackgroundRemoved))
-            .map_err(|e| GenerateError::BackgroundRemoval(e.to_string())),
+            .map_err(GenerateError::BackgroundRemoval),
             None => Ok((Cow::Borrowed(&request.picture), Note::WholePicture)),
         }
     }
@@ -256,7 +226,7 @@ impl<'a> ImageToMesh<'a> {
             .await
             .map_err(|e| match e {
                 ShapeError::Stopped => GenerateError::Stopped,
-                ShapeError::Failed(reason) => GenerateError::Model(reason),
+                ShapeError::Network(e) => GenerateError::Model(e),
             })?;
         let raw_faces = surface.mesh.triangles.len();
         if raw_faces == 0 {

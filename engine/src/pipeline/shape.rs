@@ -10,8 +10,10 @@
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::device::ReadbackError;
 use crate::mesh::marching_cubes::scale_to_bounds;
 use crate::mesh::{Field, Mesh, marching_cubes, marching_cubes_sparse};
+use crate::models::ForwardError;
 use crate::models::dinov2::{self, Dinov2, Dinov2Config};
 use crate::models::dit20::{self, Dit20, Dit20Config};
 use crate::models::dit21::{self, Dit21, Dit21Config};
@@ -218,13 +220,13 @@ pub enum ShapeError {
     #[error("stopped before it finished")]
     Stopped,
     /// The networks or the device failed (e.g. a lost device, a read-back that failed).
-    #[error("{0}")]
-    Failed(String),
+    #[error(transparent)]
+    Network(#[from] ForwardError),
 }
 
-impl From<String> for ShapeError {
-    fn from(reason: String) -> Self {
-        ShapeError::Failed(reason)
+impl From<ReadbackError> for ShapeError {
+    fn from(error: ReadbackError) -> Self {
+        ShapeError::Network(error.into())
     }
 }
 
@@ -249,7 +251,7 @@ impl Denoiser {
         t: &[f32],
         context: Tensor<3>,
         guidance: Option<&[f32]>,
-    ) -> Result<Tensor<3>, String> {
+    ) -> Result<Tensor<3>, ForwardError> {
         let v = match self {
             Denoiser::Plain(dit) => dit.forward(x, t, context).await?,
             Denoiser::Flux(dit) => dit.forward(x, t, context, guidance)?,
@@ -411,7 +413,7 @@ impl ShapeModel {
                         .forward(x, &[t], cond.clone(), Some(&[guidance]))
                         .await?;
                     finished(&v).await;
-                    Ok((v.clone(), v))
+                    Ok::<_, ForwardError>((v.clone(), v))
                 },
                 report,
                 should_stop,
@@ -437,7 +439,7 @@ impl ShapeModel {
                     .await?;
                 finished(&v).await;
                 let [_, n, c] = v.dims();
-                Ok((
+                Ok::<_, ForwardError>((
                     v.clone().slice([0..1, 0..n, 0..c]),
                     v.slice([1..2, 0..n, 0..c]),
                 ))
@@ -456,7 +458,11 @@ impl ShapeModel {
 
     /// The field (positive inside) at `points`; an error when the device cannot hand it back
     /// (e.g. it was lost).
-    pub async fn field_at(&self, points: &[[f32; 3]], kv: &KeyValues) -> Result<Vec<f32>, String> {
+    pub async fn field_at(
+        &self,
+        points: &[[f32; 3]],
+        kv: &KeyValues,
+    ) -> Result<Vec<f32>, ReadbackError> {
         let flat: Vec<f32> = points.iter().flatten().copied().collect();
         let tensor = Tensor::<3>::from_data(
             TensorData::new(flat, [1, points.len(), 3]),
@@ -467,10 +473,10 @@ impl ShapeModel {
             .field(tensor, kv)
             .into_data_async()
             .await
-            .map_err(|e| format!("reading the field back from the device failed: {e:?}"))?;
+            .map_err(|e| ReadbackError::of("the field", e))?;
         data.convert::<f32>()
             .try_into_vec::<f32>()
-            .map_err(|e| format!("the field is not f32: {e:?}"))
+            .map_err(|e| ReadbackError::of("the field as f32", e))
     }
 
     /// Decode the surface on the official grid (dense or coarse-to-fine) and extract it with
@@ -497,7 +503,7 @@ impl ShapeModel {
             if failure.is_none() {
                 match self.field_at(points, kv).await {
                     Ok(values) => return values,
-                    Err(e) => failure = Some(ShapeError::Failed(e)),
+                    Err(e) => failure = Some(ShapeError::from(e)),
                 }
             }
             vec![f32::NAN; points.len()]

@@ -94,12 +94,8 @@ impl From<orfeas_engine::pipeline::GenerateError> for JobError {
         use orfeas_engine::pipeline::GenerateError;
         match error {
             GenerateError::Stopped => JobError::Stopped,
-            GenerateError::Options(_) | GenerateError::Image(_) | GenerateError::NoSurface => {
-                JobError::Input(error.to_string())
-            }
-            GenerateError::BackgroundRemoval(_) | GenerateError::Model(_) => {
-                JobError::Internal(error.to_string())
-            }
+            _ if error.is_input() => JobError::Input(error.to_string()),
+            _ => JobError::Internal(error.to_string()),
         }
     }
 }
