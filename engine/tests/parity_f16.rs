@@ -11,8 +11,8 @@
 use burn::tensor::{DType, Tensor, TensorData};
 use orfeas_engine::mesh::{Field, marching_cubes};
 use orfeas_engine::models::dinov2::{Dinov2Config, checkpoint_name, pixels_tensor};
-use orfeas_engine::models::dit20::Dit20Config;
-use orfeas_engine::models::dit21::Dit21Config;
+use orfeas_engine::models::hunyuan3d_dit::Hunyuan3dDitConfig;
+use orfeas_engine::models::hunyuandit_plain::HunyuanDitPlainConfig;
 use orfeas_engine::models::shape_vae::ShapeVaeConfig;
 use orfeas_engine::pipeline::GenerateOptions;
 use orfeas_engine::volume::{Grid, decode_dense};
@@ -70,14 +70,15 @@ fn parity_dinov2_f16() {
 #[test]
 fn parity_dit21_f16() {
     let stage = stage("dit21");
-    let config: Dit21Config = serde_json::from_value(stage["config"]["params"].clone()).unwrap();
+    let config: HunyuanDitPlainConfig =
+        serde_json::from_value(stage["config"]["params"].clone()).unwrap();
     let io = Io::read("dit21.io.safetensors");
     for (name, device) in f16_devices() {
         let weights = load_as("dit21.weights.safetensors", &device, DType::F16);
         let mut model = apply_torch_weights(
             config.init(&device),
             weights,
-            orfeas_engine::models::dit21::checkpoint_name,
+            orfeas_engine::models::hunyuandit_plain::checkpoint_name,
         )
         .unwrap();
         for case in ["cfg", "gen"] {
@@ -105,14 +106,15 @@ fn parity_dit21_f16() {
 #[test]
 fn parity_dit20_f16() {
     let stage = stage("dit20");
-    let config: Dit20Config = serde_json::from_value(stage["config"]["params"].clone()).unwrap();
+    let config: Hunyuan3dDitConfig =
+        serde_json::from_value(stage["config"]["params"].clone()).unwrap();
     let io = Io::read("dit20.io.safetensors");
     for (name, device) in f16_devices() {
         let weights = load_as("dit20.weights.safetensors", &device, DType::F16);
         let model = apply_torch_weights(
             config.init(&device),
             weights,
-            orfeas_engine::models::dit20::checkpoint_name,
+            orfeas_engine::models::hunyuan3d_dit::checkpoint_name,
         )
         .unwrap();
         for case in ["pipe", "gen"] {

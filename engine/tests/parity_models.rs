@@ -7,8 +7,8 @@ use burn::tensor::{Tensor, TensorData};
 use orfeas_engine::mesh::{Field, marching_cubes};
 use orfeas_engine::models::ForwardError;
 use orfeas_engine::models::dinov2::{Dinov2Config, checkpoint_name, pixels_tensor, preprocess};
-use orfeas_engine::models::dit20::Dit20Config;
-use orfeas_engine::models::dit21::Dit21Config;
+use orfeas_engine::models::hunyuan3d_dit::Hunyuan3dDitConfig;
+use orfeas_engine::models::hunyuandit_plain::HunyuanDitPlainConfig;
 use orfeas_engine::models::shape_vae::ShapeVaeConfig;
 use orfeas_engine::pipeline::{GenerateOptions, Stage};
 use orfeas_engine::sampler::{FlowMatchSchedule, sample};
@@ -196,7 +196,7 @@ fn the_sampler_replays_the_official_loop() {
 #[test]
 fn parity_dit21() {
     let stage = stage("dit21");
-    let config: Dit21Config =
+    let config: HunyuanDitPlainConfig =
         serde_json::from_value(stage["config"]["params"].clone()).expect("the DiT params");
     let io = Io::read("dit21.io.safetensors");
     for (name, device) in devices() {
@@ -204,7 +204,7 @@ fn parity_dit21() {
         let mut model = apply_torch_weights(
             config.init(&device),
             weights,
-            orfeas_engine::models::dit21::checkpoint_name,
+            orfeas_engine::models::hunyuandit_plain::checkpoint_name,
         )
         .unwrap_or_else(|e| panic!("{e}"));
         for case in ["cfg", "gen"] {
@@ -421,7 +421,7 @@ fn parity_dit20() {
     // Guidance-distilled sets give the guidance per sample in the io file (`{case}.guidance`);
     // the model gets exactly those values.
     let stage = stage("dit20");
-    let config: Dit20Config =
+    let config: Hunyuan3dDitConfig =
         serde_json::from_value(stage["config"]["params"].clone()).expect("the DiT params");
     let io = Io::read("dit20.io.safetensors");
     for (name, device) in devices() {
@@ -429,7 +429,7 @@ fn parity_dit20() {
         let model = apply_torch_weights(
             config.init(&device),
             weights,
-            orfeas_engine::models::dit20::checkpoint_name,
+            orfeas_engine::models::hunyuan3d_dit::checkpoint_name,
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(model.guidance_embed(), config.guidance_embed);
@@ -468,7 +468,7 @@ fn parity_dit20() {
 fn a_guidance_distilled_dit_refuses_to_run_without_guidance() {
     // As the official model raises ValueError: a fast/turbo denoiser given no guidance scale.
     let stage = stage("dit20");
-    let mut config: Dit20Config =
+    let mut config: Hunyuan3dDitConfig =
         serde_json::from_value(stage["config"]["params"].clone()).unwrap();
     config.guidance_embed = true;
     let device = orfeas_engine::device::cpu();

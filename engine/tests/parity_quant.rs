@@ -12,8 +12,8 @@
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use orfeas_engine::mesh::{Field, marching_cubes};
 use orfeas_engine::models::dinov2::{Dinov2Config, checkpoint_name, pixels_tensor};
-use orfeas_engine::models::dit20::Dit20Config;
-use orfeas_engine::models::dit21::Dit21Config;
+use orfeas_engine::models::hunyuan3d_dit::Hunyuan3dDitConfig;
+use orfeas_engine::models::hunyuandit_plain::HunyuanDitPlainConfig;
 use orfeas_engine::models::shape_vae::ShapeVaeConfig;
 use orfeas_engine::volume::{Grid, decode_dense};
 use orfeas_engine::weights::quant::quantizable;
@@ -138,7 +138,8 @@ fn quantized_dinov2() {
 #[test]
 fn quantized_dit21() {
     let stage = stage("dit21");
-    let config: Dit21Config = serde_json::from_value(stage["config"]["params"].clone()).unwrap();
+    let config: HunyuanDitPlainConfig =
+        serde_json::from_value(stage["config"]["params"].clone()).unwrap();
     let io = Io::read("dit21.io.safetensors");
     let (x, x_shape) = io.tensor("cfg.x");
     let (t, _) = io.tensor("cfg.t");
@@ -150,7 +151,7 @@ fn quantized_dit21() {
             let model = apply_torch_weights(
                 config.init(&device),
                 weights,
-                orfeas_engine::models::dit21::checkpoint_name,
+                orfeas_engine::models::hunyuandit_plain::checkpoint_name,
             )
             .unwrap();
             let out = futures::executor::block_on(model.forward(
@@ -170,7 +171,8 @@ fn quantized_dit21() {
 #[test]
 fn quantized_dit20() {
     let stage = stage("dit20");
-    let config: Dit20Config = serde_json::from_value(stage["config"]["params"].clone()).unwrap();
+    let config: Hunyuan3dDitConfig =
+        serde_json::from_value(stage["config"]["params"].clone()).unwrap();
     let io = Io::read("dit20.io.safetensors");
     let (x, x_shape) = io.tensor("pipe.x");
     let (t, _) = io.tensor("pipe.t");
@@ -183,7 +185,7 @@ fn quantized_dit20() {
             let model = apply_torch_weights(
                 config.init(&device),
                 weights,
-                orfeas_engine::models::dit20::checkpoint_name,
+                orfeas_engine::models::hunyuan3d_dit::checkpoint_name,
             )
             .unwrap();
             let out = model

@@ -7,8 +7,8 @@
 
 use burn::tensor::{Device, Distribution, Tensor};
 use orfeas_engine::models::dinov2::Dinov2Config;
-use orfeas_engine::models::dit20::Dit20Config;
-use orfeas_engine::models::dit21::Dit21Config;
+use orfeas_engine::models::hunyuan3d_dit::Hunyuan3dDitConfig;
+use orfeas_engine::models::hunyuandit_plain::HunyuanDitPlainConfig;
 use orfeas_engine::models::shape_vae::ShapeVaeConfig;
 use orfeas_engine::models::{
     DEFAULT_BUFFER_BUDGET, largest_activation_bytes, reset_largest_intermediate, set_buffer_budget,
@@ -71,7 +71,7 @@ fn the_official_sizes_stay_within_one_binding() {
     // The 2.1 DiT: width 2048, 4096 latents + the timestep token, 1370 image tokens, the CFG
     // batch of 2; three blocks give a skip (U-Net join) and a MoE block (one routed expert:
     // the tensors are the same size with eight, and each costs a full-width MLP here).
-    let dit21: Dit21Config = serde_json::from_value(serde_json::json!({
+    let dit21: HunyuanDitPlainConfig = serde_json::from_value(serde_json::json!({
         "input_size": 4096, "in_channels": 64, "hidden_size": 2048, "context_dim": 1024,
         "depth": 3, "num_heads": 16, "qk_norm": true, "text_len": 1370,
         "with_decoupled_ca": false, "use_attention_pooling": false, "qk_norm_type": "rms",
@@ -92,7 +92,7 @@ fn the_official_sizes_stay_within_one_binding() {
         ("2.0 DiT step (CFG batch 2)", 3072, 1370, false),
         ("2mini-turbo DiT step (batch 2)", 512, 5330, true),
     ] {
-        let config: Dit20Config = serde_json::from_value(serde_json::json!({
+        let config: Hunyuan3dDitConfig = serde_json::from_value(serde_json::json!({
             "in_channels": 64, "context_in_dim": 1536, "hidden_size": 1024, "mlp_ratio": 4.0,
             "num_heads": 16, "depth": 1, "depth_single_blocks": 1, "axes_dim": [64],
             "theta": 10000, "qkv_bias": true, "guidance_embed": guidance

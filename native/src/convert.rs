@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use orfeas_engine::models::{dinov2, dit20, dit21, shape_vae};
+use orfeas_engine::models::{dinov2, hunyuan3d_dit, hunyuandit_plain, shape_vae};
 use orfeas_engine::pipeline::{Architecture, COMPONENTS, ShapeConfig};
 use orfeas_engine::weights::pack::{self, PackOptions, PackTensor};
 use orfeas_engine::weights::{Precision, torch_layout};
@@ -350,12 +350,14 @@ pub fn layout(yaml: &Value) -> Result<(Variant, Vec<Expected>)> {
         dinov2::checkpoint_name,
     ));
     match &config.denoiser.architecture {
-        Architecture::HunYuanDiTPlain { params } => {
-            push(torch_layout(&params.init(&device), dit21::checkpoint_name))
-        }
-        Architecture::Hunyuan3DDiT { params } => {
-            push(torch_layout(&params.init(&device), dit20::checkpoint_name))
-        }
+        Architecture::HunYuanDiTPlain { params } => push(torch_layout(
+            &params.init(&device),
+            hunyuandit_plain::checkpoint_name,
+        )),
+        Architecture::Hunyuan3DDiT { params } => push(torch_layout(
+            &params.init(&device),
+            hunyuan3d_dit::checkpoint_name,
+        )),
     }
     push(torch_layout(
         &config

@@ -3,6 +3,11 @@
 //! MLP (2.1, DINOv2-large) or a SwiGLU FFN (2.0 / 2mini, DINOv2-giant), and a final LayerNorm.
 //! The output keeps the CLS token. [`preprocess`] is the official image transform: bilinear
 //! (antialiased) resize to the model's size and ImageNet normalisation.
+//!
+//! Follows Hugging Face's `transformers/models/dinov2/modeling_dinov2.py`
+//! (<https://github.com/huggingface/transformers>) and the conditioner that wraps it,
+//! `hy3dshape/hy3dshape/models/conditioner.py` (`DinoImageEncoder`) of
+//! <https://github.com/Tencent-Hunyuan/Hunyuan3D-2.1>.
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};

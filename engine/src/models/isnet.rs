@@ -3,6 +3,9 @@
 //! residual U-blocks (RSU) with BatchNorm already folded into every convolution. Only the
 //! finest side output is needed at inference: `sigmoid(upsample(side1(stage1d)))`.
 //!
+//! Follows `IS-Net/models/isnet.py` (`ISNetDIS`) of the authors' code,
+//! <https://github.com/xuebinqin/DIS>, through the ONNX graph the npm package ships.
+//!
 //! Module paths mirror the ONNX node names (`stage1.rebnconv7.conv_s1`), which carry the
 //! PyTorch module tree; [`checkpoint_name`] maps our `encoder.i` / `decoder.j` lists to them.
 

@@ -16,8 +16,8 @@
 //! against it.
 
 pub mod dinov2;
-pub mod dit20;
-pub mod dit21;
+pub mod hunyuan3d_dit;
+pub mod hunyuandit_plain;
 pub mod isnet;
 pub mod shape_vae;
 

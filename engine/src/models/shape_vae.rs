@@ -3,6 +3,10 @@
 //! query point, one cross-attention from the point's Fourier embedding to the latents — the
 //! field, positive inside. The latents' keys and values are computed once per shape
 //! ([`ShapeVae::key_values`]) and reused for every chunk of query points.
+//!
+//! Follows `hy3dshape/hy3dshape/models/autoencoders/model.py` and `attention_blocks.py`
+//! (`ShapeVAE`, `CrossAttentionDecoder`) of the official code,
+//! <https://github.com/Tencent-Hunyuan/Hunyuan3D-2.1>.
 
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};

@@ -15,8 +15,8 @@ use crate::mesh::marching_cubes::scale_to_bounds;
 use crate::mesh::{Field, Mesh, marching_cubes, marching_cubes_sparse};
 use crate::models::ForwardError;
 use crate::models::dinov2::{self, Dinov2, Dinov2Config};
-use crate::models::dit20::{self, Dit20, Dit20Config};
-use crate::models::dit21::{self, Dit21, Dit21Config};
+use crate::models::hunyuan3d_dit::{self, Hunyuan3dDit, Hunyuan3dDitConfig};
+use crate::models::hunyuandit_plain::{self, HunyuanDitPlain, HunyuanDitPlainConfig};
 use crate::models::shape_vae::{self, KeyValues, ShapeVae, ShapeVaeConfig};
 use crate::sampler::{FlowMatchSchedule, initial_noise, sample};
 use crate::volume::{Grid, decode_coarse_to_fine, decode_dense};
@@ -125,9 +125,9 @@ impl DenoiserConfig {
 #[serde(tag = "architecture", deny_unknown_fields)]
 pub enum Architecture {
     /// 2.1.
-    HunYuanDiTPlain { params: Dit21Config },
+    HunYuanDiTPlain { params: HunyuanDitPlainConfig },
     /// 2.0, 2mini, fast, turbo.
-    Hunyuan3DDiT { params: Dit20Config },
+    Hunyuan3DDiT { params: Hunyuan3dDitConfig },
 }
 
 /// The official scheduler classes.
@@ -234,8 +234,8 @@ impl From<ReadbackError> for ShapeError {
 pub const COMPONENTS: [&str; 3] = ["conditioner", "denoiser", "vae"];
 
 pub enum Denoiser {
-    Plain(Box<Dit21>),
-    Flux(Box<Dit20>),
+    Plain(Box<HunyuanDitPlain>),
+    Flux(Box<Hunyuan3dDit>),
 }
 
 impl Denoiser {
@@ -305,15 +305,23 @@ impl ShapeModel {
         let (model, channels) = match &config.denoiser.architecture {
             Architecture::HunYuanDiTPlain { params } => (
                 Denoiser::Plain(Box::new(
-                    apply_torch_weights(params.init(device), denoiser, dit21::checkpoint_name)
-                        .map_err(|e| format!("denoiser: {e}"))?,
+                    apply_torch_weights(
+                        params.init(device),
+                        denoiser,
+                        hunyuandit_plain::checkpoint_name,
+                    )
+                    .map_err(|e| format!("denoiser: {e}"))?,
                 )),
                 params.in_channels,
             ),
             Architecture::Hunyuan3DDiT { params } => (
                 Denoiser::Flux(Box::new(
-                    apply_torch_weights(params.init(device), denoiser, dit20::checkpoint_name)
-                        .map_err(|e| format!("denoiser: {e}"))?,
+                    apply_torch_weights(
+                        params.init(device),
+                        denoiser,
+                        hunyuan3d_dit::checkpoint_name,
+                    )
+                    .map_err(|e| format!("denoiser: {e}"))?,
                 )),
                 params.in_channels,
             ),

@@ -515,12 +515,12 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
             Denoiser::Plain(dit) => Denoiser::Plain(Box::new(quantize_module(
                 *dit,
                 precision,
-                orfeas_engine::models::dit21::checkpoint_name,
+                orfeas_engine::models::hunyuandit_plain::checkpoint_name,
             ))),
             Denoiser::Flux(dit) => Denoiser::Flux(Box::new(quantize_module(
                 *dit,
                 precision,
-                orfeas_engine::models::dit20::checkpoint_name,
+                orfeas_engine::models::hunyuan3d_dit::checkpoint_name,
             ))),
         };
         let quantized_in = started.elapsed().as_secs_f64();

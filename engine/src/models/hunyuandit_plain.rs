@@ -4,6 +4,9 @@
 //! `num_moe_layers` blocks replace the MLP with a mixture of experts (top-k softmax weights, not
 //! renormalised, plus a shared expert). Attention keeps the official per-head q|k|v interleave
 //! and RMS qk-norm.
+//!
+//! Follows `hy3dshape/hy3dshape/models/denoisers/hunyuandit.py` and `moe_layers.py` of the
+//! official code, <https://github.com/Tencent-Hunyuan/Hunyuan3D-2.1>.
 
 use crate::device::ReadbackError;
 use burn::module::Module;
@@ -21,11 +24,11 @@ use super::{
 pub const CHECKPOINT_PREFIX: &str = "model.";
 
 /// The official `HunYuanDiTPlain` params, with the official defaults. Every field the class
-/// takes is listed: an unknown one is refused, and [`Dit21Config::validate`] refuses values whose
+/// takes is listed: an unknown one is refused, and [`HunyuanDitPlainConfig::validate`] refuses values whose
 /// code path the engine does not implement (naming the field and the value).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Dit21Config {
+pub struct HunyuanDitPlainConfig {
     /// Latent tokens (used only by the positional embedding).
     #[serde(default = "int::<1024>")]
     pub input_size: usize,
@@ -93,7 +96,7 @@ pub fn checkpoint_name(path: &str) -> String {
     format!("{CHECKPOINT_PREFIX}{name}")
 }
 
-impl Dit21Config {
+impl HunyuanDitPlainConfig {
     /// Refuse the official options whose code paths the engine does not implement.
     pub fn validate(&self) -> Result<(), String> {
         let refuse = |field: &str, value: String, why: &str| {
@@ -163,7 +166,7 @@ impl Dit21Config {
         Ok(())
     }
 
-    pub fn init(&self, device: &Device) -> Dit21 {
+    pub fn init(&self, device: &Device) -> HunyuanDitPlain {
         let d = self.hidden_size;
         let hd = d / self.num_heads;
         // Python's int(hidden_size * mlp_ratio).
@@ -213,7 +216,7 @@ impl Dit21Config {
                 }
             })
             .collect();
-        Dit21 {
+        HunyuanDitPlain {
             t_embedder: TimestepEmbedder {
                 fc_in: linear(d, inner, true),
                 fc_out: linear(inner, d, true),
@@ -229,7 +232,7 @@ impl Dit21Config {
 }
 
 #[derive(Module, Debug)]
-pub struct Dit21 {
+pub struct HunyuanDitPlain {
     pub t_embedder: TimestepEmbedder,
     pub x_embedder: Linear,
     pub blocks: Vec<Block>,
@@ -468,7 +471,7 @@ impl Block {
     }
 }
 
-impl Dit21 {
+impl HunyuanDitPlain {
     /// The float dtype the network computes in (its weights').
     pub fn dtype(&self) -> DType {
         self.x_embedder.weight.val().dtype()

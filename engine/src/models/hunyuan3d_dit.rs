@@ -3,6 +3,9 @@
 //! single-stream blocks over the joint sequence, all modulated (shift/scale/gate) by the
 //! timestep vector; no positional encoding. The timestep embedding keeps the official call's
 //! quirk: `max_period = 1000` (the time factor lands in that argument), cos half first.
+//!
+//! Follows `hy3dgen/shapegen/models/denoisers/hunyuan3ddit.py` of the official code,
+//! <https://github.com/Tencent-Hunyuan/Hunyuan3D-2> (the 2.1 repository carries the same file).
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
@@ -17,11 +20,11 @@ use super::{
 pub const CHECKPOINT_PREFIX: &str = "model.";
 
 /// The official `Hunyuan3DDiT` params, with the official defaults. Every field the class
-/// takes is listed: an unknown one is refused, and [`Dit20Config::validate`] refuses what the
+/// takes is listed: an unknown one is refused, and [`Hunyuan3dDitConfig::validate`] refuses what the
 /// official constructor refuses.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Dit20Config {
+pub struct Hunyuan3dDitConfig {
     #[serde(default = "int::<64>")]
     pub in_channels: usize,
     #[serde(default = "int::<1536>")]
@@ -58,7 +61,7 @@ fn axes() -> Vec<usize> {
     vec![64]
 }
 
-impl Dit20Config {
+impl Hunyuan3dDitConfig {
     /// The official constructor's own checks.
     pub fn validate(&self) -> Result<(), String> {
         if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
@@ -100,8 +103,8 @@ pub fn checkpoint_name(path: &str) -> String {
 /// Width of the timestep features.
 const TIME_FEATURES: usize = 256;
 
-impl Dit20Config {
-    pub fn init(&self, device: &Device) -> Dit20 {
+impl Hunyuan3dDitConfig {
+    pub fn init(&self, device: &Device) -> Hunyuan3dDit {
         let d = self.hidden_size;
         let hd = d / self.num_heads;
         let mlp = (d as f64 * self.mlp_ratio) as usize;
@@ -124,7 +127,7 @@ impl Dit20Config {
             fc_in: linear(d, mlp, true),
             fc_out: linear(mlp, d, true),
         };
-        Dit20 {
+        Hunyuan3dDit {
             latent_in: linear(self.in_channels, d, true),
             time_in: embedder(),
             guidance_in: self.guidance_embed.then(embedder),
@@ -164,7 +167,7 @@ impl Dit20Config {
 }
 
 #[derive(Module, Debug)]
-pub struct Dit20 {
+pub struct Hunyuan3dDit {
     pub latent_in: Linear,
     pub time_in: MlpEmbedder,
     pub guidance_in: Option<MlpEmbedder>,
@@ -405,7 +408,7 @@ impl SingleStreamBlock {
     }
 }
 
-impl Dit20 {
+impl Hunyuan3dDit {
     /// The float dtype the network computes in (its weights').
     pub fn dtype(&self) -> DType {
         self.latent_in.weight.val().dtype()
