@@ -62,7 +62,7 @@ fn main() -> Result<()> {
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/skimage_mc.py");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("skimage_mc.py");
     let dir = tempfile::tempdir()?;
     println!("marching cubes, best of 3 (voxels/s = cells per second):");
     for n in sizes {
