@@ -53,6 +53,92 @@ fn engine_glb(model: &Path, picture: image::RgbaImage) -> (Vec<u8>, Vec<Note>) {
     })
 }
 
+/// The one cut-out policy, with a cut-out made earlier (as the app's worker hands over the one
+/// it showed): used for an opaque picture, as ISNet's would be, without a background-removal
+/// stage; not used when background removal is off (the whole picture) or when the picture has
+/// transparency of its own.
+fn a_cut_out_made_earlier_is_used_where_isnet_would_run(model: &Path, picture: image::RgbaImage) {
+    let device = orfeas_engine::device::cpu();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let sources = COMPONENTS.map(|c| DirSource::new(model.join(c)));
+        let shape = load_shape_model(
+            [&sources[0], &sources[1], &sources[2]],
+            &device,
+            DType::F32,
+            |_, _| {},
+        )
+        .await
+        .unwrap();
+        let job = ImageToMesh::new(&shape, None, &device);
+        // A cut-out (the fixture the shape pre-processor's parity uses), and a seed at which
+        // the random-weight model finds a surface in it.
+        let png = std::fs::read(fixtures().join("preprocess_input_0.png")).unwrap();
+        let cutout = image::load_from_memory(&png).unwrap().to_rgba8();
+        let mut found = None;
+        for seed in 0..16 {
+            let options = GenerateOptions {
+                steps: Some(STEPS),
+                resolution: OCTREE,
+                seed,
+                ..GenerateOptions::default()
+            };
+            let request = Request::new(cutout.clone(), options.clone());
+            if let Ok(direct) = job.run(&request, |_| {}, || false).await {
+                found = Some((options, direct));
+                break;
+            }
+        }
+        let (options, direct) = found.expect("a seed in 0..16 with a surface");
+        let with_cutout = Request {
+            cutout: Some(cutout.clone()),
+            ..Request::new(picture.clone(), options.clone())
+        };
+        let (used, note) = job.cut_out(&with_cutout).await.unwrap();
+        assert_eq!(note, Note::BackgroundRemoved);
+        assert!(*used == cutout, "the cut-out given is the one used");
+
+        let off = Request {
+            remove_background: false,
+            ..with_cutout.clone()
+        };
+        let (used, note) = job.cut_out(&off).await.unwrap();
+        assert_eq!(note, Note::WholePicture);
+        assert!(
+            *used == picture,
+            "background removal off: the picture whole"
+        );
+
+        let transparent = Request {
+            cutout: Some(picture.clone()),
+            ..Request::new(cutout.clone(), options.clone())
+        };
+        let (used, note) = job.cut_out(&transparent).await.unwrap();
+        assert_eq!(note, Note::TransparencyUsed);
+        assert!(
+            *used == cutout,
+            "a picture with transparency is its own cut-out"
+        );
+
+        // The whole job on the cut-out given: no background-removal stage, and the mesh of
+        // the cut-out itself run as a picture with transparency (`direct`).
+        let mut stages = Vec::new();
+        let generated = job
+            .run(&with_cutout, |stage| stages.push(stage), || false)
+            .await
+            .unwrap();
+        assert_eq!(generated.notes, [Note::BackgroundRemoved]);
+        assert!(
+            !stages.contains(&orfeas_engine::pipeline::Stage::RemovingBackground),
+            "{stages:?}"
+        );
+        assert_eq!(direct.notes, [Note::TransparencyUsed]);
+        assert_eq!(generated.mesh.triangles, direct.mesh.triangles);
+    })
+}
+
 #[test]
 fn the_cli_the_server_and_the_engine_make_the_same_mesh() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,8 +153,9 @@ fn the_cli_the_server_and_the_engine_make_the_same_mesh() {
         "the picture is opaque"
     );
 
-    let (engine, notes) = engine_glb(&model, picture);
+    let (engine, notes) = engine_glb(&model, picture.clone());
     assert_eq!(notes, [Note::WholePicture]);
+    a_cut_out_made_earlier_is_used_where_isnet_would_run(&model, picture);
 
     let output = dir.path().join("cli.glb");
     let (steps, octree, seed) = (STEPS.to_string(), OCTREE.to_string(), SEED.to_string());

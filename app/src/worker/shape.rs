@@ -6,7 +6,6 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use orfeas_engine::background::has_alpha;
 use orfeas_engine::pipeline::{GenerateError, ImageToMesh, Note, Request, ShapeModel, Stage};
 
 use super::Engine;
@@ -119,7 +118,12 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, Failur
         background_options: chosen.background_options(),
         ..ImageToMesh::new(&model, isnet.as_deref(), &device)
     };
-    let request = Request::new(image, chosen.generate_options());
+    // The cut-out shown for this image, when background removal made it already: the job
+    // uses it instead of running ISNet again.
+    let request = Request {
+        cutout: engine.cutout.borrow().clone(),
+        ..Request::new(image, chosen.generate_options())
+    };
     // The sampler's pace so far gives the estimate of what is left of it.
     let mut sampling_started: Option<web_time::Instant> = None;
     // Where the job is, for the answer to a Stop.
@@ -145,22 +149,7 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, Failur
             left_s,
         })
     };
-    // The cut-out shown for this image, when background removal made it already.
-    let cutout = engine.cutout.borrow().clone();
-    let generated = match cutout {
-        Some(cutout) if !has_alpha(&request.picture) => {
-            job.run_on_cutout(
-                &cutout,
-                Note::BackgroundRemoved,
-                &request,
-                on_stage,
-                should_stop,
-            )
-            .await
-        }
-        _ => job.run(&request, on_stage, should_stop).await,
-    };
-    let generated = match generated {
+    let generated = match job.run(&request, on_stage, should_stop).await {
         Ok(generated) => generated,
         Err(GenerateError::Stopped) => {
             let seconds = started.elapsed().as_secs_f64();

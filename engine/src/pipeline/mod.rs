@@ -112,6 +112,9 @@ pub struct Request {
     /// Reduce to at most this many faces ([`cleanup::MAX_FACES`], the reference's); 0 keeps
     /// every face.
     pub max_faces: usize,
+    /// ISNet's cut-out of this picture, made earlier (the app keeps the one it showed): used
+    /// where the job would cut the picture out, instead of running ISNet again.
+    pub cutout: Option<RgbaImage>,
 }
 
 impl Request {
@@ -121,6 +124,7 @@ impl Request {
             options,
             remove_background: true,
             max_faces: cleanup::MAX_FACES,
+            cutout: None,
         }
     }
 }
@@ -150,14 +154,32 @@ impl<'a> ImageToMesh<'a> {
         request.remove_background && !has_alpha(&request.picture)
     }
 
+    /// ISNet would run for this request (not for a picture with transparency, one whose
+    /// cut-out came with it, or with background removal off or not loaded).
+    fn runs_background_removal(&self, request: &Request) -> bool {
+        Self::wants_background_removal(request)
+            && request.cutout.is_none()
+            && self.background.is_some()
+    }
+
     /// The cut-out the job would use (the picture itself, not a copy, when it is used as it
-    /// is), and what it did to get it.
+    /// is), and what it did to get it. The one policy for every front-end: a picture with
+    /// transparency is its own cut-out; an opaque one is cut out (by the cut-out that came
+    /// with the request, else by ISNet) when background removal is on and at hand, else used
+    /// whole.
     pub async fn cut_out<'r>(
         &self,
         request: &'r Request,
     ) -> Result<(Cow<'r, RgbaImage>, Note), GenerateError> {
         if has_alpha(&request.picture) {
             return Ok((Cow::Borrowed(&request.picture), Note::TransparencyUsed));
+        }
+        if let Some(cutout) = request
+            .cutout
+            .as_ref()
+            .filter(|_| request.remove_background)
+        {
+            return Ok((Cow::Borrowed(cutout), Note::BackgroundRemoved));
         }
         match self.background.filter(|_| request.remove_background) {
             Some(isnet) => remove_background(
@@ -182,7 +204,7 @@ impl<'a> ImageToMesh<'a> {
         should_stop: impl Fn() -> bool,
     ) -> Result<Generated, GenerateError> {
         request.options.validate().map_err(GenerateError::Options)?;
-        if Self::wants_background_removal(request) && self.background.is_some() {
+        if self.runs_background_removal(request) {
             on_stage(Stage::RemovingBackground);
         }
         let (cutout, note) = self.cut_out(request).await?;
@@ -190,8 +212,8 @@ impl<'a> ImageToMesh<'a> {
             .await
     }
 
-    /// The job from a cut-out made earlier (the app keeps the one it showed).
-    pub async fn run_on_cutout(
+    /// The job from the cut-out [`Self::cut_out`] chose.
+    async fn run_on_cutout(
         &self,
         cutout: &RgbaImage,
         note: Note,
