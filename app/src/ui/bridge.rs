@@ -9,8 +9,8 @@ use leptos::prelude::*;
 use orfeas_app::config::{self, ConfigFile};
 use orfeas_app::protocol::{
     CutoutReport, EngineOptions, FromWorker, ModelStatusReport, NoticeLevel, ToWorker, bulk,
-    time_so_far,
 };
+use orfeas_app::text::time_so_far;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
 

@@ -4,6 +4,7 @@
 mod bridge;
 mod json;
 mod panels;
+mod text;
 mod viewer;
 
 use std::time::Duration;
@@ -12,8 +13,9 @@ use leptos::prelude::*;
 use orfeas_app::config::{ModelSpec, Role, SHAPE_PARTS};
 use orfeas_app::protocol::{
     CutoutReport, GpuReport, LoadProgress, ModelStatusReport, NoticeLevel, ShapeQuantReport,
-    ToWorker, ViewMode, fixed, retry_after_s,
+    ToWorker, ViewMode,
 };
+use orfeas_app::text::{fixed, retry_after_s};
 
 use panels::{
     CutoutPanel, EnginePanel, GenerateControl, ImageDrop, ModelPanel, Notices, ShapeModelMissing,

@@ -17,7 +17,8 @@ use wasm_bindgen_futures::spawn_local;
 use super::device::sleep_ms;
 use super::outbox::{cutout_report as report, post_cutout, post_cutout_state};
 use super::{Engine, post};
-use crate::protocol::{ComputeDevice, CutoutState, FromWorker, ModelStatusReport, time_so_far};
+use crate::protocol::{ComputeDevice, CutoutState, FromWorker, ModelStatusReport};
+use crate::text::time_so_far;
 
 /// ISNet's input side on a software adapter (a CPU rasteriser), when the page asks for ISNet
 /// on it (`?background_device=gpu`): the full 1024² pass takes minutes there; this one tens of

@@ -17,9 +17,8 @@ use orfeas_engine::mesh::preview::inflate;
 use wasm_bindgen_futures::spawn_local;
 
 use crate::config::{ModelSpec, Role};
-use crate::protocol::{
-    EngineOptions, FromWorker, MeshMeta, ModelStatusReport, ToWorker, retry_after_s,
-};
+use crate::protocol::{EngineOptions, FromWorker, MeshMeta, ModelStatusReport, ToWorker};
+use crate::text::retry_after_s;
 use loading::ModelSlot;
 use outbox::post_mesh;
 pub use outbox::{post, wasm_heap_bytes};

@@ -1,0 +1,194 @@
+//! The engine's settings the page passes on from its query parameters.
+
+use serde::{Deserialize, Serialize};
+
+use crate::text::decimal;
+
+/// Engine settings the page passes on (from its query parameters).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineOptions {
+    /// Side of background removal's square input (`?background_size=`): the reference's 1024
+    /// when absent; smaller is faster on weak GPUs, at some cost in edge detail.
+    #[serde(default)]
+    pub background_size: Option<u32>,
+    /// Letterbox the image for background removal instead of stretching it (`?letterbox=1`).
+    #[serde(default)]
+    pub letterbox: bool,
+    /// Where background removal runs (`?background_device=cpu|gpu`): by default on the CPU
+    /// where the GPU is a software renderer (the CPU itself runs ISNet faster than a renderer
+    /// emulating a GPU on it), else on the GPU.
+    #[serde(default)]
+    pub background_device: Option<ComputeDevice>,
+    /// Shape generation settings (`?steps=`, `?guidance=`, `?octree_resolution=`, `?seed=`):
+    /// the reference's when absent.
+    #[serde(default)]
+    pub steps: Option<u32>,
+    #[serde(default)]
+    pub guidance: Option<f32>,
+    #[serde(default)]
+    pub octree_resolution: Option<u32>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// GPU memory the models may take, in GiB (`?gpu_memory_gib=`): WebGPU does not report
+    /// it, so a model is checked against this, else 8 GiB (a software adapter: the host's).
+    #[serde(default)]
+    pub gpu_memory_gib: Option<f64>,
+    /// The shape model's precision (`?quant=f16|q8|q4`, else the user's last choice): the
+    /// smallest installed that fits the GPU when absent.
+    #[serde(default)]
+    pub quant: Option<String>,
+    /// `quant` is the user's choice on an earlier visit, not the page's address.
+    #[serde(default)]
+    pub quant_remembered: bool,
+    /// Debugging the recovery: hold each device rebuild this long (`?debug_gpu_rebuild_ms=`),
+    /// as a slow driver reset would, so loads cut short by the loss finish meanwhile.
+    #[serde(default)]
+    pub debug_gpu_rebuild_ms: Option<u32>,
+}
+
+impl EngineOptions {
+    /// The generation knobs asked for, brought inside the engine's ranges (a URL is forgiving:
+    /// `?octree_resolution=5000` runs at the largest).
+    #[cfg(feature = "worker")]
+    pub fn generate_options(&self) -> orfeas_engine::pipeline::GenerateOptions {
+        let defaults = orfeas_engine::pipeline::GenerateOptions::default();
+        orfeas_engine::pipeline::GenerateOptions {
+            steps: self.steps.map(|s| s as usize),
+            guidance: self.guidance.unwrap_or(defaults.guidance),
+            resolution: self
+                .octree_resolution
+                .map_or(defaults.resolution, |r| r as usize),
+            seed: self.seed.unwrap_or(defaults.seed),
+            ..defaults
+        }
+        .clamped()
+    }
+
+    /// The background-removal settings asked for.
+    #[cfg(feature = "worker")]
+    pub fn background_options(&self) -> orfeas_engine::background::Options {
+        orfeas_engine::background::Options {
+            size: self
+                .background_size
+                .map_or(orfeas_engine::models::isnet::INPUT_SIZE, |s| s as usize),
+            letterbox: self.letterbox,
+        }
+    }
+
+    /// Read `background_size` (clamped to 64..=2048, rounded to a multiple of 32),
+    /// `letterbox`, `background_device` and the generation knobs from query parameters.
+    pub fn from_params(params: &[(String, String)]) -> Self {
+        let value = |key: &str| params.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v);
+        Self {
+            background_size: value("background_size")
+                .and_then(|v| v.parse::<u32>().ok())
+                .map(|size| (size.clamp(64, 2048) / 32) * 32),
+            letterbox: value("letterbox").is_some_and(|v| v == "1" || v == "true"),
+            background_device: value("background_device").and_then(|v| match v.as_str() {
+                "cpu" => Some(ComputeDevice::Cpu),
+                "gpu" => Some(ComputeDevice::Gpu),
+                _ => None,
+            }),
+            // Brought inside the engine's ranges by the worker (`GenerateOptions::clamped`).
+            steps: value("steps").and_then(|v| v.parse::<u32>().ok()),
+            guidance: value("guidance").and_then(|v| decimal(v)).map(|g| g as f32),
+            octree_resolution: value("octree_resolution").and_then(|v| v.parse::<u32>().ok()),
+            seed: value("seed").and_then(|v| v.parse::<u64>().ok()),
+            gpu_memory_gib: value("gpu_memory_gib")
+                .and_then(|v| decimal(v))
+                .filter(|g| *g > 0.0),
+            quant: value("quant").cloned(),
+            quant_remembered: false,
+            debug_gpu_rebuild_ms: value("debug_gpu_rebuild_ms")
+                .and_then(|v| v.parse::<u32>().ok())
+                .map(|ms| ms.min(60_000)),
+        }
+    }
+}
+
+/// burn's CPU backend in the worker, or the WebGPU device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeDevice {
+    Cpu,
+    Gpu,
+}
+
+impl ComputeDevice {
+    /// As the query parameter and the panel's `data-device` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Gpu => "gpu",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{CutoutReport, CutoutState, FromWorker, ToWorker};
+
+    #[test]
+    fn engine_options_come_from_the_query() {
+        let params = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(EngineOptions::from_params(&[]), EngineOptions::default());
+        let options =
+            EngineOptions::from_params(&params(&[("background_size", "250"), ("letterbox", "1")]));
+        assert_eq!(options.background_size, Some(224));
+        assert!(options.letterbox);
+        let tiny = EngineOptions::from_params(&params(&[("background_size", "3")]));
+        assert_eq!(tiny.background_size, Some(64));
+        let bad = EngineOptions::from_params(&params(&[("background_size", "big")]));
+        assert_eq!(bad.background_size, None);
+        for device in [ComputeDevice::Cpu, ComputeDevice::Gpu] {
+            let chosen =
+                EngineOptions::from_params(&params(&[("background_device", device.name())]));
+            assert_eq!(chosen.background_device, Some(device));
+        }
+        let unknown = EngineOptions::from_params(&params(&[("background_device", "tpu")]));
+        assert_eq!(unknown.background_device, None);
+        let shape = EngineOptions::from_params(&params(&[
+            ("steps", "4"),
+            ("octree_resolution", "5000"),
+            ("seed", "9"),
+            ("guidance", "NaN"),
+        ]));
+        assert_eq!(
+            (
+                shape.steps,
+                shape.octree_resolution,
+                shape.seed,
+                shape.guidance
+            ),
+            (Some(4), Some(5000), Some(9), None)
+        );
+        // An old UI's Start without options still parses.
+        let start: ToWorker = serde_json::from_str(r#"{"type":"start","models":[]}"#).unwrap();
+        assert_eq!(
+            start,
+            ToWorker::Start {
+                models: vec![],
+                options: EngineOptions::default()
+            }
+        );
+        let cutout = FromWorker::Cutout(CutoutReport {
+            name: "a.png".into(),
+            state: CutoutState::Ready,
+            message: "done".into(),
+            detail: None,
+            progress: Some(0.5),
+            reduced: true,
+            device: Some(ComputeDevice::Cpu),
+        });
+        assert_eq!(
+            serde_json::from_str::<FromWorker>(&cutout.to_json()).unwrap(),
+            cutout
+        );
+    }
+}
