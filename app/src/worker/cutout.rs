@@ -9,13 +9,14 @@
 
 use std::rc::Rc;
 
-use burn::tensor::{DType, Device};
+use burn::tensor::Device;
 use orfeas_engine::background::{Options, has_alpha, matte_reporting, remove_background_reporting};
 use orfeas_engine::models::isnet::{INPUT_SIZE, IsNet};
 use wasm_bindgen_futures::spawn_local;
 
-use super::device::sleep_ms;
+use super::js::sleep_ms;
 use super::outbox::{cutout_report as report, post_cutout, post_cutout_state};
+use super::placement::{isnet_device, isnet_device_kind};
 use super::{Engine, post};
 use crate::protocol::{ComputeDevice, CutoutState, FromWorker, ModelStatusReport};
 use crate::text::time_so_far;
@@ -24,34 +25,6 @@ use crate::text::time_so_far;
 /// on it (`?background_device=gpu`): the full 1024² pass takes minutes there; this one tens of
 /// seconds, at the IoU measured in docs/background-removal.md.
 pub const SOFTWARE_SIZE: usize = 224;
-
-/// Where ISNet runs: the page's choice, else the CPU where the GPU is a software renderer (at
-/// the reference's full size the CPU itself runs it ~20× faster than a renderer emulating a GPU
-/// on it, with no GPU code to compile first: docs/background-removal.md) or where the page had
-/// no GPU at all, else the GPU.
-pub(super) fn isnet_device_kind(engine: &Engine) -> ComputeDevice {
-    if let Some(device) = engine.options.borrow().background_device {
-        return device;
-    }
-    if engine.software_adapter.get() || engine.no_gpu_at_start.get() {
-        ComputeDevice::Cpu
-    } else {
-        ComputeDevice::Gpu
-    }
-}
-
-/// Whether model slot `i` is ISNet running on the CPU, which a GPU loss does not touch.
-pub(super) fn isnet_on_cpu(engine: &Engine, i: usize) -> bool {
-    engine.roles.borrow().background == Some(i) && isnet_device_kind(engine) == ComputeDevice::Cpu
-}
-
-/// ISNet's device and the dtype it runs in there (f32 on the CPU: f16 arithmetic is emulated).
-pub(super) fn isnet_device(engine: &Engine) -> Result<(Device, DType), String> {
-    match isnet_device_kind(engine) {
-        ComputeDevice::Cpu => Ok((orfeas_engine::device::cpu(), DType::F32)),
-        ComputeDevice::Gpu => engine.device_and_dtype(),
-    }
-}
 
 /// Build ISNet from slot `i`'s weights; a set whose tensors do not fit the network fails the
 /// model with the reason.

@@ -1,34 +1,18 @@
 //! The GPU device: acquiring it (with retries while the browser's GPU process restarts),
-//! telling the UI what it is, and rebuilding it after a loss with every model that was on it.
+//! telling the UI what it is, checking its attention kernel, and forgetting it when it is lost
+//! (the loader then rebuilds it and reloads the models that were on it).
 
 use std::rc::Rc;
 
-use futures::StreamExt;
-use futures::channel::mpsc;
 use orfeas_engine::gpu;
-use orfeas_engine::weights::WeightSet;
 use wasm_bindgen::{JsCast, JsValue};
-use wasm_bindgen_futures::JsFuture;
 
-use super::cutout::{isnet_device_kind, isnet_on_cpu};
-use super::loading::{load_model, set_status};
+use super::js::sleep_ms;
 use super::{Engine, post};
-use crate::protocol::{
-    AttentionPath, ComputeDevice, FromWorker, GpuReport, ModelStatusReport, NoticeLevel,
-};
+use crate::protocol::{AttentionPath, FromWorker, GpuReport, NoticeLevel};
 
 /// How many times a lost GPU device is rebuilt before the worker gives up.
 const MAX_GPU_RESETS: u32 = 2;
-
-/// `navigator.deviceMemory` in bytes (the browser's rounded figure of the host's RAM), where
-/// the browser says.
-pub(super) fn device_memory() -> Option<u64> {
-    let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-    let gib = js_sys::Reflect::get(&scope.navigator(), &JsValue::from_str("deviceMemory"))
-        .ok()?
-        .as_f64()?;
-    Some((gib * (1u64 << 30) as f64) as u64)
-}
 
 fn gpu_report(info: &gpu::GpuInfo, attention: Option<AttentionPath>) -> GpuReport {
     GpuReport {
@@ -72,9 +56,9 @@ pub(super) async fn check_attention(engine: &Rc<Engine>, dtype: burn::tensor::DT
     }
 }
 
-/// Acquire the GPU and tell the UI what it is; on failure mark every model that needs it failed
-/// with the reason (so their panels say why, and Retry tries again).
-pub(super) async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
+/// Acquire the GPU and tell the UI what it is, or why there is none (the caller marks the
+/// models that need it).
+pub(super) async fn acquire_gpu(engine: &Rc<Engine>) -> Result<(), String> {
     let result = match webgpu_missing() {
         Some(reason) => Err(reason),
         None => {
@@ -109,7 +93,7 @@ pub(super) async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
                 info: gpu_report(info, None),
             });
             *engine.gpu.borrow_mut() = Some(gpu);
-            true
+            Ok(())
         }
         Err(reason) => {
             if !engine.gpu_acquired.get() {
@@ -118,42 +102,13 @@ pub(super) async fn acquire_gpu(engine: &Rc<Engine>) -> bool {
             post(&FromWorker::GpuUnavailable {
                 reason: reason.clone(),
             });
-            // ISNet on the CPU does not need the GPU (with no GPU from the start it goes there).
-            let ids: Vec<String> = engine
-                .models
-                .borrow_mut()
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| !isnet_on_cpu(engine, *i) && !engine.roles.borrow().is_idle(*i))
-                .map(|(_, s)| {
-                    s.awaiting_device = false; // Retry reloads it
-                    s.spec.id.clone()
-                })
-                .collect();
-            for id in ids {
-                set_status(
-                    engine,
-                    &id,
-                    ModelStatusReport::Failed {
-                        reason: format!("no GPU: {reason}"),
-                    },
-                );
-            }
-            false
+            Err(reason)
         }
     }
 }
 
 /// Tries at acquiring the GPU before reporting it unavailable.
 const GPU_ATTEMPTS: i32 = 3;
-
-pub(super) async fn sleep_ms(ms: i32) {
-    let promise = js_sys::Promise::new(&mut |resolve, _| {
-        let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-        let _ = scope.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
-    });
-    let _ = JsFuture::from(promise).await;
-}
 
 /// `Some(reason)` when this browser has no WebGPU at all.
 fn webgpu_missing() -> Option<String> {
@@ -169,83 +124,26 @@ fn webgpu_missing() -> Option<String> {
     }
 }
 
-/// Rebuild the device after a loss (at most [`MAX_GPU_RESETS`] times) and reload every model
-/// that was on it, from the cache when it is there.
-pub(super) async fn watch_device_loss(
-    engine: Rc<Engine>,
-    mut lost: mpsc::UnboundedReceiver<String>,
-) {
-    while let Some(reason) = lost.next().await {
-        engine.gpu.borrow_mut().take();
-        // Background removal on the CPU is untouched by the loss.
-        if isnet_device_kind(&engine) == ComputeDevice::Gpu {
-            engine.isnet.borrow_mut().take();
-        }
-        engine.shape.borrow_mut().take();
-        engine
-            .device_generation
-            .set(engine.device_generation.get() + 1);
-        let resets = engine.gpu_resets.get() + 1;
-        engine.gpu_resets.set(resets);
-        if resets > MAX_GPU_RESETS {
-            post(&FromWorker::GpuUnavailable {
-                reason: format!(
-                    "the GPU device was lost {resets} times (last: {reason}); reload the page"
-                ),
-            });
-            continue;
-        }
-        post(&FromWorker::Notice {
-            level: NoticeLevel::Warning,
-            message: format!("GPU reset ({reason}), restoring…"),
+/// The device is gone: forget it, so nothing new is queued on it, and count the loss. Returns
+/// how many times it was lost, or `None` past [`MAX_GPU_RESETS`] (the UI is told to reload).
+pub(super) fn forget_lost_device(engine: &Engine, reason: &str) -> Option<u32> {
+    engine.gpu.borrow_mut().take();
+    engine
+        .device_generation
+        .set(engine.device_generation.get() + 1);
+    let resets = engine.gpu_resets.get() + 1;
+    engine.gpu_resets.set(resets);
+    if resets > MAX_GPU_RESETS {
+        post(&FromWorker::GpuUnavailable {
+            reason: format!(
+                "the GPU device was lost {resets} times (last: {reason}); reload the page"
+            ),
         });
-        engine.rebuilding.set(true);
-        let hold = engine.options.borrow().debug_gpu_rebuild_ms;
-        if let Some(ms) = hold {
-            sleep_ms(ms as i32).await;
-        }
-        // Their tensors went with the device: nothing may use them until they are back. A
-        // model still loading marks itself when its load notices the loss.
-        let lost_models: Vec<String> = {
-            let mut slots = engine.models.borrow_mut();
-            slots
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| !isnet_on_cpu(&engine, *i))
-                // The shape model's other precisions were never on the device.
-                .filter(|(i, _)| !engine.roles.borrow().is_idle(*i))
-                .map(|(_, s)| s)
-                .filter(|s| s.weights.is_some())
-                .filter(|s| !matches!(s.status, ModelStatusReport::Failed { .. }))
-                .map(|s| {
-                    s.weights = Some(WeightSet::new());
-                    s.awaiting_device = true;
-                    s.spec.id.clone()
-                })
-                .collect()
-        };
-        for id in lost_models {
-            set_status(&engine, &id, ModelStatusReport::Loading);
-        }
-        let acquired = acquire_gpu(&engine).await;
-        engine.rebuilding.set(false);
-        if !acquired {
-            continue;
-        }
-        let reload: Vec<usize> = {
-            let mut slots = engine.models.borrow_mut();
-            slots
-                .iter_mut()
-                .enumerate()
-                .filter_map(|(i, s)| std::mem::take(&mut s.awaiting_device).then_some(i))
-                .collect()
-        };
-        for i in reload {
-            load_model(engine.clone(), i).await;
-        }
-        post(&FromWorker::Notice {
-            level: NoticeLevel::Info,
-            message: "GPU restored".into(),
-        });
+        return None;
     }
+    post(&FromWorker::Notice {
+        level: NoticeLevel::Warning,
+        message: format!("GPU reset ({reason}), restoring…"),
+    });
+    Some(resets)
 }

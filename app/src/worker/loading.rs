@@ -4,6 +4,7 @@
 
 use std::rc::Rc;
 
+use futures::StreamExt;
 use futures::channel::mpsc;
 use orfeas_engine::weights::loader::{initial_progress, read_index};
 use orfeas_engine::weights::source::{CachedFetchSource, FetchSource, delete_cache};
@@ -13,11 +14,14 @@ use orfeas_engine::weights::{
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
 
-use super::device::{acquire_gpu, device_memory, watch_device_loss};
+use super::device::{acquire_gpu, forget_lost_device};
+use super::js::{device_memory, sleep_ms};
+use super::placement::{isnet_device, isnet_device_kind, isnet_on_cpu};
 use super::{Engine, Roles, cutout, post, wasm_heap_bytes};
 use crate::config::ModelSpec;
 use crate::protocol::{
-    FromWorker, LoadProgress, ModelStatusReport, NoticeLevel, Phase, QuantOption, ShapeQuantReport,
+    ComputeDevice, FromWorker, LoadProgress, ModelStatusReport, NoticeLevel, Phase, QuantOption,
+    ShapeQuantReport,
 };
 
 /// Cache Storage name for model shards; bump the suffix if the stored format ever changes.
@@ -77,10 +81,11 @@ pub(super) async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {
     let (sender, receiver) = mpsc::unbounded();
     *engine.lost.borrow_mut() = Some(sender);
     spawn_local(watch_device_loss(engine.clone(), receiver));
-    if !acquire_gpu(&engine).await {
+    if let Err(reason) = acquire_gpu(&engine).await {
+        fail_without_gpu(&engine, &reason);
         // Without a GPU background removal still runs, on the CPU.
         let background = engine.roles.borrow().background;
-        if let Some(i) = background.filter(|&i| cutout::isnet_on_cpu(&engine, i)) {
+        if let Some(i) = background.filter(|&i| isnet_on_cpu(&engine, i)) {
             load_model(engine.clone(), i).await;
         }
         return;
@@ -128,7 +133,7 @@ async fn check_fit(engine: &Rc<Engine>) {
             engine.models.borrow_mut()[i].index = Some(index);
         }
     }
-    let isnet_cpu = cutout::isnet_device_kind(engine) == crate::protocol::ComputeDevice::Cpu;
+    let isnet_cpu = isnet_device_kind(engine) == ComputeDevice::Cpu;
     let groups: Vec<(String, Vec<usize>)> = {
         let slots = engine.models.borrow();
         let roles = engine.roles.borrow();
@@ -354,6 +359,98 @@ pub(super) fn set_status(engine: &Engine, id: &str, status: ModelStatusReport) {
     });
 }
 
+/// No GPU (none at all, or it did not come back): every model that needs one fails with the
+/// reason, so its panel says why and Retry tries again; ISNet on the CPU does not need it.
+pub(super) fn fail_without_gpu(engine: &Engine, reason: &str) {
+    let ids: Vec<String> = engine
+        .models
+        .borrow_mut()
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| !isnet_on_cpu(engine, *i) && !engine.roles.borrow().is_idle(*i))
+        .map(|(_, s)| {
+            s.awaiting_device = false; // Retry reloads it
+            s.spec.id.clone()
+        })
+        .collect();
+    for id in ids {
+        set_status(
+            engine,
+            &id,
+            ModelStatusReport::Failed {
+                reason: format!("no GPU: {reason}"),
+            },
+        );
+    }
+}
+
+/// After each loss of the device: rebuild it (see [`forget_lost_device`]) and reload every
+/// model that was on it, from the cache when it is there.
+pub(super) async fn watch_device_loss(
+    engine: Rc<Engine>,
+    mut lost: mpsc::UnboundedReceiver<String>,
+) {
+    while let Some(reason) = lost.next().await {
+        // Background removal on the CPU is untouched by the loss.
+        if isnet_device_kind(&engine) == ComputeDevice::Gpu {
+            engine.isnet.borrow_mut().take();
+        }
+        engine.shape.borrow_mut().take();
+        if forget_lost_device(&engine, &reason).is_none() {
+            continue;
+        }
+        engine.rebuilding.set(true);
+        let hold = engine.options.borrow().debug_gpu_rebuild_ms;
+        if let Some(ms) = hold {
+            sleep_ms(ms as i32).await;
+        }
+        // Their tensors went with the device: nothing may use them until they are back. A
+        // model still loading marks itself when its load notices the loss.
+        let lost_models: Vec<String> = {
+            let mut slots = engine.models.borrow_mut();
+            slots
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| !isnet_on_cpu(&engine, *i))
+                // The shape model's other precisions were never on the device.
+                .filter(|(i, _)| !engine.roles.borrow().is_idle(*i))
+                .map(|(_, s)| s)
+                .filter(|s| s.weights.is_some())
+                .filter(|s| !matches!(s.status, ModelStatusReport::Failed { .. }))
+                .map(|s| {
+                    s.weights = Some(WeightSet::new());
+                    s.awaiting_device = true;
+                    s.spec.id.clone()
+                })
+                .collect()
+        };
+        for id in lost_models {
+            set_status(&engine, &id, ModelStatusReport::Loading);
+        }
+        let acquired = acquire_gpu(&engine).await;
+        engine.rebuilding.set(false);
+        if let Err(reason) = acquired {
+            fail_without_gpu(&engine, &reason);
+            continue;
+        }
+        let reload: Vec<usize> = {
+            let mut slots = engine.models.borrow_mut();
+            slots
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, s)| std::mem::take(&mut s.awaiting_device).then_some(i))
+                .collect()
+        };
+        for i in reload {
+            load_model(engine.clone(), i).await;
+        }
+        post(&FromWorker::Notice {
+            level: NoticeLevel::Info,
+            message: "GPU restored".into(),
+        });
+    }
+}
+
 /// Load (or resume) model `i` on the current device. Re-runs itself if the device is rebuilt
 /// meanwhile, since tensors on a lost device are gone.
 pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
@@ -384,7 +481,7 @@ pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
         let outcome = load_once(&engine, i, &id, &source, &mut weights).await;
         let mut outcome = outcome;
         let lost = engine.device_generation.get() != generation || engine.gpu.borrow().is_none();
-        if lost && !cutout::isnet_on_cpu(&engine, i) {
+        if lost && !isnet_on_cpu(&engine, i) {
             // The device was lost under this load: whatever happened here happened to tensors
             // that are gone.
             weights = WeightSet::new();
@@ -479,7 +576,7 @@ async fn load_once(
 ) -> Result<bool, Unloaded> {
     let isnet = engine.roles.borrow().background == Some(i);
     let chosen = if isnet {
-        cutout::isnet_device(engine)
+        isnet_device(engine)
     } else {
         engine.device_and_dtype()
     };

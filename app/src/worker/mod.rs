@@ -3,10 +3,12 @@
 //! [`crate::protocol`] messages. Everything here runs on the worker's single thread, so state
 //! lives in `Rc<RefCell<…>>` and long work runs as `spawn_local` tasks.
 //!
-//! - [`device`]: acquiring the GPU, rebuilding it after a loss;
-//! - [`loading`]: each model's slot, the fit check, shard streaming, the cache;
+//! - [`device`]: acquiring the GPU, forgetting it when it is lost;
+//! - [`loading`]: each model's slot, the fit check, shard streaming, the cache, and the
+//!   models' reload on a new device after a loss;
+//! - [`placement`]: where each model runs (ISNet on the CPU or the GPU);
 //! - [`cutout`] and [`shape`]: the two jobs, background removal and shape generation;
-//! - [`outbox`]: what goes back to the UI.
+//! - [`outbox`]: what goes back to the UI; [`js`]: the browser's timer and memory figure.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -25,8 +27,10 @@ pub use outbox::{post, wasm_heap_bytes};
 
 mod cutout;
 mod device;
+mod js;
 mod loading;
 mod outbox;
+mod placement;
 mod shape;
 
 pub use loading::MODEL_CACHE;
@@ -162,7 +166,7 @@ struct Engine {
     image: RefCell<Option<(String, image::RgbaImage)>>,
     options: RefCell<EngineOptions>,
     /// Background removal, once its weights are on its device (the GPU's current one, or the
-    /// CPU: see [`cutout::isnet_device`]).
+    /// CPU: see [`placement::isnet_device`]).
     isnet: RefCell<Option<Rc<orfeas_engine::models::isnet::IsNet>>>,
     /// Bumped per image, so a cut-out of an older image is not shown.
     cutout_generation: Cell<u64>,
@@ -230,10 +234,11 @@ pub fn on_message(json: &str) {
                 .position(|slot| slot.spec.id == model);
             match position {
                 Some(i) => spawn_local(async move {
-                    let needs_gpu = !cutout::isnet_on_cpu(&engine, i);
+                    let needs_gpu = !placement::isnet_on_cpu(&engine, i);
                     if needs_gpu && engine.gpu.borrow().is_none() {
                         // A retry after the GPU failed to come up tries the GPU again too.
-                        if !device::acquire_gpu(&engine).await {
+                        if let Err(reason) = device::acquire_gpu(&engine).await {
+                            loading::fail_without_gpu(&engine, &reason);
                             return;
                         }
                     }
