@@ -7,6 +7,7 @@
 //! the user for the full one); a run a GPU reset cut short runs again once ISNet is back on the
 //! new device (on the CPU a reset does not touch it).
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use burn::tensor::Device;
@@ -20,6 +21,42 @@ use super::placement::{isnet_device, isnet_device_kind};
 use super::{Engine, post};
 use crate::protocol::{ComputeDevice, CutoutState, FromWorker, ModelStatusReport};
 use crate::text::time_so_far;
+
+/// Background removal's state, changed only here; the others read ISNet and the cut-out
+/// through its methods.
+#[derive(Default)]
+pub(super) struct BackgroundState {
+    /// ISNet, once its weights are on its device (the GPU's current one, or the CPU: see
+    /// [`isnet_device`]).
+    isnet: RefCell<Option<Rc<IsNet>>>,
+    /// Bumped per image, so a cut-out of an older image is not shown.
+    generation: Cell<u64>,
+    /// The current image's cut-out (the shape model's input).
+    cutout: RefCell<Option<image::RgbaImage>>,
+    /// The user asked for background removal at the reference's size on a slow adapter.
+    full_size: Cell<bool>,
+    /// A GPU reset cut the current cut-out short: its re-run says so.
+    interrupted: Cell<bool>,
+    /// ISNet's warm-up pass is running.
+    warming: Cell<bool>,
+}
+
+impl BackgroundState {
+    /// ISNet, when it is on its device.
+    pub(super) fn isnet(&self) -> Option<Rc<IsNet>> {
+        self.isnet.borrow().clone()
+    }
+
+    /// ISNet's device is gone: it is built again once its weights are back.
+    pub(super) fn forget_isnet(&self) {
+        self.isnet.borrow_mut().take();
+    }
+
+    /// The current image's cut-out, once made.
+    pub(super) fn cutout(&self) -> Option<image::RgbaImage> {
+        self.cutout.borrow().clone()
+    }
+}
 
 /// ISNet's input side on a software adapter (a CPU rasteriser), when the page asks for ISNet
 /// on it (`?background_device=gpu`): the full 1024² pass takes minutes there; this one tens of
@@ -42,7 +79,7 @@ pub(super) fn adopt(engine: &Rc<Engine>, i: usize) -> Result<(), String> {
         IsNet::from_weights(weights, &device)
             .map_err(|e| format!("{id} does not fit ISNet: {e}"))?,
     );
-    *engine.isnet.borrow_mut() = Some(model.clone());
+    *engine.background.isnet.borrow_mut() = Some(model.clone());
     // A picture already waiting is the first pass itself: no warm-up ahead of it. The CPU
     // compiles nothing at a first pass.
     let on_gpu = isnet_device_kind(engine) == ComputeDevice::Gpu;
@@ -61,7 +98,7 @@ fn warm_up(engine: &Rc<Engine>, model: Rc<IsNet>, device: Device, id: String) {
     // At the size the user's pictures will run at: the GPU kernels are compiled per shape (a
     // 64² warm-up left the first 224² pass as slow as without one, measured in bench-web).
     let (options, _) = options_for(engine);
-    engine.cutout_warming.set(true);
+    engine.background.warming.set(true);
     let engine = engine.clone();
     spawn_local(async move {
         let started = web_time::Instant::now();
@@ -76,7 +113,7 @@ fn warm_up(engine: &Rc<Engine>, model: Rc<IsNet>, device: Device, id: String) {
         };
         let warmed =
             matte_reporting(&model, &blank, &device, &options, Some(&mut no_picture_yet)).await;
-        engine.cutout_warming.set(false);
+        engine.background.warming.set(false);
         if warmed.is_ok() {
             post(&FromWorker::Warmed {
                 model: id,
@@ -93,8 +130,8 @@ fn options_for(engine: &Engine) -> (Options, bool) {
     let mut options = engine.options.borrow().background_options();
     let chosen = engine.options.borrow().background_size.is_some();
     let reduced = !chosen
-        && !engine.cutout_full_size.get()
-        && engine.software_adapter.get()
+        && !engine.background.full_size.get()
+        && engine.device.software_adapter()
         && isnet_device_kind(engine) == ComputeDevice::Gpu;
     if reduced {
         options.size = SOFTWARE_SIZE;
@@ -107,16 +144,16 @@ pub(super) fn request(engine: &Rc<Engine>) {
     let Some((name, image)) = engine.image.borrow().clone() else {
         return;
     };
-    let generation = engine.cutout_generation.get() + 1;
-    engine.cutout_generation.set(generation);
-    engine.cutout.borrow_mut().take();
+    let generation = engine.background.generation.get() + 1;
+    engine.background.generation.set(generation);
+    engine.background.cutout.borrow_mut().take();
     if has_alpha(&image) {
-        engine.cutout.replace(Some(image.clone()));
+        engine.background.cutout.replace(Some(image.clone()));
         let message = "the image already has transparency: used as it is";
         post_cutout(report(&name, CutoutState::Kept, message), &image);
         return;
     }
-    let Some(model) = engine.isnet.borrow().clone() else {
+    let Some(model) = engine.background.isnet.borrow().clone() else {
         let background = engine.roles.borrow().background;
         let isnet_status = background.map(|i| {
             let slots = engine.models.borrow();
@@ -142,7 +179,7 @@ pub(super) fn request(engine: &Rc<Engine>) {
                 failed.detail = Some(reason);
                 failed
             }
-            Some((label, _)) if engine.rebuilding.get() => report(
+            Some((label, _)) if engine.device.rebuilding() => report(
                 &name,
                 CutoutState::Waiting,
                 format!("GPU reset: the cut-out follows when {label} is back"),
@@ -166,7 +203,7 @@ pub(super) fn request(engine: &Rc<Engine>) {
     };
     let (options, reduced) = options_for(engine);
     let size = options.size;
-    let again = if engine.cutout_interrupted.take() {
+    let again = if engine.background.interrupted.take() {
         "GPU reset — running again: "
     } else {
         ""
@@ -184,24 +221,24 @@ pub(super) fn request(engine: &Rc<Engine>) {
         format!("removing the background (ISNet at {size}²{on})…"),
         0.0,
     );
-    let device_generation = engine.device_generation.get();
+    let device_generation = engine.device.generation();
     let engine = engine.clone();
     spawn_local(async move {
-        if engine.cutout_warming.get() {
+        if engine.background.warming.get() {
             let what = "preparing background removal for this GPU (its first run compiles the \
                         GPU code)…";
             running(&name, what.into(), 0.0);
-            while engine.cutout_warming.get() {
+            while engine.background.warming.get() {
                 sleep_ms(100).await;
             }
-            if engine.cutout_generation.get() != generation {
+            if engine.background.generation.get() != generation {
                 return;
             }
         }
         let started = web_time::Instant::now();
         // A run whose picture was replaced stops at the end of its current stage.
         let mut on_progress = |done: f64| {
-            if engine.cutout_generation.get() != generation {
+            if engine.background.generation.get() != generation {
                 return false;
             }
             // What is left, at the pace so far.
@@ -217,7 +254,7 @@ pub(super) fn request(engine: &Rc<Engine>) {
         };
         let result =
             remove_background_reporting(&model, &image, &device, &options, &mut on_progress).await;
-        if engine.cutout_generation.get() != generation {
+        if engine.background.generation.get() != generation {
             return; // the user picked another image meanwhile
         }
         match result {
@@ -238,9 +275,9 @@ pub(super) fn request(engine: &Rc<Engine>) {
                     }
                     ComputeDevice::Gpu => None,
                 };
-                let because = if engine.no_gpu_at_start.get() {
+                let because = if engine.device.no_gpu_at_start() {
                     Some("this page has no WebGPU")
-                } else if engine.software_adapter.get() {
+                } else if engine.device.software_adapter() {
                     Some("this GPU is a software renderer")
                 } else {
                     None
@@ -248,7 +285,7 @@ pub(super) fn request(engine: &Rc<Engine>) {
                 if let (Some(why), Some(because)) = (why, because) {
                     message.push_str(&format!("; {why} because {because}"));
                 }
-                engine.cutout.replace(Some(cut.clone()));
+                engine.background.cutout.replace(Some(cut.clone()));
                 let mut done = report(&name, CutoutState::Ready, message);
                 done.reduced = reduced;
                 done.device = Some(kind);
@@ -258,14 +295,14 @@ pub(super) fn request(engine: &Rc<Engine>) {
                 // A lost device fails the run before its loss is reported: give the report a
                 // moment to arrive, so a reset is told apart from a real failure.
                 sleep_ms(200).await;
-                if engine.cutout_generation.get() != generation {
+                if engine.background.generation.get() != generation {
                     return; // ISNet came back on a new device and the cut-out runs there
                 }
                 let reset = kind == ComputeDevice::Gpu
-                    && (engine.device_generation.get() != device_generation
-                        || engine.rebuilding.get());
+                    && (engine.device.generation() != device_generation
+                        || engine.device.rebuilding());
                 let mut failed = if reset {
-                    engine.cutout_interrupted.set(true);
+                    engine.background.interrupted.set(true);
                     report(
                         &name,
                         CutoutState::Waiting,
@@ -283,6 +320,6 @@ pub(super) fn request(engine: &Rc<Engine>) {
 
 /// The user asked for the reference's full size: keep it, and cut the current image again.
 pub(super) fn full_size(engine: &Rc<Engine>) {
-    engine.cutout_full_size.set(true);
+    engine.background.full_size.set(true);
     request(engine);
 }

@@ -14,8 +14,8 @@ use orfeas_engine::weights::{
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
 
-use super::device::{acquire_gpu, forget_lost_device};
-use super::js::{device_memory, sleep_ms};
+use super::device::{self, acquire_gpu};
+use super::js::device_memory;
 use super::placement::{isnet_device, isnet_device_kind, isnet_on_cpu};
 use super::{Engine, Roles, cutout, post, wasm_heap_bytes};
 use crate::config::ModelSpec;
@@ -78,9 +78,8 @@ pub(super) async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {
         }
         *engine.roles.borrow_mut() = roles;
     }
-    let (sender, receiver) = mpsc::unbounded();
-    *engine.lost.borrow_mut() = Some(sender);
-    spawn_local(watch_device_loss(engine.clone(), receiver));
+    let losses = engine.device.report_losses();
+    spawn_local(watch_device_loss(engine.clone(), losses));
     if let Err(reason) = acquire_gpu(&engine).await {
         fail_without_gpu(&engine, &reason);
         // Without a GPU background removal still runs, on the CPU.
@@ -109,14 +108,14 @@ pub(super) async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {
 /// model — a shape model's three sets together — fits this GPU in the dtype it will run in;
 /// one that does not is refused with the reason (what is missing, what would fit).
 async fn check_fit(engine: &Rc<Engine>) {
-    let Some((capacity, dtype)) = engine.gpu.borrow().as_ref().map(|gpu| {
+    let Some((capacity, dtype)) = engine.device.info().map(|info| {
         let memory = engine
             .options
             .borrow()
             .gpu_memory_gib
             .map(|gib| (gib * (1u64 << 30) as f64) as u64);
-        let capacity = gpu.info.capacity(memory, device_memory());
-        let dtype = gpu.info.model_dtype();
+        let capacity = info.capacity(memory, device_memory());
+        let dtype = info.model_dtype();
         (capacity, dtype)
     }) else {
         return;
@@ -303,7 +302,7 @@ pub(super) async fn choose_quant(engine: Rc<Engine>, precision: String) {
     };
     // The old set's tensors go before the new set's come (a set still loading lets go of
     // its own when its load ends).
-    engine.shape.borrow_mut().take();
+    engine.shape.forget_model();
     for i in old {
         let id = {
             let mut slots = engine.models.borrow_mut();
@@ -324,7 +323,7 @@ pub(super) async fn choose_quant(engine: Rc<Engine>, precision: String) {
         because: "your choice".into(),
         options: options.clone(),
     }));
-    if engine.gpu.borrow().is_none() {
+    if !engine.device.is_up() {
         return; // the GPU's return (or a retry) loads it
     }
     for i in new {
@@ -393,16 +392,11 @@ pub(super) async fn watch_device_loss(
     while let Some(reason) = lost.next().await {
         // Background removal on the CPU is untouched by the loss.
         if isnet_device_kind(&engine) == ComputeDevice::Gpu {
-            engine.isnet.borrow_mut().take();
+            engine.background.forget_isnet();
         }
-        engine.shape.borrow_mut().take();
-        if forget_lost_device(&engine, &reason).is_none() {
+        engine.shape.forget_model();
+        if !device::lost(&engine, &reason).await {
             continue;
-        }
-        engine.rebuilding.set(true);
-        let hold = engine.options.borrow().debug_gpu_rebuild_ms;
-        if let Some(ms) = hold {
-            sleep_ms(ms as i32).await;
         }
         // Their tensors went with the device: nothing may use them until they are back. A
         // model still loading marks itself when its load notices the loss.
@@ -427,9 +421,7 @@ pub(super) async fn watch_device_loss(
         for id in lost_models {
             set_status(&engine, &id, ModelStatusReport::Loading);
         }
-        let acquired = acquire_gpu(&engine).await;
-        engine.rebuilding.set(false);
-        if let Err(reason) = acquired {
+        if let Err(reason) = device::rebuild(&engine).await {
             fail_without_gpu(&engine, &reason);
             continue;
         }
@@ -467,7 +459,7 @@ pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
     };
     let mut weights = weights;
     if engine.roles.borrow().is_shape_part(i) {
-        engine.shape.borrow_mut().take();
+        engine.shape.forget_model();
     }
     let refused = engine.models.borrow()[i].refused.clone();
     if let Some(reason) = refused {
@@ -477,22 +469,22 @@ pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
     }
     set_status(&engine, &id, ModelStatusReport::Loading);
     loop {
-        let generation = engine.device_generation.get();
+        let generation = engine.device.generation();
         let outcome = load_once(&engine, i, &id, &source, &mut weights).await;
         let mut outcome = outcome;
-        let lost = engine.device_generation.get() != generation || engine.gpu.borrow().is_none();
+        let lost = engine.device.generation() != generation || !engine.device.is_up();
         if lost && !isnet_on_cpu(&engine, i) {
             // The device was lost under this load: whatever happened here happened to tensors
             // that are gone.
             weights = WeightSet::new();
-            if engine.rebuilding.get() {
+            if engine.device.rebuilding() {
                 // The rebuild reloads this model once the new device is up (or fails it).
                 let mut slots = engine.models.borrow_mut();
                 slots[i].weights = Some(weights);
                 slots[i].awaiting_device = true;
                 return;
             }
-            if engine.gpu.borrow().is_some() {
+            if engine.device.is_up() {
                 continue;
             }
             outcome = Err(Unloaded::Failed(
@@ -578,7 +570,7 @@ async fn load_once(
     let chosen = if isnet {
         isnet_device(engine)
     } else {
-        engine.device_and_dtype()
+        engine.device.current_with_dtype()
     };
     let (device, dtype) = chosen.map_err(Unloaded::Failed)?;
     let known = engine.models.borrow()[i].index.clone();

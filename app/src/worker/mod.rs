@@ -10,11 +10,9 @@
 //! - [`cutout`] and [`shape`]: the two jobs, background removal and shape generation;
 //! - [`outbox`]: what goes back to the UI; [`js`]: the browser's timer and memory figure.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 
-use futures::channel::mpsc;
-use orfeas_engine::gpu::Gpu;
 use orfeas_engine::mesh::preview::inflate;
 use wasm_bindgen_futures::spawn_local;
 
@@ -141,63 +139,25 @@ impl Roles {
     }
 }
 
+/// The worker's state, by owner: each part is changed by its module (the device's by
+/// [`device`], background removal's by [`cutout`], the shape model's by [`shape`]) and read by
+/// the others through its methods; the model slots and their roles by [`loading`]; the image
+/// and the page's options by the messages that bring them.
 #[derive(Default)]
 struct Engine {
+    /// One slot per configured model, in the config's order.
     models: RefCell<Vec<ModelSlot>>,
     roles: RefCell<Roles>,
-    gpu: RefCell<Option<Gpu>>,
-    /// The GPU is a software renderer (kept across device rebuilds: the same adapter).
-    software_adapter: Cell<bool>,
-    /// A GPU device was acquired once in this session.
-    gpu_acquired: Cell<bool>,
-    /// The page had no GPU when it first asked (no WebGPU, no adapter): background removal then
-    /// runs on the CPU for the session, and only the models that need the GPU fail.
-    no_gpu_at_start: Cell<bool>,
-    /// Bumped each time the device is rebuilt; a load that started on an older device redoes
-    /// its work.
-    device_generation: Cell<u32>,
-    gpu_resets: Cell<u32>,
-    /// The device generation whose fused attention kernel was checked.
-    attention_checked: Cell<Option<u32>>,
-    /// A lost device is being replaced: loads cut short wait for the new one.
-    rebuilding: Cell<bool>,
-    lost: RefCell<Option<mpsc::UnboundedSender<String>>>,
+    /// The GPU device and what happened to it (see [`device::DeviceState`]).
+    device: device::DeviceState,
     /// The user's image, upright RGBA, for generation.
     image: RefCell<Option<(String, image::RgbaImage)>>,
     options: RefCell<EngineOptions>,
-    /// Background removal, once its weights are on its device (the GPU's current one, or the
-    /// CPU: see [`placement::isnet_device`]).
-    isnet: RefCell<Option<Rc<orfeas_engine::models::isnet::IsNet>>>,
-    /// Bumped per image, so a cut-out of an older image is not shown.
-    cutout_generation: Cell<u64>,
-    /// The current image's cut-out (the shape model's input).
-    cutout: RefCell<Option<image::RgbaImage>>,
-    /// The user asked for background removal at the reference's size on a slow adapter.
-    cutout_full_size: Cell<bool>,
-    /// A GPU reset cut the current cut-out short: its re-run says so.
-    cutout_interrupted: Cell<bool>,
-    /// ISNet's warm-up pass is running.
-    cutout_warming: Cell<bool>,
-    /// The shape model, built from its three shard sets at the first generation.
-    shape: RefCell<Option<Rc<orfeas_engine::pipeline::ShapeModel>>>,
-    /// The request the user asked to stop (see [`shape::run`]).
-    stop_requested: Cell<Option<u64>>,
-}
-
-impl Engine {
-    /// The current GPU device.
-    fn device(&self) -> Result<burn::tensor::Device, String> {
-        self.device_and_dtype().map(|(device, _)| device)
-    }
-
-    /// The current GPU device and the dtype models run in on it.
-    fn device_and_dtype(&self) -> Result<(burn::tensor::Device, burn::tensor::DType), String> {
-        self.gpu
-            .borrow()
-            .as_ref()
-            .map(|gpu| (gpu.device.clone(), gpu.info.model_dtype()))
-            .ok_or_else(|| "no GPU device".to_string())
-    }
+    /// Background removal: ISNet and the current image's cut-out (see
+    /// [`cutout::BackgroundState`]).
+    background: cutout::BackgroundState,
+    /// The shape model and the stop the user asked for (see [`shape::ShapeState`]).
+    shape: shape::ShapeState,
 }
 
 thread_local! {
@@ -235,7 +195,7 @@ pub fn on_message(json: &str) {
             match position {
                 Some(i) => spawn_local(async move {
                     let needs_gpu = !placement::isnet_on_cpu(&engine, i);
-                    if needs_gpu && engine.gpu.borrow().is_none() {
+                    if needs_gpu && !engine.device.is_up() {
                         // A retry after the GPU failed to come up tries the GPU again too.
                         if let Err(reason) = device::acquire_gpu(&engine).await {
                             loading::fail_without_gpu(&engine, &reason);
@@ -253,20 +213,21 @@ pub fn on_message(json: &str) {
         ToWorker::Generate { request_id } => generate(engine, request_id),
         // Read by the running generation at its next step: the sampler and the field decoding
         // await the GPU between steps, so this message is handled while it runs.
-        ToWorker::Stop { request_id } => engine.stop_requested.set(Some(request_id)),
+        ToWorker::Stop { request_id } => engine.shape.stop(request_id),
         ToWorker::ClearCache => spawn_local(loading::clear_cache()),
         ToWorker::VerifyCache => spawn_local(loading::verify_cache(engine)),
         ToWorker::CutoutFullSize => cutout::full_size(&engine),
         ToWorker::ChooseQuant { precision } => {
             spawn_local(loading::choose_quant(engine, precision))
         }
-        ToWorker::SimulateDeviceLoss => match engine.gpu.borrow().as_ref() {
-            Some(gpu) => gpu.destroy(),
-            None => post(&FromWorker::Error {
-                request_id: None,
-                message: "no GPU device to lose".into(),
-            }),
-        },
+        ToWorker::SimulateDeviceLoss => {
+            if let Err(message) = engine.device.destroy() {
+                post(&FromWorker::Error {
+                    request_id: None,
+                    message,
+                });
+            }
+        }
     }
 }
 

@@ -15,7 +15,7 @@ pub(super) fn isnet_device_kind(engine: &Engine) -> ComputeDevice {
     if let Some(device) = engine.options.borrow().background_device {
         return device;
     }
-    if engine.software_adapter.get() || engine.no_gpu_at_start.get() {
+    if engine.device.software_adapter() || engine.device.no_gpu_at_start() {
         ComputeDevice::Cpu
     } else {
         ComputeDevice::Gpu
@@ -31,6 +31,6 @@ pub(super) fn isnet_on_cpu(engine: &Engine, i: usize) -> bool {
 pub(super) fn isnet_device(engine: &Engine) -> Result<(Device, DType), String> {
     match isnet_device_kind(engine) {
         ComputeDevice::Cpu => Ok((orfeas_engine::device::cpu(), DType::F32)),
-        ComputeDevice::Gpu => engine.device_and_dtype(),
+        ComputeDevice::Gpu => engine.device.current_with_dtype(),
     }
 }

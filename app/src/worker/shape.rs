@@ -3,7 +3,7 @@
 //! Generate builds one `ShapeModel` from them, then every request runs the engine's
 //! image-to-mesh job on it (reusing the cut-out already shown) and sends the mesh to the viewer.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use orfeas_engine::pipeline::{GenerateError, ImageToMesh, Note, Request, ShapeModel, Stage};
@@ -11,6 +11,36 @@ use orfeas_engine::pipeline::{GenerateError, ImageToMesh, Note, Request, ShapeMo
 use super::Engine;
 use super::outbox::{post, post_mesh};
 use crate::protocol::{FromWorker, MeshMeta};
+
+/// The shape model and the user's stop, changed only here (and dropped by the loader when the
+/// models it was built from go).
+#[derive(Default)]
+pub(super) struct ShapeState {
+    /// Built from its three shard sets at the first generation.
+    model: RefCell<Option<Rc<ShapeModel>>>,
+    /// The request the user asked to stop (see [`run`]).
+    stop_requested: Cell<Option<u64>>,
+}
+
+impl ShapeState {
+    /// The user's Stop for `request_id`, read by the generation at its next step.
+    pub(super) fn stop(&self, request_id: u64) {
+        self.stop_requested.set(Some(request_id));
+    }
+
+    /// `request_id` ended: its stop, if any, is spent.
+    fn stopped(&self, request_id: u64) {
+        if self.stop_requested.get() == Some(request_id) {
+            self.stop_requested.set(None);
+        }
+    }
+
+    /// The networks' weights went (a lost device, another precision): built again at the next
+    /// generation.
+    pub(super) fn forget_model(&self) {
+        self.model.borrow_mut().take();
+    }
+}
 
 fn build(engine: &Engine) -> Result<Rc<ShapeModel>, String> {
     let parts = engine
@@ -21,7 +51,7 @@ fn build(engine: &Engine) -> Result<Rc<ShapeModel>, String> {
         .ok_or(
             "no shape model is configured (models <name>/conditioner, <name>/denoiser, <name>/vae)",
         )?;
-    let device = engine.device()?;
+    let device = engine.device.current()?;
     let [conditioner, denoiser, vae] = parts.map(|i| {
         let slots = engine.models.borrow();
         let slot = &slots[i];
@@ -64,11 +94,9 @@ impl From<&str> for Failure {
 /// Run request `request_id` on the current image; answers `Result`, `Stopped` or `Error`, or
 /// `NotReady` when the GPU was reset meanwhile (the UI asks again once the models are back).
 pub(super) async fn run(engine: Rc<Engine>, request_id: u64) {
-    let device_generation = engine.device_generation.get();
+    let device_generation = engine.device.generation();
     let outcome = generate(&engine, request_id).await;
-    if engine.stop_requested.get() == Some(request_id) {
-        engine.stop_requested.set(None);
-    }
+    engine.shape.stopped(request_id);
     let message = match outcome {
         Ok(message) => FromWorker::Result {
             request_id,
@@ -78,7 +106,7 @@ pub(super) async fn run(engine: Rc<Engine>, request_id: u64) {
             request_id,
             message,
         },
-        Err(Failure::Failed(reason)) if engine.device_generation.get() != device_generation => {
+        Err(Failure::Failed(reason)) if engine.device.generation() != device_generation => {
             FromWorker::NotReady {
                 request_id,
                 retry_after_s: 3,
@@ -101,19 +129,19 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, Failur
         .borrow()
         .clone()
         .ok_or("pick an image first: drop one or choose a file")?;
-    let cached = engine.shape.borrow().clone();
+    let cached = engine.shape.model.borrow().clone();
     let model = match cached {
         Some(model) => model,
         None => {
             let model = build(engine)?;
-            *engine.shape.borrow_mut() = Some(model.clone());
+            *engine.shape.model.borrow_mut() = Some(model.clone());
             model
         }
     };
     super::device::check_attention(engine, model.dtype()).await;
-    let device = engine.device()?;
+    let device = engine.device.current()?;
     let chosen = engine.options.borrow().clone();
-    let isnet = engine.isnet.borrow().clone();
+    let isnet = engine.background.isnet();
     let job = ImageToMesh {
         background_options: chosen.background_options(),
         ..ImageToMesh::new(&model, isnet.as_deref(), &device)
@@ -121,14 +149,14 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, Failur
     // The cut-out shown for this image, when background removal made it already: the job
     // uses it instead of running ISNet again.
     let request = Request {
-        cutout: engine.cutout.borrow().clone(),
+        cutout: engine.background.cutout(),
         ..Request::new(image, chosen.generate_options())
     };
     // The sampler's pace so far gives the estimate of what is left of it.
     let mut sampling_started: Option<web_time::Instant> = None;
     // Where the job is, for the answer to a Stop.
     let last_stage: Cell<Option<Stage>> = Cell::new(None);
-    let should_stop = || engine.stop_requested.get() == Some(request_id);
+    let should_stop = || engine.shape.stop_requested.get() == Some(request_id);
     let on_stage = |stage: Stage| {
         last_stage.set(Some(stage));
         let left_s = match stage {
