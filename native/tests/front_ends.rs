@@ -8,7 +8,7 @@ use std::path::Path;
 use burn::tensor::DType;
 use orfeas_engine::mesh::export::Format;
 use orfeas_engine::pipeline::{
-    COMPONENTS, GenerateOptions, ImageToMesh, Note, Request, load_shape_model,
+    COMPONENTS, GenerateOptions, ImageToMesh, Note, Request, ShapeModel, load_shape_model,
 };
 use orfeas_engine::weights::source::DirSource;
 use serde_json::json;
@@ -22,22 +22,32 @@ const STEPS: usize = 2;
 const OCTREE: usize = 32;
 const SEED: u64 = 1234;
 
+/// `future` on a runtime of this thread (the shard sources read files with tokio).
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// The converted model at `model`, in f32 on `device`.
+fn load_f32(model: &Path, device: &burn::tensor::Device) -> ShapeModel {
+    let sources = COMPONENTS.map(|c| DirSource::new(model.join(c)));
+    block_on(load_shape_model(
+        [&sources[0], &sources[1], &sources[2]],
+        device,
+        DType::F32,
+        |_, _| {},
+    ))
+    .unwrap()
+}
+
 /// The job in this process, as the app's worker runs it (no ISNet loaded).
 fn engine_glb(model: &Path, picture: image::RgbaImage) -> (Vec<u8>, Vec<Note>) {
     let device = orfeas_engine::device::cpu();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let sources = COMPONENTS.map(|c| DirSource::new(model.join(c)));
-        let shape = load_shape_model(
-            [&sources[0], &sources[1], &sources[2]],
-            &device,
-            DType::F32,
-            |_, _| {},
-        )
-        .await
-        .unwrap();
+    let shape = load_f32(model, &device);
+    block_on(async {
         let options = GenerateOptions {
             steps: Some(STEPS),
             resolution: OCTREE,
@@ -59,19 +69,8 @@ fn engine_glb(model: &Path, picture: image::RgbaImage) -> (Vec<u8>, Vec<Note>) {
 /// transparency of its own.
 fn a_cut_out_made_earlier_is_used_where_isnet_would_run(model: &Path, picture: image::RgbaImage) {
     let device = orfeas_engine::device::cpu();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let sources = COMPONENTS.map(|c| DirSource::new(model.join(c)));
-        let shape = load_shape_model(
-            [&sources[0], &sources[1], &sources[2]],
-            &device,
-            DType::F32,
-            |_, _| {},
-        )
-        .await
-        .unwrap();
+    let shape = load_f32(model, &device);
+    block_on(async {
         let job = ImageToMesh::new(&shape, None, &device);
         // A cut-out (the fixture the shape pre-processor's parity uses), and a seed at which
         // the random-weight model finds a surface in it.
