@@ -68,7 +68,8 @@ fn build(engine: &Engine) -> Result<Rc<ShapeModel>, String> {
             (&vae.0, vae.1),
         ],
         &device,
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     Ok(Rc::new(model))
 }
 

@@ -23,7 +23,9 @@ use crate::volume::{Grid, decode_coarse_to_fine, decode_dense};
 
 use super::Stage;
 use super::options::{DEFAULT_STEPS, GenerateOptions, TURBO_STEPS};
-use crate::weights::{LoadProgress, ShardSource, WeightSet, apply_torch_weights, load_all};
+use crate::weights::{
+    LoadError, LoadProgress, ShardSource, WeightSet, apply_torch_weights, load_all,
+};
 
 /// The conditioner set's config: the encoder class, the Hugging Face `Dinov2Config`, the side
 /// the transform resizes to and whether the CLS token is kept (the official
@@ -174,12 +176,12 @@ impl ShapeConfig {
         conditioner: &serde_json::Value,
         denoiser: &serde_json::Value,
         vae: &serde_json::Value,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ShapeBuildError> {
         fn parse<T: serde::de::DeserializeOwned>(
-            part: &str,
+            part: &'static str,
             value: &serde_json::Value,
-        ) -> Result<T, String> {
-            T::deserialize(value).map_err(|e| format!("the {part} config: {e}"))
+        ) -> Result<T, ShapeBuildError> {
+            T::deserialize(value).map_err(|e| ShapeBuildError::config(part, e))
         }
         let config = Self {
             conditioner: parse("conditioner", conditioner)?,
@@ -189,16 +191,16 @@ impl ShapeConfig {
         config
             .conditioner
             .validate()
-            .map_err(|e| format!("the conditioner config: {e}"))?;
+            .map_err(|e| ShapeBuildError::config("conditioner", e))?;
         config
             .denoiser
             .validate()
-            .map_err(|e| format!("the denoiser config: {e}"))?;
+            .map_err(|e| ShapeBuildError::config("denoiser", e))?;
         config
             .vae
             .params
             .validate()
-            .map_err(|e| format!("the vae config: {e}"))?;
+            .map_err(|e| ShapeBuildError::config("vae", e))?;
         Ok(config)
     }
 
@@ -208,6 +210,45 @@ impl ShapeConfig {
         match self.denoiser.scheduler {
             Scheduler::Consistency { .. } => TURBO_STEPS,
             Scheduler::FlowMatch => DEFAULT_STEPS,
+        }
+    }
+}
+
+/// Why a shape model could not be built from its three sets; each names the set (`part`:
+/// conditioner, denoiser or vae) at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeBuildError {
+    /// A set's config: a field the engine does not know, or a value it does not implement.
+    #[error("the {part} config: {reason}")]
+    Config { part: &'static str, reason: String },
+    /// A set's weights do not fit its network (a tensor missing, left over, or of another
+    /// shape).
+    #[error("{part}: {reason}")]
+    Weights { part: &'static str, reason: String },
+    /// The sets do not fit each other.
+    #[error("{0}")]
+    Mismatch(String),
+    /// A set could not be loaded.
+    #[error("{part}: {source}")]
+    Load {
+        part: &'static str,
+        #[source]
+        source: LoadError,
+    },
+}
+
+impl ShapeBuildError {
+    fn config(part: &'static str, reason: impl std::fmt::Display) -> Self {
+        ShapeBuildError::Config {
+            part,
+            reason: reason.to_string(),
+        }
+    }
+
+    fn weights(part: &'static str, reason: impl std::fmt::Display) -> Self {
+        ShapeBuildError::Weights {
+            part,
+            reason: reason.to_string(),
         }
     }
 }
@@ -291,7 +332,7 @@ impl ShapeModel {
         denoiser: WeightSet,
         vae: WeightSet,
         device: &Device,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ShapeBuildError> {
         let encoder_config = &config.conditioner.config;
         // An encoder size other than the position table's (2mini-turbo's 1022 over DINOv2's
         // 518) resamples the table once, as Hugging Face does on every call.
@@ -300,7 +341,7 @@ impl ShapeModel {
             conditioner,
             dinov2::checkpoint_name,
         )
-        .map_err(|e| format!("conditioner: {e}"))?
+        .map_err(|e| ShapeBuildError::weights("conditioner", e))?
         .resize_positions(config.conditioner.image_size);
         let (model, channels) = match &config.denoiser.architecture {
             Architecture::HunYuanDiTPlain { params } => (
@@ -310,7 +351,7 @@ impl ShapeModel {
                         denoiser,
                         hunyuandit_plain::checkpoint_name,
                     )
-                    .map_err(|e| format!("denoiser: {e}"))?,
+                    .map_err(|e| ShapeBuildError::weights("denoiser", e))?,
                 )),
                 params.in_channels,
             ),
@@ -321,20 +362,23 @@ impl ShapeModel {
                         denoiser,
                         hunyuan3d_dit::checkpoint_name,
                     )
-                    .map_err(|e| format!("denoiser: {e}"))?,
+                    .map_err(|e| ShapeBuildError::weights("denoiser", e))?,
                 )),
                 params.in_channels,
             ),
         };
         let vae_params = &config.vae.params;
         if vae_params.embed_dim != channels {
-            return Err(format!(
+            return Err(ShapeBuildError::Mismatch(format!(
                 "the denoiser makes {channels}-channel latents, the vae decodes {}",
                 vae_params.embed_dim
-            ));
+            )));
         }
-        let vae = apply_torch_weights(vae_params.init(device)?, vae, shape_vae::checkpoint_name)
-            .map_err(|e| format!("vae: {e}"))?;
+        let vae_network = vae_params
+            .init(device)
+            .map_err(|e| ShapeBuildError::config("vae", e))?;
+        let vae = apply_torch_weights(vae_network, vae, shape_vae::checkpoint_name)
+            .map_err(|e| ShapeBuildError::weights("vae", e))?;
         Ok(Self {
             encoder,
             encoder_size: config.conditioner.image_size,
@@ -587,7 +631,7 @@ pub async fn load_shape_model<S: ShardSource + ?Sized>(
     device: &Device,
     dtype: DType,
     on_progress: impl FnMut(&str, &LoadProgress),
-) -> Result<ShapeModel, String> {
+) -> Result<ShapeModel, ShapeBuildError> {
     let (config, [conditioner, denoiser, vae]) =
         load_shape_parts(sources, device, dtype, on_progress).await?;
     ShapeModel::new(&config, conditioner, denoiser, vae, device)
@@ -599,7 +643,7 @@ impl ShapeModel {
     pub fn from_parts(
         parts: [(&serde_json::Value, WeightSet); 3],
         device: &Device,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ShapeBuildError> {
         let [(c, conditioner), (d, denoiser), (v, vae)] = parts;
         let config = ShapeConfig::from_values(c, d, v)?;
         ShapeModel::new(&config, conditioner, denoiser, vae, device)
@@ -613,13 +657,16 @@ pub async fn load_shape_parts<S: ShardSource + ?Sized>(
     device: &Device,
     dtype: DType,
     mut on_progress: impl FnMut(&str, &LoadProgress),
-) -> Result<(ShapeConfig, [WeightSet; 3]), String> {
+) -> Result<(ShapeConfig, [WeightSet; 3]), ShapeBuildError> {
     let mut configs = Vec::new();
     let mut weights = Vec::new();
-    for (component, source) in COMPONENTS.iter().zip(sources) {
+    for (&component, source) in COMPONENTS.iter().zip(sources) {
         let (index, set) = load_all(source, device, dtype, |p| on_progress(component, p))
             .await
-            .map_err(|e| format!("{component}: {e}"))?;
+            .map_err(|source| ShapeBuildError::Load {
+                part: component,
+                source,
+            })?;
         configs.push(index.config);
         weights.push(set);
     }

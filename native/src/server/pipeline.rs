@@ -49,7 +49,8 @@ impl ModelPipeline {
         let shape = ShapeModel::from_parts(
             [&conditioner, &denoiser, &vae].map(|m| (&m.index.config, m.weights.clone())),
             &self.device,
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         let isnet = match self.models.isnet().and_then(|slot| slot.loaded()) {
             Some(loaded) => Some(
                 IsNet::from_weights(loaded.weights.clone(), &self.device)
