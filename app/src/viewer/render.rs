@@ -110,6 +110,14 @@ pub struct PendingFrame {
     bgra: bool,
 }
 
+/// Where the renderer reports what its device says once it is built (the runtime posts both to
+/// the UI): an error in a GPU call, and the device's loss.
+#[derive(Clone, Copy)]
+pub struct DeviceEvents {
+    pub error: fn(String),
+    pub lost: fn(String),
+}
+
 pub struct Renderer {
     device: wgpu::Device,
     queue: wgpu::Queue,
@@ -140,8 +148,13 @@ impl Renderer {
     }
 
     /// `direct`: present on the canvas's WebGPU context; otherwise read frames back (the
-    /// bootstrap script then owns the canvas's 2D context).
-    pub async fn new(canvas: web_sys::OffscreenCanvas, direct: bool) -> Result<Self, String> {
+    /// bootstrap script then owns the canvas's 2D context). What the device says later goes to
+    /// `events`.
+    pub async fn new(
+        canvas: web_sys::OffscreenCanvas,
+        direct: bool,
+        events: DeviceEvents,
+    ) -> Result<Self, String> {
         let (width, height) = (canvas.width().max(1), canvas.height().max(1));
         let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
         descriptor.backends = wgpu::Backends::BROWSER_WEBGPU;
@@ -169,16 +182,11 @@ impl Renderer {
             })
             .await
             .map_err(|e| format!("the GPU refused the viewer a device: {e}"))?;
-        device.on_uncaptured_error(std::sync::Arc::new(|error| {
-            super::runtime::post(&crate::protocol::FromViewer::Error {
-                message: format!("viewer GPU error: {error}"),
-            });
+        device.on_uncaptured_error(std::sync::Arc::new(move |error| {
+            (events.error)(format!("viewer GPU error: {error}"))
         }));
-        device.set_device_lost_callback(|reason, message| {
-            super::runtime::post(&crate::protocol::FromViewer::Failed {
-                reason: format!("GPU device lost ({reason:?}): {message}"),
-                device_lost: true,
-            });
+        device.set_device_lost_callback(move |reason, message| {
+            (events.lost)(format!("GPU device lost ({reason:?}): {message}"))
         });
         let (output, format) = match surface {
             Some(surface) => {

@@ -8,7 +8,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
 use super::camera::OrbitCamera;
-use super::render::{MeshData, Renderer};
+use super::render::{DeviceEvents, MeshData, Renderer};
 use crate::protocol::{FromViewer, ToViewer, ViewMode};
 
 struct Viewer {
@@ -47,7 +47,16 @@ pub fn post(message: &FromViewer) {
 
 /// Acquire the GPU for the canvas and start the frame loop (`direct`: see [`Renderer::new`]).
 pub async fn start(canvas: web_sys::OffscreenCanvas, direct: bool) {
-    match Renderer::new(canvas, direct).await {
+    let events = DeviceEvents {
+        error: |message| post(&FromViewer::Error { message }),
+        lost: |reason| {
+            post(&FromViewer::Failed {
+                reason,
+                device_lost: true,
+            })
+        },
+    };
+    match Renderer::new(canvas, direct, events).await {
         Ok(renderer) => {
             let adapter = renderer.adapter_name.clone();
             VIEWER.with(|v| {
