@@ -19,7 +19,7 @@ use super::js::sleep_ms;
 use super::outbox::{cutout_report as report, post_cutout, post_cutout_state};
 use super::placement::{isnet_device, isnet_device_kind};
 use super::{Engine, post};
-use crate::protocol::{ComputeDevice, CutoutState, FromWorker, ModelStatusReport};
+use crate::protocol::{ComputeDevice, CutoutReport, CutoutState, FromWorker, ModelStatusReport};
 use crate::text::time_so_far;
 
 /// Background removal's state, changed only here; the others read ISNet and the cut-out
@@ -153,169 +153,227 @@ pub(super) fn request(engine: &Rc<Engine>) {
         post_cutout(report(&name, CutoutState::Kept, message), &image);
         return;
     }
-    let Some(model) = engine.background.isnet.borrow().clone() else {
-        let background = engine.roles.borrow().background;
-        let isnet_status = background.map(|i| {
-            let slots = engine.models.borrow();
-            (slots[i].spec.label.clone(), slots[i].status.clone())
-        });
-        let message = match isnet_status {
-            None => report(
-                &name,
-                CutoutState::Failed,
-                "no background-removal model is configured: the picture is used whole",
-            ),
-            Some((label, ModelStatusReport::NotInstalled { .. })) => report(
-                &name,
-                CutoutState::Failed,
-                format!("{label} is not installed: the picture is used whole"),
-            ),
-            Some((label, ModelStatusReport::Failed { reason })) => {
-                let mut failed = report(
-                    &name,
-                    CutoutState::Failed,
-                    format!("{label} failed to load: retry it on its panel"),
-                );
-                failed.detail = Some(reason);
-                failed
-            }
-            Some((label, _)) if engine.device.rebuilding() => report(
-                &name,
-                CutoutState::Waiting,
-                format!("GPU reset: the cut-out follows when {label} is back"),
-            ),
-            Some((label, _)) => report(
-                &name,
-                CutoutState::Waiting,
-                format!("the cut-out follows when {label} is ready"),
-            ),
-        };
-        post_cutout_state(message);
+    let Some(model) = engine.background.isnet() else {
+        post_cutout_state(not_ready(engine, &name));
         return;
     };
     let Ok((device, _)) = isnet_device(engine) else {
         return;
     };
-    let kind = isnet_device_kind(engine);
-    let on = match kind {
-        ComputeDevice::Cpu => " on the CPU",
-        ComputeDevice::Gpu => "",
-    };
-    let (options, reduced) = options_for(engine);
-    let size = options.size;
-    let again = if engine.background.interrupted.take() {
-        "GPU reset — running again: "
-    } else {
-        ""
-    };
-    // Every report of the run: `what` it is doing, the share `done`.
-    let running = move |name: &str, what: String, done: f64| {
-        let mut running = report(name, CutoutState::Running, format!("{again}{what}"));
+    let run = Run::new(engine, name, generation);
+    run.report(format!("removing the background ({})…", run.setting()), 0.0);
+    spawn_local(run.go(engine.clone(), model, image, device));
+}
+
+/// What the cut-out of `name` waits for (or why there is none) while ISNet is not ready.
+fn not_ready(engine: &Engine, name: &str) -> CutoutReport {
+    let background = engine.roles.borrow().background;
+    let isnet_status = background.map(|i| {
+        let slots = engine.models.borrow();
+        (slots[i].spec.label.clone(), slots[i].status.clone())
+    });
+    match isnet_status {
+        None => report(
+            name,
+            CutoutState::Failed,
+            "no background-removal model is configured: the picture is used whole",
+        ),
+        Some((label, ModelStatusReport::NotInstalled { .. })) => report(
+            name,
+            CutoutState::Failed,
+            format!("{label} is not installed: the picture is used whole"),
+        ),
+        Some((label, ModelStatusReport::Failed { reason })) => {
+            let mut failed = report(
+                name,
+                CutoutState::Failed,
+                format!("{label} failed to load: retry it on its panel"),
+            );
+            failed.detail = Some(reason);
+            failed
+        }
+        Some((label, _)) if engine.device.rebuilding() => report(
+            name,
+            CutoutState::Waiting,
+            format!("GPU reset: the cut-out follows when {label} is back"),
+        ),
+        Some((label, _)) => report(
+            name,
+            CutoutState::Waiting,
+            format!("the cut-out follows when {label} is ready"),
+        ),
+    }
+}
+
+/// One cut-out of one image: how it runs, and what it reports as it goes.
+struct Run {
+    name: String,
+    /// The image's generation (see [`BackgroundState`]): a run of a replaced image stops.
+    generation: u64,
+    /// The device's generation when the run began: a reset meanwhile is not a failure.
+    device_generation: u32,
+    kind: ComputeDevice,
+    options: Options,
+    /// Smaller than the reference's size (a slow adapter).
+    reduced: bool,
+    /// This run repeats one a GPU reset cut short.
+    again: bool,
+}
+
+impl Run {
+    fn new(engine: &Engine, name: String, generation: u64) -> Self {
+        let (options, reduced) = options_for(engine);
+        Self {
+            name,
+            generation,
+            device_generation: engine.device.generation(),
+            kind: isnet_device_kind(engine),
+            options,
+            reduced,
+            again: engine.background.interrupted.take(),
+        }
+    }
+
+    /// "ISNet at 1024²", "ISNet at 1024² on the CPU".
+    fn setting(&self) -> String {
+        let on = match self.kind {
+            ComputeDevice::Cpu => " on the CPU",
+            ComputeDevice::Gpu => "",
+        };
+        format!("ISNet at {}²{on}", self.options.size)
+    }
+
+    /// The image was replaced meanwhile.
+    fn superseded(&self, engine: &Engine) -> bool {
+        engine.background.generation.get() != self.generation
+    }
+
+    /// Running: `what` it is doing, the share `done`.
+    fn report(&self, what: String, done: f64) {
+        let again = if self.again {
+            "GPU reset — running again: "
+        } else {
+            ""
+        };
+        let mut running = report(&self.name, CutoutState::Running, format!("{again}{what}"));
         running.progress = Some(done);
-        running.reduced = reduced;
-        running.device = Some(kind);
+        running.reduced = self.reduced;
+        running.device = Some(self.kind);
         post_cutout_state(running);
-    };
-    running(
-        &name,
-        format!("removing the background (ISNet at {size}²{on})…"),
-        0.0,
-    );
-    let device_generation = engine.device.generation();
-    let engine = engine.clone();
-    spawn_local(async move {
+    }
+
+    /// The run: after ISNet's warm-up if it is still going, each stage reported as the device
+    /// finishes it, then the cut-out or why there is none.
+    async fn go(
+        self,
+        engine: Rc<Engine>,
+        model: Rc<IsNet>,
+        image: image::RgbaImage,
+        device: Device,
+    ) {
         if engine.background.warming.get() {
             let what = "preparing background removal for this GPU (its first run compiles the \
                         GPU code)…";
-            running(&name, what.into(), 0.0);
+            self.report(what.into(), 0.0);
             while engine.background.warming.get() {
                 sleep_ms(100).await;
             }
-            if engine.background.generation.get() != generation {
+            if self.superseded(&engine) {
                 return;
             }
         }
         let started = web_time::Instant::now();
         // A run whose picture was replaced stops at the end of its current stage.
         let mut on_progress = |done: f64| {
-            if engine.background.generation.get() != generation {
+            if self.superseded(&engine) {
                 return false;
             }
             // What is left, at the pace so far.
             let elapsed = started.elapsed().as_secs_f64();
             let left = (done > 0.0).then(|| elapsed * (1.0 - done) / done);
             let what = format!(
-                "removing the background (ISNet at {size}²{on}): {:.0} % · {}",
+                "removing the background ({}): {:.0} % · {}",
+                self.setting(),
                 done * 100.0,
                 time_so_far(elapsed, left)
             );
-            running(&name, what, done);
+            self.report(what, done);
             true
         };
         let result =
-            remove_background_reporting(&model, &image, &device, &options, &mut on_progress).await;
-        if engine.background.generation.get() != generation {
+            remove_background_reporting(&model, &image, &device, &self.options, &mut on_progress)
+                .await;
+        if self.superseded(&engine) {
             return; // the user picked another image meanwhile
         }
         match result {
             Ok(cut) => {
-                let fit = if options.letterbox {
-                    "letterboxed"
-                } else {
-                    "stretched"
-                };
-                let mut message = format!(
-                    "background removed in {:.1} s (ISNet at {size}²{on}, {fit})",
-                    started.elapsed().as_secs_f64(),
-                );
-                let why = match kind {
-                    ComputeDevice::Cpu => Some("on the CPU".to_string()),
-                    ComputeDevice::Gpu if reduced => {
-                        Some(format!("smaller than the reference's {INPUT_SIZE}²"))
-                    }
-                    ComputeDevice::Gpu => None,
-                };
-                let because = if engine.device.no_gpu_at_start() {
-                    Some("this page has no WebGPU")
-                } else if engine.device.software_adapter() {
-                    Some("this GPU is a software renderer")
-                } else {
-                    None
-                };
-                if let (Some(why), Some(because)) = (why, because) {
-                    message.push_str(&format!("; {why} because {because}"));
-                }
+                let message = self.finished(&engine, started.elapsed().as_secs_f64());
                 engine.background.cutout.replace(Some(cut.clone()));
-                let mut done = report(&name, CutoutState::Ready, message);
-                done.reduced = reduced;
-                done.device = Some(kind);
+                let mut done = report(&self.name, CutoutState::Ready, message);
+                done.reduced = self.reduced;
+                done.device = Some(self.kind);
                 post_cutout(done, &cut);
             }
-            Err(e) => {
-                // A lost device fails the run before its loss is reported: give the report a
-                // moment to arrive, so a reset is told apart from a real failure.
-                sleep_ms(200).await;
-                if engine.background.generation.get() != generation {
-                    return; // ISNet came back on a new device and the cut-out runs there
-                }
-                let reset = kind == ComputeDevice::Gpu
-                    && (engine.device.generation() != device_generation
-                        || engine.device.rebuilding());
-                let mut failed = if reset {
-                    engine.background.interrupted.set(true);
-                    report(
-                        &name,
-                        CutoutState::Waiting,
-                        "GPU reset — running again once background removal is back on the GPU",
-                    )
-                } else {
-                    report(&name, CutoutState::Failed, "background removal failed")
-                };
-                failed.detail = Some(e.to_string());
-                post_cutout_state(failed);
-            }
+            Err(e) => self.failed(&engine, e.to_string()).await,
         }
-    });
+    }
+
+    /// "background removed in 2.1 s (ISNet at 224², stretched); smaller than the reference's
+    /// 1024² because this GPU is a software renderer".
+    fn finished(&self, engine: &Engine, seconds: f64) -> String {
+        let fit = if self.options.letterbox {
+            "letterboxed"
+        } else {
+            "stretched"
+        };
+        let mut message = format!(
+            "background removed in {seconds:.1} s ({}, {fit})",
+            self.setting()
+        );
+        let why = match self.kind {
+            ComputeDevice::Cpu => Some("on the CPU".to_string()),
+            ComputeDevice::Gpu if self.reduced => {
+                Some(format!("smaller than the reference's {INPUT_SIZE}²"))
+            }
+            ComputeDevice::Gpu => None,
+        };
+        let because = if engine.device.no_gpu_at_start() {
+            Some("this page has no WebGPU")
+        } else if engine.device.software_adapter() {
+            Some("this GPU is a software renderer")
+        } else {
+            None
+        };
+        if let (Some(why), Some(because)) = (why, because) {
+            message.push_str(&format!("; {why} because {because}"));
+        }
+        message
+    }
+
+    /// The run failed: a GPU reset (it runs again once ISNet is back), or a real failure.
+    async fn failed(&self, engine: &Engine, error: String) {
+        // A lost device fails the run before its loss is reported: give the report a moment
+        // to arrive, so a reset is told apart from a real failure.
+        sleep_ms(200).await;
+        if self.superseded(engine) {
+            return; // ISNet came back on a new device and the cut-out runs there
+        }
+        let reset = self.kind == ComputeDevice::Gpu
+            && (engine.device.generation() != self.device_generation || engine.device.rebuilding());
+        let mut failed = if reset {
+            engine.background.interrupted.set(true);
+            report(
+                &self.name,
+                CutoutState::Waiting,
+                "GPU reset — running again once background removal is back on the GPU",
+            )
+        } else {
+            report(&self.name, CutoutState::Failed, "background removal failed")
+        };
+        failed.detail = Some(error);
+        post_cutout_state(failed);
+    }
 }
 
 /// The user asked for the reference's full size: keep it, and cut the current image again.
