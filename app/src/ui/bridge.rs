@@ -14,6 +14,8 @@ use orfeas_app::text::time_so_far;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
 
+use super::json::js_text;
+use super::page::query_params;
 use super::{CutoutView, EngineState, GpuState, ModelView, RequestState, Studio};
 
 thread_local! {
@@ -44,34 +46,6 @@ pub fn send(message: &ToWorker) {
             let _ = worker.post_message(&JsValue::from_str(&json));
         }
     });
-}
-
-/// The page's query parameters, in order.
-pub fn query_params() -> Vec<(String, String)> {
-    let Some(search) = web_sys::window().and_then(|w| w.location().search().ok()) else {
-        return Vec::new();
-    };
-    let Ok(params) = web_sys::UrlSearchParams::new_with_str(&search) else {
-        return Vec::new();
-    };
-    js_sys::try_iter(&params)
-        .ok()
-        .flatten()
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| {
-            let pair: js_sys::Array = entry.ok()?.dyn_into().ok()?;
-            Some((pair.get(0).as_string()?, pair.get(1).as_string()?))
-        })
-        .collect()
-}
-
-pub(super) fn js_text(value: &JsValue) -> String {
-    value
-        .dyn_ref::<js_sys::Error>()
-        .map(|e| String::from(e.message()))
-        .or_else(|| value.as_string())
-        .unwrap_or_else(|| format!("{value:?}"))
 }
 
 /// After first paint: service worker, storage persistence, config, then the engine worker.

@@ -4,11 +4,12 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use wasm_bindgen::{JsCast, JsValue};
 
 /// Parses JSON text into `T`; the error names what was wrong (the browser's syntax error or the
 /// field serde expected).
 pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
-    let value = js_sys::JSON::parse(text).map_err(|e| super::bridge::js_text(&e))?;
+    let value = js_sys::JSON::parse(text).map_err(|e| js_text(&e))?;
     serde_wasm_bindgen::from_value(value).map_err(|e| e.to_string())
 }
 
@@ -22,4 +23,13 @@ pub fn to_string<T: Serialize>(value: &T) -> Result<String, String> {
         .ok()
         .and_then(|text| text.as_string())
         .ok_or_else(|| "JSON.stringify failed".into())
+}
+
+/// A JS error (or any value) as text for a message.
+pub(super) fn js_text(value: &JsValue) -> String {
+    value
+        .dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| value.as_string())
+        .unwrap_or_else(|| format!("{value:?}"))
 }

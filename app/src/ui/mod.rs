@@ -3,6 +3,7 @@
 
 mod bridge;
 mod json;
+mod page;
 mod panels;
 mod text;
 mod viewer;
@@ -139,13 +140,13 @@ impl Studio {
             viewer: RwSignal::new(ViewerState::Empty),
             view_mode: RwSignal::new(ViewMode::Shaded),
             turntable: RwSignal::new(
-                !bridge::query_params()
+                !page::query_params()
                     .iter()
                     .any(|(k, v)| k == "turntable" && v == "0"),
             ),
             snapshot: RwSignal::new(None),
             shape_quant: RwSignal::new(None),
-            debug: bridge::query_params()
+            debug: page::query_params()
                 .iter()
                 .any(|(k, v)| k == "debug" && v == "1"),
         }

@@ -52,7 +52,7 @@ fn local_storage() -> Option<web_sys::Storage> {
 
 /// `?viewer=direct|readback`, else what the probe found on an earlier visit, else "" (probe).
 fn output_mode() -> String {
-    super::bridge::query_params()
+    super::page::query_params()
         .into_iter()
         .find(|(k, _)| k == "viewer")
         .map(|(_, v)| v)
@@ -167,7 +167,7 @@ fn ensure_viewer(studio: Studio) {
                 match super::json::parse::<FromViewer>(&json) {
                     Ok(FromViewer::Ready { direct, .. }) => {
                         // Only the probe's own answer is kept, not a mode a link forced.
-                        let forced = super::bridge::query_params()
+                        let forced = super::page::query_params()
                             .iter()
                             .any(|(k, _)| k == "viewer");
                         if !forced && let Some(storage) = local_storage() {
