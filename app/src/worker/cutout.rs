@@ -66,11 +66,7 @@ pub const SOFTWARE_SIZE: usize = 224;
 /// Build ISNet from slot `i`'s weights; a set whose tensors do not fit the network fails the
 /// model with the reason.
 pub(super) fn adopt(engine: &Rc<Engine>, i: usize) -> Result<(), String> {
-    let (weights, id) = {
-        let slots = engine.models.borrow();
-        let slot = &slots[i];
-        (slot.weights.clone(), slot.spec.id.clone())
-    };
+    let (weights, id) = engine.models.weights(i);
     let (device, _) = isnet_device(engine)?;
     let Some(weights) = weights else {
         return Err(format!("{id} is not loaded"));
@@ -167,11 +163,10 @@ pub(super) fn request(engine: &Rc<Engine>) {
 
 /// What the cut-out of `name` waits for (or why there is none) while ISNet is not ready.
 fn not_ready(engine: &Engine, name: &str) -> CutoutReport {
-    let background = engine.roles.borrow().background;
-    let isnet_status = background.map(|i| {
-        let slots = engine.models.borrow();
-        (slots[i].spec.label.clone(), slots[i].status.clone())
-    });
+    let isnet_status = engine
+        .models
+        .background()
+        .map(|i| engine.models.label_and_status(i));
     match isnet_status {
         None => report(
             name,

@@ -2,6 +2,7 @@
 //! slot, the fit check before anything large is fetched, loads that survive a device loss,
 //! and the cache's verification.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use futures::StreamExt;
@@ -23,9 +24,126 @@ use crate::protocol::{
     ComputeDevice, FromWorker, LoadProgress, ModelStatusReport, NoticeLevel, Phase, QuantOption,
     ShapeQuantReport,
 };
+use crate::text::retry_after_s;
 
 /// Cache Storage name for model shards; bump the suffix if the stored format ever changes.
 pub const MODEL_CACHE: &str = "orfeas-models-v1";
+
+/// Every configured model's slot and the part each plays: filled and changed only here (the
+/// loader), read by the others through these methods.
+#[derive(Default)]
+pub(super) struct ModelSlots {
+    /// One per configured model, in the config's order.
+    slots: RefCell<Vec<ModelSlot>>,
+    roles: RefCell<Roles>,
+}
+
+impl ModelSlots {
+    /// The slot of the model with this id.
+    pub(super) fn position(&self, id: &str) -> Option<usize> {
+        self.slots
+            .borrow()
+            .iter()
+            .position(|slot| slot.spec.id == id)
+    }
+
+    /// Background removal's slot, the one in use of its precisions.
+    pub(super) fn background(&self) -> Option<usize> {
+        self.roles.borrow().background
+    }
+
+    /// Slot `i`'s label and status.
+    pub(super) fn label_and_status(&self, i: usize) -> (String, ModelStatusReport) {
+        let slots = self.slots.borrow();
+        (slots[i].spec.label.clone(), slots[i].status.clone())
+    }
+
+    /// Slot `i`'s weights once loaded, and its id.
+    pub(super) fn weights(&self, i: usize) -> (Option<WeightSet>, String) {
+        let slots = self.slots.borrow();
+        (slots[i].weights.clone(), slots[i].spec.id.clone())
+    }
+
+    /// The shape model in use: each of its three sets' config and weights (in `COMPONENTS`
+    /// order), or what is missing.
+    pub(super) fn shape_parts(&self) -> Result<[(serde_json::Value, WeightSet); 3], String> {
+        let parts = self.roles.borrow().shape().map(|(_, parts)| *parts).ok_or(
+            "no shape model is configured (models <name>/conditioner, <name>/denoiser, <name>/vae)",
+        )?;
+        let slots = self.slots.borrow();
+        let [conditioner, denoiser, vae] = parts.map(|i| {
+            let slot = &slots[i];
+            match (&slot.index, &slot.weights) {
+                (Some(index), Some(weights)) => Ok((index.config.clone(), weights.clone())),
+                _ => Err(format!("{} is not loaded", slot.spec.label)),
+            }
+        });
+        Ok([conditioner?, denoiser?, vae?])
+    }
+
+    /// Why a generation cannot run now, as the answer to request `request_id`: no shape
+    /// model installed, a model in use that failed, or models still loading (with when to
+    /// ask again); `None` when every model in use is ready.
+    pub(super) fn generation_blocker(&self, request_id: u64) -> Option<FromWorker> {
+        let slots = self.slots.borrow();
+        let roles = self.roles.borrow();
+        let shape_parts = roles.shape().map(|(_, parts)| *parts);
+        // The precisions not in use are not loaded and wait for nothing.
+        let in_use = |i: &usize| !roles.is_idle(*i);
+        let installed =
+            |i: &usize| !matches!(slots[*i].status, ModelStatusReport::NotInstalled { .. });
+        if !shape_parts.is_some_and(|parts| parts.iter().all(installed)) {
+            return Some(FromWorker::Error {
+                request_id: Some(request_id),
+                message: "no shape model is installed: convert a Hunyuan3D checkpoint with \
+                          `orfeas convert` (background removal and the preview work without it)"
+                    .into(),
+            });
+        }
+        let in_use_slots = || {
+            slots
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| in_use(i))
+                .map(|(_, s)| s)
+        };
+        if let Some(failed) =
+            in_use_slots().find(|s| matches!(s.status, ModelStatusReport::Failed { .. }))
+        {
+            return Some(FromWorker::Error {
+                request_id: Some(request_id),
+                message: format!(
+                    "{} is not ready (it failed to load): retry it first",
+                    failed.spec.label
+                ),
+            });
+        }
+        let loading: Vec<&ModelSlot> = in_use_slots()
+            .filter(|s| {
+                !matches!(
+                    s.status,
+                    ModelStatusReport::Ready { .. } | ModelStatusReport::NotInstalled { .. }
+                )
+            })
+            .collect();
+        if loading.is_empty() {
+            return None;
+        }
+        let eta = loading
+            .iter()
+            .filter_map(|s| s.progress.as_ref().and_then(|p| p.eta_s))
+            .fold(None, |acc: Option<f64>, eta| {
+                Some(acc.map_or(eta, |a| a.max(eta)))
+            });
+        let names: Vec<&str> = loading.iter().map(|s| s.spec.label.as_str()).collect();
+        Some(FromWorker::NotReady {
+            request_id,
+            retry_after_s: retry_after_s(eta),
+            message: format!("models still loading: {}", names.join(", ")),
+            detail: None,
+        })
+    }
+}
 
 /// One configured model: where it comes from, its index once read, its weights once loaded.
 pub(super) struct ModelSlot {
@@ -47,7 +165,7 @@ pub(super) struct ModelSlot {
 /// (without a GPU, background removal's alone, on the CPU).
 pub(super) async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {
     {
-        let mut slots = engine.models.borrow_mut();
+        let mut slots = engine.models.slots.borrow_mut();
         if !slots.is_empty() {
             return; // a second Start (e.g. a UI re-mount) changes nothing
         }
@@ -76,29 +194,29 @@ pub(super) async fn start(engine: Rc<Engine>, models: Vec<ModelSpec>) {
                 awaiting_device: false,
             });
         }
-        *engine.roles.borrow_mut() = roles;
+        *engine.models.roles.borrow_mut() = roles;
     }
     let losses = engine.device.report_losses();
     spawn_local(watch_device_loss(engine.clone(), losses));
     if let Err(reason) = acquire_gpu(&engine).await {
         fail_without_gpu(&engine, &reason);
         // Without a GPU background removal still runs, on the CPU.
-        let background = engine.roles.borrow().background;
+        let background = engine.models.roles.borrow().background;
         if let Some(i) = background.filter(|&i| isnet_on_cpu(&engine, i)) {
             load_model(engine.clone(), i).await;
         }
         return;
     }
     check_fit(&engine).await;
-    let count = engine.models.borrow().len();
+    let count = engine.models.slots.borrow().len();
     for i in 0..count {
         // The shape model's other precisions wait to be chosen; a set the user chose meanwhile
         // may be loaded already.
         let loaded = matches!(
-            engine.models.borrow()[i].status,
+            engine.models.slots.borrow()[i].status,
             ModelStatusReport::Ready { .. }
         );
-        if !engine.roles.borrow().is_idle(i) && !loaded {
+        if !engine.models.roles.borrow().is_idle(i) && !loaded {
             load_model(engine.clone(), i).await;
         }
     }
@@ -120,22 +238,22 @@ async fn check_fit(engine: &Rc<Engine>) {
     }) else {
         return;
     };
-    let count = engine.models.borrow().len();
+    let count = engine.models.slots.borrow().len();
     for i in 0..count {
-        if engine.roles.borrow().idle_background.contains(&i) {
+        if engine.models.roles.borrow().idle_background.contains(&i) {
             continue; // on standby: nothing of it is fetched
         }
-        let source = engine.models.borrow()[i].source.clone();
-        if engine.models.borrow()[i].index.is_none()
+        let source = engine.models.slots.borrow()[i].source.clone();
+        if engine.models.slots.borrow()[i].index.is_none()
             && let Ok(index) = read_index(source.as_ref()).await
         {
-            engine.models.borrow_mut()[i].index = Some(index);
+            engine.models.slots.borrow_mut()[i].index = Some(index);
         }
     }
     let isnet_cpu = isnet_device_kind(engine) == ComputeDevice::Cpu;
     let groups: Vec<(String, Vec<usize>)> = {
-        let slots = engine.models.borrow();
-        let roles = engine.roles.borrow();
+        let slots = engine.models.slots.borrow();
+        let roles = engine.models.roles.borrow();
         let mut groups: Vec<(String, Vec<usize>)> = roles
             .shape_sets
             .iter()
@@ -152,7 +270,7 @@ async fn check_fit(engine: &Rc<Engine>) {
     };
     for (name, members) in groups {
         let verdict = {
-            let slots = engine.models.borrow();
+            let slots = engine.models.slots.borrow();
             let indexes: Option<Vec<&ShardIndex>> =
                 members.iter().map(|&i| slots[i].index.as_ref()).collect();
             // An index that cannot be read is reported by the load itself.
@@ -168,7 +286,7 @@ async fn check_fit(engine: &Rc<Engine>) {
         };
         if let Some(Err(reason)) = verdict {
             for &i in &members {
-                engine.models.borrow_mut()[i].refused = Some(reason.clone());
+                engine.models.slots.borrow_mut()[i].refused = Some(reason.clone());
             }
         }
     }
@@ -178,8 +296,8 @@ async fn check_fit(engine: &Rc<Engine>) {
 /// The shape model's installed precisions as the card shows them: each set whose three
 /// indexes were read (a set with one missing is not installed), its size, its fit verdict.
 fn quant_options(engine: &Engine) -> Vec<QuantOption> {
-    let slots = engine.models.borrow();
-    let roles = engine.roles.borrow();
+    let slots = engine.models.slots.borrow();
+    let roles = engine.models.roles.borrow();
     roles
         .shape_sets
         .iter()
@@ -257,7 +375,7 @@ fn choose_shape_set(engine: &Engine) {
     };
     let folder = options[at].folder.clone();
     let model = {
-        let mut roles = engine.roles.borrow_mut();
+        let mut roles = engine.models.roles.borrow_mut();
         if let Some(set) = roles.shape_sets.iter().position(|(f, _)| *f == folder) {
             roles.chosen = set;
         }
@@ -285,7 +403,7 @@ pub(super) async fn choose_quant(engine: Rc<Engine>, precision: String) {
         return;
     };
     let (old, new) = {
-        let mut roles = engine.roles.borrow_mut();
+        let mut roles = engine.models.roles.borrow_mut();
         let Some(set) = roles
             .shape_sets
             .iter()
@@ -305,7 +423,7 @@ pub(super) async fn choose_quant(engine: Rc<Engine>, precision: String) {
     engine.shape.forget_model();
     for i in old {
         let id = {
-            let mut slots = engine.models.borrow_mut();
+            let mut slots = engine.models.slots.borrow_mut();
             let slot = &mut slots[i];
             if slot.weights.is_some() {
                 slot.weights = Some(WeightSet::new());
@@ -328,11 +446,12 @@ pub(super) async fn choose_quant(engine: Rc<Engine>, precision: String) {
     }
     for i in new {
         let loaded = matches!(
-            engine.models.borrow()[i].status,
+            engine.models.slots.borrow()[i].status,
             ModelStatusReport::Ready { .. }
         );
         if !loaded
             && engine
+                .models
                 .roles
                 .borrow()
                 .shape()
@@ -346,6 +465,7 @@ pub(super) async fn choose_quant(engine: Rc<Engine>, precision: String) {
 pub(super) fn set_status(engine: &Engine, id: &str, status: ModelStatusReport) {
     if let Some(slot) = engine
         .models
+        .slots
         .borrow_mut()
         .iter_mut()
         .find(|s| s.spec.id == id)
@@ -363,10 +483,11 @@ pub(super) fn set_status(engine: &Engine, id: &str, status: ModelStatusReport) {
 pub(super) fn fail_without_gpu(engine: &Engine, reason: &str) {
     let ids: Vec<String> = engine
         .models
+        .slots
         .borrow_mut()
         .iter_mut()
         .enumerate()
-        .filter(|(i, _)| !isnet_on_cpu(engine, *i) && !engine.roles.borrow().is_idle(*i))
+        .filter(|(i, _)| !isnet_on_cpu(engine, *i) && !engine.models.roles.borrow().is_idle(*i))
         .map(|(_, s)| {
             s.awaiting_device = false; // Retry reloads it
             s.spec.id.clone()
@@ -401,13 +522,13 @@ pub(super) async fn watch_device_loss(
         // Their tensors went with the device: nothing may use them until they are back. A
         // model still loading marks itself when its load notices the loss.
         let lost_models: Vec<String> = {
-            let mut slots = engine.models.borrow_mut();
+            let mut slots = engine.models.slots.borrow_mut();
             slots
                 .iter_mut()
                 .enumerate()
                 .filter(|(i, _)| !isnet_on_cpu(&engine, *i))
                 // The shape model's other precisions were never on the device.
-                .filter(|(i, _)| !engine.roles.borrow().is_idle(*i))
+                .filter(|(i, _)| !engine.models.roles.borrow().is_idle(*i))
                 .map(|(_, s)| s)
                 .filter(|s| s.weights.is_some())
                 .filter(|s| !matches!(s.status, ModelStatusReport::Failed { .. }))
@@ -426,7 +547,7 @@ pub(super) async fn watch_device_loss(
             continue;
         }
         let reload: Vec<usize> = {
-            let mut slots = engine.models.borrow_mut();
+            let mut slots = engine.models.slots.borrow_mut();
             slots
                 .iter_mut()
                 .enumerate()
@@ -446,11 +567,11 @@ pub(super) async fn watch_device_loss(
 /// Load (or resume) model `i` on the current device. Re-runs itself if the device is rebuilt
 /// meanwhile, since tensors on a lost device are gone.
 pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
-    if engine.roles.borrow().is_idle(i) {
+    if engine.models.roles.borrow().is_idle(i) {
         return; // a precision of the shape model not in use
     }
     let (id, source, weights) = {
-        let mut slots = engine.models.borrow_mut();
+        let mut slots = engine.models.slots.borrow_mut();
         let slot = &mut slots[i];
         let Some(weights) = slot.weights.take() else {
             return; // already loading
@@ -458,12 +579,12 @@ pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
         (slot.spec.id.clone(), slot.source.clone(), weights)
     };
     let mut weights = weights;
-    if engine.roles.borrow().is_shape_part(i) {
+    if engine.models.roles.borrow().is_shape_part(i) {
         engine.shape.forget_model();
     }
-    let refused = engine.models.borrow()[i].refused.clone();
+    let refused = engine.models.slots.borrow()[i].refused.clone();
     if let Some(reason) = refused {
-        engine.models.borrow_mut()[i].weights = Some(weights);
+        engine.models.slots.borrow_mut()[i].weights = Some(weights);
         set_status(&engine, &id, ModelStatusReport::Failed { reason });
         return;
     }
@@ -479,7 +600,7 @@ pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
             weights = WeightSet::new();
             if engine.device.rebuilding() {
                 // The rebuild reloads this model once the new device is up (or fails it).
-                let mut slots = engine.models.borrow_mut();
+                let mut slots = engine.models.slots.borrow_mut();
                 slots[i].weights = Some(weights);
                 slots[i].awaiting_device = true;
                 return;
@@ -491,9 +612,9 @@ pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
                 "the GPU device was lost and could not be rebuilt".into(),
             ));
         }
-        if engine.roles.borrow().is_idle(i) {
+        if engine.models.roles.borrow().is_idle(i) {
             // The user chose another precision while this one loaded: let its tensors go.
-            let mut slots = engine.models.borrow_mut();
+            let mut slots = engine.models.slots.borrow_mut();
             slots[i].weights = Some(WeightSet::new());
             slots[i].progress = None;
             drop(slots);
@@ -501,15 +622,15 @@ pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
             return;
         }
         let tensors = weights.len();
-        engine.models.borrow_mut()[i].weights = Some(weights);
-        let isnet = engine.roles.borrow().background == Some(i);
+        engine.models.slots.borrow_mut()[i].weights = Some(weights);
+        let isnet = engine.models.roles.borrow().background == Some(i);
         let outcome = outcome.and_then(|from_cache| {
             if isnet {
                 cutout::adopt(&engine, i).map_err(Unloaded::Failed)?;
             }
             Ok(from_cache)
         });
-        let precision = engine.models.borrow()[i]
+        let precision = engine.models.slots.borrow()[i]
             .index
             .as_ref()
             .map(|index| index.precision().name().to_string())
@@ -525,7 +646,7 @@ pub(super) async fn load_model(engine: Rc<Engine>, i: usize) {
         };
         set_status(&engine, &id, status);
         // The status first, then the last progress line (`ready` / `failed`).
-        let last = engine.models.borrow()[i].progress.clone();
+        let last = engine.models.slots.borrow()[i].progress.clone();
         if let Some(last) = last {
             post(&FromWorker::Progress(last));
         }
@@ -566,14 +687,14 @@ async fn load_once(
     source: &CachedFetchSource,
     weights: &mut WeightSet,
 ) -> Result<bool, Unloaded> {
-    let isnet = engine.roles.borrow().background == Some(i);
+    let isnet = engine.models.roles.borrow().background == Some(i);
     let chosen = if isnet {
         isnet_device(engine)
     } else {
         engine.device.current_with_dtype()
     };
     let (device, dtype) = chosen.map_err(Unloaded::Failed)?;
-    let known = engine.models.borrow()[i].index.clone();
+    let known = engine.models.slots.borrow()[i].index.clone();
     let index = match known {
         Some(index) => index,
         None => {
@@ -581,7 +702,7 @@ async fn load_once(
                 LoadError::NotInstalled(url) => Unloaded::NotInstalled(url),
                 e => Unloaded::Failed(e.to_string()),
             })?;
-            engine.models.borrow_mut()[i].index = Some(index.clone());
+            engine.models.slots.borrow_mut()[i].index = Some(index.clone());
             index
         }
     };
@@ -608,7 +729,7 @@ async fn load_once(
             Err(Unloaded::Failed(e.to_string()))
         }
     };
-    engine.models.borrow_mut()[i].progress = Some(last);
+    engine.models.slots.borrow_mut()[i].progress = Some(last);
     outcome
 }
 
@@ -662,6 +783,7 @@ pub(super) async fn clear_cache() {
 pub(super) async fn verify_cache(engine: Rc<Engine>) {
     let targets: Vec<(String, Rc<CachedFetchSource>, Option<ShardIndex>)> = engine
         .models
+        .slots
         .borrow()
         .iter()
         .map(|s| (s.spec.id.clone(), s.source.clone(), s.index.clone()))

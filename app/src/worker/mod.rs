@@ -17,9 +17,7 @@ use orfeas_engine::mesh::preview::inflate;
 use wasm_bindgen_futures::spawn_local;
 
 use crate::config::{ModelSpec, Role};
-use crate::protocol::{EngineOptions, FromWorker, MeshMeta, ModelStatusReport, ToWorker};
-use crate::text::retry_after_s;
-use loading::ModelSlot;
+use crate::protocol::{EngineOptions, FromWorker, MeshMeta, ToWorker};
 use outbox::post_mesh;
 pub use outbox::{post, wasm_heap_bytes};
 
@@ -140,14 +138,13 @@ impl Roles {
 }
 
 /// The worker's state, by owner: each part is changed by its module (the device's by
-/// [`device`], background removal's by [`cutout`], the shape model's by [`shape`]) and read by
-/// the others through its methods; the model slots and their roles by [`loading`]; the image
-/// and the page's options by the messages that bring them.
+/// [`device`], background removal's by [`cutout`], the shape model's by [`shape`], the model
+/// slots by [`loading`]) and read by the others through its methods; the image and the page's
+/// options by the messages that bring them.
 #[derive(Default)]
 struct Engine {
-    /// One slot per configured model, in the config's order.
-    models: RefCell<Vec<ModelSlot>>,
-    roles: RefCell<Roles>,
+    /// Every configured model's slot and role (see [`loading::ModelSlots`]).
+    models: loading::ModelSlots,
     /// The GPU device and what happened to it (see [`device::DeviceState`]).
     device: device::DeviceState,
     /// The user's image, upright RGBA, for generation.
@@ -187,12 +184,7 @@ pub fn on_message(json: &str) {
             spawn_local(loading::start(engine, models))
         }
         ToWorker::Retry { model } => {
-            let position = engine
-                .models
-                .borrow()
-                .iter()
-                .position(|slot| slot.spec.id == model);
-            match position {
+            match engine.models.position(&model) {
                 Some(i) => spawn_local(async move {
                     let needs_gpu = !placement::isnet_on_cpu(&engine, i);
                     if needs_gpu && !engine.device.is_up() {
@@ -279,66 +271,8 @@ pub fn on_image(name: &str, bytes: &[u8]) {
 }
 
 fn generate(engine: Rc<Engine>, request_id: u64) {
-    let slots = engine.models.borrow();
-    let roles = engine.roles.borrow();
-    let shape_parts = roles.shape().map(|(_, parts)| *parts);
-    // The shape model's other precisions are not loaded and wait for nothing.
-    let in_use = |i: &usize| !roles.is_idle(*i);
-    let installed = |i: &usize| !matches!(slots[*i].status, ModelStatusReport::NotInstalled { .. });
-    if !shape_parts.is_some_and(|parts| parts.iter().all(installed)) {
-        post(&FromWorker::Error {
-            request_id: Some(request_id),
-            message: "no shape model is installed: convert a Hunyuan3D checkpoint with \
-                      `orfeas convert` (background removal and the preview work without it)"
-                .into(),
-        });
-        return;
+    match engine.models.generation_blocker(request_id) {
+        Some(answer) => post(&answer),
+        None => spawn_local(shape::run(engine, request_id)),
     }
-    if let Some(failed) = slots
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| in_use(i))
-        .map(|(_, s)| s)
-        .find(|s| matches!(s.status, ModelStatusReport::Failed { .. }))
-    {
-        post(&FromWorker::Error {
-            request_id: Some(request_id),
-            message: format!(
-                "{} is not ready (it failed to load): retry it first",
-                failed.spec.label
-            ),
-        });
-        return;
-    }
-    let loading: Vec<&ModelSlot> = slots
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| in_use(i))
-        .map(|(_, s)| s)
-        .filter(|s| {
-            !matches!(
-                s.status,
-                ModelStatusReport::Ready { .. } | ModelStatusReport::NotInstalled { .. }
-            )
-        })
-        .collect();
-    if !loading.is_empty() {
-        let eta = loading
-            .iter()
-            .filter_map(|s| s.progress.as_ref().and_then(|p| p.eta_s))
-            .fold(None, |acc: Option<f64>, eta| {
-                Some(acc.map_or(eta, |a| a.max(eta)))
-            });
-        let names: Vec<&str> = loading.iter().map(|s| s.spec.label.as_str()).collect();
-        post(&FromWorker::NotReady {
-            request_id,
-            retry_after_s: retry_after_s(eta),
-            message: format!("models still loading: {}", names.join(", ")),
-            detail: None,
-        });
-        return;
-    }
-    drop(slots);
-    drop(roles);
-    spawn_local(shape::run(engine, request_id));
 }

@@ -24,7 +24,7 @@ pub(super) fn isnet_device_kind(engine: &Engine) -> ComputeDevice {
 
 /// Whether model slot `i` is ISNet running on the CPU, which a GPU loss does not touch.
 pub(super) fn isnet_on_cpu(engine: &Engine, i: usize) -> bool {
-    engine.roles.borrow().background == Some(i) && isnet_device_kind(engine) == ComputeDevice::Cpu
+    engine.models.background() == Some(i) && isnet_device_kind(engine) == ComputeDevice::Cpu
 }
 
 /// ISNet's device and the dtype it runs in there (f32 on the CPU: f16 arithmetic is emulated).

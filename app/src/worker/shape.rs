@@ -43,24 +43,8 @@ impl ShapeState {
 }
 
 fn build(engine: &Engine) -> Result<Rc<ShapeModel>, String> {
-    let parts = engine
-        .roles
-        .borrow()
-        .shape()
-        .map(|(_, parts)| *parts)
-        .ok_or(
-            "no shape model is configured (models <name>/conditioner, <name>/denoiser, <name>/vae)",
-        )?;
+    let [conditioner, denoiser, vae] = engine.models.shape_parts()?;
     let device = engine.device.current()?;
-    let [conditioner, denoiser, vae] = parts.map(|i| {
-        let slots = engine.models.borrow();
-        let slot = &slots[i];
-        match (&slot.index, &slot.weights) {
-            (Some(index), Some(weights)) => Ok((index.config.clone(), weights.clone())),
-            _ => Err(format!("{} is not loaded", slot.spec.label)),
-        }
-    });
-    let (conditioner, denoiser, vae) = (conditioner?, denoiser?, vae?);
     let model = ShapeModel::from_parts(
         [
             (&conditioner.0, conditioner.1),
