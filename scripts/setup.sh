@@ -17,8 +17,9 @@ sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # System packages: Vulkan on the CPU (lavapipe) for native GPU tests, Chromium + driver and
 # Firefox ESR (WebGPU on lavapipe with shader-f16, driven over Marionette) for the browser
-# tests, a C toolchain for -sys crates, node/npm for wasm-opt.
-apt_packages=(mesa-vulkan-drivers libvulkan1 chromium chromium-driver firefox-esr pkg-config gcc libc6-dev)
+# tests, a C toolchain for -sys crates, node/npm for wasm-opt, nats-server for the fleet's tests
+# (JetStream; the tests start their own on a free port, never the packaged service).
+apt_packages=(mesa-vulkan-drivers libvulkan1 chromium chromium-driver firefox-esr pkg-config gcc libc6-dev nats-server)
 # The machine's own Node.js (NodeSource) provides npm; Debian's only where there is none.
 command -v npm >/dev/null || apt_packages+=(nodejs npm)
 missing=()

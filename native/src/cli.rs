@@ -30,7 +30,7 @@ enum Command {
     Verify(VerifyArgs),
     /// Serve the original studio's HTTP API (and the web app, and the shard sets) while the
     /// models load in the background.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Convert an official Hunyuan3D checkpoint (model.fp16.ckpt, or its .safetensors repack)
     /// and its config.yaml into three shard sets: conditioner/, denoiser/, vae/ (f16, or with
     /// the projection weights quantized: --quant q8|q4).
@@ -103,9 +103,58 @@ struct ServeArgs {
     web: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Generation requests that may wait in the queue (more get 429).
-    #[arg(long, default_value_t = 8)]
-    queue: usize,
+    /// Where jobs wait: a number is how many may wait in this machine's own queue (more get
+    /// 429; as --queue-size); `nats://HOST:PORT` shares the jobs with every instance using
+    /// the same NATS JetStream (a fleet: see "Running a fleet" in the README).
+    #[arg(long, value_name = "N|URL")]
+    queue: Option<QueueArg>,
+    /// Generation requests that may wait in the queue (more get 429); a fleet's front ends
+    /// count the whole fleet's queue.
+    #[arg(long, value_name = "N")]
+    queue_size: Option<usize>,
+    /// A fleet's front end: accept and answer requests, load no models, run no jobs.
+    #[arg(long, requires = "queue")]
+    no_worker: bool,
+    /// The fleet's name: the prefix of its stream and buckets in NATS (fleets sharing one
+    /// NATS keep apart by name).
+    #[arg(long, default_value = "orfeas", value_parser = fleet_name)]
+    fleet_name: String,
+    /// This instance's name in the fleet's health (default: host name and port).
+    #[arg(long)]
+    instance_name: Option<String>,
+    /// Seconds a fleet's worker may go silent (killed, frozen, cut off) before its job is
+    /// handed to another worker.
+    #[arg(long, default_value_t = 30)]
+    ack_wait_s: u64,
+    /// Runs of one fleet job before it is failed: each ended by its worker stopping mid-job.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u32,
+    /// NATS credentials file (JWT and NKey seed).
+    #[arg(long, value_name = "FILE")]
+    nats_creds: Option<PathBuf>,
+    /// NATS user (with --nats-password).
+    #[arg(long, requires = "nats_password")]
+    nats_user: Option<String>,
+    #[arg(long, requires = "nats_user")]
+    nats_password: Option<String>,
+    /// NATS token.
+    #[arg(long)]
+    nats_token: Option<String>,
+    /// PEM root certificates to trust for NATS's TLS certificate.
+    #[arg(long, value_name = "FILE")]
+    nats_tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for NATS servers that verify clients (with --nats-tls-key).
+    #[arg(long, value_name = "FILE", requires = "nats_tls_key")]
+    nats_tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "nats_tls_cert")]
+    nats_tls_key: Option<PathBuf>,
+    /// Refuse a NATS connection without TLS.
+    #[arg(long)]
+    nats_require_tls: bool,
+    /// While this file exists, a job taken waits before it runs (tests and demos of a worker
+    /// stopping mid-job).
+    #[arg(long, hide = true)]
+    hold_jobs_while: Option<PathBuf>,
     /// Largest upload accepted, in MB (more gets 413, whatever the framing).
     #[arg(long, default_value_t = 32)]
     max_upload_mb: usize,
@@ -326,8 +375,88 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `--queue`: a queue length (this machine alone) or a NATS URL (a fleet).
+#[derive(Debug, Clone)]
+enum QueueArg {
+    Size(usize),
+    Nats(String),
+}
+
+impl std::str::FromStr for QueueArg {
+    type Err = String;
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        if let Ok(size) = text.parse() {
+            return Ok(QueueArg::Size(size));
+        }
+        let schemes = ["nats://", "tls://", "ws://", "wss://"];
+        if schemes.iter().any(|s| text.starts_with(s)) {
+            return Ok(QueueArg::Nats(text.to_string()));
+        }
+        Err(format!(
+            "{text:?} is neither a queue length nor a NATS URL (nats://HOST:PORT)"
+        ))
+    }
+}
+
+/// A fleet name: what NATS allows in stream and bucket names.
+fn fleet_name(text: &str) -> std::result::Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if text.is_empty() || text.len() > 32 || !text.chars().all(allowed) {
+        return Err("1 to 32 letters, digits, '-' or '_'".into());
+    }
+    Ok(text.to_string())
+}
+
+/// This machine's name, for an instance's default name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "orfeas".into())
+}
+
 impl ServeArgs {
+    /// The queue's length and, for a fleet, how to reach it.
+    fn queue(&self) -> Result<(usize, Option<crate::server::jobs::nats::FleetOptions>)> {
+        use crate::server::jobs::nats::{Credentials, FleetOptions};
+        let (size, url) = match (&self.queue, self.queue_size) {
+            (Some(QueueArg::Size(_)), Some(_)) => {
+                bail!("--queue N and --queue-size N say the same: give one")
+            }
+            (Some(QueueArg::Size(size)), None) => (*size, None),
+            (Some(QueueArg::Nats(url)), size) => (size.unwrap_or(8), Some(url.clone())),
+            (None, size) => (size.unwrap_or(8), None),
+        };
+        let Some(url) = url else {
+            return Ok((size, None));
+        };
+        let fleet = FleetOptions {
+            url,
+            name: self.fleet_name.clone(),
+            instance: self
+                .instance_name
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", host_name(), self.bind.port())),
+            worker: !self.no_worker,
+            ack_wait: std::time::Duration::from_secs(self.ack_wait_s.max(1)),
+            max_attempts: self.max_attempts.max(1),
+            credentials: Credentials {
+                creds_file: self.nats_creds.clone(),
+                user: self.nats_user.clone(),
+                password: self.nats_password.clone(),
+                token: self.nats_token.clone(),
+                tls_ca: self.nats_tls_ca.clone(),
+                tls_client: self.nats_tls_cert.clone().zip(self.nats_tls_key.clone()),
+                require_tls: self.nats_require_tls,
+            },
+        };
+        Ok((size, Some(fleet)))
+    }
+
     fn run(self) -> Result<()> {
+        let (queue, fleet) = self.queue()?;
         let compute = self.device.open()?;
         let options = crate::server::ServeOptions {
             bind: self.bind,
@@ -345,13 +474,13 @@ impl ServeArgs {
                 client_from_forwarded_for: self.client_from_forwarded_for,
             },
             jobs: crate::server::jobs::JobLimits {
-                queue: self.queue,
+                queue,
                 retain: self.keep_jobs,
                 retain_for: std::time::Duration::from_secs(self.keep_results_s),
                 timeout: (self.job_timeout > 0)
                     .then(|| std::time::Duration::from_secs(self.job_timeout)),
                 per_client: match self.jobs_per_client {
-                    0 => self.queue.div_ceil(2).max(1),
+                    0 => queue.div_ceil(2).max(1),
                     n => n,
                 },
             },
@@ -375,6 +504,8 @@ impl ServeArgs {
                 shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_s),
             },
             retry_interval: std::time::Duration::from_secs(self.retry_interval_s),
+            fleet,
+            hold_jobs_while: self.hold_jobs_while,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -381,3 +381,82 @@ async fn a_job_failed_by_its_input_is_the_clients_error_and_a_crash_is_ours() {
     assert_eq!(body["status"], "failed", "{body}");
     healthy(&client, &base).await;
 }
+
+/// The in-process queue's figures: health's `queue` and `/metrics` (Prometheus text) count what
+/// ran, failed, was cancelled and waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_count_this_machine_s_jobs() {
+    let (base, permits) = serve(JobLimits::default()).await;
+    let client = reqwest::Client::new();
+    let metrics = |client: reqwest::Client, base: String| async move {
+        client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let sample = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    // One done, one failed on its input, one running (held), one queued then cancelled.
+    permits.add_permits(1);
+    a_job_is_done(&client, &base, 1).await;
+    let failed = submit(&client, &base, 555).await;
+    wait_for(
+        &client,
+        &format!("{base}{}", failed["status_url"].as_str().unwrap()),
+        "failed",
+    )
+    .await;
+    let held = submit(&client, &base, 2).await;
+    let held_url = format!("{base}{}", held["status_url"].as_str().unwrap());
+    wait_for(&client, &held_url, "running").await;
+    let queued = submit(&client, &base, 3).await;
+    let (_, health) = get_json(&client, &format!("{base}/api/health")).await;
+    assert_eq!(health["queue"]["kind"], "in-process", "{health}");
+    assert_eq!(health["queue"]["queued"], 1, "{health}");
+    assert_eq!(health["queue"]["running"], 1, "{health}");
+    let text = metrics(client.clone(), base.clone()).await;
+    assert!(
+        text.contains("# TYPE orfeas_job_duration_seconds histogram"),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "orfeas_queue_depth"), 1.0);
+    assert_eq!(sample(&text, "orfeas_jobs_running"), 1.0);
+    assert_eq!(
+        sample(&text, "orfeas_jobs_finished_total{outcome=\"done\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "orfeas_jobs_finished_total{outcome=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(sample(&text, "orfeas_job_duration_seconds_count"), 2.0);
+    assert!(
+        !text.contains("orfeas_fleet_workers"),
+        "one machine has no fleet"
+    );
+    client
+        .delete(format!("{base}{}", queued["status_url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    permits.add_permits(1);
+    wait_for(&client, &held_url, "done").await;
+    let text = metrics(client.clone(), base.clone()).await;
+    assert_eq!(
+        sample(&text, "orfeas_jobs_finished_total{outcome=\"cancelled\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "orfeas_jobs_finished_total{outcome=\"done\"}"),
+        2.0
+    );
+    assert_eq!(sample(&text, "orfeas_queue_depth"), 0.0);
+    assert_eq!(sample(&text, "orfeas_jobs_running"), 0.0);
+}

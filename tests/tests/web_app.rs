@@ -833,6 +833,8 @@ async fn a_kiosk_runs_on_orfeas_serve_alone() -> anyhow::Result<()> {
         hold_loading_while: None,
         connections: Default::default(),
         retry_interval: orfeas::server::models::RETRY_INTERVAL,
+        fleet: None,
+        hold_jobs_while: None,
     };
     let server = tokio::spawn(orfeas::server::serve(options));
     let base = format!("http://127.0.0.1:{port}");

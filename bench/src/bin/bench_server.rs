@@ -14,6 +14,9 @@
 //! `cargo run --release -p orfeas --bin bench-server -- [--runs 5] [--requests 1000]
 //!  [--model-mib 64] [--shape-model DIR] [--uploads 20] [--jobs 1000]` (it starts the `orfeas`
 //!  binary that sits next to it).
+//!
+//! With `--queue nats://HOST:PORT` (a running `nats-server -js`), it measures the fleet's queue
+//! instead, against the in-process one (`fleet.rs`): `[--fleet-jobs 40] [--ack-wait-s 5]`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -22,6 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use image::ImageEncoder;
+
+#[path = "../fleet.rs"]
+mod fleet;
 
 const ORIGINAL_STARTUP_S: f64 = 0.9;
 
@@ -155,6 +161,9 @@ async fn main() -> Result<()> {
     let mut shape_model: Option<PathBuf> = None;
     let mut uploads = 20usize;
     let mut jobs = 1000usize;
+    let mut queue: Option<String> = None;
+    let mut fleet_jobs = 40usize;
+    let mut ack_wait_s = 5u64;
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         let value = pair.get(1).context("a flag without a value")?;
@@ -165,10 +174,26 @@ async fn main() -> Result<()> {
             "--shape-model" => shape_model = Some(PathBuf::from(value)),
             "--uploads" => uploads = value.parse()?,
             "--jobs" => jobs = value.parse()?,
+            "--queue" => queue = Some(value.clone()),
+            "--fleet-jobs" => fleet_jobs = value.parse()?,
+            "--ack-wait-s" => ack_wait_s = value.parse()?,
             other => bail!("unknown flag {other}"),
         }
     }
     let binary = orfeas_binary()?;
+    if let Some(url) = queue {
+        // The fixture model (tiny, the tests' own) unless one is given.
+        let fixture = tempfile::tempdir()?;
+        let shape = match shape_model {
+            Some(shape) => shape,
+            None => {
+                let shape = fixture.path().join("fixture");
+                orfeas_tests::fixtures::converted_shape_model(&shape)?;
+                shape
+            }
+        };
+        return fleet::run(&binary, &shape, &url, fleet_jobs, ack_wait_s).await;
+    }
     let dir = tempfile::tempdir()?;
     make_model(dir.path(), model_mib)?;
 

@@ -75,6 +75,8 @@ pub enum ApiError {
     UnknownModel(String),
     /// 503: this server cannot do it.
     Unavailable(String),
+    /// 503: the fleet's job queue (NATS) cannot be reached now; retry.
+    QueueUnreachable(String),
 }
 
 impl ApiError {
@@ -87,7 +89,8 @@ impl ApiError {
             ApiError::ModelsLoading { .. }
             | ApiError::ModelsNotReady { .. }
             | ApiError::JobCancelled(_)
-            | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::Unavailable(_)
+            | ApiError::QueueUnreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::QueueFull | ApiError::ClientShare { .. } | ApiError::RetryTooSoon { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -118,6 +121,7 @@ impl ApiError {
             ApiError::Conflict(_) | ApiError::JobState { .. } => "conflict",
             ApiError::UnknownModel(_) => "unknown_model",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::QueueUnreachable(_) => "queue_unreachable",
         }
     }
 
@@ -131,6 +135,7 @@ impl ApiError {
             | ApiError::Conflict(m)
             | ApiError::UnknownModel(m)
             | ApiError::Unavailable(m)
+            | ApiError::QueueUnreachable(m)
             | ApiError::JobState { message: m, .. } => m.clone(),
             ApiError::UploadTimeout { seconds } => {
                 format!("the upload took longer than {seconds} s")
@@ -166,6 +171,7 @@ impl ApiError {
             ApiError::ModelsLoading { retry_after_s, .. } => Some((*retry_after_s).max(1)),
             ApiError::ModelsNotReady { .. } => Some(30),
             ApiError::QueueFull | ApiError::ClientShare { .. } => Some(5),
+            ApiError::QueueUnreachable(_) => Some(2),
             ApiError::RetryTooSoon { retry_after_s } => {
                 Some(u32::try_from(*retry_after_s).unwrap_or(u32::MAX).max(1))
             }
@@ -206,6 +212,7 @@ impl IntoResponse for ApiError {
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
     let aggregate = state.models.aggregate();
+    let queue = state.jobs.overview().await;
     Json(json!({
         "status": "healthy",
         "models_status": aggregate.name(),
@@ -221,7 +228,22 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
             "instead_of": s.instead_of,
         })).collect::<Vec<_>>(),
         "uptime_s": (state.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        "queue": queue,
     }))
+}
+
+/// `GET /metrics`: the queue's figures in the Prometheus text format (this machine's, or the
+/// whole fleet's as this instance has seen them).
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.jobs.metrics().await.render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// `/orfeas.json` for the app this server hosts, when its folder has none: the models under
@@ -390,7 +412,11 @@ impl FromRequestParts<Arc<AppState>> for Admitted {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
-        if let Some(not_ready) = state.models.not_ready() {
+        if let Some(not_ready) = state
+            .models
+            .not_ready()
+            .filter(|_| state.jobs.needs_local_models())
+        {
             return Err(match not_ready.kind {
                 NotReadyKind::Loading => ApiError::ModelsLoading {
                     retry_after_s: not_ready.retry_after_s,
@@ -464,7 +490,10 @@ pub async fn generate(
         return ApiError::ModelsNotReady { model, reason }.into_response();
     }
     let format = input.params.format;
-    let id = state.jobs.submit(reservation, input);
+    let id = match state.jobs.submit(reservation, input).await {
+        Ok(id) => id,
+        Err(refused) => return queue_refusal(refused).into_response(),
+    };
     let wait = matches!(query.wait.as_deref(), Some("true" | "1" | "yes"));
     if !wait {
         let mut response = (
@@ -483,7 +512,7 @@ pub async fn generate(
         return response;
     }
     match state.jobs.wait(&id).await {
-        Some(JobStatus::Done) => match state.jobs.result(&id) {
+        Some(JobStatus::Done) => match state.jobs.result(&id).await {
             Lookup::Found(Ok(file)) => mesh_response(&id, file),
             _ => ApiError::JobFailed("result missing".into()).into_response(),
         },
@@ -503,6 +532,7 @@ fn queue_refusal(refused: SubmitError) -> ApiError {
         SubmitError::Full => ApiError::QueueFull,
         SubmitError::ClientShare { limit } => ApiError::ClientShare { limit },
         SubmitError::Closed => ApiError::QueueClosed,
+        SubmitError::Unreachable(reason) => ApiError::QueueUnreachable(reason),
     }
 }
 
@@ -520,7 +550,7 @@ fn mesh_response(id: &str, file: MeshFile) -> Response {
 }
 
 pub async fn job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match state.jobs.describe(&id) {
+    match state.jobs.describe(&id).await {
         Lookup::Found(value) => Json(value).into_response(),
         Lookup::Evicted => ApiError::EvictedJob(id).into_response(),
         Lookup::Unknown => ApiError::UnknownJob(id).into_response(),
@@ -528,7 +558,7 @@ pub async fn job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
 }
 
 pub async fn job_result(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match state.jobs.result(&id) {
+    match state.jobs.result(&id).await {
         Lookup::Found(Ok(file)) => mesh_response(&id, file),
         Lookup::Found(Err(job)) => {
             let message = match &job {
@@ -545,7 +575,11 @@ pub async fn job_result(State(state): State<Arc<AppState>>, Path(id): Path<Strin
 
 /// `DELETE /api/jobs/{id}`: a queued job is dropped, a running one stops at its next step.
 pub async fn cancel_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match state.jobs.cancel(&id, StopReason::Cancelled) {
+    let cancelled = match state.jobs.cancel(&id, StopReason::Cancelled).await {
+        Ok(cancelled) => cancelled,
+        Err(refused) => return queue_refusal(refused).into_response(),
+    };
+    match cancelled {
         Lookup::Found(job) if job.finished() => {
             let message = format!("{id} has already finished");
             ApiError::JobState { job, message }.into_response()

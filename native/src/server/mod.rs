@@ -22,12 +22,12 @@ use axum::Router;
 use axum::routing::{get, post};
 use burn::tensor::{DType, Device};
 
-use jobs::Jobs;
+use jobs::{JobQueue, Jobs};
 use models::Models;
 
 pub struct AppState {
     pub models: Arc<Models>,
-    pub jobs: Arc<Jobs>,
+    pub jobs: Arc<dyn JobQueue>,
     pub limits: RequestLimits,
     /// Images decoded at once (decoding runs on the blocking pool, behind this; each decode
     /// holds its permit until it ends, whether or not its client is still there).
@@ -38,7 +38,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(models: Arc<Models>, jobs: Arc<Jobs>, limits: RequestLimits) -> Self {
+    pub fn new(models: Arc<Models>, jobs: Arc<dyn JobQueue>, limits: RequestLimits) -> Self {
         Self {
             models,
             jobs,
@@ -120,6 +120,12 @@ pub struct ServeOptions {
     pub connections: connections::ConnectionLimits,
     /// A failed model is reloaded at most once in this long (`POST /api/models/retry`).
     pub retry_interval: Duration,
+    /// Share the jobs with a fleet through NATS JetStream (`--queue nats://…`); `None`: this
+    /// machine alone, its jobs in this process.
+    pub fleet: Option<jobs::nats::FleetOptions>,
+    /// While this file exists, a job taken waits before it runs (tests and demos of a worker
+    /// stopping mid-job).
+    pub hold_jobs_while: Option<PathBuf>,
 }
 
 /// The API and static routes over `state`, behind the Host/Origin guard.
@@ -140,6 +146,7 @@ pub fn router(
         .route("/api/jobs/{id}", get(api::job).delete(api::cancel_job))
         .route("/api/jobs/{id}/result", get(api::job_result))
         .route("/api/models/retry", post(api::retry_models))
+        .route("/metrics", get(api::metrics))
         // Every extractor stops reading at the upload limit, whatever the framing; the
         // handler checks the declared length first and says so (413, Connection: close).
         .layer(axum::extract::DefaultBodyLimit::max(limit))
@@ -173,8 +180,23 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         fit: Some((options.capacity.clone(), options.dtype)),
     };
     let models = Arc::new(Models::discover_with(options.models.as_deref(), &choice)?);
-    let pipeline = pipeline::ModelPipeline::new(models.clone(), options.device.clone());
-    let jobs = Jobs::start(options.jobs.clone(), Arc::new(pipeline));
+    let pipeline = Arc::new(pipeline::ModelPipeline::new(
+        models.clone(),
+        options.device.clone(),
+    ));
+    let runner = jobs::runner::RunnerOptions {
+        timeout: options.jobs.timeout,
+        hold_while: options.hold_jobs_while.clone(),
+        ..Default::default()
+    };
+    let front_end_only = options.fleet.as_ref().is_some_and(|fleet| !fleet.worker);
+    let jobs: Arc<dyn JobQueue> = match &options.fleet {
+        None => Jobs::start_with(options.jobs.clone(), pipeline, runner),
+        Some(fleet) => {
+            jobs::nats::FleetQueue::start(fleet.clone(), options.jobs.clone(), pipeline, runner)
+                .await?
+        }
+    };
     let mut state = AppState::new(models.clone(), jobs.clone(), options.limits.clone());
     state.started = started;
     let loader = models::Loader {
@@ -217,24 +239,27 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let _loading = models::load_in_background(models, loader);
+    // A front end only accepts and answers: its models (if any) are served, never loaded.
+    let _loading = (!front_end_only).then(|| models::load_in_background(models, loader));
     let grace = connection_limits.shutdown_grace;
-    let signal = shutdown_signal(jobs.clone());
+    let signal = shutdown_signal(jobs.clone(), options.fleet.is_some());
     let since = connections::serve_connections(listener, app, connection_limits, signal).await;
     // The running job was asked to stop at its next step: wait for that, within what is left
     // of the grace period, then go.
     let deadline = since + grace;
-    while jobs.running() && Instant::now() < deadline {
+    while jobs.running_here() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if jobs.running() {
+    if jobs.running_here() {
         eprintln!("orfeas: the running job did not stop within the grace period");
     }
     eprintln!("orfeas: stopped");
     Ok(())
 }
 
-async fn shutdown_signal(jobs: Arc<Jobs>) {
+/// Wait for SIGINT or SIGTERM, then stop the jobs: this machine's are cancelled, a fleet's
+/// (`shared`) go back to the queue for another worker.
+async fn shutdown_signal(jobs: Arc<dyn JobQueue>, shared: bool) {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let terminate = async {
@@ -251,6 +276,11 @@ async fn shutdown_signal(jobs: Arc<Jobs>) {
         _ = interrupt => {}
         _ = terminate => {}
     }
-    let cancelled = jobs.cancel_all(jobs::StopReason::Shutdown);
-    eprintln!("orfeas: shutting down ({cancelled} job(s) cancelled)");
+    let stopped = jobs.shut_down();
+    let what = if shared {
+        "stopped and handed back to the queue"
+    } else {
+        "cancelled"
+    };
+    eprintln!("orfeas: shutting down ({stopped} job(s) {what})");
 }

@@ -101,6 +101,18 @@ impl Pipeline for ModelPipeline {
         None
     }
 
+    fn ready(&self) -> bool {
+        self.models.shape_model().is_some() && self.models.not_ready().is_none()
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "models_status": self.models.aggregate().name(),
+            "shape_models": self.models.shapes.iter().map(|s| s.describe()).collect::<Vec<_>>(),
+            "processor": self.models.processor(),
+        })
+    }
+
     async fn run(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, JobError> {
         // Generation is seconds to minutes of compute: it leaves the runtime's worker thread
         // (another takes over), so health stays fast while a job runs.
