@@ -516,6 +516,72 @@ async fn delete_through_any_instance_cancels_a_queued_or_a_running_job() {
         .await
         .unwrap();
     assert_eq!(response.status(), 409);
+
+    // A long job in the sampler (100 steps at octree 256 take minutes here): its steps reach
+    // the front end, and a DELETE there stops it at its next step on the worker.
+    let long = json!({
+        "image": b64(&png(32, 32)), "steps": 100, "octree_resolution": 256,
+        "remove_background": false,
+    });
+    let (status, body) = submit(&client, &front, &long).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["job_id"].as_str().unwrap().to_string();
+    let sampling = job_until(&client, &front, &id, Duration::from_secs(60), |s| {
+        s["status"] == "running" && s["step"].as_u64().is_some_and(|step| step >= 1)
+    })
+    .await;
+    assert_eq!(sampling["steps"], 100, "{sampling}");
+    let asked = Instant::now();
+    let response = client
+        .delete(front.url(&format!("/api/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let stopped = job_until(&client, &front, &id, Duration::from_secs(60), finished).await;
+    assert_eq!(stopped["status"], "cancelled", "{stopped}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "stopped at a step, not at the end: {:?}",
+        asked.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_with_sigterm_hands_its_job_back_at_once() {
+    let fleet = Fleet::new();
+    fleet.hold_jobs();
+    let mut w1 = fleet.worker("w1", &[]);
+    let front = fleet.front_end(&[]);
+    let client = client();
+    queue_until(&client, &front, Duration::from_secs(60), |q| {
+        ready_workers(q).len() == 1
+    })
+    .await;
+    let id = accepted(&client, &front).await;
+    job_until(&client, &front, &id, Duration::from_secs(30), |s| {
+        s["status"] == "running" && s["worker"] == "w1"
+    })
+    .await;
+    let (took, stderr) = w1.terminate(Duration::from_secs(15));
+    assert!(
+        stderr.contains("1 job(s) stopped and handed back"),
+        "{stderr}"
+    );
+    let status = job(&client, &front, &id).await;
+    assert_eq!(status["status"], "queued", "back in the queue: {status}");
+    // Another worker takes it at once: not after the ack wait (30 s here).
+    fleet.release_jobs();
+    let started = Instant::now();
+    let _w2 = fleet.worker("w2", &[]);
+    let done = job_until(&client, &front, &id, Duration::from_secs(60), finished).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["worker"], "w2", "{done}");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "taken over without waiting for the ack wait: {:?} (w1 took {took:?} to stop)",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
