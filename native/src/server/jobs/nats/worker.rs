@@ -135,16 +135,7 @@ impl FleetQueue {
                  mid-job (killed or crashed; last {last}); not retried again"
             );
             tracing::warn!("{id}: {error}");
-            self.settle(
-                &id,
-                JobStatus::Failed {
-                    error,
-                    cause: Cause::Server,
-                },
-            )
-            .await;
-            let _ = message.ack_with(AckKind::Term).await;
-            let _ = handles.inputs.delete(&id).await;
+            self.fail_delivery(handles, &id, &message, error).await;
             return None;
         }
         let input = match self.read_input(handles, &id, &job).await {
@@ -157,15 +148,7 @@ impl FleetQueue {
                 return None;
             }
             Err(InputError::Gone(error)) => {
-                self.settle(
-                    &id,
-                    JobStatus::Failed {
-                        error,
-                        cause: Cause::Server,
-                    },
-                )
-                .await;
-                let _ = message.ack_with(AckKind::Term).await;
+                self.fail_delivery(handles, &id, &message, error).await;
                 return None;
             }
         };
@@ -236,6 +219,23 @@ impl FleetQueue {
             attempt: delivered,
             control,
         })
+    }
+
+    /// Fail job `id` for `error` without running it, and take its message and picture away.
+    async fn fail_delivery(
+        &self,
+        handles: &Handles,
+        id: &str,
+        message: &jetstream::Message,
+        error: String,
+    ) {
+        let failed = JobStatus::Failed {
+            error,
+            cause: Cause::Server,
+        };
+        self.settle(id, failed).await;
+        let _ = message.ack_with(AckKind::Term).await;
+        let _ = handles.inputs.delete(id).await;
     }
 
     pub(super) async fn read_input(
