@@ -205,32 +205,26 @@ impl FleetQueue {
 
     fn on_event(&self, event: async_nats::Event) {
         use async_nats::Event;
-        let mut problem = lock(&self.problem);
         match event {
-            Event::Connected => {
-                problem.message = None;
-                problem.since = None;
-            }
+            Event::Connected => self.clear_problem(),
             Event::Disconnected => {
-                problem.message = Some("the connection to NATS was lost; reconnecting".into());
-                problem.since.get_or_insert_with(Instant::now);
+                self.note_problem("the connection to NATS was lost; reconnecting".into())
             }
-            Event::ServerError(error) => {
-                problem.message = Some(format!("NATS: {error}"));
-                problem.since.get_or_insert_with(Instant::now);
-            }
-            Event::ClientError(error) => {
-                problem.message = Some(format!("NATS client: {error}"));
-                problem.since.get_or_insert_with(Instant::now);
-            }
+            Event::ServerError(error) => self.note_problem(format!("NATS: {error}")),
+            Event::ClientError(error) => self.note_problem(format!("NATS client: {error}")),
             _ => {}
         }
     }
 
+    /// Remember what is wrong with NATS now, and since when it has been wrong.
     fn note_problem(&self, message: String) {
         let mut problem = lock(&self.problem);
         problem.since.get_or_insert_with(Instant::now);
         problem.message = Some(message);
+    }
+
+    fn clear_problem(&self) {
+        *lock(&self.problem) = Problem::default();
     }
 
     fn connected(&self) -> bool {
@@ -268,8 +262,7 @@ impl FleetQueue {
             match queue.create().await {
                 Ok(handles) => {
                     let _ = queue.handles.set(handles);
-                    lock(&queue.problem).message = None;
-                    lock(&queue.problem).since = None;
+                    queue.clear_problem();
                     break;
                 }
                 Err(error) => {

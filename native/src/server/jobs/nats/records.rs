@@ -49,6 +49,14 @@ pub(super) struct Record {
     pub(super) notes: Vec<String>,
 }
 
+impl Record {
+    /// Queued, and not yet past the queue's keep (`--keep-results-s`): a job that still
+    /// counts in the queue.
+    pub(super) fn waiting(&self, keep: Duration) -> bool {
+        matches!(self.status, JobStatus::Queued { .. }) && age(Some(self.submitted_ms)) <= keep
+    }
+}
+
 impl FleetQueue {
     /// Keep the mirror of the job records, from the bucket's history on, until the end.
     pub(super) async fn watch_records(queue: Arc<Self>) {
@@ -191,15 +199,11 @@ impl FleetQueue {
         let Some(handles) = self.handles.get() else {
             return known;
         };
-        let fresh = tokio::time::timeout(Duration::from_secs(2), handles.jobs.entry(id)).await;
-        let entry = match fresh {
-            Ok(Ok(entry)) => entry,
-            _ => return known,
-        };
-        let entry = entry.filter(|e| e.operation == kv::Operation::Put)?;
-        let record: Record = serde_json::from_slice(&entry.value).ok()?;
-        self.remember(id, entry.revision, record.clone());
-        Some(record)
+        let fresh = tokio::time::timeout(Duration::from_secs(2), self.record_fresh(handles, id));
+        match fresh.await {
+            Ok(Ok(record)) => record,
+            _ => known,
+        }
     }
 
     /// The record of `id` as the bucket has it now: `None` when there is none (expired,
@@ -250,9 +254,7 @@ impl FleetQueue {
             let position = mirror
                 .iter()
                 .filter(|(other, (_, r))| {
-                    matches!(r.status, JobStatus::Queued { .. })
-                        && (r.submitted_ms, other.as_str()) < (record.submitted_ms, id)
-                        && age(Some(r.submitted_ms)) <= keep
+                    r.waiting(keep) && (r.submitted_ms, other.as_str()) < (record.submitted_ms, id)
                 })
                 .count();
             return Lookup::Found(JobStatus::Queued { position });
@@ -263,12 +265,7 @@ impl FleetQueue {
     pub(super) fn counts(&self) -> (usize, usize) {
         let keep = self.limits.retain_for;
         let mirror = lock(&self.mirror);
-        let queued = mirror
-            .values()
-            .filter(|(_, r)| {
-                matches!(r.status, JobStatus::Queued { .. }) && age(Some(r.submitted_ms)) <= keep
-            })
-            .count();
+        let queued = mirror.values().filter(|(_, r)| r.waiting(keep)).count();
         let running = mirror
             .values()
             .filter(|(_, r)| matches!(r.status, JobStatus::Running { .. }))
@@ -276,7 +273,7 @@ impl FleetQueue {
         (queued, running)
     }
 
-    /// Write a final status (unless the record is already final); what it was.
+    /// Write a final status, unless the record is already final.
     pub(super) async fn settle(&self, id: &str, status: JobStatus) {
         let finished = now_ms();
         self.update_patiently(id, |r| {
