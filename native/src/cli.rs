@@ -341,9 +341,10 @@ struct GenerateArgs {
     /// Fine cells per coarse cell (coarse-to-fine); 0 picks R / 64, between 1 and 4.
     #[arg(long, default_value_t = 0)]
     coarse_stride: usize,
-    /// Reduce to at most this many faces; 0 keeps them all.
-    #[arg(long, default_value_t = orfeas_engine::mesh::cleanup::MAX_FACES)]
-    max_faces: usize,
+    /// Faces of the finished mesh (100 to 1 000 000: 2 000 is low-poly, 40 000 the reference's);
+    /// the clean-up decimates to it, never opening a closed surface; 0 keeps every face.
+    #[arg(long, visible_alias = "max-faces", default_value_t = pipeline::DEFAULT_FACES)]
+    faces: usize,
     /// ISNet weights for images without transparency (default: $ORFEAS_ISNET or
     /// ~/.cache/orfeas/models/isnet-medium; without them the whole picture is the object).
     #[arg(long)]
@@ -793,8 +794,8 @@ impl GenerateArgs {
                 chunk: self.num_chunks.max(1),
                 dense: self.dense,
                 coarse_stride: self.coarse_stride,
+                faces: self.faces,
             },
-            max_faces: self.max_faces,
             isnet: self
                 .isnet
                 .unwrap_or_else(crate::remove_bg::default_isnet_dir),

@@ -25,8 +25,6 @@ pub struct GenerateArgs {
     pub model: PathBuf,
     pub output: PathBuf,
     pub options: GenerateOptions,
-    /// Reduce to at most this many faces (the reference's 40 000); 0 keeps every face.
-    pub max_faces: usize,
     /// ISNet weights, used when the image has no transparency and they exist.
     pub isnet: PathBuf,
     pub compute: Compute,
@@ -72,10 +70,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
     let picture =
         decode_image(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
-    let request = Request {
-        max_faces: args.max_faces,
-        ..Request::new(picture, args.options.clone())
-    };
+    let request = Request::new(picture, args.options.clone());
     // ISNet is read only when this picture needs it; without it the picture is used whole.
     let isnet = if ImageToMesh::wants_background_removal(&request)
         && args.isnet.join(INDEX_FILE).is_file()

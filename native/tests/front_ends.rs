@@ -21,6 +21,8 @@ use common::{
 const STEPS: usize = 2;
 const OCTREE: usize = 32;
 const SEED: u64 = 1234;
+/// Under the fixture model's ~260 faces at these settings: each front end passes the detail on.
+const FACES: usize = 150;
 
 /// `future` on a runtime of this thread (the shard sources read files with tokio).
 fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
@@ -52,6 +54,7 @@ fn engine_glb(model: &Path, picture: image::RgbaImage) -> (Vec<u8>, Vec<Note>) {
             steps: Some(STEPS),
             resolution: OCTREE,
             seed: SEED,
+            faces: FACES,
             ..GenerateOptions::default()
         };
         let job = ImageToMesh::new(&shape, None, &device);
@@ -154,10 +157,18 @@ fn the_cli_the_server_and_the_engine_make_the_same_mesh() {
 
     let (engine, notes) = engine_glb(&model, picture.clone());
     assert_eq!(notes, [Note::WholePicture]);
+    let gltf = gltf::Gltf::from_slice(&engine).expect("the GLB re-parses");
+    let primitive = gltf.meshes().next().unwrap().primitives().next().unwrap();
+    let faces_made = primitive.indices().unwrap().count() / 3;
+    assert!(
+        faces_made <= FACES && faces_made * 100 >= FACES * 98,
+        "{faces_made} faces for a budget of {FACES}"
+    );
     a_cut_out_made_earlier_is_used_where_isnet_would_run(&model, picture);
 
     let output = dir.path().join("cli.glb");
     let (steps, octree, seed) = (STEPS.to_string(), OCTREE.to_string(), SEED.to_string());
+    let faces = FACES.to_string();
     let run = orfeas(&[
         "generate",
         image.to_str().unwrap(),
@@ -171,6 +182,8 @@ fn the_cli_the_server_and_the_engine_make_the_same_mesh() {
         &octree,
         "--seed",
         &seed,
+        "--faces",
+        &faces,
         "--isnet",
         dir.path().join("no-isnet").to_str().unwrap(),
         "--backend",
@@ -197,7 +210,7 @@ fn the_cli_the_server_and_the_engine_make_the_same_mesh() {
         wait_ready(&client, &server).await;
         let body = json!({
             "image": b64(&bytes),
-            "steps": STEPS, "octree_resolution": OCTREE, "seed": SEED,
+            "steps": STEPS, "octree_resolution": OCTREE, "seed": SEED, "face_count": FACES,
         });
         let (status, _) = finished_job(&client, &server, &body).await;
         assert_eq!(status["status"], "done", "{status}");

@@ -100,6 +100,49 @@ async fn answers_at_once_503s_while_loading_then_runs_jobs() {
     let faces = obj.lines().filter(|l| l.starts_with("f ")).count();
     assert!(faces > 0, "an OBJ with faces");
 
+    // The detail knob (the official API's `face_count`): the same job decimated to half its
+    // faces, or stopped above that with a note where fewer would open the surface.
+    let budget = faces / 2;
+    assert!(budget >= 100, "{faces} faces: too few to decimate");
+    let mut fewer = request.clone();
+    fewer["face_count"] = json!(budget);
+    let (status, _) = finished_job(&client, &server, &fewer).await;
+    assert_eq!(status["status"], "done", "{status}");
+    let decimated = client
+        .get(server.url(status["result_url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let kept = decimated.lines().filter(|l| l.starts_with("f ")).count();
+    let notes = status["notes"].to_string();
+    if kept > budget {
+        assert!(
+            notes.contains(&format!("kept {kept} faces of the {budget} asked for")),
+            "{kept} faces over a budget of {budget}, and no note: {notes}"
+        );
+    } else {
+        assert!(kept * 100 >= budget * 98, "{kept} faces for {budget}");
+        assert!(!notes.contains("kept"), "{notes}");
+    }
+    let refused = client
+        .post(server.url("/api/generate-3d"))
+        .json(&json!({ "image": b64(&cutout), "face_count": 5 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let reason = refused.json::<serde_json::Value>().await.unwrap();
+    assert!(
+        reason["error"]
+            .as_str()
+            .unwrap()
+            .contains("face_count must be 100–1000000, got 5"),
+        "{reason}"
+    );
+
     // `?wait=true` answers with the file itself: a GLB that re-parses, the same for the same seed.
     let glb = |seed: u64| {
         let mut request = request.clone();

@@ -36,8 +36,13 @@ pub enum ToWorker {
     /// Load a failed model again; shards already verified are not fetched again.
     Retry { model: String },
     /// Run the image-to-3D pipeline; answered by `Result` or `Error` with the same id, or by
-    /// `NotReady` while models load.
-    Generate { request_id: u64 },
+    /// `NotReady` while models load. `faces`: the user's detail (the finished mesh's face
+    /// budget, 0 for every face); absent, the page's `?faces=` or the reference's.
+    Generate {
+        request_id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        faces: Option<u32>,
+    },
     /// Stop request `request_id` at its next sampler step or field chunk (the user's Stop);
     /// answered by `Stopped`. A request that is not running is left alone.
     Stop { request_id: u64 },

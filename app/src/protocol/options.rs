@@ -29,6 +29,10 @@ pub struct EngineOptions {
     pub octree_resolution: Option<u32>,
     #[serde(default)]
     pub seed: Option<u64>,
+    /// The finished mesh's face budget (`?faces=` or the official API's `?face_count=`; 0
+    /// keeps every face): the detail control's first value.
+    #[serde(default)]
+    pub faces: Option<u32>,
     /// GPU memory the models may take, in GiB (`?gpu_memory_gib=`): WebGPU does not report
     /// it, so a model is checked against this, else 8 GiB (a software adapter: the host's).
     #[serde(default)]
@@ -59,6 +63,7 @@ impl EngineOptions {
                 .octree_resolution
                 .map_or(defaults.resolution, |r| r as usize),
             seed: self.seed.unwrap_or(defaults.seed),
+            faces: self.faces.map_or(defaults.faces, |f| f as usize),
             ..defaults
         }
         .clamped()
@@ -94,6 +99,10 @@ impl EngineOptions {
             guidance: value("guidance").and_then(|v| decimal(v)).map(|g| g as f32),
             octree_resolution: value("octree_resolution").and_then(|v| v.parse::<u32>().ok()),
             seed: value("seed").and_then(|v| v.parse::<u64>().ok()),
+            faces: value("faces")
+                .or_else(|| value("face_count"))
+                .and_then(|v| v.parse::<u32>().ok())
+                .map(clamp_faces),
             gpu_memory_gib: value("gpu_memory_gib")
                 .and_then(|v| decimal(v))
                 .filter(|g| *g > 0.0),
@@ -104,6 +113,51 @@ impl EngineOptions {
                 .map(|ms| ms.min(60_000)),
         }
     }
+}
+
+/// The official clean-up's face budget (`face_count`), the detail control's default.
+pub const DEFAULT_FACES: u32 = 40_000;
+/// A budget other than 0 (every face): the official Gradio app's slider.
+pub const FACES: std::ops::RangeInclusive<u32> = 100..=1_000_000;
+
+/// The detail control's presets: a name and its face budget, from low-poly to every face.
+pub const DETAIL_PRESETS: [(&str, u32); 4] = [
+    ("Low-poly", 2_000),
+    ("Game", 10_000),
+    ("Standard", DEFAULT_FACES),
+    ("Full", 0),
+];
+
+/// A face budget brought inside [`FACES`] (0 stays 0: every face).
+pub fn clamp_faces(faces: u32) -> u32 {
+    match faces {
+        0 => 0,
+        f => f.clamp(*FACES.start(), *FACES.end()),
+    }
+}
+
+/// "2 000 faces", "every face".
+pub fn faces_label(faces: u32) -> String {
+    if faces == 0 {
+        return "every face".into();
+    }
+    let digits = faces.to_string();
+    let mut grouped = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            grouped.push(' ');
+        }
+        grouped.push(digit);
+    }
+    format!("{grouped} faces")
+}
+
+/// The preset a budget is, if it is one.
+pub fn detail_preset(faces: u32) -> Option<&'static str> {
+    DETAIL_PRESETS
+        .iter()
+        .find(|(_, f)| *f == faces)
+        .map(|(name, _)| *name)
 }
 
 /// burn's CPU backend in the worker, or the WebGPU device.
@@ -128,6 +182,40 @@ impl ComputeDevice {
 mod tests {
     use super::*;
     use crate::protocol::{CutoutReport, CutoutState, FromWorker, ToWorker};
+    use orfeas_engine::pipeline::{self, GenerateOptions};
+
+    /// The UI bundle has no engine: its copy of the face budget's default, range and presets
+    /// must be the engine's.
+    #[test]
+    fn the_detail_presets_are_budgets_the_engine_takes() {
+        assert_eq!(DEFAULT_FACES as usize, pipeline::DEFAULT_FACES);
+        assert_eq!(
+            (*FACES.start() as usize, *FACES.end() as usize),
+            (*pipeline::FACES.start(), *pipeline::FACES.end())
+        );
+        for (name, faces) in DETAIL_PRESETS {
+            let options = GenerateOptions {
+                faces: faces as usize,
+                ..Default::default()
+            };
+            assert_eq!(options.validate(), Ok(()), "{name}");
+            assert_eq!(detail_preset(faces), Some(name));
+        }
+        for asked in [1, 99, 100, 5_000, 1_000_000, 1_000_001, u32::MAX] {
+            let engine = GenerateOptions {
+                faces: asked as usize,
+                ..Default::default()
+            }
+            .clamped()
+            .faces;
+            assert_eq!(clamp_faces(asked) as usize, engine, "{asked}");
+        }
+        assert_eq!(detail_preset(12_345), None);
+        assert_eq!(faces_label(0), "every face");
+        assert_eq!(faces_label(100), "100 faces");
+        assert_eq!(faces_label(2_000), "2 000 faces");
+        assert_eq!(faces_label(1_000_000), "1 000 000 faces");
+    }
 
     #[test]
     fn engine_options_come_from_the_query() {
@@ -167,6 +255,22 @@ mod tests {
                 shape.guidance
             ),
             (Some(4), Some(5000), Some(9), None)
+        );
+        let faces = |pairs: &[(&str, &str)]| EngineOptions::from_params(&params(pairs)).faces;
+        assert_eq!(faces(&[("faces", "2000")]), Some(2000));
+        assert_eq!(faces(&[("face_count", "12")]), Some(100));
+        assert_eq!(faces(&[("faces", "0")]), Some(0));
+        assert_eq!(faces(&[("faces", "5000000")]), Some(1_000_000));
+        assert_eq!(faces(&[("faces", "many")]), None);
+        // An old UI's Generate without a detail still parses.
+        let generate: ToWorker =
+            serde_json::from_str(r#"{"type":"generate","request_id":4}"#).unwrap();
+        assert_eq!(
+            generate,
+            ToWorker::Generate {
+                request_id: 4,
+                faces: None
+            }
         );
         // An old UI's Start without options still parses.
         let start: ToWorker = serde_json::from_str(r#"{"type":"start","models":[]}"#).unwrap();

@@ -13,8 +13,8 @@ use std::time::Duration;
 use leptos::prelude::*;
 use orfeas_app::config::{ModelSpec, Role, SHAPE_PARTS};
 use orfeas_app::protocol::{
-    CutoutReport, GpuReport, LoadProgress, ModelStatusReport, NoticeLevel, ShapeQuantReport,
-    ToWorker, ViewMode,
+    CutoutReport, DEFAULT_FACES, EngineOptions, GpuReport, LoadProgress, ModelStatusReport,
+    NoticeLevel, ShapeQuantReport, ToWorker, ViewMode,
 };
 use orfeas_app::text::{fixed, retry_after_s};
 
@@ -118,6 +118,9 @@ pub struct Studio {
     /// The shape model's installed precisions and the one in use (from the worker's fit
     /// check).
     pub shape_quant: RwSignal<Option<ShapeQuantReport>>,
+    /// The detail the user chose: the finished mesh's face budget (0: every face), sent with
+    /// each Generate.
+    pub faces: RwSignal<u32>,
     pub debug: bool,
 }
 
@@ -146,6 +149,11 @@ impl Studio {
             ),
             snapshot: RwSignal::new(None),
             shape_quant: RwSignal::new(None),
+            faces: RwSignal::new(
+                EngineOptions::from_params(&page::query_params())
+                    .faces
+                    .unwrap_or(DEFAULT_FACES),
+            ),
             debug: page::query_params()
                 .iter()
                 .any(|(k, v)| k == "debug" && v == "1"),
@@ -302,7 +310,10 @@ impl Studio {
                 stage: String::new(),
                 stopping: false,
             });
-            bridge::send(&ToWorker::Generate { request_id: id });
+            bridge::send(&ToWorker::Generate {
+                request_id: id,
+                faces: Some(self.faces.get_untracked()),
+            });
             return;
         };
         if !blockers.will_change() {

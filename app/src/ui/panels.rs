@@ -2,7 +2,10 @@
 
 use leptos::prelude::*;
 use orfeas_app::config::Role;
-use orfeas_app::protocol::{AttentionPath, ModelStatusReport, NoticeLevel, ToWorker};
+use orfeas_app::protocol::{
+    AttentionPath, DETAIL_PRESETS, ModelStatusReport, NoticeLevel, ToWorker, clamp_faces,
+    detail_preset, faces_label,
+};
 use orfeas_app::text::fixed;
 use wasm_bindgen::JsCast;
 
@@ -210,12 +213,65 @@ pub fn GenerateControl() -> impl IntoView {
             >
                 "Stop"
             </button>
+            <DetailControl />
             <p class="reason" data-testid="generate-reason">{move || blocker()}</p>
             <p class="request" data-testid="request-status" data-state=move || state().0>
                 {move || state().1}
             </p>
             <Details text=detail />
         </section>
+    }
+}
+
+/// The finished mesh's detail: a preset from low-poly to every face, or a face count. Applies
+/// to the next Generate; works before any model is loaded.
+#[component]
+pub fn DetailControl() -> impl IntoView {
+    let faces = studio().faces;
+    let chosen = move || detail_preset(faces.get()).unwrap_or("Custom");
+    let pick = move |ev: leptos::ev::Event| {
+        let name = event_target_value(&ev);
+        if let Some((_, budget)) = DETAIL_PRESETS.iter().find(|(n, _)| *n == name) {
+            faces.set(*budget);
+        }
+    };
+    let type_in = move |ev: leptos::ev::Event| {
+        let typed = event_target_value(&ev);
+        match typed.trim().parse::<u32>() {
+            Ok(budget) => faces.set(clamp_faces(budget)),
+            // Not a number: show the budget in force again.
+            Err(_) => faces.update(|_| {}),
+        }
+    };
+    view! {
+        <div class="detail" title="Faces of the finished mesh: the clean-up decimates to this many (never opening a closed surface); 0 keeps every face">
+            <label>
+                "Detail "
+                <select data-testid="detail" prop:value=chosen on:change=pick>
+                    {DETAIL_PRESETS
+                        .iter()
+                        .map(|(name, budget)| {
+                            view! {
+                                <option value=*name>{format!("{name}: {}", faces_label(*budget))}</option>
+                            }
+                        })
+                        .collect_view()}
+                    <option value="Custom" disabled=true>"Custom"</option>
+                </select>
+            </label>
+            <label>
+                <input
+                    type="number"
+                    data-testid="faces"
+                    min="0"
+                    max="1000000"
+                    step="100"
+                    prop:value=move || faces.get().to_string()
+                    on:change=type_in
+                />
+                " faces"
+            </label>
+        </div>
     }
 }
 

@@ -6,7 +6,9 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use orfeas_engine::pipeline::{GenerateError, ImageToMesh, Note, Request, ShapeModel, Stage};
+use orfeas_engine::pipeline::{
+    GenerateError, GenerateOptions, ImageToMesh, Note, Request, ShapeModel, Stage,
+};
 
 use super::Engine;
 use super::outbox::{post, post_mesh};
@@ -78,9 +80,9 @@ impl From<&str> for Failure {
 
 /// Run request `request_id` on the current image; answers `Result`, `Stopped` or `Error`, or
 /// `NotReady` when the GPU was reset meanwhile (the UI asks again once the models are back).
-pub(super) async fn run(engine: Rc<Engine>, request_id: u64) {
+pub(super) async fn run(engine: Rc<Engine>, request_id: u64, faces: Option<u32>) {
     let device_generation = engine.device.generation();
-    let outcome = generate(&engine, request_id).await;
+    let outcome = generate(&engine, request_id, faces).await;
     engine.shape.stopped(request_id);
     let message = match outcome {
         Ok(message) => FromWorker::Result {
@@ -107,7 +109,11 @@ pub(super) async fn run(engine: Rc<Engine>, request_id: u64) {
     post(&message);
 }
 
-async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, Failure> {
+async fn generate(
+    engine: &Rc<Engine>,
+    request_id: u64,
+    faces: Option<u32>,
+) -> Result<String, Failure> {
     let started = web_time::Instant::now();
     let (name, image) = engine
         .image
@@ -133,9 +139,17 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, Failur
     };
     // The cut-out shown for this image, when background removal made it already: the job
     // uses it instead of running ISNet again.
+    let mut options = chosen.generate_options();
+    if let Some(faces) = faces {
+        options = GenerateOptions {
+            faces: faces as usize,
+            ..options
+        }
+        .clamped();
+    }
     let request = Request {
         cutout: engine.background.cutout(),
-        ..Request::new(image, chosen.generate_options())
+        ..Request::new(image, options)
     };
     // The sampler's pace so far gives the estimate of what is left of it.
     let mut sampling_started: Option<web_time::Instant> = None;
@@ -193,8 +207,10 @@ async fn generate(engine: &Rc<Engine>, request_id: u64) -> Result<String, Failur
     };
     post_mesh(&meta, mesh, None);
     let mut message = format!("{} faces in {seconds:.1} s", mesh.triangles.len());
-    for note in generated.notes.iter().filter(|n| **n == Note::WholePicture) {
-        message.push_str(&format!(" ({note})"));
+    for note in &generated.notes {
+        if matches!(note, Note::WholePicture | Note::FacesAboveBudget { .. }) {
+            message.push_str(&format!(" ({note})"));
+        }
     }
     Ok(message)
 }

@@ -2,7 +2,8 @@
 //! scikit-image's `marching_cubes` (Lewiner) on the same field in the same run, and the
 //! instant preview's build time for a 512² mask; coarse-to-fine volume decoding's field
 //! queries against the dense grid's at octree resolutions 128/256/384 (same mesh); quadric
-//! decimation to the reference's default 40 000 faces.
+//! decimation to the `faces` presets (2 000, 10 000 and the reference's 40 000) with each one's
+//! distance to the undecimated surface.
 //!
 //! `cargo run --release -p orfeas --bin bench-mesh -- [--python PATH] [--sizes 128,256]`
 //! needs a Python with scikit-image for the baseline (e.g. a venv with
@@ -14,6 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use orfeas_engine::mesh::decimate::decimate;
+use orfeas_engine::mesh::distance::surface_distance;
 use orfeas_engine::mesh::{Field, marching_cubes, marching_cubes_sparse, preview};
 use orfeas_engine::volume::{Grid, Refinement, decode_coarse_to_fine, decode_dense};
 
@@ -164,17 +166,26 @@ fn main() -> Result<()> {
         largest = Some(dense_mesh);
     }
     if let Some(mesh) = largest {
-        let target = 40_000;
-        let started = Instant::now();
-        let simple = decimate(&mesh, target);
-        println!(
-            "decimation of the R=384 mesh, {} → {} faces (target {target}): {:.2} s, volume {:.5} → {:.5}",
-            mesh.triangles.len(),
-            simple.triangles.len(),
-            started.elapsed().as_secs_f64(),
-            mesh.signed_volume(),
-            simple.signed_volume()
-        );
+        // The `faces` knob's presets below the full mesh: time, and what each costs in
+        // distance to the undecimated surface (as a share of the bounding box's diagonal).
+        let (lo, hi) = mesh.bounds().context("an empty mesh")?;
+        let diagonal = (0..3).map(|d| (hi[d] - lo[d]).powi(2)).sum::<f32>().sqrt() as f64;
+        for target in [2_000, 10_000, 40_000] {
+            let started = Instant::now();
+            let simple = decimate(&mesh, target);
+            let seconds = started.elapsed().as_secs_f64();
+            let error = surface_distance(&mesh, &simple).context("an empty mesh")?;
+            println!(
+                "decimation of the R=384 mesh, {} → {} faces (target {target}): {seconds:.2} s, volume {:.5} → {:.5}, closed {}; distance to it: mean {:.4} % of the diagonal, Hausdorff {:.4} %",
+                mesh.triangles.len(),
+                simple.triangles.len(),
+                mesh.signed_volume(),
+                simple.signed_volume(),
+                simple.boundary_edges() == 0,
+                100.0 * error.mean / diagonal,
+                100.0 * error.max / diagonal,
+            );
+        }
     }
     // The instant preview of a 512² cut-out (an ellipse on transparent).
     let size = 512usize;

@@ -61,6 +61,67 @@ pub fn remove_small_components(mesh: &mut Mesh, min_fraction: f32) -> usize {
     dropped
 }
 
+/// How close two vertices must be to weld, as a share of the mesh's longest side: far below
+/// a marching-cubes cell (1/1024 of the side at the largest octree), far above float noise.
+pub const WELD_TOLERANCE: f32 = 4e-6;
+
+/// Merge vertices within `WELD_TOLERANCE` of the longest side of each other (the first one
+/// seen stays). Marching cubes makes one vertex per crossed grid edge, so where the surface
+/// passes through or next to a grid point several vertices (nearly) coincide, and the
+/// zero-area triangles between them would leave slits in the surface when dropped (as the
+/// reference's trimesh merge, to 1e-8, leaves some). Welded, those triangles repeat a vertex
+/// and go without opening the surface. Returns how many vertices merged.
+pub fn weld_close(mesh: &mut Mesh) -> usize {
+    let Some((lo, hi)) = mesh.bounds() else {
+        return 0;
+    };
+    let side = (0..3).map(|d| hi[d] - lo[d]).fold(0.0f32, f32::max);
+    let tolerance = f64::from(side * WELD_TOLERANCE).max(f64::MIN_POSITIVE);
+    let cell = |p: &[f32; 3]| p.map(|x| (f64::from(x) / tolerance).floor() as i64);
+    // Vertices kept so far, by the cell of side `tolerance` they lie in: a vertex within the
+    // tolerance of one lies in one of the 27 cells around its own.
+    let mut kept_in: std::collections::HashMap<[i64; 3], Vec<u32>> =
+        std::collections::HashMap::new();
+    let mut remap = Vec::with_capacity(mesh.positions.len());
+    let mut merged = 0;
+    for (i, p) in mesh.positions.iter().enumerate() {
+        let home = cell(p);
+        let mut found = None;
+        'search: for dx in -1..=1 {
+            for dy in -1..=1 {
+                for dz in -1..=1 {
+                    let near = [home[0] + dx, home[1] + dy, home[2] + dz];
+                    for &k in kept_in.get(&near).map_or(&[][..], Vec::as_slice) {
+                        let q = mesh.positions[k as usize];
+                        let d2: f64 = (0..3).map(|d| f64::from(p[d] - q[d]).powi(2)).sum();
+                        if d2 <= tolerance * tolerance {
+                            found = Some(k);
+                            break 'search;
+                        }
+                    }
+                }
+            }
+        }
+        remap.push(match found {
+            Some(k) => {
+                merged += 1;
+                k
+            }
+            None => {
+                kept_in.entry(home).or_default().push(i as u32);
+                i as u32
+            }
+        });
+    }
+    if merged > 0 {
+        for t in &mut mesh.triangles {
+            *t = t.map(|i| remap[i as usize]);
+        }
+        compact(mesh);
+    }
+    merged
+}
+
 /// Drop vertices no triangle uses; the rest keep their order.
 pub fn compact(mesh: &mut Mesh) {
     let mut used = vec![false; mesh.positions.len()];
@@ -90,10 +151,11 @@ pub fn compact(mesh: &mut Mesh) {
 /// The reference's face budget after generation.
 pub const MAX_FACES: usize = 40_000;
 
-/// The official post-processing of a generated mesh: floaters (components under 1 % of the
-/// faces) and degenerate faces go, unused vertices with them, then decimation to `max_faces`
-/// (0 keeps every face).
+/// The official post-processing of a generated mesh: (nearly) coincident vertices weld (as
+/// trimesh's merge does, a little wider), floaters (components under 1 % of the faces) and degenerate faces go, unused vertices
+/// with them, then decimation to `max_faces` (0 keeps every face).
 pub fn official(mut mesh: Mesh, max_faces: usize) -> Mesh {
+    weld_close(&mut mesh);
     remove_small_components(&mut mesh, 0.01);
     remove_degenerate(&mut mesh, 1e-12);
     compact(&mut mesh);

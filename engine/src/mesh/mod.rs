@@ -3,6 +3,7 @@
 
 pub mod cleanup;
 pub mod decimate;
+pub mod distance;
 pub mod export;
 pub mod marching_cubes;
 pub mod preview;

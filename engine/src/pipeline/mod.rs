@@ -30,7 +30,8 @@ use crate::models::isnet::IsNet;
 /// the UI as it is).
 pub use orfeas_wire::Stage;
 
-/// What the job did with the picture's background.
+/// What the job did that its caller should know: with the picture's background, and with the
+/// face budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Note {
@@ -41,6 +42,9 @@ pub enum Note {
     /// Opaque, and no background removal (none loaded, or turned off): the whole picture is
     /// the object.
     WholePicture,
+    /// The clean-up stopped above the face budget: every further collapse would have opened
+    /// or pinched the closed surface.
+    FacesAboveBudget { budget: usize, kept: usize },
 }
 
 impl std::fmt::Display for Note {
@@ -49,6 +53,12 @@ impl std::fmt::Display for Note {
             Note::BackgroundRemoved => "background removed",
             Note::TransparencyUsed => "the picture's transparency is the cut-out",
             Note::WholePicture => "no background removal: the whole picture is taken as the object",
+            Note::FacesAboveBudget { budget, kept } => {
+                return write!(
+                    f,
+                    "kept {kept} faces of the {budget} asked for: fewer would open the closed surface"
+                );
+            }
         })
     }
 }
@@ -109,9 +119,6 @@ pub struct Request {
     /// Cut the object out when the picture is opaque (the original studio's
     /// `remove_background`, on by default).
     pub remove_background: bool,
-    /// Reduce to at most this many faces ([`cleanup::MAX_FACES`], the reference's); 0 keeps
-    /// every face.
-    pub max_faces: usize,
     /// ISNet's cut-out of this picture, made earlier (the app keeps the one it showed): used
     /// where the job would cut the picture out, instead of running ISNet again.
     pub cutout: Option<RgbaImage>,
@@ -123,7 +130,6 @@ impl Request {
             picture,
             options,
             remove_background: true,
-            max_faces: cleanup::MAX_FACES,
             cutout: None,
         }
     }
@@ -255,13 +261,21 @@ impl<'a> ImageToMesh<'a> {
             return Err(GenerateError::NoSurface);
         }
         on_stage(Stage::CleaningUp);
-        let mesh = cleanup::official(surface.mesh, request.max_faces);
+        let budget = request.options.faces;
+        let mesh = cleanup::official(surface.mesh, budget);
+        let mut notes = vec![note];
+        if budget > 0 && mesh.triangles.len() > budget {
+            notes.push(Note::FacesAboveBudget {
+                budget,
+                kept: mesh.triangles.len(),
+            });
+        }
         Ok(Generated {
             mesh,
             raw_faces,
             queries: surface.queries,
             steps,
-            notes: vec![note],
+            notes,
         })
     }
 }

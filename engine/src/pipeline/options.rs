@@ -16,12 +16,17 @@ pub const DEFAULT_OCTREE_RESOLUTION: usize = 256;
 pub const DEFAULT_SEED: u64 = 1234;
 /// Field queries per decoder call (the official `num_chunks`).
 pub const DEFAULT_CHUNK: usize = 8000;
+/// The official clean-up's face budget (`FaceReducer(max_facenum=40000)`, the API's
+/// `face_count`).
+pub const DEFAULT_FACES: usize = crate::mesh::cleanup::MAX_FACES;
 
 /// What a request may ask for. A server may narrow steps and octree further
 /// (`--max-steps`, `--max-octree`).
 pub const STEPS: RangeInclusive<usize> = 1..=200;
 pub const GUIDANCE: RangeInclusive<f32> = 0.0..=50.0;
 pub const OCTREE_RESOLUTION: RangeInclusive<usize> = 16..=1024;
+/// A face budget other than 0 (every face): the official Gradio app's slider.
+pub const FACES: RangeInclusive<usize> = 100..=1_000_000;
 
 /// Knobs of one generation (the original studio's parameters; its defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +46,9 @@ pub struct GenerateOptions {
     /// the coarse grid always has at least 64 cells a side and features smaller than a coarse
     /// cell are rare.
     pub coarse_stride: usize,
+    /// Faces of the finished mesh (the official `face_count`): the clean-up decimates to this
+    /// many, or stops above it where fewer would open a closed surface; 0 keeps every face.
+    pub faces: usize,
 }
 
 impl GenerateOptions {
@@ -64,6 +72,12 @@ impl GenerateOptions {
         if self.chunk == 0 {
             return Err("chunk must be at least 1".into());
         }
+        if self.faces != 0 && !FACES.contains(&self.faces) {
+            return Err(format!(
+                "{} (or 0 for every face)",
+                out_of_range("face_count", FACES, self.faces)
+            ));
+        }
         Ok(())
     }
 
@@ -79,6 +93,9 @@ impl GenerateOptions {
             .resolution
             .clamp(*OCTREE_RESOLUTION.start(), *OCTREE_RESOLUTION.end());
         self.chunk = self.chunk.max(1);
+        if self.faces != 0 {
+            self.faces = self.faces.clamp(*FACES.start(), *FACES.end());
+        }
         self
     }
 
@@ -113,6 +130,7 @@ impl Default for GenerateOptions {
             chunk: DEFAULT_CHUNK,
             dense: false,
             coarse_stride: 0,
+            faces: DEFAULT_FACES,
         }
     }
 }
@@ -167,18 +185,38 @@ mod tests {
                 },
                 "octree_resolution must be 16–1024, got 1025",
             ),
+            (
+                GenerateOptions {
+                    faces: 99,
+                    ..Default::default()
+                },
+                "face_count must be 100–1000000, got 99 (or 0 for every face)",
+            ),
+            (
+                GenerateOptions {
+                    faces: 1_000_001,
+                    ..Default::default()
+                },
+                "face_count must be 100–1000000, got 1000001 (or 0 for every face)",
+            ),
         ];
         for (options, reason) in bad {
             assert_eq!(options.validate(), Err(reason.to_string()));
             assert_eq!(options.clamped().validate(), Ok(()));
         }
-        let edges = GenerateOptions {
-            steps: Some(200),
-            guidance: 50.0,
-            resolution: 16,
-            ..Default::default()
-        };
-        assert_eq!(edges.clone().validate(), Ok(()));
-        assert_eq!(edges.clone().clamped(), edges);
+        for faces in [0, 100, 1_000_000] {
+            let edges = GenerateOptions {
+                steps: Some(200),
+                guidance: 50.0,
+                resolution: 16,
+                faces,
+                ..Default::default()
+            };
+            assert_eq!(edges.clone().validate(), Ok(()));
+            assert_eq!(edges.clone().clamped(), edges);
+        }
+        // A record written before the knob existed reads with the default budget.
+        let old: GenerateOptions = serde_json::from_str(r#"{"steps":5,"seed":3}"#).unwrap();
+        assert_eq!(old.faces, DEFAULT_FACES);
     }
 }

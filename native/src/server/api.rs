@@ -348,6 +348,7 @@ struct RawParams {
     guidance: Option<Scalar>,
     octree_resolution: Option<Scalar>,
     seed: Option<Scalar>,
+    face_count: Option<Scalar>,
     remove_background: Option<Scalar>,
     format: Option<Scalar>,
 }
@@ -361,6 +362,7 @@ impl RawParams {
             "guidance" | "guidance_scale" => &mut self.guidance,
             "octree_resolution" => &mut self.octree_resolution,
             "seed" => &mut self.seed,
+            "face_count" | "faces" => &mut self.face_count,
             "remove_background" => &mut self.remove_background,
             "format" => &mut self.format,
             _ => return None,
@@ -862,6 +864,9 @@ fn validate(raw: &RawParams, limits: &RequestLimits) -> Result<GenerateParams, S
     if let Some(seed) = number::<u64>(&raw.seed, "seed")? {
         options.seed = seed;
     }
+    if let Some(faces) = number::<usize>(&raw.face_count, "face_count")? {
+        options.faces = faces;
+    }
     options.validate()?;
     let narrower = |name, range: std::ops::RangeInclusive<usize>, got| {
         Err(format!("{} on this server", out_of_range(name, range, got)))
@@ -1072,6 +1077,7 @@ mod tests {
                 (prop_oneof![
                     Just("steps"), Just("guidance"), Just("octree_resolution"), Just("seed"),
                     Just("remove_background"), Just("format"), Just("image"), Just("extra"),
+                    Just("face_count"),
                 ], field_value()),
                 0..6,
             ),
