@@ -297,35 +297,34 @@ async fn stop_a_generation(browser: &impl Page) -> anyhow::Result<()> {
 /// The face budget the f16 run in Firefox asks for through the detail control.
 const DETAIL_FACES: usize = 200;
 
-/// The detail control: a preset fills in its face count; a number typed in shows as Custom
-/// and is what the next Generate asks for.
+/// The detail control: its input lists the presets, a preset's count shows the preset's name,
+/// any other number shows as Custom and is what the next Generate asks for.
 async fn choose_detail(browser: &impl Page, faces: usize) -> anyhow::Result<()> {
-    browser
+    let presets = browser
         .eval(
-            "const s = document.querySelector('[data-testid=detail]'); s.value = 'Low-poly'; \
-             s.dispatchEvent(new Event('change')); return 1",
+            "return [...document.querySelectorAll('#detail-presets option')] \
+               .map(o => o.label + '=' + o.value).join(',')",
         )
         .await?;
-    browser
-        .wait_for(
-            "the Low-poly preset's face count",
-            "document.querySelector('[data-testid=faces]').value === '2000'",
-            Duration::from_secs(10),
-        )
-        .await?;
-    browser
-        .eval(&format!(
-            "const f = document.querySelector('[data-testid=faces]'); f.value = '{faces}'; \
-             f.dispatchEvent(new Event('change')); return 1"
-        ))
-        .await?;
-    browser
-        .wait_for(
-            "a typed face count shown as Custom",
-            "document.querySelector('[data-testid=detail]').value === 'Custom'",
-            Duration::from_secs(10),
-        )
-        .await?;
+    assert_eq!(
+        presets, "Low-poly=2000,Game=10000,Standard=40000,Full=0",
+        "the presets the faces input lists"
+    );
+    for (typed, shown) in [("2000", "Low-poly"), (faces.to_string().as_str(), "Custom")] {
+        browser
+            .eval(&format!(
+                "const f = document.querySelector('[data-testid=faces]'); f.value = '{typed}'; \
+                 f.dispatchEvent(new Event('change')); return 1"
+            ))
+            .await?;
+        browser
+            .wait_for(
+                &format!("{typed} faces shown as {shown}"),
+                &format!("document.querySelector('[data-testid=detail]').innerText === '{shown}'"),
+                Duration::from_secs(10),
+            )
+            .await?;
+    }
     Ok(())
 }
 

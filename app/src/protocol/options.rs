@@ -136,22 +136,6 @@ pub fn clamp_faces(faces: u32) -> u32 {
     }
 }
 
-/// "2 000 faces", "every face".
-pub fn faces_label(faces: u32) -> String {
-    if faces == 0 {
-        return "every face".into();
-    }
-    let digits = faces.to_string();
-    let mut grouped = String::new();
-    for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            grouped.push(' ');
-        }
-        grouped.push(digit);
-    }
-    format!("{grouped} faces")
-}
-
 /// The preset a budget is, if it is one.
 pub fn detail_preset(faces: u32) -> Option<&'static str> {
     DETAIL_PRESETS
@@ -211,10 +195,6 @@ mod tests {
             assert_eq!(clamp_faces(asked) as usize, engine, "{asked}");
         }
         assert_eq!(detail_preset(12_345), None);
-        assert_eq!(faces_label(0), "every face");
-        assert_eq!(faces_label(100), "100 faces");
-        assert_eq!(faces_label(2_000), "2 000 faces");
-        assert_eq!(faces_label(1_000_000), "1 000 000 faces");
     }
 
     #[test]

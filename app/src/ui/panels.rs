@@ -4,7 +4,7 @@ use leptos::prelude::*;
 use orfeas_app::config::Role;
 use orfeas_app::protocol::{
     AttentionPath, DETAIL_PRESETS, ModelStatusReport, NoticeLevel, ToWorker, clamp_faces,
-    detail_preset, faces_label,
+    detail_preset,
 };
 use orfeas_app::text::fixed;
 use wasm_bindgen::JsCast;
@@ -223,55 +223,41 @@ pub fn GenerateControl() -> impl IntoView {
     }
 }
 
-/// The finished mesh's detail: a preset from low-poly to every face, or a face count. Applies
-/// to the next Generate; works before any model is loaded.
+/// The finished mesh's detail: a face count, typed or picked from the presets (low-poly to
+/// every face) the input lists, and the preset's name. Applies to the next Generate; works
+/// before any model is loaded.
 #[component]
 pub fn DetailControl() -> impl IntoView {
     let faces = studio().faces;
-    let chosen = move || detail_preset(faces.get()).unwrap_or("Custom");
-    let pick = move |ev: leptos::ev::Event| {
-        let name = event_target_value(&ev);
-        if let Some((_, budget)) = DETAIL_PRESETS.iter().find(|(n, _)| *n == name) {
-            faces.set(*budget);
-        }
-    };
     let type_in = move |ev: leptos::ev::Event| {
-        let typed = event_target_value(&ev);
-        match typed.trim().parse::<u32>() {
+        match event_target_value(&ev).trim().parse::<u32>() {
             Ok(budget) => faces.set(clamp_faces(budget)),
             // Not a number: show the budget in force again.
             Err(_) => faces.update(|_| {}),
         }
     };
     view! {
-        <div class="detail" title="Faces of the finished mesh: the clean-up decimates to this many (never opening a closed surface); 0 keeps every face">
-            <label>
-                "Detail "
-                <select data-testid="detail" prop:value=chosen on:change=pick>
-                    {DETAIL_PRESETS
-                        .iter()
-                        .map(|(name, budget)| {
-                            view! {
-                                <option value=*name>{format!("{name}: {}", faces_label(*budget))}</option>
-                            }
-                        })
-                        .collect_view()}
-                    <option value="Custom" disabled=true>"Custom"</option>
-                </select>
-            </label>
-            <label>
-                <input
-                    type="number"
-                    data-testid="faces"
-                    min="0"
-                    max="1000000"
-                    step="100"
-                    prop:value=move || faces.get().to_string()
-                    on:change=type_in
-                />
-                " faces"
-            </label>
-        </div>
+        <label class="detail" title="Faces of the finished mesh: the clean-up decimates to this many (never opening a closed surface); 0 keeps every face">
+            "Detail "
+            <input
+                type="number"
+                list="detail-presets"
+                data-testid="faces"
+                min="0"
+                max="1000000"
+                step="100"
+                prop:value=move || faces.get().to_string()
+                on:change=type_in
+            />
+            <datalist id="detail-presets">
+                {DETAIL_PRESETS
+                    .iter()
+                    .map(|(name, budget)| view! { <option value=budget.to_string() label=*name /> })
+                    .collect_view()}
+            </datalist>
+            " faces: "
+            <span data-testid="detail">{move || detail_preset(faces.get()).unwrap_or("Custom")}</span>
+        </label>
     }
 }
 
