@@ -9,6 +9,12 @@ Hunyuan3D-2.1 repository), the 2.0 family `hy3dgen.shapegen` (the Hunyuan3D-2 re
 as their targets say. The test `synthetic_layouts_are_the_official_ones` compares our
 generator's layouts with these.
 
+The checkouts are the fixtures' snapshots (Hunyuan3D-2.1 5e3ec6d, Hunyuan3D-2 2ee4770: a later
+Hunyuan3D-2 adds the point-cloud encoder to its `ShapeVAE`), each package's top `__init__.py`
+emptied (it imports the whole pipeline); besides torch the imports want scikit-image,
+omegaconf, timm and diffusers 0.30. The 2mv family's layouts are 2.0's: its multi-view encoder's
+view table is built at construction, not stored.
+
     python scripts/official_layouts.py --hy3dshape <Hunyuan3D-2.1>/hy3dshape \
         --hy3dgen <Hunyuan3D-2> --configs <dir> -o native/tests/data/official_layouts.json
 """

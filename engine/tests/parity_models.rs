@@ -488,13 +488,19 @@ fn a_guidance_distilled_dit_refuses_to_run_without_guidance() {
     assert_eq!(out.dims(), [1, 4, config.in_channels]);
 }
 
+/// A file of `engine/tests/data/` (vectors committed with the script that made them).
+fn committed(file: &str) -> Io {
+    Io::open(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(file),
+    )
+}
+
 /// The committed vectors of Hugging Face's own `interpolate_pos_encoding` (transformers 4.46.0,
 /// `scripts/dinov2_interpolation_vectors.py`).
 fn interpolation_vectors() -> Io {
-    Io::open(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/dinov2_interpolation.safetensors"),
-    )
+    committed("dinov2_interpolation.safetensors")
 }
 
 #[test]
@@ -611,5 +617,105 @@ fn a_generation_stops_where_its_stop_check_says() {
             "{stages:?}"
         );
         assert!(!stages.contains(&Stage::Meshing), "{stages:?}");
+    }
+}
+
+/// The committed vectors of the official multi-view conditioner (`DinoImageEncoderMV` and
+/// `MVImageProcessorV2` of Hunyuan3D-2 on the fixtures' tiny DINOv2,
+/// `scripts/mv_conditioner_vectors.py`).
+fn mv_vectors() -> Io {
+    committed("mv_conditioner.safetensors")
+}
+
+#[test]
+fn the_multi_view_encoder_is_the_official_one() {
+    use orfeas_engine::models::dinov2::{View, multi_view_tokens, view_embedding};
+    let io = mv_vectors();
+    let st = io.safetensors();
+    // The view table, not in any checkpoint: computed.
+    let (table, shape) = io.tensor("view_embed");
+    let dim = shape[1];
+    let ours: Vec<f32> = (0..4).flat_map(|i| view_embedding(dim, i)).collect();
+    let diff = max_abs_diff(&ours, &table);
+    assert!(diff <= 1e-6, "the view table differs by {diff}");
+    // Given as {back, right, front}: sorted into the official order.
+    let views: Vec<i64> = st
+        .tensor("views")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let given = [View::Back, View::Right, View::Front];
+    let mut sorted = given;
+    sorted.sort();
+    assert_eq!(
+        views,
+        sorted.iter().map(|v| v.index() as i64).collect::<Vec<_>>()
+    );
+
+    // Each view through our ImageProcessorV2 at the processor's size: the official images.
+    let (images, image_shape) = io.tensor("images");
+    let side = image_shape[2];
+    let png = |name: &str| {
+        let bytes = std::fs::read(fixtures().join(name)).unwrap();
+        orfeas_engine::input::decode_image(&bytes).unwrap()
+    };
+    let front = png("preprocess_input_0.png");
+    let back = png("preprocess_input_1.png");
+    let right = image::imageops::flip_horizontal(&front);
+    let per_view = [
+        (View::Back, &back),
+        (View::Right, &right),
+        (View::Front, &front),
+    ];
+    let mut inputs: Vec<(View, Vec<f32>)> = per_view
+        .iter()
+        .map(|(view, rgba)| {
+            let input = orfeas_engine::recenter::shape_input(rgba, side).unwrap();
+            (*view, input.image)
+        })
+        .collect();
+    inputs.sort_by_key(|(view, _)| *view);
+    let ours: Vec<f32> = inputs.iter().flat_map(|(_, image)| image.clone()).collect();
+    let diff = max_abs_diff(&ours, &images);
+    eprintln!("multi-view processor: max abs diff {diff:.2e}");
+    assert!(
+        diff <= 2.0 / 255.0 + 1e-6,
+        "the processed views differ by {diff}"
+    );
+
+    // DINOv2 on each official image, then the view rows and the concatenation.
+    let stage = stage("dinov2");
+    let config: Dinov2Config =
+        serde_json::from_value(stage["config"]["config"].clone()).expect("the HF config");
+    let size = stage["config"]["encoder_kwargs"]["image_size"]
+        .as_u64()
+        .map_or(config.image_size, |s| s as usize);
+    let (expected, expected_shape) = io.tensor("tokens");
+    let tol = tolerance(&stage, "last_hidden_state", 1e-4);
+    let per_image = 3 * side * side;
+    for (name, device) in devices() {
+        let weights = load("dinov2.weights.safetensors", &device);
+        let model = apply_torch_weights(config.init(&device), weights, checkpoint_name)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Handed over in the user's order: the encoder sorts them.
+        let tokens = given
+            .iter()
+            .map(|view| {
+                let at = sorted.iter().position(|v| v == view).unwrap();
+                let image = &images[at * per_image..(at + 1) * per_image];
+                let pixels = preprocess(image, side, side, size);
+                (*view, model.forward(pixels_tensor(pixels, size, &device)))
+            })
+            .collect();
+        let out = multi_view_tokens(tokens);
+        assert_eq!(out.dims().to_vec(), expected_shape, "{name}");
+        let diff = max_abs_diff(&values(out), &expected);
+        eprintln!("multi-view encoder on {name}: max abs diff {diff:.2e} (tolerance {tol:.1e})");
+        assert!(
+            diff <= tol,
+            "{name}: the multi-view tokens differ by {diff}"
+        );
     }
 }

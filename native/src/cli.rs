@@ -313,8 +313,15 @@ struct RemoveBgArgs {
 
 #[derive(clap::Args, Debug)]
 struct GenerateArgs {
-    /// PNG, JPEG or WebP; an RGBA cut-out keeps its alpha as the object's outline.
-    image: PathBuf,
+    /// PNG, JPEG or WebP; an RGBA cut-out keeps its alpha as the object's outline. The front
+    /// view (or give it as `--view front=IMAGE`).
+    #[arg(required_unless_present = "views")]
+    image: Option<PathBuf>,
+    /// A view of the object for a multi-view (2mv) model: `front=IMAGE`, `left=IMAGE`,
+    /// `back=IMAGE`, `right=IMAGE` (repeat the flag; any set with the front). Each is cut out
+    /// as the front is.
+    #[arg(long = "view", value_name = "NAME=IMAGE", value_parser = parse_view)]
+    views: Vec<(orfeas_engine::pipeline::View, PathBuf)>,
     /// A folder written by `orfeas convert`.
     #[arg(long)]
     model: PathBuf,
@@ -779,11 +786,47 @@ impl RemoveBgArgs {
     }
 }
 
+/// `left=photo.png` → the view and the file.
+fn parse_view(text: &str) -> Result<(orfeas_engine::pipeline::View, PathBuf), String> {
+    use orfeas_engine::pipeline::View;
+    let (name, path) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected NAME=IMAGE (front, left, back or right)"))?;
+    let view = View::parse(name)
+        .ok_or_else(|| format!("{name:?} is not a view (front, left, back or right)"))?;
+    if path.is_empty() {
+        return Err(format!("{name}= names no image"));
+    }
+    Ok((view, PathBuf::from(path)))
+}
+
 impl GenerateArgs {
     fn run(self) -> Result<()> {
+        use orfeas_engine::pipeline::View;
+        let mut views = self.views;
+        // The front: the positional image, or `--view front=`; never both, never neither.
+        let fronts = views
+            .iter()
+            .filter(|(view, _)| *view == View::Front)
+            .count();
+        let image = match (self.image, fronts) {
+            (Some(image), 0) => image,
+            (None, 1) => {
+                let at = views
+                    .iter()
+                    .position(|(view, _)| *view == View::Front)
+                    .unwrap_or(0);
+                views.remove(at).1
+            }
+            (Some(_), _) => {
+                anyhow::bail!("the front view is given twice (IMAGE and --view front=)")
+            }
+            (None, _) => anyhow::bail!("no front view: give IMAGE or --view front=IMAGE once"),
+        };
         crate::generate::run(crate::generate::GenerateArgs {
             compute: self.device.open()?,
-            image: self.image,
+            image,
+            views,
             model: self.model,
             output: self.output,
             options: orfeas_engine::pipeline::GenerateOptions {

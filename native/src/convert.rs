@@ -153,11 +153,17 @@ pub fn variant_from_config(yaml: &Value) -> Result<Variant> {
         }),
         "Hunyuan3DDiT" => {
             let params = &yaml["model"]["params"];
-            Ok(flux_variant(
+            let mut variant = flux_variant(
                 params["depth"].as_u64().unwrap_or(16) as usize,
                 params["guidance_embed"].as_bool().unwrap_or(false),
                 is_consistency(yaml),
-            ))
+            );
+            // The 2mv family: the 2.0 denoiser behind the multi-view encoder.
+            let encoder = &yaml["conditioner"]["params"]["main_image_encoder"]["type"];
+            if encoder.as_str() == Some("DinoImageEncoderMV") {
+                variant.name = variant.name.replacen("2.0", "2mv", 1);
+            }
+            Ok(variant)
         }
         _ => bail!(
             "config.yaml model.target: {target:?} is not a Hunyuan3D shape denoiser \
@@ -248,8 +254,16 @@ pub fn configs(yaml: &Value, variant: &Variant) -> Result<[Value; 3]> {
     only_known(
         kwargs,
         "conditioner.params.main_image_encoder.kwargs",
-        &["config", "image_size", "use_cls_token", "version"],
+        &[
+            "config",
+            "image_size",
+            "use_cls_token",
+            "version",
+            "view_num",
+        ],
     )?;
+    let encoder_type = encoder["type"].as_str().unwrap_or("DinoImageEncoder");
+    let multi_view = encoder_type == "DinoImageEncoderMV";
     if kwargs["config"].is_null() {
         bail!("config.yaml has no conditioner.params.main_image_encoder.kwargs.config");
     }
@@ -297,25 +311,50 @@ pub fn configs(yaml: &Value, variant: &Variant) -> Result<[Value; 3]> {
         }
         json!({"kind": "flow_match"})
     };
+    // The multi-view encoder comes with the multi-view processor, and only with it: each
+    // view goes through the same `ImageProcessorV2` steps.
     let processor = match yaml.get("image_processor") {
+        None | Some(Value::Null) if multi_view => {
+            bail!("config.yaml has no image_processor: DinoImageEncoderMV takes MVImageProcessorV2")
+        }
         None | Some(Value::Null) => Value::Null,
         Some(_) => {
-            expect_class(yaml, "image_processor", &["ImageProcessorV2"])?;
+            let class = expect_class(
+                yaml,
+                "image_processor",
+                &["ImageProcessorV2", "MVImageProcessorV2"],
+            )?;
+            if (class == "MVImageProcessorV2") != multi_view {
+                bail!(
+                    "config.yaml image_processor.target {class:?} does not go with \
+                     conditioner.params.main_image_encoder.type {encoder_type:?} \
+                     (DinoImageEncoderMV takes MVImageProcessorV2, DinoImageEncoder ImageProcessorV2)"
+                );
+            }
             yaml["image_processor"]["params"].clone()
         }
     };
-    let conditioner = json!({
-        "encoder": encoder["type"].as_str().unwrap_or("DinoImageEncoder"),
+    let mut conditioner = json!({
+        "encoder": encoder_type,
         "config": kwargs["config"],
         "image_size": image_size,
         "use_cls_token": kwargs["use_cls_token"],
         "image_processor": processor,
     });
+    if !kwargs["view_num"].is_null() {
+        conditioner["view_num"] = kwargs["view_num"].clone();
+    }
+    // The 2mv family has the 2.0 denoiser: its name comes from the conditioner.
+    let name = if multi_view {
+        variant.name.replacen("2.0", "2mv", 1)
+    } else {
+        variant.name.clone()
+    };
     let denoiser = json!({
         "architecture": variant.architecture,
         "params": yaml["model"]["params"],
         "scheduler": scheduler,
-        "variant": variant.name,
+        "variant": name,
     });
     let vae = json!({ "params": yaml["vae"]["params"] });
     ShapeConfig::from_values(&conditioner, &denoiser, &vae).map_err(anyhow::Error::msg)?;

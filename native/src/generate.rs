@@ -12,7 +12,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use orfeas_engine::input::decode_image;
 use orfeas_engine::mesh::export::Format;
 use orfeas_engine::pipeline::{
-    COMPONENTS, GenerateOptions, ImageToMesh, Request, Stage, load_shape_model,
+    COMPONENTS, GenerateOptions, ImageToMesh, Request, Stage, View, load_shape_model,
 };
 use orfeas_engine::weights::INDEX_FILE;
 use orfeas_engine::weights::source::DirSource;
@@ -21,7 +21,10 @@ use crate::progress::{bytes_bar, show_load};
 use crate::remove_bg::load_isnet;
 
 pub struct GenerateArgs {
+    /// The front view.
     pub image: PathBuf,
+    /// More views for a multi-view (2mv) model.
+    pub views: Vec<(View, PathBuf)>,
     pub model: PathBuf,
     pub output: PathBuf,
     pub options: GenerateOptions,
@@ -66,11 +69,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let device = &args.compute.device;
     // Refuse before reading anything large: the model must fit the device in this dtype.
     check_fit(&args.model, &args.compute.capacity, args.compute.dtype)?;
-    let bytes =
-        std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
-    let picture =
-        decode_image(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
-    let request = Request::new(picture, args.options.clone());
+    let read = |path: &Path| -> Result<image::RgbaImage> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        decode_image(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    };
+    let mut request = Request::new(read(&args.image)?, args.options.clone());
+    for (view, path) in &args.views {
+        request.views.push((*view, read(path)?));
+    }
     // ISNet is read only when this picture needs it; without it the picture is used whole.
     let isnet = if ImageToMesh::wants_background_removal(&request)
         && args.isnet.join(INDEX_FILE).is_file()

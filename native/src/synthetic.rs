@@ -41,10 +41,20 @@ pub enum Variant {
     /// `hunyuan3d-dit-v2-mini-turbo` (DINOv2 at 1022 px).
     #[value(name = "2mini-turbo")]
     MiniTurbo,
+    /// `tencent/Hunyuan3D-2mv/hunyuan3d-dit-v2-mv`: several views of one object (the 2.0
+    /// denoiser; `DinoImageEncoderMV`, `MVImageProcessorV2`).
+    #[value(name = "2mv")]
+    Mv,
+    /// `hunyuan3d-dit-v2-mv-fast`.
+    #[value(name = "2mv-fast")]
+    MvFast,
+    /// `hunyuan3d-dit-v2-mv-turbo`.
+    #[value(name = "2mv-turbo")]
+    MvTurbo,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 7] = [
+    pub const ALL: [Variant; 10] = [
         Variant::V21,
         Variant::V20,
         Variant::V20Fast,
@@ -52,6 +62,9 @@ impl Variant {
         Variant::Mini,
         Variant::MiniFast,
         Variant::MiniTurbo,
+        Variant::Mv,
+        Variant::MvFast,
+        Variant::MvTurbo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +76,9 @@ impl Variant {
             Variant::Mini => "2mini",
             Variant::MiniFast => "2mini-fast",
             Variant::MiniTurbo => "2mini-turbo",
+            Variant::Mv => "2mv",
+            Variant::MvFast => "2mv-fast",
+            Variant::MvTurbo => "2mv-turbo",
         }
     }
 
@@ -76,6 +92,9 @@ impl Variant {
             Variant::Mini => "tencent/Hunyuan3D-2mini/hunyuan3d-dit-v2-mini",
             Variant::MiniFast => "tencent/Hunyuan3D-2mini/hunyuan3d-dit-v2-mini-fast",
             Variant::MiniTurbo => "tencent/Hunyuan3D-2mini/hunyuan3d-dit-v2-mini-turbo",
+            Variant::Mv => "tencent/Hunyuan3D-2mv/hunyuan3d-dit-v2-mv",
+            Variant::MvFast => "tencent/Hunyuan3D-2mv/hunyuan3d-dit-v2-mv-fast",
+            Variant::MvTurbo => "tencent/Hunyuan3D-2mv/hunyuan3d-dit-v2-mv-turbo",
         }
     }
 
@@ -83,12 +102,23 @@ impl Variant {
         matches!(self, Variant::Mini | Variant::MiniFast | Variant::MiniTurbo)
     }
 
+    /// Several views of one object (the 2mv family).
+    pub fn multi_view(self) -> bool {
+        matches!(self, Variant::Mv | Variant::MvFast | Variant::MvTurbo)
+    }
+
     fn guidance_embed(self) -> bool {
-        !matches!(self, Variant::V21 | Variant::V20 | Variant::Mini)
+        !matches!(
+            self,
+            Variant::V21 | Variant::V20 | Variant::Mini | Variant::Mv
+        )
     }
 
     fn turbo(self) -> bool {
-        matches!(self, Variant::V20Turbo | Variant::MiniTurbo)
+        matches!(
+            self,
+            Variant::V20Turbo | Variant::MiniTurbo | Variant::MvTurbo
+        )
     }
 
     /// The variant's `config.yaml`: at full size the real values; reduced, the same fields
@@ -237,6 +267,16 @@ fn config_20_family(variant: Variant, reduced: bool) -> String {
         518
     };
     let guidance = variant.guidance_embed();
+    // The 2mv family: the multi-view encoder (four views' table) and processor.
+    let (encoder, views, processor) = if variant.multi_view() {
+        (
+            "DinoImageEncoderMV",
+            "\n        view_num: 4",
+            "MVImageProcessorV2",
+        )
+    } else {
+        ("DinoImageEncoder", "", "ImageProcessorV2")
+    };
     let scheduler = if variant.turbo() {
         "  target: hy3dgen.shapegen.schedulers.ConsistencyFlowMatchEulerDiscreteScheduler\n  params:\n    num_train_timesteps: 1000\n    pcm_timesteps: 100"
     } else {
@@ -276,7 +316,7 @@ conditioner:
   target: hy3dgen.shapegen.models.SingleImageEncoder
   params:
     main_image_encoder:
-      type: DinoImageEncoder # dino giant
+      type: {encoder} # dino giant
       kwargs:
         config:
           attention_probs_dropout_prob: 0.0
@@ -298,13 +338,13 @@ conditioner:
           torch_dtype: float32
           use_swiglu_ffn: true
         image_size: {encoder_size}
-        use_cls_token: true
+        use_cls_token: true{views}
 
 scheduler:
 {scheduler}
 
 image_processor:
-  target: hy3dgen.shapegen.preprocessors.ImageProcessorV2
+  target: hy3dgen.shapegen.preprocessors.{processor}
   params:
     size: {size}
     border_ratio: 0.15

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use burn::tensor::{DType, Tensor, TensorData};
 use orfeas::synthetic::{Format, Variant, layout};
-use orfeas_engine::pipeline::{COMPONENTS, ShapeModel, load_shape_model};
+use orfeas_engine::pipeline::{COMPONENTS, ShapeModel, View, load_shape_model};
 use orfeas_engine::weights::source::DirSource;
 
 mod common;
@@ -182,8 +182,38 @@ fn runs(model: &ShapeModel, what: &str) {
         input.size, size,
         "{what}: the config's image_processor.size"
     );
+    // A multi-view model takes several views (the disc and its mirror image stand in for
+    // the front, back and left): the views' tokens side by side, the front's alone otherwise.
+    let mirrored = image::imageops::flip_horizontal(&rgba);
+    let back = model
+        .preprocess(&mirrored)
+        .expect("the mirrored disc is an object");
+    let views: Vec<(View, &[f32])> = match model.views {
+        Some(_) => vec![
+            (View::Back, &back.image),
+            (View::Front, &input.image),
+            (View::Left, &back.image),
+        ],
+        None => vec![(View::Front, &input.image)],
+    };
     block_on(async {
-        let cond = model.condition(&input.image, input.size, input.size);
+        let single = model.condition(&input.image, input.size, input.size);
+        let cond = model
+            .condition_views(&views, input.size, input.size)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let [_, tokens, width] = single.dims();
+        assert_eq!(
+            cond.dims(),
+            [1, views.len() * tokens, width],
+            "{what}: the views' tokens side by side"
+        );
+        if model.views.is_none() {
+            let other = model.condition_views(&[(View::Back, &input.image)], size, size);
+            assert!(
+                other.is_err_and(|e| e.to_string().contains("multi-view (2mv) model")),
+                "{what}: a single-image model refuses a back view"
+            );
+        }
         let latents = model
             .sample(cond, model.noise(3), 2, 5.0, |_, _| {}, || false)
             .await
@@ -263,7 +293,16 @@ fn every_variant_converts_loads_and_runs() {
         for dtype in [DType::F32, DType::F16] {
             let model = load(&converted[0], &cpu, dtype);
             assert_eq!(model.dtype(), dtype);
-            let turbo = matches!(variant, Variant::V20Turbo | Variant::MiniTurbo);
+            let turbo = matches!(
+                variant,
+                Variant::V20Turbo | Variant::MiniTurbo | Variant::MvTurbo
+            );
+            assert_eq!(
+                model.views,
+                variant.multi_view().then_some(4),
+                "{}: the multi-view encoder's table",
+                variant.name()
+            );
             assert_eq!(
                 model.default_steps,
                 if turbo { 5 } else { 30 },
@@ -272,13 +311,13 @@ fn every_variant_converts_loads_and_runs() {
             );
             runs(&model, &format!("{} {dtype:?} on cpu", variant.name()));
         }
-        // The real user's path once: f16 on the GPU, with 2mini-turbo (1022 px, interpolated
-        // positions, guidance embedding, consistency ladder).
-        if variant == Variant::MiniTurbo
+        // The real user's path: f16 on the GPU, with 2mini-turbo (1022 px, interpolated
+        // positions, guidance embedding, consistency ladder) and 2mv-turbo (three views).
+        if matches!(variant, Variant::MiniTurbo | Variant::MvTurbo)
             && let Some(gpu) = &gpu
         {
             let model = load(&converted[0], gpu, DType::F16);
-            runs(&model, "2mini-turbo F16 on wgpu");
+            runs(&model, &format!("{} F16 on wgpu", variant.name()));
         }
     }
 }
@@ -337,10 +376,25 @@ fn config_values_the_engine_does_not_implement_are_refused() {
         &|y| y["model"]["params"]["norm_type"] = "rms".into(),
         &["norm_type", "rms"],
     );
+    // The multi-view encoder without the multi-view processor, and the other way round.
     refused(
         Variant::V20,
         &|y| y["conditioner"]["params"]["main_image_encoder"]["type"] = "DinoImageEncoderMV".into(),
-        &["main_image_encoder.type", "DinoImageEncoderMV"],
+        &[
+            "main_image_encoder.type",
+            "DinoImageEncoderMV",
+            "MVImageProcessorV2",
+        ],
+    );
+    refused(
+        Variant::Mv,
+        &|y| y["conditioner"]["params"]["main_image_encoder"]["kwargs"]["view_num"] = 6.into(),
+        &["view_num", "6"],
+    );
+    refused(
+        Variant::V20,
+        &|y| y["conditioner"]["params"]["main_image_encoder"]["type"] = "CLIPImageEncoder".into(),
+        &["main_image_encoder.type", "CLIPImageEncoder"],
     );
     refused(
         Variant::V20,
@@ -436,4 +490,76 @@ fn a_checkpoint_saved_by_the_official_classes_converts() {
         .fold(0.0f32, f32::max);
     eprintln!("official torch.save checkpoint: DiT output within {diff:.2e}");
     assert!(diff < 1e-4, "the converted DiT differs by {diff}");
+}
+
+/// `orfeas generate --view`: a 2mv model (reduced, synthetic weights) makes a mesh from a
+/// front and a back view; a single-image model refuses the back view by name, before it
+/// runs; a view name that is none is refused by the CLI.
+#[test]
+fn a_2mv_model_generates_from_views_through_the_cli() {
+    let work = tempfile::tempdir().unwrap();
+    let front = common::fixtures().join("preprocess_input_0.png");
+    let back = common::fixtures().join("preprocess_input_1.png");
+    let mut models = Vec::new();
+    for variant in [Variant::Mv, Variant::V20] {
+        let src = work.path().join(variant.name());
+        let (checkpoint, _) =
+            orfeas::synthetic::write(variant, true, Format::Safetensors, &src, 5, |_, _| {})
+                .unwrap();
+        let out = work.path().join(format!("{}-model", variant.name()));
+        let run = convert(&checkpoint, &src.join("config.yaml"), &out);
+        assert!(run.status.success(), "{}", text(&run));
+        models.push(out);
+    }
+    let generate = |model: &Path, views: &[String], output: &Path| {
+        let mut args = vec![
+            "generate".to_string(),
+            "--model".into(),
+            model.display().to_string(),
+            "-o".into(),
+            output.display().to_string(),
+            "--steps".into(),
+            "2".into(),
+            "--octree-resolution".into(),
+            "32".into(),
+            "--backend".into(),
+            "cpu".into(),
+        ];
+        for view in views {
+            args.push("--view".into());
+            args.push(view.clone());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        orfeas(&args)
+    };
+    let views = [
+        format!("back={}", back.display()),
+        format!("front={}", front.display()),
+    ];
+    let glb = work.path().join("views.glb");
+    let run = generate(&models[0], &views, &glb);
+    let said = text(&run);
+    // Random weights may find no surface; either way the views went through the model.
+    assert!(
+        run.status.success() || said.contains("no surface"),
+        "2mv with two views: {said}"
+    );
+    let glb2 = work.path().join("single.glb");
+    let run = generate(&models[1], &views, &glb2);
+    let said = text(&run);
+    assert!(
+        !run.status.success(),
+        "a 2.0 model took a back view: {said}"
+    );
+    assert!(
+        said.contains("back view needs a multi-view (2mv) model"),
+        "{said}"
+    );
+    assert!(!glb2.exists());
+    let run = generate(&models[0], &[format!("top={}", front.display())], &glb2);
+    let said = text(&run);
+    assert!(
+        !run.status.success() && said.contains("\"top\" is not a view"),
+        "{said}"
+    );
 }

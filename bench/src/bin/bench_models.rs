@@ -242,6 +242,7 @@ fn build(config: &ShapeConfig, dtype: DType, device: &Device) -> Result<ShapeMod
         encoder,
         encoder_size: config.conditioner.image_size,
         use_cls_token: config.conditioner.use_cls_token.unwrap_or(true),
+        views: None,
         image_processor: config.conditioner.image_processor.unwrap_or_default(),
         default_steps: config.default_steps(),
         denoiser,

@@ -514,3 +514,77 @@ pub fn bicubic_weights(from: usize, to: usize) -> Vec<f32> {
     }
     matrix
 }
+
+/// A view of the object for the multi-view encoder (the 2mv family), in the official order
+/// (`MVImageProcessorV2.view2idx`: the front, then turned clockwise by 90°, 180°, 270°).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum View {
+    Front,
+    Left,
+    Back,
+    Right,
+}
+
+impl View {
+    pub const ALL: [View; 4] = [View::Front, View::Left, View::Back, View::Right];
+
+    /// The official index: the row of the view table this view's tokens get.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// As the official processor's dict keys, the CLI's `--view NAME=IMAGE` and the server's
+    /// fields spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            View::Front => "front",
+            View::Left => "left",
+            View::Back => "back",
+            View::Right => "right",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.name() == name)
+    }
+}
+
+/// The official `DinoImageEncoderMV`'s fixed view table row for view `index`:
+/// `get_1d_sincos_pos_embed_from_grid(dim, index)` — `[sin(index·ω), cos(index·ω)]` with
+/// `ω_k = 10000^(−k / (dim/2))`, computed in f64 and stored in f32 (not in the checkpoint).
+pub fn view_embedding(dim: usize, index: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let angles: Vec<f64> = (0..half)
+        .map(|k| index as f64 / 10000f64.powf(k as f64 / half as f64))
+        .collect();
+    angles
+        .iter()
+        .map(|a| a.sin())
+        .chain(angles.iter().map(|a| a.cos()))
+        .map(|x| x as f32)
+        .collect()
+}
+
+/// The multi-view encoder's tokens from each view's DINOv2 tokens `[1, T, D]`: the views in
+/// the official order, each with its view table row added to every token (in the tokens'
+/// dtype, as the official casts the table), concatenated along the tokens: `[1, V·T, D]`.
+/// Views must be distinct (the official processor keys them by name).
+pub fn multi_view_tokens(mut views: Vec<(View, Tensor<3>)>) -> Tensor<3> {
+    views.sort_by_key(|(view, _)| *view);
+    let parts = views
+        .into_iter()
+        .map(|(view, tokens)| {
+            let [b, t, d] = tokens.dims();
+            let row = host_tensor(
+                view_embedding(d, view.index()),
+                [1, 1, d],
+                DType::F32,
+                &tokens.device(),
+            )
+            .cast(tokens.dtype())
+            .expand([b, t, d]);
+            tokens + row
+        })
+        .collect();
+    Tensor::cat(parts, 1)
+}

@@ -21,7 +21,9 @@ use burn::tensor::Device;
 use image::RgbaImage;
 use serde::{Deserialize, Serialize};
 
-use crate::background::{self, BackgroundError, has_alpha, remove_background};
+use crate::background::{
+    self, BackgroundError, has_alpha, remove_background as remove_background_of,
+};
 use crate::mesh::{Mesh, cleanup};
 use crate::models::ForwardError;
 use crate::models::isnet::IsNet;
@@ -29,6 +31,9 @@ use crate::models::isnet::IsNet;
 /// Where a job is: declared with the other types the front-ends show (the worker sends it to
 /// the UI as it is).
 pub use orfeas_wire::Stage;
+
+/// A view of the object, for the multi-view (2mv) models.
+pub use crate::models::dinov2::View;
 
 /// What the job did that its caller should know: with the picture's background, and with the
 /// face budget.
@@ -122,6 +127,9 @@ pub struct Request {
     /// ISNet's cut-out of this picture, made earlier (the app keeps the one it showed): used
     /// where the job would cut the picture out, instead of running ISNet again.
     pub cutout: Option<RgbaImage>,
+    /// More views of the object, for a multi-view (2mv) model: `picture` is the front, these
+    /// any of left, back and right; each is cut out as the front is.
+    pub views: Vec<(View, RgbaImage)>,
 }
 
 impl Request {
@@ -131,6 +139,7 @@ impl Request {
             options,
             remove_background: true,
             cutout: None,
+            views: Vec::new(),
         }
     }
 }
@@ -154,18 +163,20 @@ impl<'a> ImageToMesh<'a> {
         }
     }
 
-    /// Whether this picture would be cut out (so a caller can wait for ISNet, or say it will
-    /// be used whole).
+    /// Whether a picture of this request (the front or another view) would be cut out (so a
+    /// caller can wait for ISNet, or say it will be used whole).
     pub fn wants_background_removal(request: &Request) -> bool {
-        request.remove_background && !has_alpha(&request.picture)
+        request.remove_background
+            && (!has_alpha(&request.picture)
+                || request.views.iter().any(|(_, picture)| !has_alpha(picture)))
     }
 
-    /// ISNet would run for this request (not for a picture with transparency, one whose
+    /// ISNet would run for this request (not for pictures with transparency, a front whose
     /// cut-out came with it, or with background removal off or not loaded).
     fn runs_background_removal(&self, request: &Request) -> bool {
-        Self::wants_background_removal(request)
-            && request.cutout.is_none()
-            && self.background.is_some()
+        let front = !has_alpha(&request.picture) && request.cutout.is_none();
+        let views = request.views.iter().any(|(_, picture)| !has_alpha(picture));
+        request.remove_background && self.background.is_some() && (front || views)
     }
 
     /// The cut-out the job would use (the picture itself, not a copy, when it is used as it
@@ -177,27 +188,35 @@ impl<'a> ImageToMesh<'a> {
         &self,
         request: &'r Request,
     ) -> Result<(Cow<'r, RgbaImage>, Note), GenerateError> {
-        if has_alpha(&request.picture) {
-            return Ok((Cow::Borrowed(&request.picture), Note::TransparencyUsed));
+        self.cut_out_picture(
+            &request.picture,
+            request.cutout.as_ref(),
+            request.remove_background,
+        )
+        .await
+    }
+
+    /// [`Self::cut_out`] for one picture (the front or another view).
+    async fn cut_out_picture<'r>(
+        &self,
+        picture: &'r RgbaImage,
+        made: Option<&'r RgbaImage>,
+        remove_background: bool,
+    ) -> Result<(Cow<'r, RgbaImage>, Note), GenerateError> {
+        if has_alpha(picture) {
+            return Ok((Cow::Borrowed(picture), Note::TransparencyUsed));
         }
-        if let Some(cutout) = request
-            .cutout
-            .as_ref()
-            .filter(|_| request.remove_background)
-        {
+        if let Some(cutout) = made.filter(|_| remove_background) {
             return Ok((Cow::Borrowed(cutout), Note::BackgroundRemoved));
         }
-        match self.background.filter(|_| request.remove_background) {
-            Some(isnet) => remove_background(
-                isnet,
-                &request.picture,
-                self.device,
-                &self.background_options,
-            )
-            .await
-            .map(|cutout| (Cow::Owned(cutout), Note::BackgroundRemoved))
-            .map_err(GenerateError::BackgroundRemoval),
-            None => Ok((Cow::Borrowed(&request.picture), Note::WholePicture)),
+        match self.background.filter(|_| remove_background) {
+            Some(isnet) => {
+                remove_background_of(isnet, picture, self.device, &self.background_options)
+                    .await
+                    .map(|cutout| (Cow::Owned(cutout), Note::BackgroundRemoved))
+                    .map_err(GenerateError::BackgroundRemoval)
+            }
+            None => Ok((Cow::Borrowed(picture), Note::WholePicture)),
         }
     }
 
@@ -210,19 +229,40 @@ impl<'a> ImageToMesh<'a> {
         should_stop: impl Fn() -> bool,
     ) -> Result<Generated, GenerateError> {
         request.options.validate().map_err(GenerateError::Options)?;
+        // Views the model cannot take are refused before any work.
+        check_views(
+            self.shape.views,
+            std::iter::once(View::Front).chain(request.views.iter().map(|(view, _)| *view)),
+        )
+        .map_err(|e| GenerateError::Options(e.to_string()))?;
         if self.runs_background_removal(request) {
             on_stage(Stage::RemovingBackground);
         }
         let (cutout, note) = self.cut_out(request).await?;
-        self.run_on_cutout(&cutout, note, request, on_stage, should_stop)
+        let mut notes = vec![note];
+        let mut cutouts = vec![(View::Front, cutout)];
+        for (view, picture) in &request.views {
+            let (cutout, note) = self
+                .cut_out_picture(picture, None, request.remove_background)
+                .await?;
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+            cutouts.push((*view, cutout));
+        }
+        let cutouts: Vec<(View, &RgbaImage)> = cutouts
+            .iter()
+            .map(|(view, c)| (*view, c.as_ref()))
+            .collect();
+        self.run_on_cutouts(&cutouts, notes, request, on_stage, should_stop)
             .await
     }
 
-    /// The job from the cut-out [`Self::cut_out`] chose.
-    async fn run_on_cutout(
+    /// The job from the cut-outs [`Self::cut_out`] chose (the front first).
+    async fn run_on_cutouts(
         &self,
-        cutout: &RgbaImage,
-        note: Note,
+        cutouts: &[(View, &RgbaImage)],
+        mut notes: Vec<Note>,
         request: &Request,
         mut on_stage: impl FnMut(Stage),
         should_stop: impl Fn() -> bool,
@@ -232,10 +272,21 @@ impl<'a> ImageToMesh<'a> {
         if should_stop() {
             return Err(GenerateError::Stopped);
         }
-        let input = self
-            .shape
-            .preprocess(cutout)
-            .map_err(|e| GenerateError::Image(e.to_string()))?;
+        let mut inputs = Vec::with_capacity(cutouts.len());
+        for (view, cutout) in cutouts {
+            let input = self.shape.preprocess(cutout).map_err(|e| {
+                GenerateError::Image(match view {
+                    View::Front => e.to_string(),
+                    other => format!("the {} view: {e}", other.name()),
+                })
+            })?;
+            inputs.push((*view, input));
+        }
+        let size = inputs[0].1.size;
+        let views: Vec<(View, &[f32])> = inputs
+            .iter()
+            .map(|(view, input)| (*view, input.image.as_slice()))
+            .collect();
         let steps = self
             .shape
             .scheduler
@@ -243,18 +294,12 @@ impl<'a> ImageToMesh<'a> {
             .steps();
         let surface = self
             .shape
-            .generate(
-                &input.image,
-                input.size,
-                input.size,
-                options,
-                &mut on_stage,
-                &should_stop,
-            )
+            .generate_views(&views, size, size, options, &mut on_stage, &should_stop)
             .await
             .map_err(|e| match e {
                 ShapeError::Stopped => GenerateError::Stopped,
                 ShapeError::Network(e) => GenerateError::Model(e),
+                ShapeError::Views(e) => GenerateError::Options(e.to_string()),
             })?;
         let raw_faces = surface.mesh.triangles.len();
         if raw_faces == 0 {
@@ -263,7 +308,6 @@ impl<'a> ImageToMesh<'a> {
         on_stage(Stage::CleaningUp);
         let budget = request.options.faces;
         let mesh = cleanup::official(surface.mesh, budget);
-        let mut notes = vec![note];
         if budget > 0 && mesh.triangles.len() > budget {
             notes.push(Note::FacesAboveBudget {
                 budget,

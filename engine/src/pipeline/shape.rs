@@ -14,7 +14,7 @@ use crate::device::ReadbackError;
 use crate::mesh::marching_cubes::scale_to_bounds;
 use crate::mesh::{Field, Mesh, marching_cubes, marching_cubes_sparse};
 use crate::models::ForwardError;
-use crate::models::dinov2::{self, Dinov2, Dinov2Config};
+use crate::models::dinov2::{self, Dinov2, Dinov2Config, View};
 use crate::models::hunyuan3d_dit::{self, Hunyuan3dDit, Hunyuan3dDitConfig};
 use crate::models::hunyuandit_plain::{self, HunyuanDitPlain, HunyuanDitPlainConfig};
 use crate::models::shape_vae::{self, KeyValues, ShapeVae, ShapeVaeConfig};
@@ -33,9 +33,13 @@ use crate::weights::{
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConditionerConfig {
-    /// The official `main_image_encoder.type`; only `DinoImageEncoder` is implemented.
+    /// The official `main_image_encoder.type`: `DinoImageEncoder`, or `DinoImageEncoderMV`
+    /// (the 2mv family: several views of one object).
     #[serde(default = "dino_image_encoder")]
     pub encoder: String,
+    /// `DinoImageEncoderMV`'s `view_num`: the rows of its view table (4, the official default).
+    #[serde(default)]
+    pub view_num: Option<usize>,
     pub config: Dinov2Config,
     pub image_size: usize,
     #[serde(default)]
@@ -76,12 +80,27 @@ impl Default for ImageProcessorConfig {
 
 impl ConditionerConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.encoder != "DinoImageEncoder" {
-            return Err(format!(
-                "conditioner main_image_encoder.type: {:?} is not supported (only \
-                 \"DinoImageEncoder\"; multi-view and CLIP encoders are not implemented)",
-                self.encoder
-            ));
+        match (self.encoder.as_str(), self.view_num) {
+            ("DinoImageEncoder", None) => {}
+            ("DinoImageEncoderMV", views) => {
+                let views = views.unwrap_or(View::ALL.len());
+                if !(1..=View::ALL.len()).contains(&views) {
+                    return Err(format!(
+                        "conditioner main_image_encoder.kwargs.view_num: {views} is not \
+                         supported (1 to 4: front, left, back, right)"
+                    ));
+                }
+            }
+            ("DinoImageEncoder", Some(_)) => {
+                return Err("conditioner view_num: only DinoImageEncoderMV has views".into());
+            }
+            (other, _) => {
+                return Err(format!(
+                    "conditioner main_image_encoder.type: {other:?} is not supported (only \
+                     \"DinoImageEncoder\" and \"DinoImageEncoderMV\"; CLIP encoders are not \
+                     implemented)"
+                ));
+            }
         }
         self.config.validate()?;
         let patch = self.config.patch_size;
@@ -253,6 +272,45 @@ impl ShapeBuildError {
     }
 }
 
+/// Views a model cannot take, named.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ViewError {
+    #[error("no picture given")]
+    None,
+    #[error("the {0} view is given twice")]
+    Twice(&'static str),
+    #[error("a {0} view needs a multi-view (2mv) model; this one takes one picture, the front")]
+    SingleImageModel(&'static str),
+    #[error("the {0} view is beyond this model's {1} views")]
+    BeyondTable(&'static str, usize),
+}
+
+/// `views` are distinct, and ones a model with this view table (`None`: a single-image
+/// model, which takes the front alone) takes.
+pub fn check_views(
+    table: Option<usize>,
+    views: impl IntoIterator<Item = View>,
+) -> Result<(), ViewError> {
+    let mut seen = Vec::new();
+    for view in views {
+        if seen.contains(&view) {
+            return Err(ViewError::Twice(view.name()));
+        }
+        match table {
+            None if view != View::Front => return Err(ViewError::SingleImageModel(view.name())),
+            Some(rows) if view.index() >= rows => {
+                return Err(ViewError::BeyondTable(view.name(), rows));
+            }
+            _ => {}
+        }
+        seen.push(view);
+    }
+    if seen.is_empty() {
+        return Err(ViewError::None);
+    }
+    Ok(())
+}
+
 /// Why the shape model gave no result.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ShapeError {
@@ -263,6 +321,9 @@ pub enum ShapeError {
     /// The networks or the device failed (e.g. a lost device, a read-back that failed).
     #[error(transparent)]
     Network(#[from] ForwardError),
+    /// Views this model cannot take.
+    #[error(transparent)]
+    Views(#[from] ViewError),
 }
 
 impl From<ReadbackError> for ShapeError {
@@ -315,6 +376,8 @@ pub struct ShapeModel {
     pub encoder_size: usize,
     /// Keep DINOv2's CLS token in the image tokens (`use_cls_token`).
     pub use_cls_token: bool,
+    /// The multi-view encoder's view table size (`DinoImageEncoderMV`); `None`: one image.
+    pub views: Option<usize>,
     pub image_processor: ImageProcessorConfig,
     pub default_steps: usize,
     pub denoiser: Denoiser,
@@ -383,6 +446,8 @@ impl ShapeModel {
             encoder,
             encoder_size: config.conditioner.image_size,
             use_cls_token: config.conditioner.use_cls_token.unwrap_or(true),
+            views: (config.conditioner.encoder == "DinoImageEncoderMV")
+                .then(|| config.conditioner.view_num.unwrap_or(View::ALL.len())),
             image_processor: config.conditioner.image_processor.unwrap_or_default(),
             default_steps: config.default_steps(),
             denoiser: model,
@@ -424,6 +489,29 @@ impl ShapeModel {
             let [b, n, d] = tokens.dims();
             tokens.slice([0..b, 1..n, 0..d])
         }
+    }
+
+    /// Image tokens for views of one object, each pre-processed `[3, height, width]` in
+    /// [-1, 1]: one image (the front) for a single-image model; for a multi-view model
+    /// (`DinoImageEncoderMV`) any set of distinct views its table has, each through DINOv2,
+    /// with its view row, in the official order (a single picture is its front view, as the
+    /// official pipeline takes `{"front": image}`).
+    pub fn condition_views(
+        &self,
+        views: &[(View, &[f32])],
+        height: usize,
+        width: usize,
+    ) -> Result<Tensor<3>, ViewError> {
+        check_views(self.views, views.iter().map(|(view, _)| *view))?;
+        if self.views.is_none() {
+            return Ok(self.condition(views[0].1, height, width));
+        }
+        Ok(dinov2::multi_view_tokens(
+            views
+                .iter()
+                .map(|(view, image)| (*view, self.condition(image, height, width)))
+                .collect(),
+        ))
     }
 
     fn device(&self) -> Device {
@@ -596,11 +684,32 @@ impl ShapeModel {
         height: usize,
         width: usize,
         options: &GenerateOptions,
+        on_progress: impl FnMut(Stage),
+        should_stop: impl Fn() -> bool,
+    ) -> Result<Surface, ShapeError> {
+        self.generate_views(
+            &[(View::Front, image)],
+            height,
+            width,
+            options,
+            on_progress,
+            should_stop,
+        )
+        .await
+    }
+
+    /// [`Self::generate`] from views of one object ([`Self::condition_views`]).
+    pub async fn generate_views(
+        &self,
+        views: &[(View, &[f32])],
+        height: usize,
+        width: usize,
+        options: &GenerateOptions,
         mut on_progress: impl FnMut(Stage),
         should_stop: impl Fn() -> bool,
     ) -> Result<Surface, ShapeError> {
         on_progress(Stage::Encoding);
-        let cond = self.condition(image, height, width);
+        let cond = self.condition_views(views, height, width)?;
         let latents = self
             .sample(
                 cond,
