@@ -610,6 +610,20 @@ async fn results_are_served_by_any_instance_and_expire_as_on_one_machine() {
         files.push(response.bytes().await.unwrap());
     }
     assert_eq!(files[0], files[1], "the same file from both");
+    // Views travel with the job: a back view, stored beside the picture and read back by the
+    // worker, whose single-image model fails the job naming it.
+    let mut with_view = job_request();
+    with_view["back"] = json!(b64(&png(24, 24)));
+    let (code, body) = submit(&client, &front, &with_view).await;
+    assert_eq!(code, 202, "{body}");
+    let viewed = body["job_id"].as_str().unwrap().to_string();
+    let status = job_until(&client, &front, &viewed, Duration::from_secs(60), finished).await;
+    assert_eq!(status["status"], "failed", "{status}");
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("back view needs a multi-view (2mv) model"),
+        "{status}"
+    );
     tokio::time::sleep(Duration::from_secs(4).saturating_sub(finished_at.elapsed())).await;
     for server in [&front, &worker] {
         for path in [format!("/api/jobs/{id}/result"), format!("/api/jobs/{id}")] {

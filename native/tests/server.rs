@@ -127,6 +127,38 @@ async fn answers_at_once_503s_while_loading_then_runs_jobs() {
         assert!(kept * 100 >= budget * 98, "{kept} faces for {budget}");
         assert!(!notes.contains("kept"), "{notes}");
     }
+    // More views go with the picture (JSON keys, multipart fields: left, back, right); this
+    // single-image model fails the job naming the view, and a view given twice is refused.
+    let mut with_view = request.clone();
+    with_view["back"] = json!(b64(&cutout));
+    let (status, _) = finished_job(&client, &server, &with_view).await;
+    assert_eq!(status["status"], "failed", "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("back view needs a multi-view (2mv) model"),
+        "{status}"
+    );
+    for body in [
+        json!({ "image": b64(&cutout), "front": b64(&cutout) }),
+        json!({ "image": b64(&cutout), "left": "not base64!" }),
+    ] {
+        let refused = client
+            .post(server.url("/api/generate-3d"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400);
+        let reason = refused.json::<serde_json::Value>().await.unwrap();
+        let reason = reason["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            reason.contains("front view is given twice")
+                || reason.contains("left view is not base64"),
+            "{reason}"
+        );
+    }
     let refused = client
         .post(server.url("/api/generate-3d"))
         .json(&json!({ "image": b64(&cutout), "face_count": 5 }))

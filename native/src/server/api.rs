@@ -23,7 +23,7 @@ use super::jobs::{
 };
 use super::models::{Aggregate, Retry};
 use super::{AppState, EXCERPT_CHARS, RequestLimits, cut, excerpt};
-use orfeas_engine::pipeline::{COMPONENTS, OCTREE_RESOLUTION, STEPS, out_of_range};
+use orfeas_engine::pipeline::{COMPONENTS, OCTREE_RESOLUTION, STEPS, View, out_of_range};
 
 /// The largest image accepted, in pixels (64 MP), and its longest side.
 pub use orfeas_engine::input::{MAX_PIXELS, MAX_SIDE};
@@ -344,6 +344,8 @@ impl Scalar {
 #[derive(Debug, Default)]
 struct RawParams {
     image: Option<String>,
+    /// Base64 pictures of more views (JSON `left`, `back`, `right`), in the order given.
+    views: Vec<(View, String)>,
     steps: Option<Scalar>,
     guidance: Option<Scalar>,
     octree_resolution: Option<Scalar>,
@@ -385,8 +387,16 @@ impl<'de> Deserialize<'de> for RawParams {
                 let mut raw = RawParams::default();
                 while let Some(key) = map.next_key::<String>()? {
                     let named = |e: A::Error| A::Error::custom(format!("{}: {e}", excerpt(&key)));
-                    if key == "image" {
+                    if key == "image" || key == "front" {
+                        if raw.image.is_some() {
+                            return Err(A::Error::custom(
+                                "the front view is given twice (image and front)",
+                            ));
+                        }
                         raw.image = Some(map.next_value::<String>().map_err(named)?);
+                    } else if let Some(view) = View::parse(&key) {
+                        raw.views
+                            .push((view, map.next_value::<String>().map_err(named)?));
                     } else if let Some(slot) = raw.slot(&key) {
                         *slot = Some(map.next_value::<Scalar>().map_err(named)?);
                     } else {
@@ -669,7 +679,7 @@ async fn read_input(state: &AppState, request: Request) -> Result<JobInput, ApiE
         item.map(|item| (item, body))
     });
     let request = Request::from_parts(parts, Body::from_stream(forwarded));
-    let (raw, image_bytes) = match parse_body(request, limit).await {
+    let (raw, image_bytes, view_bytes) = match parse_body(request, limit).await {
         Ok(parsed) => parsed,
         Err(response) => {
             if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -682,19 +692,58 @@ async fn read_input(state: &AppState, request: Request) -> Result<JobInput, ApiE
     let image = decode_off_thread(&state.decoding, image_bytes)
         .await
         .map_err(ApiError::BadRequest)?;
-    Ok(JobInput { image, params })
+    let mut views = Vec::with_capacity(view_bytes.len());
+    for (view, bytes) in view_bytes {
+        let picture = decode_off_thread(&state.decoding, bytes)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("the {} view: {e}", view.name())))?;
+        views.push((view, picture));
+    }
+    Ok(JobInput {
+        image,
+        views,
+        params,
+    })
+}
+
+/// The picture bytes of each view, once each (`front` is the image).
+type ViewBytes = Vec<(View, Vec<u8>)>;
+
+fn add_view(views: &mut ViewBytes, view: View, bytes: Vec<u8>) -> Result<(), ApiError> {
+    if views.iter().any(|(v, _)| *v == view) {
+        return Err(ApiError::BadRequest(format!(
+            "the {} view is given twice",
+            view.name()
+        )));
+    }
+    views.push((view, bytes));
+    Ok(())
+}
+
+/// A base64 picture or a data: URL's payload.
+fn base64_picture(encoded: &str, what: &str) -> Result<Vec<u8>, ApiError> {
+    let payload = encoded
+        .split_once(";base64,")
+        .map(|(_, data)| data)
+        .unwrap_or(encoded);
+    base64::engine::general_purpose::STANDARD
+        .decode(payload.trim())
+        .map_err(|e| ApiError::BadRequest(format!("{what} is not base64: {e}")))
 }
 
 /// The request's form fields and image bytes, from a multipart or JSON body read within
 /// `limit` bytes; or the 400/413 answer.
-async fn parse_body(request: Request, limit: usize) -> Result<(RawParams, Vec<u8>), ApiError> {
+async fn parse_body(
+    request: Request,
+    limit: usize,
+) -> Result<(RawParams, Vec<u8>, ViewBytes), ApiError> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    let (raw, image_bytes) = if content_type.starts_with("multipart/form-data") {
+    let (raw, image_bytes, views) = if content_type.starts_with("multipart/form-data") {
         read_multipart(request, limit).await?
     } else if content_type.starts_with("application/json") {
         let (parts, body) = request.into_parts();
@@ -708,21 +757,20 @@ async fn parse_body(request: Request, limit: usize) -> Result<(RawParams, Vec<u8
         let encoded = raw.image.clone().ok_or_else(|| {
             ApiError::BadRequest("missing \"image\" (base64 or a data: URL)".into())
         })?;
-        let payload = encoded
-            .split_once(";base64,")
-            .map(|(_, data)| data)
-            .unwrap_or(&encoded);
-        let image = base64::engine::general_purpose::STANDARD
-            .decode(payload.trim())
-            .map_err(|e| ApiError::BadRequest(format!("image is not base64: {e}")))?;
-        (raw, image)
+        let image = base64_picture(&encoded, "image")?;
+        let mut views = ViewBytes::new();
+        for (view, encoded) in &raw.views {
+            let bytes = base64_picture(encoded, &format!("the {} view", view.name()))?;
+            add_view(&mut views, *view, bytes)?;
+        }
+        (raw, image, views)
     } else {
         return Err(ApiError::BadRequest(
             "send multipart/form-data (field \"image\") or application/json ({\"image\": base64})"
                 .into(),
         ));
     };
-    Ok((raw, image_bytes))
+    Ok((raw, image_bytes, views))
 }
 
 /// A request body the parser reads through, which the handler can go on reading after it.
@@ -776,13 +824,17 @@ async fn decode_off_thread(
 /// Form fields read from one multipart body at most (a form has seven).
 pub const MAX_FORM_FIELDS: usize = 32;
 
-async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Vec<u8>), ApiError> {
+async fn read_multipart(
+    request: Request,
+    limit: usize,
+) -> Result<(RawParams, Vec<u8>, ViewBytes), ApiError> {
     let bad = ApiError::BadRequest;
     let mut multipart = Multipart::from_request(request, &())
         .await
         .map_err(|e| bad(format!("malformed multipart body: {e}")))?;
     let mut raw = RawParams::default();
     let mut image = None;
+    let mut views = ViewBytes::new();
     let mut total = 0usize;
     let mut fields = 0usize;
     loop {
@@ -819,8 +871,13 @@ async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Ve
         if total > limit {
             return Err(too_large(limit));
         }
-        if matches!(name.as_str(), "image" | "file") {
+        if matches!(name.as_str(), "image" | "file" | "front") {
+            if image.is_some() {
+                return Err(bad("the front view is given twice (image and front)".into()));
+            }
             image = Some(bytes.to_vec());
+        } else if let Some(view) = View::parse(&name) {
+            add_view(&mut views, view, bytes.to_vec())?;
         } else if let Some(slot) = raw.slot(&name) {
             *slot = Some(Scalar::Text(
                 String::from_utf8_lossy(&bytes).trim().to_string(),
@@ -828,7 +885,7 @@ async fn read_multipart(request: Request, limit: usize) -> Result<(RawParams, Ve
         } // unknown fields are ignored, as forms carry extras
     }
     let image = image.ok_or_else(|| bad("missing the \"image\" file field".into()))?;
-    Ok((raw, image))
+    Ok((raw, image, views))
 }
 
 fn number<T: std::str::FromStr>(value: &Option<Scalar>, name: &str) -> Result<Option<T>, String> {
@@ -999,7 +1056,7 @@ mod tests {
             .build()
             .unwrap();
         match runtime.block_on(parse_body(request, limit)) {
-            Ok((raw, image)) => {
+            Ok((raw, image, _)) => {
                 // Whatever parsed must validate or be refused by name, and decode or not,
                 // without panicking.
                 let _ = validate(&raw, &RequestLimits::default());
@@ -1077,7 +1134,7 @@ mod tests {
                 (prop_oneof![
                     Just("steps"), Just("guidance"), Just("octree_resolution"), Just("seed"),
                     Just("remove_background"), Just("format"), Just("image"), Just("extra"),
-                    Just("face_count"),
+                    Just("face_count"), Just("back"),
                 ], field_value()),
                 0..6,
             ),

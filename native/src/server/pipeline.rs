@@ -65,10 +65,15 @@ impl ModelPipeline {
 
     async fn generate(&self, input: JobInput, control: &JobControl) -> Result<MeshFile, JobError> {
         let networks = self.networks()?;
-        let JobInput { image, params } = input;
+        let JobInput {
+            image,
+            views,
+            params,
+        } = input;
         let job = ImageToMesh::new(&networks.shape, networks.isnet.as_ref(), &self.device);
         let request = Request {
             remove_background: params.remove_background,
+            views,
             ..Request::new(image, params.options)
         };
         let on_stage = |stage| {

@@ -23,7 +23,7 @@ use serde_json::Value;
 
 pub use local::Jobs;
 pub use orfeas_engine::mesh::export::Format;
-use orfeas_engine::pipeline::GenerateOptions;
+use orfeas_engine::pipeline::{GenerateOptions, View};
 
 /// What a generation request asks for: the engine's knobs (their defaults and ranges are
 /// `orfeas_engine::pipeline`'s), whether to cut the object out, and the file to return.
@@ -47,7 +47,10 @@ impl Default for GenerateParams {
 /// A decoded, validated request.
 #[derive(Debug, Clone)]
 pub struct JobInput {
+    /// The picture: the front view.
     pub image: image::RgbaImage,
+    /// More views of the object, for a multi-view (2mv) model (left, back, right).
+    pub views: Vec<(View, image::RgbaImage)>,
     pub params: GenerateParams,
 }
 

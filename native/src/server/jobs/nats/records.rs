@@ -18,7 +18,7 @@ use super::super::{
     Cause, Format, JobInput, JobStatus, Lookup, MeshFile, Reservation, StopReason, SubmitError,
     describe_status, lock, new_id,
 };
-use super::store::{Handles, JobMessage, encode_image};
+use super::store::{Handles, JobMessage, delete_inputs, encode_image, view_key};
 use super::{CAS_TRIES, FleetQueue, age, now_ms};
 
 /// A job's record in the KV bucket: what every instance answers from.
@@ -304,6 +304,19 @@ impl FleetQueue {
             .put(id.as_str(), &mut picture.as_slice())
             .await
             .map_err(|e| unreachable("storing the picture", &e))?;
+        for (view, picture) in &input.views {
+            let stored = handles
+                .inputs
+                .put(
+                    view_key(&id, view.name()).as_str(),
+                    &mut encode_image(picture).as_slice(),
+                )
+                .await;
+            if let Err(e) = stored {
+                delete_inputs(handles, &id).await;
+                return Err(unreachable("storing a view", &e));
+            }
+        }
         let record = Record {
             status: JobStatus::Queued { position: 0 },
             client: reservation.client,
@@ -323,7 +336,7 @@ impl FleetQueue {
         let revision = match handles.jobs.create(&id, value).await {
             Ok(revision) => revision,
             Err(e) => {
-                let _ = handles.inputs.delete(&id).await;
+                delete_inputs(handles, &id).await;
                 return Err(unreachable("recording the job", &e));
             }
         };
@@ -335,6 +348,11 @@ impl FleetQueue {
             params: input.params,
             width: input.image.width(),
             height: input.image.height(),
+            views: input
+                .views
+                .iter()
+                .map(|(view, _)| view.name().to_string())
+                .collect(),
         };
         let payload = Bytes::from(serde_json::to_vec(&message).unwrap_or_default());
         let published = async {
@@ -373,7 +391,7 @@ impl FleetQueue {
             }
             Err(e) => {
                 let _ = handles.jobs.purge(&id).await;
-                let _ = handles.inputs.delete(&id).await;
+                delete_inputs(handles, &id).await;
                 lock(&self.mirror).remove(&id);
                 Err(unreachable("queueing the job", &e))
             }
@@ -481,7 +499,7 @@ impl FleetQueue {
                 {
                     // Out of the queue: no worker is handed it.
                     let _ = handles.stream.delete_message(seq).await;
-                    let _ = handles.inputs.delete(id).await;
+                    delete_inputs(handles, id).await;
                 }
                 Ok(Lookup::Found(was))
             }

@@ -17,6 +17,22 @@ pub(super) struct JobMessage {
     pub(super) params: GenerateParams,
     pub(super) width: u32,
     pub(super) height: u32,
+    /// More views' names (left, back, right), each stored as `<id>.<view>` beside the picture.
+    #[serde(default)]
+    pub(super) views: Vec<String>,
+}
+
+/// Where a job's view is stored in the inputs (the picture itself is under the job's id).
+pub(super) fn view_key(id: &str, view: &str) -> String {
+    format!("{id}.{view}")
+}
+
+/// Drop a job's inputs: its picture and any views (absent ones are no error).
+pub(super) async fn delete_inputs(handles: &Handles, id: &str) {
+    let _ = handles.inputs.delete(id).await;
+    for view in orfeas_engine::pipeline::View::ALL.into_iter().skip(1) {
+        let _ = handles.inputs.delete(view_key(id, view.name())).await;
+    }
 }
 
 /// The stream, consumer and buckets, once set up.

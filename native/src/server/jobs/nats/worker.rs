@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 
 use super::super::{Cause, Claim, JobControl, JobInput, JobStatus, Outcome, StopReason, lock};
-use super::store::{Handles, JobMessage, decode_image};
+use orfeas_engine::pipeline::View;
+
+use super::store::{Handles, JobMessage, decode_image, delete_inputs, view_key};
 use super::{ANNOUNCE_EVERY, FETCH_WAIT, FleetQueue, WORKER_TTL, age, now_ms};
 
 /// Why a job's picture cannot be read.
@@ -102,7 +104,7 @@ impl FleetQueue {
             Ok(None) => {
                 // No record: it expired (or the bucket was lost); nothing can answer for it.
                 let _ = message.ack_with(AckKind::Term).await;
-                let _ = handles.inputs.delete(&id).await;
+                delete_inputs(handles, &id).await;
                 return None;
             }
             Err(error) => {
@@ -179,7 +181,7 @@ impl FleetQueue {
                 )
                 .await;
                 let _ = message.ack_with(AckKind::Term).await;
-                let _ = handles.inputs.delete(&id).await;
+                delete_inputs(handles, &id).await;
                 return None;
             }
             Err(error) => {
@@ -235,7 +237,7 @@ impl FleetQueue {
         };
         self.settle(id, failed).await;
         let _ = message.ack_with(AckKind::Term).await;
-        let _ = handles.inputs.delete(id).await;
+        delete_inputs(handles, id).await;
     }
 
     pub(super) async fn read_input(
@@ -244,27 +246,25 @@ impl FleetQueue {
         id: &str,
         job: &JobMessage,
     ) -> Result<JobInput, InputError> {
-        use async_nats::jetstream::object_store::GetErrorKind;
-        let mut object = handles.inputs.get(id).await.map_err(|e| match e.kind() {
-            GetErrorKind::NotFound => InputError::Gone(format!(
-                "the job's picture is no longer stored ({e}): it waited longer than the queue \
-                 keeps inputs (--keep-results-s)"
-            )),
-            _ => InputError::Unreachable(format!("reading the job's picture: {e}")),
-        })?;
-        let mut bytes = Vec::new();
-        object
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| InputError::Unreachable(format!("reading the job's picture: {e}")))?;
-        let image = decode_image(bytes).map_err(InputError::Gone)?;
+        let image = read_picture(handles, id, "the job's picture").await?;
         if (image.width(), image.height()) != (job.width, job.height) {
             return Err(InputError::Gone(
                 "the stored picture does not match its job".into(),
             ));
         }
+        let mut views = Vec::with_capacity(job.views.len());
+        for name in &job.views {
+            let view = View::parse(name)
+                .ok_or_else(|| InputError::Gone(format!("{name:?} is not a view")))?;
+            let what = format!("the job's {name} view");
+            views.push((
+                view,
+                read_picture(handles, &view_key(id, name), &what).await?,
+            ));
+        }
         Ok(JobInput {
             image,
+            views,
             params: job.params.clone(),
         })
     }
@@ -431,7 +431,7 @@ impl FleetQueue {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let _ = handles.inputs.delete(&id).await;
+        delete_inputs(handles, &id).await;
     }
 
     /// Announce this worker every few seconds: its models, whether it is ready, its job.
@@ -504,4 +504,26 @@ impl FleetQueue {
         cards.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
         cards
     }
+}
+
+/// One stored picture of a job (`what` names it in errors).
+async fn read_picture(
+    handles: &Handles,
+    key: &str,
+    what: &str,
+) -> Result<image::RgbaImage, InputError> {
+    use async_nats::jetstream::object_store::GetErrorKind;
+    let mut object = handles.inputs.get(key).await.map_err(|e| match e.kind() {
+        GetErrorKind::NotFound => InputError::Gone(format!(
+            "{what} is no longer stored ({e}): it waited longer than the queue keeps inputs \
+             (--keep-results-s)"
+        )),
+        _ => InputError::Unreachable(format!("reading {what}: {e}")),
+    })?;
+    let mut bytes = Vec::new();
+    object
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| InputError::Unreachable(format!("reading {what}: {e}")))?;
+    decode_image(bytes).map_err(InputError::Gone)
 }
