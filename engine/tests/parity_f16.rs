@@ -10,7 +10,7 @@
 
 use burn::tensor::{DType, Tensor, TensorData};
 use orfeas_engine::mesh::{Field, marching_cubes};
-use orfeas_engine::models::dinov2::{Dinov2Config, checkpoint_name, pixels_tensor};
+use orfeas_engine::models::dinov2::{checkpoint_name, pixels_tensor};
 use orfeas_engine::models::hunyuan3d_dit::Hunyuan3dDitConfig;
 use orfeas_engine::models::hunyuandit_plain::HunyuanDitPlainConfig;
 use orfeas_engine::models::shape_vae::ShapeVaeConfig;
@@ -42,11 +42,7 @@ fn tensor3(values: Vec<f32>, shape: &[usize], device: &burn::tensor::Device) -> 
 
 #[test]
 fn parity_dinov2_f16() {
-    let stage = stage("dinov2");
-    let config: Dinov2Config = serde_json::from_value(stage["config"]["config"].clone()).unwrap();
-    let size = stage["config"]["encoder_kwargs"]["image_size"]
-        .as_u64()
-        .map_or(config.image_size, |s| s as usize);
+    let (_, config, size) = dinov2_stage();
     let io = Io::read("dinov2.io.safetensors");
     let (pixels, _) = io.tensor("pixel_values");
     let (reference, _) = io.tensor("last_hidden_state");

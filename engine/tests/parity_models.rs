@@ -20,12 +20,7 @@ use fixtures::*;
 
 #[test]
 fn parity_dinov2() {
-    let stage = stage("dinov2");
-    let config: Dinov2Config =
-        serde_json::from_value(stage["config"]["config"].clone()).expect("the HF config");
-    let size = stage["config"]["encoder_kwargs"]["image_size"]
-        .as_u64()
-        .map_or(config.image_size, |s| s as usize);
+    let (stage, config, size) = dinov2_stage();
     let io = Io::read("dinov2.io.safetensors");
     let (image, image_shape) = io.tensor("image_in");
     let (pixels_ref, _) = io.tensor("pixel_values");
@@ -70,9 +65,7 @@ fn parity_dinov2() {
 #[test]
 fn dinov2_names_a_wrong_checkpoint() {
     // A checkpoint with a layer the model does not have is refused, naming its tensors.
-    let stage = stage("dinov2");
-    let mut config: Dinov2Config =
-        serde_json::from_value(stage["config"]["config"].clone()).unwrap();
+    let (_, mut config, _) = dinov2_stage();
     config.num_hidden_layers -= 1;
     let device = orfeas_engine::device::cpu();
     let weights = load("dinov2.weights.safetensors", &device);
@@ -686,12 +679,7 @@ fn the_multi_view_encoder_is_the_official_one() {
     );
 
     // DINOv2 on each official image, then the view rows and the concatenation.
-    let stage = stage("dinov2");
-    let config: Dinov2Config =
-        serde_json::from_value(stage["config"]["config"].clone()).expect("the HF config");
-    let size = stage["config"]["encoder_kwargs"]["image_size"]
-        .as_u64()
-        .map_or(config.image_size, |s| s as usize);
+    let (stage, config, size) = dinov2_stage();
     let (expected, expected_shape) = io.tensor("tokens");
     let tol = tolerance(&stage, "last_hidden_state", 1e-4);
     let per_image = 3 * side * side;

@@ -11,7 +11,7 @@
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use orfeas_engine::mesh::{Field, marching_cubes};
-use orfeas_engine::models::dinov2::{Dinov2Config, checkpoint_name, pixels_tensor};
+use orfeas_engine::models::dinov2::{checkpoint_name, pixels_tensor};
 use orfeas_engine::models::hunyuan3d_dit::Hunyuan3dDitConfig;
 use orfeas_engine::models::hunyuandit_plain::HunyuanDitPlainConfig;
 use orfeas_engine::models::shape_vae::ShapeVaeConfig;
@@ -115,11 +115,7 @@ fn the_index_lists_every_projection_and_nothing_else() {
 
 #[test]
 fn quantized_dinov2() {
-    let stage = stage("dinov2");
-    let config: Dinov2Config = serde_json::from_value(stage["config"]["config"].clone()).unwrap();
-    let size = stage["config"]["encoder_kwargs"]["image_size"]
-        .as_u64()
-        .map_or(config.image_size, |s| s as usize);
+    let (_, config, size) = dinov2_stage();
     let io = Io::read("dinov2.io.safetensors");
     let (pixels, _) = io.tensor("pixel_values");
     let (reference, _) = io.tensor("last_hidden_state");

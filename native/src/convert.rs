@@ -153,23 +153,34 @@ pub fn variant_from_config(yaml: &Value) -> Result<Variant> {
         }),
         "Hunyuan3DDiT" => {
             let params = &yaml["model"]["params"];
-            let mut variant = flux_variant(
+            let variant = flux_variant(
                 params["depth"].as_u64().unwrap_or(16) as usize,
                 params["guidance_embed"].as_bool().unwrap_or(false),
                 is_consistency(yaml),
             );
-            // The 2mv family: the 2.0 denoiser behind the multi-view encoder.
-            let encoder = &yaml["conditioner"]["params"]["main_image_encoder"]["type"];
-            if encoder.as_str() == Some("DinoImageEncoderMV") {
-                variant.name = variant.name.replacen("2.0", "2mv", 1);
-            }
-            Ok(variant)
+            Ok(named_by_conditioner(variant, yaml))
         }
         _ => bail!(
             "config.yaml model.target: {target:?} is not a Hunyuan3D shape denoiser \
              (HunYuanDiTPlain or Hunyuan3DDiT)"
         ),
     }
+}
+
+/// The 2mv family is the 2.0 denoiser behind the multi-view encoder: a variant named from its
+/// denoiser is renamed for the conditioner `config.yaml` gives it.
+fn named_by_conditioner(mut variant: Variant, yaml: &Value) -> Variant {
+    if encoder_type(yaml) == "DinoImageEncoderMV" {
+        variant.name = variant.name.replacen("2.0", "2mv", 1);
+    }
+    variant
+}
+
+/// `conditioner.params.main_image_encoder.type` (`DinoImageEncoder` when absent).
+fn encoder_type(yaml: &Value) -> &str {
+    yaml["conditioner"]["params"]["main_image_encoder"]["type"]
+        .as_str()
+        .unwrap_or("DinoImageEncoder")
 }
 
 /// Tensors of the official bundles that image-to-3D never runs: the 2.1 VAE's point-cloud
@@ -262,7 +273,7 @@ pub fn configs(yaml: &Value, variant: &Variant) -> Result<[Value; 3]> {
             "view_num",
         ],
     )?;
-    let encoder_type = encoder["type"].as_str().unwrap_or("DinoImageEncoder");
+    let encoder_type = encoder_type(yaml);
     let multi_view = encoder_type == "DinoImageEncoderMV";
     if kwargs["config"].is_null() {
         bail!("config.yaml has no conditioner.params.main_image_encoder.kwargs.config");
@@ -344,17 +355,11 @@ pub fn configs(yaml: &Value, variant: &Variant) -> Result<[Value; 3]> {
     if !kwargs["view_num"].is_null() {
         conditioner["view_num"] = kwargs["view_num"].clone();
     }
-    // The 2mv family has the 2.0 denoiser: its name comes from the conditioner.
-    let name = if multi_view {
-        variant.name.replacen("2.0", "2mv", 1)
-    } else {
-        variant.name.clone()
-    };
     let denoiser = json!({
         "architecture": variant.architecture,
         "params": yaml["model"]["params"],
         "scheduler": scheduler,
-        "variant": name,
+        "variant": variant.name,
     });
     let vae = json!({ "params": yaml["vae"]["params"] });
     ShapeConfig::from_values(&conditioner, &denoiser, &vae).map_err(anyhow::Error::msg)?;
@@ -499,7 +504,7 @@ pub fn convert(
             );
         }
     }
-    let variant = detect(&tensors, is_consistency(&yaml))?;
+    let variant = named_by_conditioner(detect(&tensors, is_consistency(&yaml))?, &yaml);
     let configs = configs(&yaml, &variant)?;
     // Everything is checked before anything is written: a refusal leaves no output.
     let (_, expected) = layout(&yaml)?;

@@ -254,14 +254,7 @@ fn kill(server: &mut Server) {
 }
 
 async fn metric(client: &reqwest::Client, server: &Server, line_start: &str) -> f64 {
-    let text = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(client, server, "/metrics").await;
     text.lines()
         .find_map(|line| line.strip_prefix(line_start)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))

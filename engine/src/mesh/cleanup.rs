@@ -152,8 +152,9 @@ pub fn compact(mesh: &mut Mesh) {
 pub const MAX_FACES: usize = 40_000;
 
 /// The official post-processing of a generated mesh: (nearly) coincident vertices weld (as
-/// trimesh's merge does, a little wider), floaters (components under 1 % of the faces) and degenerate faces go, unused vertices
-/// with them, then decimation to `max_faces` (0 keeps every face).
+/// trimesh's merge does, a little wider), floaters (components under 1 % of the faces) and
+/// degenerate faces go, unused vertices with them, then decimation to `max_faces` (0 keeps
+/// every face).
 pub fn official(mut mesh: Mesh, max_faces: usize) -> Mesh {
     weld_close(&mut mesh);
     remove_small_components(&mut mesh, 0.01);

@@ -153,6 +153,11 @@ pub struct ImageToMesh<'a> {
     pub device: &'a Device,
 }
 
+/// One of the request's other views has no transparency (ISNet cuts it out when it can).
+fn opaque_view(request: &Request) -> bool {
+    request.views.iter().any(|(_, picture)| !has_alpha(picture))
+}
+
 impl<'a> ImageToMesh<'a> {
     pub fn new(shape: &'a ShapeModel, background: Option<&'a IsNet>, device: &'a Device) -> Self {
         Self {
@@ -166,17 +171,14 @@ impl<'a> ImageToMesh<'a> {
     /// Whether a picture of this request (the front or another view) would be cut out (so a
     /// caller can wait for ISNet, or say it will be used whole).
     pub fn wants_background_removal(request: &Request) -> bool {
-        request.remove_background
-            && (!has_alpha(&request.picture)
-                || request.views.iter().any(|(_, picture)| !has_alpha(picture)))
+        request.remove_background && (!has_alpha(&request.picture) || opaque_view(request))
     }
 
     /// ISNet would run for this request (not for pictures with transparency, a front whose
     /// cut-out came with it, or with background removal off or not loaded).
     fn runs_background_removal(&self, request: &Request) -> bool {
         let front = !has_alpha(&request.picture) && request.cutout.is_none();
-        let views = request.views.iter().any(|(_, picture)| !has_alpha(picture));
-        request.remove_background && self.background.is_some() && (front || views)
+        request.remove_background && self.background.is_some() && (front || opaque_view(request))
     }
 
     /// The cut-out the job would use (the picture itself, not a copy, when it is used as it

@@ -79,20 +79,25 @@ impl Default for ImageProcessorConfig {
 }
 
 impl ConditionerConfig {
+    /// The multi-view encoder's view table size (`view_num`, the official default 4); `None`
+    /// for the single-image encoder.
+    pub fn view_table(&self) -> Option<usize> {
+        (self.encoder == "DinoImageEncoderMV").then(|| self.view_num.unwrap_or(View::ALL.len()))
+    }
+
     pub fn validate(&self) -> Result<(), String> {
-        match (self.encoder.as_str(), self.view_num) {
-            ("DinoImageEncoder", None) => {}
-            ("DinoImageEncoderMV", views) => {
-                let views = views.unwrap_or(View::ALL.len());
+        match (self.encoder.as_str(), self.view_table()) {
+            ("DinoImageEncoder", _) if self.view_num.is_some() => {
+                return Err("conditioner view_num: only DinoImageEncoderMV has views".into());
+            }
+            ("DinoImageEncoder", _) => {}
+            ("DinoImageEncoderMV", Some(views)) => {
                 if !(1..=View::ALL.len()).contains(&views) {
                     return Err(format!(
                         "conditioner main_image_encoder.kwargs.view_num: {views} is not \
                          supported (1 to 4: front, left, back, right)"
                     ));
                 }
-            }
-            ("DinoImageEncoder", Some(_)) => {
-                return Err("conditioner view_num: only DinoImageEncoderMV has views".into());
             }
             (other, _) => {
                 return Err(format!(
@@ -446,8 +451,7 @@ impl ShapeModel {
             encoder,
             encoder_size: config.conditioner.image_size,
             use_cls_token: config.conditioner.use_cls_token.unwrap_or(true),
-            views: (config.conditioner.encoder == "DinoImageEncoderMV")
-                .then(|| config.conditioner.view_num.unwrap_or(View::ALL.len())),
+            views: config.conditioner.view_table(),
             image_processor: config.conditioner.image_processor.unwrap_or_default(),
             default_steps: config.default_steps(),
             denoiser: model,

@@ -195,6 +195,18 @@ pub async fn get_json(client: &reqwest::Client, server: &Server, path: &str) -> 
         .unwrap()
 }
 
+/// `GET path` on `server`, its body as text.
+pub async fn get_text(client: &reqwest::Client, server: &Server, path: &str) -> String {
+    client
+        .get(server.url(path))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub async fn health(client: &reqwest::Client, server: &Server) -> Value {
     get_json(client, server, "/api/health").await
 }
