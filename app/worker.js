@@ -3,13 +3,24 @@
 "use strict";
 const queue = [];
 let engine = null;
-// JSON strings are protocol messages; `{type: "image", name, file}` carries the user's image.
-const deliver = async (data) => {
-  if (typeof data === "string") engine.on_message(data);
-  else if (data && data.type === "image") {
-    engine.on_image(data.name, new Uint8Array(await data.file.arrayBuffer()));
+// JSON strings are protocol messages; `{type: "image", name, file, view}` carries the user's
+// image (`view`: another view of the object than the front, for a 2mv model).
+// Delivered in the order sent: an image's bytes are read before the messages after it (a
+// view taken away, a Generate) reach the engine.
+let delivered = Promise.resolve();
+const deliver = (data) => (delivered = delivered.then(async () => {
+  try {
+    if (typeof data === "string") engine.on_message(data);
+    else if (data && data.type === "image") {
+      const bytes = new Uint8Array(await data.file.arrayBuffer());
+      engine.on_image(data.name, bytes, data.view || "front");
+    }
+  } catch (error) {
+    // One message that failed (an unreadable file) does not stop the ones after it.
+    const message = String((error && error.message) || error);
+    post({ error: { request_id: null, message } });
   }
-};
+}));
 self.onmessage = (event) => {
   if (engine) deliver(event.data);
   else queue.push(event.data);

@@ -101,17 +101,41 @@ pub fn converted_shape_model_at(
     out: &Path,
     precision: orfeas_engine::weights::Precision,
 ) -> anyhow::Result<()> {
-    let scratch = tempfile::tempdir()?;
-    let bundle = scratch.path().join("model.fp16.safetensors");
-    let parts = ["dit21", "vae", "dinov2"].map(|s| tensors(&format!("{s}.weights.safetensors")));
-    write_bundle(&bundle, &[&parts[0], &parts[1], &parts[2]]);
     let config = official_config(
         "hunyuandit.HunYuanDiTPlain",
         &stage("dit21")["config"]["params"],
     );
+    convert_fixtures(out, precision, &config)
+}
+
+/// [`converted_shape_model`] behind the official multi-view encoder (`DinoImageEncoderMV`
+/// with a four-view table, `MVImageProcessorV2`), as the 2mv family's `config.yaml` sets it:
+/// the same tensors (the view table is not a weight), a model that takes up to four views.
+pub fn converted_multi_view_shape_model(out: &Path) -> anyhow::Result<()> {
+    let mut config = official_config(
+        "hunyuandit.HunYuanDiTPlain",
+        &stage("dit21")["config"]["params"],
+    );
+    let encoder = &mut config["conditioner"]["params"]["main_image_encoder"];
+    encoder["type"] = json!("DinoImageEncoderMV");
+    encoder["kwargs"]["view_num"] = json!(4);
+    config["image_processor"]["target"] = json!("hy3dshape.preprocessors.MVImageProcessorV2");
+    convert_fixtures(out, orfeas_engine::weights::Precision::F16, &config)
+}
+
+/// The fixture tensors as one official bundle with `config` beside it, converted into `out`.
+fn convert_fixtures(
+    out: &Path,
+    precision: orfeas_engine::weights::Precision,
+    config: &Value,
+) -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let bundle = scratch.path().join("model.fp16.safetensors");
+    let parts = ["dit21", "vae", "dinov2"].map(|s| tensors(&format!("{s}.weights.safetensors")));
+    write_bundle(&bundle, &[&parts[0], &parts[1], &parts[2]]);
     let yaml = scratch.path().join("config.yaml");
     // JSON is YAML.
-    std::fs::write(&yaml, serde_json::to_vec_pretty(&config)?)?;
+    std::fs::write(&yaml, serde_json::to_vec_pretty(config)?)?;
     orfeas::convert::convert(&bundle, &yaml, out, 16 << 20, precision, |_, _| {})?;
     Ok(())
 }

@@ -38,8 +38,9 @@ pub fn dist_dir() -> anyhow::Result<PathBuf> {
 /// The UI bundle's bound, gzipped: it is all the page waits for before it paints. (150 KB
 /// until the shape model's precision card, issue 28, took it from 147.6 to 154.1 KB; 155 KB
 /// until the Stop button, issue 29, took it to 155.45 KB; 156 KB until the Detail input,
-/// issue 31, took it to 158.7 KB.)
-pub const UI_BUNDLE_GZIP_BOUND: usize = 159_200;
+/// issue 31, took it to 158.7 KB; 159.2 KB until the drop zones of a 2mv model's other views,
+/// issue 31, took it to 162.3 KB.)
+pub const UI_BUNDLE_GZIP_BOUND: usize = 163_000;
 
 /// The built UI bundle's size, raw and gzipped at level 9 (what a server sends it as).
 pub fn ui_bundle_size(dist: &std::path::Path) -> anyhow::Result<(usize, usize)> {

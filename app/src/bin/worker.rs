@@ -13,10 +13,11 @@ mod exports {
         worker::on_message(json);
     }
 
-    /// Called by the bootstrap script with the bytes of an image the user chose.
+    /// Called by the bootstrap script with the bytes of an image the user chose, and which
+    /// view of the object it is (`front` unless the user gave it as another view).
     #[wasm_bindgen]
-    pub fn on_image(name: &str, bytes: &[u8]) {
-        worker::on_image(name, bytes);
+    pub fn on_image(name: &str, bytes: &[u8], view: &str) {
+        worker::on_image(name, bytes, view);
     }
 
     /// Current wasm memory size (benchmarks read it).

@@ -6,10 +6,12 @@ use wasm_bindgen::JsValue;
 
 pub const TYPE: &str = "type";
 
-/// UI → engine: `{type: "image", name, file}` (a `File`).
+/// UI → engine: `{type: "image", name, file, view}` (a `File`; `view`, absent for the front,
+/// names another view of the object for a 2mv model: `left`, `back`, `right`).
 pub const IMAGE: &str = "image";
 pub const NAME: &str = "name";
 pub const FILE: &str = "file";
+pub const VIEW: &str = "view";
 
 /// Engine → UI, and (geometry only) UI → viewer: `{type: "mesh", meta: <MeshMeta JSON>,
 /// positions, normals, colors, indices, glb, obj, stl, ply}`.

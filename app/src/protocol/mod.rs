@@ -43,6 +43,9 @@ pub enum ToWorker {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         faces: Option<u32>,
     },
+    /// Forget the picture of `view` (`left`, `back`, `right`): the next Generate goes without
+    /// it.
+    DropView { view: String },
     /// Stop request `request_id` at its next sampler step or field chunk (the user's Stop);
     /// answered by `Stopped`. A request that is not running is left alone.
     Stop { request_id: u64 },

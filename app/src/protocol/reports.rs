@@ -65,6 +65,10 @@ pub struct ShapeQuantReport {
     /// Why that one, in words ("the smallest installed that fits this GPU", "your choice").
     pub because: String,
     pub options: Vec<QuantOption>,
+    /// The views its image encoder takes besides the front (`left`, `back`, `right` for a
+    /// 2mv model; none for a single-image one): the app offers a drop zone for each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

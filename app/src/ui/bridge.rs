@@ -194,6 +194,46 @@ fn ensure_worker(studio: Studio) -> bool {
 /// Hand the user's image to the engine (started now if no model made it start): it answers
 /// with the instant preview mesh, and keeps the image for generation.
 pub fn send_image(studio: Studio, file: &web_sys::File) {
+    // The other views showed the object of the old front: the engine drops them too.
+    for (view, _) in studio.view_files.get_untracked() {
+        forget_view_file(studio, &view);
+    }
+    post_image(studio, file, None);
+}
+
+/// Another view of the object (`left`, `back`, `right`) for a 2mv model, replacing the one
+/// given before.
+pub fn send_view(studio: Studio, file: &web_sys::File, view: &str) {
+    forget_view_file(studio, view);
+    if let Ok(url) = web_sys::Url::create_object_url_with_blob(file) {
+        studio
+            .view_files
+            .update(|f| f.push((view.to_string(), url)));
+    }
+    post_image(studio, file, Some(view));
+}
+
+/// The user took a view away.
+pub fn drop_view(studio: Studio, view: &str) {
+    forget_view_file(studio, view);
+    send(&ToWorker::DropView {
+        view: view.to_string(),
+    });
+}
+
+fn forget_view_file(studio: Studio, view: &str) {
+    studio.view_files.update(|files| {
+        files.retain(|(v, url)| {
+            let keep = v != view;
+            if !keep {
+                let _ = web_sys::Url::revoke_object_url(url);
+            }
+            keep
+        })
+    });
+}
+
+fn post_image(studio: Studio, file: &web_sys::File, view: Option<&str>) {
     studio.image_error.set(None);
     if !ensure_worker(studio) {
         return;
@@ -201,6 +241,9 @@ pub fn send_image(studio: Studio, file: &web_sys::File) {
     let message = bulk::message(bulk::Kind::Image);
     bulk::set(&message, bulk::NAME, &file.name().into());
     bulk::set(&message, bulk::FILE, file);
+    if let Some(view) = view {
+        bulk::set(&message, bulk::VIEW, &view.into());
+    }
     WORKER.with(|w| {
         if let Some(worker) = w.borrow().as_ref() {
             let _ = worker.post_message(&message);

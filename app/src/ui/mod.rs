@@ -20,7 +20,7 @@ use orfeas_app::text::{fixed, retry_after_s};
 
 use panels::{
     CutoutPanel, EnginePanel, GenerateControl, ImageDrop, ModelPanel, Notices, ShapeModelMissing,
-    ShapeQuantCard,
+    ShapeQuantCard, ViewDrops,
 };
 use viewer::{MeshView, ViewerArea, ViewerState};
 
@@ -121,6 +121,8 @@ pub struct Studio {
     /// The detail the user chose: the finished mesh's face budget (0: every face), sent with
     /// each Generate.
     pub faces: RwSignal<u32>,
+    /// The other views of the object the user gave (a 2mv model): view, object URL.
+    pub view_files: RwSignal<Vec<(String, String)>>,
     pub debug: bool,
 }
 
@@ -154,6 +156,7 @@ impl Studio {
                     .faces
                     .unwrap_or(DEFAULT_FACES),
             ),
+            view_files: RwSignal::new(Vec::new()),
             debug: page::query_params()
                 .iter()
                 .any(|(k, v)| k == "debug" && v == "1"),
@@ -433,6 +436,7 @@ pub fn App() -> impl IntoView {
         <main class="studio">
             <div class="side">
                 <ImageDrop />
+                <ViewDrops />
                 <CutoutPanel />
                 <GenerateControl />
                 <section class="models" data-testid="model-panel">

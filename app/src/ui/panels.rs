@@ -70,6 +70,63 @@ pub fn ImageDrop() -> impl IntoView {
     }
 }
 
+/// A drop zone for each view of the object the shape model takes besides the front (a 2mv
+/// model's left, back, right), shown only for such a model. Each picture goes to the engine,
+/// which cuts it out as it does the front when a generation runs; a new front clears them.
+#[component]
+pub fn ViewDrops() -> impl IntoView {
+    let studio = studio();
+    let none = move || {
+        studio
+            .shape_quant
+            .with(|q| q.as_ref().is_none_or(|q| q.views.is_empty()))
+    };
+    view! {
+        <section class="drop views" data-testid="views" hidden=none>
+            <p class="muted">"More views of the object (optional):"</p>
+            {view_drop("left")}
+            {view_drop("back")}
+            {view_drop("right")}
+        </section>
+    }
+}
+
+/// One view's zone: hidden unless the model takes it; the picture's thumbnail once given.
+fn view_drop(view: &'static str) -> impl IntoView {
+    let studio = studio();
+    let offered = move || {
+        studio.shape_quant.with(|q| {
+            q.as_ref()
+                .is_some_and(|q| q.views.iter().any(|v| v == view))
+        })
+    };
+    let url = move || {
+        studio.view_files.with(|files| {
+            files
+                .iter()
+                .find(|(v, _)| v == view)
+                .map(|(_, url)| url.clone())
+        })
+    };
+    let on_change = move |ev: leptos::ev::Event| {
+        let input: web_sys::HtmlInputElement = event_target(&ev);
+        if let Some(file) = input.files().and_then(|f| f.get(0)) {
+            bridge::send_view(studio, &file, view);
+        }
+        input.set_value("");
+    };
+    view! {
+        <div class="view" data-view=view hidden=move || !offered()>
+            <label>
+                {view} ": "
+                <input type="file" accept="image/png,image/jpeg,image/webp" on:change=on_change />
+            </label>
+            <img class="thumb" alt=view src=move || url().unwrap_or_default() hidden=move || url().is_none() />
+            <button on:click=move |_| bridge::drop_view(studio, view) hidden=move || url().is_none()>"×"</button>
+        </div>
+    }
+}
+
 /// The cut-out of the current image on a checkerboard (so transparency shows), with its state:
 /// waiting for background removal to load, running, ready (with a download), kept, failed.
 #[component]

@@ -7,11 +7,13 @@ use std::rc::Rc;
 
 use futures::StreamExt;
 use futures::channel::mpsc;
+use orfeas_engine::pipeline::ConditionerConfig;
 use orfeas_engine::weights::loader::{initial_progress, read_index};
 use orfeas_engine::weights::source::{CachedFetchSource, FetchSource, delete_cache};
 use orfeas_engine::weights::{
     LoadError, Precision, ProgressTracker, ShardIndex, WeightSet, load_weights, verify_cached,
 };
+use serde::Deserialize;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
 
@@ -385,10 +387,33 @@ fn choose_shape_set(engine: &Engine) {
     };
     post(&FromWorker::ShapeQuant(ShapeQuantReport {
         model,
+        views: extra_views(engine, &folder),
         chosen: folder,
         because,
         options,
     }));
+}
+
+/// The views the image encoder of the shape set in `folder` takes besides the front (from its
+/// conditioner's config: a 2mv model's view table); none for a single-image model, or before
+/// its index is read.
+fn extra_views(engine: &Engine, folder: &str) -> Vec<String> {
+    let roles = engine.models.roles.borrow();
+    let Some((_, parts)) = roles.shape_sets.iter().find(|(f, _)| f == folder) else {
+        return Vec::new();
+    };
+    let slots = engine.models.slots.borrow();
+    let table = slots[parts[0]]
+        .index
+        .as_ref()
+        .and_then(|index| ConditionerConfig::deserialize(&index.config).ok())
+        .and_then(|config| config.view_table());
+    orfeas_engine::pipeline::View::ALL
+        .iter()
+        .take(table.unwrap_or(1))
+        .skip(1)
+        .map(|view| view.name().to_string())
+        .collect()
 }
 
 /// The user chose another installed precision of the shape model: free the set in use, load
@@ -440,6 +465,7 @@ pub(super) async fn choose_quant(engine: Rc<Engine>, precision: String) {
         chosen: option.folder.clone(),
         because: "your choice".into(),
         options: options.clone(),
+        views: extra_views(&engine, &option.folder),
     }));
     if !engine.device.is_up() {
         return; // the GPU's return (or a retry) loads it

@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use orfeas_engine::mesh::preview::inflate;
+use orfeas_engine::models::dinov2::View;
 use wasm_bindgen_futures::spawn_local;
 
 use crate::config::{ModelSpec, Role};
@@ -149,6 +150,9 @@ struct Engine {
     device: device::DeviceState,
     /// The user's image, upright RGBA, for generation.
     image: RefCell<Option<(String, image::RgbaImage)>>,
+    /// The object's other views the user gave (for a 2mv model), each with its file name; a
+    /// new front picture drops them, as they showed another object.
+    views: RefCell<Vec<(View, String, image::RgbaImage)>>,
     options: RefCell<EngineOptions>,
     /// Background removal: ISNet and the current image's cut-out (see
     /// [`cutout::BackgroundState`]).
@@ -206,6 +210,10 @@ pub fn on_message(json: &str) {
         // Read by the running generation at its next step: the sampler and the field decoding
         // await the GPU between steps, so this message is handled while it runs.
         ToWorker::Stop { request_id } => engine.shape.stop(request_id),
+        ToWorker::DropView { view } => engine
+            .views
+            .borrow_mut()
+            .retain(|(v, _, _)| v.name() != view),
         ToWorker::ClearCache => spawn_local(loading::clear_cache()),
         ToWorker::VerifyCache => spawn_local(loading::verify_cache(engine)),
         ToWorker::CutoutFullSize => cutout::full_size(&engine),
@@ -227,20 +235,32 @@ pub fn on_message(json: &str) {
 const PREVIEW_IMAGE_SIDE: u32 = 384;
 const PREVIEW_GRID: usize = 128;
 
-/// A new image from the UI (its bytes): decode it, keep it for generation, and answer at once
-/// with the instant preview mesh (the silhouette inflated), which needs no model.
-pub fn on_image(name: &str, bytes: &[u8]) {
+/// A new image from the UI (its bytes) as the object's `view`. The front: decode it, keep it
+/// for generation, and answer at once with the instant preview mesh (the silhouette
+/// inflated), which needs no model. Another view: decode it and keep it beside the front (it
+/// is cut out with the front's settings when a generation runs).
+pub fn on_image(name: &str, bytes: &[u8], view: &str) {
     let started = web_time::Instant::now();
+    let failed = |name: String, reason: String| post(&FromWorker::ImageFailed { name, reason });
+    let Some(view) = View::parse(view) else {
+        return failed(
+            name.into(),
+            format!("no view {view:?} (front, left, back, right)"),
+        );
+    };
     let image = match orfeas_engine::input::decode_image(bytes) {
         Ok(image) => image,
-        Err(e) => {
-            post(&FromWorker::ImageFailed {
-                name: name.to_string(),
-                reason: e.to_string(),
-            });
-            return;
-        }
+        Err(e) if view == View::Front => return failed(name.into(), e.to_string()),
+        Err(e) => return failed(format!("{name} ({} view)", view.name()), e.to_string()),
     };
+    let engine = engine();
+    if view != View::Front {
+        let mut views = engine.views.borrow_mut();
+        views.retain(|(v, _, _)| *v != view);
+        views.push((view, name.to_string(), image));
+        return;
+    }
+    engine.views.borrow_mut().clear();
     let small = orfeas_engine::input::fit_within(&image, PREVIEW_IMAGE_SIDE);
     let (width, height) = small.dimensions();
     let preview = inflate(
@@ -249,7 +269,6 @@ pub fn on_image(name: &str, bytes: &[u8]) {
         height as usize,
         PREVIEW_GRID,
     );
-    let engine = engine();
     engine.image.replace(Some((name.to_string(), image)));
     cutout::request(&engine);
     if preview.mesh.triangles.is_empty() {

@@ -147,8 +147,17 @@ async fn generate(
         }
         .clamped();
     }
+    // The other views the user gave, in the official order (front, left, back, right).
+    let mut views: Vec<_> = engine
+        .views
+        .borrow()
+        .iter()
+        .map(|(view, _, picture)| (*view, picture.clone()))
+        .collect();
+    views.sort_by_key(|(view, _)| view.index());
     let request = Request {
         cutout: engine.background.cutout(),
+        views,
         ..Request::new(image, options)
     };
     // The sampler's pace so far gives the estimate of what is left of it.
@@ -207,6 +216,10 @@ async fn generate(
     };
     post_mesh(&meta, mesh, None);
     let mut message = format!("{} faces in {seconds:.1} s", mesh.triangles.len());
+    if !request.views.is_empty() {
+        let names: Vec<&str> = request.views.iter().map(|(v, _)| v.name()).collect();
+        message.push_str(&format!(" from the front, {} views", names.join(", ")));
+    }
     for note in &generated.notes {
         if matches!(note, Note::WholePicture | Note::FacesAboveBudget { .. }) {
             message.push_str(&format!(" ({note})"));
