@@ -288,3 +288,49 @@ fn f16_meshes_match_f32() {
         }
     }
 }
+
+/// The turbo (FlashVDM) decoder in f16 against the official f32 vectors: the field within the
+/// reference's own fp16 spread, and FlashVDM's grid asking the same points (its levels follow
+/// the field's sign) with the same inside/outside almost everywhere.
+#[test]
+fn the_turbo_decoder_and_flashvdm_in_f16() {
+    let turbo = Turbo::read();
+    let (points, shape) = turbo.io.tensor("query_points");
+    let (field_ref, _) = turbo.io.tensor("field");
+    let (grid_ref, _) = turbo.io.tensor("flashvdm");
+    for (name, device) in f16_devices() {
+        let vae = turbo.vae(&device, DType::F16);
+        let (_, kv) = turbo.key_values(&vae, &device);
+        let field = values(vae.field(tensor3(points.clone(), &shape, &device), &kv));
+        let what = format!("turbo decoder field on {name}");
+        check(&what, "vae", "field_same_latents", &field, &field_ref);
+        let grid = turbo.flashvdm(&vae, &kv, &device);
+        let both: Vec<(f32, f32)> = grid
+            .field
+            .values
+            .iter()
+            .zip(&grid_ref)
+            .filter(|(a, b)| !a.is_nan() && !b.is_nan())
+            .map(|(a, b)| (*a, *b))
+            .collect();
+        let asked_ref = grid_ref.iter().filter(|v| !v.is_nan()).count();
+        let asked = grid.field.values.iter().filter(|v| !v.is_nan()).count();
+        let same_sign = both
+            .iter()
+            .filter(|(a, b)| (*a > 0.0) == (*b > 0.0))
+            .count();
+        eprintln!(
+            "flashvdm in f16 on {name}: {asked} points asked ({asked_ref} in f32, {} by both), \
+             {same_sign} on the same side",
+            both.len()
+        );
+        assert!(
+            both.len() * 100 >= asked_ref * 99,
+            "{name}: the levels asked other points"
+        );
+        assert!(
+            same_sign * 100 >= both.len() * 99,
+            "{name}: inside/outside differs"
+        );
+    }
+}

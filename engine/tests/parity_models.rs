@@ -483,11 +483,7 @@ fn a_guidance_distilled_dit_refuses_to_run_without_guidance() {
 
 /// A file of `engine/tests/data/` (vectors committed with the script that made them).
 fn committed(file: &str) -> Io {
-    Io::open(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data")
-            .join(file),
-    )
+    Io::open(&committed_path(file))
 }
 
 /// The committed vectors of Hugging Face's own `interpolate_pos_encoding` (transformers 4.46.0,
@@ -705,5 +701,74 @@ fn the_multi_view_encoder_is_the_official_one() {
             diff <= tol,
             "{name}: the multi-view tokens differ by {diff}"
         );
+    }
+}
+
+/// The turbo (FlashVDM) shape decoder against the official classes (`ShapeVAE` with
+/// `geo_decoder_downsample_ratio` 2, no `ln_post`; `FlashVDMVolumeDecoding` at R = 32 with
+/// `min_resolution` 15: levels [15, 30]), from `scripts/turbo_vae_vectors.py`: the decoded
+/// latents and the field with every latent, then FlashVDM's grid, point for point: the same
+/// points asked (the levels' selection) and the same values (each group's own latents).
+#[test]
+fn the_turbo_decoder_and_flashvdm_are_the_official_ones() {
+    use orfeas_engine::pipeline::flashvdm_top_k;
+    use orfeas_engine::volume::FlashVdm;
+    let turbo = Turbo::read();
+    let io = &turbo.io;
+    let levels: Vec<usize> = io
+        .safetensors()
+        .tensor("flashvdm_resolutions")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
+        .collect();
+    assert_eq!(
+        turbo.settings.resolutions(turbo.resolution),
+        levels,
+        "FlashVDM's levels"
+    );
+    // The official defaults' levels, from the reference notes.
+    assert_eq!(FlashVdm::default().resolutions(384), [95, 190, 380]);
+    assert_eq!(FlashVdm::default().resolutions(256), [63, 126, 252]);
+    let (decoded_ref, _) = io.tensor("decoded_latents");
+    let (points, points_shape) = io.tensor("query_points");
+    let (field_ref, _) = io.tensor("field");
+    let (grid_ref, _) = io.tensor("flashvdm");
+    let asked_ref = grid_ref.iter().filter(|v| !v.is_nan()).count();
+    for (name, device) in devices() {
+        let vae = turbo.vae(&device, burn::tensor::DType::F32);
+        let (decoded, kv) = turbo.key_values(&vae, &device);
+        let diff = max_abs_diff(&values(decoded), &decoded_ref);
+        assert!(diff <= 1e-4, "{name}: decoded latents differ by {diff}");
+        let dims: [usize; 3] = points_shape.clone().try_into().unwrap();
+        let query = Tensor::<3>::from_data(TensorData::new(points.clone(), dims), &device);
+        let field = values(vae.field(query, &kv));
+        let diff = max_abs_diff(&field, &field_ref);
+        eprintln!("turbo decoder on {name}: field max abs diff {diff:.2e}");
+        assert!(diff <= 1e-4, "{name}: the field differs by {diff}");
+
+        let latents = orfeas_engine::models::shape_vae::ShapeVae::latents(&kv);
+        assert_eq!(flashvdm_top_k(latents), latents / 3);
+        let grid = turbo.flashvdm(&vae, &kv, &device);
+        assert_eq!(grid.resolutions, levels);
+        let asked = grid.field.values.iter().filter(|v| !v.is_nan()).count();
+        assert_eq!(asked, asked_ref, "{name}: points asked at the last level");
+        let mut worst = 0f32;
+        for (i, (ours, theirs)) in grid.field.values.iter().zip(&grid_ref).enumerate() {
+            assert_eq!(
+                ours.is_nan(),
+                theirs.is_nan(),
+                "{name}: point {i} asked by one side only"
+            );
+            if !ours.is_nan() {
+                worst = worst.max((ours - theirs).abs());
+            }
+        }
+        eprintln!(
+            "flashvdm on {name}: {asked} points asked of {}, max abs diff {worst:.2e}",
+            grid_ref.len()
+        );
+        assert!(worst <= 1e-4, "{name}: FlashVDM's grid differs by {worst}");
     }
 }

@@ -237,6 +237,14 @@ struct ConvertArgs {
     /// f16, or quantize the attention and MLP projection weights: q8 (int8) or q4 (int4).
     #[arg(long, default_value = "f16")]
     quant: Precision,
+    /// A VAE shipped on its own to use instead of the bundle's (e.g. the turbo VAE of
+    /// hunyuan3d-vae-v2-0-turbo/, which the official enable_flashvdm() swaps in): its
+    /// checkpoint. Needs --vae-config.
+    #[arg(long, requires = "vae_config")]
+    vae: Option<PathBuf>,
+    /// That VAE's config.yaml.
+    #[arg(long, requires = "vae")]
+    vae_config: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -343,8 +351,12 @@ struct GenerateArgs {
     #[arg(long, default_value_t = pipeline::DEFAULT_CHUNK)]
     num_chunks: usize,
     /// Query every grid point instead of coarse-to-fine (same mesh, slower).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "flashvdm")]
     dense: bool,
+    /// Decode as the official enable_flashvdm() does: levels, each group of queries attending
+    /// only to the latents it draws most (the turbo VAEs are trained for it).
+    #[arg(long)]
+    flashvdm: bool,
     /// Fine cells per coarse cell (coarse-to-fine); 0 picks R / 64, between 1 and 4.
     #[arg(long, default_value_t = 0)]
     coarse_stride: usize,
@@ -570,9 +582,18 @@ impl ConvertArgs {
             bail!("--shard-size must be between 16 and 64 (MiB)");
         }
         let bar = bytes_bar(0, "convert");
-        let converted = crate::convert::convert(
+        let vae =
+            self.vae
+                .as_deref()
+                .zip(self.vae_config.as_deref())
+                .map(|(checkpoint, config_yaml)| crate::convert::SeparateVae {
+                    checkpoint,
+                    config_yaml,
+                });
+        let converted = crate::convert::convert_with_vae(
             &self.checkpoint,
             &self.config,
+            vae,
             &self.output,
             shard_size,
             self.quant,
@@ -736,6 +757,8 @@ impl SynthesizeArgs {
                 output: output.join("sets"),
                 shard_size: 32,
                 quant: precision,
+                vae: None,
+                vae_config: None,
             }
             .run()?;
         }
@@ -836,6 +859,7 @@ impl GenerateArgs {
                 seed: self.seed,
                 chunk: self.num_chunks.max(1),
                 dense: self.dense,
+                flashvdm: self.flashvdm,
                 coarse_stride: self.coarse_stride,
                 faces: self.faces,
             },

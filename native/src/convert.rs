@@ -485,13 +485,75 @@ pub fn convert(
     out: &Path,
     shard_size: u64,
     precision: Precision,
+    on_bytes: impl FnMut(u64, u64),
+) -> Result<Converted> {
+    convert_with_vae(
+        checkpoint,
+        config_yaml,
+        None,
+        out,
+        shard_size,
+        precision,
+        on_bytes,
+    )
+}
+
+/// A VAE shipped on its own (the turbo VAEs `enable_flashvdm()` swaps in:
+/// `hunyuan3d-vae-v2-0-turbo/`, `hunyuan3d-vae-v2-mini-turbo/`): its checkpoint (the VAE's
+/// own tensor names, without the bundle's `vae.`) and its config.yaml (`target`, `params`).
+pub struct SeparateVae<'a> {
+    pub checkpoint: &'a Path,
+    pub config_yaml: &'a Path,
+}
+
+/// [`convert`], with the bundle's VAE replaced by `vae` when given (its tensors and its
+/// config.yaml section), as the official `enable_flashvdm()` replaces it.
+pub fn convert_with_vae(
+    checkpoint: &Path,
+    config_yaml: &Path,
+    vae: Option<SeparateVae>,
+    out: &Path,
+    shard_size: u64,
+    precision: Precision,
     mut on_bytes: impl FnMut(u64, u64),
 ) -> Result<Converted> {
-    let text = std::fs::read_to_string(config_yaml)
-        .with_context(|| format!("reading {}", config_yaml.display()))?;
-    let yaml: Value = yaml_serde::from_str(&text)
-        .with_context(|| format!("{} is not valid YAML", config_yaml.display()))?;
-    let tensors = read_checkpoint(checkpoint)?;
+    let read_yaml = |path: &Path| -> Result<Value> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        yaml_serde::from_str(&text).with_context(|| format!("{} is not valid YAML", path.display()))
+    };
+    let mut yaml = read_yaml(config_yaml)?;
+    let mut tensors = read_checkpoint(checkpoint)?;
+    if let Some(vae) = vae {
+        let section = read_yaml(vae.config_yaml)?;
+        let target = section["target"].as_str().unwrap_or_default();
+        if !target.ends_with("ShapeVAE") || !section["params"].is_object() {
+            bail!(
+                "{}: not a VAE's config.yaml (expected target: ….ShapeVAE and its params, got \
+                 target {target:?})",
+                vae.config_yaml.display()
+            );
+        }
+        yaml["vae"] = section;
+        let own = read_checkpoint(vae.checkpoint)?;
+        if let Some(other) = own
+            .iter()
+            .find(|t| matches!(component_of(&t.name), Some("denoiser" | "conditioner")))
+        {
+            bail!(
+                "{}: {} is a whole model's tensor, not a VAE's (give the VAE's own checkpoint)",
+                vae.checkpoint.display(),
+                other.name
+            );
+        }
+        tensors.retain(|t| !t.name.starts_with("vae."));
+        tensors.extend(own.into_iter().map(|mut t| {
+            if !t.name.starts_with("vae.") {
+                t.name = format!("vae.{}", t.name);
+            }
+            t
+        }));
+    }
     for component in COMPONENTS {
         let prefix = match component {
             "denoiser" => "model.".to_string(),

@@ -525,6 +525,13 @@ pub fn write(
     Ok((path, entries))
 }
 
+/// `entries` as a safetensors file of seeded random F16 values, drawn as [`write`] draws them
+/// (e.g. a VAE shipped on its own, under its own tensor names).
+pub fn write_entries(path: &Path, entries: &[Entry], seed: u64) -> Result<()> {
+    let total = entries.iter().map(|e| numel(e) as u64 * 2).sum();
+    write_safetensors(path, entries, seed, total, &mut |_, _| {})
+}
+
 fn write_safetensors(
     path: &Path,
     entries: &[Entry],

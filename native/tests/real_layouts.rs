@@ -398,8 +398,8 @@ fn config_values_the_engine_does_not_implement_are_refused() {
     );
     refused(
         Variant::V20,
-        &|y| y["vae"]["params"]["geo_decoder_downsample_ratio"] = 2.into(),
-        &["geo_decoder_downsample_ratio", "2"],
+        &|y| y["vae"]["params"]["geo_decoder_downsample_ratio"] = 3.into(),
+        &["geo_decoder_downsample_ratio", "3", "must divide width"],
     );
     refused(
         Variant::V20,
@@ -577,4 +577,124 @@ fn a_2mv_model_generates_from_views_through_the_cli() {
         let (status, _) = common::finished_job(&client, &server, &request).await;
         assert_eq!(status["status"], "done", "{status}");
     });
+}
+
+/// A turbo VAE shipped on its own (as `hunyuan3d-vae-v2-0-turbo/`: its own config.yaml and
+/// checkpoint under the VAE's own names) swapped into a 2.0 bundle by `convert --vae`, as the
+/// official `enable_flashvdm()` swaps it: the converted VAE set has the turbo geometry decoder
+/// (`latents_proj`, no `ln_post`), and `generate --flashvdm` decodes with it to a mesh; a whole
+/// bundle given as the VAE, and a config that is not a VAE's, are refused by name.
+#[test]
+fn a_separate_turbo_vae_converts_and_generates_with_flashvdm_through_the_cli() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("2.0-turbo");
+    let (checkpoint, _) = orfeas::synthetic::write(
+        Variant::V20Turbo,
+        true,
+        Format::Safetensors,
+        &src,
+        5,
+        |_, _| {},
+    )
+    .unwrap();
+    let config = src.join("config.yaml");
+    let mut yaml: serde_json::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    // The turbo VAE: the same VAE with the lighter geometry decoder.
+    let mut vae = yaml["vae"].clone();
+    vae["params"]["geo_decoder_downsample_ratio"] = 2.into();
+    vae["params"]["geo_decoder_ln_post"] = false.into();
+    yaml["vae"] = vae.clone();
+    let (_, entries) = orfeas::convert::layout(&yaml).unwrap();
+    let own: Vec<orfeas::synthetic::Entry> = entries
+        .into_iter()
+        .filter_map(|mut e| {
+            e.name = e.name.strip_prefix("vae.")?.to_string();
+            Some(e)
+        })
+        .collect();
+    assert!(
+        own.iter()
+            .any(|e| e.name == "geo_decoder.latents_proj.weight")
+    );
+    assert!(
+        !own.iter()
+            .any(|e| e.name.starts_with("geo_decoder.ln_post"))
+    );
+    let turbo_dir = work.path().join("hunyuan3d-vae-v2-0-turbo");
+    std::fs::create_dir_all(&turbo_dir).unwrap();
+    let turbo = turbo_dir.join("model.fp16.safetensors");
+    orfeas::synthetic::write_entries(&turbo, &own, 9).unwrap();
+    let turbo_yaml = turbo_dir.join("config.yaml");
+    std::fs::write(&turbo_yaml, serde_json::to_vec_pretty(&vae).unwrap()).unwrap();
+
+    let out = work.path().join("model");
+    let convert_with = |vae: &Path, vae_config: &Path, out: &Path| {
+        orfeas(&[
+            "convert",
+            checkpoint.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--vae",
+            vae.to_str().unwrap(),
+            "--vae-config",
+            vae_config.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+    let run = convert_with(&turbo, &turbo_yaml, &out);
+    assert!(run.status.success(), "{}", text(&run));
+    let index = orfeas_engine::weights::ShardIndex::from_json(
+        &std::fs::read(out.join("vae").join(orfeas_engine::weights::INDEX_FILE)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        index.config["params"]["geo_decoder_downsample_ratio"], 2,
+        "{}",
+        index.config
+    );
+    assert!(
+        index
+            .weight_map
+            .contains_key("vae.geo_decoder.latents_proj.weight")
+    );
+
+    let front = common::fixtures().join("preprocess_input_0.png");
+    let glb = work.path().join("turbo.glb");
+    let run = orfeas(&[
+        "generate",
+        front.to_str().unwrap(),
+        "--model",
+        out.to_str().unwrap(),
+        "-o",
+        glb.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--octree-resolution",
+        "64",
+        "--flashvdm",
+        "--backend",
+        "cpu",
+    ]);
+    let said = text(&run);
+    assert!(run.status.success(), "turbo VAE with FlashVDM: {said}");
+    assert!(glb.is_file(), "{said}");
+
+    // Refused by name, nothing written: a whole bundle as the VAE, a config that is not a
+    // VAE's.
+    let refused = work.path().join("refused");
+    let run = convert_with(&checkpoint, &turbo_yaml, &refused);
+    let said = text(&run);
+    assert!(
+        !run.status.success() && said.contains("not a VAE's"),
+        "{said}"
+    );
+    let run = convert_with(&turbo, &config, &refused);
+    let said = text(&run);
+    assert!(
+        !run.status.success() && said.contains("not a VAE's config.yaml"),
+        "{said}"
+    );
+    assert!(!refused.exists());
 }

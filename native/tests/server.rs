@@ -121,6 +121,16 @@ async fn answers_at_once_503s_while_loading_then_runs_jobs() {
         assert!(kept * 100 >= budget * 98, "{kept} faces for {budget}");
         assert!(!notes.contains("kept"), "{notes}");
     }
+    // FlashVDM decoding (the official enable_flashvdm) on request: a mesh as well.
+    let mut flashvdm = request.clone();
+    flashvdm["flashvdm"] = json!(true);
+    let (status, _) = finished_job(&client, &server, &flashvdm).await;
+    assert_eq!(status["status"], "done", "{status}");
+    let obj = get_text(&client, &server, status["result_url"].as_str().unwrap()).await;
+    assert!(
+        obj.lines().any(|l| l.starts_with("f ")),
+        "a FlashVDM mesh with faces"
+    );
     // More views go with the picture (JSON keys, multipart fields: left, back, right); this
     // single-image model fails the job naming the view, and a view given twice is refused.
     let mut with_view = request.clone();
@@ -148,6 +158,10 @@ async fn answers_at_once_503s_while_loading_then_runs_jobs() {
         (
             json!({ "image": b64(&cutout), "face_count": 5 }),
             "face_count must be 100–1000000, got 5",
+        ),
+        (
+            json!({ "image": b64(&cutout), "flashvdm": "maybe" }),
+            "flashvdm: expected true/false, got \"maybe\"",
         ),
     ] {
         let refused = client

@@ -27,13 +27,10 @@ fn cpu_reference(
     model_dir: &std::path::Path,
     seed: u64,
     faces: usize,
+    flashvdm: bool,
 ) -> anyhow::Result<(usize, [f32; 3], [f32; 3])> {
-    cpu_reference_of_views(
-        model_dir,
-        &[(View::Front, "preprocess_input_0.png")],
-        seed,
-        faces,
-    )
+    let front = [(View::Front, "preprocess_input_0.png")];
+    cpu_reference_with(model_dir, &front, seed, faces, flashvdm)
 }
 
 /// [`cpu_reference`] from several views of the object (fixture pictures with transparency,
@@ -43,6 +40,17 @@ fn cpu_reference_of_views(
     views: &[(View, &str)],
     seed: u64,
     faces: usize,
+) -> anyhow::Result<(usize, [f32; 3], [f32; 3])> {
+    cpu_reference_with(model_dir, views, seed, faces, false)
+}
+
+/// [`cpu_reference_of_views`], the field decoded FlashVDM's way or not.
+fn cpu_reference_with(
+    model_dir: &std::path::Path,
+    views: &[(View, &str)],
+    seed: u64,
+    faces: usize,
+    flashvdm: bool,
 ) -> anyhow::Result<(usize, [f32; 3], [f32; 3])> {
     let device = orfeas_engine::device::cpu();
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
@@ -71,6 +79,7 @@ fn cpu_reference_of_views(
         steps: Some(4),
         resolution: 32,
         seed,
+        flashvdm,
         ..GenerateOptions::default()
     };
     let surface = runtime
@@ -140,7 +149,14 @@ async fn generate_in_the_browser(which: Browser, precision: Precision) -> anyhow
         Precision::Q4 => "",
         other => &format!("&quant={other}"),
     };
-    let page = format!("/?steps=4&octree_resolution=32&seed={SEED}&turntable=0{quant}");
+    // The q4 run in Firefox decodes FlashVDM's way (the official enable_flashvdm), f16 on the
+    // GPU: each group's key/value selection ranked on the host, as the engine does everywhere.
+    let flashvdm = if flashvdm(which, precision) {
+        "&flashvdm=1"
+    } else {
+        ""
+    };
+    let page = format!("/?steps=4&octree_resolution=32&seed={SEED}&turntable=0{quant}{flashvdm}");
     let sets = Sets { f16, q4 };
     match which {
         Browser::Chromium => {
@@ -300,6 +316,11 @@ async fn generate_from_views(browser: &impl Page, dir: &std::path::Path) -> anyh
         assert!((bounds.max[d] - hi[d]).abs() < 0.05, "{bounds:?} vs {hi:?}");
     }
     Ok(())
+}
+
+/// Which run decodes FlashVDM's way: q4 in Firefox.
+fn flashvdm(which: Browser, precision: Precision) -> bool {
+    which == Browser::Firefox && precision == Precision::Q4
 }
 
 /// The shape model's two installed precisions.
@@ -660,8 +681,10 @@ async fn generate(
     let faces = primitive.indices().map_or(0, |i| i.count()) / 3;
     let bounds = primitive.bounding_box();
     let shape = sets.dir(precision).to_path_buf();
+    let flashvdm = flashvdm(which, precision);
     let (cpu_faces, lo, hi) =
-        tokio::task::spawn_blocking(move || cpu_reference(&shape, SEED, faces_asked)).await??;
+        tokio::task::spawn_blocking(move || cpu_reference(&shape, SEED, faces_asked, flashvdm))
+            .await??;
     eprintln!(
         "{which:?} {precision}: browser: {faces} faces, bounds {bounds:?}; CPU backend: \
          {cpu_faces} faces, {lo:?}..{hi:?}"

@@ -33,6 +33,9 @@ pub struct EngineOptions {
     /// keeps every face): the detail control's first value.
     #[serde(default)]
     pub faces: Option<u32>,
+    /// Decode the shape as the official `enable_flashvdm()` does (`?flashvdm=1`).
+    #[serde(default)]
+    pub flashvdm: bool,
     /// GPU memory the models may take, in GiB (`?gpu_memory_gib=`): WebGPU does not report
     /// it, so a model is checked against this, else 8 GiB (a software adapter: the host's).
     #[serde(default)]
@@ -64,6 +67,7 @@ impl EngineOptions {
                 .map_or(defaults.resolution, |r| r as usize),
             seed: self.seed.unwrap_or(defaults.seed),
             faces: self.faces.map_or(defaults.faces, |f| f as usize),
+            flashvdm: self.flashvdm,
             ..defaults
         }
         .clamped()
@@ -103,6 +107,7 @@ impl EngineOptions {
                 .or_else(|| value("face_count"))
                 .and_then(|v| v.parse::<u32>().ok())
                 .map(clamp_faces),
+            flashvdm: value("flashvdm").is_some_and(|v| v == "1" || v == "true"),
             gpu_memory_gib: value("gpu_memory_gib")
                 .and_then(|v| decimal(v))
                 .filter(|g| *g > 0.0),

@@ -12,7 +12,7 @@
 //! Without `--preset`: the fixtures' tiny configs, every stage on both backends.
 //!
 //! `cargo run -p orfeas --bin bench-models -- --preset 2.1 --depth 2 [--backend cpu|wgpu]
-//!  [--dtype f32|f16] [--reps 1] [--octree 256] [--quant q8|q4]`
+//!  [--dtype f32|f16] [--reps 1] [--octree 256] [--quant q8|q4] [--volume]`
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -73,6 +73,11 @@ struct Args {
     /// instead of both (burn's quantized matmul and dequantizing before the product).
     #[arg(long)]
     default_product_only: bool,
+    /// Also decode the whole volume at `--octree` from the same latents both ways: the
+    /// engine's coarse-to-fine and FlashVDM (the official enable_flashvdm): time, queries,
+    /// faces, the distance between the two meshes, and `ratio=` FlashVDM ÷ coarse-to-fine.
+    #[arg(long)]
+    volume: bool,
     /// No untimed first run on wgpu (its kernels then compile inside the timed run: seconds,
     /// against minutes for a full-depth step).
     #[arg(long)]
@@ -751,6 +756,10 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
         "",
     );
 
+    if args.volume {
+        compare_volume_decoding(&model, &kv, args, &device)?;
+    }
+
     // Marching cubes on the CPU over the whole dense grid (a sphere-like field).
     let values: Vec<f32> = (0..total)
         .map(|i| {
@@ -780,6 +789,56 @@ fn bench_preset(args: &Args, variant: Variant) -> Result<()> {
         &m,
         None,
         "",
+    );
+    Ok(())
+}
+
+/// The whole volume from one set of latents, coarse-to-fine and FlashVDM, side by side.
+fn compare_volume_decoding(
+    model: &ShapeModel,
+    kv: &orfeas_engine::models::shape_vae::KeyValues,
+    args: &Args,
+    device: &Device,
+) -> Result<()> {
+    let decode = |flashvdm: bool| {
+        let options = orfeas_engine::pipeline::GenerateOptions {
+            resolution: args.octree,
+            chunk: args.chunk,
+            flashvdm,
+            ..Default::default()
+        };
+        futures::executor::block_on(model.surface(kv, &options, |_| {}, || false))
+            .expect("the volume decodes")
+    };
+    let (coarse_m, coarse) = measure(device, args.reps, || decode(false));
+    let (flash_m, flash) = measure(device, args.reps, || decode(true));
+    let line = |surface: &orfeas_engine::pipeline::Surface| {
+        format!(
+            "octree {}: {} queries, {} faces",
+            args.octree,
+            surface.queries,
+            surface.mesh.triangles.len()
+        )
+    };
+    report("volume coarse-to-fine", &line(&coarse), &coarse_m, None, "");
+    let agreement = match orfeas_engine::mesh::distance::surface_distance(&coarse.mesh, &flash.mesh)
+    {
+        Some(d) => format!(
+            "; meshes apart by {:.3} % mean, {:.3} % Hausdorff of the box",
+            d.mean / 2.02 * 100.0,
+            d.max / 2.02 * 100.0
+        ),
+        None => "; no surface to compare (random weights)".into(),
+    };
+    report(
+        "volume FlashVDM",
+        &line(&flash),
+        &flash_m,
+        None,
+        &format!(
+            "ratio={:.3} (FlashVDM ÷ coarse-to-fine time){agreement}",
+            flash_m.seconds / coarse_m.seconds
+        ),
     );
     Ok(())
 }

@@ -11,7 +11,7 @@
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor};
 use serde::Deserialize;
 
 use super::{
@@ -88,21 +88,37 @@ impl ShapeVaeConfig {
         3 * (2 * self.num_freqs + 1)
     }
 
+    /// The geometry decoder's width and heads: the turbo (FlashVDM) decoder divides both by
+    /// `geo_decoder_downsample_ratio`.
+    pub fn decoder_width_heads(&self) -> (usize, usize) {
+        let ratio = self.geo_decoder_downsample_ratio.max(1);
+        (self.width / ratio, self.heads / ratio)
+    }
+
+    /// The geometry decoder normalises queries and keys per head: the official decoder turns
+    /// qk-norm off where it has no `ln_post` (the turbo decoder).
+    fn decoder_qk_norm(&self) -> bool {
+        self.qk_norm && self.geo_decoder_ln_post
+    }
+
     /// Refuse decoder settings the engine does not implement, naming the field and value.
     pub fn validate(&self) -> Result<(), String> {
-        if self.geo_decoder_downsample_ratio != 1 {
+        let ratio = self.geo_decoder_downsample_ratio;
+        if ratio == 0 || !self.width.is_multiple_of(ratio) || !self.heads.is_multiple_of(ratio) {
             return Err(format!(
-                "ShapeVAE geo_decoder_downsample_ratio: {} is the turbo (FlashVDM) geometry \
-                 decoder, which is not supported yet (only 1)",
-                self.geo_decoder_downsample_ratio
+                "ShapeVAE geo_decoder_downsample_ratio: {ratio} must divide width {} and heads {}",
+                self.width, self.heads
             ));
         }
-        if !self.geo_decoder_ln_post {
-            return Err(
-                "ShapeVAE geo_decoder_ln_post: false is the turbo (FlashVDM) geometry decoder, \
-                 which is not supported yet (only true)"
-                    .into(),
-            );
+        let (decoder_width, decoder_heads) = self.decoder_width_heads();
+        if decoder_heads == 0 || !decoder_width.is_multiple_of(decoder_heads) {
+            return Err(format!(
+                "ShapeVAE geometry decoder: {decoder_heads} heads must divide its width \
+                 {decoder_width}"
+            ));
+        }
+        if self.geo_decoder_mlp_expand_ratio == 0 {
+            return Err("ShapeVAE geo_decoder_mlp_expand_ratio: 0 is not usable".into());
         }
         if self.heads == 0 || !self.width.is_multiple_of(self.heads) {
             return Err(format!(
@@ -131,10 +147,15 @@ impl ShapeVaeConfig {
                 k_norm: norm(head_dim, 1e-6),
             })
         };
-        let mlp = |ratio: usize| Mlp {
+        let mlp = |w: usize, ratio: usize| Mlp {
             c_fc: linear(w, w * ratio, true),
             c_proj: linear(w * ratio, w, true),
         };
+        let (dw, decoder_heads) = self.decoder_width_heads();
+        let decoder_qk_norm = (self.decoder_qk_norm()).then(|| QkNorm {
+            q_norm: norm(dw / decoder_heads, 1e-6),
+            k_norm: norm(dw / decoder_heads, 1e-6),
+        });
         Ok(ShapeVae {
             post_kl: linear(self.embed_dim, w, true),
             transformer: Transformer {
@@ -148,28 +169,30 @@ impl ShapeVaeConfig {
                             heads: self.heads,
                         },
                         ln_2: norm(w, 1e-6),
-                        mlp: mlp(4),
+                        mlp: mlp(w, 4),
                     })
                     .collect(),
             },
             geo_decoder: GeoDecoder {
-                query_proj: linear(self.fourier_dims(), w, true),
+                query_proj: linear(self.fourier_dims(), dw, true),
+                // The turbo decoder's projection of the latents to its narrower width.
+                latents_proj: (self.geo_decoder_downsample_ratio != 1).then(|| linear(w, dw, true)),
                 cross_attn_decoder: CrossAttentionBlock {
-                    ln_1: norm(w, 1e-6),
-                    ln_2: norm(w, 1e-6),
+                    ln_1: norm(dw, 1e-6),
+                    ln_2: norm(dw, 1e-6),
                     attn: CrossAttention {
-                        c_q: linear(w, w, self.qkv_bias),
-                        c_kv: linear(w, 2 * w, self.qkv_bias),
-                        attention: qk_norm(),
-                        c_proj: linear(w, w, true),
-                        heads: self.heads,
+                        c_q: linear(dw, dw, self.qkv_bias),
+                        c_kv: linear(dw, 2 * dw, self.qkv_bias),
+                        attention: decoder_qk_norm,
+                        c_proj: linear(dw, dw, true),
+                        heads: decoder_heads,
                     },
-                    ln_3: norm(w, 1e-6),
-                    mlp: mlp(self.geo_decoder_mlp_expand_ratio),
+                    ln_3: norm(dw, 1e-6),
+                    mlp: mlp(dw, self.geo_decoder_mlp_expand_ratio),
                 },
-                // The one LayerNorm with PyTorch's default eps.
-                ln_post: norm(w, LN_POST_EPS),
-                output_proj: linear(w, 1, true),
+                // The one LayerNorm with PyTorch's default eps; the turbo decoder has none.
+                ln_post: self.geo_decoder_ln_post.then(|| norm(dw, LN_POST_EPS)),
+                output_proj: linear(dw, 1, true),
             },
             num_freqs: self.num_freqs,
             include_pi: self.include_pi,
@@ -224,8 +247,9 @@ pub struct Mlp {
 #[derive(Module, Debug)]
 pub struct GeoDecoder {
     pub query_proj: Linear,
+    pub latents_proj: Option<Linear>,
     pub cross_attn_decoder: CrossAttentionBlock,
-    pub ln_post: LayerNorm,
+    pub ln_post: Option<LayerNorm>,
     pub output_proj: Linear,
 }
 
@@ -312,6 +336,10 @@ impl ShapeVae {
     /// The decoded latents' keys and values for [`Self::field`], computed once per shape.
     pub fn key_values(&self, decoded: Tensor<3>) -> KeyValues {
         let attn = &self.geo_decoder.cross_attn_decoder.attn;
+        let decoded = match &self.geo_decoder.latents_proj {
+            Some(proj) => linear(proj, decoded),
+            None => decoded,
+        };
         let [b, m, w] = decoded.dims();
         let heads = attn.heads;
         let hd = w / heads;
@@ -356,25 +384,87 @@ impl ShapeVae {
         Tensor::cat(vec![points, e.clone().sin(), e.cos()], 2)
     }
 
-    /// The field at `points` `[batch, n, 3]` → `[batch, n]` in f32, positive inside. The last
-    /// norm and projection run in f32: the field's sign decides the surface.
+    /// The field at `points` `[batch, n, 3]` → `[batch, n]` in f32, positive inside, every
+    /// query attending to every latent (the official default decoder).
     pub fn field(&self, points: Tensor<3>, kv: &KeyValues) -> Tensor<2> {
+        let queries = self.queries(points);
+        let attended = attend(queries.q.clone(), kv.k.clone(), kv.v.clone());
+        self.field_from(queries, attended)
+    }
+
+    /// The geometry decoder's queries for `points` `[batch, n, 3]`.
+    pub fn queries(&self, points: Tensor<3>) -> Queries {
         let decoder = &self.geo_decoder;
         let block = &decoder.cross_attn_decoder;
-        let q = linear(&decoder.query_proj, self.embed(points).cast(self.dtype()));
-        let [b, n, w] = q.dims();
+        let embedded = linear(&decoder.query_proj, self.embed(points).cast(self.dtype()));
+        let [b, n, w] = embedded.dims();
         let heads = block.attn.heads;
-        let hd = w / heads;
-        let mut query =
-            linear(&block.attn.c_q, block.ln_1.forward(q.clone())).reshape([b, n, heads, hd]);
+        let mut q = linear(&block.attn.c_q, block.ln_1.forward(embedded.clone())).reshape([
+            b,
+            n,
+            heads,
+            w / heads,
+        ]);
         if let Some(norm) = &block.attn.attention {
-            query = norm.q_norm.forward(query);
+            q = norm.q_norm.forward(q);
         }
-        let attended = attend(query.swap_dims(1, 2), kv.k.clone(), kv.v.clone());
-        let x = q + linear(&block.attn.c_proj, attended);
+        Queries {
+            embedded,
+            q: q.swap_dims(1, 2),
+        }
+    }
+
+    /// The rest of the decoder after its cross-attention (`attended`, `[batch, n, width]`):
+    /// the field `[batch, n]` in f32. The last norm and projection run in f32: the field's
+    /// sign decides the surface.
+    pub fn field_from(&self, queries: Queries, attended: Tensor<3>) -> Tensor<2> {
+        let decoder = &self.geo_decoder;
+        let block = &decoder.cross_attn_decoder;
+        let [b, n, _] = attended.dims();
+        let x = queries.embedded + linear(&block.attn.c_proj, attended);
         let x = x.clone() + block.mlp.forward(block.ln_3.forward(x));
-        let x = layer_norm_f32(&decoder.ln_post, x, LN_POST_EPS);
+        let x = match &decoder.ln_post {
+            Some(ln_post) => layer_norm_f32(ln_post, x, LN_POST_EPS),
+            None => x.cast(DType::F32),
+        };
         let out = linear_f32(&decoder.output_proj, x);
         out.reshape([b, n])
     }
+
+    /// FlashVDM's adaptive key/value selection, its scores: how much each latent draws the
+    /// mean of a group's sampled queries, `q_mean` `[1, heads, groups, head_dim]` → `[1,
+    /// heads, groups, latents]` in f32. The official code averages the scores of the sampled
+    /// queries; the mean of dot products is the dot product with the mean query.
+    pub fn selection_scores(&self, q_mean: Tensor<4>, kv: &KeyValues) -> Tensor<4> {
+        q_mean.matmul(kv.k.clone().swap_dims(2, 3)).cast(DType::F32)
+    }
+
+    /// Cross-attention of `q` `[1, heads, n, head_dim]` to the latents `selected`
+    /// `[1, heads, k]` (each head's own) → `[1, n, width]`.
+    pub fn attend_selected(
+        &self,
+        q: Tensor<4>,
+        kv: &KeyValues,
+        selected: Tensor<3, Int>,
+    ) -> Tensor<3> {
+        let [b, h, k] = selected.dims();
+        let d = kv.k.dims()[3];
+        let index = selected.unsqueeze_dim::<4>(3).expand([b, h, k, d]);
+        let keys = kv.k.clone().gather(2, index.clone());
+        let values = kv.v.clone().gather(2, index);
+        attend(q, keys, values)
+    }
+
+    /// Latents the geometry decoder attends to (its keys' count).
+    pub fn latents(kv: &KeyValues) -> usize {
+        kv.k.dims()[2]
+    }
+}
+
+/// The geometry decoder's queries: the embedded points (the residual stream) and their
+/// per-head queries `[batch, heads, n, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct Queries {
+    pub embedded: Tensor<3>,
+    pub q: Tensor<4>,
 }

@@ -42,6 +42,9 @@ pub struct GenerateOptions {
     pub chunk: usize,
     /// Query every grid point (as the official decoder) instead of coarse-to-fine.
     pub dense: bool,
+    /// Decode as the official `enable_flashvdm()` does (levels, and each group of queries
+    /// attending to the latents it draws most) instead of coarse-to-fine.
+    pub flashvdm: bool,
     /// Fine cells per coarse cell for coarse-to-fine decoding; 0 picks `R / 64` (1 to 4), so
     /// the coarse grid always has at least 64 cells a side and features smaller than a coarse
     /// cell are rare.
@@ -71,6 +74,9 @@ impl GenerateOptions {
         }
         if self.chunk == 0 {
             return Err("chunk must be at least 1".into());
+        }
+        if self.dense && self.flashvdm {
+            return Err("dense and flashvdm decoding exclude each other: choose one".into());
         }
         if self.faces != 0 && !FACES.contains(&self.faces) {
             return Err(format!(
@@ -129,6 +135,7 @@ impl Default for GenerateOptions {
             seed: DEFAULT_SEED,
             chunk: DEFAULT_CHUNK,
             dense: false,
+            flashvdm: false,
             coarse_stride: 0,
             faces: DEFAULT_FACES,
         }
@@ -215,6 +222,15 @@ mod tests {
             assert_eq!(edges.clone().validate(), Ok(()));
             assert_eq!(edges.clone().clamped(), edges);
         }
+        let both = GenerateOptions {
+            dense: true,
+            flashvdm: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            both.validate(),
+            Err("dense and flashvdm decoding exclude each other: choose one".into())
+        );
         // A record written before the knob existed reads with the default budget.
         let old: GenerateOptions = serde_json::from_str(r#"{"steps":5,"seed":3}"#).unwrap();
         assert_eq!(old.faces, DEFAULT_FACES);

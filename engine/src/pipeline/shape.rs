@@ -7,7 +7,7 @@
 //! an official checkpoint); each set's index carries its part of the official `config.yaml`
 //! ([`ShapeConfig`]), and the tensors keep their official names.
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::device::ReadbackError;
@@ -19,7 +19,7 @@ use crate::models::hunyuan3d_dit::{self, Hunyuan3dDit, Hunyuan3dDitConfig};
 use crate::models::hunyuandit_plain::{self, HunyuanDitPlain, HunyuanDitPlainConfig};
 use crate::models::shape_vae::{self, KeyValues, ShapeVae, ShapeVaeConfig};
 use crate::sampler::{FlowMatchSchedule, initial_noise, sample};
-use crate::volume::{Grid, decode_coarse_to_fine, decode_dense};
+use crate::volume::{FlashVdm, Grid, Group, decode_coarse_to_fine, decode_dense, decode_flashvdm};
 
 use super::Stage;
 use super::options::{DEFAULT_STEPS, GenerateOptions, TURBO_STEPS};
@@ -375,6 +375,94 @@ pub struct Surface {
     pub queries: usize,
 }
 
+/// Latents each FlashVDM group keeps, of `latents` (the official processor's rule: 1024 of the
+/// 2.0 VAE's 3072, 256 of 2mini's 512, otherwise a third).
+pub fn flashvdm_top_k(latents: usize) -> usize {
+    match latents {
+        3072 => 1024,
+        512 => 256,
+        m => (m / 3).max(1),
+    }
+}
+
+/// The indices of the `k` largest values, largest first (ties: the lower index first).
+fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    let by_value = |a: &usize, b: &usize| values[*b].total_cmp(&values[*a]).then(a.cmp(b));
+    if k < order.len() {
+        order.select_nth_unstable_by(k, by_value);
+        order.truncate(k);
+    }
+    order.sort_by(by_value);
+    order
+}
+
+/// The field at `points` laid out as FlashVDM's `groups`: each group's queries attend
+/// only to the latents its sampled queries score highest (per head: the official count,
+/// [`flashvdm_top_k`]). The scores are read back and ranked here: burn's sort is a
+/// blocking read-back, which a browser cannot do.
+pub async fn field_selected(
+    vae: &ShapeVae,
+    kv: &KeyValues,
+    points: &[[f32; 3]],
+    groups: &[Group],
+    device: &Device,
+) -> Result<Vec<f32>, ReadbackError> {
+    let device = device.clone();
+    let flat: Vec<f32> = points.iter().flatten().copied().collect();
+    let tensor = Tensor::<3>::from_data(
+        TensorData::new(flat, [1, points.len(), 3]),
+        (&device, DType::F32),
+    );
+    let queries = vae.queries(tensor);
+    let [_, heads, _, _] = queries.q.dims();
+    // Each group's mean sampled query (the mean of its scores is the score of the mean).
+    let mut means = Vec::with_capacity(groups.len());
+    let mut start = 0;
+    for group in groups {
+        let sampled: Vec<i64> = (start..start + group.len)
+            .step_by(group.stride.max(1))
+            .map(|i| i as i64)
+            .collect();
+        let rows =
+            Tensor::<1, Int>::from_data(TensorData::new(sampled.clone(), [sampled.len()]), &device);
+        means.push(queries.q.clone().select(2, rows).mean_dim(2));
+        start += group.len;
+    }
+    let scores = vae
+        .selection_scores(Tensor::cat(means, 2), kv)
+        .into_data_async()
+        .await
+        .map_err(|e| ReadbackError::of("FlashVDM's scores", e))?
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| ReadbackError::of("FlashVDM's scores as f32", e))?;
+    let latents = ShapeVae::latents(kv);
+    let keep = flashvdm_top_k(latents);
+    let mut attended = Vec::with_capacity(groups.len());
+    let mut start = 0;
+    for (g, group) in groups.iter().enumerate() {
+        let mut selected = Vec::with_capacity(heads * keep);
+        for h in 0..heads {
+            let row = &scores[(h * groups.len() + g) * latents..][..latents];
+            selected.extend(top_k(row, keep).into_iter().map(|i| i as i64));
+        }
+        let selected =
+            Tensor::<3, Int>::from_data(TensorData::new(selected, [1, heads, keep]), &device);
+        let q = queries.q.clone().narrow(2, start, group.len);
+        attended.push(vae.attend_selected(q, kv, selected));
+        start += group.len;
+    }
+    let data = vae
+        .field_from(queries, Tensor::cat(attended, 1))
+        .into_data_async()
+        .await
+        .map_err(|e| ReadbackError::of("the field", e))?;
+    data.convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| ReadbackError::of("the field as f32", e))
+}
+
 /// The three networks of a shape model, on one device.
 pub struct ShapeModel {
     pub encoder: Dinov2,
@@ -623,6 +711,16 @@ impl ShapeModel {
             .map_err(|e| ReadbackError::of("the field as f32", e))
     }
 
+    /// The field at `points` laid out as FlashVDM's `groups` ([`field_selected`]).
+    pub async fn field_selected(
+        &self,
+        points: &[[f32; 3]],
+        groups: &[Group],
+        kv: &KeyValues,
+    ) -> Result<Vec<f32>, ReadbackError> {
+        field_selected(&self.vae, kv, points, groups, &self.device()).await
+    }
+
     /// Decode the surface on the official grid (dense or coarse-to-fine) and extract it with
     /// marching cubes in the official bounds; `should_stop` checked before every chunk of
     /// queries.
@@ -652,6 +750,41 @@ impl ShapeModel {
             }
             vec![f32::NAN; points.len()]
         };
+        if options.flashvdm {
+            let settings = FlashVdm {
+                chunk: options.chunk,
+                ..FlashVdm::default()
+            };
+            let mut selected = async |points: &[[f32; 3]], groups: &[Group]| {
+                queries += points.len();
+                on_progress(Stage::Decoding { queries });
+                if failure.is_none() && should_stop() {
+                    failure = Some(ShapeError::Stopped);
+                }
+                if failure.is_none() {
+                    match self.field_selected(points, groups, kv).await {
+                        Ok(values) => return values,
+                        Err(e) => failure = Some(ShapeError::from(e)),
+                    }
+                }
+                vec![f32::NAN; points.len()]
+            };
+            let decoded = decode_flashvdm(options.resolution, settings, &mut selected).await;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            on_progress(Stage::Meshing);
+            let mut mesh = marching_cubes_sparse(&decoded.field);
+            // As the official mesher: scaled by the asked resolution's grid, not the last
+            // level's (R = 384 decodes at 380: the mesh comes out 1 % small, as theirs).
+            let bounds = grid.bounds as f32;
+            scale_to_bounds(&mut mesh, grid.dims(), [-bounds; 3], [bounds; 3]);
+            return Ok(Surface {
+                grid,
+                mesh,
+                queries,
+            });
+        }
         let mut mesh = if options.dense {
             let values = decode_dense(grid, options.chunk, query).await;
             if let Some(e) = failure {

@@ -351,6 +351,7 @@ struct RawParams {
     octree_resolution: Option<Scalar>,
     seed: Option<Scalar>,
     face_count: Option<Scalar>,
+    flashvdm: Option<Scalar>,
     remove_background: Option<Scalar>,
     format: Option<Scalar>,
 }
@@ -365,6 +366,7 @@ impl RawParams {
             "octree_resolution" => &mut self.octree_resolution,
             "seed" => &mut self.seed,
             "face_count" | "faces" => &mut self.face_count,
+            "flashvdm" | "enable_flashvdm" => &mut self.flashvdm,
             "remove_background" => &mut self.remove_background,
             "format" => &mut self.format,
             _ => return None,
@@ -904,6 +906,30 @@ fn number<T: std::str::FromStr>(value: &Option<Scalar>, name: &str) -> Result<Op
         .map_err(|_| format!("{name}: {} is not a valid number", excerpt(text)))
 }
 
+/// A true/false field (JSON booleans, or the words forms send).
+fn flag(value: &Option<Scalar>, name: &str) -> Result<Option<bool>, String> {
+    Ok(match value {
+        None => None,
+        Some(Scalar::Bool(b)) => Some(*b),
+        Some(Scalar::Text(s) | Scalar::Number(s))
+            if matches!(s.as_str(), "true" | "1" | "yes" | "on") =>
+        {
+            Some(true)
+        }
+        Some(Scalar::Text(s) | Scalar::Number(s))
+            if matches!(s.as_str(), "false" | "0" | "no" | "off") =>
+        {
+            Some(false)
+        }
+        Some(other) => {
+            return Err(format!(
+                "{name}: expected true/false, got {}",
+                other.excerpt()
+            ));
+        }
+    })
+}
+
 /// The request's parameters, checked against the engine's ranges and then this server's
 /// narrower limits (`--max-steps`, `--max-octree`).
 fn validate(raw: &RawParams, limits: &RequestLimits) -> Result<GenerateParams, String> {
@@ -924,6 +950,9 @@ fn validate(raw: &RawParams, limits: &RequestLimits) -> Result<GenerateParams, S
     if let Some(faces) = number::<usize>(&raw.face_count, "face_count")? {
         options.faces = faces;
     }
+    if let Some(flashvdm) = flag(&raw.flashvdm, "flashvdm")? {
+        options.flashvdm = flashvdm;
+    }
     options.validate()?;
     let narrower = |name, range: std::ops::RangeInclusive<usize>, got| {
         Err(format!("{} on this server", out_of_range(name, range, got)))
@@ -937,26 +966,8 @@ fn validate(raw: &RawParams, limits: &RequestLimits) -> Result<GenerateParams, S
         let range = *OCTREE_RESOLUTION.start()..=max_octree;
         return narrower("octree_resolution", range, options.resolution);
     }
-    if let Some(flag) = &raw.remove_background {
-        params.remove_background = match flag {
-            Scalar::Bool(b) => *b,
-            Scalar::Text(s) | Scalar::Number(s)
-                if matches!(s.as_str(), "true" | "1" | "yes" | "on") =>
-            {
-                true
-            }
-            Scalar::Text(s) | Scalar::Number(s)
-                if matches!(s.as_str(), "false" | "0" | "no" | "off") =>
-            {
-                false
-            }
-            other => {
-                return Err(format!(
-                    "remove_background: expected true/false, got {}",
-                    other.excerpt()
-                ));
-            }
-        };
+    if let Some(flag) = flag(&raw.remove_background, "remove_background")? {
+        params.remove_background = flag;
     }
     if let Some(format) = &raw.format {
         let text = match format {
