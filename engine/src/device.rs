@@ -85,6 +85,21 @@ impl ReadbackError {
     }
 }
 
+/// `tensor`'s values as f32 on the host, read without blocking (a browser cannot block);
+/// `what` names it in the error.
+pub async fn read_f32<const D: usize>(
+    tensor: Tensor<D>,
+    what: &'static str,
+) -> Result<Vec<f32>, ReadbackError> {
+    tensor
+        .into_data_async()
+        .await
+        .map_err(|e| ReadbackError::of(what, e))?
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| ReadbackError::of(what, e))
+}
+
 /// Waits until the device has computed `tensor`, by reading one of its values back. A native
 /// read is lazy (the copy, and so the wait, happen when the bytes are first touched), so the
 /// value is touched here; in the browser the read itself waits. An error is the device's

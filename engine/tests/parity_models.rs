@@ -772,3 +772,53 @@ fn the_turbo_decoder_and_flashvdm_are_the_official_ones() {
         assert!(worst <= 1e-4, "{name}: FlashVDM's grid differs by {worst}");
     }
 }
+
+/// Vertex colours through the one job (`ImageToMesh`) on the fixture model, CPU and wgpu:
+/// one colour per vertex; rendered from the front, the mesh shows the photo where it covers
+/// it (the mean colour error is printed, and is well below that of the same mesh coloured
+/// from the photo with its channels rotated); with colour off the job gives none.
+#[test]
+fn the_job_colours_the_mesh_from_the_photo() {
+    use orfeas_engine::mesh::colour::{colour_vertices, view_error};
+    use orfeas_engine::pipeline::{ImageToMesh, Request, View};
+    let bytes = std::fs::read(fixtures().join("preprocess_input_0.png")).unwrap();
+    let photo = orfeas_engine::input::decode_image(&bytes).unwrap();
+    let options = GenerateOptions {
+        steps: Some(4),
+        resolution: 48,
+        seed: 8,
+        ..GenerateOptions::default()
+    };
+    for (name, device) in devices() {
+        let model = shape_model("dit21", &device);
+        let job = ImageToMesh::new(&model, None, &device);
+        let run = |options: &GenerateOptions| {
+            let request = Request::new(photo.clone(), options.clone());
+            futures::executor::block_on(job.run(&request, |_| {}, || false)).unwrap()
+        };
+        let generated = run(&options);
+        let mesh = &generated.mesh;
+        let colours = generated.colours.clone().expect("colours by default");
+        assert_eq!(colours.len(), mesh.positions.len());
+        let error = view_error(mesh, &colours, View::Front, &photo).unwrap();
+        // A control: the same mesh coloured from the photo with its channels rotated.
+        let mut rotated = photo.clone();
+        for p in rotated.pixels_mut() {
+            p.0 = [p[2], p[0], p[1], p[3]];
+        }
+        let wrong = colour_vertices(mesh, &[(View::Front, &rotated)]);
+        let control = view_error(mesh, &wrong, View::Front, &photo).unwrap();
+        eprintln!(
+            "colours on {name}: {} faces, mean colour error from the front {error:.1} / 255 \
+             (coloured from the photo with its channels rotated: {control:.1})",
+            mesh.triangles.len()
+        );
+        assert!(error * 2.0 < control, "{error} vs {control}");
+        let grey = run(&GenerateOptions {
+            colour: false,
+            ..options.clone()
+        });
+        assert!(grey.colours.is_none());
+        assert_eq!(grey.mesh, generated.mesh, "colour does not touch the shape");
+    }
+}

@@ -364,6 +364,9 @@ struct GenerateArgs {
     /// the clean-up decimates to it, never opening a closed surface; 0 keeps every face.
     #[arg(long, visible_alias = "max-faces", default_value_t = pipeline::DEFAULT_FACES)]
     faces: usize,
+    /// A grey mesh: no vertex colours from the photo (GLB, OBJ and PLY carry them otherwise).
+    #[arg(long, visible_alias = "no-color")]
+    no_colour: bool,
     /// ISNet weights for images without transparency (default: $ORFEAS_ISNET or
     /// ~/.cache/orfeas/models/isnet-medium; without them the whole picture is the object).
     #[arg(long)]
@@ -862,6 +865,7 @@ impl GenerateArgs {
                 flashvdm: self.flashvdm,
                 coarse_stride: self.coarse_stride,
                 faces: self.faces,
+                colour: !self.no_colour,
             },
             isnet: self
                 .isnet

@@ -142,8 +142,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         eprintln!("note: {note}");
     }
     let mesh = &generated.mesh;
-    std::fs::write(&args.output, format.encode(mesh, None))
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    std::fs::write(
+        &args.output,
+        format.encode(mesh, generated.colours.as_deref()),
+    )
+    .with_context(|| format!("writing {}", args.output.display()))?;
     println!(
         "wrote {} ({} vertices, {} faces; {} before clean-up)",
         args.output.display(),

@@ -62,7 +62,11 @@ fn engine_glb(model: &Path, picture: image::RgbaImage) -> (Vec<u8>, Vec<Note>) {
             .run(&Request::new(picture, options), |_| {}, || false)
             .await
             .unwrap();
-        (Format::Glb.encode(&generated.mesh, None), generated.notes)
+        let colours = generated.colours.as_deref();
+        (
+            Format::Glb.encode(&generated.mesh, colours),
+            generated.notes,
+        )
     })
 }
 
@@ -198,6 +202,30 @@ fn the_cli_the_server_and_the_engine_make_the_same_mesh() {
         "{said}"
     );
     let cli = std::fs::read(&output).unwrap();
+    // The colour switch off: the same command with --no-colour writes a grey mesh.
+    let grey_output = dir.path().join("grey.glb");
+    let mut grey_args: Vec<&str> = vec!["generate", image.to_str().unwrap(), "--no-colour"];
+    grey_args.extend([
+        "--model",
+        model.to_str().unwrap(),
+        "-o",
+        grey_output.to_str().unwrap(),
+        "--steps",
+        &steps,
+        "--octree-resolution",
+        &octree,
+        "--seed",
+        &seed,
+        "--faces",
+        &faces,
+        "--backend",
+        "cpu",
+        "--dtype",
+        "f32",
+    ]);
+    let run = orfeas(&grey_args);
+    assert!(run.status.success(), "{}", text(&run));
+    let cli_grey = std::fs::read(&grey_output).unwrap();
 
     let server = Server::start(&models, &["--backend", "cpu", "--dtype", "f32"]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -222,8 +250,40 @@ fn the_cli_the_server_and_the_engine_make_the_same_mesh() {
             .bytes()
             .await
             .unwrap();
+        let grey = json!({
+            "image": b64(&bytes), "colour": false,
+            "steps": STEPS, "octree_resolution": OCTREE, "seed": SEED, "face_count": FACES,
+        });
+        let (grey_status, _) = finished_job(&client, &server, &grey).await;
+        assert_eq!(grey_status["status"], "done", "{grey_status}");
+        let grey = client
+            .get(server.url(grey_status["result_url"].as_str().unwrap()))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(
+            grey.to_vec() == cli_grey,
+            "the server's grey GLB differs from the CLI's"
+        );
         (result.to_vec(), status)
     });
+    // Colours by default (COLOR_0, one per vertex), none with the switch off; the shape is
+    // the same either way.
+    let colour_attribute = |glb: &[u8]| {
+        let gltf = gltf::Gltf::from_slice(glb).expect("a GLB");
+        let primitive = gltf.meshes().next().unwrap().primitives().next().unwrap();
+        primitive
+            .attributes()
+            .any(|(semantic, _)| semantic == gltf::Semantic::Colors(0))
+    };
+    assert!(
+        colour_attribute(&engine),
+        "the engine's GLB has vertex colours"
+    );
+    assert!(!colour_attribute(&cli_grey), "--no-colour: a grey mesh");
     assert_eq!(
         status["notes"],
         json!([Note::WholePicture.to_string()]),

@@ -39,8 +39,9 @@ pub fn dist_dir() -> anyhow::Result<PathBuf> {
 /// until the shape model's precision card, issue 28, took it from 147.6 to 154.1 KB; 155 KB
 /// until the Stop button, issue 29, took it to 155.45 KB; 156 KB until the Detail input,
 /// issue 31, took it to 158.7 KB; 159.2 KB until the drop zones of a 2mv model's other views,
-/// issue 31, took it to 162.3 KB.)
-pub const UI_BUNDLE_GZIP_BOUND: usize = 163_000;
+/// issue 31, took it to 162.3 KB; 163 KB until the Colour switch, issue 31, took it to
+/// 163.2 KB.)
+pub const UI_BUNDLE_GZIP_BOUND: usize = 164_000;
 
 /// The built UI bundle's size, raw and gzipped at level 9 (what a server sends it as).
 pub fn ui_bundle_size(dist: &std::path::Path) -> anyhow::Result<(usize, usize)> {

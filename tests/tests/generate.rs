@@ -22,13 +22,17 @@ use orfeas_tests::stage::{self, Stage};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Faces and bounds of the engine's own run on the CPU backend, with the page's settings.
+/// Faces, bounds and mean vertex colour of a mesh.
+type Reference = (usize, [f32; 3], [f32; 3], [f64; 3]);
+
+/// Faces, bounds and mean colour of the engine's own run on the CPU backend, with the page's
+/// settings.
 fn cpu_reference(
     model_dir: &std::path::Path,
     seed: u64,
     faces: usize,
     flashvdm: bool,
-) -> anyhow::Result<(usize, [f32; 3], [f32; 3])> {
+) -> anyhow::Result<Reference> {
     let front = [(View::Front, "preprocess_input_0.png")];
     cpu_reference_with(model_dir, &front, seed, faces, flashvdm)
 }
@@ -40,7 +44,7 @@ fn cpu_reference_of_views(
     views: &[(View, &str)],
     seed: u64,
     faces: usize,
-) -> anyhow::Result<(usize, [f32; 3], [f32; 3])> {
+) -> anyhow::Result<Reference> {
     cpu_reference_with(model_dir, views, seed, faces, false)
 }
 
@@ -51,7 +55,7 @@ fn cpu_reference_with(
     seed: u64,
     faces: usize,
     flashvdm: bool,
-) -> anyhow::Result<(usize, [f32; 3], [f32; 3])> {
+) -> anyhow::Result<Reference> {
     let device = orfeas_engine::device::cpu();
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     let sources = COMPONENTS.map(|c| DirSource::new(model_dir.join(c)));
@@ -64,12 +68,12 @@ fn cpu_reference_with(
         ))
         .map_err(anyhow::Error::msg)?;
     let mut inputs = Vec::new();
+    let mut pictures = Vec::new();
     for (view, file) in views {
         let png = std::fs::read(fixtures::dir().join(file))?;
-        inputs.push((
-            *view,
-            shape_input(&orfeas_engine::input::decode_image(&png)?, SIZE)?,
-        ));
+        let picture = orfeas_engine::input::decode_image(&png)?;
+        inputs.push((*view, shape_input(&picture, SIZE)?));
+        pictures.push((*view, picture));
     }
     let inputs: Vec<(View, &[f32])> = inputs
         .iter()
@@ -87,7 +91,16 @@ fn cpu_reference_with(
         .map_err(anyhow::Error::msg)?;
     let mesh = cleanup::official(surface.mesh, faces);
     let (lo, hi) = mesh.bounds().ok_or_else(|| anyhow::anyhow!("no mesh"))?;
-    Ok((mesh.triangles.len(), lo, hi))
+    // The pictures have transparency: each is its own cut-out.
+    let cutouts: Vec<(View, &image::RgbaImage)> = pictures.iter().map(|(v, p)| (*v, p)).collect();
+    let colours = orfeas_engine::mesh::colour::colour_vertices(&mesh, &cutouts);
+    Ok((mesh.triangles.len(), lo, hi, mean_colour(&colours)))
+}
+
+/// The mean of per-vertex colours, per channel.
+fn mean_colour(colours: &[[u8; 3]]) -> [f64; 3] {
+    let n = colours.len().max(1) as f64;
+    std::array::from_fn(|c| colours.iter().map(|v| f64::from(v[c])).sum::<f64>() / n)
 }
 
 /// The browsers, and what each computes in.
@@ -274,18 +287,9 @@ async fn generate_from_views(browser: &impl Page, dir: &std::path::Path) -> anyh
             Duration::from_secs(30),
         )
         .await?;
-    let href = browser
-        .eval("return document.querySelector('a.download[data-format=glb]').href")
-        .await?;
-    let glb = browser
-        .fetch_bytes(href.as_str().unwrap_or_default())
-        .await?;
-    let gltf = gltf::Gltf::from_slice(&glb)?;
-    let primitive = gltf.meshes().next().unwrap().primitives().next().unwrap();
-    let faces = primitive.indices().map_or(0, |i| i.count()) / 3;
-    let bounds = primitive.bounding_box();
+    let (faces, bounds, _) = downloaded_glb(browser).await?;
     let dir = dir.to_path_buf();
-    let ((cpu_faces, lo, hi), (front_faces, ..)) = tokio::task::spawn_blocking(move || {
+    let ((cpu_faces, lo, hi, _), (front_faces, ..)) = tokio::task::spawn_blocking(move || {
         let views = [
             (View::Front, "preprocess_input_0.png"),
             (View::Back, "preprocess_input_1.png"),
@@ -316,6 +320,34 @@ async fn generate_from_views(browser: &impl Page, dir: &std::path::Path) -> anyh
         assert!((bounds.max[d] - hi[d]).abs() < 0.05, "{bounds:?} vs {hi:?}");
     }
     Ok(())
+}
+
+/// The GLB download (it re-parses): its faces, bounds and mean vertex colour (`None`: no
+/// COLOR_0).
+async fn downloaded_glb(
+    browser: &impl Page,
+) -> anyhow::Result<(usize, gltf::mesh::Bounds<[f32; 3]>, Option<[f64; 3]>)> {
+    let href = browser
+        .eval("return document.querySelector('a.download[data-format=glb]').href")
+        .await?;
+    let glb = browser
+        .fetch_bytes(href.as_str().unwrap_or_default())
+        .await?;
+    let gltf = gltf::Gltf::from_slice(&glb)?;
+    let primitive = gltf.meshes().next().unwrap().primitives().next().unwrap();
+    let faces = primitive.indices().map_or(0, |i| i.count()) / 3;
+    let blob = gltf.blob.as_deref();
+    let reader = primitive.reader(|_| blob);
+    let colour = reader.read_colors(0).map(|colours| {
+        let colours: Vec<[u8; 3]> = colours.into_rgb_u8().collect();
+        mean_colour(&colours)
+    });
+    Ok((faces, primitive.bounding_box(), colour))
+}
+
+/// Which run has the colour switch turned off: f16 in Chromium.
+fn grey(which: Browser, precision: Precision) -> bool {
+    which == Browser::Chromium && precision == Precision::F16
 }
 
 /// Which run decodes FlashVDM's way: q4 in Firefox.
@@ -599,6 +631,13 @@ async fn generate(
         faces_asked = DETAIL_FACES;
         choose_detail(browser, DETAIL_FACES).await?;
     }
+    if grey(which, precision) {
+        browser.click("[data-testid=colour]").await?;
+        let checked = browser
+            .eval("return document.querySelector('[data-testid=colour]').checked")
+            .await?;
+        assert_eq!(checked, false, "the colour switch is off");
+    }
     // Every line the request's status shows, in order.
     browser
         .eval(
@@ -670,25 +709,30 @@ async fn generate(
     );
 
     // The GLB download re-parses, and agrees with the CPU backend's run of the same model.
-    let href = browser
-        .eval("return document.querySelector('a.download[data-format=glb]').href")
-        .await?;
-    let glb = browser
-        .fetch_bytes(href.as_str().unwrap_or_default())
-        .await?;
-    let gltf = gltf::Gltf::from_slice(&glb)?;
-    let primitive = gltf.meshes().next().unwrap().primitives().next().unwrap();
-    let faces = primitive.indices().map_or(0, |i| i.count()) / 3;
-    let bounds = primitive.bounding_box();
+    let (faces, bounds, colour) = downloaded_glb(browser).await?;
     let shape = sets.dir(precision).to_path_buf();
     let flashvdm = flashvdm(which, precision);
-    let (cpu_faces, lo, hi) =
+    let (cpu_faces, lo, hi, cpu_colour) =
         tokio::task::spawn_blocking(move || cpu_reference(&shape, SEED, faces_asked, flashvdm))
             .await??;
     eprintln!(
-        "{which:?} {precision}: browser: {faces} faces, bounds {bounds:?}; CPU backend: \
-         {cpu_faces} faces, {lo:?}..{hi:?}"
+        "{which:?} {precision}: browser: {faces} faces, bounds {bounds:?}, mean colour \
+         {colour:?}; CPU backend: {cpu_faces} faces, {lo:?}..{hi:?}, mean colour {cpu_colour:?}"
     );
+    // Vertex colours from the photo, as the CPU backend's colouring of its mesh; none where
+    // the user turned the switch off.
+    match (grey(which, precision), colour) {
+        (true, colour) => assert_eq!(colour, None, "the colour switch was off"),
+        (false, None) => panic!("no vertex colours in the GLB"),
+        (false, Some(colour)) => {
+            for c in 0..3 {
+                assert!(
+                    (colour[c] - cpu_colour[c]).abs() < 12.0,
+                    "{colour:?} vs {cpu_colour:?}"
+                );
+            }
+        }
+    }
     assert!(faces > 0);
     if faces > faces_asked {
         let note = format!("kept {faces} faces of the {faces_asked} asked for");

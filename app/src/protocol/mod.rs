@@ -42,6 +42,10 @@ pub enum ToWorker {
         request_id: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         faces: Option<u32>,
+        /// The colour switch: vertex colours from the photo or a grey mesh; absent, the
+        /// page's `?colour=`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        colour: Option<bool>,
     },
     /// Forget the picture of `view` (`left`, `back`, `right`): the next Generate goes without
     /// it.

@@ -36,6 +36,10 @@ pub struct EngineOptions {
     /// Decode the shape as the official `enable_flashvdm()` does (`?flashvdm=1`).
     #[serde(default)]
     pub flashvdm: bool,
+    /// A grey mesh, without vertex colours from the photo (`?colour=0`): the colour switch's
+    /// first state.
+    #[serde(default)]
+    pub grey: bool,
     /// GPU memory the models may take, in GiB (`?gpu_memory_gib=`): WebGPU does not report
     /// it, so a model is checked against this, else 8 GiB (a software adapter: the host's).
     #[serde(default)]
@@ -68,6 +72,7 @@ impl EngineOptions {
             seed: self.seed.unwrap_or(defaults.seed),
             faces: self.faces.map_or(defaults.faces, |f| f as usize),
             flashvdm: self.flashvdm,
+            colour: !self.grey,
             ..defaults
         }
         .clamped()
@@ -108,6 +113,9 @@ impl EngineOptions {
                 .and_then(|v| v.parse::<u32>().ok())
                 .map(clamp_faces),
             flashvdm: value("flashvdm").is_some_and(|v| v == "1" || v == "true"),
+            grey: value("colour")
+                .or_else(|| value("color"))
+                .is_some_and(|v| v == "0" || v == "false"),
             gpu_memory_gib: value("gpu_memory_gib")
                 .and_then(|v| decimal(v))
                 .filter(|g| *g > 0.0),
@@ -254,9 +262,13 @@ mod tests {
             generate,
             ToWorker::Generate {
                 request_id: 4,
-                faces: None
+                faces: None,
+                colour: None
             }
         );
+        let grey = |pairs: &[(&str, &str)]| EngineOptions::from_params(&params(pairs)).grey;
+        assert!(grey(&[("colour", "0")]) && grey(&[("color", "false")]));
+        assert!(!grey(&[]) && !grey(&[("colour", "1")]));
         // An old UI's Start without options still parses.
         let start: ToWorker = serde_json::from_str(r#"{"type":"start","models":[]}"#).unwrap();
         assert_eq!(

@@ -121,6 +121,8 @@ pub struct Studio {
     /// The detail the user chose: the finished mesh's face budget (0: every face), sent with
     /// each Generate.
     pub faces: RwSignal<u32>,
+    /// Vertex colours from the photo, sent with each Generate (the colour switch).
+    pub colour: RwSignal<bool>,
     /// The other views of the object the user gave (a 2mv model): view, object URL.
     pub view_files: RwSignal<Vec<(String, String)>>,
     pub debug: bool,
@@ -157,6 +159,7 @@ impl Studio {
                     .unwrap_or(DEFAULT_FACES),
             ),
             view_files: RwSignal::new(Vec::new()),
+            colour: RwSignal::new(!EngineOptions::from_params(&page::query_params()).grey),
             debug: page::query_params()
                 .iter()
                 .any(|(k, v)| k == "debug" && v == "1"),
@@ -316,6 +319,7 @@ impl Studio {
             bridge::send(&ToWorker::Generate {
                 request_id: id,
                 faces: Some(self.faces.get_untracked()),
+                colour: Some(self.colour.get_untracked()),
             });
             return;
         };

@@ -271,6 +271,10 @@ pub fn GenerateControl() -> impl IntoView {
                 "Stop"
             </button>
             <DetailControl />
+            <label class="detail" title="Vertex colours from the photo on the surfaces it sees (GLB, OBJ and PLY carry them); off: a grey mesh">
+                <input type="checkbox" data-testid="colour" prop:checked=move || studio.colour.get() on:change=move |ev| studio.colour.set(event_target_checked(&ev)) />
+                " Colour"
+            </label>
             <p class="reason" data-testid="generate-reason">{move || blocker()}</p>
             <p class="request" data-testid="request-status" data-state=move || state().0>
                 {move || state().1}

@@ -206,7 +206,11 @@ pub fn on_message(json: &str) {
                 }),
             }
         }
-        ToWorker::Generate { request_id, faces } => generate(engine, request_id, faces),
+        ToWorker::Generate {
+            request_id,
+            faces,
+            colour,
+        } => generate(engine, request_id, faces, colour),
         // Read by the running generation at its next step: the sampler and the field decoding
         // await the GPU between steps, so this message is handled while it runs.
         ToWorker::Stop { request_id } => engine.shape.stop(request_id),
@@ -289,9 +293,9 @@ pub fn on_image(name: &str, bytes: &[u8], view: &str) {
     post_mesh(&meta, &preview.mesh, Some(&preview.colors));
 }
 
-fn generate(engine: Rc<Engine>, request_id: u64, faces: Option<u32>) {
+fn generate(engine: Rc<Engine>, request_id: u64, faces: Option<u32>, colour: Option<bool>) {
     match engine.models.generation_blocker(request_id) {
         Some(answer) => post(&answer),
-        None => spawn_local(shape::run(engine, request_id, faces)),
+        None => spawn_local(shape::run(engine, request_id, faces, colour)),
     }
 }

@@ -80,9 +80,14 @@ impl From<&str> for Failure {
 
 /// Run request `request_id` on the current image; answers `Result`, `Stopped` or `Error`, or
 /// `NotReady` when the GPU was reset meanwhile (the UI asks again once the models are back).
-pub(super) async fn run(engine: Rc<Engine>, request_id: u64, faces: Option<u32>) {
+pub(super) async fn run(
+    engine: Rc<Engine>,
+    request_id: u64,
+    faces: Option<u32>,
+    colour: Option<bool>,
+) {
     let device_generation = engine.device.generation();
-    let outcome = generate(&engine, request_id, faces).await;
+    let outcome = generate(&engine, request_id, faces, colour).await;
     engine.shape.stopped(request_id);
     let message = match outcome {
         Ok(message) => FromWorker::Result {
@@ -113,6 +118,7 @@ async fn generate(
     engine: &Rc<Engine>,
     request_id: u64,
     faces: Option<u32>,
+    colour: Option<bool>,
 ) -> Result<String, Failure> {
     let started = web_time::Instant::now();
     let (name, image) = engine
@@ -146,6 +152,9 @@ async fn generate(
             ..options
         }
         .clamped();
+    }
+    if let Some(colour) = colour {
+        options.colour = colour;
     }
     // The other views the user gave, in the official order (front, left, back, right).
     let mut views: Vec<_> = engine
@@ -214,7 +223,7 @@ async fn generate(
         source: name,
         build_ms: seconds * 1000.0,
     };
-    post_mesh(&meta, mesh, None);
+    post_mesh(&meta, mesh, generated.colours.as_deref());
     let mut message = format!("{} faces in {seconds:.1} s", mesh.triangles.len());
     if !request.views.is_empty() {
         let names: Vec<&str> = request.views.iter().map(|(v, _)| v.name()).collect();

@@ -2,6 +2,7 @@
 //! that is positive inside; [`Mesh`] holds the result with the measures tests and clean-up use.
 
 pub mod cleanup;
+pub mod colour;
 pub mod decimate;
 pub mod distance;
 pub mod export;

@@ -107,6 +107,9 @@ impl GenerateError {
 pub struct Generated {
     /// After the official clean-up.
     pub mesh: Mesh,
+    /// One colour per vertex from the cut-out photos ([`crate::mesh::colour`]), unless
+    /// turned off (`GenerateOptions::colour`).
+    pub colours: Option<Vec<[u8; 3]>>,
     /// Faces marching cubes made, before the clean-up.
     pub raw_faces: usize,
     /// Field queries made.
@@ -316,8 +319,13 @@ impl<'a> ImageToMesh<'a> {
                 kept: mesh.triangles.len(),
             });
         }
+        // Each view's cut-out onto the surface it sees (the front, and a 2mv model's others).
+        let colours = options
+            .colour
+            .then(|| crate::mesh::colour::colour_vertices(&mesh, cutouts));
         Ok(Generated {
             mesh,
+            colours,
             raw_faces,
             queries: surface.queries,
             steps,

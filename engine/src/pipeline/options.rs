@@ -52,6 +52,9 @@ pub struct GenerateOptions {
     /// Faces of the finished mesh (the official `face_count`): the clean-up decimates to this
     /// many, or stops above it where fewer would open a closed surface; 0 keeps every face.
     pub faces: usize,
+    /// Vertex colours from the cut-out photos (on by default; the files carry them where the
+    /// format can: GLB, OBJ, PLY).
+    pub colour: bool,
 }
 
 impl GenerateOptions {
@@ -138,6 +141,7 @@ impl Default for GenerateOptions {
             flashvdm: false,
             coarse_stride: 0,
             faces: DEFAULT_FACES,
+            colour: true,
         }
     }
 }

@@ -10,7 +10,7 @@
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::device::ReadbackError;
+use crate::device::{ReadbackError, read_f32};
 use crate::mesh::marching_cubes::scale_to_bounds;
 use crate::mesh::{Field, Mesh, marching_cubes, marching_cubes_sparse};
 use crate::models::ForwardError;
@@ -397,6 +397,15 @@ fn top_k(values: &[f32], k: usize) -> Vec<usize> {
     order
 }
 
+/// Query points as the decoder's input `[1, n, 3]`, in f32.
+fn points_tensor(points: &[[f32; 3]], device: &Device) -> Tensor<3> {
+    let flat: Vec<f32> = points.iter().flatten().copied().collect();
+    Tensor::from_data(
+        TensorData::new(flat, [1, points.len(), 3]),
+        (device, DType::F32),
+    )
+}
+
 /// The field at `points` laid out as FlashVDM's `groups`: each group's queries attend
 /// only to the latents its sampled queries score highest (per head: the official count,
 /// [`flashvdm_top_k`]). The scores are read back and ranked here: burn's sort is a
@@ -409,12 +418,7 @@ pub async fn field_selected(
     device: &Device,
 ) -> Result<Vec<f32>, ReadbackError> {
     let device = device.clone();
-    let flat: Vec<f32> = points.iter().flatten().copied().collect();
-    let tensor = Tensor::<3>::from_data(
-        TensorData::new(flat, [1, points.len(), 3]),
-        (&device, DType::F32),
-    );
-    let queries = vae.queries(tensor);
+    let queries = vae.queries(points_tensor(points, &device));
     let [_, heads, _, _] = queries.q.dims();
     // Each group's mean sampled query (the mean of its scores is the score of the mean).
     let mut means = Vec::with_capacity(groups.len());
@@ -429,14 +433,11 @@ pub async fn field_selected(
         means.push(queries.q.clone().select(2, rows).mean_dim(2));
         start += group.len;
     }
-    let scores = vae
-        .selection_scores(Tensor::cat(means, 2), kv)
-        .into_data_async()
-        .await
-        .map_err(|e| ReadbackError::of("FlashVDM's scores", e))?
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| ReadbackError::of("FlashVDM's scores as f32", e))?;
+    let scores = read_f32(
+        vae.selection_scores(Tensor::cat(means, 2), kv),
+        "FlashVDM's scores",
+    )
+    .await?;
     let latents = ShapeVae::latents(kv);
     let keep = flashvdm_top_k(latents);
     let mut attended = Vec::with_capacity(groups.len());
@@ -453,14 +454,11 @@ pub async fn field_selected(
         attended.push(vae.attend_selected(q, kv, selected));
         start += group.len;
     }
-    let data = vae
-        .field_from(queries, Tensor::cat(attended, 1))
-        .into_data_async()
-        .await
-        .map_err(|e| ReadbackError::of("the field", e))?;
-    data.convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| ReadbackError::of("the field as f32", e))
+    read_f32(
+        vae.field_from(queries, Tensor::cat(attended, 1)),
+        "the field",
+    )
+    .await
 }
 
 /// The three networks of a shape model, on one device.
@@ -695,20 +693,8 @@ impl ShapeModel {
         points: &[[f32; 3]],
         kv: &KeyValues,
     ) -> Result<Vec<f32>, ReadbackError> {
-        let flat: Vec<f32> = points.iter().flatten().copied().collect();
-        let tensor = Tensor::<3>::from_data(
-            TensorData::new(flat, [1, points.len(), 3]),
-            (&self.device(), DType::F32),
-        );
-        let data = self
-            .vae
-            .field(tensor, kv)
-            .into_data_async()
-            .await
-            .map_err(|e| ReadbackError::of("the field", e))?;
-        data.convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| ReadbackError::of("the field as f32", e))
+        let points = points_tensor(points, &self.device());
+        read_f32(self.vae.field(points, kv), "the field").await
     }
 
     /// The field at `points` laid out as FlashVDM's `groups` ([`field_selected`]).

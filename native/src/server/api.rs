@@ -352,6 +352,7 @@ struct RawParams {
     seed: Option<Scalar>,
     face_count: Option<Scalar>,
     flashvdm: Option<Scalar>,
+    colour: Option<Scalar>,
     remove_background: Option<Scalar>,
     format: Option<Scalar>,
 }
@@ -367,6 +368,7 @@ impl RawParams {
             "seed" => &mut self.seed,
             "face_count" | "faces" => &mut self.face_count,
             "flashvdm" | "enable_flashvdm" => &mut self.flashvdm,
+            "colour" | "color" => &mut self.colour,
             "remove_background" => &mut self.remove_background,
             "format" => &mut self.format,
             _ => return None,
@@ -952,6 +954,9 @@ fn validate(raw: &RawParams, limits: &RequestLimits) -> Result<GenerateParams, S
     }
     if let Some(flashvdm) = flag(&raw.flashvdm, "flashvdm")? {
         options.flashvdm = flashvdm;
+    }
+    if let Some(colour) = flag(&raw.colour, "colour")? {
+        options.colour = colour;
     }
     options.validate()?;
     let narrower = |name, range: std::ops::RangeInclusive<usize>, got| {

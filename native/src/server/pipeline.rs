@@ -86,7 +86,9 @@ impl ModelPipeline {
             .await?;
         Ok(MeshFile {
             format: params.format,
-            bytes: params.format.encode(&generated.mesh, None),
+            bytes: params
+                .format
+                .encode(&generated.mesh, generated.colours.as_deref()),
             notes: generated.notes.iter().map(ToString::to_string).collect(),
         })
     }
