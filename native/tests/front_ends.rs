@@ -204,6 +204,7 @@ fn the_cli_the_server_and_the_engine_make_the_same_mesh() {
     let cli = std::fs::read(&output).unwrap();
     // The colour switch off: the same command with --no-colour writes a grey mesh.
     let grey_output = dir.path().join("grey.glb");
+    let no_isnet = dir.path().join("no-isnet");
     let mut grey_args: Vec<&str> = vec!["generate", image.to_str().unwrap(), "--no-colour"];
     grey_args.extend([
         "--model",
@@ -218,6 +219,8 @@ fn the_cli_the_server_and_the_engine_make_the_same_mesh() {
         &seed,
         "--faces",
         &faces,
+        "--isnet",
+        no_isnet.to_str().unwrap(),
         "--backend",
         "cpu",
         "--dtype",
