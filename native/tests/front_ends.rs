@@ -173,28 +173,35 @@ fn the_cli_the_server_and_the_engine_make_the_same_mesh() {
     let output = dir.path().join("cli.glb");
     let (steps, octree, seed) = (STEPS.to_string(), OCTREE.to_string(), SEED.to_string());
     let faces = FACES.to_string();
-    let run = orfeas(&[
-        "generate",
-        image.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "-o",
-        output.to_str().unwrap(),
-        "--steps",
-        &steps,
-        "--octree-resolution",
-        &octree,
-        "--seed",
-        &seed,
-        "--faces",
-        &faces,
-        "--isnet",
-        dir.path().join("no-isnet").to_str().unwrap(),
-        "--backend",
-        "cpu",
-        "--dtype",
-        "f32",
-    ]);
+    let no_isnet = dir.path().join("no-isnet");
+    // One command for both runs (the grey one adds --no-colour): same settings, no ISNet.
+    let generate = |output: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            image.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+            "--steps",
+            &steps,
+            "--octree-resolution",
+            &octree,
+            "--seed",
+            &seed,
+            "--faces",
+            &faces,
+            "--isnet",
+            no_isnet.to_str().unwrap(),
+            "--backend",
+            "cpu",
+            "--dtype",
+            "f32",
+        ];
+        args.extend(extra);
+        orfeas(&args)
+    };
+    let run = generate(&output, &[]);
     let said = text(&run);
     assert!(run.status.success(), "{said}");
     assert!(
@@ -204,29 +211,7 @@ fn the_cli_the_server_and_the_engine_make_the_same_mesh() {
     let cli = std::fs::read(&output).unwrap();
     // The colour switch off: the same command with --no-colour writes a grey mesh.
     let grey_output = dir.path().join("grey.glb");
-    let no_isnet = dir.path().join("no-isnet");
-    let mut grey_args: Vec<&str> = vec!["generate", image.to_str().unwrap(), "--no-colour"];
-    grey_args.extend([
-        "--model",
-        model.to_str().unwrap(),
-        "-o",
-        grey_output.to_str().unwrap(),
-        "--steps",
-        &steps,
-        "--octree-resolution",
-        &octree,
-        "--seed",
-        &seed,
-        "--faces",
-        &faces,
-        "--isnet",
-        no_isnet.to_str().unwrap(),
-        "--backend",
-        "cpu",
-        "--dtype",
-        "f32",
-    ]);
-    let run = orfeas(&grey_args);
+    let run = generate(&grey_output, &["--no-colour"]);
     assert!(run.status.success(), "{}", text(&run));
     let cli_grey = std::fs::read(&grey_output).unwrap();
 

@@ -154,30 +154,13 @@ impl DepthBuffer {
         buffer
     }
 
-    /// Rasterise one triangle (cell centres inside it, either winding).
+    /// Rasterise one triangle, keeping the nearest depth per cell.
     fn fill(&mut self, a: [f32; 3], b: [f32; 3], c: [f32; 3]) {
-        let area = (b[0] - a[0]) * (c[1] - a[1]) - (c[0] - a[0]) * (b[1] - a[1]);
-        if area.abs() < 1e-12 {
-            return;
-        }
-        let x0 = a[0].min(b[0]).min(c[0]).floor().max(0.0) as usize;
-        let y0 = a[1].min(b[1]).min(c[1]).floor().max(0.0) as usize;
-        let x1 = (a[0].max(b[0]).max(c[0]).ceil() as usize).min(self.width);
-        let y1 = (a[1].max(b[1]).max(c[1]).ceil() as usize).min(self.height);
-        for y in y0..y1 {
-            for x in x0..x1 {
-                let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-                let wa = ((b[0] - px) * (c[1] - py) - (c[0] - px) * (b[1] - py)) / area;
-                let wb = ((c[0] - px) * (a[1] - py) - (a[0] - px) * (c[1] - py)) / area;
-                let wc = 1.0 - wa - wb;
-                if wa < 0.0 || wb < 0.0 || wc < 0.0 {
-                    continue;
-                }
-                let d = wa * a[2] + wb * b[2] + wc * c[2];
-                let slot = &mut self.depth[y * self.width + x];
-                *slot = slot.max(d);
-            }
-        }
+        let width = self.width;
+        rasterise([a, b, c], (width, self.height), |x, y, _, d| {
+            let slot = &mut self.depth[y * width + x];
+            *slot = slot.max(d);
+        });
     }
 
     /// The nearest surface's depth at photo pixel (x, y) (none beyond the buffer).
@@ -187,6 +170,35 @@ impl DepthBuffer {
             return f32::NEG_INFINITY;
         }
         self.depth[j as usize * self.width + i as usize]
+    }
+}
+
+/// Visit the cells of a `width` × `height` grid whose centres lie inside triangle `corners`
+/// (x, y, depth; either winding), with the centre's barycentric weights and depth.
+fn rasterise(
+    [a, b, c]: [[f32; 3]; 3],
+    (width, height): (usize, usize),
+    mut cell: impl FnMut(usize, usize, [f32; 3], f32),
+) {
+    let area = (b[0] - a[0]) * (c[1] - a[1]) - (c[0] - a[0]) * (b[1] - a[1]);
+    if area.abs() < 1e-12 {
+        return;
+    }
+    let x0 = a[0].min(b[0]).min(c[0]).floor().max(0.0) as usize;
+    let y0 = a[1].min(b[1]).min(c[1]).floor().max(0.0) as usize;
+    let x1 = (a[0].max(b[0]).max(c[0]).ceil() as usize).min(width);
+    let y1 = (a[1].max(b[1]).max(c[1]).ceil() as usize).min(height);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
+            let wa = ((b[0] - px) * (c[1] - py) - (c[0] - px) * (b[1] - py)) / area;
+            let wb = ((c[0] - px) * (a[1] - py) - (a[0] - px) * (c[1] - py)) / area;
+            let wc = 1.0 - wa - wb;
+            if wa < 0.0 || wb < 0.0 || wc < 0.0 {
+                continue;
+            }
+            cell(x, y, [wa, wb, wc], wa * a[2] + wb * b[2] + wc * c[2]);
+        }
     }
 }
 
@@ -315,33 +327,15 @@ pub fn view_error(mesh: &Mesh, colours: &[[u8; 3]], view: View, photo: &RgbaImag
     let mut colour = vec![[0.0f32; 3]; w * h];
     let at: Vec<[f32; 3]> = mesh.positions.iter().map(|&p| fit.pixel(p)).collect();
     for t in &mesh.triangles {
-        let [a, b, c] = t.map(|i| at[i as usize]);
+        let corners = t.map(|i| at[i as usize]);
         let [ca, cb, cc] = t.map(|i| colours[i as usize].map(f32::from));
-        let area = (b[0] - a[0]) * (c[1] - a[1]) - (c[0] - a[0]) * (b[1] - a[1]);
-        if area.abs() < 1e-12 {
-            continue;
-        }
-        let x0 = a[0].min(b[0]).min(c[0]).floor().max(0.0) as usize;
-        let y0 = a[1].min(b[1]).min(c[1]).floor().max(0.0) as usize;
-        let x1 = (a[0].max(b[0]).max(c[0]).ceil() as usize).min(w);
-        let y1 = (a[1].max(b[1]).max(c[1]).ceil() as usize).min(h);
-        for y in y0..y1 {
-            for x in x0..x1 {
-                let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-                let wa = ((b[0] - px) * (c[1] - py) - (c[0] - px) * (b[1] - py)) / area;
-                let wb = ((c[0] - px) * (a[1] - py) - (a[0] - px) * (c[1] - py)) / area;
-                let wc = 1.0 - wa - wb;
-                if wa < 0.0 || wb < 0.0 || wc < 0.0 {
-                    continue;
-                }
-                let d = wa * a[2] + wb * b[2] + wc * c[2];
-                let slot = y * w + x;
-                if d > depth[slot] {
-                    depth[slot] = d;
-                    colour[slot] = std::array::from_fn(|k| wa * ca[k] + wb * cb[k] + wc * cc[k]);
-                }
+        rasterise(corners, (w, h), |x, y, [wa, wb, wc], d| {
+            let slot = y * w + x;
+            if d > depth[slot] {
+                depth[slot] = d;
+                colour[slot] = std::array::from_fn(|k| wa * ca[k] + wb * cb[k] + wc * cc[k]);
             }
-        }
+        });
     }
     let mut error = 0.0f64;
     let mut count = 0usize;
